@@ -1,0 +1,3 @@
+from policymilter.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,310 @@
+"""The only module that speaks pymilter: callbacks in, Verdicts out.
+
+Each callback reads the macros of its stage into plain facts, hands them to the session's
+Conversation, and turns the Verdict into milter calls in one place (`_apply`). Callbacks that
+cannot decide anything are `@noreply` (half the protocol round trips); an error there is kept
+and answered at the next callback that can reply.
+"""
+
+from __future__ import annotations
+
+import functools
+import grp
+import logging
+import os
+import pwd
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import Milter
+
+from policymilter.facts import Session, normalise_ip, parse_port
+from policymilter.logs import LOGGER, event
+from policymilter.outcome import AddHeader, Disposition, Quarantine, RemoveHeader, Verdict
+from policymilter.service import Service
+
+# What the milter asks Postfix for at negotiation (at most 5 per stage). Postfix honours a
+# milter's own list over its milter_*_macros parameters, so a stock Postfix works too.
+CONNECT_MACROS = ("{daemon_name}", "{daemon_port}", "{daemon_addr}", "j")
+HELO_MACROS = ("{tls_version}", "{cipher}", "{cipher_bits}")
+# TLS again at MAIL: a client may skip EHLO after STARTTLS, and auth exists only from MAIL on.
+MAIL_MACROS = ("{auth_type}", "{auth_authen}", "{mail_addr}", "{tls_version}", "{cipher}")
+QUEUE_ID_MACROS = ("i",)
+
+RELOAD_SIGNAL = signal.SIGUSR1  # libmilter's own thread takes SIGHUP/SIGTERM/SIGINT
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _guarded(*, replies: bool) -> Callable[[F], F]:
+    """Turn an exception in a callback into one logged traceback and the error action."""
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(self: PolicyMilter, *args: Any) -> Any:
+            try:
+                return func(self, *args)
+            except Exception as error:  # noqa: BLE001 - the daemon must keep serving
+                return self._crashed(func.__name__, error, replies=replies)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _escape(text: str) -> str:
+    # libmilter treats % in a reply as a format character.
+    return text.replace("%", "%%")
+
+
+class PolicyMilter(Milter.Base):
+    """One instance per SMTP connection (libmilter calls it from a worker thread)."""
+
+    service: Service
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.conversation: Any = None
+        self._in_transaction = False
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _macro(self, name: str) -> str | None:
+        value = self.getsymval(name)
+        return value if isinstance(value, str) else None
+
+    def _read(self, names: tuple[str, ...]) -> tuple[dict[str, str | None], frozenset[str]]:
+        values = {name: self._macro(name) for name in names}
+        return values, frozenset(name for name, value in values.items() if value is None)
+
+    def _session_with_mail_macros(self) -> Session:
+        values, missing = self._read(MAIL_MACROS)
+        session: Session = self.conversation.session
+        tls_version = values["{tls_version}"] or session.tls_version
+        return session.evolve(
+            auth_login=values["{auth_authen}"] or None,
+            auth_mech=values["{auth_type}"] or None,
+            tls_version=tls_version,
+            tls_cipher=values["{cipher}"] or session.tls_cipher,
+            missing_macros=(session.missing_macros - {"{mail_addr}"}) | (missing & {"{mail_addr}"}),
+        )
+
+    def _begin_transaction(self) -> None:
+        if not self._in_transaction:
+            self._in_transaction = True
+            self.service.transaction_started()
+
+    def _end_transaction(self) -> None:
+        if self._in_transaction:
+            self._in_transaction = False
+            self.service.transaction_ended()
+
+    def _apply(self, verdict: Verdict, *, final: bool) -> int:
+        """The one place a Verdict becomes milter calls."""
+        if final and verdict.disposition in (Disposition.CONTINUE, Disposition.QUARANTINE):
+            for action in verdict.actions:
+                match action:
+                    case RemoveHeader(name=name, index=index):
+                        self.chgheader(name, index, "")
+                    case AddHeader(name=name, value=value):
+                        self.addheader(name, value)
+                    case Quarantine(reason=reason):
+                        self.quarantine(reason)
+        if verdict.reply is not None and verdict.disposition in (Disposition.REJECT, Disposition.TEMPFAIL):
+            reply = verdict.reply
+            self.setreply(reply.code, reply.xcode, _escape(reply.text))
+        match verdict.disposition:
+            case Disposition.REJECT:
+                return Milter.REJECT
+            case Disposition.TEMPFAIL:
+                return Milter.TEMPFAIL
+            case Disposition.DISCARD:
+                return Milter.DISCARD
+            case _:
+                return Milter.ACCEPT if final else Milter.CONTINUE
+
+    def _crashed(self, where: str, error: Exception, *, replies: bool) -> int:
+        if self.conversation is None:
+            logging.getLogger(LOGGER).exception("callback %s raised before the session existed", where)
+            self.setreply("451", "4.3.0", "Temporary local problem: please try again later")
+            return Milter.TEMPFAIL if replies else Milter.CONTINUE
+        verdict = self.conversation.crashed(where, error, deferred=not replies)
+        if not replies:
+            return Milter.CONTINUE
+        if where in ("envfrom", "eom") and verdict.disposition is not Disposition.CONTINUE:
+            self.conversation.finish_crash(verdict, where)
+        if where == "eom":
+            self._end_transaction()
+        return self._apply(verdict, final=where == "eom")
+
+    # --- callbacks ------------------------------------------------------------------------
+
+    @Milter.symlist(*CONNECT_MACROS)
+    @Milter.noreply
+    @_guarded(replies=False)
+    def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        values, missing = self._read(CONNECT_MACROS)
+        facts = {
+            "client_ip": normalise_ip(hostaddr),
+            "client_name": hostname or None,
+            "daemon_name": values["{daemon_name}"],
+            "daemon_port": parse_port(values["{daemon_port}"]),
+            "daemon_addr": values["{daemon_addr}"],
+            "mta_name": values["j"],
+            "missing_macros": missing,
+        }
+        self.conversation = self.service.open_conversation(facts)
+        self.conversation.connected()
+        return Milter.CONTINUE
+
+    @Milter.symlist(*HELO_MACROS)
+    @Milter.noreply
+    @_guarded(replies=False)
+    def hello(self, hostname: str) -> int:
+        values, _ = self._read(HELO_MACROS)
+        self.conversation.update(self.conversation.session.evolve(
+            helo=hostname, tls_version=values["{tls_version}"], tls_cipher=values["{cipher}"]))
+        return Milter.CONTINUE
+
+    @Milter.symlist(*MAIL_MACROS)
+    @_guarded(replies=True)
+    def envfrom(self, mail_from: str, *params: str) -> int:
+        self._begin_transaction()
+        verdict = self.conversation.mail(self._session_with_mail_macros(), mail_from, params)
+        if verdict.stops:
+            self._end_transaction()
+        return self._apply(verdict, final=False)
+
+    @Milter.symlist(*QUEUE_ID_MACROS)
+    @Milter.noreply
+    @_guarded(replies=False)
+    def envrcpt(self, rcpt: str, *params: str) -> int:
+        self.conversation.rcpt(rcpt, self._macro("i"))
+        return Milter.CONTINUE
+
+    @Milter.symlist(*QUEUE_ID_MACROS)
+    @Milter.noreply
+    @_guarded(replies=False)
+    def data(self) -> int:
+        self.conversation.data(self._macro("i"))
+        return Milter.CONTINUE
+
+    @Milter.decode("bytes")
+    @Milter.noreply
+    @_guarded(replies=False)
+    def header(self, name: str, value: bytes) -> int:
+        self.conversation.header(name, value)
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @_guarded(replies=False)
+    def eoh(self) -> int:
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @_guarded(replies=False)
+    def body(self, chunk: bytes) -> int:
+        self.conversation.body(chunk)
+        return Milter.CONTINUE
+
+    @Milter.symlist(*QUEUE_ID_MACROS)
+    @_guarded(replies=True)
+    def eom(self) -> int:
+        verdict = self.conversation.end_of_message(self._macro("i"))
+        self._end_transaction()
+        return self._apply(verdict, final=True)
+
+    @_guarded(replies=True)
+    def abort(self) -> int:
+        if self.conversation is not None:
+            self.conversation.abort()
+        self._end_transaction()
+        return Milter.CONTINUE
+
+    @_guarded(replies=True)
+    def close(self) -> int:
+        self._end_transaction()
+        if self.conversation is not None:
+            self.conversation.close()
+            self.conversation = None
+            self.service.session_closed()
+        return Milter.CONTINUE
+
+
+def install(service: Service) -> None:
+    """Make libmilter create a PolicyMilter per connection (also used by the tests)."""
+    Milter.factory = lambda: PolicyMilter(service)
+
+
+def _drop_privileges(user: str | None, group: str | None, socket_path: Path | None) -> None:
+    if user is None and group is None:
+        return
+    if os.geteuid() != 0:
+        raise PermissionError("--user/--group need the milter to be started as root")
+    uid = pwd.getpwnam(user).pw_uid if user else os.getuid()
+    gid = grp.getgrnam(group).gr_gid if group else (pwd.getpwnam(user).pw_gid if user else os.getgid())
+    if socket_path is not None:
+        os.chown(socket_path, uid, gid)
+    os.setgroups([gid])
+    os.setgid(gid)
+    os.setuid(uid)
+
+
+def serve(service: Service, socket_spec: str, *, user: str | None = None, group: str | None = None,
+          timeout: int = 600, drain_timeout: float = 30.0) -> int:
+    """Bind, drop privileges, serve until SIGTERM, let transactions finish; return exit code."""
+    log = logging.getLogger(LOGGER)
+    install(service)
+    import milter as libmilter  # pymilter's C extension
+
+    # Block the reload signal everywhere before libmilter starts its threads: they inherit the
+    # mask, and one thread of ours waits for it with sigwait.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {RELOAD_SIGNAL})
+    Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE | Milter.SETSYMLIST)
+    for name, callback in (
+        ("connect", Milter.connect_callback),
+        ("helo", lambda ctx, host: ctx.getpriv().hello(host)),
+        ("envfrom", lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b)),
+        ("envrcpt", lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b)),
+        ("header", lambda ctx, f, v: ctx.getpriv().header_bytes(f, v)),
+        ("eoh", lambda ctx: ctx.getpriv().eoh()),
+        ("body", lambda ctx, chunk: ctx.getpriv().body(chunk)),
+        ("eom", lambda ctx: ctx.getpriv().eom()),
+        ("abort", lambda ctx: ctx.getpriv().abort()),
+        ("close", Milter.close_callback),
+    ):
+        getattr(libmilter, f"set_{name}_callback")(callback)
+    libmilter.setconn(socket_spec)
+    libmilter.settimeout(timeout)
+    libmilter.register("policy-milter", data=lambda ctx: ctx.getpriv().data(),
+                       unknown=lambda ctx, cmd: Milter.CONTINUE, negotiate=Milter.negotiate_callback)
+    socket_path = Path(socket_spec.split(":", 1)[1]) if socket_spec.startswith(("unix:", "local:")) else None
+    previous = os.umask(0o117)  # the socket is born 0660: never world-writable
+    try:
+        libmilter.opensocket(True)
+    finally:
+        os.umask(previous)
+    if socket_path is not None:
+        os.chmod(socket_path, 0o660)
+    _drop_privileges(user, group, socket_path)
+
+    def reload_loop() -> None:
+        while True:
+            signal.sigwait({RELOAD_SIGNAL})
+            service.reload()
+
+    threading.Thread(target=reload_loop, name="reload", daemon=True).start()
+    event(log, logging.INFO, "started", f"listening on {socket_spec}", socket=socket_spec,
+          uid=os.getuid(), gid=os.getgid(), policy=str(service.path), pid=os.getpid())
+    libmilter.main()  # returns when libmilter's signal thread sees SIGTERM (or SIGHUP)
+    event(log, logging.INFO, "stopping", "no new connections; waiting for open transactions",
+          transactions=service.transactions, sessions=service.sessions)
+    drained = service.drain(drain_timeout)
+    event(log, logging.INFO if drained else logging.WARNING, "stopped",
+          "all transactions finished" if drained else "drain timeout: open transactions will be "
+          "retried by their senders (Postfix answers them with milter_default_action)",
+          transactions=service.transactions)
+    return 0

@@ -1,0 +1,256 @@
+"""policy-milter run | check-policy | explain."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Sequence
+from email.utils import getaddresses
+from pathlib import Path
+from typing import Any
+
+from policymilter import __version__
+from policymilter.conversation import Conversation, Snapshot
+from policymilter.facts import Session
+from policymilter.listeners import UNKNOWN_LISTENER
+from policymilter.logs import setup_logging
+from policymilter.message import Message
+from policymilter.outcome import AddHeader, Disposition, RemoveHeader, Verdict
+from policymilter.policy import PolicyError
+from policymilter.service import Service, load_snapshot
+
+DEFAULT_POLICY = "/etc/policy-milter"
+DEFAULT_SOCKET = "unix:/run/policy-milter/milter.sock"
+EXIT_INVALID = 2
+SOCKET_SPEC = re.compile(r"^(unix|local):/\S+$|^inet6?:\d{1,5}(@\S+)?$")
+
+
+def _common(parser: argparse.ArgumentParser, policy_required: bool = False) -> None:
+    parser.add_argument("--policy", required=policy_required, default=None if policy_required else DEFAULT_POLICY,
+                        help="policy file, or directory of *.toml files read in name order "
+                             f"(default: {DEFAULT_POLICY})")
+    parser.add_argument("-o", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override one policy key for this run (TOML value syntax); repeatable")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="policy-milter", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"policy-milter {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="serve the policy to Postfix over the milter protocol")
+    _common(run)
+    run.add_argument("--socket", default=DEFAULT_SOCKET,
+                     help=f"unix:/path, inet:PORT@HOST or inet6:PORT@HOST (default: {DEFAULT_SOCKET})")
+    run.add_argument("--user", help="drop to this user after binding (when started as root)")
+    run.add_argument("--group", help="drop to this group after binding; Postfix must be able to use "
+                                     "the 0660 socket, so usually `postfix`")
+    run.add_argument("--log-format", choices=("kv", "json"), default="kv")
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    run.add_argument("--syslog", action="store_true", help="log to syslog's mail facility, not stderr")
+    run.add_argument("--timeout", type=int, default=600,
+                     help="seconds libmilter waits for the MTA before dropping a connection")
+    run.add_argument("--drain-timeout", type=float, default=30.0,
+                     help="on SIGTERM, seconds to let open transactions finish (default 30)")
+
+    check = commands.add_parser("check-policy", help="validate a policy; exit 0, or 2 with FILE:LINE errors")
+    check.add_argument("policy", help="policy file or directory")
+    check.add_argument("-o", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+
+    explain = commands.add_parser("explain", help="run the pipeline on one message, without Postfix")
+    _common(explain, policy_required=True)
+    explain.add_argument("--listener", required=True, help="listener name from the policy (or `unknown`)")
+    explain.add_argument("--auth", metavar="LOGIN[:MECH]", help="the session authenticated (MECH: PLAIN)")
+    explain.add_argument("--tls", action="store_true", help="the session used TLS")
+    explain.add_argument("--client", default="192.0.2.1", help="client IP address")
+    explain.add_argument("--client-name", default=None, help="client host name (default: unknown)")
+    explain.add_argument("--helo", default="client.example", help="HELO/EHLO name")
+    explain.add_argument("--mail-from", default=None, help="envelope sender (default: the From address)")
+    explain.add_argument("--rcpt", action="append", default=[], help="envelope recipient; repeatable "
+                                                                      "(default: the To/Cc addresses)")
+    explain.add_argument("--json", action="store_true", help="print one JSON object")
+    explain.add_argument("message", help="the message file (RFC 5322, .eml); - for standard input")
+    return parser
+
+
+def _print_issues(error: PolicyError) -> None:
+    for issue in error.issues:
+        print(issue, file=sys.stderr)
+
+
+def cmd_check_policy(args: argparse.Namespace) -> int:
+    try:
+        snapshot = load_snapshot(args.policy, args.overrides)
+    except PolicyError as error:
+        _print_issues(error)
+        print(f"{args.policy}: {len(error.issues)} error(s); the policy was not accepted", file=sys.stderr)
+        return EXIT_INVALID
+    names = ", ".join(snapshot.policy.listeners)
+    print(f"{args.policy}: OK ({len(snapshot.policy.listeners)} listeners: {names}; "
+          f"files: {', '.join(snapshot.files)})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if not SOCKET_SPEC.match(args.socket):
+        print(f"--socket {args.socket!r}: expected unix:/path, inet:PORT@HOST or inet6:PORT@HOST",
+              file=sys.stderr)
+        return EXIT_INVALID
+    setup_logging(args.log_format, args.log_level, args.syslog)
+    try:
+        service = Service(args.policy, args.overrides)
+    except PolicyError as error:
+        _print_issues(error)
+        print(f"{args.policy}: the policy is not valid; not starting", file=sys.stderr)
+        return EXIT_INVALID
+    from policymilter.adapter import serve  # imports pymilter only for the daemon
+
+    try:
+        return serve(service, args.socket, user=args.user, group=args.group, timeout=args.timeout,
+                     drain_timeout=args.drain_timeout)
+    except (KeyError, PermissionError, OSError) as error:
+        print(f"cannot start on {args.socket}: {error}", file=sys.stderr)
+        return 1
+
+
+def _addresses(message: Message, *names: str) -> list[str]:
+    values = [value for name in names for value in message.header_values(name)]
+    return [address for _, address in getaddresses(values) if address]
+
+
+def explain_session(snapshot: Snapshot, args: argparse.Namespace) -> Session:
+    listener = snapshot.policy.listeners.get(args.listener)
+    if listener is None and args.listener != UNKNOWN_LISTENER:
+        known = ", ".join(snapshot.policy.listeners) or "none"
+        raise ValueError(f"--listener {args.listener!r}: the policy has no such listener (listeners: {known})")
+    daemon_name = (listener.daemon_name or args.listener) if listener else None
+    login, mechanism = None, None
+    if args.auth:
+        login, _, mechanism = args.auth.partition(":")
+        mechanism = (mechanism or "PLAIN").upper()
+    return Session(
+        conn_id="explain",
+        client_ip=args.client,
+        client_name=args.client_name or "unknown",
+        helo=args.helo,
+        daemon_name=daemon_name,
+        daemon_port=(listener.ports[0] if listener and listener.ports else None),
+        auth_login=login or None,
+        auth_mech=mechanism,
+        tls_version="TLSv1.3" if args.tls else None,
+        tls_cipher="TLS_AES_256_GCM_SHA384" if args.tls else None,
+    )
+
+
+def explain(snapshot: Snapshot, session: Session, raw: bytes, mail_from: str | None,
+            rcpts: Sequence[str]) -> dict[str, Any]:
+    """Feed one message through a Conversation as Postfix would; describe what happened."""
+    message = Message.from_bytes(raw)
+    conversation = Conversation(snapshot, session)
+    conversation.connected()
+    sender = mail_from if mail_from is not None else next(iter(_addresses(message, "From")), "")
+    recipients = list(rcpts) or _addresses(message, "To", "Cc") or ["postmaster@localhost"]
+    verdict = conversation.mail(session, f"<{sender}>")
+    stage = "mail"
+    if not verdict.stops:
+        for rcpt in recipients:
+            conversation.rcpt(f"<{rcpt}>")
+        conversation.data(None)
+        for header in message.headers:
+            conversation.header(header.name, header.value)
+        conversation.body(message.raw_bytes().partition(b"\r\n\r\n")[2])
+        verdict = conversation.end_of_message(None)
+        stage = "eom"
+    return describe(conversation, verdict, stage)
+
+
+def smtp_reply_text(verdict: Verdict) -> str:
+    if verdict.reply is not None and verdict.disposition in (Disposition.REJECT, Disposition.TEMPFAIL):
+        return str(verdict.reply)
+    return "250 2.0.0 Ok: queued"
+
+
+def describe(conversation: Conversation, verdict: Verdict, stage: str) -> dict[str, Any]:
+    return {
+        "verdict": verdict.name,
+        "smtp_reply": smtp_reply_text(verdict),
+        "stage": stage,
+        "decided_by": verdict.decided_by or None,
+        "reason": verdict.reason or None,
+        "listener": conversation.door.name,
+        "matched_by": str(conversation.door.matched_by),
+        "checks": [
+            {
+                "check": result.check,
+                "outcome": str(result.outcome),
+                "detail": result.detail or None,
+                "disposition": result.disposition.verdict_name,
+                "would": result.would.verdict_name if result.would is not None else None,
+                "reply": str(result.reply) if result.reply else None,
+                "reason": result.reason or None,
+                "elapsed_ms": round(result.elapsed_ms, 2),
+            }
+            for result in conversation.results
+        ],
+        "headers_added": [{"name": a.name, "value": a.value} for a in verdict.actions if isinstance(a, AddHeader)],
+        "headers_removed": [{"name": a.name, "index": a.index} for a in verdict.actions
+                            if isinstance(a, RemoveHeader)],
+        "not_available": list(conversation.snapshot.pipeline.unavailable),
+    }
+
+
+def print_explanation(report: dict[str, Any]) -> None:
+    print(f"verdict:     {report['verdict']}")
+    print(f"smtp reply:  {report['smtp_reply']}")
+    print(f"listener:    {report['listener']} (matched by {report['matched_by']})")
+    if report["decided_by"]:
+        print(f"decided by:  {report['decided_by']} at {report['stage']}: {report['reason']}")
+    print("checks:")
+    for check in report["checks"]:
+        value = check["outcome"] + (f":{check['detail']}" if check["detail"] else "")
+        would = f" (report mode: would {check['would']})" if check["would"] else ""
+        print(f"  {check['check']:<12} {value:<28} {check['elapsed_ms']:>7.2f} ms  {check['reason'] or ''}{would}")
+    print("headers added:" + ("" if report["headers_added"] else " none"))
+    for header in report["headers_added"]:
+        print(f"  {header['name']}: {header['value']}")
+    if report["headers_removed"]:
+        print("headers removed:")
+        for header in report["headers_removed"]:
+            print(f"  {header['name']} #{header['index']}")
+    if report["not_available"]:
+        print(f"not in this version: {', '.join(report['not_available'])}")
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    setup_logging("kv", "warning")
+    try:
+        snapshot = load_snapshot(args.policy, args.overrides)
+    except PolicyError as error:
+        _print_issues(error)
+        return EXIT_INVALID
+    try:
+        session = explain_session(snapshot, args)
+        raw = sys.stdin.buffer.read() if args.message == "-" else Path(args.message).read_bytes()
+    except (ValueError, OSError) as error:
+        print(f"explain: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    report = explain(snapshot, session, raw, args.mail_from, args.rcpt)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_explanation(report)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    match args.command:
+        case "run":
+            return cmd_run(args)
+        case "check-policy":
+            return cmd_check_policy(args)
+        case "explain":
+            return cmd_explain(args)
+    return EXIT_INVALID

@@ -1,0 +1,238 @@
+"""One SMTP session as the policy sees it, fed by the milter adapter or by `explain`.
+
+The adapter translates callbacks and macros into calls here, and Verdicts back into milter
+replies; this class holds Session, Envelope and Message, runs the pipeline and writes the
+summary line. Nothing here knows pymilter.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from policymilter import listeners
+from policymilter.facts import MACRO_SOURCES, Envelope, Session, strip_brackets
+from policymilter.listeners import Door
+from policymilter.logs import SUMMARY_KEYS, SUMMARY_TAIL, SessionLog, WarnOnce, event
+from policymilter.message import Message
+from policymilter.outcome import CheckResult, Disposition, ErrorAction, Verdict, decide
+from policymilter.pipeline import CheckContext, Pipeline, Stage, error_verdict
+from policymilter.policy.model import Policy
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The policy in force and the pipeline built for it; swapped whole on reload."""
+
+    policy: Policy
+    pipeline: Pipeline
+    files: tuple[str, ...] = ()
+    generation: int = 1
+
+
+class Conversation:
+    """Policy state of one SMTP session (one per connection, one thread at a time)."""
+
+    def __init__(self, snapshot: Snapshot, session: Session, warn_once: WarnOnce | None = None,
+                 log: SessionLog | None = None) -> None:
+        # The connection keeps the policy it started with, even across a reload.
+        self.snapshot = snapshot
+        self.session = session
+        self.log = log or SessionLog(session.conn_id)
+        self.warn_once = warn_once or WarnOnce()
+        self.door: Door = listeners.resolve(snapshot.policy, session)
+        self.envelope: Envelope | None = None
+        self.message: Message | None = None
+        self.results: list[CheckResult] = []
+        self.started = 0.0
+        self.failure: Verdict | None = None  # an error in a no-reply callback, answered later
+        self.session_failure: Verdict | None = None
+
+    # --- session events -----------------------------------------------------------------
+
+    def connected(self) -> None:
+        self._warn_missing("connect")
+        if not self.door.known:
+            self.warn_once(
+                self.log, ("listener", str(self.session.daemon_name), str(self.session.daemon_port)),
+                "unknown_listener",
+                f"no listener matches daemon_name={self.session.daemon_name} port={self.session.daemon_port}: "
+                "this session gets the strictest profile; add a [listeners.NAME] table to the policy, or set "
+                "`-o milter_macro_daemon_name=NAME` on this service in master.cf",
+                daemon_name=self.session.daemon_name, port=self.session.daemon_port,
+            )
+        elif self.session.daemon_name and self.session.daemon_name == self.session.mta_name:
+            # Postfix sends {daemon_name} = $myhostname unless master.cf overrides it.
+            self.warn_once(
+                self.log, ("daemon_name_default", self.door.name), "daemon_name_is_hostname",
+                f"{{daemon_name}} is the host name {self.session.daemon_name!r}, so listener {self.door.name} "
+                "was matched by port only: set `-o milter_macro_daemon_name=NAME` on each smtpd service "
+                "in master.cf",
+                listener=self.door.name,
+            )
+
+    def update(self, session: Session) -> None:
+        self.session = session
+
+    def _warn_missing(self, stage: str) -> None:
+        depends = {"{daemon_name}"}
+        if any(listener.ports for listener in self.snapshot.policy.listeners.values()):
+            depends.add("{daemon_port}")
+        if stage == "mail":
+            depends = {"{mail_addr}"}
+        for macro in sorted(self.session.missing_macros & depends):
+            where, parameter = MACRO_SOURCES[macro]
+            extra = ""
+            if macro == "{mail_addr}":
+                extra = (" (the MTA sent none of the MAIL-stage macros the milter asked for, so "
+                         "{auth_authen} and {auth_type} may be missing and authenticated clients look "
+                         "anonymous)")
+            self.warn_once(
+                self.log, ("macro", self.door.name, macro), "macro_missing",
+                f"the MTA did not send macro {macro} at {where} on listener {self.door.name}{extra}: "
+                f"add it to {parameter} in Postfix's main.cf",
+                macro=macro, listener=self.door.name, parameter=parameter,
+            )
+
+    # --- transaction events ---------------------------------------------------------------
+
+    def mail(self, session: Session, mail_from: str, params: tuple[str, ...] = ()) -> Verdict:
+        self.session = session
+        self.reset()
+        self.started = time.perf_counter()
+        self.envelope = Envelope(strip_brackets(mail_from), tuple(params))
+        self._warn_missing("mail")
+        if self.session_failure:
+            return self._finish(self.session_failure, Stage.MAIL)
+        verdict = self._run(Stage.MAIL)
+        return self._finish(verdict, Stage.MAIL) if verdict.stops else verdict
+
+    def rcpt(self, rcpt: str, queue_id: str | None = None) -> None:
+        if self.envelope is not None:
+            self.envelope = self.envelope.with_rcpt(strip_brackets(rcpt)).with_queue_id(queue_id)
+
+    def data(self, queue_id: str | None) -> None:
+        if self.envelope is not None:
+            self.envelope = self.envelope.with_queue_id(queue_id)
+        self.message = Message()
+
+    def header(self, name: str, value: bytes) -> None:
+        if self.message is None:
+            self.message = Message()
+        self.message.add_header(name, value)
+
+    def body(self, chunk: bytes) -> None:
+        if self.message is None:
+            self.message = Message()
+        self.message.write_body(chunk)
+
+    def end_of_message(self, queue_id: str | None) -> Verdict:
+        if self.envelope is None:
+            self.envelope = Envelope()
+        self.envelope = self.envelope.with_queue_id(queue_id)
+        if self.message is None:
+            self.message = Message()
+        if self.failure or self.session_failure:
+            verdict = self.failure or self.session_failure
+            assert verdict is not None
+            return self._finish(verdict, Stage.EOM)
+        verdict = self._run(Stage.EOM)
+        return self._finish(verdict, Stage.EOM)
+
+    def abort(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        if self.message is not None:
+            self.message.close()
+        self.envelope = None
+        self.message = None
+        self.results = []
+        self.failure = None
+
+    def close(self) -> None:
+        self.reset()
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.envelope is not None
+
+    # --- failures ---------------------------------------------------------------------------
+
+    def crashed(self, where: str, error: BaseException, *, deferred: bool) -> Verdict:
+        """An unexpected exception outside the checks: log it once, answer the error action."""
+        event(self.log, logging.ERROR, "callback_crashed", f"{where} raised {error!r}", exc_info=True,
+              callback=where, listener=self.door.name)
+        action = self.door.listener.on_error
+        disposition, reply = error_verdict(action)
+        verdict = Verdict(disposition, reply, decided_by="milter", reason=f"{where}: {type(error).__name__}")
+        if action is ErrorAction.ACCEPT:
+            return verdict
+        if where in ("connect", "hello"):
+            self.session_failure = verdict
+        elif deferred:
+            self.failure = verdict
+        return verdict
+
+    def finish_crash(self, verdict: Verdict, stage: str) -> Verdict:
+        return self._finish(verdict, stage)
+
+    # --- internals --------------------------------------------------------------------------
+
+    def context(self) -> CheckContext:
+        return CheckContext(self.snapshot.policy, self.door, self.session, self.envelope or Envelope(),
+                            self.message)
+
+    def _run(self, stage: Stage) -> Verdict:
+        verdict = self.snapshot.pipeline.run(stage, self.context(), self.log)
+        self.results.extend(verdict.results)
+        return verdict
+
+    def _finish(self, verdict: Verdict, stage: str) -> Verdict:
+        """Combine this transaction's results into the final verdict and log the summary."""
+        if verdict.decided_by == "milter":
+            final = verdict
+        else:
+            final = decide(self.results)
+        self.log_summary(final, stage)
+        return final
+
+    def summary_fields(self, verdict: Verdict, stage: str) -> dict[str, Any]:
+        session, envelope = self.session, self.envelope or Envelope()
+        fields: dict[str, Any] = {
+            "queue_id": envelope.queue_id,
+            "stage": stage,
+            "listener": self.door.name,
+            "client": session.client_ip,
+            "client_name": session.client_name,
+            "helo": session.helo,
+            "tls": session.tls_summary,
+            "auth": session.auth_login,
+            "mech": session.auth_mech,
+            "from": f"<{envelope.mail_from}>",
+            "rcpts": len(envelope.rcpts),
+            "size": self.message.size if self.message else None,
+        }
+        assert tuple(fields) == SUMMARY_KEYS
+        by_check = {result.check: result for result in self.results}
+        for check in ("origin", *(c.name for c in self.snapshot.pipeline.checks)):
+            result = by_check.get(check)
+            fields[check] = result.log_value if result else None
+        would = [f"{r.check}:{r.would.verdict_name}" for r in self.results if r.would is not None]
+        fields.update({
+            "verdict": verdict.name,
+            "reply": str(verdict.reply) if verdict.reply and verdict.disposition is not Disposition.CONTINUE
+            else None,
+            "decided_by": verdict.decided_by,
+            "reason": verdict.reason,
+            "mode": ("report:" + ",".join(would)) if would else "enforce",
+            "ms": round((time.perf_counter() - self.started) * 1000, 1) if self.started else None,
+            "check_ms": round(sum(r.elapsed_ms for r in self.results), 1),
+        })
+        assert tuple(fields)[-len(SUMMARY_TAIL):] == SUMMARY_TAIL
+        return fields
+
+    def log_summary(self, verdict: Verdict, stage: str) -> None:
+        event(self.log, logging.INFO, "summary", **self.summary_fields(verdict, stage))

@@ -1,0 +1,103 @@
+"""The message of one transaction: headers as received and a body spooled to disk."""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import tempfile
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import BinaryIO
+
+# Bodies up to this size stay in memory; larger ones go to a temporary file.
+SPOOL_THRESHOLD = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Header:
+    """One header field exactly as the MTA passed it (DKIM needs the original bytes)."""
+
+    name: str
+    value: bytes
+
+    @property
+    def text(self) -> str:
+        return self.value.decode("utf-8", errors="replace")
+
+
+class Message:
+    """Headers in arrival order and a spooled body; the parsed view is built once, on demand."""
+
+    def __init__(self, spool_threshold: int = SPOOL_THRESHOLD) -> None:
+        self.headers: list[Header] = []
+        self._body: BinaryIO = tempfile.SpooledTemporaryFile(max_size=spool_threshold)
+        self.body_size = 0
+        self._parsed: EmailMessage | None = None
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Message:
+        """Split an RFC 5322 message (LF or CRLF line ends) the way an MTA hands it over."""
+        message = cls()
+        raw = raw.replace(b"\r\n", b"\n")
+        if raw.startswith(b"\n"):
+            head, body = b"", raw[1:]
+        else:
+            head, _, body = raw.partition(b"\n\n")
+        lines = head.split(b"\n") if head else []
+        name: str | None = None
+        value = b""
+        for position, line in enumerate(lines):
+            if line[:1] in (b" ", b"\t") and name is not None:
+                value += b"\r\n" + line  # keep the folding: DKIM hashes it
+                continue
+            if name is not None:
+                message.add_header(name, value)
+                name = None
+            field_name, colon, rest = line.partition(b":")
+            if not colon or not field_name or b" " in field_name:
+                # Like Postfix: the first line that is not a header starts the body.
+                body = b"\n".join(lines[position:]) + b"\n\n" + body
+                break
+            name, value = field_name.decode("ascii", errors="replace"), rest.lstrip(b" \t")
+        if name is not None:
+            message.add_header(name, value)
+        message.write_body(body.replace(b"\n", b"\r\n"))
+        return message
+
+    def add_header(self, name: str, value: bytes) -> None:
+        self.headers.append(Header(name, value))
+        self._parsed = None
+
+    def write_body(self, chunk: bytes) -> None:
+        self._body.write(chunk)
+        self.body_size += len(chunk)
+        self._parsed = None
+
+    @property
+    def size(self) -> int:
+        """Approximate size as queued: headers plus body, CRLF line ends."""
+        head = sum(len(h.name) + 2 + len(h.value) + 2 for h in self.headers)
+        return head + 2 + self.body_size
+
+    def header_values(self, name: str) -> list[str]:
+        wanted = name.lower()
+        return [h.text for h in self.headers if h.name.lower() == wanted]
+
+    def raw_bytes(self) -> bytes:
+        """The whole message with CRLF line ends (for checks that need it all)."""
+        head = b"".join(h.name.encode("ascii", "replace") + b": " + h.value + b"\r\n" for h in self.headers)
+        self._body.seek(0)
+        body = self._body.read()
+        self._body.seek(0, 2)
+        return head + b"\r\n" + body
+
+    def parsed(self) -> EmailMessage:
+        if self._parsed is None:
+            parser = email.parser.BytesParser(policy=email.policy.default)
+            parsed = parser.parsebytes(self.raw_bytes())
+            assert isinstance(parsed, EmailMessage)
+            self._parsed = parsed
+        return self._parsed
+
+    def close(self) -> None:
+        self._body.close()

@@ -1,0 +1,116 @@
+"""Run the checks of one stage in order and keep the strictest proposal.
+
+The pipeline owns the policy around checks: which run (listener and traffic class), the
+report mode, and what an error does (the listener's `on_error` matrix). A check that raises is
+logged once with its traceback and becomes `error`; the matrix decides what that means.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any, Protocol
+
+from policymilter.facts import Envelope, Session
+from policymilter.listeners import Door
+from policymilter.logs import event
+from policymilter.message import Message
+from policymilter.outcome import (
+    REJECT_ERROR,
+    TEMPFAIL_ERROR,
+    CheckResult,
+    Disposition,
+    ErrorAction,
+    Outcome,
+    Verdict,
+    decide,
+)
+from policymilter.policy.model import CheckName, Policy
+
+
+class Stage(StrEnum):
+    MAIL = "mail"
+    RCPT = "rcpt"
+    EOM = "eom"
+
+
+@dataclass(frozen=True)
+class CheckContext:
+    """Everything a check may look at; checks keep no state of their own."""
+
+    policy: Policy
+    door: Door
+    session: Session
+    envelope: Envelope
+    message: Message | None = None
+
+
+class Check(Protocol):
+    name: str
+    stage: Stage
+
+    def run(self, context: CheckContext) -> CheckResult: ...
+
+
+def error_verdict(action: ErrorAction) -> tuple[Disposition, Any]:
+    match action:
+        case ErrorAction.TEMPFAIL:
+            return Disposition.TEMPFAIL, TEMPFAIL_ERROR
+        case ErrorAction.REJECT:
+            return Disposition.REJECT, REJECT_ERROR
+        case _:
+            return Disposition.CONTINUE, None
+
+
+class Pipeline:
+    """An ordered list of checks; `always` ones run on every listener (origin)."""
+
+    def __init__(self, checks: Sequence[Check], always: Sequence[Check] = ()) -> None:
+        self.checks = tuple(checks)
+        self.always = tuple(always)
+        known = {check.name for check in self.checks}
+        self.unavailable = tuple(name for name in CheckName if name.value not in known)
+
+    def selected(self, stage: Stage, context: CheckContext) -> list[Check]:
+        wanted = set(context.door.listener.traffic(context.session.authenticated).checks)
+        chosen = [check for check in self.always if check.stage == stage]
+        for check in self.checks:
+            if check.stage != stage or check.name not in wanted:
+                continue
+            table = context.policy.check_table(check.name)
+            if table is None or table.enabled:
+                chosen.append(check)
+        return chosen
+
+    def run(self, stage: Stage, context: CheckContext, log: logging.LoggerAdapter[Any]) -> Verdict:
+        results: list[CheckResult] = []
+        for check in self.selected(stage, context):
+            result = self._run_one(check, context, log)
+            results.append(result)
+            if result.disposition in (Disposition.REJECT, Disposition.TEMPFAIL):
+                break  # cheap checks run first: no need to pay for the rest
+        return decide(results)
+
+    def _run_one(self, check: Check, context: CheckContext, log: logging.LoggerAdapter[Any]) -> CheckResult:
+        started = time.perf_counter()
+        try:
+            result = check.run(context)
+        except Exception as error:  # noqa: BLE001 - any bug in a check must become `error`
+            event(log, logging.ERROR, "check_crashed", f"check {check.name} raised {error!r}",
+                  exc_info=True, check=check.name)
+            result = CheckResult(check.name, Outcome.ERROR, reason=f"{type(error).__name__}: {error}",
+                                 detail=type(error).__name__)
+        elapsed = (time.perf_counter() - started) * 1000
+        if result.outcome is Outcome.ERROR:
+            action = context.door.listener.error_action(check.name, context.session.authenticated)
+            disposition, reply = error_verdict(action)
+            result = replace(result, disposition=disposition, reply=reply,
+                             reason=result.reason or f"{check.name} failed", detail=result.detail or action.value)
+        table = context.policy.check_table(check.name)
+        if table is not None and table.mode == "report" and result.disposition is not Disposition.CONTINUE:
+            result = replace(result, would=result.disposition, disposition=Disposition.CONTINUE,
+                             reply=None, actions=())
+        return replace(result, elapsed_ms=elapsed)

@@ -1,0 +1,281 @@
+"""Read policy files, apply `-o KEY=VALUE` overrides, validate everything at once.
+
+Every problem becomes one `FILE:LINE: key.path: message` line; loading never stops at the
+first one, so an admin fixes a file in one pass.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from policymilter.policy.locate import KeyPath, locate
+from policymilter.policy.model import Policy
+
+OVERRIDE_FILE = "-o"
+
+
+@dataclass(frozen=True)
+class PolicyIssue:
+    file: str
+    line: int | None
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line if self.line is not None else 0}: {self.key}: {self.message}"
+
+
+class PolicyError(Exception):
+    """The policy is not valid; `issues` holds every problem found."""
+
+    def __init__(self, issues: Sequence[PolicyIssue]) -> None:
+        self.issues = list(issues)
+        super().__init__("\n".join(str(issue) for issue in self.issues))
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    policy: Policy
+    files: tuple[str, ...]
+
+
+def key_text(path: Iterable[str | int]) -> str:
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            bare = re.fullmatch(r"[A-Za-z0-9_-]+", part)
+            part = part if bare else json.dumps(part)
+            text += f".{part}" if text else part
+    return text or "(policy)"
+
+
+def policy_files(path: Path) -> list[Path]:
+    """A file, or every `*.toml` of a directory in name order (later files override)."""
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.suffix == ".toml" and not p.name.startswith("."))
+    return [path]
+
+
+class _Sources:
+    """Which file and line wrote each key path (the last writer wins, like the values)."""
+
+    def __init__(self) -> None:
+        self._where: dict[KeyPath, tuple[str, int]] = {}
+
+    def add(self, file: str, locations: dict[KeyPath, int]) -> None:
+        for path, line in locations.items():
+            self._where[path] = (file, line)
+
+    def find(self, path: KeyPath, fallback: str) -> tuple[str, int | None]:
+        for length in range(len(path), 0, -1):
+            if path[:length] in self._where:
+                return self._where[path[:length]]
+        return fallback, None
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _syntax_line(error: tomllib.TOMLDecodeError) -> tuple[int | None, str]:
+    match = re.search(r"\(at line (\d+), column \d+\)$", str(error))
+    message = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)$", "", str(error))
+    return (int(match.group(1)) if match else None), message
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`dns.timeout=3` -> (["dns", "timeout"], 3.0); the value is TOML (`"x"`, `[1, 2]`, `true`).
+
+    A value that is not valid TOML is taken as a plain string, so `-o site.authserv_id=mx.a.b`
+    works without shell-quoting; the schema still rejects it where a string is wrong.
+    """
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"{text!r} is not KEY.PATH=VALUE")
+    parts = key.strip().split(".")
+    if not all(re.fullmatch(r"[A-Za-z0-9_-]+", part) for part in parts):
+        raise ValueError(f"{key.strip()!r} is not a dotted key path")
+    try:
+        value = tomllib.loads(f"value = {raw.strip()}")["value"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return parts, value
+
+
+def _set_path(data: dict[str, Any], parts: list[str], value: Any) -> str | None:
+    node = data
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            return f"{key_text(parts[: depth + 1])} is a value, not a table"
+        node = child
+    node[parts[-1]] = value
+    return None
+
+
+def _to_json(value: Any) -> Any:
+    # TOML dates and times have no place in a policy; as strings they still fail validation
+    # wherever a specific type is expected.
+    return str(value)
+
+
+def _unwrap(annotation: Any) -> Any:
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, types.UnionType):
+            options = [a for a in typing.get_args(annotation) if a is not type(None)]
+            annotation = options[0] if len(options) == 1 else annotation
+            if len(options) != 1:
+                return annotation
+        else:
+            return annotation
+
+
+def _model_at(path: Sequence[str | int]) -> type[BaseModel] | None:
+    """The schema model that holds the keys at `path` (for "did you mean")."""
+    current: Any = Policy
+    for part in path:
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return None
+            current = field.annotation
+        elif typing.get_origin(current) is dict:
+            current = typing.get_args(current)[1]
+        elif typing.get_origin(current) is tuple:
+            current = typing.get_args(current)[0]
+        else:
+            return None
+    current = _unwrap(current)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _suggest(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _issue_message(error: dict[str, Any], path: list[str | int]) -> str:
+    kind = error["type"]
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        model = _model_at(path[:-1])
+        names = sorted(model.model_fields) if model else []
+        hint = _suggest(str(path[-1]), names)
+        return "unknown key" + (hint or (f" (valid keys: {', '.join(names)})" if names else ""))
+    if kind == "missing":
+        return "required key is missing"
+    if kind in ("literal_error", "enum"):
+        expected = re.findall(r"'([^']*)'", str(error.get("ctx", {}).get("expected", "")))
+        got = error.get("input")
+        return f"{message}, not {got!r}" + (_suggest(str(got), expected) if isinstance(got, str) else "")
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        return f"{message}, not {json.dumps(error.get('input'))}"
+    return message
+
+
+def _validation_issues(
+    error: ValidationError, sources: _Sources, fallback: str
+) -> list[PolicyIssue]:
+    issues = []
+    for item in error.errors():
+        path = list(item["loc"])
+        if path and path[-1] == "[key]":
+            path.pop()
+        file, line = sources.find(tuple(path), fallback)
+        issues.append(PolicyIssue(file, line, key_text(path), _issue_message(item, path)))
+    return issues
+
+
+def _semantic_issues(policy: Policy, sources: _Sources, fallback: str) -> list[PolicyIssue]:
+    """Rules that span keys: every session must find exactly one listener."""
+    issues = []
+
+    def issue(path: KeyPath, message: str) -> None:
+        file, line = sources.find(path, fallback)
+        issues.append(PolicyIssue(file, line, key_text(path), message))
+
+    if not policy.listeners:
+        issue(("listeners",), "no listener is defined: every session would get the strictest profile")
+    names: dict[str, str] = {}
+    ports: dict[int, str] = {}
+    for key, listener in policy.listeners.items():
+        name = listener.daemon_name if listener.daemon_name is not None else key
+        if name in names:
+            issue(("listeners", key, "daemon_name"),
+                  f"daemon name {name!r} is already matched by listeners.{names[name]}")
+        names.setdefault(name, key)
+        for index, port in enumerate(listener.ports):
+            if port in ports:
+                issue(("listeners", key, "ports", index), f"port {port} is already matched by listeners.{ports[port]}")
+            ports.setdefault(port, key)
+    return issues
+
+
+def load_policy(path: str | Path, overrides: Sequence[str] = ()) -> LoadedPolicy:
+    """Load, merge and validate; raise PolicyError listing every problem."""
+    path = Path(path)
+    issues: list[PolicyIssue] = []
+    sources = _Sources()
+    merged: dict[str, Any] = {}
+    if not path.exists():
+        raise PolicyError([PolicyIssue(str(path), None, "(policy)", "no such file or directory")])
+    files = policy_files(path)
+    if not files:
+        raise PolicyError([PolicyIssue(str(path), None, "(policy)", "directory holds no *.toml policy file")])
+    for file in files:
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            issues.append(PolicyIssue(str(file), None, "(file)", f"cannot read: {error}"))
+            continue
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as error:
+            line, message = _syntax_line(error)
+            issues.append(PolicyIssue(str(file), line, "(syntax)", message))
+            continue
+        sources.add(str(file), locate(text))
+        _merge(merged, data)
+    for number, override in enumerate(overrides, start=1):
+        try:
+            parts, value = parse_override(override)
+        except ValueError as error:
+            issues.append(PolicyIssue(OVERRIDE_FILE, number, "(override)", str(error)))
+            continue
+        problem = _set_path(merged, parts, value)
+        if problem:
+            issues.append(PolicyIssue(OVERRIDE_FILE, number, key_text(parts), problem))
+            continue
+        sources.add(OVERRIDE_FILE, {tuple(parts): number})
+    if issues:
+        raise PolicyError(issues)
+    fallback = str(files[-1])
+    try:
+        policy = Policy.model_validate_json(json.dumps(merged, default=_to_json), strict=True)
+    except ValidationError as error:
+        raise PolicyError(_validation_issues(error, sources, fallback)) from None
+    issues = _semantic_issues(policy, sources, fallback)
+    if issues:
+        raise PolicyError(issues)
+    return LoadedPolicy(policy, tuple(str(file) for file in files))

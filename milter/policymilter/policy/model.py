@@ -1,0 +1,288 @@
+"""The policy schema: frozen, closed models (an unknown key is an error, never ignored).
+
+Each check's table carries `enabled` and `mode`; listeners choose which checks run for each
+traffic class (authenticated or not) and what an error in each check does (`on_error`).
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from policymilter.outcome import ErrorAction
+
+
+class CheckName(StrEnum):
+    """Checks a listener can run, in pipeline order (cheap before expensive)."""
+
+    SENDER = "sender"
+    SPF = "spf"
+    ATTACHMENTS = "attachments"
+    ANTIVIRUS = "antivirus"
+    SPAM = "spam"
+    DKIM = "dkim"
+    ARC = "arc"
+    DMARC = "dmarc"
+    SIGNING = "signing"
+
+
+class Strict(BaseModel):
+    # Validated from JSON-mode data in strict mode (see load.py): TOML types must match exactly,
+    # arrays become tuples, strings become enums.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*"
+                       r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$")
+_HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[^:\s\[\]]+)(:(?P<port>\d{1,5}))?$")
+_ENDPOINT = re.compile(r"^(unix:/\S+|(\[[0-9A-Fa-f:.]+\]|[^:\s\[\]/]+):\d{1,5})$")
+_LOGIN_MECHANISM = re.compile(r"^[A-Z0-9_-]{1,20}$")
+
+
+def _hostname(value: str) -> str:
+    if not _HOSTNAME.match(value):
+        raise ValueError(f"{value!r} is not a valid host or domain name")
+    return value.lower().rstrip(".")
+
+
+Domain = Annotated[str, Field(min_length=1)]
+Seconds = Annotated[float, Field(gt=0, le=3600)]
+Bytes = Annotated[int, Field(ge=0)]
+
+
+class Site(Strict):
+    domains: tuple[Domain, ...] = ()
+    authserv_id: str = "localhost"
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_hostname(domain) for domain in value)
+
+    @field_validator("authserv_id")
+    @classmethod
+    def _authserv_id(cls, value: str) -> str:
+        return _hostname(value)
+
+
+class Dns(Strict):
+    nameservers: tuple[str, ...] = ()
+    timeout: Seconds = 5.0
+    lifetime: Seconds = 20.0
+
+    @field_validator("nameservers")
+    @classmethod
+    def _nameservers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for server in value:
+            match = _HOST_PORT.match(server)
+            if not match or (match["port"] and not 0 < int(match["port"]) < 65536):
+                raise ValueError(f'{server!r} is not "HOST" or "HOST:PORT"')
+        return value
+
+
+def _endpoints(value: tuple[str, ...]) -> tuple[str, ...]:
+    for endpoint in value:
+        if not _ENDPOINT.match(endpoint):
+            raise ValueError(f'{endpoint!r} is not "unix:/path" or "HOST:PORT"')
+    return value
+
+
+class CheckTable(Strict):
+    """Keys every check's table has."""
+
+    enabled: bool = True
+    # report: log what the check would do, change nothing (how admins roll a policy out).
+    mode: Literal["enforce", "report"] = "enforce"
+
+
+DEFAULT_BLOCKED_EXTENSIONS = (
+    "ade", "adp", "app", "bat", "chm", "cmd", "com", "cpl", "dll", "exe", "hta", "inf", "ins",
+    "isp", "jar", "js", "jse", "lnk", "msc", "msi", "msp", "mst", "pif", "ps1", "psm1", "reg",
+    "scf", "scr", "sct", "shb", "shs", "vb", "vbe", "vbs", "ws", "wsc", "wsf", "wsh",
+)
+
+
+class Attachments(CheckTable):
+    blocked_extensions: tuple[str, ...] = DEFAULT_BLOCKED_EXTENSIONS
+    max_depth: Annotated[int, Field(ge=1, le=100)] = 10
+    max_archive_members: Annotated[int, Field(ge=1)] = 1000
+    max_expanded_size: Bytes = 100 * 1024 * 1024
+    uninspectable: Literal["block", "accept"] = "block"
+
+    @field_validator("blocked_extensions")
+    @classmethod
+    def _extensions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for extension in value:
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,16}", extension):
+                raise ValueError(f"{extension!r} is not a file extension (write it without the dot)")
+        return tuple(extension.lower() for extension in value)
+
+
+class Antivirus(CheckTable):
+    servers: tuple[str, ...] = ("unix:/run/clamav/clamd.ctl",)
+    timeout: Seconds = 60.0
+    max_size: Bytes = 25 * 1024 * 1024
+    on_infected: Literal["reject", "quarantine", "discard"] = "reject"
+
+    @field_validator("servers")
+    @classmethod
+    def _servers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _endpoints(value)
+
+
+class Spam(CheckTable):
+    servers: tuple[str, ...] = ("127.0.0.1:783",)
+    timeout: Seconds = 60.0
+    max_size: Bytes = 2 * 1024 * 1024
+    tag_score: float = 5.0
+    quarantine_score: float | None = None
+    reject_score: float | None = 15.0
+    subject_tag: str = ""
+
+    @field_validator("servers")
+    @classmethod
+    def _servers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _endpoints(value)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Spam:
+        steps = [s for s in (self.tag_score, self.quarantine_score, self.reject_score) if s is not None]
+        if steps != sorted(steps):
+            raise ValueError("scores must rise: tag_score <= quarantine_score <= reject_score")
+        return self
+
+
+class Spf(CheckTable):
+    on_fail: Literal["dmarc", "reject", "tag"] = "dmarc"
+
+
+class Dkim(CheckTable):
+    max_signatures: Annotated[int, Field(ge=1, le=50)] = 5
+
+
+class Dmarc(CheckTable):
+    on_reject: Literal["reject", "quarantine", "tag"] = "reject"
+    on_quarantine: Literal["quarantine", "tag"] = "quarantine"
+    never_reject_domains: tuple[Domain, ...] = ()
+    trusted_forwarders: tuple[str, ...] = ()
+
+
+class Arc(CheckTable):
+    trusted_sealers: tuple[Domain, ...] = ()
+
+
+class Sender(CheckTable):
+    patterns: tuple[str, ...] = ("{login}@{domain}",)
+    map_file: str = ""
+    on_mismatch: Literal["reject", "log"] = "reject"
+
+
+class SigningKey(Strict):
+    selector: Annotated[str, Field(min_length=1)]
+    key_file: Annotated[str, Field(min_length=1)]
+    algorithm: Literal["rsa-sha256", "ed25519-sha256"] = "rsa-sha256"
+
+
+class Signing(CheckTable):
+    keys: dict[Domain, tuple[SigningKey, ...]] = Field(default_factory=dict)
+    canonicalization: Literal["relaxed/relaxed", "relaxed/simple", "simple/simple", "simple/relaxed"] = (
+        "relaxed/relaxed"
+    )
+    on_missing_key: Literal["tempfail", "accept"] = "tempfail"
+
+
+class TrafficClass(Strict):
+    """What runs for one class of traffic on one listener."""
+
+    checks: tuple[CheckName, ...] = ()
+    # check -> action when it fails to answer; unlisted checks use the listener's `on_error`.
+    on_error: dict[CheckName, ErrorAction] = Field(default_factory=dict)
+
+    @field_validator("checks")
+    @classmethod
+    def _unique(cls, value: tuple[CheckName, ...]) -> tuple[CheckName, ...]:
+        seen = [c for i, c in enumerate(value) if c in value[:i]]
+        if seen:
+            raise ValueError(f"{seen[0]!s} is listed twice")
+        return value
+
+
+class Listener(Strict):
+    """One door of the MTA, matched by the `{daemon_name}` macro and/or the port."""
+
+    daemon_name: str | None = None  # None: the table's own name
+    ports: tuple[Annotated[int, Field(gt=0, lt=65536)], ...] = ()
+    auth: Literal["optional", "required"] = "optional"
+    auth_requires_tls: bool = True
+    auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")  # empty: any the MTA offers
+    login_forbidden_chars: str = ""
+    on_error: ErrorAction = ErrorAction.TEMPFAIL
+    authenticated: TrafficClass = TrafficClass()
+    unauthenticated: TrafficClass = TrafficClass()
+
+    @field_validator("auth_mechanisms")
+    @classmethod
+    def _mechanisms(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for mechanism in value:
+            if not _LOGIN_MECHANISM.match(mechanism.upper()):
+                raise ValueError(f"{mechanism!r} is not a SASL mechanism name")
+        return tuple(mechanism.upper() for mechanism in value)
+
+    def traffic(self, authenticated: bool) -> TrafficClass:
+        return self.authenticated if authenticated else self.unauthenticated
+
+    def error_action(self, check: str, authenticated: bool) -> ErrorAction:
+        """The on_error matrix: this check's action for this traffic class, else the listener's."""
+        try:
+            name = CheckName(check)
+        except ValueError:
+            return self.on_error
+        return self.traffic(authenticated).on_error.get(name, self.on_error)
+
+
+# An unknown listener gets every restriction that does not refuse mail wholesale: inbound
+# checks and scanning for everyone (no 587 exemption), AUTH only over TLS with PLAIN/LOGIN and
+# plain login names, errors tempfail.
+STRICTEST = Listener(
+    daemon_name="",
+    auth="optional",
+    auth_requires_tls=True,
+    auth_mechanisms=("PLAIN", "LOGIN"),
+    login_forbidden_chars=".@",
+    on_error=ErrorAction.TEMPFAIL,
+    authenticated=TrafficClass(checks=(CheckName.SENDER, CheckName.ATTACHMENTS, CheckName.ANTIVIRUS,
+                                       CheckName.SPAM, CheckName.SIGNING)),
+    unauthenticated=TrafficClass(checks=(CheckName.SPF, CheckName.ATTACHMENTS, CheckName.ANTIVIRUS,
+                                         CheckName.SPAM, CheckName.DKIM, CheckName.ARC, CheckName.DMARC)),
+)
+
+
+class Policy(Strict):
+    site: Site = Site()
+    dns: Dns = Dns()
+    listeners: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")], Listener] = Field(
+        default_factory=dict
+    )
+    attachments: Attachments = Attachments()
+    antivirus: Antivirus = Antivirus()
+    spam: Spam = Spam()
+    spf: Spf = Spf()
+    dkim: Dkim = Dkim()
+    dmarc: Dmarc = Dmarc()
+    arc: Arc = Arc()
+    sender: Sender = Sender()
+    signing: Signing = Signing()
+
+    def check_table(self, check: str) -> CheckTable | None:
+        """The policy table of a listable check (None for `origin`, which has none)."""
+        if check not in CHECK_NAMES:
+            return None
+        table = getattr(self, check)
+        assert isinstance(table, CheckTable)
+        return table
+
+
+CHECK_NAMES = frozenset(name.value for name in CheckName)

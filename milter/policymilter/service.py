@@ -1,0 +1,109 @@
+"""Wiring: the policy in force, reloads, and the count of open sessions and transactions."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from policymilter.checks.origin import Origin
+from policymilter.conversation import Conversation, Snapshot
+from policymilter.facts import Session
+from policymilter.logs import LOGGER, SessionLog, WarnOnce, event
+from policymilter.pipeline import Check, Pipeline
+from policymilter.policy import PolicyError, load_policy
+from policymilter.policy.model import Policy
+
+# The checks this version implements, in pipeline order (cheap before expensive).
+CHECKS: tuple[Check, ...] = ()
+ALWAYS: tuple[Check, ...] = (Origin(),)
+
+
+def build_pipeline() -> Pipeline:
+    return Pipeline(CHECKS, ALWAYS)
+
+
+def snapshot_for(policy: Policy, files: Sequence[str] = (), generation: int = 1) -> Snapshot:
+    return Snapshot(policy, build_pipeline(), tuple(files), generation)
+
+
+def load_snapshot(path: str | Path, overrides: Sequence[str] = (), generation: int = 1) -> Snapshot:
+    loaded = load_policy(path, overrides)
+    return snapshot_for(loaded.policy, loaded.files, generation)
+
+
+class Service:
+    """What every connection shares: the current policy snapshot and the counters."""
+
+    def __init__(self, path: str | Path, overrides: Sequence[str] = (),
+                 snapshot: Snapshot | None = None) -> None:
+        self.path = Path(path)
+        self.overrides = tuple(overrides)
+        self.snapshot = snapshot or load_snapshot(self.path, self.overrides)
+        self.warn_once = WarnOnce()
+        self.log = logging.getLogger(LOGGER)
+        self._ids = itertools.count(1)
+        self._lock = threading.Condition()
+        self.sessions = 0
+        self.transactions = 0
+        unavailable = self.snapshot.pipeline.unavailable
+        if unavailable:
+            event(self.log, logging.INFO, "checks_unavailable",
+                  "policy names checks this version does not implement yet; they do not run",
+                  checks=",".join(unavailable))
+
+    def reload(self) -> bool:
+        """Load the policy again; on any error keep the old one and log every problem."""
+        try:
+            snapshot = load_snapshot(self.path, self.overrides, self.snapshot.generation + 1)
+        except PolicyError as error:
+            for issue in error.issues:
+                event(self.log, logging.ERROR, "reload_error", str(issue))
+            event(self.log, logging.ERROR, "reload_failed",
+                  f"policy {self.path} has {len(error.issues)} error(s): keeping generation "
+                  f"{self.snapshot.generation} in force", errors=len(error.issues))
+            return False
+        # One reference swap: a connection that already started keeps its own snapshot.
+        self.snapshot = snapshot
+        event(self.log, logging.INFO, "reloaded", f"policy {self.path} loaded",
+              generation=snapshot.generation, files=",".join(snapshot.files))
+        return True
+
+    def open_conversation(self, session_facts: dict[str, object]) -> Conversation:
+        conn_id = str(next(self._ids))
+        session = Session(conn_id=conn_id, **session_facts)  # type: ignore[arg-type]
+        with self._lock:
+            self.sessions += 1
+        return Conversation(self.snapshot, session, self.warn_once, SessionLog(conn_id))
+
+    def session_closed(self) -> None:
+        with self._lock:
+            self.sessions -= 1
+            self._lock.notify_all()
+
+    def transaction_started(self) -> None:
+        with self._lock:
+            self.transactions += 1
+
+    def transaction_ended(self) -> None:
+        with self._lock:
+            self.transactions -= 1
+            self._lock.notify_all()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until no transaction is in flight; True if drained within `timeout` seconds.
+
+        Between transactions a session can be cut safely: Postfix answers its next MAIL with
+        milter_default_action (tempfail), so the client retries and nothing is lost.
+        """
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self.transactions > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._lock.wait(remaining)
+        return True
