@@ -8,6 +8,7 @@ and answered at the next callback that can reply.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import grp
 import logging
@@ -260,9 +261,10 @@ def serve(service: Service, socket_spec: str, *, user: str | None = None, group:
     install(service)
     import milter as libmilter  # pymilter's C extension
 
-    # Block the reload signal everywhere before libmilter starts its threads: they inherit the
-    # mask, and one thread of ours waits for it with sigwait.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {RELOAD_SIGNAL})
+    # Block these in every thread before any starts (threads inherit the mask): libmilter's
+    # own signal thread sigwaits for SIGHUP/SIGTERM/SIGINT, ours for the reload signal. A thread
+    # that left SIGTERM unblocked would die of its default action instead of a clean stop.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {RELOAD_SIGNAL, signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
     Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE | Milter.SETSYMLIST)
     for name, callback in (
         ("connect", Milter.connect_callback),
@@ -303,6 +305,11 @@ def serve(service: Service, socket_spec: str, *, user: str | None = None, group:
     event(log, logging.INFO, "stopping", "no new connections; waiting for open transactions",
           transactions=service.transactions, sessions=service.sessions)
     drained = service.drain(drain_timeout)
+    if socket_path is not None:
+        # libmilter leaves the socket file behind; after a privilege drop the directory may not
+        # let us remove it, and the next start replaces it anyway.
+        with contextlib.suppress(OSError):
+            socket_path.unlink()
     event(log, logging.INFO if drained else logging.WARNING, "stopped",
           "all transactions finished" if drained else "drain timeout: open transactions will be "
           "retried by their senders (Postfix answers them with milter_default_action)",

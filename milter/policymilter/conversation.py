@@ -163,6 +163,8 @@ class Conversation:
 
     def crashed(self, where: str, error: BaseException, *, deferred: bool) -> Verdict:
         """An unexpected exception outside the checks: log it once, answer the error action."""
+        if deferred and self.failure is not None:
+            return self.failure  # this transaction already failed and was logged
         event(self.log, logging.ERROR, "callback_crashed", f"{where} raised {error!r}", exc_info=True,
               callback=where, listener=self.door.name)
         action = self.door.listener.on_error

@@ -26,8 +26,9 @@ def build_pipeline() -> Pipeline:
     return Pipeline(CHECKS, ALWAYS)
 
 
-def snapshot_for(policy: Policy, files: Sequence[str] = (), generation: int = 1) -> Snapshot:
-    return Snapshot(policy, build_pipeline(), tuple(files), generation)
+def snapshot_for(policy: Policy, files: Sequence[str] = (), generation: int = 1,
+                 pipeline: Pipeline | None = None) -> Snapshot:
+    return Snapshot(policy, pipeline or build_pipeline(), tuple(files), generation)
 
 
 def load_snapshot(path: str | Path, overrides: Sequence[str] = (), generation: int = 1) -> Snapshot:

@@ -1,0 +1,65 @@
+"""Shared fixtures: policies built from the shipped default, and the log watcher."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from policymilter.logs import LOGGER
+from policymilter.policy import load_policy
+from policymilter.policy.model import Policy
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_POLICY = REPO / "policies"
+
+
+class LogWatch(logging.Handler):
+    """Collects the milter's log records; unexpected warnings fail the test."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self.expected: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def events(self, name: str) -> list[logging.LogRecord]:
+        return [r for r in self.records if getattr(r, "event", None) == name]
+
+    def fields(self, name: str) -> list[dict]:
+        return [dict(getattr(r, "fields", {})) for r in self.events(name)]
+
+    def expect(self, *events: str) -> None:
+        """Declare warning/error events this test provokes on purpose."""
+        self.expected.update(events)
+
+    def unexpected(self) -> list[logging.LogRecord]:
+        return [r for r in self.records
+                if r.levelno >= logging.WARNING and getattr(r, "event", None) not in self.expected]
+
+
+@pytest.fixture(autouse=True)
+def logwatch() -> Iterator[LogWatch]:
+    logger = logging.getLogger(LOGGER)
+    handler = LogWatch()
+    logger.addHandler(handler)
+    previous = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+    bad = handler.unexpected()
+    if bad:
+        lines = "\n".join(f"{r.levelname} {getattr(r, 'event', '')}: {r.getMessage()}" for r in bad)
+        pytest.fail(f"unexpected warnings or errors were logged:\n{lines}")
+
+
+@pytest.fixture(scope="session")
+def default_policy() -> Policy:
+    return load_policy(DEFAULT_POLICY).policy

@@ -1,0 +1,273 @@
+"""The adapter through pymilter's TestCtx, with macros handed out per stage as Postfix does."""
+
+from __future__ import annotations
+
+import Milter
+import pytest
+
+from policymilter.outcome import AddHeader, CheckResult, Outcome
+from policymilter.pipeline import CheckContext, Pipeline, Stage
+from policymilter.service import ALWAYS, Service, snapshot_for
+from tests.conftest import DEFAULT_POLICY
+from tests.milter.fakemta import FakeMTA, SmtpState
+
+GOOD_MESSAGE = b"From: Alice <alice@example.org>\nTo: bob@elsewhere.test\nSubject: hi\n\nhello\n"
+
+
+def make_service(policy_path=DEFAULT_POLICY, checks=(), overrides=()) -> Service:
+    service = Service(policy_path, overrides)
+    if checks:
+        service.snapshot = snapshot_for(service.snapshot.policy, pipeline=Pipeline(checks, ALWAYS))
+    return service
+
+
+def mta_for(listener: str, port: int, **state) -> FakeMTA:
+    return FakeMTA(make_service(), SmtpState(daemon_name=listener, daemon_port=port, **state))
+
+
+def test_negotiation_asks_for_the_macros_the_milter_needs():
+    mta = mta_for("smtp", 25)
+    mta.connect()
+    requested = {stage: {m.decode() for m in (names or ())} for stage, names in enumerate(mta.ctx._symlist)}
+    assert {"{daemon_name}", "{daemon_port}"} <= requested[Milter.M_CONNECT]
+    assert {"{auth_authen}", "{auth_type}", "{tls_version}"} <= requested[Milter.M_ENVFROM]
+    assert all(len(names) <= 5 for names in requested.values())
+
+
+def test_submission_without_auth_is_refused_at_mail_from(logwatch):
+    mta = mta_for("submission", 587)
+    mta.connect()
+    mta.helo()
+    assert mta.mail("<alice@example.org>") == Milter.REJECT
+    assert mta.reply.startswith("530 5.7.0 Authentication required")
+    [summary] = logwatch.fields("summary")
+    assert summary["verdict"] == "reject" and summary["stage"] == "mail"
+    assert summary["listener"] == "submission" and summary["origin"] == "fail:auth-required"
+
+
+def test_auth_macros_are_read_per_transaction_not_at_connect(logwatch):
+    """AUTH after a first transaction: the second MAIL sees the login."""
+    mta = mta_for("submission", 587)
+    mta.connect()
+    mta.starttls()
+    mta.helo()
+    assert mta.mail() == Milter.REJECT
+    mta.abort()
+    mta.auth("alice", "PLAIN")
+    assert mta.send("<alice@example.org>", message=GOOD_MESSAGE) == Milter.ACCEPT
+    summaries = logwatch.fields("summary")
+    assert [s["verdict"] for s in summaries] == ["reject", "accept"]
+    assert summaries[1]["auth"] == "alice" and summaries[1]["mech"] == "PLAIN"
+    assert summaries[1]["tls"] == "TLSv1.3/TLS_AES_256_GCM_SHA384"
+
+
+@pytest.mark.parametrize(
+    ("login", "mech", "tls", "expected"),
+    [
+        ("alice", "PLAIN", True, None),
+        ("alice", "LOGIN", True, None),
+        ("alice", "CRAM-MD5", True, "534 5.7.9"),
+        ("alice", "PLAIN", False, "538 5.7.11"),
+        ("bob.smith", "PLAIN", True, "550 5.7.1 Use your login name"),
+        ("carol@example.org", "LOGIN", True, "550 5.7.1 Use your login name"),
+    ],
+)
+def test_submission_rules(login, mech, tls, expected):
+    mta = mta_for("submission", 587)
+    mta.connect()
+    if tls:
+        mta.starttls()
+    mta.helo()
+    mta.auth(login, mech)
+    rc = mta.send("<alice@example.org>", message=GOOD_MESSAGE)
+    if expected is None:
+        assert rc == Milter.ACCEPT
+    else:
+        assert rc == Milter.REJECT
+        assert mta.reply.startswith(expected)
+
+
+def test_port_25_accepts_anonymous_mail_and_reports_queue_id(logwatch):
+    mta = mta_for("smtp", 25)
+    mta.connect()
+    mta.helo()
+    assert mta.send(message=GOOD_MESSAGE) == Milter.ACCEPT
+    [summary] = logwatch.fields("summary")
+    assert summary["queue_id"] == "4Q000001"
+    assert summary["origin"] == "pass:anonymous" and summary["client"] == "203.0.113.7"
+    assert summary["helo"] == "client.example.net" and summary["rcpts"] == 1
+
+
+def test_several_messages_in_one_session_each_get_a_summary(logwatch):
+    mta = mta_for("smtp", 25)
+    mta.connect()
+    mta.helo()
+    for _ in range(3):
+        assert mta.send(message=GOOD_MESSAGE) == Milter.ACCEPT
+    assert [s["queue_id"] for s in logwatch.fields("summary")] == ["4Q000001", "4Q000002", "4Q000003"]
+    conns = {r.conn for r in logwatch.events("summary")}
+    assert len(conns) == 1
+
+
+def test_abort_between_transactions_resets_the_envelope(logwatch):
+    mta = mta_for("smtp", 25)
+    mta.connect()
+    mta.helo()
+    mta.mail("<first@example.net>")
+    mta.rcpt("<a@example.test>")
+    mta.rcpt("<b@example.test>")
+    mta.abort()
+    assert mta.send("<second@example.net>", message=GOOD_MESSAGE) == Milter.ACCEPT
+    [summary] = logwatch.fields("summary")
+    assert summary["from"] == "<second@example.net>" and summary["rcpts"] == 1
+    assert mta.service.transactions == 0
+
+
+def test_close_ends_the_session_and_the_transaction_count():
+    mta = mta_for("smtp", 25)
+    mta.connect()
+    mta.helo()
+    mta.mail()
+    assert mta.service.transactions == 1 and mta.service.sessions == 1
+    mta.close()
+    assert mta.service.transactions == 0 and mta.service.sessions == 0
+
+
+def test_port_matches_when_daemon_name_is_postfix_default(logwatch):
+    """Stock Postfix sends {daemon_name} = $myhostname: the port still finds submission."""
+    logwatch.expect("daemon_name_is_hostname")
+    mta = mta_for(None, 587)
+    mta.connect()
+    mta.helo()
+    assert mta.mail() == Milter.REJECT
+    assert mta.reply.startswith("530 5.7.0")
+    [warning] = logwatch.events("daemon_name_is_hostname")
+    assert "milter_macro_daemon_name" in warning.getMessage()
+
+
+def test_missing_port_macro_is_named_with_its_postfix_parameter(logwatch):
+    """A Postfix that ignores the milter's macro list and lacks {daemon_port}: warn once."""
+    logwatch.expect("macro_missing", "unknown_listener")
+    service = make_service()
+    for _ in range(2):
+        mta = FakeMTA(service, SmtpState(daemon_name=None, daemon_port=None), honour_symlist=False)
+        mta.connect()
+        mta.starttls()
+        mta.helo()
+        mta.auth("alice")
+        # unknown listener: the strictest profile (auth allowed, over TLS, PLAIN/LOGIN)
+        assert mta.send(message=GOOD_MESSAGE) == Milter.ACCEPT
+        mta.close()
+    warnings = logwatch.events("macro_missing")
+    assert len(warnings) == 1
+    assert "{daemon_port}" in warnings[0].getMessage() and "milter_connect_macros" in warnings[0].getMessage()
+    assert len(logwatch.events("unknown_listener")) == 1
+    assert {s["listener"] for s in logwatch.fields("summary")} == {"unknown"}
+
+
+def test_missing_auth_macros_mean_unauthenticated_never_trusted(logwatch):
+    """An MTA that ignores the milter's list and sends no MAIL macros: the login stays unknown."""
+    logwatch.expect("macro_missing")
+    mta = FakeMTA(make_service(), SmtpState(daemon_name="submission", daemon_port=587), honour_symlist=False)
+    mta.postfix_macros[Milter.M_ENVFROM] = ("i",)
+    mta.connect()
+    mta.starttls()
+    mta.helo()
+    mta.auth("alice")
+    assert mta.mail() == Milter.REJECT
+    assert mta.reply.startswith("530 5.7.0")
+    [warning] = [w for w in logwatch.events("macro_missing") if "{mail_addr}" in w.getMessage()]
+    assert "milter_mail_macros" in warning.getMessage() and "{auth_authen}" in warning.getMessage()
+
+
+class Exploding:
+    name = "spam"
+    stage = Stage.EOM
+
+    def run(self, context: CheckContext) -> CheckResult:
+        raise RuntimeError("scanner library bug")
+
+
+class Tagging:
+    name = "attachments"
+    stage = Stage.EOM
+
+    def run(self, context: CheckContext) -> CheckResult:
+        return CheckResult(self.name, Outcome.CLEAN, actions=(AddHeader("X-Checked", "yes"),))
+
+
+def test_a_crash_inside_a_check_becomes_tempfail_and_the_daemon_keeps_serving(logwatch):
+    logwatch.expect("check_crashed")
+    service = make_service(checks=(Exploding(),), overrides=['listeners.smtp.unauthenticated.on_error={}'])
+    mta = FakeMTA(service, SmtpState(daemon_name="smtp", daemon_port=25))
+    mta.connect()
+    mta.helo()
+    assert mta.send(message=GOOD_MESSAGE) == Milter.TEMPFAIL
+    assert mta.reply.startswith("451 4.3.0")
+    [crash] = logwatch.events("check_crashed")
+    assert crash.exc_info is not None  # the traceback is logged, once
+    [summary] = logwatch.fields("summary")
+    assert summary["spam"] == "error:RuntimeError" and summary["verdict"] == "tempfail"
+    # the next message of the same session is handled normally by the same daemon
+    assert mta.send(message=GOOD_MESSAGE) == Milter.TEMPFAIL
+    assert len(logwatch.events("check_crashed")) == 2
+
+
+def test_on_error_matrix_accept_lets_mail_through(logwatch):
+    logwatch.expect("check_crashed")
+    # the default policy says spam = "accept" on errors for port 25
+    service = make_service(checks=(Exploding(),))
+    mta = FakeMTA(service, SmtpState(daemon_name="smtp", daemon_port=25))
+    mta.connect()
+    mta.helo()
+    assert mta.send(message=GOOD_MESSAGE) == Milter.ACCEPT
+
+
+def test_a_crash_in_the_adapter_itself_becomes_the_listener_error_action(logwatch, monkeypatch):
+    logwatch.expect("callback_crashed")
+    mta = mta_for("smtp", 25)
+    mta.connect()
+    mta.helo()
+
+    def broken(*args):
+        raise ValueError("bad header handling")
+
+    monkeypatch.setattr(mta.milter.conversation, "header", broken)
+    assert mta.send(message=GOOD_MESSAGE) == Milter.TEMPFAIL
+    assert mta.reply.startswith("451 4.3.0")
+    assert len(logwatch.events("callback_crashed")) == 1
+    [summary] = logwatch.fields("summary")
+    assert summary["decided_by"] == "milter" and summary["verdict"] == "tempfail"
+
+
+def test_headers_proposed_by_checks_are_added_at_end_of_message():
+    service = make_service(checks=(Tagging(),))
+    mta = FakeMTA(service, SmtpState(daemon_name="smtp", daemon_port=25))
+    mta.connect()
+    mta.helo()
+    assert mta.send(message=GOOD_MESSAGE) == Milter.ACCEPT
+    assert mta.ctx.added == [("X-Checked", "yes")]
+
+
+def test_percent_in_a_login_cannot_break_the_reply():
+    mta = mta_for("submission", 587)
+    mta.connect()
+    mta.starttls()
+    mta.helo()
+    mta.auth("bob.%s%n")
+    assert mta.mail() == Milter.REJECT
+    assert "bob.%%s%%n" in mta.reply
+
+
+def test_header_bytes_reach_the_conversation_unchanged():
+    mta = mta_for("smtp", 25)
+    mta.connect()
+    mta.helo()
+    mta.mail()
+    mta.rcpt()
+    raw = "Subject: =?utf-8?q?h=C3=A9?= caf\u00e9\n\tfolded\n\nbody\n".encode()
+    seen = []
+    original = mta.milter.conversation.header
+    mta.milter.conversation.header = lambda name, value: (seen.append((name, value)), original(name, value))
+    assert mta.data(raw) == Milter.ACCEPT
+    assert seen == [("Subject", "=?utf-8?q?h=C3=A9?= caf\u00e9\r\n\tfolded".encode())]
