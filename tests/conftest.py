@@ -54,6 +54,9 @@ def logwatch() -> Iterator[LogWatch]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(previous)
+        # a CLI test may have installed the milter's own stderr handler: drop it with the test
+        for owned in [h for h in logger.handlers if getattr(h, "policymilter_owned", False)]:
+            logger.removeHandler(owned)
     bad = handler.unexpected()
     if bad:
         lines = "\n".join(f"{r.levelname} {getattr(r, 'event', '')}: {r.getMessage()}" for r in bad)

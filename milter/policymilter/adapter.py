@@ -48,7 +48,7 @@ def _guarded(*, replies: bool) -> Callable[[F], F]:
         def wrapper(self: PolicyMilter, *args: Any) -> Any:
             try:
                 return func(self, *args)
-            except Exception as error:  # noqa: BLE001 - the daemon must keep serving
+            except Exception as error:
                 return self._crashed(func.__name__, error, replies=replies)
 
         return wrapper  # type: ignore[return-value]

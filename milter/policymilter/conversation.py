@@ -194,10 +194,7 @@ class Conversation:
 
     def _finish(self, verdict: Verdict, stage: str) -> Verdict:
         """Combine this transaction's results into the final verdict and log the summary."""
-        if verdict.decided_by == "milter":
-            final = verdict
-        else:
-            final = decide(self.results)
+        final = verdict if verdict.decided_by == "milter" else decide(self.results)
         self.log_summary(final, stage)
         return final
 

@@ -89,7 +89,7 @@ class _Formatter(logging.Formatter):
         line = " ".join(parts)
         return f"{line}\n{traceback}" if traceback else line
 
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         return f"{stamp}.{int(record.msecs):03d}Z"
 
@@ -102,8 +102,9 @@ def setup_logging(
 ) -> logging.Logger:
     """Configure the `policymilter` logger (stderr by default; syslog adds no timestamps)."""
     logger = logging.getLogger(LOGGER)
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
+    for old in list(logger.handlers):
+        if getattr(old, "policymilter_owned", False):  # leave handlers others attached alone
+            logger.removeHandler(old)
     if syslog:
         handler: logging.Handler = logging.handlers.SysLogHandler(
             address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_MAIL
@@ -112,6 +113,7 @@ def setup_logging(
     else:
         handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(_Formatter(json_lines=log_format == "json", with_time=not syslog))
+    handler.policymilter_owned = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.setLevel(level.upper())
     logger.propagate = False

@@ -30,7 +30,8 @@ class Message:
 
     def __init__(self, spool_threshold: int = SPOOL_THRESHOLD) -> None:
         self.headers: list[Header] = []
-        self._body: BinaryIO = tempfile.SpooledTemporaryFile(max_size=spool_threshold)
+        # Owned by the message for its whole life; closed by close() at end of transaction.
+        self._body: BinaryIO = tempfile.SpooledTemporaryFile(max_size=spool_threshold)  # noqa: SIM115
         self.body_size = 0
         self._parsed: EmailMessage | None = None
 

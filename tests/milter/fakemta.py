@@ -147,7 +147,7 @@ class FakeMTA:
         return " ".join(str(part) for part in last if part) if last else None
 
     @property
-    def milter(self):  # noqa: ANN201 - the PolicyMilter instance
+    def milter(self):
         return self.ctx.getpriv()
 
     # --- the SMTP conversation --------------------------------------------------------------

@@ -274,7 +274,8 @@ def load_policy(path: str | Path, overrides: Sequence[str] = ()) -> LoadedPolicy
     try:
         policy = Policy.model_validate_json(json.dumps(merged, default=_to_json), strict=True)
     except ValidationError as error:
-        raise PolicyError(_validation_issues(error, sources, fallback)) from None
+        issues = _validation_issues(error, sources, fallback)
+        raise PolicyError(sorted(issues, key=lambda i: (i.file, i.line or 0))) from None
     issues = _semantic_issues(policy, sources, fallback)
     if issues:
         raise PolicyError(issues)

@@ -1,0 +1,38 @@
+"""Log lines: key=value and JSON, with the connection id first."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from policymilter.logs import SessionLog, event, kv_value, setup_logging
+
+
+def render(log_format: str) -> str:
+    stream = io.StringIO()
+    setup_logging(log_format, "info", stream=stream)
+    try:
+        event(SessionLog("42"), logging.INFO, "summary", queue_id="4QABC", reason="needs auth now",
+              size=None, ok=True)
+    finally:
+        logger = logging.getLogger("policymilter")
+        for handler in [h for h in logger.handlers if getattr(h, "policymilter_owned", False)]:
+            logger.removeHandler(handler)
+    return stream.getvalue().strip()
+
+
+def test_kv_line_has_conn_first_and_quotes_values_with_spaces():
+    line = render("kv")
+    assert line.split(" ", 2)[1:] == ["info", 'conn=42 summary queue_id=4QABC reason="needs auth now" size=- ok=yes']
+
+
+def test_json_line_is_one_object():
+    document = json.loads(render("json"))
+    assert document["conn"] == "42" and document["event"] == "summary"
+    assert document["queue_id"] == "4QABC" and document["size"] is None and document["ok"] is True
+
+
+def test_kv_values_cannot_forge_keys():
+    assert kv_value('x" verdict=accept') == '"x\\" verdict=accept"'
+    assert kv_value("") == "-"

@@ -1,0 +1,186 @@
+"""Policy loading: every error as FILE:LINE: key.path: message, all at once."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from policymilter.outcome import ErrorAction
+from policymilter.policy import PolicyError, load_policy
+from policymilter.policy.load import parse_override
+from policymilter.policy.locate import locate
+from policymilter.policy.model import CheckName
+from tests.conftest import DEFAULT_POLICY
+
+MINIMAL = """\
+[site]
+domains = ["example.org"]
+authserv_id = "mx.example.org"
+
+[listeners.smtp]
+ports = [25]
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "policy.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def errors(path: Path, overrides=()) -> list[str]:
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path, overrides)
+    return [str(issue) for issue in caught.value.issues]
+
+
+def test_shipped_default_policy_encodes_the_site_rules(default_policy):
+    smtp, submission, submissions = (default_policy.listeners[n] for n in ("smtp", "submission", "submissions"))
+    assert smtp.auth == "optional" and smtp.auth_requires_tls
+    assert {CheckName.SPAM, CheckName.ANTIVIRUS, CheckName.ATTACHMENTS} <= set(smtp.unauthenticated.checks)
+    assert {CheckName.SPF, CheckName.DKIM, CheckName.DMARC} <= set(smtp.unauthenticated.checks)
+    assert submission.auth == "required" and submission.auth_mechanisms == ("PLAIN", "LOGIN")
+    assert set(submission.login_forbidden_chars) == {".", "@"}
+    assert not {CheckName.SPAM, CheckName.ANTIVIRUS, CheckName.ATTACHMENTS} & set(submission.authenticated.checks)
+    assert submissions.auth == "required"
+    assert {CheckName.SPAM, CheckName.ANTIVIRUS, CheckName.ATTACHMENTS} <= set(submissions.authenticated.checks)
+    assert smtp.error_action("dmarc", authenticated=False) is ErrorAction.TEMPFAIL
+    assert smtp.error_action("spam", authenticated=False) is ErrorAction.ACCEPT
+
+
+def test_broken_file_reports_every_error_with_file_line_and_key(tmp_path):
+    path = write(tmp_path, """\
+        [site]
+        domains = ["example.org"]
+        authserv_idd = "mx.example.org"
+
+        [dns]
+        timeout = "fast"
+        nameservers = ["127.0.0.1:99999"]
+
+        [listeners.smtp]
+        ports = [25]
+        auth = "requird"
+        on_error = "tempfial"
+
+        [listeners.smtp.unauthenticated]
+        checks = ["spf", "spma"]
+        on_error = { dmarc = "accept", virus = "reject" }
+
+        [spam]
+        tag_score = 9.0
+        reject_score = 5.0
+        """)
+    assert errors(path) == [
+        f"{path}:3: site.authserv_idd: unknown key; did you mean 'authserv_id'?",
+        f"{path}:6: dns.timeout: Input should be a valid number, not \"fast\"",
+        f"{path}:7: dns.nameservers: '127.0.0.1:99999' is not \"HOST\" or \"HOST:PORT\"",
+        f"{path}:11: listeners.smtp.auth: Input should be 'optional' or 'required', not 'requird'; "
+        "did you mean 'required'?",
+        f"{path}:12: listeners.smtp.on_error: Input should be 'tempfail', 'accept' or 'reject', not 'tempfial'; "
+        "did you mean 'tempfail'?",
+        f"{path}:15: listeners.smtp.unauthenticated.checks[1]: Input should be 'sender', 'spf', 'attachments', "
+        "'antivirus', 'spam', 'dkim', 'arc', 'dmarc' or 'signing', not 'spma'; did you mean 'spam'?",
+        f"{path}:16: listeners.smtp.unauthenticated.on_error.virus: Input should be 'sender', 'spf', "
+        "'attachments', 'antivirus', 'spam', 'dkim', 'arc', 'dmarc' or 'signing', not 'virus'; "
+        "did you mean 'antivirus'?",
+        f"{path}:18: spam: scores must rise: tag_score <= quarantine_score <= reject_score",
+    ]
+
+
+def test_syntax_error_names_the_line(tmp_path):
+    path = write(tmp_path, '[site]\nauthserv_id = mx.example.org\n\n[dns]\n')
+    assert errors(path) == [f"{path}:2: (syntax): Invalid value"]
+
+
+def test_unknown_section_suggests_the_right_one(tmp_path):
+    path = write(tmp_path, MINIMAL + "\n[antivrus]\nservers = []\n")
+    assert errors(path) == [f"{path}:8: antivrus: unknown key; did you mean 'antivirus'?"]
+
+
+def test_inline_table_and_dotted_keys_are_located(tmp_path):
+    path = write(tmp_path, MINIMAL + 'unauthenticated = { checks = ["spf"], on_eror = {} }\n')
+    assert errors(path) == [
+        f"{path}:7: listeners.smtp.unauthenticated.on_eror: unknown key; did you mean 'on_error'?"
+    ]
+
+
+def test_two_listeners_claiming_one_port(tmp_path):
+    path = write(tmp_path, MINIMAL + "\n[listeners.other]\nports = [2525, 25]\n")
+    assert errors(path) == [f"{path}:9: listeners.other.ports[1]: port 25 is already matched by listeners.smtp"]
+
+
+def test_no_listener_is_an_error(tmp_path):
+    path = write(tmp_path, "[site]\ndomains = []\n")
+    assert errors(path) == [
+        f"{path}:0: listeners: no listener is defined: every session would get the strictest profile"
+    ]
+
+
+def test_directory_files_are_read_in_name_order_later_overrides(tmp_path):
+    write(tmp_path, MINIMAL, "00-base.toml")
+    write(tmp_path, '[site]\nauthserv_id = "mx2.example.org"\n[dns]\ntimeout = "x"\n', "50-local.toml")
+    assert errors(tmp_path) == [f"{tmp_path / '50-local.toml'}:4: dns.timeout: Input should be a valid number, "
+                                'not "x"']
+    (tmp_path / "50-local.toml").write_text('[site]\nauthserv_id = "mx2.example.org"\n')
+    loaded = load_policy(tmp_path)
+    assert loaded.policy.site.authserv_id == "mx2.example.org"
+    assert loaded.policy.site.domains == ("example.org",)
+    assert [Path(f).name for f in loaded.files] == ["00-base.toml", "50-local.toml"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("dns.timeout=3", (["dns", "timeout"], 3)),
+        ('site.domains=["a.example", "b.example"]', (["site", "domains"], ["a.example", "b.example"])),
+        ("site.authserv_id=mx.example.org", (["site", "authserv_id"], "mx.example.org")),
+        ('dns.nameservers=["127.0.0.1:5353"]', (["dns", "nameservers"], ["127.0.0.1:5353"])),
+    ],
+)
+def test_override_values_use_toml_syntax(text, expected):
+    assert parse_override(text) == expected
+
+
+def test_overrides_are_validated_like_the_file(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    policy = load_policy(path, ["dns.timeout=2.5", 'antivirus.servers=["unix:/run/c.sock", "127.0.0.1:3310"]'])
+    assert policy.policy.dns.timeout == 2.5
+    assert policy.policy.antivirus.servers == ("unix:/run/c.sock", "127.0.0.1:3310")
+    assert errors(path, ["dns.timeout=soon", "spam.servers=localhost"]) == [
+        '-o:1: dns.timeout: Input should be a valid number, not "soon"',
+        '-o:2: spam.servers: Input should be a valid array, not "localhost"',
+    ]
+    assert errors(path, ["nonsense"]) == ["-o:1: (override): 'nonsense' is not KEY.PATH=VALUE"]
+
+
+def test_missing_path(tmp_path):
+    assert errors(tmp_path / "nope.toml") == [f"{tmp_path / 'nope.toml'}:0: (policy): no such file or directory"]
+
+
+def test_locate_handles_multiline_arrays_strings_and_arrays_of_tables():
+    text = textwrap.dedent('''\
+        a = [
+          "x = 1",
+          2,
+        ]
+        b = """
+        c = 3
+        """
+        [t]
+        d.e = 1
+        [[arr]]
+        f = 1
+        [[arr]]
+        f = 2
+        ''')
+    where = locate(text)
+    assert where[("a",)] == 1 and ("c",) not in where and where[("b",)] == 5
+    assert where[("t", "d", "e")] == 9
+    assert where[("arr", 0, "f")] == 11 and where[("arr", 1, "f")] == 13
+
+
+def test_default_policy_directory_checks_clean():
+    assert load_policy(DEFAULT_POLICY).policy.site.domains
