@@ -200,6 +200,19 @@ def test_port_25_refuses_relay_to_an_external_domain(stack):
     assert b"Relay access denied" in text
 
 
+def test_port_25_auth_is_optional_offered_after_starttls_and_lets_users_relay(stack):
+    with smtplib.SMTP("127.0.0.1", stack.ports["smtp"], timeout=30) as client:
+        client.ehlo("laptop.example.net")
+        assert not client.has_extn("auth")  # smtpd_tls_auth_only: no AUTH in the clear
+    sender, rcpt = unique("alice"), unique("friend", "elsewhere.test")
+    with submission(stack, port="smtp", mechanism="LOGIN") as client:
+        code, _ = send(client, sender, rcpt)
+    assert code == 250
+    stack.wait_delivered(lambda d: rcpt in d.rcpts)
+    line = summary_for(stack, sender)
+    assert (line["listener"], line["auth"], line["mech"], line["origin"]) == ("smtp", "alice", "LOGIN", "pass:auth")
+
+
 # --- lifecycle: nothing lost, reload, signals ------------------------------------------------
 
 def test_milter_down_means_4xx_and_the_retry_is_delivered(stack, policy_dir):
