@@ -36,6 +36,7 @@ MAIL_MACROS = ("{auth_type}", "{auth_authen}", "{mail_addr}", "{tls_version}", "
 QUEUE_ID_MACROS = ("i",)
 
 RELOAD_SIGNAL = signal.SIGUSR1  # libmilter's own thread takes SIGHUP/SIGTERM/SIGINT
+DRAIN_SIGNAL = signal.SIGUSR2  # parent -> child: stop gracefully
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -174,7 +175,8 @@ class PolicyMilter(Milter.Base):
     @_guarded(replies=True)
     def envfrom(self, mail_from: str, *params: str) -> int:
         self._begin_transaction()
-        verdict = self.conversation.mail(self._session_with_mail_macros(), mail_from, params)
+        verdict = self.conversation.mail(self._session_with_mail_macros(), mail_from, params,
+                                         draining=self.service.draining.is_set())
         if verdict.stops:
             self._end_transaction()
         return self._apply(verdict, final=False)
@@ -254,6 +256,46 @@ def _drop_privileges(user: str | None, group: str | None, socket_path: Path | No
     os.setuid(uid)
 
 
+def _supervise(child: int, log: logging.Logger) -> int:
+    """The parent: turn SIGTERM/SIGHUP/SIGINT into a graceful stop of the child; pass on reloads.
+
+    libmilter's own signal thread stops the milter at once on SIGTERM, and from then on it no
+    longer serves the sessions it has open. So the process that receives the service manager's
+    SIGTERM is this small parent, and the child (libmilter) is asked to drain with SIGUSR2.
+    """
+    while True:
+        sig = signal.sigwait({signal.SIGTERM, signal.SIGHUP, signal.SIGINT, RELOAD_SIGNAL, signal.SIGCHLD})
+        if sig == signal.SIGCHLD:
+            pid, status = os.waitpid(child, os.WNOHANG)
+            if pid == child:
+                code = os.waitstatus_to_exitcode(status)
+                if code != 0:
+                    event(log, logging.ERROR, "child_exited", f"milter process exited with {code}", code=code)
+                return code if code >= 0 else 128 - code
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, RELOAD_SIGNAL if sig == RELOAD_SIGNAL else DRAIN_SIGNAL)
+
+
+def _control_loop(service: Service, drain_timeout: float, stop: Callable[[], None], log: logging.Logger) -> None:
+    """The child's control thread: reload on SIGUSR1, drain and stop on SIGUSR2."""
+    while True:
+        sig = signal.sigwait({RELOAD_SIGNAL, DRAIN_SIGNAL})
+        if sig == RELOAD_SIGNAL:
+            service.reload()
+            continue
+        service.draining.set()
+        event(log, logging.INFO, "stopping", "new transactions get 451 4.3.2; waiting for open ones",
+              transactions=service.transactions, sessions=service.sessions)
+        drained = service.drain(drain_timeout)
+        event(log, logging.INFO if drained else logging.WARNING, "stopped",
+              "all transactions finished" if drained else "drain timeout: open transactions will be "
+              "retried by their senders (Postfix answers them with milter_default_action)",
+              transactions=service.transactions)
+        stop()
+        return
+
+
 def serve(service: Service, socket_spec: str, *, user: str | None = None, group: str | None = None,
           timeout: int = 600, drain_timeout: float = 30.0) -> int:
     """Bind, drop privileges, serve until SIGTERM, let transactions finish; return exit code."""
@@ -261,10 +303,11 @@ def serve(service: Service, socket_spec: str, *, user: str | None = None, group:
     install(service)
     import milter as libmilter  # pymilter's C extension
 
-    # Block these in every thread before any starts (threads inherit the mask): libmilter's
-    # own signal thread sigwaits for SIGHUP/SIGTERM/SIGINT, ours for the reload signal. A thread
-    # that left SIGTERM unblocked would die of its default action instead of a clean stop.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {RELOAD_SIGNAL, signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
+    # Block these in every thread before any starts (threads and the child inherit the mask):
+    # they are taken with sigwait by the parent, by our control thread and by libmilter's own
+    # signal thread. A thread that left one unblocked would die of its default action.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {RELOAD_SIGNAL, DRAIN_SIGNAL, signal.SIGHUP, signal.SIGTERM,
+                                              signal.SIGINT, signal.SIGCHLD})
     Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE | Milter.SETSYMLIST)
     for name, callback in (
         ("connect", Milter.connect_callback),
@@ -293,25 +336,25 @@ def serve(service: Service, socket_spec: str, *, user: str | None = None, group:
         os.chmod(socket_path, 0o660)
     _drop_privileges(user, group, socket_path)
 
-    def reload_loop() -> None:
-        while True:
-            signal.sigwait({RELOAD_SIGNAL})
-            service.reload()
-
-    threading.Thread(target=reload_loop, name="reload", daemon=True).start()
+    # No thread exists yet, so forking is safe; the child inherits the bound socket.
+    child = os.fork()
+    if child:
+        code = _supervise(child, log)
+        if socket_path is not None:
+            # libmilter leaves the socket file behind; after a privilege drop the directory may
+            # not let us remove it, and the next start replaces it anyway.
+            with contextlib.suppress(OSError):
+                socket_path.unlink()
+        return code
+    threading.Thread(target=_control_loop, args=(service, drain_timeout, libmilter.stop, log),
+                     name="control", daemon=True).start()
     event(log, logging.INFO, "started", f"listening on {socket_spec}", socket=socket_spec,
-          uid=os.getuid(), gid=os.getgid(), policy=str(service.path), pid=os.getpid())
-    libmilter.main()  # returns when libmilter's signal thread sees SIGTERM (or SIGHUP)
-    event(log, logging.INFO, "stopping", "no new connections; waiting for open transactions",
-          transactions=service.transactions, sessions=service.sessions)
-    drained = service.drain(drain_timeout)
-    if socket_path is not None:
-        # libmilter leaves the socket file behind; after a privilege drop the directory may not
-        # let us remove it, and the next start replaces it anyway.
-        with contextlib.suppress(OSError):
-            socket_path.unlink()
-    event(log, logging.INFO if drained else logging.WARNING, "stopped",
-          "all transactions finished" if drained else "drain timeout: open transactions will be "
-          "retried by their senders (Postfix answers them with milter_default_action)",
-          transactions=service.transactions)
-    return 0
+          uid=os.getuid(), gid=os.getgid(), policy=str(service.path), pid=os.getppid())
+    code = 0
+    try:
+        libmilter.main()  # returns after libmilter.stop(), or at once on a SIGTERM sent to this child
+    except libmilter.error as error:
+        event(log, logging.ERROR, "milter_failed", f"libmilter stopped: {error}")
+        code = 1
+    logging.shutdown()
+    os._exit(code)  # the child never returns into the parent's code (atexit, CLI)

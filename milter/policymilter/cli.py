@@ -98,7 +98,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"--socket {args.socket!r}: expected unix:/path, inet:PORT@HOST or inet6:PORT@HOST",
               file=sys.stderr)
         return EXIT_INVALID
-    setup_logging(args.log_format, args.log_level, args.syslog)
+    try:
+        setup_logging(args.log_format, args.log_level, args.syslog)
+    except OSError as error:
+        print(f"--syslog: cannot reach the syslog socket /dev/log ({error}); is a syslog daemon running?",
+              file=sys.stderr)
+        return 1
     try:
         service = Service(args.policy, args.overrides)
     except PolicyError as error:

@@ -17,9 +17,14 @@ from policymilter.facts import MACRO_SOURCES, Envelope, Session, strip_brackets
 from policymilter.listeners import Door
 from policymilter.logs import SUMMARY_KEYS, SUMMARY_TAIL, SessionLog, WarnOnce, event
 from policymilter.message import Message
-from policymilter.outcome import CheckResult, Disposition, ErrorAction, Verdict, decide
+from policymilter.outcome import CheckResult, Disposition, ErrorAction, SmtpReply, Verdict, decide
 from policymilter.pipeline import CheckContext, Pipeline, Stage, error_verdict
 from policymilter.policy.model import Policy
+
+# RFC 3463 4.3.2: system not accepting network messages (we are stopping; the sender retries).
+SHUTTING_DOWN = Verdict(Disposition.TEMPFAIL, SmtpReply("451", "4.3.2", "Mail filter restarting: please try again "
+                                                                       "in a minute"),
+                        decided_by="milter", reason="shutting down")
 
 
 @dataclass(frozen=True)
@@ -98,12 +103,15 @@ class Conversation:
 
     # --- transaction events ---------------------------------------------------------------
 
-    def mail(self, session: Session, mail_from: str, params: tuple[str, ...] = ()) -> Verdict:
+    def mail(self, session: Session, mail_from: str, params: tuple[str, ...] = (),
+             draining: bool = False) -> Verdict:
         self.session = session
         self.reset()
         self.started = time.perf_counter()
         self.envelope = Envelope(strip_brackets(mail_from), tuple(params))
         self._warn_missing("mail")
+        if draining:
+            return self._finish(SHUTTING_DOWN, Stage.MAIL)
         if self.session_failure:
             return self._finish(self.session_failure, Stage.MAIL)
         verdict = self._run(Stage.MAIL)

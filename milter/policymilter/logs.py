@@ -14,9 +14,11 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TextIO
 
 LOGGER = "policymilter"
+SYSLOG_SOCKET = "/dev/log"
 
 # The summary line's keys, in order. Renaming one is a breaking change (see README).
 SUMMARY_KEYS = (
@@ -106,8 +108,10 @@ def setup_logging(
         if getattr(old, "policymilter_owned", False):  # leave handlers others attached alone
             logger.removeHandler(old)
     if syslog:
+        if not Path(SYSLOG_SOCKET).is_socket():
+            raise FileNotFoundError(f"{SYSLOG_SOCKET} is not a socket")
         handler: logging.Handler = logging.handlers.SysLogHandler(
-            address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_MAIL
+            address=SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_MAIL
         )
         handler.ident = "policy-milter: "
     else:

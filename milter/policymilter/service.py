@@ -50,6 +50,8 @@ class Service:
         self._lock = threading.Condition()
         self.sessions = 0
         self.transactions = 0
+        # Set on a graceful stop: new transactions get 451 4.3.2, open ones finish.
+        self.draining = threading.Event()
         unavailable = self.snapshot.pipeline.unavailable
         if unavailable:
             event(self.log, logging.INFO, "checks_unavailable",

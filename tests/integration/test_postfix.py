@@ -232,6 +232,39 @@ def test_milter_down_means_4xx_and_the_retry_is_delivered(stack, policy_dir):
     stack.wait_delivered(lambda d: rcpt in d.rcpts)
 
 
+def wait_log(stack: MailStack, needle: str, count: int) -> None:
+    deadline = time.monotonic() + 20
+    while stack.milter_log().count(needle) < count:
+        assert time.monotonic() < deadline, f"{needle!r} not in the milter log:\n{stack.milter_log()[-2000:]}"
+        time.sleep(0.05)
+
+
+def test_sigterm_lets_an_open_transaction_finish_and_exits_0(stack, policy_dir):
+    sender, rcpt = unique("someone", "example.net"), unique("user", "example.test")
+    late_sender = unique("late", "example.net")
+    stopping = stack.milter_log().count(" stopping ")
+    client = smtplib.SMTP("127.0.0.1", stack.ports["smtp"], timeout=30)
+    try:
+        client.ehlo("mail.example.net")
+        assert client.mail(sender)[0] == 250
+        assert client.rcpt(rcpt)[0] == 250
+        stack.signal_milter(signal.SIGTERM)
+        wait_log(stack, " stopping ", stopping + 1)  # libmilter no longer accepts connections
+        with smtplib.SMTP("127.0.0.1", stack.ports["smtp"], timeout=30) as late:
+            late.ehlo("mail.example.net")
+            assert 400 <= send(late, late_sender, rcpt)[0] < 500  # a new session: retry later
+        code, _ = client.data(message(sender, rcpt))
+        assert code == 250  # the open transaction finished under the old process
+        client.quit()
+        assert stack.stop_milter(signal.SIGTERM) == 0
+    finally:
+        client.close()
+        stack.start_milter(milter_command(stack, policy_dir))
+    stack.wait_delivered(lambda d: d.mail_from == sender)
+    assert summary_for(stack, sender)["verdict"] == "accept"
+    assert " stopped transactions=0 " in stack.milter_log()
+
+
 def test_socket_is_not_world_writable(stack):
     mode = stat.S_IMODE(os.stat(stack.milter_socket).st_mode)
     assert mode == 0o660

@@ -271,3 +271,15 @@ def test_header_bytes_reach_the_conversation_unchanged():
     mta.milter.conversation.header = lambda name, value: (seen.append((name, value)), original(name, value))
     assert mta.data(raw) == Milter.ACCEPT
     assert seen == [("Subject", "=?utf-8?q?h=C3=A9?= caf\u00e9\r\n\tfolded".encode())]
+
+
+def test_while_draining_new_transactions_are_told_to_retry(logwatch):
+    mta = mta_for("smtp", 25)
+    mta.connect()
+    mta.helo()
+    mta.service.draining.set()
+    assert mta.mail() == Milter.TEMPFAIL
+    assert mta.reply.startswith("451 4.3.2")
+    assert mta.service.transactions == 0
+    [summary] = logwatch.fields("summary")
+    assert (summary["verdict"], summary["decided_by"], summary["reason"]) == ("tempfail", "milter", "shutting down")

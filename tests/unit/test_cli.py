@@ -68,3 +68,9 @@ def test_explain_unknown_listener_name_is_a_clear_error(tmp_path, capsys):
 def test_run_refuses_a_bad_socket_spec(capsys):
     assert main(["run", "--policy", str(DEFAULT_POLICY), "--socket", "/tmp/x.sock"]) == 2
     assert "expected unix:/path" in capsys.readouterr().err
+
+
+def test_run_with_syslog_but_no_syslog_socket_says_so(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr("policymilter.logs.SYSLOG_SOCKET", str(tmp_path / "no-log"))
+    assert main(["run", "--policy", str(DEFAULT_POLICY), "--socket", "unix:/tmp/x.sock", "--syslog"]) == 1
+    assert "--syslog: cannot reach the syslog socket" in capsys.readouterr().err
