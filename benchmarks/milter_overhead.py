@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import smtplib
-import ssl
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from tests.integration.stack import MailStack
+from tests.integration.stack import MailStack, unverified_tls_context
 
 REPO = Path(__file__).resolve().parent.parent
 BODY = ("x" * 76 + "\r\n") * 64  # ~5 KB
@@ -50,8 +49,7 @@ def rss_mib(pid: int) -> float:
 
 def batch(stack: MailStack, listener: str, count: int) -> list[float]:
     """Send `count` messages in one session; latency of each transaction in ms."""
-    context = ssl.create_default_context()
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context = unverified_tls_context()
     latencies = []
     with smtplib.SMTP("127.0.0.1", stack.ports[listener], timeout=60) as client:
         client.ehlo("bench.example.net")

@@ -926,7 +926,7 @@ def _smtp_greeting_error(port: int, wrap_tls: bool) -> str | None:
         with socket.create_connection((LOOPBACK, port), timeout=5) as raw:
             conn: socket.socket = raw
             if wrap_tls:
-                conn = _unverified_tls_context().wrap_socket(raw, server_hostname=HOSTNAME)
+                conn = unverified_tls_context().wrap_socket(raw, server_hostname=HOSTNAME)
             banner = conn.recv(512)
             if not banner.startswith(b"220"):
                 return f"unexpected banner {banner!r}"
@@ -937,7 +937,8 @@ def _smtp_greeting_error(port: int, wrap_tls: bool) -> str | None:
     return None
 
 
-def _unverified_tls_context() -> ssl.SSLContext:
+def unverified_tls_context() -> ssl.SSLContext:
+    """A client TLS context that accepts the stack's self-signed certificate."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # the stack's certificate is self-signed

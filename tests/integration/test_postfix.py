@@ -8,7 +8,6 @@ import re
 import shutil
 import signal
 import smtplib
-import ssl
 import stat
 import sys
 import time
@@ -19,15 +18,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DEFAULT_POLICY
-from tests.integration.stack import MailStack
+from tests.integration.stack import MailStack, unverified_tls_context
 
 pytestmark = pytest.mark.integration
 
 SUMMARY = re.compile(r"^\S+ info conn=\S+ summary (?P<fields>.*)$", re.MULTILINE)
 FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
-INSECURE = ssl.create_default_context()
-INSECURE.check_hostname = False
-INSECURE.verify_mode = ssl.CERT_NONE
+INSECURE = unverified_tls_context()
 
 
 def milter_command(stack: MailStack, policy: Path, *extra: str) -> list[str]:

@@ -8,14 +8,13 @@ end-to-end tests rely on.
 from __future__ import annotations
 
 import smtplib
-import ssl
 import uuid
 from collections.abc import Iterator
 from email.message import EmailMessage
 
 import pytest
 
-from tests.integration.stack import LOOPBACK, MailStack
+from tests.integration.stack import LOOPBACK, MailStack, unverified_tls_context
 
 pytestmark = pytest.mark.integration
 
@@ -26,13 +25,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MailStack]:
     # would answer every message with 451 (milter_default_action = tempfail).
     with MailStack(tmp_path_factory.mktemp("stack"), milter=False) as running:
         yield running
-
-
-def tls_context() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # the stack's certificate is self-signed
-    return context
 
 
 def message(sender: str, rcpt: str) -> tuple[EmailMessage, str]:
@@ -92,7 +84,7 @@ def test_submission_rejects_mail_before_starttls(stack: MailStack) -> None:
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
 def test_submission_login_after_starttls_and_relay(stack: MailStack, mechanism: str) -> None:
     with smtplib.SMTP(LOOPBACK, stack.ports["submission"], timeout=30) as client:
-        client.starttls(context=tls_context())
+        client.starttls(context=unverified_tls_context())
         client.ehlo()
         # contrib's sasl/smtpd.conf: PLAIN and LOGIN, nothing else.
         assert client.esmtp_features["auth"].split() == ["PLAIN", "LOGIN"]
@@ -105,13 +97,13 @@ def test_submission_login_after_starttls_and_relay(stack: MailStack, mechanism: 
 
 def test_submission_login_with_dotted_name(stack: MailStack) -> None:
     with smtplib.SMTP(LOOPBACK, stack.ports["submission"], timeout=30) as client:
-        client.starttls(context=tls_context())
+        client.starttls(context=unverified_tls_context())
         assert client.login("bob.smith", "bob-secret")[0] == 235
 
 
 def test_submission_wrong_password_is_refused(stack: MailStack) -> None:
     with smtplib.SMTP(LOOPBACK, stack.ports["submission"], timeout=30) as client:
-        client.starttls(context=tls_context())
+        client.starttls(context=unverified_tls_context())
         with pytest.raises(smtplib.SMTPAuthenticationError) as failed:
             client.login("alice", "not-the-password")
     assert failed.value.smtp_code == 535
@@ -120,14 +112,14 @@ def test_submission_wrong_password_is_refused(stack: MailStack) -> None:
 def test_submission_without_login_cannot_send(stack: MailStack) -> None:
     msg, _ = message("alice@example.test", "friend@elsewhere.test")
     with smtplib.SMTP(LOOPBACK, stack.ports["submission"], timeout=30) as client:
-        client.starttls(context=tls_context())
+        client.starttls(context=unverified_tls_context())
         with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
             client.send_message(msg)
     assert refused.value.recipients["friend@elsewhere.test"][0] == 554
 
 
 def test_submissions_implicit_tls_login_and_relay(stack: MailStack) -> None:
-    with smtplib.SMTP_SSL(LOOPBACK, stack.ports["submissions"], context=tls_context(), timeout=30) as client:
+    with smtplib.SMTP_SSL(LOOPBACK, stack.ports["submissions"], context=unverified_tls_context(), timeout=30) as client:
         assert client.login("carol", "carol-secret")[0] == 235
         send_and_wait(stack, client, "carol@example.test", "friend@elsewhere.test")
 
@@ -155,7 +147,7 @@ def test_hold_recipient_and_postcat(stack: MailStack) -> None:
 def test_login_name_reaches_postfix_without_realm(stack: MailStack) -> None:
     """contrib leaves smtpd_sasl_local_domain empty: {auth_authen} is the bare name."""
     with smtplib.SMTP(LOOPBACK, stack.ports["submission"], timeout=30) as client:
-        client.starttls(context=tls_context())
+        client.starttls(context=unverified_tls_context())
         client.login("bob.smith", "bob-secret")
         send_and_wait(stack, client, "bob.smith@example.test", "friend@elsewhere.test")
     stack.wait_maillog(r"sasl_method=PLAIN, sasl_username=bob\.smith$")
