@@ -149,16 +149,16 @@ class PolicyMilter(Milter.Base):
     @_guarded(replies=False)
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
         values, missing = self._read(CONNECT_MACROS)
-        facts = {
-            "client_ip": normalise_ip(hostaddr),
-            "client_name": hostname or None,
-            "daemon_name": values["{daemon_name}"],
-            "daemon_port": parse_port(values["{daemon_port}"]),
-            "daemon_addr": values["{daemon_addr}"],
-            "mta_name": values["j"],
-            "missing_macros": missing,
-        }
-        self.conversation = self.service.open_conversation(facts)
+        self.conversation = self.service.open_conversation(lambda conn_id: Session(
+            conn_id=conn_id,
+            client_ip=normalise_ip(hostaddr),
+            client_name=hostname or None,
+            daemon_name=values["{daemon_name}"],
+            daemon_port=parse_port(values["{daemon_port}"]),
+            daemon_addr=values["{daemon_addr}"],
+            mta_name=values["j"],
+            missing_macros=missing,
+        ))
         self.conversation.connected()
         return Milter.CONTINUE
 

@@ -6,7 +6,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from policymilter.checks.origin import Origin
@@ -75,12 +75,12 @@ class Service:
               generation=snapshot.generation, files=",".join(snapshot.files))
         return True
 
-    def open_conversation(self, session_facts: dict[str, object]) -> Conversation:
-        conn_id = str(next(self._ids))
-        session = Session(conn_id=conn_id, **session_facts)  # type: ignore[arg-type]
+    def open_conversation(self, facts: Callable[[str], Session]) -> Conversation:
+        """Start a session's Conversation; `facts` builds its Session from a new connection id."""
+        session = facts(str(next(self._ids)))
         with self._lock:
             self.sessions += 1
-        return Conversation(self.snapshot, session, self.warn_once, SessionLog(conn_id))
+        return Conversation(self.snapshot, session, self.warn_once, SessionLog(session.conn_id))
 
     def session_closed(self) -> None:
         with self._lock:
