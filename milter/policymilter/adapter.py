@@ -49,7 +49,7 @@ def _guarded(*, replies: bool) -> Callable[[F], F]:
         def wrapper(self: PolicyMilter, *args: Any) -> Any:
             try:
                 return func(self, *args)
-            except Exception as error:
+            except Exception as error:  # the daemon must keep serving, whatever broke
                 return self._crashed(func.__name__, error, replies=replies)
 
         return wrapper  # type: ignore[return-value]

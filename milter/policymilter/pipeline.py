@@ -98,7 +98,7 @@ class Pipeline:
         started = time.perf_counter()
         try:
             result = check.run(context)
-        except Exception as error:
+        except Exception as error:  # any bug in a check becomes `error`, never a crash
             event(log, logging.ERROR, "check_crashed", f"check {check.name} raised {error!r}",
                   exc_info=True, check=check.name)
             result = CheckResult(check.name, Outcome.ERROR, reason=f"{type(error).__name__}: {error}",

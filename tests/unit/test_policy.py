@@ -76,7 +76,7 @@ def test_broken_file_reports_every_error_with_file_line_and_key(tmp_path):
     assert errors(path) == [
         f"{path}:3: site.authserv_idd: unknown key; did you mean 'authserv_id'?",
         f"{path}:6: dns.timeout: Input should be a valid number, not \"fast\"",
-        f"{path}:7: dns.nameservers: '127.0.0.1:99999' is not \"HOST\" or \"HOST:PORT\"",
+        f"{path}:7: dns.nameservers: '127.0.0.1:99999': expected \"HOST\" or \"HOST:PORT\"",
         f"{path}:11: listeners.smtp.auth: Input should be 'optional' or 'required', not 'requird'; "
         "did you mean 'required'?",
         f"{path}:12: listeners.smtp.on_error: Input should be 'tempfail', 'accept' or 'reject', not 'tempfial'; "
@@ -184,3 +184,60 @@ def test_locate_handles_multiline_arrays_strings_and_arrays_of_tables():
 
 def test_default_policy_directory_checks_clean():
     assert load_policy(DEFAULT_POLICY).policy.site.domains
+
+
+def test_a_later_file_replaces_a_map_value_but_merges_sections(tmp_path):
+    (tmp_path / "00-default.toml").write_text((DEFAULT_POLICY / "default.toml").read_text())
+    write(tmp_path, "[listeners.smtp.unauthenticated]\non_error = {}\n", "50-local.toml")
+    smtp = load_policy(tmp_path).policy.listeners["smtp"]
+    assert smtp.unauthenticated.on_error == {}  # cleared, as with -o
+    assert smtp.unauthenticated.checks  # the rest of the section is still the default's
+    assert smtp.ports == (25,)
+
+
+def test_override_errors_deep_under_a_missing_table_point_at_the_override(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    [line] = errors(path, ["listeners.a.b.c.d=1"])
+    assert line.startswith("-o:1: listeners.a.b: unknown key (valid keys: auth, ")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[spam]\ntag_score = nan\n", "spam.tag_score: Input should be a finite number"),
+        ("[listeners.smtp]\nauth_mechanisms = [\"PLAIN\", \"\u00df\", \"X Y\"]\n",
+         "listeners.smtp.auth_mechanisms: '\u00df', 'X Y': not a SASL mechanism name"),
+        ('[listeners.smtp]\ndaemon_name = ""\n', "listeners.smtp.daemon_name: String should have at least 1 character"),
+    ],
+)
+def test_values_that_would_misbehave_are_refused(tmp_path, text, expected):
+    path = write(tmp_path, MINIMAL + text.replace("[listeners.smtp]\n", ""), "p.toml") if "listeners" in text \
+        else write(tmp_path, MINIMAL + text, "p.toml")
+    assert any(expected in line for line in errors(path)), errors(path)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'authserv_id = { a = \'q, "\\N" = 1\' }\n',  # escapes inside strings must not upset the locator
+        "x = " + "[" * 5000 + "]" * 5000 + "\n",  # deeper than tomllib's recursion
+        '"caf\u00e9" = 1\n"\\u00e9t\u00e9" = 2\n',
+    ],
+)
+def test_nasty_files_give_clean_errors_never_a_traceback(tmp_path, text):
+    path = write(tmp_path, MINIMAL + text)
+    lines = errors(path)
+    assert lines and all(line.startswith(f"{path}:") for line in lines)
+
+
+def test_deeply_nested_override_is_a_clean_error(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    [line] = errors(path, ["site.domains=" + "[" * 5000 + "]" * 5000])
+    assert line == "-o:1: (override): the value of 'site.domains' is nested too deeply"
+
+
+def test_quoted_non_ascii_keys_are_located(tmp_path):
+    path = write(tmp_path, MINIMAL + '"caf\u00e9" = 1\n')
+    assert errors(path) == [f"{path}:7: listeners.smtp.\"caf\u00e9\": unknown key (valid keys: auth, auth_mechanisms, "
+                            "auth_requires_tls, authenticated, daemon_name, login_forbidden_chars, on_error, ports, "
+                            "unauthenticated)"]

@@ -6,6 +6,7 @@ first one, so an admin fixes a file in one pass.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import re
@@ -57,7 +58,7 @@ def key_text(path: Iterable[str | int]) -> str:
             text += f"[{part}]"
         else:
             bare = re.fullmatch(r"[A-Za-z0-9_-]+", part)
-            part = part if bare else json.dumps(part)
+            part = part if bare else json.dumps(part, ensure_ascii=False)
             text += f".{part}" if text else part
     return text or "(policy)"
 
@@ -86,10 +87,36 @@ class _Sources:
         return fallback, None
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> None:
+def _mergeable(path: Sequence[str | int]) -> bool:
+    """Tables that are schema sections (or maps of them) merge key by key across files;
+    map-valued settings (`on_error`, `signing.keys`) are replaced whole, so a later file can
+    clear them with `{}`."""
+    current: Any = Policy
+    for part in path:
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return False
+            current = field.annotation
+        elif typing.get_origin(current) is dict:
+            current = typing.get_args(current)[1]
+        else:
+            return False
+    current = _unwrap(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return True
+    if typing.get_origin(current) is dict:
+        values = _unwrap(typing.get_args(current)[1])
+        return isinstance(values, type) and issubclass(values, BaseModel)
+    return False
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any], path: tuple[str, ...] = ()) -> None:
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
+        here = (*path, key)
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and _mergeable(here):
+            _merge(base[key], value, here)
         else:
             base[key] = value
 
@@ -116,18 +143,15 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = tomllib.loads(f"value = {raw.strip()}")["value"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()
+    except RecursionError:
+        raise ValueError(f"the value of {key.strip()!r} is nested too deeply") from None
     return parts, value
 
 
-def _set_path(data: dict[str, Any], parts: list[str], value: Any) -> str | None:
-    node = data
-    for depth, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            return f"{key_text(parts[: depth + 1])} is a value, not a table"
-        node = child
-    node[parts[-1]] = value
-    return None
+def _nested(parts: list[str], value: Any) -> dict[str, Any]:
+    for part in reversed(parts):
+        value = {part: value}
+    return value
 
 
 def _to_json(value: Any) -> Any:
@@ -232,42 +256,53 @@ def _semantic_issues(policy: Policy, sources: _Sources, fallback: str) -> list[P
     return issues
 
 
+def _read(file: Path, sources: _Sources) -> tuple[dict[str, Any] | None, PolicyIssue | None]:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        return None, PolicyIssue(str(file), None, "(file)", f"cannot read: {error}")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        line, message = _syntax_line(error)
+        return None, PolicyIssue(str(file), line, "(syntax)", message)
+    except RecursionError:
+        return None, PolicyIssue(str(file), None, "(syntax)", "nested too deeply")
+    # Positions are a courtesy: a scanner bug may cost line numbers, never the load.
+    with contextlib.suppress(Exception):
+        sources.add(str(file), locate(text))
+    return data, None
+
+
 def load_policy(path: str | Path, overrides: Sequence[str] = ()) -> LoadedPolicy:
     """Load, merge and validate; raise PolicyError listing every problem."""
     path = Path(path)
     issues: list[PolicyIssue] = []
     sources = _Sources()
     merged: dict[str, Any] = {}
-    if not path.exists():
-        raise PolicyError([PolicyIssue(str(path), None, "(policy)", "no such file or directory")])
-    files = policy_files(path)
+    try:
+        if not path.exists():
+            raise PolicyError([PolicyIssue(str(path), None, "(policy)", "no such file or directory")])
+        files = policy_files(path)
+    except OSError as error:
+        raise PolicyError([PolicyIssue(str(path), None, "(policy)", f"cannot read: {error}")]) from None
     if not files:
         raise PolicyError([PolicyIssue(str(path), None, "(policy)", "directory holds no *.toml policy file")])
     for file in files:
-        try:
-            text = file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            issues.append(PolicyIssue(str(file), None, "(file)", f"cannot read: {error}"))
-            continue
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as error:
-            line, message = _syntax_line(error)
-            issues.append(PolicyIssue(str(file), line, "(syntax)", message))
-            continue
-        sources.add(str(file), locate(text))
-        _merge(merged, data)
+        data, problem = _read(file, sources)
+        if problem:
+            issues.append(problem)
+        elif data is not None:
+            _merge(merged, data)
     for number, override in enumerate(overrides, start=1):
         try:
             parts, value = parse_override(override)
         except ValueError as error:
             issues.append(PolicyIssue(OVERRIDE_FILE, number, "(override)", str(error)))
             continue
-        problem = _set_path(merged, parts, value)
-        if problem:
-            issues.append(PolicyIssue(OVERRIDE_FILE, number, key_text(parts), problem))
-            continue
-        sources.add(OVERRIDE_FILE, {tuple(parts): number})
+        # Every prefix: an error anywhere under this path is the override's, not a file's.
+        sources.add(OVERRIDE_FILE, {tuple(parts[:length]): number for length in range(1, len(parts) + 1)})
+        _merge(merged, _nested(parts, value))
     if issues:
         raise PolicyError(issues)
     fallback = str(files[-1])

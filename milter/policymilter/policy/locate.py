@@ -8,11 +8,20 @@ cost a line number, never a wrong value.
 from __future__ import annotations
 
 import re
+import tomllib
 
 KeyPath = tuple[str | int, ...]
 
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
 _SPACE = " \t"
+
+
+def _decode_quoted(quoted: str) -> str | None:
+    """A quoted TOML key as tomllib reads it (escapes and all); None if it is not one."""
+    try:
+        return next(iter(tomllib.loads(f"{quoted} = 0")))
+    except (tomllib.TOMLDecodeError, StopIteration):
+        return None
 
 
 def _parse_key(text: str, pos: int) -> tuple[list[str], int] | None:
@@ -30,8 +39,10 @@ def _parse_key(text: str, pos: int) -> tuple[list[str], int] | None:
                 end += 2 if char == '"' and text[end] == "\\" else 1
             if end >= len(text):
                 return None
-            raw = text[pos + 1 : end]
-            parts.append(raw.encode().decode("unicode_escape") if char == '"' else raw)
+            key = _decode_quoted(text[pos : end + 1])
+            if key is None:
+                return None
+            parts.append(key)
             pos = end + 1
         else:
             match = _BARE.match(text, pos)

@@ -32,14 +32,14 @@ class CheckName(StrEnum):
 class Strict(BaseModel):
     # Validated from JSON-mode data in strict mode (see load.py): TOML types must match exactly,
     # arrays become tuples, strings become enums.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*"
                        r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$")
-_HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[^:\s\[\]]+)(:(?P<port>\d{1,5}))?$")
-_ENDPOINT = re.compile(r"^(unix:/\S+|(\[[0-9A-Fa-f:.]+\]|[^:\s\[\]/]+):\d{1,5})$")
-_LOGIN_MECHANISM = re.compile(r"^[A-Z0-9_-]{1,20}$")
+_HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[^:\s\[\]]+)(:(?P<port>\d{1,5}))?$", re.ASCII)
+_ENDPOINT = re.compile(r"^(unix:/\S+|(\[[0-9A-Fa-f:.]+\]|[^:\s\[\]/]+):\d{1,5})$", re.ASCII)
+_SASL_MECHANISM = re.compile(r"^[A-Za-z0-9_-]{1,20}$", re.ASCII)
 
 
 def _hostname(value: str) -> str:
@@ -76,17 +76,22 @@ class Dns(Strict):
     @field_validator("nameservers")
     @classmethod
     def _nameservers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for server in value:
-            match = _HOST_PORT.match(server)
-            if not match or (match["port"] and not 0 < int(match["port"]) < 65536):
-                raise ValueError(f'{server!r} is not "HOST" or "HOST:PORT"')
+        bad = [server for server in value if not _valid_host_port(server)]
+        if bad:
+            raise ValueError(f'{", ".join(map(repr, bad))}: expected "HOST" or "HOST:PORT"')
         return value
 
 
+def _valid_host_port(server: str) -> bool:
+    match = _HOST_PORT.match(server)
+    return bool(match) and (not match["port"] or 0 < int(match["port"]) < 65536)
+
+
 def _endpoints(value: tuple[str, ...]) -> tuple[str, ...]:
-    for endpoint in value:
-        if not _ENDPOINT.match(endpoint):
-            raise ValueError(f'{endpoint!r} is not "unix:/path" or "HOST:PORT"')
+    bad = [endpoint for endpoint in value if not _ENDPOINT.match(endpoint)
+           or (not endpoint.startswith("unix:") and not 0 < int(endpoint.rsplit(":", 1)[1]) < 65536)]
+    if bad:
+        raise ValueError(f'{", ".join(map(repr, bad))}: expected "unix:/path" or "HOST:PORT"')
     return value
 
 
@@ -213,7 +218,7 @@ class TrafficClass(Strict):
 class Listener(Strict):
     """One door of the MTA, matched by the `{daemon_name}` macro and/or the port."""
 
-    daemon_name: str | None = None  # None: the table's own name
+    daemon_name: Annotated[str, Field(min_length=1)] | None = None  # None: the table's own name
     ports: tuple[Annotated[int, Field(gt=0, lt=65536)], ...] = ()
     auth: Literal["optional", "required"] = "optional"
     auth_requires_tls: bool = True
@@ -226,9 +231,9 @@ class Listener(Strict):
     @field_validator("auth_mechanisms")
     @classmethod
     def _mechanisms(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for mechanism in value:
-            if not _LOGIN_MECHANISM.match(mechanism.upper()):
-                raise ValueError(f"{mechanism!r} is not a SASL mechanism name")
+        bad = [mechanism for mechanism in value if not _SASL_MECHANISM.match(mechanism)]
+        if bad:
+            raise ValueError(f"{', '.join(map(repr, bad))}: not a SASL mechanism name (RFC 4422: A-Z 0-9 - _)")
         return tuple(mechanism.upper() for mechanism in value)
 
     def traffic(self, authenticated: bool) -> TrafficClass:
@@ -247,7 +252,7 @@ class Listener(Strict):
 # checks and scanning for everyone (no 587 exemption), AUTH only over TLS with PLAIN/LOGIN and
 # plain login names, errors tempfail.
 STRICTEST = Listener(
-    daemon_name="",
+    daemon_name=None,
     auth="optional",
     auth_requires_tls=True,
     auth_mechanisms=("PLAIN", "LOGIN"),
