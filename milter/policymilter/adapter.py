@@ -9,6 +9,7 @@ and answered at the next callback that can reply.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import grp
 import logging
@@ -17,6 +18,7 @@ import pwd
 import signal
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,7 +26,7 @@ import Milter
 
 from policymilter.facts import Session, normalise_ip, parse_port
 from policymilter.logs import LOGGER, event
-from policymilter.outcome import AddHeader, Disposition, Quarantine, RemoveHeader, Verdict
+from policymilter.outcome import AddHeader, Disposition, RemoveHeader, Verdict
 from policymilter.service import Service
 
 # What the milter asks Postfix for at negotiation (at most 5 per stage). Postfix honours a
@@ -37,6 +39,7 @@ QUEUE_ID_MACROS = ("i",)
 
 RELOAD_SIGNAL = signal.SIGUSR1  # libmilter's own thread takes SIGHUP/SIGTERM/SIGINT
 DRAIN_SIGNAL = signal.SIGUSR2  # parent -> child: stop gracefully
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,7 +53,7 @@ def _guarded(*, replies: bool) -> Callable[[F], F]:
             try:
                 return func(self, *args)
             except Exception as error:  # the daemon must keep serving, whatever broke
-                return self._crashed(func.__name__, error, replies=replies)
+                return self._crashed(func.__name__, error, args, replies=replies)
 
         return wrapper  # type: ignore[return-value]
 
@@ -71,11 +74,15 @@ class PolicyMilter(Milter.Base):
         self.service = service
         self.conversation: Any = None
         self._in_transaction = False
+        self._broken = False
 
     # --- helpers ------------------------------------------------------------------------
 
     def _macro(self, name: str) -> str | None:
-        value = self.getsymval(name)
+        try:
+            value = self.getsymval(name)
+        except UnicodeDecodeError:
+            return None  # not UTF-8 (Postfix with smtputf8_enable = no): unknown, never trusted
         return value if isinstance(value, str) else None
 
     def _read(self, names: tuple[str, ...]) -> tuple[dict[str, str | None], frozenset[str]]:
@@ -113,8 +120,9 @@ class PolicyMilter(Milter.Base):
                         self.chgheader(name, index, "")
                     case AddHeader(name=name, value=value):
                         self.addheader(name, value)
-                    case Quarantine(reason=reason):
-                        self.quarantine(reason)
+            if verdict.disposition is Disposition.QUARANTINE:
+                # Postfix: the message goes to the hold queue with this reason.
+                self.quarantine(verdict.reason or f"held by {verdict.decided_by}")
         if verdict.reply is not None and verdict.disposition in (Disposition.REJECT, Disposition.TEMPFAIL):
             reply = verdict.reply
             self.setreply(reply.code, reply.xcode, _escape(reply.text))
@@ -128,19 +136,30 @@ class PolicyMilter(Milter.Base):
             case _:
                 return Milter.ACCEPT if final else Milter.CONTINUE
 
-    def _crashed(self, where: str, error: Exception, *, replies: bool) -> int:
+    def _crashed(self, where: str, error: Exception, args: tuple[Any, ...], *, replies: bool) -> int:
         if self.conversation is None:
-            logging.getLogger(LOGGER).exception("callback %s raised before the session existed", where)
+            # Nothing to attach the failure to (connect itself broke): log it once per
+            # connection and answer every later command with a temporary failure.
+            if not self._broken:
+                self._broken = True
+                event(logging.getLogger(LOGGER), logging.ERROR, "callback_crashed",
+                      f"{where} raised {error!r} before the session existed", exc_info=True, callback=where)
+            if not replies:
+                return Milter.CONTINUE
             self.setreply("451", "4.3.0", "Temporary local problem: please try again later")
-            return Milter.TEMPFAIL if replies else Milter.CONTINUE
+            return Milter.TEMPFAIL
+        if where == "envfrom" and self.conversation.envelope is None:
+            self.conversation.begin(args[0] if args else "")
         verdict = self.conversation.crashed(where, error, deferred=not replies)
         if not replies:
             return Milter.CONTINUE
-        if where in ("envfrom", "eom") and verdict.disposition is not Disposition.CONTINUE:
-            self.conversation.finish_crash(verdict, where)
-        if where == "eom":
+        stage = {"envfrom": "mail", "eom": "eom"}.get(where)
+        if stage and verdict.disposition is not Disposition.CONTINUE:
+            self.conversation.finish_crash(verdict, stage)
+        answer = self._apply(verdict, final=where == "eom")
+        if where == "eom" or verdict.stops:
             self._end_transaction()
-        return self._apply(verdict, final=where == "eom")
+        return answer
 
     # --- callbacks ------------------------------------------------------------------------
 
@@ -217,8 +236,9 @@ class PolicyMilter(Milter.Base):
     @_guarded(replies=True)
     def eom(self) -> int:
         verdict = self.conversation.end_of_message(self._macro("i"))
-        self._end_transaction()
-        return self._apply(verdict, final=True)
+        answer = self._apply(verdict, final=True)
+        self._end_transaction()  # only now may a drain finish: the header changes are made
+        return answer
 
     @_guarded(replies=True)
     def abort(self) -> int:
@@ -242,18 +262,50 @@ def install(service: Service) -> None:
     Milter.factory = lambda: PolicyMilter(service)
 
 
-def _drop_privileges(user: str | None, group: str | None, socket_path: Path | None) -> None:
+@dataclass(frozen=True)
+class Identity:
+    """Who the daemon becomes after binding its socket."""
+
+    uid: int
+    gid: int
+    name: str
+
+
+def resolve_identity(user: str | None, group: str | None) -> Identity | None:
+    """Look `--user`/`--group` up before anything is bound; errors name what to fix."""
     if user is None and group is None:
-        return
+        return None
+    if user is None:
+        raise ValueError("--group needs --user too: the milter must not keep running as root")
     if os.geteuid() != 0:
         raise PermissionError("--user/--group need the milter to be started as root")
-    uid = pwd.getpwnam(user).pw_uid if user else os.getuid()
-    gid = grp.getgrnam(group).gr_gid if group else (pwd.getpwnam(user).pw_gid if user else os.getgid())
+    try:
+        account = pwd.getpwnam(user)
+    except KeyError:
+        raise ValueError(f"--user {user!r}: no such user (create it, e.g. `adduser --system {user}`)") from None
+    try:
+        gid = grp.getgrnam(group).gr_gid if group else account.pw_gid
+    except KeyError:
+        raise ValueError(f"--group {group!r}: no such group") from None
+    return Identity(account.pw_uid, gid, user)
+
+
+def _drop_privileges(identity: Identity | None, socket_path: Path | None) -> None:
+    if identity is None:
+        return
     if socket_path is not None:
-        os.chown(socket_path, uid, gid)
-    os.setgroups([gid])
-    os.setgid(gid)
-    os.setuid(uid)
+        os.chown(socket_path, identity.uid, identity.gid)
+    os.setgroups([identity.gid])
+    os.setgid(identity.gid)
+    os.setuid(identity.uid)
+
+
+def _die_with_parent(parent: int) -> None:
+    """If the supervisor dies (even by SIGKILL), the kernel asks this child to drain."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, int(DRAIN_SIGNAL), 0, 0, 0)
+    if os.getppid() != parent:  # it died before prctl took effect
+        os.kill(os.getpid(), DRAIN_SIGNAL)
 
 
 def _supervise(child: int, log: logging.Logger) -> int:
@@ -278,25 +330,27 @@ def _supervise(child: int, log: logging.Logger) -> int:
 
 
 def _control_loop(service: Service, drain_timeout: float, stop: Callable[[], None], log: logging.Logger) -> None:
-    """The child's control thread: reload on SIGUSR1, drain and stop on SIGUSR2."""
+    """The child's control thread: reload on SIGUSR1, drain and stop on SIGUSR2. Never dies."""
     while True:
         sig = signal.sigwait({RELOAD_SIGNAL, DRAIN_SIGNAL})
         if sig == RELOAD_SIGNAL:
             service.reload()
             continue
-        service.draining.set()
-        event(log, logging.INFO, "stopping", "new transactions get 451 4.3.2; waiting for open ones",
-              transactions=service.transactions, sessions=service.sessions)
-        drained = service.drain(drain_timeout)
-        event(log, logging.INFO if drained else logging.WARNING, "stopped",
-              "all transactions finished" if drained else "drain timeout: open transactions will be "
-              "retried by their senders (Postfix answers them with milter_default_action)",
-              transactions=service.transactions)
-        stop()
+        try:
+            service.draining.set()
+            event(log, logging.INFO, "stopping", "new transactions get 451 4.3.2; waiting for open ones",
+                  transactions=service.transactions, sessions=service.sessions)
+            drained = service.drain(drain_timeout)
+            event(log, logging.INFO if drained else logging.WARNING, "stopped",
+                  "all transactions finished" if drained else "drain timeout: open transactions will be "
+                  "retried by their senders (Postfix answers them with milter_default_action)",
+                  transactions=service.transactions)
+        finally:
+            stop()
         return
 
 
-def serve(service: Service, socket_spec: str, *, user: str | None = None, group: str | None = None,
+def serve(service: Service, socket_spec: str, *, identity: Identity | None = None,
           timeout: int = 600, drain_timeout: float = 30.0) -> int:
     """Bind, drop privileges, serve until SIGTERM, let transactions finish; return exit code."""
     log = logging.getLogger(LOGGER)
@@ -330,13 +384,17 @@ def serve(service: Service, socket_spec: str, *, user: str | None = None, group:
     previous = os.umask(0o117)  # the socket is born 0660: never world-writable
     try:
         libmilter.opensocket(True)
+    except libmilter.error as error:
+        raise OSError(f"libmilter cannot open {socket_spec}: {error} (does the directory exist? is the "
+                      "address in use?)") from None
     finally:
         os.umask(previous)
     if socket_path is not None:
         os.chmod(socket_path, 0o660)
-    _drop_privileges(user, group, socket_path)
+    _drop_privileges(identity, socket_path)
 
     # No thread exists yet, so forking is safe; the child inherits the bound socket.
+    parent = os.getpid()
     child = os.fork()
     if child:
         code = _supervise(child, log)
@@ -346,6 +404,9 @@ def serve(service: Service, socket_spec: str, *, user: str | None = None, group:
             with contextlib.suppress(OSError):
                 socket_path.unlink()
         return code
+    # Own process group: a Ctrl-C in a terminal reaches the parent only, which drains us.
+    os.setpgid(0, 0)
+    _die_with_parent(parent)
     threading.Thread(target=_control_loop, args=(service, drain_timeout, libmilter.stop, log),
                      name="control", daemon=True).start()
     event(log, logging.INFO, "started", f"listening on {socket_spec}", socket=socket_spec,

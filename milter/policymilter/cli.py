@@ -14,7 +14,7 @@ from typing import Any
 from policymilter import __version__
 from policymilter.conversation import Conversation, Snapshot
 from policymilter.facts import Session
-from policymilter.listeners import UNKNOWN_LISTENER
+from policymilter.listeners import UNKNOWN_LISTENER, Door, door_by_name
 from policymilter.logs import setup_logging
 from policymilter.message import Message
 from policymilter.outcome import AddHeader, Disposition, RemoveHeader, Verdict
@@ -24,7 +24,7 @@ from policymilter.service import Service, load_snapshot
 DEFAULT_POLICY = "/etc/policy-milter"
 DEFAULT_SOCKET = "unix:/run/policy-milter/milter.sock"
 EXIT_INVALID = 2
-SOCKET_SPEC = re.compile(r"^(unix|local):/\S+$|^inet6?:\d{1,5}(@\S+)?$")
+SOCKET_SPEC = re.compile(r"^(unix|local):/\S+$|^inet6?:(?P<port>\d{1,5})(@\S+)?$", re.ASCII)
 
 
 def _common(parser: argparse.ArgumentParser, policy_required: bool = False) -> None:
@@ -94,8 +94,10 @@ def cmd_check_policy(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if not SOCKET_SPEC.match(args.socket):
-        print(f"--socket {args.socket!r}: expected unix:/path, inet:PORT@HOST or inet6:PORT@HOST",
+    spec = SOCKET_SPEC.match(args.socket)
+    if not spec or (spec["port"] and not 0 < int(spec["port"]) < 65536):
+        print(f"--socket {args.socket!r}: expected unix:/path, inet:PORT@HOST or inet6:PORT@HOST "
+              "(PORT 1-65535)",
               file=sys.stderr)
         return EXIT_INVALID
     try:
@@ -110,12 +112,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         _print_issues(error)
         print(f"{args.policy}: the policy is not valid; not starting", file=sys.stderr)
         return EXIT_INVALID
-    from policymilter.adapter import serve  # imports pymilter only for the daemon
+    from policymilter.adapter import resolve_identity, serve  # imports pymilter only for the daemon
 
     try:
-        return serve(service, args.socket, user=args.user, group=args.group, timeout=args.timeout,
+        identity = resolve_identity(args.user, args.group)
+    except (ValueError, PermissionError) as error:
+        print(f"cannot start: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        return serve(service, args.socket, identity=identity, timeout=args.timeout,
                      drain_timeout=args.drain_timeout)
-    except (KeyError, PermissionError, OSError) as error:
+    except OSError as error:
         print(f"cannot start on {args.socket}: {error}", file=sys.stderr)
         return 1
 
@@ -149,11 +156,11 @@ def explain_session(snapshot: Snapshot, args: argparse.Namespace) -> Session:
     )
 
 
-def explain(snapshot: Snapshot, session: Session, raw: bytes, mail_from: str | None,
+def explain(snapshot: Snapshot, session: Session, door: Door, raw: bytes, mail_from: str | None,
             rcpts: Sequence[str]) -> dict[str, Any]:
     """Feed one message through a Conversation as Postfix would; describe what happened."""
     message = Message.from_bytes(raw)
-    conversation = Conversation(snapshot, session)
+    conversation = Conversation(snapshot, session, door=door)
     conversation.connected()
     sender = mail_from if mail_from is not None else next(iter(_addresses(message, "From")), "")
     recipients = list(rcpts) or _addresses(message, "To", "Cc") or ["postmaster@localhost"]
@@ -165,7 +172,7 @@ def explain(snapshot: Snapshot, session: Session, raw: bytes, mail_from: str | N
         conversation.data(None)
         for header in message.headers:
             conversation.header(header.name, header.value)
-        conversation.body(message.raw_bytes().partition(b"\r\n\r\n")[2])
+        conversation.body(message.body_bytes())
         verdict = conversation.end_of_message(None)
         stage = "eom"
     return describe(conversation, verdict, stage)
@@ -241,7 +248,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as error:
         print(f"explain: {error}", file=sys.stderr)
         return EXIT_INVALID
-    report = explain(snapshot, session, raw, args.mail_from, args.rcpt)
+    report = explain(snapshot, session, door_by_name(snapshot.policy, args.listener), raw, args.mail_from,
+                     args.rcpt)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -41,13 +41,13 @@ class Conversation:
     """Policy state of one SMTP session (one per connection, one thread at a time)."""
 
     def __init__(self, snapshot: Snapshot, session: Session, warn_once: WarnOnce | None = None,
-                 log: SessionLog | None = None) -> None:
+                 log: SessionLog | None = None, door: Door | None = None) -> None:
         # The connection keeps the policy it started with, even across a reload.
         self.snapshot = snapshot
         self.session = session
         self.log = log or SessionLog(session.conn_id)
         self.warn_once = warn_once or WarnOnce()
-        self.door: Door = listeners.resolve(snapshot.policy, session)
+        self.door: Door = door or listeners.resolve(snapshot.policy, session)
         self.envelope: Envelope | None = None
         self.message: Message | None = None
         self.results: list[CheckResult] = []
@@ -106,9 +106,7 @@ class Conversation:
     def mail(self, session: Session, mail_from: str, params: tuple[str, ...] = (),
              draining: bool = False) -> Verdict:
         self.session = session
-        self.reset()
-        self.started = time.perf_counter()
-        self.envelope = Envelope(strip_brackets(mail_from), tuple(params))
+        self.begin(mail_from, params)
         self._warn_missing("mail")
         if draining:
             return self._finish(SHUTTING_DOWN, Stage.MAIL)
@@ -116,6 +114,12 @@ class Conversation:
             return self._finish(self.session_failure, Stage.MAIL)
         verdict = self._run(Stage.MAIL)
         return self._finish(verdict, Stage.MAIL) if verdict.stops else verdict
+
+    def begin(self, mail_from: str, params: tuple[str, ...] = ()) -> None:
+        """A new transaction: forget the last one's envelope, message and results."""
+        self.reset()
+        self.started = time.perf_counter()
+        self.envelope = Envelope(strip_brackets(mail_from), tuple(params))
 
     def rcpt(self, rcpt: str, queue_id: str | None = None) -> None:
         if self.envelope is not None:

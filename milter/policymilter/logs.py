@@ -38,7 +38,12 @@ def kv_value(value: Any) -> str:
     if isinstance(value, float):
         value = f"{value:.1f}"
     text = str(value)
-    return json.dumps(text, ensure_ascii=False) if _NEEDS_QUOTES.search(text) else text
+    if not _NEEDS_QUOTES.search(text) and text.isprintable():
+        return text
+    # JSON string quoting, and every character that could fake a line or move a terminal's
+    # cursor (controls, DEL, C1, line separators) escaped: values come from SMTP clients.
+    quoted = json.dumps(text, ensure_ascii=False)
+    return "".join(char if char.isprintable() else json.dumps(char)[1:-1] for char in quoted)
 
 
 class _Formatter(logging.Formatter):
@@ -79,7 +84,7 @@ class _Formatter(logging.Formatter):
             document.update(fields)
             if traceback:
                 document["traceback"] = traceback
-            return json.dumps(document, ensure_ascii=False, default=str)
+            return json.dumps(document, default=str)  # ASCII: no raw line separators
         parts = [self.formatTime(record)] if self.with_time else []
         parts.append(record.levelname.lower())
         if "conn" in fields:
@@ -89,7 +94,11 @@ class _Formatter(logging.Formatter):
         if text:
             parts.append(f"msg={kv_value(text)}")
         line = " ".join(parts)
-        return f"{line}\n{traceback}" if traceback else line
+        if not traceback:
+            return line
+        # Indented, so no line of a traceback (whose last line may quote client data) can pass
+        # for a log line of its own.
+        return line + "\n" + "\n".join("    " + part for part in traceback.splitlines())
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))

@@ -41,9 +41,9 @@ class Message:
         message = cls()
         raw = raw.replace(b"\r\n", b"\n")
         if raw.startswith(b"\n"):
-            head, body = b"", raw[1:]
+            head, separator, body = b"", b"\n", raw[1:]
         else:
-            head, _, body = raw.partition(b"\n\n")
+            head, separator, body = raw.partition(b"\n\n")
         lines = head.split(b"\n") if head else []
         name: str | None = None
         value = b""
@@ -57,7 +57,7 @@ class Message:
             field_name, colon, rest = line.partition(b":")
             if not colon or not field_name or b" " in field_name:
                 # Like Postfix: the first line that is not a header starts the body.
-                body = b"\n".join(lines[position:]) + b"\n\n" + body
+                body = b"\n".join(lines[position:]) + (b"\n\n" + body if separator else b"")
                 break
             name, value = field_name.decode("ascii", errors="replace"), rest.lstrip(b" \t")
         if name is not None:
@@ -84,13 +84,16 @@ class Message:
         wanted = name.lower()
         return [h.text for h in self.headers if h.name.lower() == wanted]
 
-    def raw_bytes(self) -> bytes:
-        """The whole message with CRLF line ends (for checks that need it all)."""
-        head = b"".join(h.name.encode("ascii", "replace") + b": " + h.value + b"\r\n" for h in self.headers)
+    def body_bytes(self) -> bytes:
         self._body.seek(0)
         body = self._body.read()
         self._body.seek(0, 2)
-        return head + b"\r\n" + body
+        return body
+
+    def raw_bytes(self) -> bytes:
+        """The whole message with CRLF line ends (for checks that need it all)."""
+        head = b"".join(h.name.encode("ascii", "replace") + b": " + h.value + b"\r\n" for h in self.headers)
+        return head + b"\r\n" + self.body_bytes()
 
     def parsed(self) -> EmailMessage:
         if self._parsed is None:

@@ -87,12 +87,7 @@ class RemoveHeader:
     index: int
 
 
-@dataclass(frozen=True)
-class Quarantine:
-    reason: str
-
-
-Action = AddHeader | RemoveHeader | Quarantine
+Action = AddHeader | RemoveHeader
 
 
 @dataclass(frozen=True)

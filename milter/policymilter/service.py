@@ -69,6 +69,10 @@ class Service:
                   f"policy {self.path} has {len(error.issues)} error(s): keeping generation "
                   f"{self.snapshot.generation} in force", errors=len(error.issues))
             return False
+        except Exception:  # a bug in loading must never take the control thread down
+            event(self.log, logging.ERROR, "reload_failed", f"reloading {self.path} failed unexpectedly: keeping "
+                  f"generation {self.snapshot.generation} in force", exc_info=True)
+            return False
         # One reference swap: a connection that already started keeps its own snapshot.
         self.snapshot = snapshot
         event(self.log, logging.INFO, "reloaded", f"policy {self.path} loaded",

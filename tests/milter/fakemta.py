@@ -92,8 +92,12 @@ class PostfixCtx(TestCtx):
         self.added: list[tuple[str, str]] = []
         self.changed: list[tuple[str, int, str]] = []
         self.quarantined: str | None = None
+        # Macros whose value pymilter cannot decode (8-bit, not UTF-8): getsymval raises.
+        self.undecodable: set[str] = set()
 
     def getsymval(self, name: str) -> str | None:
+        if name in self.undecodable:
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
         for stage in STAGES:
             value = self.stage_macros.get(stage, {}).get(name)
             if value is not None:

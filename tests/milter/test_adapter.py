@@ -5,7 +5,7 @@ from __future__ import annotations
 import Milter
 import pytest
 
-from policymilter.outcome import AddHeader, CheckResult, Outcome
+from policymilter.outcome import AddHeader, CheckResult, Disposition, Outcome
 from policymilter.pipeline import CheckContext, Pipeline, Stage
 from policymilter.service import ALWAYS, Service, snapshot_for
 from tests.conftest import DEFAULT_POLICY
@@ -283,3 +283,55 @@ def test_while_draining_new_transactions_are_told_to_retry(logwatch):
     assert mta.service.transactions == 0
     [summary] = logwatch.fields("summary")
     assert (summary["verdict"], summary["decided_by"], summary["reason"]) == ("tempfail", "milter", "shutting down")
+
+
+def test_a_crash_at_mail_from_is_a_mail_stage_refusal_and_ends_the_transaction(logwatch, monkeypatch):
+    logwatch.expect("callback_crashed")
+    mta = mta_for("smtp", 25)
+    mta.connect()
+    mta.helo()
+    monkeypatch.setattr(mta.milter, "_session_with_mail_macros", lambda: 1 / 0)
+    assert mta.mail("<who@example.net>") == Milter.TEMPFAIL
+    [summary] = logwatch.fields("summary")
+    assert (summary["stage"], summary["from"], summary["verdict"]) == ("mail", "<who@example.net>", "tempfail")
+    assert mta.service.transactions == 0
+
+
+def test_a_crash_before_the_session_exists_is_logged_once(logwatch, monkeypatch):
+    logwatch.expect("callback_crashed")
+    service = make_service()
+    monkeypatch.setattr(service, "open_conversation", lambda facts: 1 / 0)
+    mta = FakeMTA(service, SmtpState(daemon_name="smtp", daemon_port=25))
+    mta.connect()
+    mta.helo()
+    assert mta.mail() == Milter.TEMPFAIL
+    assert mta.mail() == Milter.TEMPFAIL
+    assert len(logwatch.events("callback_crashed")) == 1
+
+
+def test_a_macro_that_is_not_utf8_is_unknown_never_trusted():
+    mta = mta_for("submission", 587)
+    mta.ctx.undecodable.add("{auth_authen}")
+    mta.connect()
+    mta.starttls()
+    mta.helo()
+    mta.auth("al\udcffice")
+    assert mta.mail() == Milter.REJECT
+    assert mta.reply.startswith("530 5.7.0")
+
+
+class Holding:
+    name = "attachments"
+    stage = Stage.EOM
+
+    def run(self, context: CheckContext) -> CheckResult:
+        return CheckResult(self.name, Outcome.BLOCKED, Disposition.QUARANTINE, reason="looks odd")
+
+
+def test_a_quarantine_verdict_puts_the_message_on_hold():
+    service = make_service(checks=(Holding(),))
+    mta = FakeMTA(service, SmtpState(daemon_name="smtp", daemon_port=25))
+    mta.connect()
+    mta.helo()
+    assert mta.send(message=GOOD_MESSAGE) == Milter.ACCEPT
+    assert mta.ctx.quarantined == "looks odd"

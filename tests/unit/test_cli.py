@@ -74,3 +74,32 @@ def test_run_with_syslog_but_no_syslog_socket_says_so(capsys, monkeypatch, tmp_p
     monkeypatch.setattr("policymilter.logs.SYSLOG_SOCKET", str(tmp_path / "no-log"))
     assert main(["run", "--policy", str(DEFAULT_POLICY), "--socket", "unix:/tmp/x.sock", "--syslog"]) == 1
     assert "--syslog: cannot reach the syslog socket" in capsys.readouterr().err
+
+
+def test_explain_picks_the_named_listener_even_if_another_claims_its_daemon_name(tmp_path, capsys):
+    policy = tmp_path / "p.toml"
+    policy.write_text('[listeners.a]\nports = [25]\n[listeners.b]\ndaemon_name = "a"\nauth = "required"\n'
+                      '[listeners.b.authenticated]\n')
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(b"no headers at all\n")
+    assert main(["check-policy", str(policy)]) == 2  # two listeners claim daemon name "a"
+    assert "already matched by listeners.a" in capsys.readouterr().err
+
+
+def test_explain_survives_binary_garbage(tmp_path, capsys):
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(bytes(range(256)) * 4)
+    assert main(["explain", "--policy", str(DEFAULT_POLICY), "--listener", "smtp", "--json", str(eml)]) == 0
+    assert json.loads(capsys.readouterr().out)["verdict"] == "accept"
+
+
+def test_run_refuses_group_without_user_and_unknown_users(capsys):
+    assert main(["run", "--policy", str(DEFAULT_POLICY), "--socket", "unix:/tmp/x.sock", "--group", "postfix"]) == 2
+    assert "--group needs --user too" in capsys.readouterr().err
+    assert main(["run", "--policy", str(DEFAULT_POLICY), "--socket", "unix:/tmp/x.sock", "--user", "nosuchuser"]) == 2
+    assert "--user 'nosuchuser': no such user" in capsys.readouterr().err
+
+
+def test_run_refuses_an_impossible_port(capsys):
+    assert main(["run", "--policy", str(DEFAULT_POLICY), "--socket", "inet:99999@127.0.0.1"]) == 2
+    assert "PORT 1-65535" in capsys.readouterr().err

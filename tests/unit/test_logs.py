@@ -36,3 +36,28 @@ def test_json_line_is_one_object():
 def test_kv_values_cannot_forge_keys():
     assert kv_value('x" verdict=accept') == '"x\\" verdict=accept"'
     assert kv_value("") == "-"
+
+
+def test_control_characters_from_clients_are_escaped():
+    value = kv_value("a\x1b[31mred\x07\x7f\u2028x\nfake=1")
+    assert value.isprintable() and "\n" not in value
+    assert json.loads(value) == "a\x1b[31mred\x07\x7f\u2028x\nfake=1"
+    assert kv_value("caf\u00e9") == "caf\u00e9"  # printable non-ASCII stays readable
+
+
+def test_a_traceback_cannot_fake_a_log_line(logwatch):
+    logwatch.expect("callback_crashed")
+    stream = io.StringIO()
+    setup_logging("kv", "info", stream=stream)
+    try:
+        try:
+            raise ValueError("x\n2026-01-01T00:00:00.000Z info conn=1 summary verdict=accept")
+        except ValueError:
+            event(SessionLog("7"), logging.ERROR, "callback_crashed", "boom", exc_info=True)
+    finally:
+        logger = logging.getLogger("policymilter")
+        for handler in [h for h in logger.handlers if getattr(h, "policymilter_owned", False)]:
+            logger.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert lines[0].split(" ", 1)[1].startswith("error conn=7 callback_crashed")
+    assert all(line.startswith("    ") for line in lines[1:])

@@ -26,3 +26,14 @@ def test_large_bodies_are_spooled_and_sized():
     assert message.body_size == 100_200
     assert message._body._rolled  # on disk, not in memory
     message.close()
+
+
+def test_a_message_without_headers_keeps_its_body():
+    message = Message.from_bytes(b"just text\nmore\n\nsecond paragraph\n")
+    assert message.headers == []
+    assert message.body_bytes() == b"just text\r\nmore\r\n\r\nsecond paragraph\r\n"
+
+
+def test_headers_only_message_has_an_empty_body():
+    message = Message.from_bytes(b"Subject: x\n")
+    assert message.body_bytes() == b"" and [h.name for h in message.headers] == ["Subject"]
