@@ -314,6 +314,15 @@ def test_privileges_are_dropped_after_binding_and_mail_still_flows(stack, policy
         assert code == 250
         stack.wait_delivered(lambda d: rcpt in d.rcpts)
         assert summary_for(stack, sender)["verdict"] == "accept"
+        # The policy directory is root's (0700): a reload as policy-milter cannot read it. The
+        # old policy stays, and the daemon still reloads and stops on signals afterwards.
+        assert stat.S_IMODE(os.stat(policy_dir).st_mode) & 0o005 == 0
+        failures = stack.milter_log().count(" reload_failed ")
+        stack.signal_milter(signal.SIGUSR1)
+        wait_log(stack, " reload_failed ", failures + 1)
+        assert re.search(r" reload_error msg=\"\S+: \(policy\): cannot read: .*Permission denied", stack.milter_log())
+        with submission(stack, login="alice") as client:
+            assert send(client, unique("alice"), unique("friend", "elsewhere.test"))[0] == 250
     finally:
         assert stack.stop_milter(signal.SIGTERM) == 0
         stack.start_milter(milter_command(stack, policy_dir))
@@ -323,5 +332,5 @@ def test_milter_log_has_no_tracebacks_or_unexpected_warnings(stack):
     """Runs last in this module: everything above went through without a surprise."""
     lines = [line for line in stack.milter_log().splitlines()
              if " warning " in line or " error " in line or "Traceback" in line]
-    expected = ("reload_error", "reload_failed")
+    expected = ("reload_error", "reload_failed")  # provoked on purpose above
     assert [line for line in lines if not any(e in line for e in expected)] == []
