@@ -9,6 +9,14 @@ import logging
 from policymilter.logs import SessionLog, event, kv_value, setup_logging
 
 
+def release_handlers() -> None:
+    """Remove the handlers setup_logging installed (the test's log watcher stays)."""
+    logger = logging.getLogger("policymilter")
+    for handler in [h for h in logger.handlers if getattr(h, "policymilter_owned", False)]:
+        handler.close()
+        logger.removeHandler(handler)
+
+
 def render(log_format: str) -> str:
     stream = io.StringIO()
     setup_logging(log_format, "info", stream=stream)
@@ -16,9 +24,7 @@ def render(log_format: str) -> str:
         event(SessionLog("42"), logging.INFO, "summary", queue_id="4QABC", reason="needs auth now",
               size=None, ok=True)
     finally:
-        logger = logging.getLogger("policymilter")
-        for handler in [h for h in logger.handlers if getattr(h, "policymilter_owned", False)]:
-            logger.removeHandler(handler)
+        release_handlers()
     return stream.getvalue().strip()
 
 
@@ -55,9 +61,26 @@ def test_a_traceback_cannot_fake_a_log_line(logwatch):
         except ValueError:
             event(SessionLog("7"), logging.ERROR, "callback_crashed", "boom", exc_info=True)
     finally:
-        logger = logging.getLogger("policymilter")
-        for handler in [h for h in logger.handlers if getattr(h, "policymilter_owned", False)]:
-            logger.removeHandler(handler)
+        release_handlers()
     lines = stream.getvalue().splitlines()
     assert lines[0].split(" ", 1)[1].startswith("error conn=7 callback_crashed")
     assert all(line.startswith("    ") for line in lines[1:])
+
+
+def test_syslog_lines_go_to_the_mail_facility(tmp_path, monkeypatch):
+    import socket
+
+    path = tmp_path / "log"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(path))
+    server.settimeout(5)
+    monkeypatch.setattr("policymilter.logs.SYSLOG_SOCKET", str(path))
+    setup_logging("kv", "info", syslog=True)
+    try:
+        event(SessionLog("9"), logging.INFO, "summary", verdict="accept")
+        datagram = server.recv(4096).decode()
+    finally:
+        release_handlers()
+        server.close()
+    # <22> = facility mail (2) * 8 + severity info (6); no timestamp: syslog adds its own
+    assert datagram.startswith("<22>policy-milter: info conn=9 summary verdict=accept")
