@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from policymilter import listeners
+from policymilter import authresults, listeners
+from policymilter.dns import Budget, Resolver
 from policymilter.facts import MACRO_SOURCES, Envelope, Session, strip_brackets
 from policymilter.listeners import Door
 from policymilter.logs import SUMMARY_KEYS, SUMMARY_TAIL, SessionLog, WarnOnce, event
 from policymilter.message import Message
-from policymilter.outcome import CheckResult, Disposition, ErrorAction, SmtpReply, Verdict, decide
+from policymilter.outcome import Action, CheckResult, Disposition, ErrorAction, SmtpReply, Verdict, decide
 from policymilter.pipeline import CheckContext, Pipeline, Stage, error_verdict
 from policymilter.policy.model import Policy
 
@@ -35,6 +36,7 @@ class Snapshot:
     pipeline: Pipeline
     files: tuple[str, ...] = ()
     generation: int = 1
+    resolver: Resolver = field(default_factory=Resolver)
 
 
 class Conversation:
@@ -53,6 +55,7 @@ class Conversation:
         self.results: list[CheckResult] = []
         self.started = 0.0
         self.failure: Verdict | None = None  # an error in a no-reply callback, answered later
+        self.budget: Budget | None = None
         self.session_failure: Verdict | None = None
 
     # --- session events -----------------------------------------------------------------
@@ -120,6 +123,7 @@ class Conversation:
         self.reset()
         self.started = time.perf_counter()
         self.envelope = Envelope(strip_brackets(mail_from), tuple(params))
+        self.budget = self.snapshot.resolver.budget()  # dns.lifetime: all lookups of this message
 
     def rcpt(self, rcpt: str, queue_id: str | None = None) -> None:
         if self.envelope is not None:
@@ -151,7 +155,7 @@ class Conversation:
             assert verdict is not None
             return self._finish(verdict, Stage.EOM)
         verdict = self._run(Stage.EOM)
-        return self._finish(verdict, Stage.EOM)
+        return self._finish(verdict, Stage.EOM, headers=True)
 
     def abort(self) -> None:
         self.reset()
@@ -197,18 +201,30 @@ class Conversation:
 
     def context(self) -> CheckContext:
         return CheckContext(self.snapshot.policy, self.door, self.session, self.envelope or Envelope(),
-                            self.message)
+                            self.message, self.snapshot.resolver, self.budget)
 
     def _run(self, stage: Stage) -> Verdict:
         verdict = self.snapshot.pipeline.run(stage, self.context(), self.log)
         self.results.extend(verdict.results)
         return verdict
 
-    def _finish(self, verdict: Verdict, stage: str) -> Verdict:
+    def _finish(self, verdict: Verdict, stage: str, headers: bool = False) -> Verdict:
         """Combine this transaction's results into the final verdict and log the summary."""
         final = verdict if verdict.decided_by == "milter" else decide(self.results)
+        if headers and not final.stops:
+            final = replace(final, actions=(*self._authentication_results(), *final.actions))
         self.log_summary(final, stage)
         return final
+
+    def _authentication_results(self) -> tuple[Action, ...]:
+        """Remove A-R headers forged with our authserv-id; add ours when anything was checked."""
+        if self.message is None:
+            return ()
+        authserv_id = self.snapshot.policy.site.authserv_id
+        entries = [*authresults.session_entries(self.session),
+                   *(entry for result in self.results for entry in result.authres)]
+        added = (authresults.header(authserv_id, entries),) if entries else ()
+        return (*authresults.forged(self.message, authserv_id), *added)
 
     def summary_fields(self, verdict: Verdict, stage: str) -> dict[str, Any]:
         session, envelope = self.session, self.envelope or Envelope()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
+from typing import Any
 
 
 class Outcome(StrEnum):
@@ -104,6 +105,8 @@ class CheckResult:
     elapsed_ms: float = 0.0
     # Set by the pipeline when the policy's mode is "report": what enforcement would have done.
     would: Disposition | None = None
+    # authres result objects for our Authentication-Results header (RFC 8601).
+    authres: tuple[Any, ...] = ()
 
     @property
     def log_value(self) -> str:

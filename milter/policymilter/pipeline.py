@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
+from policymilter.dns import Budget, Resolver
 from policymilter.facts import Envelope, Session
 from policymilter.listeners import Door
 from policymilter.logs import event
@@ -46,6 +47,13 @@ class CheckContext:
     session: Session
     envelope: Envelope
     message: Message | None = None
+    resolver: Resolver | None = None
+    budget: Budget | None = None
+
+    def dns(self) -> tuple[Resolver, Budget]:
+        """The policy's resolver and this message's lookup budget (checks that need DNS)."""
+        resolver = self.resolver or Resolver()
+        return resolver, self.budget or resolver.budget()
 
 
 class Check(Protocol):

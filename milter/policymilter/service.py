@@ -10,7 +10,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from policymilter.checks.origin import Origin
+from policymilter.checks.spf import Spf
 from policymilter.conversation import Conversation, Snapshot
+from policymilter.dns import Resolver
 from policymilter.facts import Session
 from policymilter.logs import LOGGER, SessionLog, WarnOnce, event
 from policymilter.pipeline import Check, Pipeline
@@ -18,7 +20,7 @@ from policymilter.policy import PolicyError, load_policy
 from policymilter.policy.model import Policy
 
 # The checks this version implements, in pipeline order (cheap before expensive).
-CHECKS: tuple[Check, ...] = ()
+CHECKS: tuple[Check, ...] = (Spf(),)
 ALWAYS: tuple[Check, ...] = (Origin(),)
 
 
@@ -28,7 +30,8 @@ def build_pipeline() -> Pipeline:
 
 def snapshot_for(policy: Policy, files: Sequence[str] = (), generation: int = 1,
                  pipeline: Pipeline | None = None) -> Snapshot:
-    return Snapshot(policy, pipeline or build_pipeline(), tuple(files), generation)
+    resolver = Resolver(policy.dns.nameservers, policy.dns.timeout, policy.dns.lifetime)
+    return Snapshot(policy, pipeline or build_pipeline(), tuple(files), generation, resolver)
 
 
 def load_snapshot(path: str | Path, overrides: Sequence[str] = (), generation: int = 1) -> Snapshot:

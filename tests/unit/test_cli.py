@@ -10,6 +10,9 @@ from pathlib import Path
 from policymilter.cli import main
 from tests.conftest import DEFAULT_POLICY
 
+# Hermetic: DNS checks in these tests ask a closed loopback port (fast temperror), never the
+# machine's resolver. The DNS checks have their own tests against a real DNS server.
+NO_DNS = ("-o", 'dns.nameservers=["127.0.0.1:9"]', "-o", "dns.timeout=0.1", "-o", "dns.lifetime=0.3")
 MESSAGE = b"From: Alice <alice@example.org>\nTo: bob@elsewhere.test\nSubject: hi\n\nhello\n"
 
 
@@ -38,7 +41,7 @@ def test_check_policy_with_override(capsys):
 def explain_json(tmp_path: Path, capsys, *args: str) -> dict:
     eml = tmp_path / "m.eml"
     eml.write_bytes(MESSAGE)
-    assert main(["explain", "--policy", str(DEFAULT_POLICY), *args, "--json", str(eml)]) == 0
+    assert main(["explain", "--policy", str(DEFAULT_POLICY), *NO_DNS, *args, "--json", str(eml)]) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -89,7 +92,7 @@ def test_explain_picks_the_named_listener_even_if_another_claims_its_daemon_name
 def test_explain_survives_binary_garbage(tmp_path, capsys):
     eml = tmp_path / "m.eml"
     eml.write_bytes(bytes(range(256)) * 4)
-    assert main(["explain", "--policy", str(DEFAULT_POLICY), "--listener", "smtp", "--json", str(eml)]) == 0
+    assert main(["explain", "--policy", str(DEFAULT_POLICY), *NO_DNS, "--listener", "smtp", "--json", str(eml)]) == 0
     assert json.loads(capsys.readouterr().out)["verdict"] == "accept"
 
 

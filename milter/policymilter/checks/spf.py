@@ -1,0 +1,91 @@
+"""spf: RFC 7208 for the MAIL FROM and HELO identities, with pyspf, at MAIL FROM.
+
+What the result means for the message is mostly DMARC's business (at end of message); this
+check refuses on its own only when the policy says `spf.on_fail = "reject"`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import authres
+import spf as pyspf
+
+from policymilter.dns import Budget, Resolver, for_pyspf
+from policymilter.outcome import CheckResult, Disposition, Outcome, SmtpReply
+from policymilter.pipeline import CheckContext, Stage
+
+NAME = "spf"
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}\.?$", re.ASCII)
+
+
+@dataclass(frozen=True)
+class SpfResult:
+    """One identity's evaluation."""
+
+    identity: str  # "mailfrom" or "helo"
+    domain: str
+    result: str  # pass fail softfail neutral none temperror permerror
+    explanation: str = ""
+
+
+def evaluate(ip: str, sender: str, helo: str, resolver: Resolver, budget: Budget | None) -> tuple[str, str]:
+    """pyspf's (result, explanation) for one identity, within the message's DNS budget."""
+    querytime = max(budget.remaining(), 0.001) if budget else resolver.lifetime
+    with for_pyspf(resolver, budget):
+        result, _code, explanation = pyspf.query(i=ip, s=sender, h=helo, timeout=resolver.timeout,
+                                                querytime=querytime).check()
+    return str(result), str(explanation)
+
+
+def check_identities(ip: str, mail_from: str, helo: str, resolver: Resolver,
+                     budget: Budget | None) -> tuple[SpfResult | None, SpfResult | None]:
+    """(MAIL FROM result, HELO result). RFC 7208 §2.4: a null sender is checked as
+    postmaster@HELO, so then the MAIL FROM identity *is* the HELO identity."""
+    helo_result = None
+    if _DOMAIN.match(helo):
+        result, explanation = evaluate(ip, f"postmaster@{helo}", helo, resolver, budget)
+        helo_result = SpfResult("helo", helo.lower().rstrip("."), result, explanation)
+    if not mail_from:
+        return helo_result, helo_result
+    domain = mail_from.rpartition("@")[2].lower()
+    if not _DOMAIN.match(domain):
+        return SpfResult("mailfrom", domain, "none", "MAIL FROM domain is not a domain name"), helo_result
+    result, explanation = evaluate(ip, mail_from, helo, resolver, budget)
+    return SpfResult("mailfrom", domain, result, explanation), helo_result
+
+
+def _entries(mailfrom: SpfResult | None, helo: SpfResult | None) -> tuple[object, ...]:
+    entries: list[object] = []
+    if mailfrom is not None and mailfrom is not helo:
+        entries.append(authres.SPFAuthenticationResult(result=mailfrom.result, smtp_mailfrom=mailfrom.domain))
+    if helo is not None:
+        entries.append(authres.SPFAuthenticationResult(result=helo.result, smtp_helo=helo.domain))
+    return tuple(entries)
+
+
+class Spf:
+    name = NAME
+    stage = Stage.MAIL
+
+    def run(self, context: CheckContext) -> CheckResult:
+        ip = context.session.client_ip
+        if ip is None:
+            return CheckResult(NAME, Outcome.NONE, reason="client address unknown", detail="no-ip")
+        resolver, budget = context.dns()
+        mailfrom, helo = check_identities(ip, context.envelope.mail_from, context.session.helo or "",
+                                          resolver, budget)
+        main = mailfrom or helo
+        if main is None:
+            return CheckResult(NAME, Outcome.NONE, reason="no identity to check", detail="no-identity")
+        outcome = Outcome(main.result)
+        disposition, reply = Disposition.CONTINUE, None
+        if outcome is Outcome.FAIL and context.policy.spf.on_fail == "reject":
+            disposition = Disposition.REJECT
+            # RFC 7372 §3.2: 5.7.23 SPF validation failed
+            reply = SmtpReply("550", "5.7.23", f"SPF check failed: {main.domain} does not allow {ip} to send "
+                                               f"its mail ({main.explanation or 'see its SPF record'})")
+        reason = f"{main.identity} {main.domain}: {main.result}"
+        return CheckResult(NAME, outcome, disposition, reply, reason=reason, detail=main.identity,
+                           authres=_entries(mailfrom, helo))
