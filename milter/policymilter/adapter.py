@@ -65,6 +65,7 @@ def _escape(text: str) -> str:
     return text.replace("%", "%%")
 
 
+@Milter.header_leading_space  # header values arrive with their leading white space (DKIM)
 class PolicyMilter(Milter.Base):
     """One instance per SMTP connection (libmilter calls it from a worker thread)."""
 

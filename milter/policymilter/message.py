@@ -15,14 +15,21 @@ SPOOL_THRESHOLD = 256 * 1024
 
 @dataclass(frozen=True)
 class Header:
-    """One header field exactly as the MTA passed it (DKIM needs the original bytes)."""
+    """One header field exactly as received: `value` is everything after the colon, leading
+    white space and folding included (the milter negotiates SMFIP_HDR_LEADSPC), because DKIM
+    hashes those bytes."""
 
     name: str
     value: bytes
 
     @property
     def text(self) -> str:
-        return self.value.decode("utf-8", errors="replace")
+        return self.value.decode("utf-8", errors="replace").strip()
+
+    def raw(self) -> bytes:
+        # Postfix passes folded lines with bare LF; on the wire (and for DKIM) they are CRLF.
+        value = self.value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        return self.name.encode("ascii", "replace") + b":" + value + b"\r\n"
 
 
 class Message:
@@ -59,7 +66,7 @@ class Message:
                 # Like Postfix: the first line that is not a header starts the body.
                 body = b"\n".join(lines[position:]) + (b"\n\n" + body if separator else b"")
                 break
-            name, value = field_name.decode("ascii", errors="replace"), rest.lstrip(b" \t")
+            name, value = field_name.decode("ascii", errors="replace"), rest
         if name is not None:
             message.add_header(name, value)
         message.write_body(body.replace(b"\n", b"\r\n"))
@@ -77,7 +84,7 @@ class Message:
     @property
     def size(self) -> int:
         """Approximate size as queued: headers plus body, CRLF line ends."""
-        head = sum(len(h.name) + 2 + len(h.value) + 2 for h in self.headers)
+        head = sum(len(h.name) + 1 + len(h.value) + 2 for h in self.headers)
         return head + 2 + self.body_size
 
     def header_values(self, name: str) -> list[str]:
@@ -92,8 +99,7 @@ class Message:
 
     def raw_bytes(self) -> bytes:
         """The whole message with CRLF line ends (for checks that need it all)."""
-        head = b"".join(h.name.encode("ascii", "replace") + b": " + h.value + b"\r\n" for h in self.headers)
-        return head + b"\r\n" + self.body_bytes()
+        return b"".join(h.raw() for h in self.headers) + b"\r\n" + self.body_bytes()
 
     def parsed(self) -> EmailMessage:
         if self._parsed is None:

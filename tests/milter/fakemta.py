@@ -204,7 +204,9 @@ class FakeMTA:
                 fields[-1] = (name, value + b"\r\n" + line)
             else:
                 name, _, value = line.partition(b":")
-                fields.append((name.decode(), value.lstrip()))
+                if not self.ctx.getpriv()._protocol & Milter.P_HDR_LEADSPC:
+                    value = value.lstrip()  # libmilter strips the space unless asked not to
+                fields.append((name.decode(), value))
         for name, value in fields:
             rc = self._call(None, "header_bytes", name, value)
             if rc != Milter.CONTINUE:

@@ -8,7 +8,8 @@ from policymilter.message import Message
 def test_headers_keep_bytes_and_folding():
     message = Message.from_bytes(b"Subject: caf\xc3\xa9\n\tand more\nX-A: 1\n\nbody\nline\n")
     assert [(h.name, h.value) for h in message.headers] == [
-        ("Subject", b"caf\xc3\xa9\r\n\tand more"), ("X-A", b"1")]
+        ("Subject", b" caf\xc3\xa9\r\n\tand more"), ("X-A", b" 1")]
+    assert message.raw_bytes().startswith(b"Subject: caf\xc3\xa9\r\n\tand more\r\nX-A: 1\r\n\r\n")
     assert message.raw_bytes().endswith(b"\r\n\r\nbody\r\nline\r\n")
     assert message.parsed()["X-A"] == "1"
 
