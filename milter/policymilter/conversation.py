@@ -201,7 +201,7 @@ class Conversation:
 
     def context(self) -> CheckContext:
         return CheckContext(self.snapshot.policy, self.door, self.session, self.envelope or Envelope(),
-                            self.message, self.snapshot.resolver, self.budget)
+                            self.message, self.snapshot.resolver, self.budget, tuple(self.results))
 
     def _run(self, stage: Stage) -> Verdict:
         verdict = self.snapshot.pipeline.run(stage, self.context(), self.log)

@@ -107,6 +107,8 @@ class CheckResult:
     would: Disposition | None = None
     # authres result objects for our Authentication-Results header (RFC 8601).
     authres: tuple[Any, ...] = ()
+    # Structured findings a later check reads (DMARC reads SPF's and DKIM's identities).
+    facts: Any = None
 
     @property
     def log_value(self) -> str:

@@ -49,6 +49,11 @@ class CheckContext:
     message: Message | None = None
     resolver: Resolver | None = None
     budget: Budget | None = None
+    # What earlier checks of this transaction found (MAIL stage ones included).
+    results: tuple[CheckResult, ...] = ()
+
+    def result_of(self, check: str) -> CheckResult | None:
+        return next((result for result in self.results if result.check == check), None)
 
     def dns(self) -> tuple[Resolver, Budget]:
         """The policy's resolver and this message's lookup budget (checks that need DNS)."""
@@ -96,7 +101,7 @@ class Pipeline:
     def run(self, stage: Stage, context: CheckContext, log: logging.LoggerAdapter[Any]) -> Verdict:
         results: list[CheckResult] = []
         for check in self.selected(stage, context):
-            result = self._run_one(check, context, log)
+            result = self._run_one(check, replace(context, results=(*context.results, *results)), log)
             results.append(result)
             if result.disposition in (Disposition.REJECT, Disposition.TEMPFAIL):
                 break  # cheap checks run first: no need to pay for the rest

@@ -9,6 +9,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from policymilter.checks.arc import Arc
+from policymilter.checks.dkim import Dkim
+from policymilter.checks.dmarc import Dmarc
 from policymilter.checks.origin import Origin
 from policymilter.checks.spf import Spf
 from policymilter.conversation import Conversation, Snapshot
@@ -20,7 +23,7 @@ from policymilter.policy import PolicyError, load_policy
 from policymilter.policy.model import Policy
 
 # The checks this version implements, in pipeline order (cheap before expensive).
-CHECKS: tuple[Check, ...] = (Spf(),)
+CHECKS: tuple[Check, ...] = (Spf(), Dkim(), Arc(), Dmarc())
 ALWAYS: tuple[Check, ...] = (Origin(),)
 
 

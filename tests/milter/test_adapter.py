@@ -17,7 +17,8 @@ GOOD_MESSAGE = b"From: Alice <alice@example.org>\nTo: bob@elsewhere.test\nSubjec
 def make_service(policy_path=DEFAULT_POLICY, checks=(), overrides=()) -> Service:
     # The adapter tests need no DNS: SPF (and the other DNS checks) have their own tests
     # against a real DNS server.
-    service = Service(policy_path, ["spf.enabled=false", *overrides])
+    service = Service(policy_path, ["spf.enabled=false", "dkim.enabled=false", "arc.enabled=false",
+                                    "dmarc.enabled=false", *overrides])
     if checks:
         service.snapshot = snapshot_for(service.snapshot.policy, pipeline=Pipeline(checks, ALWAYS))
     return service

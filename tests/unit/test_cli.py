@@ -93,7 +93,9 @@ def test_explain_survives_binary_garbage(tmp_path, capsys):
     eml = tmp_path / "m.eml"
     eml.write_bytes(bytes(range(256)) * 4)
     assert main(["explain", "--policy", str(DEFAULT_POLICY), *NO_DNS, "--listener", "smtp", "--json", str(eml)]) == 0
-    assert json.loads(capsys.readouterr().out)["verdict"] == "accept"
+    report = json.loads(capsys.readouterr().out)
+    # no From header at all: DMARC cannot be evaluated, and the policy refuses such mail
+    assert report["verdict"] == "reject" and "exactly one From" in report["smtp_reply"]
 
 
 def test_run_refuses_group_without_user_and_unknown_users(capsys):

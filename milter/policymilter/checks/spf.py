@@ -88,4 +88,4 @@ class Spf:
                                                f"its mail ({main.explanation or 'see its SPF record'})")
         reason = f"{main.identity} {main.domain}: {main.result}"
         return CheckResult(NAME, outcome, disposition, reply, reason=reason, detail=main.identity,
-                           authres=_entries(mailfrom, helo))
+                           authres=_entries(mailfrom, helo), facts=main)

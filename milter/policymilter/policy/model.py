@@ -6,6 +6,7 @@ traffic class (authenticated or not) and what an error in each check does (`on_e
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from enum import StrEnum
 from typing import Annotated, Literal
@@ -169,14 +170,47 @@ class Dkim(CheckTable):
 
 
 class Dmarc(CheckTable):
+    # What a failing message whose domain publishes p=reject / p=quarantine gets here.
     on_reject: Literal["reject", "quarantine", "tag"] = "reject"
     on_quarantine: Literal["quarantine", "tag"] = "quarantine"
+    # RFC 7489 §6.6.3 discovery, or the RFC 9989 (DMARCbis) tree walk.
+    discovery: Literal["rfc7489", "treewalk"] = "rfc7489"
+    # A message without exactly one From domain cannot be evaluated (RFC 7489 §6.6.1).
+    on_bad_from: Literal["reject", "accept"] = "reject"
+    # Mail from outside that claims one of site.domains and fails DMARC: always refuse it,
+    # whatever the domain's published policy says (spoofing of our own users).
+    always_reject_site_domains: bool = False
     never_reject_domains: tuple[Domain, ...] = ()
+    # Networks whose mail is forwarded to us (their failures are not enforced).
     trusted_forwarders: tuple[str, ...] = ()
+
+    @field_validator("never_reject_domains")
+    @classmethod
+    def _domains(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_hostname(domain) for domain in value)
+
+    @field_validator("trusted_forwarders")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = []
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                bad.append(network)
+        if bad:
+            raise ValueError(f"{', '.join(map(repr, bad))}: not an IP network (e.g. \"192.0.2.0/24\")")
+        return value
 
 
 class Arc(CheckTable):
+    # ARC sealers (d= of ARC-Seal) whose passing chain overrides a DMARC failure.
     trusted_sealers: tuple[Domain, ...] = ()
+
+    @field_validator("trusted_sealers")
+    @classmethod
+    def _domains(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_hostname(domain) for domain in value)
 
 
 class Sender(CheckTable):

@@ -1,0 +1,143 @@
+"""dmarc: evaluate the RFC5322.From domain's DMARC policy against SPF, DKIM and ARC, and enforce it.
+
+The evaluation itself is `dmarc_policy`; this check turns its result into what the site wants:
+the policy's `on_reject`/`on_quarantine`, local exceptions (never-reject domains, trusted
+forwarders, trusted ARC sealers), spoofing of our own domains, and DNS trouble.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from email.utils import getaddresses
+
+import authres
+import authres.dmarc
+
+from policymilter import dmarc_policy as dp
+from policymilter.checks.arc import Chain
+from policymilter.checks.dkim import Signature
+from policymilter.checks.spf import SpfResult
+from policymilter.outcome import CheckResult, Disposition, ErrorAction, Outcome, SmtpReply
+from policymilter.pipeline import CheckContext, Stage
+
+NAME = "dmarc"
+
+
+def from_domains(context: CheckContext) -> set[str]:
+    assert context.message is not None
+    values = context.message.header_values("From")
+    return {address.rpartition("@")[2].lower().rstrip(".") for _, address in getaddresses(values) if "@" in address}
+
+
+def _identities(context: CheckContext) -> tuple[dp.SpfIdentity | None, list[dp.DkimIdentity], bool]:
+    """SPF and DKIM identities from the earlier checks, and whether any of them hit a temperror."""
+    spf_result = context.result_of("spf")
+    dkim_result = context.result_of("dkim")
+    spf = spf_result.facts if spf_result and isinstance(spf_result.facts, SpfResult) else None
+    signatures: tuple[Signature, ...] = dkim_result.facts if dkim_result and dkim_result.facts else ()
+    identity = dp.SpfIdentity(spf.domain, spf.result) if spf else None
+    dkim = [dp.DkimIdentity(s.domain, s.selector, s.result) for s in signatures]
+    temperror = (spf is not None and spf.result == "temperror") or any(s.result == "temperror" for s in signatures)
+    return identity, dkim, temperror
+
+
+def _entry(result: dp.DmarcResult, override: str = "") -> object:
+    comment = f"p={result.policy or 'none'} dis={result.disposition}" + (f" override={override}" if override else "")
+    return authres.dmarc.DMARCAuthenticationResult(result=str(result.result), result_comment=comment,
+                                                   header_from=result.from_domain,
+                                                   policy=str(result.disposition))
+
+
+def _override(context: CheckContext, result: dp.DmarcResult) -> str:
+    """A local reason not to enforce this failure ("" when there is none)."""
+    policy = context.policy.dmarc
+    if result.from_domain in policy.never_reject_domains or (
+            result.org_domain and result.org_domain in policy.never_reject_domains):
+        return "local_policy:never_reject_domains"
+    ip = context.session.client_ip
+    if ip and any(ipaddress.ip_address(ip) in ipaddress.ip_network(net, strict=False)
+                  for net in policy.trusted_forwarders):
+        return "trusted_forwarder"
+    arc = context.result_of("arc")
+    chain = arc.facts if arc and isinstance(arc.facts, Chain) else None
+    if chain and chain.result == "pass" and chain.sealer in context.policy.arc.trusted_sealers:
+        return f"arc:{chain.sealer}"
+    return ""
+
+
+def _ours(context: CheckContext, domain: str) -> bool:
+    return any(domain == own or domain.endswith("." + own) for own in context.policy.site.domains)
+
+
+class Dmarc:
+    name = NAME
+    stage = Stage.EOM
+
+    def run(self, context: CheckContext) -> CheckResult:
+        if context.message is None:
+            return CheckResult(NAME, Outcome.NONE, reason="no message")
+        domains = from_domains(context)
+        if len(domains) != 1:
+            return self._bad_from(context, domains)
+        author = domains.pop()
+        spf, dkim, temperror = _identities(context)
+        resolver, budget = context.dns()
+        result = dp.evaluate(author, spf, dkim, resolver, budget, discovery=context.policy.dmarc.discovery)
+        if result.result is dp.Status.TEMPERROR:
+            return self._temporary(context, result, f"DMARC record of {author} could not be looked up")
+        if result.result is not dp.Status.FAIL:
+            return CheckResult(NAME, Outcome(str(result.result)), reason=result.reason, detail=author,
+                               authres=(_entry(result),), facts=result)
+        if temperror and result.disposition is dp.Policy.REJECT:
+            # The failure may be DNS trouble, not forgery: let the sender retry.
+            return self._temporary(context, result, f"{author} publishes p=reject and SPF or DKIM had a "
+                                                    "temporary DNS error")
+        return self._enforce(context, result)
+
+    def _enforce(self, context: CheckContext, result: dp.DmarcResult) -> CheckResult:
+        author, policy = result.from_domain, context.policy.dmarc
+        spoofed_site = _ours(context, author) and not context.session.authenticated
+        override = _override(context, result)
+        asked = result.disposition
+        if spoofed_site and policy.always_reject_site_domains and not override:
+            asked = dp.Policy.REJECT
+        action = {dp.Policy.REJECT: policy.on_reject, dp.Policy.QUARANTINE: policy.on_quarantine}.get(asked, "tag")
+        if override:
+            action = "tag"
+        reason = (f"{author} fails DMARC ({result.reason}); domain asks {result.disposition}"
+                  + ("; spoofing one of our own domains" if spoofed_site else "")
+                  + (f"; policy.override={override}" if override else ""))
+        disposition, reply = Disposition.CONTINUE, None
+        if action == "reject":
+            disposition = Disposition.REJECT
+            reply = SmtpReply("550", "5.7.1", f"Message rejected: {author} publishes a DMARC policy of reject and "
+                                              "this message failed its SPF and DKIM checks (it may be forged)")
+        elif action == "quarantine":
+            disposition = Disposition.QUARANTINE
+        detail = "spoofed-site-domain" if spoofed_site else (f"override:{override}" if override else author)
+        return CheckResult(NAME, Outcome.FAIL, disposition, reply, reason=reason, detail=detail,
+                           authres=(_entry(result, override),), facts=result)
+
+    def _temporary(self, context: CheckContext, result: dp.DmarcResult, why: str) -> CheckResult:
+        action = context.door.listener.error_action(NAME, context.session.authenticated)
+        disposition = {ErrorAction.TEMPFAIL: Disposition.TEMPFAIL, ErrorAction.REJECT: Disposition.REJECT}.get(
+            action, Disposition.CONTINUE)
+        reply = None
+        if disposition is Disposition.TEMPFAIL:
+            reply = SmtpReply("451", "4.7.1", f"Temporary DNS failure checking the sender's DMARC policy ({why}): "
+                                              "please try again later")
+        elif disposition is Disposition.REJECT:
+            reply = SmtpReply("550", "5.7.1", f"Sender authentication could not be completed ({why})")
+        return CheckResult(NAME, Outcome.TEMPERROR, disposition, reply, reason=why, detail=result.from_domain,
+                           authres=(_entry(result),), facts=result)
+
+    def _bad_from(self, context: CheckContext, domains: set[str]) -> CheckResult:
+        count = "no" if not domains else f"{len(domains)}"
+        reason = f"message has {count} From domain(s); DMARC needs exactly one (RFC 7489 §6.6.1)"
+        entry = authres.dmarc.DMARCAuthenticationResult(result="permerror", result_comment=reason)
+        if context.policy.dmarc.on_bad_from == "accept":
+            return CheckResult(NAME, Outcome.PERMERROR, reason=reason, detail="from", authres=(entry,))
+        return CheckResult(NAME, Outcome.PERMERROR, Disposition.REJECT,
+                           SmtpReply("550", "5.7.1", "Message refused: it must have exactly one From address "
+                                                     "domain (RFC 5322 §3.6.2)"),
+                           reason=reason, detail="from", authres=(entry,))
