@@ -75,11 +75,18 @@ def verify(message: Message, resolver: Resolver, budget: Budget | None, limit: i
         except DnsError as error:
             results.append(Signature(domain, selector, "temperror", b, f"key lookup failed: {error}"))
             continue
-        except dkimpy.KeyFormatError as error:
+        except (dkimpy.KeyFormatError, dkimpy.UnknownKeyTypeError) as error:
+            # RFC 8601 §2.7.1: permerror, the key record is missing or malformed
             results.append(Signature(domain, selector, "permerror", b, f"bad or missing key: {error}"))
             continue
+        except dkimpy.ValidationError as error:
+            # dkimpy raises this both for a changed body and for a malformed signature: the
+            # first is a verification failure (fail), the second could not be processed (neutral).
+            result = "fail" if "body hash mismatch" in str(error) else "neutral"
+            results.append(Signature(domain, selector, result, b, str(error).split(" (got", 1)[0]))
+            continue
         except dkimpy.DKIMException as error:
-            results.append(Signature(domain, selector, "permerror", b, f"bad signature: {error}"))
+            results.append(Signature(domain, selector, "neutral", b, f"signature not usable: {error}"))
             continue
         if not ok and not lookup.found:
             results.append(Signature(domain, selector, "permerror", b, f"no key at {selector}._domainkey.{domain}"))
@@ -90,7 +97,7 @@ def verify(message: Message, resolver: Resolver, budget: Budget | None, limit: i
 
 
 def _overall(signatures: list[Signature]) -> Outcome:
-    for wanted in ("pass", "fail", "temperror", "permerror"):
+    for wanted in ("pass", "fail", "temperror", "permerror", "neutral"):
         if any(s.result == wanted for s in signatures):
             return Outcome(wanted)
     return Outcome.NONE

@@ -1,0 +1,64 @@
+"""Test-time DKIM keys and signed messages (keys are made per run; nothing secret is stored)."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+import dkim
+import nacl.signing
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+SIGNED_HEADERS = [b"from", b"to", b"subject", b"date", b"message-id"]
+
+
+@dataclass(frozen=True)
+class DkimKey:
+    domain: str
+    selector: str
+    algorithm: str  # "rsa-sha256" | "ed25519-sha256"
+    private: bytes  # what dkimpy's sign() takes: PEM for RSA, base64 seed for Ed25519
+    record: str  # the TXT record at SELECTOR._domainkey.DOMAIN
+
+    @property
+    def owner(self) -> str:
+        return f"{self.selector}._domainkey"
+
+
+def rsa_key(domain: str, selector: str, bits: int = 2048) -> DkimKey:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return DkimKey(domain, selector, "rsa-sha256", private, f"v=DKIM1; k=rsa; p={base64.b64encode(public).decode()}")
+
+
+def ed25519_key(domain: str, selector: str) -> DkimKey:
+    signing = nacl.signing.SigningKey.generate()
+    public = base64.b64encode(bytes(signing.verify_key)).decode()
+    return DkimKey(domain, selector, "ed25519-sha256", base64.b64encode(bytes(signing)),
+                   f"v=DKIM1; k=ed25519; p={public}")
+
+
+def sign(message: bytes, key: DkimKey, canonicalize: tuple[bytes, bytes] = (b"relaxed", b"relaxed")) -> bytes:
+    """The message with a DKIM-Signature header prepended (CRLF line ends)."""
+    message = message.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    header = dkim.sign(message, key.selector.encode(), key.domain.encode(), key.private,
+                       include_headers=SIGNED_HEADERS, canonicalize=canonicalize,
+                       signature_algorithm=key.algorithm.encode())
+    return header + message
+
+
+def arc_seal(message: bytes, key: DkimKey, authserv_id: str, results: str) -> bytes:
+    """Add one ARC set, as a forwarder (mailing list) whose A-R said `results`, would."""
+    message = message.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    message = f"Authentication-Results: {authserv_id}; {results}\r\n".encode() + message
+    headers = dkim.arc_sign(message, key.selector.encode(), key.domain.encode(), key.private,
+                            authserv_id.encode(), include_headers=SIGNED_HEADERS)
+    return b"".join(headers) + message
+
+
+def message(sender: str, rcpt: str, subject: str = "test", body: str = "hello\n", extra: str = "") -> bytes:
+    return (f"From: {sender}\nTo: {rcpt}\nSubject: {subject}\nDate: Sat, 28 Nov 2026 10:00:00 +0000\n"
+            f"Message-ID: <{abs(hash((sender, rcpt, subject)))}@test>\n{extra}\n{body}").encode()

@@ -1,0 +1,204 @@
+"""SPF, DKIM, ARC and DMARC against a real authoritative DNS server (nsd) on loopback.
+
+The whole pipeline runs in-process (as `explain` does, and through the adapter with the fake
+Postfix for byte-exact headers); the Postfix end-to-end cases are in test_postfix_auth.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import Milter
+import pytest
+
+from policymilter.cli import explain
+from policymilter.facts import Session
+from policymilter.listeners import door_by_name
+from policymilter.service import Service, load_snapshot
+from tests import authkit
+from tests.conftest import DEFAULT_POLICY
+from tests.integration.dns_server import DnsServer, Zone
+from tests.milter.fakemta import FakeMTA, SmtpState
+
+pytestmark = pytest.mark.integration
+
+AUTHSERV_ID = "mx.example.test"
+CLIENT = "127.0.0.1"
+KEYS = {
+    "rsa": authkit.rsa_key("pass.test", "rsa"),
+    "ed": authkit.ed25519_key("pass.test", "ed"),
+    "list": authkit.rsa_key("list.test", "arc"),
+    "site": authkit.rsa_key("example.org", "s1"),
+}
+
+
+def zones() -> list[Zone]:
+    def spf(origin: str, record: str | None, dmarc: str | None = None) -> Zone:
+        zone = Zone(origin).add("@", "A", "127.0.0.1")
+        if record is not None:
+            zone.txt("@", record)
+        if dmarc is not None:
+            zone.txt("_dmarc", dmarc)
+        return zone
+
+    passing = spf("pass.test", "v=spf1 ip4:127.0.0.1 -all", "v=DMARC1; p=reject")
+    for key in (KEYS["rsa"], KEYS["ed"]):
+        passing.txt(key.owner, key.record)
+    perm = spf("perm.test", "v=spf1 ip4:127.0.0.1 -all").txt("@", "v=spf1 -all")
+    return [
+        passing,
+        spf("fail.test", "v=spf1 ip4:192.0.2.1 -all", "v=DMARC1; p=reject"),
+        spf("soft.test", "v=spf1 ~all", "v=DMARC1; p=none"),
+        spf("neutral.test", "v=spf1 ?all"),
+        spf("none.test", None),
+        perm,
+        spf("quarantine.test", "v=spf1 -all", "v=DMARC1; p=quarantine"),
+        spf("example.org", "v=spf1 ip4:192.0.2.10 -all", "v=DMARC1; p=none").txt(KEYS["site"].owner,
+                                                                                 KEYS["site"].record),
+        spf("list.test", "v=spf1 ip4:127.0.0.1 -all").txt(KEYS["list"].owner, KEYS["list"].record),
+        spf("slow.test", "v=spf1 ip4:127.0.0.1 -all", "v=DMARC1; p=reject"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def dns_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DnsServer]:
+    with DnsServer(tmp_path_factory.mktemp("dns"), zones(), silent_suffixes=["slow.test"]) as server:
+        yield server
+
+
+def overrides(server: DnsServer, *extra: str) -> list[str]:
+    return [f'dns.nameservers=["{server.front_nameserver}"]', "dns.timeout=1", "dns.lifetime=3",
+            f'site.authserv_id="{AUTHSERV_ID}"', 'site.domains=["example.org"]',
+            'arc.trusted_sealers=["list.test"]', *extra]
+
+
+def run(server: DnsServer, raw: bytes, mail_from: str, *extra: str, helo: str = "mail.pass.test") -> dict:
+    snapshot = load_snapshot(DEFAULT_POLICY, overrides(server, *extra))
+    session = Session(conn_id="t", client_ip=CLIENT, client_name="unknown", helo=helo, daemon_name="smtp",
+                      daemon_port=25)
+    return explain(snapshot, session, door_by_name(snapshot.policy, "smtp"), raw, mail_from,
+                   ["user@example.test"])
+
+
+def check(report: dict, name: str) -> dict:
+    return next(c for c in report["checks"] if c["check"] == name)
+
+
+def auth_results(report: dict) -> list[str]:
+    return [h["value"] for h in report["headers_added"] if h["name"] == "Authentication-Results"]
+
+
+@pytest.mark.parametrize(
+    ("sender", "expected"),
+    [
+        ("a@pass.test", "pass"),
+        ("a@fail.test", "fail"),
+        ("a@soft.test", "softfail"),
+        ("a@neutral.test", "neutral"),
+        ("a@none.test", "none"),
+        ("a@perm.test", "permerror"),
+        ("a@slow.test", "temperror"),
+    ],
+)
+def test_spf_results(dns_server, sender, expected):
+    # DMARC in report mode: nothing is refused, so the header is always there to read.
+    report = run(dns_server, authkit.message(sender, "user@example.test"), sender, 'dmarc.mode="report"')
+    assert check(report, "spf")["outcome"] == expected
+    assert f"spf={expected} smtp.mailfrom={sender.split('@')[1]}" in auth_results(report)[0]
+
+
+def test_null_sender_is_checked_as_postmaster_at_helo(dns_server):
+    report = run(dns_server, authkit.message("a@pass.test", "user@example.test"), "", 'dmarc.mode="report"',
+                 helo="fail.test")
+    spf = check(report, "spf")
+    assert (spf["outcome"], spf["detail"]) == ("fail", "helo")
+    assert "spf=fail smtp.helo=fail.test" in auth_results(report)[0]
+
+
+@pytest.mark.parametrize("key", ["rsa", "ed"])
+def test_aligned_dkim_signature_passes_dkim_and_dmarc(dns_server, key):
+    raw = authkit.sign(authkit.message("Alice <alice@pass.test>", "user@example.test"), KEYS[key])
+    report = run(dns_server, raw, "bounce@soft.test")  # SPF not aligned: DKIM alone carries DMARC
+    assert report["verdict"] == "accept"
+    [header] = auth_results(report)
+    assert header.startswith(f"{AUTHSERV_ID}; ")
+    assert "dkim=pass header.b=" in header and f"header.d=pass.test header.s={key}" in header
+    assert "dmarc=pass" in header and "header.from=pass.test" in header
+
+
+def test_dual_signatures_one_broken_still_pass(dns_server):
+    signed = authkit.sign(authkit.sign(authkit.message("a@pass.test", "u@example.test"), KEYS["rsa"]), KEYS["ed"])
+    tampered = signed.replace(b"hello", b"hullo")
+    report = run(dns_server, tampered, "a@pass.test")
+    dkim = check(report, "dkim")
+    assert dkim["outcome"] == "fail"
+    assert report["verdict"] == "accept"  # SPF pass is aligned
+    assert "dmarc=pass" in auth_results(report)[0]
+
+
+def test_spoof_of_a_p_reject_domain_is_refused(dns_server):
+    report = run(dns_server, authkit.message("CEO <ceo@fail.test>", "user@example.test"), "ceo@fail.test")
+    assert report["verdict"] == "reject"
+    assert report["smtp_reply"].startswith("550 5.7.1 Message rejected: fail.test publishes a DMARC policy")
+    assert report["decided_by"] == "dmarc"
+
+
+def test_p_quarantine_failure_is_held(dns_server):
+    report = run(dns_server, authkit.message("x@quarantine.test", "user@example.test"), "x@quarantine.test")
+    assert report["verdict"] == "quarantine"
+
+
+def test_dmarc_lookup_timeout_is_a_temporary_failure(dns_server):
+    report = run(dns_server, authkit.message("x@slow.test", "user@example.test"), "x@pass.test")
+    assert report["verdict"] == "tempfail"
+    assert report["smtp_reply"].startswith("451 4.7.1 Temporary DNS failure")
+
+
+def test_forged_authentication_results_with_our_id_are_removed(dns_server):
+    raw = authkit.message("a@pass.test", "user@example.test",
+                          extra=f"Authentication-Results: {AUTHSERV_ID}; dkim=pass header.d=bank.test\n"
+                                "Authentication-Results: other.example; spf=pass\n"
+                                f"Authentication-Results: {AUTHSERV_ID.upper()}; dmarc=pass\n")
+    report = run(dns_server, raw, "a@pass.test")
+    assert report["headers_removed"] == [{"name": "Authentication-Results", "index": 3},
+                                         {"name": "Authentication-Results", "index": 1}]
+    assert len(auth_results(report)) == 1
+
+
+def test_spoofing_our_own_domain_is_named_and_can_always_be_refused(dns_server):
+    raw = authkit.message("boss@example.org", "user@example.test")
+    report = run(dns_server, raw, "boss@example.org")
+    assert report["verdict"] == "accept"  # example.org publishes p=none
+    assert check(report, "dmarc")["detail"] == "spoofed-site-domain"
+    strict = run(dns_server, raw, "boss@example.org", "dmarc.always_reject_site_domains=true")
+    assert strict["verdict"] == "reject"
+
+
+def test_trusted_arc_sealer_overrides_a_dmarc_failure(dns_server):
+    original = authkit.sign(authkit.message("a@pass.test", "list@list.test"), KEYS["rsa"])
+    # The list rewrites the subject (breaking DKIM) and seals what it saw.
+    forwarded = authkit.arc_seal(original.replace(b"Subject: test", b"Subject: [list] test"), KEYS["list"],
+                                 "mx.list.test", "dkim=pass header.d=pass.test; dmarc=pass")
+    report = run(dns_server, forwarded, "bounces@list.test")
+    assert check(report, "arc")["outcome"] == "pass"
+    assert check(report, "dmarc")["outcome"] == "fail"
+    assert check(report, "dmarc")["detail"] == "override:arc:list.test"
+    assert report["verdict"] == "accept"
+    untrusted = run(dns_server, forwarded, "bounces@list.test", "arc.trusted_sealers=[]")
+    assert untrusted["verdict"] == "reject"
+
+
+def test_eight_bit_folded_headers_verify_through_the_milter_adapter(dns_server, tmp_path: Path):
+    body = "Grüße\n".encode()
+    raw = (b"From: =?utf-8?q?J=C3=B6rg?= <jorg@pass.test>\nTo: user@example.test\n"
+           b"Subject: caf\xc3\xa9 au lait,\n\tfolded  with   spaces\nDate: Sat, 28 Nov 2026 10:00:00 +0000\n"
+           b"Message-ID: <8bit@test>\n\n" + body)
+    signed = authkit.sign(raw, KEYS["rsa"], canonicalize=(b"simple", b"simple"))
+    service = Service(DEFAULT_POLICY, overrides(dns_server))
+    mta = FakeMTA(service, SmtpState(daemon_name="smtp", daemon_port=25))
+    mta.connect(ip=CLIENT, hostname="unknown")
+    mta.helo("mail.pass.test")
+    assert mta.send("<jorg@pass.test>", message=signed) == Milter.ACCEPT
+    [(_, value)] = [added for added in mta.ctx.added if added[0] == "Authentication-Results"]
+    assert "dkim=pass" in value and "dmarc=pass" in value
