@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DEFAULT_POLICY
+from tests.integration.dns_server import DnsServer, Zone
 from tests.integration.stack import MailStack, unverified_tls_context
 
 pytestmark = pytest.mark.integration
@@ -27,9 +28,23 @@ FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
 INSECURE = unverified_tls_context()
 
 
+# Every domain these tests use, served (empty: no SPF, no DMARC) by a real DNS server, so
+# the inbound checks of the default policy answer "none" without touching the machine's resolver.
+DOMAINS = ("example.org", "example.net", "example.test", "elsewhere.test")
+DNS_OPTIONS: list[str] = []
+
+
 def milter_command(stack: MailStack, policy: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "policymilter", "run", "--policy", str(policy),
-            "--socket", f"unix:{stack.milter_socket}", *extra]
+            "--socket", f"unix:{stack.milter_socket}", *DNS_OPTIONS, *extra]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def dns_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DnsServer]:
+    with DnsServer(tmp_path_factory.mktemp("dns"), [Zone(domain) for domain in DOMAINS]) as server:
+        DNS_OPTIONS[:] = ["-o", f'dns.nameservers=["{server.nameserver}"]']
+        yield server
+        DNS_OPTIONS.clear()
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +56,7 @@ def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, policy_dir: Path) -> Iterator[MailStack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, policy_dir: Path, dns_server: DnsServer) -> Iterator[MailStack]:
     with MailStack(tmp_path_factory.mktemp("stack")) as running:
         running.start_milter(milter_command(running, policy_dir))
         yield running
