@@ -165,3 +165,38 @@ def test_eight_bit_folded_headers_verify_through_the_milter_adapter(dns_server, 
     assert mta.send("<jorg@pass.test>", message=signed) == Milter.ACCEPT
     [(_, value)] = [added for added in mta.ctx.added if added[0] == "Authentication-Results"]
     assert "dkim=pass" in value and "dmarc=pass" in value
+
+
+def test_spf_fail_can_be_refused_at_mail_from(dns_server):
+    report = run(dns_server, authkit.message("a@fail.test", "user@example.test"), "a@fail.test",
+                 'spf.on_fail="reject"')
+    assert (report["verdict"], report["stage"]) == ("reject", "mail")
+    assert report["smtp_reply"].startswith("550 5.7.23 SPF check failed: fail.test does not allow 127.0.0.1")
+
+
+def test_spf_temperror_with_a_p_reject_from_domain_is_retried_not_refused(dns_server):
+    report = run(dns_server, authkit.message("x@pass.test", "user@example.test"), "x@slow.test")
+    assert check(report, "spf")["outcome"] == "temperror"
+    assert report["verdict"] == "tempfail" and report["smtp_reply"].startswith("451 4.7.1")
+
+
+@pytest.mark.parametrize(
+    "exception",
+    ['dmarc.never_reject_domains=["fail.test"]', 'dmarc.trusted_forwarders=["127.0.0.0/8"]'],
+)
+def test_local_exceptions_keep_a_failing_message_with_the_reason_logged(dns_server, exception):
+    report = run(dns_server, authkit.message("ceo@fail.test", "user@example.test"), "ceo@fail.test", exception)
+    assert report["verdict"] == "accept"
+    assert "policy.override=" in check(report, "dmarc")["reason"]
+    assert "dmarc=fail" in auth_results(report)[0]
+
+
+def test_authenticated_sessions_get_auth_pass_and_no_inbound_checks(dns_server):
+    snapshot = load_snapshot(DEFAULT_POLICY, overrides(dns_server))
+    session = Session(conn_id="t", client_ip=CLIENT, helo="laptop", daemon_name="submission", daemon_port=587,
+                      auth_login="alice", auth_mech="PLAIN", tls_version="TLSv1.3")
+    report = explain(snapshot, session, door_by_name(snapshot.policy, "submission"),
+                     authkit.message("alice@example.org", "friend@elsewhere.test"), "alice@example.org",
+                     ["friend@elsewhere.test"])
+    assert [c["check"] for c in report["checks"]] == ["origin"]
+    assert auth_results(report) == [f"{AUTHSERV_ID}; auth=pass smtp.auth=alice"]
