@@ -26,7 +26,7 @@ import Milter
 
 from policymilter.facts import Session, normalise_ip, parse_port
 from policymilter.logs import LOGGER, event
-from policymilter.outcome import AddHeader, Disposition, RemoveHeader, Verdict
+from policymilter.outcome import AddHeader, ChangeHeader, Disposition, RemoveHeader, Verdict
 from policymilter.service import Service
 
 # What the milter asks Postfix for at negotiation (at most 5 per stage). Postfix honours a
@@ -119,6 +119,8 @@ class PolicyMilter(Milter.Base):
                 match action:
                     case RemoveHeader(name=name, index=index):
                         self.chgheader(name, index, "")
+                    case ChangeHeader(name=name, index=index, value=value):
+                        self.chgheader(name, index, value)
                     case AddHeader(name=name, value=value):
                         self.addheader(name, value)
             if verdict.disposition is Disposition.QUARANTINE:

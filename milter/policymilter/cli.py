@@ -17,7 +17,7 @@ from policymilter.facts import Session
 from policymilter.listeners import UNKNOWN_LISTENER, Door, door_by_name
 from policymilter.logs import setup_logging
 from policymilter.message import Message
-from policymilter.outcome import AddHeader, Disposition, RemoveHeader, Verdict
+from policymilter.outcome import AddHeader, ChangeHeader, Disposition, RemoveHeader, Verdict
 from policymilter.policy import PolicyError
 from policymilter.service import Service, load_snapshot
 
@@ -209,6 +209,8 @@ def describe(conversation: Conversation, verdict: Verdict, stage: str) -> dict[s
         "headers_added": [{"name": a.name, "value": a.value} for a in verdict.actions if isinstance(a, AddHeader)],
         "headers_removed": [{"name": a.name, "index": a.index} for a in verdict.actions
                             if isinstance(a, RemoveHeader)],
+        "headers_changed": [{"name": a.name, "index": a.index, "value": a.value} for a in verdict.actions
+                            if isinstance(a, ChangeHeader)],
         "not_available": list(conversation.snapshot.pipeline.unavailable),
     }
 

@@ -20,7 +20,7 @@ from policymilter.logs import SUMMARY_KEYS, SUMMARY_TAIL, SessionLog, WarnOnce, 
 from policymilter.message import Message
 from policymilter.outcome import Action, CheckResult, Disposition, ErrorAction, SmtpReply, Verdict, decide
 from policymilter.pipeline import CheckContext, Pipeline, Stage, error_verdict
-from policymilter.policy.model import Policy
+from policymilter.policy.model import CHECK_NAMES, Policy
 
 # RFC 3463 4.3.2: system not accepting network messages (we are stopping; the sender retries).
 SHUTTING_DOWN = Verdict(Disposition.TEMPFAIL, SmtpReply("451", "4.3.2", "Mail filter restarting: please try again "
@@ -132,17 +132,21 @@ class Conversation:
     def data(self, queue_id: str | None) -> None:
         if self.envelope is not None:
             self.envelope = self.envelope.with_queue_id(queue_id)
-        self.message = Message()
+        self.message = self._new_message()
 
     def header(self, name: str, value: bytes) -> None:
         if self.message is None:
-            self.message = Message()
+            self.message = self._new_message()
         self.message.add_header(name, value)
 
     def body(self, chunk: bytes) -> None:
         if self.message is None:
-            self.message = Message()
+            self.message = self._new_message()
         self.message.write_body(chunk)
+
+    def _new_message(self) -> Message:
+        limit = self.snapshot.policy.site.max_message_size
+        return Message(cap=limit or None)
 
     def end_of_message(self, queue_id: str | None) -> Verdict:
         if self.envelope is None:
@@ -244,9 +248,16 @@ class Conversation:
         }
         assert tuple(fields) == SUMMARY_KEYS
         by_check = {result.check: result for result in self.results}
-        for check in ("origin", *(c.name for c in self.snapshot.pipeline.checks)):
+        listed = self.door.listener.traffic(self.session.authenticated).checks
+        pipeline = self.snapshot.pipeline
+        for check in dict.fromkeys(c.name for c in (*pipeline.always, *pipeline.checks)):
             result = by_check.get(check)
-            fields[check] = result.log_value if result else None
+            if result is not None:
+                fields[check] = result.log_value
+            elif check in CHECK_NAMES and check not in listed:
+                fields[check] = "skipped:listener"  # this door does not run it for this traffic
+            else:
+                fields[check] = None
         would = [f"{r.check}:{r.would.verdict_name}" for r in self.results if r.would is not None]
         fields.update({
             "verdict": verdict.name,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import BinaryIO
@@ -35,7 +36,9 @@ class Header:
 class Message:
     """Headers in arrival order and a spooled body; the parsed view is built once, on demand."""
 
-    def __init__(self, spool_threshold: int = SPOOL_THRESHOLD) -> None:
+    def __init__(self, spool_threshold: int = SPOOL_THRESHOLD, cap: int | None = None) -> None:
+        self.cap = cap
+        self.truncated = False
         self.headers: list[Header] = []
         # Owned by the message for its whole life; closed by close() at end of transaction.
         self._body: BinaryIO = tempfile.SpooledTemporaryFile(max_size=spool_threshold)  # noqa: SIM115
@@ -77,9 +80,24 @@ class Message:
         self._parsed = None
 
     def write_body(self, chunk: bytes) -> None:
-        self._body.write(chunk)
+        # Past the cap the bytes are counted, not kept: an oversized message is refused anyway,
+        # and must not fill the disk first.
+        if self.cap is None or self.body_size + len(chunk) <= self.cap:
+            self._body.write(chunk)
+        else:
+            self.truncated = True
         self.body_size += len(chunk)
         self._parsed = None
+
+    def iter_raw(self, chunk_size: int = 65536) -> Iterator[bytes]:
+        """The whole message (CRLF line ends) in chunks, straight from the spool."""
+        yield b"".join(h.raw() for h in self.headers) + b"\r\n"
+        self._body.seek(0)
+        try:
+            while chunk := self._body.read(chunk_size):
+                yield chunk
+        finally:
+            self._body.seek(0, 2)
 
     @property
     def size(self) -> int:

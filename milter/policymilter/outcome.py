@@ -88,7 +88,16 @@ class RemoveHeader:
     index: int
 
 
-Action = AddHeader | RemoveHeader
+@dataclass(frozen=True)
+class ChangeHeader:
+    """Replace the `index`-th (1-based, per name) occurrence of header `name` with `value`."""
+
+    name: str
+    index: int
+    value: str
+
+
+Action = AddHeader | RemoveHeader | ChangeHeader
 
 
 @dataclass(frozen=True)

@@ -120,8 +120,13 @@ class Pipeline:
         if result.outcome is Outcome.ERROR:
             action = context.door.listener.error_action(check.name, context.session.authenticated)
             disposition, reply = error_verdict(action)
+            if disposition is Disposition.TEMPFAIL and result.reply is not None and result.reply.code.startswith("4"):
+                reply = result.reply  # the check's own words for "try again later"
             result = replace(result, disposition=disposition, reply=reply,
-                             reason=result.reason or f"{check.name} failed", detail=result.detail or action.value)
+                             reason=result.reason or f"{check.name} failed", detail=result.detail or action.value,
+                             # headers an erroring check proposes ("scan skipped") only make sense if
+                             # the message is accepted anyway
+                             actions=result.actions if disposition is Disposition.CONTINUE else ())
         table = context.policy.check_table(check.name)
         if table is not None and table.mode == "report" and result.disposition is not Disposition.CONTINUE:
             result = replace(result, would=result.disposition, disposition=Disposition.CONTINUE,

@@ -9,10 +9,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from policymilter.checks.antivirus import Antivirus
 from policymilter.checks.arc import Arc
 from policymilter.checks.dkim import Dkim
 from policymilter.checks.dmarc import Dmarc
 from policymilter.checks.origin import Origin
+from policymilter.checks.size import SizeDeclared, SizeReceived
+from policymilter.checks.spam import Spam
 from policymilter.checks.spf import Spf
 from policymilter.conversation import Conversation, Snapshot
 from policymilter.dns import Resolver
@@ -23,8 +26,8 @@ from policymilter.policy import PolicyError, load_policy
 from policymilter.policy.model import Policy
 
 # The checks this version implements, in pipeline order (cheap before expensive).
-CHECKS: tuple[Check, ...] = (Spf(), Dkim(), Arc(), Dmarc())
-ALWAYS: tuple[Check, ...] = (Origin(),)
+CHECKS: tuple[Check, ...] = (Spf(), Antivirus(), Spam(), Dkim(), Arc(), Dmarc())
+ALWAYS: tuple[Check, ...] = (Origin(), SizeDeclared(), SizeReceived())
 
 
 def build_pipeline() -> Pipeline:

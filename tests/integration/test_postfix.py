@@ -42,7 +42,9 @@ def milter_command(stack: MailStack, policy: Path, *extra: str) -> list[str]:
 @pytest.fixture(scope="module", autouse=True)
 def dns_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DnsServer]:
     with DnsServer(tmp_path_factory.mktemp("dns"), [Zone(domain) for domain in DOMAINS]) as server:
-        DNS_OPTIONS[:] = ["-o", f'dns.nameservers=["{server.nameserver}"]']
+        # Scanning has its own end-to-end tests with real clamd and spamd (test_postfix_scan.py).
+        DNS_OPTIONS[:] = ["-o", f'dns.nameservers=["{server.nameserver}"]', "-o", "antivirus.enabled=false",
+                          "-o", "spam.enabled=false"]
         yield server
         DNS_OPTIONS.clear()
 

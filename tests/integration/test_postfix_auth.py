@@ -26,7 +26,9 @@ RCPT = "user@example.test"
 
 def options(server: DnsServer) -> list[str]:
     values = [f'dns.nameservers=["{server.front_nameserver}"]', "dns.timeout=1", "dns.lifetime=3",
-              f"site.authserv_id={AUTHSERV_ID}", 'site.domains=["example.org"]', 'arc.trusted_sealers=["list.test"]']
+              f"site.authserv_id={AUTHSERV_ID}", 'site.domains=["example.org"]', 'arc.trusted_sealers=["list.test"]',
+              # scanning has its own end-to-end tests with real clamd and spamd
+              "antivirus.enabled=false", "spam.enabled=false"]
     return [part for value in values for part in ("-o", value)]
 
 

@@ -8,7 +8,7 @@ import pytest
 from policymilter.outcome import AddHeader, CheckResult, Disposition, Outcome
 from policymilter.pipeline import CheckContext, Pipeline, Stage
 from policymilter.service import ALWAYS, Service, snapshot_for
-from tests.conftest import DEFAULT_POLICY
+from tests.conftest import DEFAULT_POLICY, OFFLINE
 from tests.milter.fakemta import FakeMTA, SmtpState
 
 GOOD_MESSAGE = b"From: Alice <alice@example.org>\nTo: bob@elsewhere.test\nSubject: hi\n\nhello\n"
@@ -17,8 +17,7 @@ GOOD_MESSAGE = b"From: Alice <alice@example.org>\nTo: bob@elsewhere.test\nSubjec
 def make_service(policy_path=DEFAULT_POLICY, checks=(), overrides=()) -> Service:
     # The adapter tests need no DNS: SPF (and the other DNS checks) have their own tests
     # against a real DNS server.
-    service = Service(policy_path, ["spf.enabled=false", "dkim.enabled=false", "arc.enabled=false",
-                                    "dmarc.enabled=false", *overrides])
+    service = Service(policy_path, [*OFFLINE, *overrides])
     if checks:
         service.snapshot = snapshot_for(service.snapshot.policy, pipeline=Pipeline(checks, ALWAYS))
     return service
@@ -201,7 +200,8 @@ class Tagging:
 
 def test_a_crash_inside_a_check_becomes_tempfail_and_the_daemon_keeps_serving(logwatch):
     logwatch.expect("check_crashed")
-    service = make_service(checks=(Exploding(),), overrides=['listeners.smtp.unauthenticated.on_error={}'])
+    service = make_service(checks=(Exploding(),), overrides=["spam.enabled=true",
+                                                             "listeners.smtp.unauthenticated.on_error={}"])
     mta = FakeMTA(service, SmtpState(daemon_name="smtp", daemon_port=25))
     mta.connect()
     mta.helo()
@@ -219,11 +219,12 @@ def test_a_crash_inside_a_check_becomes_tempfail_and_the_daemon_keeps_serving(lo
 def test_on_error_matrix_accept_lets_mail_through(logwatch):
     logwatch.expect("check_crashed")
     # the default policy says spam = "accept" on errors for port 25
-    service = make_service(checks=(Exploding(),))
+    service = make_service(checks=(Exploding(),), overrides=["spam.enabled=true"])
     mta = FakeMTA(service, SmtpState(daemon_name="smtp", daemon_port=25))
     mta.connect()
     mta.helo()
     assert mta.send(message=GOOD_MESSAGE) == Milter.ACCEPT
+    assert len(logwatch.events("check_crashed")) == 1  # it did run, and its error was accepted
 
 
 def test_a_crash_in_the_adapter_itself_becomes_the_listener_error_action(logwatch, monkeypatch):

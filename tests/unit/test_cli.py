@@ -12,7 +12,8 @@ from tests.conftest import DEFAULT_POLICY
 
 # Hermetic: DNS checks in these tests ask a closed loopback port (fast temperror), never the
 # machine's resolver. The DNS checks have their own tests against a real DNS server.
-NO_DNS = ("-o", 'dns.nameservers=["127.0.0.1:9"]', "-o", "dns.timeout=0.1", "-o", "dns.lifetime=0.3")
+NO_DNS = ("-o", 'dns.nameservers=["127.0.0.1:9"]', "-o", "dns.timeout=0.1", "-o", "dns.lifetime=0.3",
+          "-o", "antivirus.enabled=false", "-o", "spam.enabled=false")
 MESSAGE = b"From: Alice <alice@example.org>\nTo: bob@elsewhere.test\nSubject: hi\n\nhello\n"
 
 

@@ -57,6 +57,8 @@ Bytes = Annotated[int, Field(ge=0)]
 class Site(Strict):
     domains: tuple[Domain, ...] = ()
     authserv_id: str = "localhost"
+    # Bytes; larger messages are refused with 552 5.3.4 (0: leave it to Postfix's message_size_limit).
+    max_message_size: Annotated[int, Field(ge=0)] = 0
 
     @field_validator("domains")
     @classmethod
@@ -130,8 +132,10 @@ class Attachments(CheckTable):
 class Antivirus(CheckTable):
     servers: tuple[str, ...] = ("unix:/run/clamav/clamd.ctl",)
     timeout: Seconds = 60.0
+    # Keep at or below clamd's StreamMaxLength; larger messages get `on_oversize`.
     max_size: Bytes = 25 * 1024 * 1024
     on_infected: Literal["reject", "quarantine", "discard"] = "reject"
+    on_oversize: Literal["skip", "reject", "tempfail"] = "skip"
 
     @field_validator("servers")
     @classmethod
@@ -146,7 +150,7 @@ class Spam(CheckTable):
     tag_score: float = 5.0
     quarantine_score: float | None = None
     reject_score: float | None = 15.0
-    subject_tag: str = ""
+    subject_tag: str = ""  # e.g. "[SPAM]": prefixed to the Subject of tagged spam
 
     @field_validator("servers")
     @classmethod

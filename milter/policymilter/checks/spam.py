@@ -1,0 +1,82 @@
+"""spam: score the message with SpamAssassin's spamd; the policy's thresholds decide.
+
+tag_score: X-Spam-Status/X-Spam-Score headers (and the optional subject tag);
+quarantine_score: Postfix's hold queue; reject_score: 550 5.7.1. Headers of these names that
+arrived with the message are removed first (a sender could forge "No").
+"""
+
+from __future__ import annotations
+
+from policymilter import spamd
+from policymilter.clamav import ScannerError
+from policymilter.message import Message
+from policymilter.outcome import (
+    Action,
+    AddHeader,
+    ChangeHeader,
+    CheckResult,
+    Disposition,
+    Outcome,
+    RemoveHeader,
+    SmtpReply,
+)
+from policymilter.pipeline import CheckContext, Stage
+from policymilter.policy.model import Spam as SpamPolicy
+
+NAME = "spam"
+OUR_HEADERS = ("X-Spam-Status", "X-Spam-Score", "X-Spam-Flag")
+
+
+def _remove_arrived(message: Message) -> list[Action]:
+    actions: list[Action] = []
+    for name in OUR_HEADERS:
+        count = len(message.header_values(name))
+        actions.extend(RemoveHeader(name, index) for index in range(count, 0, -1))
+    return actions
+
+
+def _headers(message: Message, policy: SpamPolicy, result: spamd.SpamResult, spam: bool) -> list[Action]:
+    tests = ",".join(result.symbols[:40]) or "none"
+    status = f"{'Yes' if spam else 'No'}, score={result.score:.1f} required={policy.tag_score:.1f} tests={tests}"
+    actions = [*_remove_arrived(message), AddHeader("X-Spam-Status", status),
+               AddHeader("X-Spam-Score", f"{result.score:.1f}")]
+    if spam:
+        actions.append(AddHeader("X-Spam-Flag", "YES"))
+        if policy.subject_tag:
+            subjects = message.header_values("Subject")
+            if subjects:
+                if not subjects[0].startswith(policy.subject_tag):
+                    actions.append(ChangeHeader("Subject", 1, f"{policy.subject_tag} {subjects[0]}"))
+            else:
+                actions.append(AddHeader("Subject", policy.subject_tag))
+    return actions
+
+
+class Spam:
+    name = NAME
+    stage = Stage.EOM
+
+    def run(self, context: CheckContext) -> CheckResult:
+        message, policy = context.message, context.policy.spam
+        if message is None:
+            return CheckResult(NAME, Outcome.SKIPPED, reason="no message", detail="empty")
+        if message.size > policy.max_size:
+            return CheckResult(NAME, Outcome.SKIPPED, reason=f"{message.size} bytes is over spam.max_size",
+                               detail="size")
+        try:
+            result = spamd.scan(policy.servers, message.iter_raw, policy.timeout)
+        except ScannerError as error:
+            skipped = [*_remove_arrived(message),
+                       AddHeader("X-Spam-Status", "Unknown, not scanned: the spam scanner was unavailable")]
+            return CheckResult(NAME, Outcome.ERROR, reason=str(error), detail="spamd", actions=tuple(skipped))
+        score = f"{result.score:.1f}"
+        if policy.reject_score is not None and result.score >= policy.reject_score:
+            reply = SmtpReply("550", "5.7.1", f"Message refused: it looks like spam (score {score})")
+            return CheckResult(NAME, Outcome.SPAM, Disposition.REJECT, reply, reason=f"score {score}", detail=score)
+        spam = result.score >= policy.tag_score
+        actions = tuple(_headers(message, policy, result, spam))
+        if spam and policy.quarantine_score is not None and result.score >= policy.quarantine_score:
+            return CheckResult(NAME, Outcome.SPAM, Disposition.QUARANTINE, reason=f"score {score}", detail=score,
+                               actions=actions)
+        return CheckResult(NAME, Outcome.SPAM if spam else Outcome.HAM, reason=f"score {score} by {result.server}",
+                           detail=score, actions=actions)
