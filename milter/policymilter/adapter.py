@@ -77,6 +77,28 @@ class PolicyMilter(Milter.Base):
         self._in_transaction = False
         self._broken = False
 
+    # --- negotiation ----------------------------------------------------------------------
+
+    def setsymlist(self, stage: int, *macros: str) -> Any:
+        # pymilter 1.0.5's Base.setsymlist hands the C extension bytes, which it refuses with a
+        # TypeError that Base.negotiate swallows: no macro list and no option would be
+        # negotiated at all. The C function takes one space-separated str.
+        if not self._actions & Milter.SETSYMLIST:
+            raise Milter.DisabledAction("SETSYMLIST")
+        return self._ctx.setsymlist(stage, " ".join(macros))
+
+    def negotiate(self, opts: list[int]) -> int:
+        answer = super().negotiate(opts)
+        if answer != Milter.CONTINUE:
+            event(logging.getLogger(LOGGER), logging.ERROR, "negotiation_failed",
+                  "option negotiation with the MTA failed: no macro lists and no header leading space; "
+                  "DKIM on simple-canonicalized mail and the listener rules may go wrong")
+        return answer
+
+    def _header_value(self, value: str) -> str:
+        # With SMFIP_HDR_LEADSPC negotiated Postfix writes "Name:" + value exactly as given.
+        return " " + value if value and self._protocol & Milter.P_HDR_LEADSPC else value
+
     # --- helpers ------------------------------------------------------------------------
 
     def _macro(self, name: str) -> str | None:
@@ -120,9 +142,9 @@ class PolicyMilter(Milter.Base):
                     case RemoveHeader(name=name, index=index):
                         self.chgheader(name, index, "")
                     case ChangeHeader(name=name, index=index, value=value):
-                        self.chgheader(name, index, value)
+                        self.chgheader(name, index, self._header_value(value))
                     case AddHeader(name=name, value=value):
-                        self.addheader(name, value)
+                        self.addheader(name, self._header_value(value))
             if verdict.disposition is Disposition.QUARANTINE:
                 # Postfix: the message goes to the hold queue with this reason.
                 self.quarantine(verdict.reason or f"held by {verdict.decided_by}")

@@ -121,3 +121,25 @@ def test_explain_shows_the_same_results_for_the_same_message(stack, dns_server, 
     assert outcomes["dkim"] == "pass" and outcomes["dmarc"] == "pass" and outcomes["spf"] == "pass"
     [explained] = [h["value"] for h in report["headers_added"] if h["name"] == "Authentication-Results"]
     assert " ".join(explained.split()) == " ".join(delivered.split())
+
+
+def test_simple_canonicalization_and_raw_header_layout_survive_postfix(stack):
+    """Byte-exact headers need SMFIP_HDR_LEADSPC negotiated; our own header gets its one space."""
+    raw = authkit.sign(authkit.message("alice@pass.test", RCPT, "simple canon"), KEYS["rsa"],
+                       canonicalize=(b"simple", b"simple"))
+    assert send(stack, "alice@pass.test", raw)[0] == 250
+    found = stack.wait_delivered(lambda d: b"simple canon" in d.data)
+    [line] = [line for line in found.data.split(b"\r\n") if line.startswith(b"Authentication-Results:")]
+    assert line.startswith(f"Authentication-Results: {AUTHSERV_ID}; ".encode())
+    assert b"dkim=pass" in found.data.split(b"\r\n\r\n")[0]
+
+
+def test_mail_forwarded_by_a_trusted_list_passes_through_postfix(stack):
+    original = authkit.sign(authkit.message("a@pass.test", RCPT, "list post"), KEYS["rsa"])
+    forwarded = authkit.arc_seal(original.replace(b"Subject: list post", b"Subject: [list] list post"),
+                                 KEYS["list"], "mx.list.test", "dkim=pass header.d=pass.test; dmarc=pass")
+    code, _ = send(stack, "bounces@list.test", forwarded)
+    assert code == 250
+    values = delivered_headers(stack, RCPT, "[list] list post").get_all("Authentication-Results")
+    [ours] = [value for value in values if value.startswith(f"{AUTHSERV_ID};")]
+    assert "arc=pass" in ours and "dmarc=fail" in ours  # DKIM broke in the list; ARC vouches

@@ -104,6 +104,12 @@ class PostfixCtx(TestCtx):
                 return value
         return None
 
+    def setsymlist(self, stage: int, macros: object) -> None:
+        # Like pymilter's C extension: one space-separated str, nothing else.
+        if not isinstance(macros, str):
+            raise TypeError(f"setsymlist() argument 2 must be str, not {type(macros).__name__}")
+        super().setsymlist(stage, macros)
+
     def addheader(self, field: str, value: str, idx: int) -> None:
         self.added.append((field, value))
 
@@ -161,7 +167,7 @@ class FakeMTA:
         self.ctx._stage = -1
         opts = [Milter.CURR_ACTS, 0x1FFFFF, 0, 0]
         rc = Milter.negotiate_callback(self.ctx, opts)
-        assert rc == Milter.CONTINUE, "negotiation failed"
+        assert rc == Milter.CONTINUE, "negotiation failed (the milter fell back to ALL_OPTS)"
         self.ctx.getpriv()._protocol = opts[1]
         self._send_macros(Milter.M_CONNECT)
         self.ctx._stage = Milter.M_CONNECT
