@@ -20,11 +20,13 @@ HEADER = "Authentication-Results"
 
 
 def claimed_authserv_id(value: str) -> str:
-    """The authserv-id a header value claims; a header authres cannot parse still names one."""
+    """The authserv-id a header value claims (unquoted, lower case, no trailing dot); a header
+    authres cannot parse still names one."""
     try:
-        return str(authres.AuthenticationResultsHeader.parse_value(value).authserv_id).lower()
+        claimed = str(authres.AuthenticationResultsHeader.parse_value(value).authserv_id)
     except authres.AuthResError:
-        return value.strip().split(";", 1)[0].split(None, 1)[0].lower() if value.strip() else ""
+        claimed = value.strip().split(";", 1)[0].split(None, 1)[0] if value.strip() else ""
+    return claimed.strip().strip('"').rstrip(".").lower()
 
 
 def forged(message: Message, authserv_id: str) -> tuple[RemoveHeader, ...]:
@@ -43,5 +45,6 @@ def session_entries(session: Session) -> list[Any]:
 
 
 def header(authserv_id: str, entries: Sequence[Any]) -> AddHeader:
+    """One header; folded after each result so no line nears RFC 5322's 998-character limit."""
     value = authres.AuthenticationResultsHeader(authserv_id=authserv_id, results=list(entries)).header_value()
-    return AddHeader(HEADER, value)
+    return AddHeader(HEADER, value.replace("; ", ";\n\t"))

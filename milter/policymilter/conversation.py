@@ -123,7 +123,6 @@ class Conversation:
         self.reset()
         self.started = time.perf_counter()
         self.envelope = Envelope(strip_brackets(mail_from), tuple(params))
-        self.budget = self.snapshot.resolver.budget()  # dns.lifetime: all lookups of this message
 
     def rcpt(self, rcpt: str, queue_id: str | None = None) -> None:
         if self.envelope is not None:
@@ -208,6 +207,10 @@ class Conversation:
                             self.message, self.snapshot.resolver, self.budget, tuple(self.results))
 
     def _run(self, stage: Stage) -> Verdict:
+        # dns.lifetime bounds the lookups of one stage: each has its own Postfix timeout
+        # (milter_command_timeout, milter_content_timeout), and the client's transfer time
+        # between MAIL FROM and end of data must not eat the budget.
+        self.budget = self.snapshot.resolver.budget()
         verdict = self.snapshot.pipeline.run(stage, self.context(), self.log)
         self.results.extend(verdict.results)
         return verdict

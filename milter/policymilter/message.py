@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.parser
 import email.policy
+import email.utils
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import BinaryIO
+
+_HEADERS = email.policy.default.header_factory
 
 # Bodies up to this size stay in memory; larger ones go to a temporary file.
 SPOOL_THRESHOLD = 256 * 1024
@@ -104,6 +108,20 @@ class Message:
         """Approximate size as queued: headers plus body, CRLF line ends."""
         head = sum(len(h.name) + 1 + len(h.value) + 2 for h in self.headers)
         return head + 2 + self.body_size
+
+    def from_domains(self) -> set[str]:
+        """Domains of every RFC5322.From address (RFC 7489 §6.6.1), parsed leniently the way
+        mail clients display them (comments, display names, encoded words)."""
+        found: list[str] = []
+        for value in self.header_values("From"):
+            # unparsable by the modern parser: the classic one below may still read it
+            with contextlib.suppress(ValueError, IndexError, TypeError):
+                found.extend(address.domain or "" for address in getattr(_HEADERS("from", value), "addresses", ()))
+            # The union with the classic parser: an address one parser drops must still count,
+            # or a crafted From could show one domain to the reader and another to DMARC.
+            found.extend(address.rpartition("@")[2] for _, address in email.utils.getaddresses([value])
+                         if "@" in address)
+        return {domain.strip().lower().rstrip(".") for domain in found if domain.strip()}
 
     def header_values(self, name: str) -> list[str]:
         wanted = name.lower()

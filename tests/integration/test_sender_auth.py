@@ -6,15 +6,20 @@ Postfix for byte-exact headers); the Postfix end-to-end cases are in test_postfi
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import authres
 import Milter
 import pytest
 
 from policymilter.cli import explain
+from policymilter.conversation import Conversation
 from policymilter.facts import Session
 from policymilter.listeners import door_by_name
+from policymilter.message import Message
 from policymilter.service import Service, load_snapshot
 from tests import authkit
 from tests.conftest import DEFAULT_POLICY
@@ -49,7 +54,8 @@ def check(report: dict, name: str) -> dict:
 
 
 def auth_results(report: dict) -> list[str]:
-    return [h["value"] for h in report["headers_added"] if h["name"] == "Authentication-Results"]
+    """Our headers, unfolded (they are folded after each result)."""
+    return [" ".join(h["value"].split()) for h in report["headers_added"] if h["name"] == "Authentication-Results"]
 
 
 @pytest.mark.parametrize(
@@ -174,10 +180,22 @@ def test_spf_fail_can_be_refused_at_mail_from(dns_server):
     assert report["smtp_reply"].startswith("550 5.7.23 SPF check failed: fail.test does not allow 127.0.0.1")
 
 
-def test_spf_temperror_with_a_p_reject_from_domain_is_retried_not_refused(dns_server):
+def test_temperror_of_an_identity_that_could_align_is_retried_not_refused(dns_server):
+    slow_key = authkit.rsa_key("pass.test", "slowkey")  # its key lookup never answers
+    dns_server.silent_suffixes.append("slowkey._domainkey.pass.test")
+    try:
+        raw = authkit.sign(authkit.message("x@pass.test", "user@example.test"), slow_key)
+        report = run(dns_server, raw, "x@soft.test")
+    finally:
+        dns_server.silent_suffixes.remove("slowkey._domainkey.pass.test")
+    assert check(report, "dkim")["outcome"] == "temperror"
+    assert report["verdict"] == "tempfail" and report["smtp_reply"].startswith("451 4.7.1")
+
+
+def test_temperror_of_an_unrelated_identity_does_not_save_a_spoof(dns_server):
     report = run(dns_server, authkit.message("x@pass.test", "user@example.test"), "x@slow.test")
     assert check(report, "spf")["outcome"] == "temperror"
-    assert report["verdict"] == "tempfail" and report["smtp_reply"].startswith("451 4.7.1")
+    assert report["verdict"] == "reject"  # slow.test could never align with pass.test
 
 
 @pytest.mark.parametrize(
@@ -200,3 +218,64 @@ def test_authenticated_sessions_get_auth_pass_and_no_inbound_checks(dns_server):
                      ["friend@elsewhere.test"])
     assert {c["check"] for c in report["checks"]} == {"origin", "size"}  # no inbound checks
     assert auth_results(report) == [f"{AUTHSERV_ID}; auth=pass smtp.auth=alice"]
+
+
+@pytest.mark.parametrize(
+    ("mangle", "expected"),
+    [
+        (lambda sig: re.sub(rb"bh=[^;]+", b"bh=A=AA", sig), {"neutral", "fail"}),
+        (lambda sig: re.sub(rb" b=[^;]+", b" b=AAAA", sig), {"fail", "neutral"}),
+        (lambda sig: sig.replace(b"d=pass.test", b'd=a@b"c.test'), {"permerror", "neutral", "fail"}),
+        (lambda sig: sig.replace(b"s=ed", b"s=n\xc3\xa9"), {"permerror", "neutral", "fail"}),
+    ],
+    ids=["bad-bh-base64", "short-ed25519-b", "d-with-at-and-quote", "non-ascii-selector"],
+)
+def test_hostile_signatures_never_crash_and_keep_the_header_parseable(dns_server, mangle, expected):
+    signed = authkit.sign(authkit.message("a@pass.test", "user@example.test"), KEYS["ed"])
+    header, _, rest = signed.partition(b"\r\nFrom:")
+    raw = mangle(header) + b"\r\nFrom:" + rest
+    report = run(dns_server, raw, "a@pass.test", 'dmarc.mode="report"')
+    assert check(report, "dkim")["outcome"] in expected
+    [value] = auth_results(report)
+    assert authres.AuthenticationResultsHeader.parse_value(value).authserv_id == AUTHSERV_ID
+
+
+def test_forged_header_with_a_quoted_authserv_id_is_removed(dns_server):
+    raw = authkit.message("a@pass.test", "user@example.test",
+                          extra=f'Authentication-Results: "{AUTHSERV_ID}."; dkim=pass header.d=bank.test\n')
+    report = run(dns_server, raw, "a@pass.test")
+    assert report["headers_removed"] == [{"name": "Authentication-Results", "index": 1}]
+
+
+def test_trusted_sealer_that_saw_a_dmarc_failure_does_not_override(dns_server):
+    spoof = authkit.arc_seal(authkit.message("ceo@fail.test", "list@list.test"), KEYS["list"], "mx.list.test",
+                             "spf=fail smtp.mailfrom=fail.test; dmarc=fail header.from=fail.test")
+    report = run(dns_server, spoof, "bounces@list.test")
+    assert check(report, "arc")["outcome"] == "pass"
+    assert report["verdict"] == "reject"
+
+
+def test_spoof_of_a_site_domain_without_dmarc_record_is_still_named(dns_server):
+    snapshot_overrides = ('site.domains=["example.org", "none.test"]', "dmarc.always_reject_site_domains=true")
+    report = run(dns_server, authkit.message("boss@none.test", "user@example.test"), "boss@none.test",
+                 *snapshot_overrides)
+    assert check(report, "dmarc")["detail"] == "spoofed-site-domain"
+    assert report["verdict"] == "reject"
+
+
+def test_the_dns_budget_is_per_stage_not_eaten_by_a_slow_client(dns_server):
+    """dns.lifetime bounds each stage's lookups; time the client spends sending DATA is not counted."""
+    raw = authkit.sign(authkit.message("a@pass.test", "user@example.test"), KEYS["rsa"])
+    snapshot = load_snapshot(DEFAULT_POLICY, overrides(dns_server, "dns.timeout=0.5", "dns.lifetime=0.6"))
+    session = Session(conn_id="t", client_ip=CLIENT, helo="mail.pass.test", daemon_name="smtp", daemon_port=25)
+    conversation = Conversation(snapshot, session)
+    assert not conversation.mail(session, "<a@pass.test>").stops
+    conversation.rcpt("<user@example.test>")
+    time.sleep(0.8)  # a slow client: longer than the whole lifetime
+    message = Message.from_bytes(raw)
+    for header in message.headers:
+        conversation.header(header.name, header.value)
+    conversation.body(message.body_bytes())
+    verdict = conversation.end_of_message("Q1")
+    assert verdict.name == "accept"
+    assert {r.check: str(r.outcome) for r in conversation.results}["dkim"] == "pass"

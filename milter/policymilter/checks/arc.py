@@ -14,6 +14,7 @@ import dkim as dkimpy
 
 from policymilter.checks.dkim import _QUIET, KeyLookup
 from policymilter.dns import DnsError
+from policymilter.message import Message
 from policymilter.outcome import CheckResult, Outcome
 from policymilter.pipeline import CheckContext, Stage
 
@@ -25,6 +26,22 @@ class Chain:
     result: str  # pass fail none temperror
     sealer: str  # d= of the most recent ARC-Seal ("" if none)
     reason: str = ""
+    # What the latest sealer recorded in its ARC-Authentication-Results: DMARC passed there.
+    sealer_saw_dmarc_pass: bool = False
+
+
+def _sealer_saw_dmarc_pass(message: Message, instance: int) -> bool:
+    """RFC 8617 §4.1.1: the AAR of instance i carries the sealer's own authentication results."""
+    for value in message.header_values("ARC-Authentication-Results"):
+        tag, _, rest = value.partition(";")
+        if tag.replace(" ", "").lower() != f"i={instance}":
+            continue
+        try:
+            parsed = authres.AuthenticationResultsHeader.parse_value(rest.strip())
+        except authres.AuthResError:
+            return False
+        return any(result.method == "dmarc" and result.result == "pass" for result in parsed.results)
+    return False
 
 
 def verify_chain(context: CheckContext) -> Chain:
@@ -37,11 +54,12 @@ def verify_chain(context: CheckContext) -> Chain:
             dnsfunc=KeyLookup(resolver, budget))
     except DnsError as error:
         return Chain("temperror", "", f"key lookup failed: {error}")
-    except dkimpy.DKIMException as error:
-        return Chain("fail", "", str(error))
+    except Exception as error:  # hostile ARC headers reach deep into dkimpy: a broken chain fails
+        return Chain("fail", "", f"chain could not be verified ({type(error).__name__})")
     sealer = sets[0].get("as-domain", b"").decode("ascii", "replace").lower() if sets else ""
     result = {dkimpy.CV_Pass: "pass", dkimpy.CV_None: "none"}.get(verdict, "fail")
-    return Chain(result, sealer, str(comment))
+    saw_pass = result == "pass" and _sealer_saw_dmarc_pass(context.message, int(sets[0].get("instance", 0)))
+    return Chain(result, sealer, str(comment), saw_pass)
 
 
 class Arc:

@@ -8,11 +8,13 @@ hashed. A result never refuses mail by itself; DMARC decides.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 import authres
 import dkim as dkimpy
 
+from policymilter.dmarc_policy import organizational_domain
 from policymilter.dns import Budget, DnsError, Resolver
 from policymilter.message import Message
 from policymilter.outcome import CheckResult, Outcome
@@ -36,22 +38,30 @@ class Signature:
     reason: str = ""
 
 
+_SAFE = re.compile(r"^[A-Za-z0-9._-]{1,253}$", re.ASCII)
+
+
 class KeyLookup:
     """dkimpy's TXT lookup hook, on the policy's resolver within the message's budget.
 
-    It remembers whether the last key existed: dkimpy reports a missing key as a plain
-    verification failure, but RFC 6376 §6.1.2 makes it a permanent error, not a bad signature.
+    It remembers whether the last key existed and parsed: dkimpy reports a missing or broken
+    key as a plain verification failure, but RFC 8601 §2.7.1 makes it a permerror.
     """
 
     def __init__(self, resolver: Resolver, budget: Budget | None) -> None:
         self.resolver, self.budget = resolver, budget
-        self.found = True
+        self.key_error = ""
 
     def __call__(self, name: bytes | str, timeout: float = 5) -> bytes | None:
         text = name.decode("ascii", "replace") if isinstance(name, bytes) else name
         records = self.resolver.txt(text.rstrip("."), self.budget)  # DnsError propagates: temperror
-        self.found = bool(records)
-        return records[0].encode() if records else None
+        record = records[0].encode() if records else None
+        self.key_error = ""
+        try:
+            dkimpy.evaluate_pk(text, record)
+        except dkimpy.DKIMException as error:
+            self.key_error = str(error) or "unusable key record"
+        return record
 
 
 def _tag(signature: bytes, tag: bytes) -> str:
@@ -62,37 +72,43 @@ def _tag(signature: bytes, tag: bytes) -> str:
     return ""
 
 
+def _classify(error: Exception) -> tuple[str, str]:
+    """(result, reason) for an exception dkimpy (or a crypto library under it) raised."""
+    if isinstance(error, (dkimpy.KeyFormatError, dkimpy.UnknownKeyTypeError)):
+        return "permerror", "key record missing or malformed"  # RFC 8601 §2.7.1
+    if isinstance(error, dkimpy.ValidationError) and "body hash mismatch" in str(error):
+        return "fail", "body hash mismatch (message changed after signing)"
+    return "neutral", "signature could not be processed"
+
+
+def verify_one(raw: bytes, index: int, lookup: KeyLookup, timeout: float) -> tuple[str, str]:
+    try:
+        verifier = dkimpy.DKIM(raw, logger=_QUIET, minkey=1024, timeout=timeout)
+        ok = verifier.verify(idx=index, dnsfunc=lookup)
+    except DnsError:
+        return "temperror", "key lookup failed"
+    except Exception as error:  # hostile signatures reach deep into dkimpy, nacl and base64
+        return _classify(error)
+    if ok:
+        return "pass", ""
+    if lookup.key_error:
+        return "permerror", "key record missing or malformed"
+    return "fail", "signature did not verify"
+
+
 def verify(message: Message, resolver: Resolver, budget: Budget | None, limit: int) -> list[Signature]:
+    """Verify up to `limit` signatures, those aligned with the From domain first (DMARC needs
+    them; a message may carry many unrelated forwarder signatures)."""
     raw = message.raw_bytes()
-    values = [h.value for h in message.headers if h.name.lower() == SIGNATURE]
-    results = []
+    authors = {organizational_domain(domain) for domain in message.from_domains()}
+    values = [(index, h.value) for index, h in enumerate(h for h in message.headers if h.name.lower() == SIGNATURE)]
+    values.sort(key=lambda item: organizational_domain(_tag(item[1], b"d").lower() or "-") not in authors)
     lookup = KeyLookup(resolver, budget)
-    for index, value in enumerate(values[:limit]):
+    results = []
+    for index, value in values[:limit]:
         domain, selector, b = _tag(value, b"d").lower(), _tag(value, b"s"), _tag(value, b"b")[:8]
-        verifier = dkimpy.DKIM(raw, logger=_QUIET, minkey=1024, timeout=resolver.timeout)
-        try:
-            ok = verifier.verify(idx=index, dnsfunc=lookup)
-        except DnsError as error:
-            results.append(Signature(domain, selector, "temperror", b, f"key lookup failed: {error}"))
-            continue
-        except (dkimpy.KeyFormatError, dkimpy.UnknownKeyTypeError) as error:
-            # RFC 8601 §2.7.1: permerror, the key record is missing or malformed
-            results.append(Signature(domain, selector, "permerror", b, f"bad or missing key: {error}"))
-            continue
-        except dkimpy.ValidationError as error:
-            # dkimpy raises this both for a changed body and for a malformed signature: the
-            # first is a verification failure (fail), the second could not be processed (neutral).
-            result = "fail" if "body hash mismatch" in str(error) else "neutral"
-            results.append(Signature(domain, selector, result, b, str(error).split(" (got", 1)[0]))
-            continue
-        except dkimpy.DKIMException as error:
-            results.append(Signature(domain, selector, "neutral", b, f"signature not usable: {error}"))
-            continue
-        if not ok and not lookup.found:
-            results.append(Signature(domain, selector, "permerror", b, f"no key at {selector}._domainkey.{domain}"))
-            continue
-        reason = "" if ok else "signature did not verify (message or key changed?)"
-        results.append(Signature(domain, selector, "pass" if ok else "fail", b, reason))
+        result, reason = verify_one(raw, index, lookup, resolver.timeout)
+        results.append(Signature(domain, selector, result, b, reason))
     return results
 
 
@@ -103,10 +119,16 @@ def _overall(signatures: list[Signature]) -> Outcome:
     return Outcome.NONE
 
 
+def _safe(value: str) -> str | None:
+    """Only values that need no quoting go into our header (a signature is attacker text)."""
+    return value if _SAFE.match(value) else None
+
+
 def _entry(signature: Signature) -> object:
-    properties = [authres.AuthenticationResultProperty("header", "b", signature.b)] if signature.b else []
-    return authres.DKIMAuthenticationResult(result=signature.result, header_d=signature.domain,
-                                            header_s=signature.selector, properties=properties,
+    b = signature.b if re.fullmatch(r"[A-Za-z0-9+/]{1,8}", signature.b, re.ASCII) else ""
+    properties = [authres.AuthenticationResultProperty("header", "b", b)] if b else []
+    return authres.DKIMAuthenticationResult(result=signature.result, header_d=_safe(signature.domain),
+                                            header_s=_safe(signature.selector), properties=properties,
                                             reason=signature.reason or None)
 
 

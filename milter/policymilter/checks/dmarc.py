@@ -8,7 +8,8 @@ forwarders, trusted ARC sealers), spoofing of our own domains, and DNS trouble.
 from __future__ import annotations
 
 import ipaddress
-from email.utils import getaddresses
+import re
+from dataclasses import replace
 
 import authres
 import authres.dmarc
@@ -21,31 +22,38 @@ from policymilter.outcome import CheckResult, Disposition, ErrorAction, Outcome,
 from policymilter.pipeline import CheckContext, Stage
 
 NAME = "dmarc"
+_SAFE = re.compile(r"^[A-Za-z0-9._-]{1,253}$", re.ASCII)
 
 
-def from_domains(context: CheckContext) -> set[str]:
-    assert context.message is not None
-    values = context.message.header_values("From")
-    return {address.rpartition("@")[2].lower().rstrip(".") for _, address in getaddresses(values) if "@" in address}
-
-
-def _identities(context: CheckContext) -> tuple[dp.SpfIdentity | None, list[dp.DkimIdentity], bool]:
-    """SPF and DKIM identities from the earlier checks, and whether any of them hit a temperror."""
+def _identities(context: CheckContext, author: str) -> tuple[dp.SpfIdentity | None, list[dp.DkimIdentity], bool]:
+    """SPF and DKIM identities from the earlier checks, and whether one that could align with
+    the From domain had a temperror (only those could have turned the failure into a pass)."""
     spf_result = context.result_of("spf")
     dkim_result = context.result_of("dkim")
     spf = spf_result.facts if spf_result and isinstance(spf_result.facts, SpfResult) else None
     signatures: tuple[Signature, ...] = dkim_result.facts if dkim_result and dkim_result.facts else ()
     identity = dp.SpfIdentity(spf.domain, spf.result) if spf else None
     dkim = [dp.DkimIdentity(s.domain, s.selector, s.result) for s in signatures]
-    temperror = (spf is not None and spf.result == "temperror") or any(s.result == "temperror" for s in signatures)
+    relevant = [(spf.domain, spf.result)] if spf else []
+    relevant += [(s.domain, s.result) for s in signatures]
+    temperror = any(result == "temperror" and _could_align(author, domain) for domain, result in relevant)
     return identity, dkim, temperror
 
 
+def _could_align(author: str, domain: str) -> bool:
+    try:
+        return dp.aligned(author, domain, dp.Alignment.RELAXED)
+    except ValueError:
+        return False
+
+
 def _entry(result: dp.DmarcResult, override: str = "") -> object:
-    comment = f"p={result.policy or 'none'} dis={result.disposition}" + (f" override={override}" if override else "")
+    # policy.dmarc (RFC 7489 §11.2) is the domain's policy that applies to this message (p, sp or
+    # np); what was done, and why not, goes in the comment.
+    comment = f"dis={result.disposition}" + (f" override={override}" if override else "")
+    domain = result.from_domain if _SAFE.match(result.from_domain) else None
     return authres.dmarc.DMARCAuthenticationResult(result=str(result.result), result_comment=comment,
-                                                   header_from=result.from_domain,
-                                                   policy=str(result.disposition))
+                                                   header_from=domain, policy=str(result.policy or "none"))
 
 
 def _override(context: CheckContext, result: dp.DmarcResult) -> str:
@@ -60,7 +68,9 @@ def _override(context: CheckContext, result: dp.DmarcResult) -> str:
         return "trusted_forwarder"
     arc = context.result_of("arc")
     chain = arc.facts if arc and isinstance(arc.facts, Chain) else None
-    if chain and chain.result == "pass" and chain.sealer in context.policy.arc.trusted_sealers:
+    # A trusted sealer only vouches for what it saw: DMARC must have passed when it got the message.
+    if chain and chain.result == "pass" and chain.sealer_saw_dmarc_pass \
+            and chain.sealer in context.policy.arc.trusted_sealers:
         return f"arc:{chain.sealer}"
     return ""
 
@@ -76,25 +86,35 @@ class Dmarc:
     def run(self, context: CheckContext) -> CheckResult:
         if context.message is None:
             return CheckResult(NAME, Outcome.NONE, reason="no message")
-        domains = from_domains(context)
+        domains = context.message.from_domains()
         if len(domains) != 1:
             return self._bad_from(context, domains)
         author = domains.pop()
-        spf, dkim, temperror = _identities(context)
+        spf, dkim, temperror = _identities(context, author)
         resolver, budget = context.dns()
         result = dp.evaluate(author, spf, dkim, resolver, budget, discovery=context.policy.dmarc.discovery)
         if result.result is dp.Status.TEMPERROR:
+            if _override(context, result):
+                return CheckResult(NAME, Outcome.TEMPERROR, reason=f"{result.reason}; locally exempt",
+                                   detail=author, authres=(_entry(result),), facts=result)
             return self._temporary(context, result, f"DMARC record of {author} could not be looked up")
-        if result.result is not dp.Status.FAIL:
-            return CheckResult(NAME, Outcome(str(result.result)), reason=result.reason, detail=author,
-                               authres=(_entry(result),), facts=result)
-        if temperror and result.disposition is dp.Policy.REJECT:
-            # The failure may be DNS trouble, not forgery: let the sender retry.
-            return self._temporary(context, result, f"{author} publishes p=reject and SPF or DKIM had a "
-                                                    "temporary DNS error")
-        return self._enforce(context, result)
+        if result.result is dp.Status.FAIL:
+            return self._enforce(context, result, temperror)
+        if result.result is not dp.Status.PASS and self._spoofs_site(context, author, spf, dkim):
+            # Our own domain without a usable DMARC record: still spoofing, and the site may refuse it.
+            return self._enforce(context, replace(result, result=dp.Status.FAIL, policy=dp.Policy.NONE,
+                                                  disposition=dp.Policy.NONE), temperror)
+        return CheckResult(NAME, Outcome(str(result.result)), reason=result.reason, detail=author,
+                           authres=(_entry(result),), facts=result)
 
-    def _enforce(self, context: CheckContext, result: dp.DmarcResult) -> CheckResult:
+    def _spoofs_site(self, context: CheckContext, author: str, spf: dp.SpfIdentity | None,
+                     dkim: list[dp.DkimIdentity]) -> bool:
+        if context.session.authenticated or not _ours(context, author):
+            return False
+        passes = [d.domain for d in dkim if d.result == "pass"] + ([spf.domain] if spf and spf.result == "pass" else [])
+        return not any(_could_align(author, domain) for domain in passes)
+
+    def _enforce(self, context: CheckContext, result: dp.DmarcResult, temperror: bool = False) -> CheckResult:
         author, policy = result.from_domain, context.policy.dmarc
         spoofed_site = _ours(context, author) and not context.session.authenticated
         override = _override(context, result)
@@ -108,6 +128,10 @@ class Dmarc:
                   + ("; spoofing one of our own domains" if spoofed_site else "")
                   + (f"; policy.override={override}" if override else ""))
         disposition, reply = Disposition.CONTINUE, None
+        if action == "reject" and temperror:
+            # The failure may be DNS trouble with an identity that could have aligned: retry.
+            return self._temporary(context, result, f"{author} would be refused, but an SPF or DKIM lookup for it "
+                                                    "failed temporarily")
         if action == "reject":
             disposition = Disposition.REJECT
             reply = SmtpReply("550", "5.7.1", f"Message rejected: {author} publishes a DMARC policy of reject and "

@@ -17,7 +17,22 @@ from policymilter.outcome import CheckResult, Disposition, Outcome, SmtpReply
 from policymilter.pipeline import CheckContext, Stage
 
 NAME = "spf"
-_DOMAIN = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}\.?$", re.ASCII)
+# A-labels only; the last label may be an IDN TLD (xn--...) but not all digits.
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)+(?!\d+\.?$)"
+                     r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$", re.ASCII)
+
+
+def a_label(domain: str) -> str:
+    """`bücher.example` -> `xn--bcher-kva.example`; unchanged when it cannot be encoded."""
+    try:
+        return domain.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return domain.lower()
+
+
+def _printable(text: str, limit: int = 160) -> str:
+    # A domain's exp= text ends up in our SMTP reply: no control characters, bounded length.
+    return "".join(char if char.isprintable() and char.isascii() else "?" for char in text)[:limit]
 
 
 @dataclass(frozen=True)
@@ -44,15 +59,17 @@ def check_identities(ip: str, mail_from: str, helo: str, resolver: Resolver,
     """(MAIL FROM result, HELO result). RFC 7208 §2.4: a null sender is checked as
     postmaster@HELO, so then the MAIL FROM identity *is* the HELO identity."""
     helo_result = None
+    helo = a_label(helo)
     if _DOMAIN.match(helo):
         result, explanation = evaluate(ip, f"postmaster@{helo}", helo, resolver, budget)
         helo_result = SpfResult("helo", helo.lower().rstrip("."), result, explanation)
     if not mail_from:
         return helo_result, helo_result
-    domain = mail_from.rpartition("@")[2].lower()
+    local, _, domain = mail_from.rpartition("@")
+    domain = a_label(domain)
     if not _DOMAIN.match(domain):
         return SpfResult("mailfrom", domain, "none", "MAIL FROM domain is not a domain name"), helo_result
-    result, explanation = evaluate(ip, mail_from, helo, resolver, budget)
+    result, explanation = evaluate(ip, f"{local}@{domain}", helo, resolver, budget)
     return SpfResult("mailfrom", domain, result, explanation), helo_result
 
 
@@ -85,7 +102,7 @@ class Spf:
             disposition = Disposition.REJECT
             # RFC 7372 §3.2: 5.7.23 SPF validation failed
             reply = SmtpReply("550", "5.7.23", f"SPF check failed: {main.domain} does not allow {ip} to send "
-                                               f"its mail ({main.explanation or 'see its SPF record'})")
+                                               f"its mail ({_printable(main.explanation) or 'see its SPF record'})")
         reason = f"{main.identity} {main.domain}: {main.result}"
         return CheckResult(NAME, outcome, disposition, reply, reason=reason, detail=main.identity,
                            authres=_entries(mailfrom, helo), facts=main)

@@ -74,7 +74,15 @@ class Site(Strict):
 class Dns(Strict):
     nameservers: tuple[str, ...] = ()
     timeout: Seconds = 5.0
-    lifetime: Seconds = 20.0
+    # All lookups of one stage (MAIL FROM, end of message) together: must stay under Postfix's
+    # milter_command_timeout (30 s) so Postfix never gives up on the milter first.
+    lifetime: Annotated[float, Field(gt=0, le=25)] = 20.0
+
+    @model_validator(mode="after")
+    def _timeout_within_lifetime(self) -> Dns:
+        if self.timeout > self.lifetime:
+            raise ValueError(f"timeout ({self.timeout}) must not exceed lifetime ({self.lifetime})")
+        return self
 
     @field_validator("nameservers")
     @classmethod
