@@ -1,19 +1,33 @@
-"""Walk a message's MIME tree over its raw bytes: every entity, its file names, its decoded body.
+"""The files in a message: MIME parts, uuencoded blocks and archive members, walked over raw bytes.
 
-Why not `email.parser`: it builds the whole tree as text, line by line, and peaks at about
-eight times the message's size (measured: 277 MB for a 36 MB message, and as much again to
-decode the parts). This walk keeps the raw body once, finds part boundaries with `bytes.find`
-and decodes one part at a time, so the peak is the body plus the largest decoded part.
+`files()` yields every file a recipient could open (with the names it gives itself and its
+content, or the first bytes of it) and every place the walk could not look into; deciding what
+is dangerous is the caller's business (checks/attachments.py).
 
-It reads the structure the way the stdlib parser does (same header/body split, same delimiter
-rule, a missing close delimiter ends the last part at the end), so what we inspect is what
-the email package — and MUAs as lenient as it is — would show. Header fields of each entity
-are parsed by the stdlib (`compat32`: plain strings, no header-registry surprises).
+MIME: why not `email.parser`? It builds the whole tree as text, line by line, and peaks at
+about eight times the message's size (measured: 277 MB for a 36 MB message, and as much again
+to decode the parts). This walk keeps the raw body once, finds part boundaries with
+`bytes.find` and decodes one part at a time: the peak is the body plus the largest decoded
+part. It reads the structure the way the stdlib parser does (same header/body split, same
+delimiter rule, a missing close delimiter ends the last part at the end), so what we inspect
+is what the email package — and MUAs as lenient as it is — would show. Each entity's header
+fields are parsed by the stdlib (`compat32`: plain strings, no header-registry surprises).
+
+Archives: zip (nested, encrypted member names included), tar, and gzip / bzip2 / xz streams
+(.tar.gz and friends), all from the standard library. A hostile archive stays cheap: a zip's
+central directory is counted before zipfile parses it; declared sizes count against the
+unpacked-bytes allowance (they may only lie low: what is actually decompressed is metered
+too); members are streamed and only their first 64 KiB are read unless they are archives
+themselves. Zip members compressed with bzip2 or LZMA are not opened: zipfile decompresses
+those without an output bound (113 bytes of bzip2 make 100 MB). 7z, rar, cab, ISO images and
+the like are recognised (by `filetype` and a few magics of our own) and reported as not
+inspected: their readers are not pure pip or not sane to run on hostile input here.
 """
 
 from __future__ import annotations
 
 import binascii
+import bz2
 import codecs
 import email.errors
 import email.header
@@ -21,9 +35,20 @@ import email.message
 import email.parser
 import email.policy
 import email.utils
+import gzip
+import io
+import lzma
 import re
-from collections.abc import Iterator
+import struct
+import tarfile
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import IO, Protocol, cast
+
+import filetype
 
 # A part whose header block is larger than this is not parsed (Postfix's own
 # header_size_limit is 100 KiB per header).
@@ -279,16 +304,23 @@ def filenames(headers: email.message.Message) -> tuple[str, ...]:
     in every occurrence of either header: a MUA may pick any of them, so each one counts.
     """
     names: list[str] = []
-    for field in ("content-disposition", "content-type"):
-        for value in headers.get_all(field, []):
-            probe = email.message.Message()
-            probe[field] = str(value)
-            for key, raw in probe.get_params(header=field, failobj=[])[1:]:
-                if key in ("filename", "name"):
-                    name = decode_name(raw)
-                    if name and name not in names:
-                        names.append(name)
+    for key, value in headers.raw_items():
+        field = key.lower()
+        if field not in ("content-disposition", "content-type"):
+            continue
+        # Raw 8-bit bytes come as surrogate escapes, which compat32 would turn into U+FFFD:
+        # make them text first (UTF-8), and unfold (RFC 5322 §2.2.3).
+        probe = email.message.Message()
+        probe[field] = _UNFOLD.sub("", _from_surrogates(str(value)))
+        for param, raw in probe.get_params(header=field, failobj=[])[1:]:
+            if param in ("filename", "name"):
+                name = decode_name(raw)
+                if name and name not in names:
+                    names.append(name)
     return tuple(names)
+
+
+_UNFOLD = re.compile(r"\r?\n(?=[ \t])")
 
 
 def decode_name(raw: str | tuple[str, str, str]) -> str:
@@ -407,3 +439,407 @@ def _base64_line(line: bytes) -> bytes | None:
         return binascii.a2b_base64(line, strict_mode=True)
     except binascii.Error:
         return None
+
+
+# --- files: MIME leaves, uuencoded blocks, archive members ------------------------------------
+
+SNIFF_BYTES = 64 * 1024  # read from each archive member: enough for every magic we test
+CHUNK = 64 * 1024
+SPOOL_THRESHOLD = 1024 * 1024  # a nested zip larger than this is unpacked to a temporary file
+MAX_PE_HEADER_OFFSET = 16 * 1024 * 1024  # a member's "MZ" header pointing further: not inspected
+MAX_TAR_EXTENDED_HEADER = 64 * 1024  # tarfile reads pax / GNU long-name headers whole
+
+
+@dataclass(frozen=True)
+class WalkLimits:
+    max_depth: int = 10  # MIME and archive nesting levels, together
+    max_parts: int = 1000  # MIME entities per message
+    max_members: int = 1000  # archive members and uuencoded blocks per message, all archives together
+    max_expanded: int = 100 * 1024 * 1024  # bytes unpacked per message: declared or actual, the larger
+
+
+@dataclass(frozen=True)
+class File:
+    """A file a recipient could open, or a named container (`content` None)."""
+
+    names: tuple[str, ...]  # decoded, as the message or archive gives them
+    path: str  # MIME part number, then archive members: "2/inner.zip/evil.exe"
+    attachment: str  # name of the MIME attachment holding it ("" for a MIME part itself)
+    # The whole content (MIME parts, uuencoded blocks) or its first SNIFF_BYTES, extended to
+    # the PE header an "MZ" header points at (archive members, unpacked streams).
+    content: bytes | memoryview | None
+
+    @property
+    def name(self) -> str:
+        return self.names[0] if self.names else ""
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """Somewhere the walk could not look: encrypted, corrupt, unsupported or over a limit."""
+
+    name: str
+    path: str
+    attachment: str
+    reason: str
+
+
+Item = File | Unreadable
+
+
+def files(header: bytes, body: bytes, limits: WalkLimits) -> Iterator[Item]:
+    """Every file in the message, in document order, and every place that could not be read.
+
+    Stop iterating (and close the generator) as soon as you have your answer: nothing past
+    the current file is decompressed.
+    """
+    return _Walker(limits).message(header, body)
+
+
+ZIP, TAR, GZIP, BZIP2, XZ = "zip", "tar", "gzip", "bzip2", "xz"
+_STREAMS = (GZIP, BZIP2, XZ)
+# Formats we recognise but do not open, by filetype's matchers and by magics of our own.
+_UNOPENED_FILETYPE = ("rar", "7z", "cab", "deb", "ar", "rpm", "lz", "lz4", "lzo", "zst")
+_UNOPENED_OWN = (
+    ("iso", ((0x8001, b"CD001"), (0x8801, b"CD001"), (0x9001, b"CD001"))),  # ISO 9660 volume descriptors
+    ("udf", ((0x8001, b"BEA01"),)),  # ECMA-167 extended area
+    ("vhdx", ((0, b"vhdxfile"),)),
+    ("vhd", ((0, b"conectix"),)),
+    ("wim", ((0, b"MSWIM\0\0\0"),)),
+    ("ace", ((7, b"**ACE**"),)),
+)
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")  # APPNOTE 4.3.7, 4.3.16, 8.5.4
+_BZIP2 = re.compile(rb"BZh[1-9](1AY&SY|\x17\x72\x45\x38\x50\x90)")
+# filetype's zstd matcher recurses once per 8-byte skippable frame: give matchers no more than
+# they need.
+SIGNATURE_BYTES = 4096
+
+
+def container_of(head: bytes) -> str | None:
+    """The archive or compression format `head` starts: zip, tar, gzip, bzip2, xz, the name of a
+    format we do not open ("rar", "7z", "iso"...), or None."""
+    if head.startswith(_ZIP_MAGIC):
+        return ZIP
+    if head.startswith(b"\x1f\x8b\x08"):  # RFC 1952 §2.3.1, deflate
+        return GZIP
+    if _BZIP2.match(head):
+        return BZIP2
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return XZ
+    if head[257:262] == b"ustar":  # POSIX.1-1988 and GNU tar magic
+        return TAR
+    signature = head[:SIGNATURE_BYTES]
+    for kind in _UNOPENED_FILETYPE:
+        matcher = filetype.get_type(ext=kind)
+        if matcher is not None and matcher.match(signature):
+            return kind
+    for kind, marks in _UNOPENED_OWN:
+        if any(head[offset:offset + len(mark)] == mark for offset, mark in marks):
+            return kind
+    return None
+
+
+def pe_header_offset(data: bytes | memoryview) -> int | None:
+    """e_lfanew of a DOS "MZ" header (where a PE header would be), else None."""
+    if len(data) < 0x40 or bytes(data[:2]) != b"MZ":
+        return None
+    return int.from_bytes(data[0x3C:0x40], "little")
+
+
+def _gzip_name(head: bytes) -> str:
+    """RFC 1952 §2.3.1 FNAME: the original file name, ISO 8859-1, zero-terminated."""
+    if len(head) < 10 or not head[3] & 0x08:
+        return ""
+    pos = 10
+    if head[3] & 0x04:  # FEXTRA
+        pos = 12 + int.from_bytes(head[10:12], "little")
+    end = head.find(b"\0", pos)
+    return head[pos:end].decode("latin-1") if end > pos else ""
+
+
+_UNPACKED_SUFFIX = {"tgz": ".tar", "tbz": ".tar", "tbz2": ".tar", "txz": ".tar", "gz": "", "gzip": "", "bz2": "",
+                    "xz": ""}
+
+
+def _unpacked_name(name: str) -> str:
+    """What "x.exe.gz" unpacks to (tools name the output so when the header does not)."""
+    stem, dot, suffix = name.rpartition(".")
+    replacement = _UNPACKED_SUFFIX.get(suffix.lower().strip()) if dot and stem else None
+    return "" if replacement is None else stem + replacement
+
+
+# Bounded readers: their read(n) passes n to the decompressor as max_length.
+_OPENERS: dict[str, Callable[[IO[bytes]], IO[bytes]]] = {
+    GZIP: lambda source: gzip.GzipFile(fileobj=source, mode="rb"),
+    BZIP2: bz2.BZ2File,
+    XZ: lzma.LZMAFile,
+}
+
+
+def _is_zip_name(name: str) -> bool:
+    return name.rstrip(". ").lower().endswith(".zip")
+
+
+class _Uninspectable(Exception):
+    """An archive, or part of one, that cannot be inspected; the message says why."""
+
+
+class _Exhausted(_Uninspectable):
+    """The message's allowance of archive members or unpacked bytes is spent."""
+
+
+# The exceptions hostile input makes the libraries raise (zipfile: BadZipFile,
+# NotImplementedError for a compression method, RuntimeError for encryption, ValueError for
+# bad UTF-8 names, struct.error and OverflowError for absurd fields; tarfile: TarError; gzip:
+# BadGzipFile, an OSError; all three decompressors: EOFError when truncated). Anything else is
+# a bug and goes to the pipeline's error handling.
+_UNREADABLE = (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, zlib.error, lzma.LZMAError, EOFError,
+               OSError, NotImplementedError, RuntimeError, ValueError, struct.error, OverflowError)
+
+
+class _Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class _Allowance:
+    """What one message may still cost: archive members and unpacked bytes."""
+
+    def __init__(self, limits: WalkLimits) -> None:
+        self.limits = limits
+        self.members = limits.max_members
+        self.bytes = limits.max_expanded
+
+    def member(self) -> None:
+        self.members -= 1
+        if self.members < 0:
+            raise _Exhausted(f"more than {self.limits.max_members} archive members")
+
+    def unpack(self, size: int) -> None:
+        self.bytes -= size
+        if self.bytes < 0:
+            raise _Exhausted(f"unpacks to more than {self.limits.max_expanded} bytes")
+
+
+class _Metered:
+    """A decompressing reader whose output is charged to the allowance as it comes; the first
+    `prepaid` bytes (a declared size, already charged) are free."""
+
+    def __init__(self, source: _Readable, allowance: _Allowance, prepaid: int = 0) -> None:
+        self.source, self.allowance, self.prepaid = source, allowance, prepaid
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self.source.read(CHUNK if size is None or size < 0 else size)
+        free = min(self.prepaid, len(data))
+        self.prepaid -= free
+        self.allowance.unpack(len(data) - free)
+        return data
+
+
+class _Prefixed:
+    """`head` (already read for sniffing), then the rest of `source`."""
+
+    def __init__(self, head: bytes, source: _Readable) -> None:
+        self.head, self.source = head, source
+
+    def read(self, size: int = -1, /) -> bytes:
+        size = CHUNK if size is None or size < 0 else size
+        if self.head:
+            data, self.head = self.head[:size], self.head[size:]
+            return data
+        return self.source.read(size)
+
+
+def _read_up_to(source: _Readable, size: int) -> bytes:
+    """Up to `size` bytes (decompressors return short reads before the end)."""
+    pieces, wanted = [], size
+    while wanted > 0:
+        piece = source.read(min(wanted, CHUNK))
+        if not piece:
+            break
+        pieces.append(piece)
+        wanted -= len(piece)
+    return b"".join(pieces)
+
+
+def _count(file: IO[bytes], signature: bytes) -> int:
+    file.seek(0)
+    count, tail = 0, b""
+    while chunk := file.read(CHUNK):
+        window = tail + chunk
+        count += window.count(signature)
+        tail = window[-(len(signature) - 1):]
+    file.seek(0)
+    return count
+
+
+class _GuardedTarInfo(tarfile.TarInfo):
+    """tarfile reads a pax or GNU long-name header whole into memory (and Python 3.11 before
+    3.11.10 parses pax headers with a quadratic regex, CVE-2024-6232): refuse big ones first."""
+
+    _EXTENDED = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+                 tarfile.GNUTYPE_LONGLINK)
+
+    def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in self._EXTENDED and self.size > MAX_TAR_EXTENDED_HEADER:
+            raise tarfile.HeaderError(f"extended header of {self.size} bytes")
+        return super()._proc_member(archive)  # type: ignore[misc]  # private, stable since 2.x
+
+
+class _Walker:
+    """One message's walk and what it may still cost."""
+
+    def __init__(self, limits: WalkLimits) -> None:
+        self.limits = limits
+        self.allowance = _Allowance(limits)
+
+    def message(self, header: bytes, body: bytes) -> Iterator[Item]:
+        for entity in walk(header, body, self.limits.max_depth, self.limits.max_parts):
+            if isinstance(entity, Overflow):
+                yield Unreadable("", entity.number or "body", "", entity.reason)
+                continue
+            path = entity.number or "body"
+            name = entity.names[0] if entity.names else ""
+            if entity.body is None or entity.content_type == "message/partial":
+                yield File(entity.names, path, "", None)
+                if entity.body is not None:  # RFC 2046 §5.2.2: only a fragment of something is here
+                    yield Unreadable(name, path, "", "message/partial fragment")
+                continue
+            yield File(entity.names, path, "", entity.body)
+            yield from self.inside(entity.names, entity.body, entity.depth, path, name)
+            if entity.content_type.startswith("text/"):
+                yield from self.uuencoded(entity.body, entity.depth, path, name)
+
+    def uuencoded(self, text: Body, depth: int, path: str, attachment: str) -> Iterator[Item]:
+        for name, data in uuencoded(text, limit=self.limits.max_members + 1):
+            block_path = f"{path}/{name}"
+            try:
+                self.allowance.member()
+            except _Exhausted as error:
+                yield Unreadable(name, block_path, attachment, str(error))
+                return
+            yield File((name,), block_path, attachment, data)
+            yield from self.inside((name,), data, depth + 1, block_path, attachment)
+
+    def inside(self, names: tuple[str, ...], data: Body, depth: int, path: str, attachment: str) -> Iterator[Item]:
+        """The members of a file held whole in memory, if it is an archive."""
+        head = bytes(data[:SNIFF_BYTES])
+        kind = container_of(head)
+        if kind is None:
+            # A zip behind a prefix (self-extractor stub, junk) still opens in 7-Zip and others
+            # when it is named .zip.
+            if not any(_is_zip_name(name) for name in names):
+                return
+            whole = bytes(data)
+            if not zipfile.is_zipfile(io.BytesIO(whole)):
+                return
+            kind = ZIP
+        else:
+            whole = data if isinstance(data, bytes) else bytes(data)
+        yield from self.container(kind, names, io.BytesIO(whole), head, depth, path, attachment)
+
+    def container(self, kind: str, names: tuple[str, ...], source: IO[bytes] | _Readable, head: bytes, depth: int,
+                  path: str, attachment: str) -> Iterator[Item]:
+        """An archive or compressed stream; its members sit one level deeper. A zip's `source`
+        is seekable (in memory or a spooled file)."""
+        name = names[0] if names else ""
+        if kind not in (ZIP, TAR, *_STREAMS):
+            yield Unreadable(name, path, attachment, f"{kind} archive (format not inspected)")
+            return
+        if depth + 1 > self.limits.max_depth:
+            yield Unreadable(name, path, attachment, f"nested deeper than {self.limits.max_depth} levels")
+            return
+        try:
+            match kind:
+                case "zip":
+                    yield from self.zip(cast(IO[bytes], source), depth + 1, path, attachment)
+                case "tar":
+                    yield from self.tar(source, depth + 1, path, attachment)
+                case _:
+                    yield from self.stream(kind, names, head, source, depth + 1, path, attachment)
+        except _Uninspectable as error:
+            yield Unreadable(name, path, attachment, str(error))
+        except _UNREADABLE as error:
+            yield Unreadable(name, path, attachment, f"unreadable {kind} ({type(error).__name__}: {error})")
+
+    def zip(self, source: IO[bytes], depth: int, path: str, attachment: str) -> Iterator[Item]:
+        # zipfile builds an object per central-directory entry, and a directory of a million
+        # tiny entries fits in a few megabytes: count them first.
+        if _count(source, b"PK\x01\x02") > self.allowance.members:
+            raise _Exhausted(f"more than {self.limits.max_members} archive members")
+        with zipfile.ZipFile(source) as archive:
+            members = archive.infolist()
+            for info in members:  # names first: an encrypted or oversized archive still shows them
+                self.allowance.member()
+                yield File((info.filename,), f"{path}/{info.filename}", attachment, None)
+            regular = [info for info in members if not info.is_dir()]
+            self.allowance.unpack(sum(info.file_size for info in regular))
+            for info in regular:
+                yield from self.zip_member(archive, info, depth, f"{path}/{info.filename}", attachment)
+
+    def zip_member(self, archive: zipfile.ZipFile, info: zipfile.ZipInfo, depth: int, path: str,
+                   attachment: str) -> Iterator[Item]:
+        if info.flag_bits & 0x1:  # APPNOTE 4.4.4 bit 0: encrypted (traditional or AES)
+            yield Unreadable(info.filename, path, attachment, "encrypted archive member")
+            return
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            yield Unreadable(info.filename, path, attachment, f"zip compression method {info.compress_type}")
+            return
+        try:
+            with archive.open(info) as member:
+                metered = _Metered(member, self.allowance, prepaid=info.file_size)
+                yield from self.member((info.filename,), metered, info.file_size, depth, path, attachment)
+        except _Exhausted:
+            raise
+        except _Uninspectable as error:
+            yield Unreadable(info.filename, path, attachment, str(error))
+        except _UNREADABLE as error:
+            # One bad member does not hide the others: go on with the next.
+            yield Unreadable(info.filename, path, attachment, f"unreadable member ({type(error).__name__}: {error})")
+
+    def tar(self, source: _Readable, depth: int, path: str, attachment: str) -> Iterator[Item]:
+        # Stream mode ("r|") whatever the source: one pass, members in order, no seeking back.
+        with tarfile.open(fileobj=cast(IO[bytes], source), mode="r|", tarinfo=_GuardedTarInfo) as archive:
+            for info in archive:
+                self.allowance.member()
+                member_path = f"{path}/{info.name}"
+                if not info.isreg():
+                    yield File((info.name,), member_path, attachment, None)
+                    continue
+                if info.size > self.limits.max_expanded:
+                    raise _Exhausted(f"member {info.name!r} declares {info.size} bytes")
+                member = archive.extractfile(info)
+                if member is not None:
+                    yield from self.member((info.name,), member, info.size, depth, member_path, attachment)
+
+    def stream(self, kind: str, names: tuple[str, ...], head: bytes, source: _Readable, depth: int, path: str,
+               attachment: str) -> Iterator[Item]:
+        """A single compressed file: what it unpacks to, under the name it will be saved as."""
+        inner = _gzip_name(head) if kind == GZIP else ""
+        inner = inner or next((unpacked for name in names if (unpacked := _unpacked_name(name))), "")
+        with _OPENERS[kind](cast(IO[bytes], source)) as opened:
+            metered = _Metered(opened, self.allowance)
+            yield from self.member((inner,) if inner else (), metered, None, depth, f"{path}/{inner or '-'}",
+                                   attachment)
+
+    def member(self, names: tuple[str, ...], source: _Readable, declared: int | None, depth: int, path: str,
+               attachment: str) -> Iterator[Item]:
+        """An archive member or unpacked stream: its head; the rest only if it is an archive."""
+        head = _read_up_to(source, SNIFF_BYTES)
+        offset = pe_header_offset(head)
+        if offset is not None and offset + 4 > len(head) and (declared is None or offset + 4 <= declared):
+            if offset > MAX_PE_HEADER_OFFSET:
+                raise _Uninspectable(f"MZ header points past {MAX_PE_HEADER_OFFSET} bytes")
+            head += _read_up_to(source, offset + 4 - len(head))
+        yield File(names, path, attachment, head)
+        kind = container_of(head)
+        if kind is None:
+            return
+        if kind != ZIP:
+            yield from self.container(kind, names, _Prefixed(head, source), head, depth, path, attachment)
+            return
+        # zip needs random access: unpack the member (metered) to memory or a temporary file.
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_THRESHOLD) as spool:
+            spool.write(head)
+            while chunk := source.read(CHUNK):
+                spool.write(chunk)
+            yield from self.container(ZIP, names, spool, head, depth, path, attachment)
