@@ -57,13 +57,23 @@ def _reply(sock: socket.socket) -> str:
 
 def instream(endpoint: str, chunks: Iterable[bytes], timeout: float) -> ScanResult:
     with connect(endpoint, timeout) as sock:
-        sock.sendall(b"zINSTREAM\0")
-        for chunk in chunks:
-            for start in range(0, len(chunk), CHUNK):
-                piece = chunk[start:start + CHUNK]
-                sock.sendall(struct.pack("!L", len(piece)) + piece)
-        sock.sendall(struct.pack("!L", 0))
-        reply = _reply(sock)
+        try:
+            sock.sendall(b"zINSTREAM\0")
+            for chunk in chunks:
+                for start in range(0, len(chunk), CHUNK):
+                    piece = chunk[start:start + CHUNK]
+                    sock.sendall(struct.pack("!L", len(piece)) + piece)
+            sock.sendall(struct.pack("!L", 0))
+        except (BrokenPipeError, ConnectionResetError):
+            # Over StreamMaxLength clamd answers and closes while we are still sending: its
+            # reply (if it got through) says why.
+            pass
+        try:
+            reply = _reply(sock)
+        except ConnectionResetError:
+            reply = ""
+    if not reply:
+        raise ScannerError(f"clamd at {endpoint} closed the connection without an answer")
     # "stream: OK", "stream: Eicar-Signature FOUND", "INSTREAM size limit exceeded. ERROR"
     status = reply.removeprefix("stream:").strip()
     if status == "OK":
