@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import binascii
 import bz2
-import codecs
 import email.errors
 import email.header
 import email.message
@@ -46,6 +45,7 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import IO, Protocol, cast
 
 import filetype
@@ -110,7 +110,7 @@ def walk(header: bytes, body: bytes, max_depth: int, max_parts: int) -> Iterator
         names = filenames(headers)
         children: list[_Span] = []
         if headers.get_content_maintype() == "multipart":
-            children = _multipart_children(span, headers)
+            children = _multipart_children(span, headers, max_parts)
             if not children:
                 # RFC 2046 §5.1.1 structure missing (no boundary parameter or no delimiter
                 # line): like the stdlib, the body is plain text.
@@ -144,19 +144,19 @@ def _parse_headers(block: bytes) -> email.message.Message:
 def _split_head(buf: bytes, start: int, end: int) -> tuple[email.message.Message, int]:
     """Parse an entity's header block; return it and where the body starts.
 
-    Like the stdlib feedparser: headers end at the first empty line, or at the first line that
-    is not a header (which then starts the body).
+    Like the stdlib feedparser: lines end at CRLF, LF or a lone CR; headers end at the first
+    empty line, or at the first line that is not a header (which then starts the body).
     """
     pos = start
     while pos < end:
-        if buf.startswith(b"\r\n", pos, end) or buf.startswith(b"\n", pos, end):
-            body = pos + (2 if buf[pos] == 0x0D else 1)
+        if buf[pos] in (0x0A, 0x0D):  # an empty line
+            body = pos + (2 if buf.startswith(b"\r\n", pos, end) else 1)
             break
         if not _HEADER_LINE.match(buf, pos, end):
             body = pos
             break
-        newline = buf.find(b"\n", pos, end)
-        pos = end if newline < 0 else newline + 1
+        line_end = _LINE_END.search(buf, pos, end)
+        pos = end if line_end is None else line_end.end()
         if pos - start > MAX_PART_HEADER:
             return _Oversized(), end
     else:
@@ -164,11 +164,14 @@ def _split_head(buf: bytes, start: int, end: int) -> tuple[email.message.Message
     return _parse_headers(buf[start:pos]), body
 
 
-def _multipart_children(span: _Span, headers: email.message.Message) -> list[_Span]:
-    boundary = headers.get_boundary()
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def _multipart_children(span: _Span, headers: email.message.Message, limit: int) -> list[_Span]:
+    boundary = boundary_of(headers)
     if boundary is None:
         return []
-    parts = split_multipart(span.buf, span.start, span.end, boundary.encode("utf-8", "surrogateescape"))
+    parts = split_multipart(span.buf, span.start, span.end, boundary.encode("utf-8", "surrogateescape"), limit + 1)
     default = "message/rfc822" if headers.get_content_subtype() == "digest" else "text/plain"  # RFC 2046 §5.1.5
     children = []
     prefix = f"{span.number}." if span.number else ""
@@ -179,48 +182,39 @@ def _multipart_children(span: _Span, headers: email.message.Message) -> list[_Sp
     return children
 
 
-def split_multipart(buf: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:
+def split_multipart(buf: bytes, start: int, end: int, boundary: bytes, limit: int = 10_000) -> list[tuple[int, int]]:
     """Body parts of a multipart body as (start, end) offsets; [] when there is no delimiter.
 
     RFC 2046 §5.1.1: a delimiter is a line "--" boundary, then "--" for the close delimiter,
     optional white space, then the line end; the line break before it belongs to it. As in
     the stdlib: text after the close delimiter is the epilogue; without one, the last part
-    runs to the end.
+    runs to the end. At most `limit` parts are returned (a caller that must know whether there
+    were more asks for one more than it accepts).
     """
-    marker = b"--" + boundary
+    marker = b"--" + re.escape(boundary)
+    tail = rb"(--)?[ \t]*(?:\r\n|\r|\n|\Z)"
+    # The pattern starts with fixed text so the engine scans for it in C; the line-start test
+    # comes after, as a lookbehind (a leading one defeats the scan: 0.5 s for a 25 MB part).
+    anywhere = re.compile(marker + rb"(?<=[\r\n]" + marker + rb")" + tail)
     lines: list[tuple[int, int]] = []  # (delimiter line start, first byte after its line end)
+    match = re.compile(marker + tail).match(buf, start, end)  # no preamble: the body starts with one
     closed = False
-    pos = start
-    while not closed:
-        found = buf.find(marker, pos, end)
-        if found < 0:
+    if match is not None:
+        lines.append((start, match.end()))
+        closed = match.group(1) is not None
+    pos = lines[-1][1] if lines else start
+    while not closed and len(lines) <= limit:
+        match = anywhere.search(buf, pos, end)
+        if match is None:
             break
-        pos = found + 1
-        if found != start and buf[found - 1] not in (0x0A, 0x0D):
-            continue
-        after = found + len(marker)
-        closing = buf.startswith(b"--", after, end)
-        cursor = after + 2 if closing else after
-        while cursor < end and buf[cursor] in (0x20, 0x09):
-            cursor += 1
-        if cursor < end and buf[cursor] not in (0x0A, 0x0D):
-            continue  # "--boundaryX" or "--boundary--X": text, not a delimiter
-        if buf.startswith(b"\r\n", cursor, end):
-            cursor += 2
-        elif cursor < end:
-            cursor += 1
-        lines.append((found, cursor))
-        closed = closing
-        pos = cursor
-    parts = []
-    for (_, body_start), following in zip(lines, [*lines[1:], None], strict=True):
-        if following is None:
-            if closed:
-                break  # the close delimiter itself
-            body_end = end
-        else:
-            body_end = _before_line_break(buf, body_start, following[0])
-        parts.append((body_start, body_end))
+        lines.append((match.start(), match.end()))
+        closed = match.group(1) is not None
+        pos = match.end()
+    # Delimiter lines that follow one another enclose no part (the stdlib skips them too).
+    parts = [(body_start, _before_line_break(buf, body_start, following))
+             for (_, body_start), (following, _) in pairwise(lines) if following != body_start]
+    if lines and not closed and len(lines) <= limit:
+        parts.append((lines[-1][1], _before_line_break(buf, lines[-1][1], end)))
     return parts
 
 
@@ -304,23 +298,66 @@ def filenames(headers: email.message.Message) -> tuple[str, ...]:
     in every occurrence of either header: a MUA may pick any of them, so each one counts.
     """
     names: list[str] = []
-    for key, value in headers.raw_items():
-        field = key.lower()
-        if field not in ("content-disposition", "content-type"):
-            continue
-        # Raw 8-bit bytes come as surrogate escapes, which compat32 would turn into U+FFFD:
-        # make them text first (UTF-8), and unfold (RFC 5322 §2.2.3).
-        probe = email.message.Message()
-        probe[field] = _UNFOLD.sub("", _from_surrogates(str(value)))
-        for param, raw in probe.get_params(header=field, failobj=[])[1:]:
-            if param in ("filename", "name"):
-                name = decode_name(raw)
-                if name and name not in names:
-                    names.append(name)
+    for field in ("content-disposition", "content-type"):  # the order the stdlib's get_filename() prefers
+        for value in _raw_values(headers, field):
+            # Raw 8-bit bytes arrive as surrogate escapes: read them as UTF-8 (RFC 6532).
+            for param, raw in header_params(_from_surrogates(value)):
+                if param in ("filename", "name"):
+                    name = decode_name(raw)
+                    if name and name not in names:
+                        names.append(name)
     return tuple(names)
 
 
+def boundary_of(headers: email.message.Message) -> str | None:
+    """The boundary parameter of the (first) Content-Type, as get_boundary() reads it."""
+    values = _raw_values(headers, "content-type")
+    for param, raw in header_params(values[0]) if values else ():
+        if param == "boundary":
+            return email.utils.collapse_rfc2231_value(raw).rstrip()
+    return None
+
+
+def _raw_values(headers: email.message.Message, field: str) -> list[str]:
+    # raw_items(): compat32's get() turns 8-bit bytes into U+FFFD; unfold (RFC 5322 §2.2.3).
+    return [_UNFOLD.sub("", str(value)) for key, value in headers.raw_items() if key.lower() == field]
+
+
 _UNFOLD = re.compile(r"\r?\n(?=[ \t])")
+_PARAM_TOKEN = re.compile(r'\\"|"|;')
+_SECTION_NUMBER = re.compile(r"\*[0-9]+(?=\*?$)")
+
+Param = tuple[str, str | tuple[str | None, str | None, str]]
+
+
+def header_params(value: str) -> list[Param]:
+    """The parameters of a MIME header value (RFC 2045 §5.1), RFC 2231 sections joined and
+    values unquoted, as email.message.Message.get_params() returns them (without the first).
+
+    The stdlib's splitter is quadratic in the number of ";" inside quotes (seconds for a
+    100 KB header) and its RFC 2231 joiner raises TypeError or ValueError on some input
+    (numbered and unnumbered sections mixed; a 5000-digit section number). This splits the
+    same way in one pass; when the joiner refuses, each section is decoded on its own.
+    """
+    fields, start, quoted = [], 0, False
+    for token in _PARAM_TOKEN.finditer(value):
+        if token.group() == '"':
+            quoted = not quoted
+        elif token.group() == ";" and not quoted:
+            fields.append(value[start:token.start()])
+            start = token.end()
+    fields.append(value[start:])
+    params = []
+    for field in fields[1:]:
+        name, equals, text = field.partition("=")
+        params.append((name.strip().lower(), text.strip()) if equals else (field.strip(), ""))
+    try:
+        decoded = email.utils.decode_params([("", ""), *params])[1:]
+    except (TypeError, ValueError):
+        decoded = [param for name, text in params
+                   for param in email.utils.decode_params([("", ""), (_SECTION_NUMBER.sub("", name), text)])[1:]]
+    return [(name, (text[0], text[1], email.utils.unquote(text[2])) if isinstance(text, tuple)
+             else email.utils.unquote(text)) for name, text in decoded]
 
 
 def decode_name(raw: str | tuple[str, str, str]) -> str:
@@ -349,15 +386,15 @@ def decode_words(text: str) -> str:
         elif charset is None:
             decoded.append(chunk.decode("raw-unicode-escape", "replace"))  # how decode_header encoded it
         else:
-            decoded.append(chunk.decode(_codec(charset), "replace"))
+            decoded.append(_text(chunk, charset))
     return "".join(decoded)
 
 
-def _codec(charset: str) -> str:
+def _text(data: bytes, charset: str) -> str:
     try:
-        return codecs.lookup(charset).name
-    except LookupError:
-        return "utf-8"
+        return data.decode(charset, "replace")
+    except (LookupError, ValueError):  # unknown, or not a text encoding ("rot13", "base64")
+        return data.decode("utf-8", "replace")
 
 
 def _from_surrogates(text: str) -> str:
@@ -371,7 +408,7 @@ def _from_surrogates(text: str) -> str:
 # --- uuencode --------------------------------------------------------------------------------
 
 # POSIX uuencode: "begin MODE NAME" ... "end"; sharutils' base64 form: "begin-base64" ... "====".
-_UU_BEGIN = re.compile(rb"^begin(-base64)?[ \t]+[0-7]{1,4}[ \t]+([^\r\n]+?)[ \t]*\r?$", re.MULTILINE)
+_UU_BEGIN = re.compile(rb"^begin(-base64)?[ \t]+[0-7]{1,4}[ \t]+([^\r\n]+)", re.MULTILINE)
 _LINE = re.compile(rb"([^\r\n]*)(?:\r\n|\n|\r|$)")
 _UU_CHARS = re.compile(rb"[\x20-\x60]+")
 
@@ -387,7 +424,7 @@ def uuencoded(text: Body, limit: int = 1000) -> Iterator[tuple[str, bytes]]:
         begin = _UU_BEGIN.search(text, pos)
         if begin is None:
             return
-        name = begin.group(2).decode("utf-8", "replace")
+        name = begin.group(2).strip().decode("utf-8", "replace")
         data, pos, valid = _uu_block(text, begin.end(), base64=begin.group(1) is not None)
         if valid:
             yield name, data
@@ -395,48 +432,47 @@ def uuencoded(text: Body, limit: int = 1000) -> Iterator[tuple[str, bytes]]:
 
 
 def _uu_block(text: Body, pos: int, base64: bool) -> tuple[bytes, int, bool]:
+    """Decode from `pos` to the end line; valid when the end line or a full data line was seen."""
     chunks: list[bytes] = []
     valid = False
     end_line = b"====" if base64 else b"end"
     lines = _LINE.finditer(text, pos)
     next(lines, None)  # the rest of the begin line (its line break)
     for line in lines:
-        content = line.group(1).rstrip()
-        if content == end_line:
+        content = line.group(1)
+        if content.strip() == end_line:
             return b"".join(chunks), line.end(), True
         decoded = _base64_line(content) if base64 else _uu_line(content)
         if decoded is None:
             return b"".join(chunks), line.start(), valid
-        valid = True
-        chunks.append(decoded)
+        chunks.append(decoded[0])
+        valid = valid or decoded[1]
         if line.end() >= len(text):
             break
     return b"".join(chunks), len(text), valid
 
 
-def _uu_line(line: bytes) -> bytes | None:
-    """One uuencoded line: a length character, then 4 characters per 3 bytes (0x20-0x60).
+def _uu_line(line: bytes) -> tuple[bytes, bool] | None:
+    """One uuencoded line and whether it had exactly its announced length.
 
-    Checked strictly (binascii pads short lines silently), so ordinary prose does not decode;
-    characters past the announced length are ignored, as encoders pad differently.
+    A length character, then 4 characters per 3 bytes, all in 0x20-0x60. Transports strip
+    trailing spaces (zero bits), so a short line is padded, as binascii does; characters past
+    the announced length are ignored, as encoders pad differently.
     """
-    if not line:
+    if not line or not _UU_CHARS.fullmatch(line):
         return None
     need = 1 + (((line[0] - 32) & 63) + 2) // 3 * 4
-    data = line[:need]
-    if len(data) < need or not _UU_CHARS.fullmatch(data):
-        return None
     try:
-        return binascii.a2b_uu(data)
+        return binascii.a2b_uu(line[:need].ljust(need)), len(line) == need
     except binascii.Error:
         return None
 
 
-def _base64_line(line: bytes) -> bytes | None:
-    if not line:
+def _base64_line(line: bytes) -> tuple[bytes, bool] | None:
+    if not line.strip():
         return None
     try:
-        return binascii.a2b_base64(line, strict_mode=True)
+        return binascii.a2b_base64(line.strip(), strict_mode=True), True
     except binascii.Error:
         return None
 
@@ -481,7 +517,12 @@ class Unreadable:
     name: str
     path: str
     attachment: str
-    reason: str
+    reason: str  # short, fit for an SMTP reply
+    error: str = ""  # the library's complaint, for the log
+
+
+def _complaint(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}"
 
 
 Item = File | Unreadable
@@ -673,8 +714,8 @@ def _count(file: IO[bytes], signature: bytes) -> int:
 
 
 class _GuardedTarInfo(tarfile.TarInfo):
-    """tarfile reads a pax or GNU long-name header whole into memory (and Python 3.11 before
-    3.11.10 parses pax headers with a quadratic regex, CVE-2024-6232): refuse big ones first."""
+    """tarfile reads a pax or GNU long-name header whole into memory (and an unpatched 3.11
+    parses pax headers with a quadratic regex, CVE-2024-6232): refuse big ones first."""
 
     _EXTENDED = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
                  tarfile.GNUTYPE_LONGLINK)
@@ -759,7 +800,7 @@ class _Walker:
         except _Uninspectable as error:
             yield Unreadable(name, path, attachment, str(error))
         except _UNREADABLE as error:
-            yield Unreadable(name, path, attachment, f"unreadable {kind} ({type(error).__name__}: {error})")
+            yield Unreadable(name, path, attachment, f"corrupt {kind} archive", _complaint(error))
 
     def zip(self, source: IO[bytes], depth: int, path: str, attachment: str) -> Iterator[Item]:
         # zipfile builds an object per central-directory entry, and a directory of a million
@@ -771,7 +812,7 @@ class _Walker:
             for info in members:  # names first: an encrypted or oversized archive still shows them
                 self.allowance.member()
                 yield File((info.filename,), f"{path}/{info.filename}", attachment, None)
-            regular = [info for info in members if not info.is_dir()]
+            regular = [info for info in members if not info.filename.endswith("/")]  # is_dir() fails on ""
             self.allowance.unpack(sum(info.file_size for info in regular))
             for info in regular:
                 yield from self.zip_member(archive, info, depth, f"{path}/{info.filename}", attachment)
@@ -794,7 +835,7 @@ class _Walker:
             yield Unreadable(info.filename, path, attachment, str(error))
         except _UNREADABLE as error:
             # One bad member does not hide the others: go on with the next.
-            yield Unreadable(info.filename, path, attachment, f"unreadable member ({type(error).__name__}: {error})")
+            yield Unreadable(info.filename, path, attachment, "corrupt archive member", _complaint(error))
 
     def tar(self, source: _Readable, depth: int, path: str, attachment: str) -> Iterator[Item]:
         # Stream mode ("r|") whatever the source: one pass, members in order, no seeking back.

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from policymilter.checks.antivirus import Antivirus
 from policymilter.checks.arc import Arc
+from policymilter.checks.attachments import Attachments
 from policymilter.checks.dkim import Dkim
 from policymilter.checks.dmarc import Dmarc
 from policymilter.checks.origin import Origin
@@ -26,7 +27,7 @@ from policymilter.policy import PolicyError, load_policy
 from policymilter.policy.model import Policy
 
 # The checks this version implements, in pipeline order (cheap before expensive).
-CHECKS: tuple[Check, ...] = (Spf(), Antivirus(), Spam(), Dkim(), Arc(), Dmarc())
+CHECKS: tuple[Check, ...] = (Spf(), Attachments(), Antivirus(), Spam(), Dkim(), Arc(), Dmarc())
 ALWAYS: tuple[Check, ...] = (Origin(), SizeDeclared(), SizeReceived())
 
 

@@ -239,6 +239,14 @@ def _semantic_issues(policy: Policy, sources: _Sources, fallback: str) -> list[P
         file, line = sources.find(path, fallback)
         issues.append(PolicyIssue(file, line, key_text(path), message))
 
+    from policymilter.checks.attachments import known_content_kinds  # the sniffers own this list
+
+    known = known_content_kinds()
+    for index, kind in enumerate(policy.attachments.blocked_content):
+        if kind not in known:
+            issue(("attachments", "blocked_content", index),
+                  f"unknown content kind {kind!r}{_suggest(kind, known)} (known: pe, elf, macho and "
+                  f"{len(known) - 3} file types)")
     if not policy.listeners:
         issue(("listeners",), "no listener is defined: every session would get the strictest profile")
     names: dict[str, str] = {}

@@ -123,7 +123,11 @@ DEFAULT_BLOCKED_EXTENSIONS = (
 
 class Attachments(CheckTable):
     blocked_extensions: tuple[str, ...] = DEFAULT_BLOCKED_EXTENSIONS
+    # Content kinds refused whatever the file is called (sniffed, never trusted from the name).
+    blocked_content: tuple[str, ...] = ("pe", "elf", "macho")
+    # MIME and archive levels together.
     max_depth: Annotated[int, Field(ge=1, le=100)] = 10
+    max_parts: Annotated[int, Field(ge=1)] = 1000
     max_archive_members: Annotated[int, Field(ge=1)] = 1000
     max_expanded_size: Bytes = 100 * 1024 * 1024
     uninspectable: Literal["block", "accept"] = "block"

@@ -1,0 +1,308 @@
+"""Test messages for the attachments check, built in code: no real malware anywhere.
+
+"Executables" here are the few header bytes our sniffers look at (an MZ header whose e_lfanew
+points at PE\\0\\0, an ELF identification, Mach-O magics) followed by filler. Messages are
+assembled by hand, not with `email.message`, so each header is exactly the trick under test.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import gzip
+import io
+import struct
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+# --- file contents ---------------------------------------------------------------------------
+
+
+def pe(size: int = 512, e_lfanew: int = 0x80) -> bytes:
+    """A minimal PE image header: DOS header, e_lfanew -> "PE\\0\\0", a COFF header for i386."""
+    dos = bytearray(b"MZ" + b"\0" * (e_lfanew - 2))
+    dos[0x3C:0x40] = struct.pack("<I", e_lfanew)
+    coff = b"PE\0\0" + struct.pack("<HHIIIHH", 0x14C, 1, 0, 0, 0, 0xE0, 0x0102)
+    return (bytes(dos) + coff).ljust(size, b"\0")
+
+
+def mz_not_pe() -> bytes:
+    """Starts with "MZ" but is no PE (text that happens to begin so; e_lfanew points nowhere)."""
+    return b"MZ is the abbreviation we use for the Mozambique office.\n" * 4
+
+
+def elf() -> bytes:
+    # e_ident: magic, ELFCLASS64, ELFDATA2LSB, EV_CURRENT; then e_type ET_EXEC, e_machine x86-64
+    return b"\x7fELF\x02\x01\x01" + b"\0" * 9 + struct.pack("<HHI", 2, 0x3E, 1) + b"\0" * 100
+
+
+def macho(kind: str = "64le") -> bytes:
+    match kind:
+        case "32be":
+            return struct.pack(">IiiI", 0xFEEDFACE, 18, 0, 2) + b"\0" * 64  # ppc, MH_EXECUTE
+        case "32le":
+            return struct.pack("<IiiI", 0xFEEDFACE, 7, 3, 2) + b"\0" * 64  # i386
+        case "64be":
+            return struct.pack(">IiiI", 0xFEEDFACF, 0x01000012, 0, 2) + b"\0" * 64
+        case "64le":
+            return struct.pack("<IiiI", 0xFEEDFACF, 0x0100000C, 0, 2) + b"\0" * 64  # arm64
+        case "fat":
+            return struct.pack(">II", 0xCAFEBABE, 2) + struct.pack(">iiIII", 7, 3, 4096, 100, 12) + b"\0" * 64
+        case "fat64":
+            arch = struct.pack(">iiQQII", 0x0100000C, 0, 4096, 100, 14, 0)
+            return struct.pack(">II", 0xCAFEBABF, 1) + arch + b"\0" * 64
+    raise ValueError(kind)
+
+
+def java_class() -> bytes:
+    """0xCAFEBABE, then minor 0, major 52 (Java 8): not a Mach-O universal binary."""
+    return struct.pack(">IHH", 0xCAFEBABE, 0, 52) + b"\0" * 64
+
+
+def pdf() -> bytes:
+    return (b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
+            b"2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>endobj\n"
+            b"3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 612 792]>>endobj\n"
+            b"trailer<</Root 1 0 R>>\n%%EOF\n")
+
+
+def png() -> bytes:
+    """A real 1x1 grey PNG."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0\x80")) + chunk(b"IEND", b""))
+
+
+def jpeg() -> bytes:
+    """SOI, a JFIF APP0 segment, a comment, EOI: what a sniffer sees of a JPEG."""
+    app0 = b"JFIF\0\x01\x01\0\0\x01\0\x01\0\0"
+    comment = b"test image"
+    return (b"\xff\xd8" + b"\xff\xe0" + struct.pack(">H", len(app0) + 2) + app0
+            + b"\xff\xfe" + struct.pack(">H", len(comment) + 2) + comment + b"\xff\xd9")
+
+
+def zip_of(members: Mapping[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def docx() -> bytes:
+    """A minimal OOXML word-processing document: a zip with [Content_Types].xml."""
+    return zip_of({
+        "[Content_Types].xml": b'<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/'
+                               b'package/2006/content-types"><Override PartName="/word/document.xml" '
+                               b'ContentType="application/vnd.openxmlformats-officedocument.'
+                               b'wordprocessingml.document.main+xml"/></Types>',
+        "_rels/.rels": b'<?xml version="1.0"?><Relationships/>',
+        "word/document.xml": b'<?xml version="1.0"?><w:document><w:body><w:p><w:r><w:t>Hello</w:t>'
+                             b"</w:r></w:p></w:body></w:document>",
+    })
+
+
+def nested_zip(inner_name: str, data: bytes, levels: int) -> bytes:
+    """`data` as `inner_name`, zipped `levels` times (level-1.zip holds level-2.zip ...)."""
+    blob, name = data, inner_name
+    for level in range(levels, 0, -1):
+        blob, name = zip_of({name: blob}), f"level-{level}.zip"
+    return blob
+
+
+def encrypted_zip(members: Mapping[str, bytes]) -> bytes:
+    """A zip whose members are marked encrypted (APPNOTE 4.4.4 general purpose bit 0).
+
+    zipfile cannot write encrypted archives: write a stored one and set the bit in every local
+    and central header, the way a real one looks to a reader that has no password.
+    """
+    data = bytearray(zip_of(members, zipfile.ZIP_STORED))
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as archive:
+        infos = archive.infolist()
+        central = archive.start_dir
+    for info in infos:
+        data[info.header_offset + 6] |= 0x01  # local file header: flags at +6
+    offset = central
+    for _ in infos:
+        assert data[offset:offset + 4] == b"PK\x01\x02"
+        data[offset + 8] |= 0x01  # central directory header: flags at +8
+        name_length, extra_length, comment_length = struct.unpack_from("<HHH", data, offset + 28)
+        offset += 46 + name_length + extra_length + comment_length
+    return bytes(data)
+
+
+def zip_bomb(size: int = 200 * 1024 * 1024, name: str = "zeros.bin") -> bytes:
+    """One member of `size` zero bytes (about 200 KB compressed), written in chunks."""
+    buffer = io.BytesIO()
+    chunk = bytes(1024 * 1024)
+    with (zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive,
+          archive.open(name, "w", force_zip64=True) as out):
+        for _ in range(size // len(chunk)):
+            out.write(chunk)
+    return buffer.getvalue()
+
+
+def lying_zip_bomb(size: int = 200 * 1024 * 1024, declared: int = 1000) -> bytes:
+    """zip_bomb() whose headers claim the member is only `declared` bytes."""
+    data = bytearray(zip_of({"small.txt": bytes(size)}))
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as archive:
+        info = archive.infolist()[0]
+        central = archive.start_dir
+    struct.pack_into("<I", data, info.header_offset + 22, declared)  # local header uncompressed size
+    struct.pack_into("<I", data, central + 24, declared)  # central directory uncompressed size
+    return bytes(data)
+
+
+def zip_declaring(size: int, name: str = "big.bin") -> bytes:
+    """A small zip whose member claims to unpack to `size` bytes."""
+    return lying_zip_bomb(16, size).replace(b"small.txt", name.encode().ljust(9)[:9])
+
+
+def tar_declaring(size: int, name: str = "big.bin") -> bytes:
+    """An uncompressed tar whose only member claims `size` bytes and has none of them."""
+    info = tarfile.TarInfo(name)
+    info.size = size
+    return info.tobuf(format=tarfile.GNU_FORMAT) + bytes(1024)
+
+
+def many_parts(count: int, boundary: str = "p") -> bytes:
+    """A multipart/mixed body of `count` tiny text parts (the boundary is one letter)."""
+    body = b"".join(f"--{boundary}\r\nContent-Type: text/plain\r\n\r\n{index}\r\n".encode() for index in range(count))
+    head = f'Content-Type: multipart/mixed; boundary="{boundary}"'
+    return message(Part([head], body + f"--{boundary}--\r\n".encode()))
+
+
+def many_members_zip(count: int) -> bytes:
+    return zip_of({f"file-{index:05}.txt": b"x" for index in range(count)}, zipfile.ZIP_STORED)
+
+
+def tar_of(members: Mapping[str, bytes], mode: str = "w:gz") -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode=mode) as archive:  # type: ignore[call-overload]
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def tar_bomb(size: int = 200 * 1024 * 1024) -> bytes:
+    """A .tar.gz with one member of `size` zero bytes, streamed (about 200 KB)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        info = tarfile.TarInfo("zeros.bin")
+        info.size = size
+        archive.addfile(info, _Zeros(size))
+    return buffer.getvalue()
+
+
+class _Zeros(io.RawIOBase):
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        count = min(len(buffer), self.left)
+        buffer[:count] = bytes(count)
+        self.left -= count
+        return count
+
+
+def gzip_of(data: bytes, name: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with gzip.GzipFile(filename=name or "", mode="wb", fileobj=buffer, mtime=0) as out:
+        out.write(data)
+    return buffer.getvalue()
+
+
+SEVEN_Z = b"7z\xbc\xaf\x27\x1c\x00\x04" + b"\0" * 56
+RAR = b"Rar!\x1a\x07\x01\x00" + b"\0" * 56
+
+
+def uuencode(data: bytes, name: str, mode: str = "644") -> bytes:
+    lines = [f"begin {mode} {name}".encode()]
+    lines += [binascii.b2a_uu(data[pos:pos + 45]).rstrip(b"\n") for pos in range(0, len(data), 45)]
+    lines += [b"`", b"end"]
+    return b"\r\n".join(lines) + b"\r\n"
+
+
+# --- MIME ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Part:
+    """One MIME entity: header lines exactly as written, and its (already encoded) body."""
+
+    headers: list[str | bytes]
+    body: bytes
+
+    def render(self) -> bytes:
+        lines = [h.encode("utf-8") if isinstance(h, str) else h for h in self.headers]
+        return b"\r\n".join(lines) + b"\r\n\r\n" + self.body
+
+
+def _base64(data: bytes) -> bytes:
+    return base64.encodebytes(data).replace(b"\n", b"\r\n")
+
+
+def attachment(data: bytes, filename: str | None = "file.bin", *, content_type: str = "application/octet-stream",
+               name: str | None = None, disposition: str | bytes | None = None, encoding: str = "base64",
+               extra: Iterable[str | bytes] = ()) -> Part:
+    """An attachment. `filename` goes in Content-Disposition, `name` in Content-Type; pass a
+    whole `disposition` (str or raw bytes) to write the header yourself."""
+    content = f"Content-Type: {content_type}" + (f'; name="{name}"' if name is not None else "")
+    if disposition is None:
+        disposition = "attachment" + (f'; filename="{filename}"' if filename is not None else "")
+    disposition_line = (b"Content-Disposition: " + disposition if isinstance(disposition, bytes)
+                        else f"Content-Disposition: {disposition}")
+    body = _base64(data) if encoding == "base64" else data
+    return Part([content, disposition_line, f"Content-Transfer-Encoding: {encoding}", *extra], body)
+
+
+def raw_part(headers: list[str | bytes], body: bytes) -> Part:
+    return Part(headers, body)
+
+
+def text(body: str | bytes, subtype: str = "plain") -> Part:
+    data = body.encode("utf-8") if isinstance(body, str) else body
+    return Part([f"Content-Type: text/{subtype}; charset=utf-8", "Content-Transfer-Encoding: 8bit"],
+                data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+
+
+def multipart(*parts: Part, subtype: str = "mixed", boundary: str = "=_boundary") -> Part:
+    body = b"This is a multi-part message in MIME format.\r\n"
+    for part in parts:
+        body += f"\r\n--{boundary}\r\n".encode() + part.render()
+    body += f"\r\n--{boundary}--\r\n".encode()
+    return Part([f'Content-Type: multipart/{subtype}; boundary="{boundary}"'], body)
+
+
+def nested_multipart(levels: int, innermost: Part) -> Part:
+    part = innermost
+    for level in range(levels, 0, -1):
+        part = multipart(part, boundary=f"=_level{level}")
+    return part
+
+
+def rfc822(message_bytes: bytes, filename: str = "forwarded.eml") -> Part:
+    return Part(["Content-Type: message/rfc822", f'Content-Disposition: attachment; filename="{filename}"'],
+                message_bytes)
+
+
+def message(*parts: Part, subject: str = "Test") -> bytes:
+    """A whole message: one part is the message body itself, several go in a multipart/mixed."""
+    top = parts[0] if len(parts) == 1 else multipart(*parts)
+    head = [b"From: Alice <alice@example.org>", b"To: Bob <bob@example.net>", f"Subject: {subject}".encode(),
+            b"Date: Mon, 1 Jan 2024 00:00:00 +0000", b"Message-ID: <test@example.org>", b"MIME-Version: 1.0"]
+    return b"\r\n".join(head) + b"\r\n" + top.render()
+
+
+def with_attachment(part: Part, subject: str = "Test") -> bytes:
+    """The usual shape: a short text and one attachment in a multipart/mixed."""
+    return message(text("Please see attached.\n"), part, subject=subject)

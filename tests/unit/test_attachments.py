@@ -1,0 +1,546 @@
+"""attachments: executables by name and content, anywhere in the MIME tree and in archives.
+
+The messages come from tests/attachment_corpus.py (built in code, no real malware).
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import random
+import time
+import tracemalloc
+import urllib.parse
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+
+from policymilter import mimewalk
+from policymilter.checks import attachments
+from policymilter.checks.attachments import Attachments, Rule
+from policymilter.facts import Envelope, Session
+from policymilter.listeners import door_by_name
+from policymilter.message import Message
+from policymilter.outcome import CheckResult, Disposition, Outcome
+from policymilter.pipeline import CheckContext, Stage
+from policymilter.policy.model import Policy
+from tests import attachment_corpus as corpus
+from tests.attachment_corpus import attachment, text, with_attachment
+
+CHECK = Attachments()
+ADVICE = "send them through authenticated submission on port 587"
+
+
+def run(raw: bytes, policy: Policy, listener: str = "smtp") -> CheckResult:
+    context = CheckContext(policy=policy, door=door_by_name(policy, listener), session=Session(conn_id="t"),
+                           envelope=Envelope(), message=Message.from_bytes(raw))
+    return CHECK.run(context)
+
+
+def with_table(policy: Policy, **changes: object) -> Policy:
+    return policy.model_copy(update={"attachments": policy.attachments.model_copy(update=changes)})
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    build: Callable[[], bytes]
+    rule: Rule | None  # None: clean
+    name: str = ""  # the file name the reply must quote (sanitised)
+    detail: str = ""  # a fragment of the rule's description
+
+
+def _rfc2231(disposition: str) -> corpus.Part:
+    return attachment(b"data", disposition=disposition)
+
+
+def _forwarded(times: int) -> bytes:
+    raw = with_attachment(attachment(b"x", "evil.exe"))
+    for _ in range(times):
+        raw = corpus.message(corpus.rfc822(raw))
+    return raw
+
+
+BLOCKED = [
+    # names
+    Case("plain-exe", lambda: with_attachment(attachment(b"hello", "setup.exe")), Rule.EXTENSION, "setup.exe", ".exe"),
+    Case("uppercase-EXE", lambda: with_attachment(attachment(b"hello", "SETUP.EXE")), Rule.EXTENSION, "SETUP.EXE"),
+    Case("double-extension", lambda: with_attachment(attachment(b"x", "invoice.pdf.exe")), Rule.EXTENSION,
+         "invoice.pdf.exe", ".exe"),
+    Case("trailing-dot", lambda: with_attachment(attachment(b"x", "photo.exe.")), Rule.EXTENSION, "photo.exe."),
+    Case("trailing-spaces", lambda: with_attachment(attachment(b"x", "file.exe  ")), Rule.EXTENSION, "file.exe"),
+    Case("other-listed-extension", lambda: with_attachment(attachment(b"x", "macro.vbs")), Rule.EXTENSION,
+         "macro.vbs", ".vbs"),
+    Case("rfc2231-continuation", lambda: with_attachment(_rfc2231(
+        "attachment; filename*0*=utf-8''inv%C3%B6ice; filename*1*=.ex; filename*2=e")),
+        Rule.EXTENSION, "inv?ice.exe"),
+    Case("rfc2231-latin1", lambda: with_attachment(_rfc2231("attachment; filename*=iso-8859-1'fr'%E9t%E9.scr")),
+         Rule.EXTENSION, "?t?.scr", ".scr"),
+    Case("rfc2231-unknown-charset", lambda: with_attachment(_rfc2231("attachment; filename*=x-klingon''a.bat")),
+         Rule.EXTENSION, "a.bat"),
+    Case("rfc2047-base64-name-only", lambda: with_attachment(
+        attachment(b"x", None, name="=?utf-8?b?aW52b2ljZS5leGU=?=", disposition="attachment")),
+        Rule.EXTENSION, "invoice.exe"),
+    Case("rfc2047-q-filename", lambda: with_attachment(attachment(b"x", "=?iso-8859-1?q?r=E9sum=E9=2Ejs?=")),
+         Rule.EXTENSION, "r?sum?.js", ".js"),
+    Case("content-type-name-only", lambda: with_attachment(
+        attachment(b"@echo off", None, name="run.bat", disposition="inline")), Rule.EXTENSION, "run.bat"),
+    Case("two-filenames", lambda: with_attachment(
+        attachment(b"x", disposition='attachment; filename="a.txt"; filename="b.exe"')), Rule.EXTENSION, "b.exe"),
+    Case("disposition-and-type-disagree", lambda: with_attachment(
+        attachment(b"x", "report.pdf", name="report.exe")), Rule.EXTENSION, "report.exe"),
+    Case("rtl-override", lambda: with_attachment(_rfc2231("attachment; filename*=utf-8''invoice%E2%80%AEfdp.exe")),
+         Rule.DISGUISED, "invoice?fdp.exe", ".exe shown as .pdf"),
+    Case("rtl-override-raw-utf8", lambda: with_attachment(
+        attachment(b"x", disposition=b'attachment; filename="photo\xe2\x80\xaegpj.scr"')),
+        Rule.DISGUISED, "photo?gpj.scr", ".scr shown as .jpg"),
+    Case("rtl-override-harmless-looking", lambda: with_attachment(
+        _rfc2231("attachment; filename*=utf-8''report%E2%80%AExcod.docm")), Rule.DISGUISED,
+        "report?xcod.docm", ".docm shown as .docx"),
+    Case("zero-width-in-extension", lambda: with_attachment(
+        _rfc2231("attachment; filename*=utf-8''setup.e%E2%80%8Bxe")), Rule.EXTENSION, "setup.e?xe", ".exe"),
+    Case("nul-truncation", lambda: with_attachment(_rfc2231("attachment; filename*=utf-8''evil.exe%00.pdf")),
+         Rule.EXTENSION, "evil.exe?.pdf", ".exe"),
+    Case("path-in-name", lambda: with_attachment(attachment(b"x", "C:\\\\Users\\\\me\\\\tool.com")), Rule.EXTENSION),
+    # content, whatever the name
+    Case("pe-named-pdf", lambda: with_attachment(attachment(corpus.pe(), "report.pdf", content_type="application/pdf")),
+         Rule.CONTENT, "report.pdf", "Windows executable"),
+    Case("pe-header-past-64k", lambda: with_attachment(attachment(corpus.pe(0x30000, 0x20000), "big.dat")),
+         Rule.CONTENT, "big.dat", "PE"),
+    Case("elf-named-txt", lambda: with_attachment(attachment(corpus.elf(), "notes.txt", content_type="text/plain")),
+         Rule.CONTENT, "notes.txt", "ELF"),
+    *(Case(f"macho-{kind}", lambda kind=kind: with_attachment(attachment(corpus.macho(kind), "image.png")),
+           Rule.CONTENT, "image.png", "Mach-O") for kind in ("32be", "32le", "64be", "64le", "fat", "fat64")),
+    Case("pe-unnamed-inline", lambda: with_attachment(corpus.raw_part(
+        ["Content-Type: application/octet-stream", "Content-Transfer-Encoding: base64"], corpus._base64(corpus.pe()))),
+        Rule.CONTENT, "", "Windows executable"),
+    Case("pe-quoted-printable", lambda: with_attachment(corpus.raw_part(
+        ['Content-Type: application/octet-stream; name="a.dat"', "Content-Transfer-Encoding: quoted-printable"],
+        b"".join(b"=%02X" % byte for byte in corpus.pe()))), Rule.CONTENT, "a.dat"),
+    Case("pe-broken-base64", lambda: with_attachment(corpus.raw_part(
+        ['Content-Type: application/octet-stream; name="a.dat"', "Content-Transfer-Encoding: base64"],
+        corpus._base64(corpus.pe())[:-4] + b"!!*\r\n")), Rule.CONTENT, "a.dat"),
+    Case("whole-message-is-exe", lambda: corpus.message(
+        attachment(b"x", "setup.exe", content_type="application/octet-stream")), Rule.EXTENSION, "setup.exe"),
+    # archives
+    Case("zip-with-exe", lambda: with_attachment(attachment(corpus.zip_of({"docs/setup.exe": b"x"}), "files.zip")),
+         Rule.EXTENSION, "docs/setup.exe", ".exe"),
+    Case("zip-with-pe-named-txt", lambda: with_attachment(
+        attachment(corpus.zip_of({"readme.txt": corpus.pe()}), "files.zip")), Rule.CONTENT, "readme.txt"),
+    Case("zip-in-zip-in-zip-exe", lambda: with_attachment(
+        attachment(corpus.nested_zip("payload.exe", b"x", 3), "outer.zip")), Rule.EXTENSION, "payload.exe"),
+    Case("zip-in-zip-in-zip-pe", lambda: with_attachment(
+        attachment(corpus.nested_zip("readme.txt", corpus.pe(), 3), "outer.zip")), Rule.CONTENT, "readme.txt"),
+    Case("zip-behind-prefix", lambda: with_attachment(
+        attachment(b"junk" * 100 + corpus.zip_of({"x.exe": b"x"}), "archive.zip")), Rule.EXTENSION, "x.exe"),
+    Case("encrypted-zip-exe-name", lambda: with_attachment(
+        attachment(corpus.encrypted_zip({"invoice.exe": b"x"}), "secure.zip")), Rule.EXTENSION, "invoice.exe"),
+    Case("encrypted-zip-harmless-name", lambda: with_attachment(
+        attachment(corpus.encrypted_zip({"invoice.pdf": corpus.pdf()}), "secure.zip")), Rule.UNINSPECTABLE,
+        "invoice.pdf", "encrypted"),
+    Case("tar-gz-with-elf", lambda: with_attachment(
+        attachment(corpus.tar_of({"bin/tool": corpus.elf()}), "tools.tar.gz")), Rule.CONTENT, "bin/tool", "ELF"),
+    Case("tar-with-exe", lambda: with_attachment(
+        attachment(corpus.tar_of({"x/setup.exe": b"x"}, "w"), "x.tar")), Rule.EXTENSION, "x/setup.exe"),
+    Case("tar-bz2-with-pe", lambda: with_attachment(
+        attachment(corpus.tar_of({"a.dat": corpus.pe()}, "w:bz2"), "a.tbz")), Rule.CONTENT, "a.dat"),
+    Case("tar-xz-with-pe", lambda: with_attachment(
+        attachment(corpus.tar_of({"a.dat": corpus.pe()}, "w:xz"), "a.txz")), Rule.CONTENT, "a.dat"),
+    Case("gzip-of-pe", lambda: with_attachment(attachment(corpus.gzip_of(corpus.pe()), "update.gz")),
+         Rule.CONTENT, "update.gz", "Windows executable"),
+    Case("gzip-original-name-exe", lambda: with_attachment(
+        attachment(corpus.gzip_of(b"hello", name="setup.exe"), "data.gz")), Rule.EXTENSION, "setup.exe"),
+    Case("gzip-named-exe-gz", lambda: with_attachment(attachment(corpus.gzip_of(b"hello"), "tool.exe.gz")),
+         Rule.EXTENSION, "tool.exe"),
+    Case("zip-in-gzip", lambda: with_attachment(
+        attachment(corpus.gzip_of(corpus.zip_of({"a.exe": b"x"})), "a.zip.gz")), Rule.EXTENSION, "a.exe"),
+    Case("zip-bomb", lambda: with_attachment(attachment(corpus.zip_bomb(), "bomb.zip")), Rule.UNINSPECTABLE,
+         "bomb.zip", "unpacks to more than 104857600 bytes"),
+    Case("zip-bomb-lying-header", lambda: with_attachment(attachment(corpus.lying_zip_bomb(), "small.zip")),
+         Rule.UNINSPECTABLE, "small.txt", "corrupt archive member"),
+    Case("tar-gz-bomb", lambda: with_attachment(attachment(corpus.tar_bomb(), "bomb.tar.gz")), Rule.UNINSPECTABLE,
+         "bomb.tar.gz", "declares 209715200 bytes"),
+    Case("zip-5000-members", lambda: with_attachment(attachment(corpus.many_members_zip(5000), "many.zip")),
+         Rule.UNINSPECTABLE, "many.zip", "more than 1000 archive members"),
+    Case("zip-declares-1GB", lambda: with_attachment(attachment(corpus.zip_declaring(2**30), "big.zip")),
+         Rule.UNINSPECTABLE, "big.zip", "unpacks to more than"),
+    Case("tar-declares-1GB", lambda: with_attachment(attachment(corpus.tar_declaring(2**30), "big.tar")),
+         Rule.UNINSPECTABLE, "big.tar", "declares 1073741824 bytes"),
+    Case("mime-5000-parts", lambda: corpus.many_parts(5000), Rule.UNINSPECTABLE, "", "more than 1000 MIME parts"),
+    Case("zip-nested-past-depth", lambda: with_attachment(
+        attachment(corpus.nested_zip("readme.txt", b"x", 12), "deep.zip")), Rule.UNINSPECTABLE, "", "nested deeper"),
+    Case("zip-bzip2-member", lambda: with_attachment(
+        attachment(corpus.zip_of({"a.txt": b"x" * 100}, zipfile.ZIP_BZIP2), "a.zip")), Rule.UNINSPECTABLE,
+        "a.txt", "compression method 12"),
+    Case("corrupt-zip", lambda: with_attachment(attachment(corpus.zip_of({"a.txt": b"x" * 1000})[:60], "data.zip")),
+         Rule.UNINSPECTABLE, "data.zip", "corrupt zip archive"),
+    Case("7z-archive", lambda: with_attachment(attachment(corpus.SEVEN_Z, "files.7z")), Rule.UNINSPECTABLE,
+         "files.7z", "7z archive"),
+    Case("rar-named-pdf", lambda: with_attachment(attachment(corpus.RAR, "scan.pdf")), Rule.UNINSPECTABLE,
+         "scan.pdf", "rar archive"),
+    Case("iso-image", lambda: with_attachment(attachment(bytes(0x8001) + b"CD001" + bytes(4000), "disk.img")),
+         Rule.UNINSPECTABLE, "disk.img", "iso archive"),
+    # MIME structure
+    Case("mime-nested-1000-levels", lambda: corpus.message(
+        corpus.nested_multipart(1000, attachment(b"x", "a.txt"))), Rule.UNINSPECTABLE, "", "MIME nested deeper"),
+    Case("rfc822-nested-200-levels", lambda: _forwarded(200), Rule.UNINSPECTABLE, "", "MIME nested deeper"),
+    Case("mime-nested-30-levels", lambda: corpus.message(
+        corpus.nested_multipart(30, attachment(b"x", "a.txt"))), Rule.UNINSPECTABLE, "", "MIME nested deeper than 10"),
+    Case("rfc822-with-exe", lambda: with_attachment(corpus.rfc822(with_attachment(attachment(b"x", "evil.exe")))),
+         Rule.EXTENSION, "evil.exe"),
+    Case("rfc822-in-rfc822-with-pe", lambda: with_attachment(corpus.rfc822(with_attachment(corpus.rfc822(
+        with_attachment(attachment(corpus.pe(), "doc.pdf")))))), Rule.CONTENT, "doc.pdf"),
+    Case("digest-default-rfc822", lambda: corpus.message(corpus.Part(
+        ['Content-Type: multipart/digest; boundary="d"'],
+        b"--d\r\n\r\n" + with_attachment(attachment(b"x", "evil.exe")) + b"\r\n--d--\r\n")), Rule.EXTENSION,
+        "evil.exe"),
+    Case("message-partial", lambda: with_attachment(corpus.raw_part(
+        ['Content-Type: message/partial; id="abc"; number=1; total=2'], b"Content-Type: text/plain\r\n\r\nhi")),
+        Rule.UNINSPECTABLE, "", "message/partial"),
+    Case("uuencoded-exe", lambda: corpus.message(text(b"Here it is:\n" + corpus.uuencode(b"x" * 100, "tool.exe"))),
+         Rule.EXTENSION, "tool.exe"),
+    Case("uuencoded-pe-named-txt", lambda: with_attachment(
+        text(b"Notes:\n\n" + corpus.uuencode(corpus.pe(), "notes.txt") + b"\nbye\n")), Rule.CONTENT, "notes.txt"),
+    Case("uuencoded-zip-with-exe", lambda: corpus.message(
+        text(corpus.uuencode(corpus.zip_of({"run.cmd": b"x"}), "files.zip"))), Rule.EXTENSION, "run.cmd"),
+]
+
+CLEAN = [
+    Case("pdf", lambda: with_attachment(attachment(corpus.pdf(), "report.pdf", content_type="application/pdf")), None),
+    Case("png", lambda: with_attachment(attachment(corpus.png(), "pixel.png", content_type="image/png")), None),
+    Case("jpeg", lambda: with_attachment(attachment(corpus.jpeg(), "photo.jpg", content_type="image/jpeg")), None),
+    Case("docx", lambda: with_attachment(attachment(corpus.docx(), "letter.docx")), None),
+    Case("exe-dot-txt", lambda: with_attachment(attachment(b"just text", "exe.txt", content_type="text/plain")), None),
+    Case("exe-then-txt", lambda: with_attachment(attachment(b"just text", "report.exe.txt")), None),
+    Case("name-without-dot", lambda: with_attachment(attachment(b"text", "exe")), None),
+    Case("body-mentions-setup-exe", lambda: corpus.message(
+        text("Run setup.exe from the share, or see begin 644 setup.exe in the manual.\n"),
+        text("<p>Run <b>setup.exe</b></p>", "html")), None),
+    Case("prose-begin-line", lambda: corpus.message(text("begin 644 setup.exe\nis how uuencode starts.\n")), None),
+    Case("zip-of-text", lambda: with_attachment(
+        attachment(corpus.zip_of({"a.txt": b"alpha", "dir/b.txt": b"beta", "dir/": b""}), "texts.zip")), None),
+    Case("tar-gz-of-text", lambda: with_attachment(attachment(corpus.tar_of({"a.txt": b"alpha"}), "t.tar.gz")), None),
+    Case("gzip-of-text", lambda: with_attachment(attachment(corpus.gzip_of(b"alpha", name="a.txt"), "a.txt.gz")), None),
+    Case("gzip-bomb-of-zeros", lambda: with_attachment(attachment(corpus.gzip_of(bytes(50 * 1024 * 1024)), "z.gz")),
+         None),
+    Case("java-class-not-macho", lambda: with_attachment(attachment(corpus.java_class(), "App.class")), None),
+    Case("mz-text-not-pe", lambda: with_attachment(attachment(corpus.mz_not_pe(), "notes.txt")), None),
+    Case("elf-like-text", lambda: with_attachment(attachment(b"\x7fELF is not enough", "x.bin")), None),
+    Case("mime-nested-9-levels", lambda: corpus.message(corpus.nested_multipart(9, attachment(b"x", "a.txt"))), None),
+    Case("forwarded-message", lambda: with_attachment(
+        corpus.rfc822(with_attachment(attachment(corpus.pdf(), "a.pdf")))), None),
+    Case("plain-text-only", lambda: corpus.message(text("Hello\n")), None),
+]
+
+
+def _check_reply(result: CheckResult, case: Case) -> None:
+    assert result.reply is not None
+    line = str(result.reply)
+    assert line.startswith("550 5.7.1 ")
+    assert len(line) <= 250 and line.isascii() and line.isprintable(), line
+    if case.name:
+        assert f'"{case.name}' in line, line
+    assert ADVICE in line
+
+
+@pytest.mark.parametrize("case", BLOCKED, ids=lambda case: case.id)
+def test_blocked(case, default_policy):
+    result = run(case.build(), default_policy)
+    print(result.reply)
+    assert (result.outcome, result.disposition, result.detail) == (Outcome.BLOCKED, Disposition.REJECT, case.rule)
+    finding = result.facts.findings[-1] if case.rule is not Rule.UNINSPECTABLE else result.facts.uninspectable[0]
+    assert case.detail in finding.describe()
+    _check_reply(result, case)
+
+
+@pytest.mark.parametrize("case", CLEAN, ids=lambda case: case.id)
+def test_clean(case, default_policy):
+    result = run(case.build(), default_policy)
+    assert (result.outcome, result.disposition, result.reply) == (Outcome.CLEAN, Disposition.CONTINUE, None), \
+        result.reason
+    assert not result.facts.findings
+    assert int(result.detail) >= 1
+
+
+def test_the_reply_names_file_rule_and_the_way_out(default_policy):
+    result = run(with_attachment(attachment(b"x", "invoice.pdf.exe")), default_policy)
+    assert str(result.reply) == (
+        '550 5.7.1 Attachment "invoice.pdf.exe" is blocked (extension .exe): executable files are not accepted '
+        "here; send them through authenticated submission on port 587")
+    assert result.log_value == "blocked:extension"
+
+
+def test_a_member_is_named_with_its_archive(default_policy):
+    result = run(with_attachment(attachment(corpus.zip_of({"setup.exe": b"x"}), "files.zip")), default_policy)
+    assert str(result.reply).startswith('550 5.7.1 Attachment "setup.exe" in "files.zip" is blocked (extension .exe)')
+    assert result.facts.findings[-1].path == "2/setup.exe"
+
+
+def test_a_hostile_name_is_sanitised_and_short(default_policy):
+    name = "%s\x01\"quoted\"\\\u202e" + "a" * 300 + ".exe"
+    raw = with_attachment(attachment(b"x", disposition="attachment; filename*=utf-8''" + urllib.parse.quote(name)))
+    result = run(raw, default_policy)
+    line = str(result.reply)
+    assert result.outcome is Outcome.BLOCKED
+    assert len(line) <= 250 and line.isascii() and line.isprintable() and '"quoted"' not in line
+
+
+@pytest.mark.parametrize(("case_id", "outcome"), [
+    ("mime-nested-30-levels", Outcome.CLEAN),
+    ("encrypted-zip-harmless-name", Outcome.CLEAN),
+    ("zip-bomb", Outcome.CLEAN),
+    ("corrupt-zip", Outcome.CLEAN),
+    ("7z-archive", Outcome.CLEAN),
+    ("encrypted-zip-exe-name", Outcome.BLOCKED),  # the name is readable: still an executable
+    ("zip-with-pe-named-txt", Outcome.BLOCKED),
+])
+def test_uninspectable_accept(case_id, outcome, default_policy):
+    case = next(case for case in BLOCKED if case.id == case_id)
+    result = run(case.build(), with_table(default_policy, uninspectable="accept"))
+    assert result.outcome is outcome
+    if outcome is Outcome.CLEAN:
+        assert (result.detail, result.disposition) == ("uninspectable", Disposition.CONTINUE)
+        assert "accepted without inspection" in result.reason
+
+
+def test_the_policy_list_decides_which_extensions(default_policy):
+    policy = with_table(default_policy, blocked_extensions=("pdf",))
+    assert run(with_attachment(attachment(b"x", "setup.exe")), policy).outcome is Outcome.CLEAN
+    assert run(with_attachment(attachment(corpus.pdf(), "a.PDF")), policy).outcome is Outcome.BLOCKED
+
+
+def test_a_higher_depth_limit_reaches_deeper(default_policy):
+    raw = corpus.message(corpus.nested_multipart(30, attachment(b"x", "deep.exe")))
+    assert run(raw, with_table(default_policy, max_depth=40)).detail == "extension"
+
+
+def test_limits_come_from_the_policy(default_policy):
+    limits = attachments.Limits.from_policy(with_table(default_policy, max_archive_members=3).attachments)
+    raw = with_attachment(attachment(corpus.zip_of({f"{n}.txt": b"x" for n in range(4)}), "four.zip"))
+    scan = attachments.scan_message(Message.from_bytes(raw), limits)
+    assert [f.detail for f in scan.findings] == ["more than 3 archive members"]
+
+
+def test_no_message_is_skipped(default_policy):
+    context = CheckContext(policy=default_policy, door=door_by_name(default_policy, "smtp"),
+                           session=Session(conn_id="t"), envelope=Envelope())
+    assert CHECK.run(context).outcome is Outcome.SKIPPED
+    assert (CHECK.name, CHECK.stage) == ("attachments", Stage.EOM)
+
+
+# --- the rules, one function at a time --------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("setup.exe", "setup.exe"),
+    ("SETUP.EXE", "setup.exe"),
+    ("setup.exe.", "setup.exe"),
+    ("setup.exe . . ", "setup.exe"),
+    ("setup.exe::$DATA", "setup.exe"),
+    ("dir/sub\\setup.exe", "setup.exe"),
+    ("set\u200bup.e\u200dxe", "setup.exe"),
+    ("invoice\u202efdp.exe", "invoicefdp.exe"),
+    ("\ufeffsetup.exe", "setup.exe"),
+    ("setup.\uff45\uff58\uff45", "setup.exe"),  # fullwidth letters fold (NFKC)
+    ("a\x00b\x07.exe", "ab.exe"),
+])
+def test_normalise_name(name, expected):
+    assert attachments.normalise_name(name) == expected
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("invoice.pdf.exe", (Rule.EXTENSION, "exe")),
+    ("report.exe.txt", None),
+    ("exe", None),
+    (".exe", (Rule.EXTENSION, "exe")),
+    ("archive.tar.gz", None),
+    ("invoice\u202efdp.exe", (Rule.DISGUISED, ".exe shown as .pdf")),
+    ("a\u202eb\u202c.pdf", None),  # an override that changes nothing visible about the extension
+    ("evil.exe\x00.pdf", (Rule.EXTENSION, "exe")),
+])
+def test_name_rule(name, expected):
+    assert attachments.name_rule(name, {"exe", "scr"}) == expected
+
+
+@pytest.mark.parametrize(("data", "kind"), [
+    (corpus.pe(), "pe"),
+    (corpus.pe(0x30000, 0x20000), "pe"),
+    (corpus.pe()[:0x80], None),  # the header it points at is missing
+    (corpus.mz_not_pe(), None),
+    (b"MZ", None),
+    (corpus.elf(), "elf"),
+    (b"\x7fELF\x09\x01\x01" + bytes(64), None),  # no such ELF class
+    (corpus.macho("64le"), "macho"),
+    (corpus.macho("fat"), "macho"),
+    (corpus.java_class(), None),
+    (corpus.pdf(), None),
+    (corpus.png(), None),
+    (corpus.jpeg(), None),
+    (corpus.docx(), None),
+    (b"", None),
+])
+def test_executable_kind(data, kind):
+    assert attachments.executable_kind(data, {"pe", "elf", "macho"}) == kind
+
+
+def test_policy_may_list_other_kinds_by_filetype_name():
+    swf = b"FWS\x0a" + bytes(64)
+    assert attachments.executable_kind(swf, {"pe", "swf"}) == "swf"
+    assert attachments.executable_kind(swf, {"pe"}) is None
+    assert {"pe", "elf", "macho", "swf", "wasm"} <= attachments.known_content_kinds()
+
+
+# --- the MIME walk agrees with the stdlib parser --------------------------------------------------
+
+
+# message/partial: the stdlib parses the fragment as a message; we refuse to guess at it.
+# Past 100 levels the stdlib parser itself dies of RecursionError.
+NOT_COMPARABLE = {"message-partial", "mime-nested-1000-levels", "rfc822-nested-200-levels"}
+
+
+@pytest.mark.parametrize("case", [c for c in BLOCKED + CLEAN
+                                  if "bomb" not in c.id and "5000" not in c.id and c.id not in NOT_COMPARABLE],
+                         ids=lambda case: case.id)
+def test_walk_sees_the_parts_the_stdlib_sees(case):
+    raw = case.build()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    ours = [(entity.number, entity.content_type, entity.names)
+            for entity in mimewalk.walk(head + b"\r\n", body, max_depth=100, max_parts=10_000)
+            if isinstance(entity, mimewalk.Entity) and entity.body is not None]
+    parsed = email.message_from_bytes(raw, policy=email.policy.compat32)
+    leaves = [part for part in parsed.walk() if not part.is_multipart()]
+    assert [content_type for _, content_type, _ in ours] == [
+        "text/plain" if part.get_content_maintype() == "multipart" else part.get_content_type() for part in leaves]
+    theirs = [part.get_filename() for part in leaves]
+    for (_, _, names), their in zip(ours, theirs, strict=True):
+        if their is None or "\ufffd" not in their:  # compat32 turns raw 8-bit bytes into U+FFFD; we decode them
+            decoded = mimewalk.decode_words(their) if their and "=?" in their else their
+            assert (names[0].strip() if names else None) == decoded
+
+
+def test_walk_decodes_each_part_like_the_stdlib():
+    raw = with_attachment(attachment(corpus.pe(), "a.bin"))
+    head, _, body = raw.partition(b"\r\n\r\n")
+    ours = [bytes(e.body) for e in mimewalk.walk(head + b"\r\n", body, 10, 100) if getattr(e, "body", None)]
+    theirs = [p.get_payload(decode=True) for p in email.message_from_bytes(raw).walk() if not p.is_multipart()]
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("body", [
+    pytest.param(b"pre\r\n--b\r\n\r\nA\r\n--b  \r\n\r\nB\r\n--b--\r\nepilogue --b\r\n", id="whitespace-and-epilogue"),
+    pytest.param(b"--b\n\nA\n--b\n\nB\n--b--\n", id="lf-only-no-preamble"),
+    pytest.param(b"--b\r\n\r\nA\r\n--b\r\n\r\nB without a close delimiter\r\n", id="no-close-delimiter"),
+    pytest.param(b"--b\r\n\r\nA\r\n--bX is text\r\n --b is text\r\n--b--x\r\n--b--\r\n", id="look-alikes"),
+    pytest.param(b"--b\r\n--b\r\n\r\nx\r\n--b--", id="empty-part"),
+    pytest.param(b"--b\rContent-Type: text/html\r\rA\r--b--\r", id="cr-only"),
+    pytest.param(b"no delimiter at all\r\n", id="no-delimiter"),
+    pytest.param(b"--b\r\nContent-Type: text/plain\r\nnot a header line\r\nA\r\n--b--\r\n", id="no-blank-line"),
+])
+def test_multipart_bodies_split_like_the_stdlib(body):
+    header = b"Content-Type: multipart/mixed; boundary=b\r\n"
+    ours = [bytes(e.body) for e in mimewalk.walk(header, body, 10, 100)
+            if isinstance(e, mimewalk.Entity) and e.body is not None]
+    parsed = email.message_from_bytes(header + b"\r\n" + body, policy=email.policy.compat32)
+    theirs = [part.get_payload(decode=True) for part in parsed.walk() if not part.is_multipart()]
+    assert ours == theirs
+
+
+# --- hostile input never raises ---------------------------------------------------------------
+
+
+def test_mutated_messages_never_raise(default_policy):
+    seeds = [case for case in BLOCKED + CLEAN if not {"bomb", "5000", "1000", "200"} & set(case.id.split("-"))]
+    rng = random.Random(4)
+    for round_ in range(300):
+        raw = bytearray(rng.choice(seeds).build())
+        for _ in range(rng.randint(1, 8)):
+            if not raw:
+                break
+            match rng.randrange(4):
+                case 0:
+                    raw[rng.randrange(len(raw))] = rng.randrange(256)
+                case 1:
+                    del raw[rng.randrange(len(raw)):]
+                case 2:
+                    position = rng.randrange(len(raw))
+                    raw[position:position] = rng.choice([b"\r\n--=_boundary\r\n", b"\r\n\r\n", b"=?", b"PK\x03\x04",
+                                                         b"\x1f\x8b\x08", b"begin 644 x\r\n", b";filename*0*="])
+                case 3:
+                    start = rng.randrange(len(raw))
+                    raw[start:start] = raw[start:start + rng.randrange(1, 2000)]
+        result = run(bytes(raw) or b"\r\n", default_policy)
+        assert result.outcome in (Outcome.BLOCKED, Outcome.CLEAN), (round_, result)
+
+
+@pytest.mark.parametrize("build", [
+    pytest.param(lambda: corpus.many_parts(200_000), id="200k-mime-parts"),
+    pytest.param(lambda: corpus.message(corpus.Part(['Content-Type: multipart/mixed; boundary="a"'],
+                                                     b"--ax\r\n" * 1_000_000)), id="1M-near-delimiters"),
+    pytest.param(lambda: corpus.message(text(b"begin 644 a" + b" " * 2_000_000 + b"x\n")), id="uuencode-begin-spaces"),
+    pytest.param(lambda: with_attachment(attachment(b"x", disposition='attachment; filename="' + ";" * 200_000)),
+                 id="quoted-semicolons"),
+    pytest.param(lambda: with_attachment(attachment(b"x", "a" + " ." * 100_000 + "b")), id="dots-and-spaces-name"),
+    pytest.param(lambda: with_attachment(attachment(b"x", disposition="attachment; filename*" + "9" * 5000 + "=c.exe")),
+                 id="rfc2231-huge-section-number"),
+    pytest.param(lambda: corpus.message(corpus.raw_part(["Content-Type: text/plain", "X-Long: " + "a" * 300_000],
+                                                        b"body")), id="huge-header"),
+])
+def test_pathological_input_is_cheap(build, default_policy):
+    raw = build()
+    started = time.perf_counter()
+    result = run(raw, default_policy)
+    print(f"\n{len(raw)} bytes: {result.log_value} in {(time.perf_counter() - started) * 1000:.0f} ms")
+    assert result.outcome in (Outcome.BLOCKED, Outcome.CLEAN)
+
+
+def test_mixed_rfc2231_sections_still_show_every_name(default_policy):
+    raw = with_attachment(attachment(b"x", disposition="attachment; filename*=utf-8''a.txt; filename*0=b.exe"))
+    assert run(raw, default_policy).facts.findings[0].filename == "b.exe"
+
+
+# --- cost ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("size", "wrap"), [
+    pytest.param(5 * 1024, "", id="5KB"),
+    pytest.param(100 * 1024, "", id="100KB"),
+    pytest.param(5 * 1024 * 1024, "", id="5MB"),
+    pytest.param(25 * 1024 * 1024, "", id="25MB"),
+    pytest.param(25 * 1024 * 1024, "zip", id="25MB-in-zip"),
+    pytest.param(25 * 1024 * 1024, "tar.gz", id="25MB-in-tar.gz"),
+])
+def test_cost_is_bounded(size, wrap, default_policy):
+    data = os.urandom(size)
+    match wrap:
+        case "zip":
+            data = corpus.zip_of({"data.bin": data}, zipfile.ZIP_STORED)
+        case "tar.gz":
+            data = corpus.tar_of({"data.bin": data})
+    raw = with_attachment(attachment(data, f"data.{wrap or 'bin'}"))
+    del data
+
+    def context() -> CheckContext:
+        return CheckContext(policy=default_policy, door=door_by_name(default_policy, "smtp"),
+                            session=Session(conn_id="t"), envelope=Envelope(), message=Message.from_bytes(raw))
+
+    timed, traced = context(), context()
+    started = time.perf_counter()
+    result = CHECK.run(timed)
+    elapsed = time.perf_counter() - started
+    tracemalloc.start()
+    try:
+        CHECK.run(traced)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        for done in (timed, traced):
+            assert done.message is not None
+            done.message.close()
+    print(f"\nattachment {size} B {wrap or 'plain'}, message {len(raw)} B: {elapsed * 1000:.1f} ms, "
+          f"peak {peak / 1e6:.1f} MB ({peak / len(raw):.2f}x the message)")
+    assert result.outcome is Outcome.CLEAN, result.reason
+    if size >= 5 * 1024 * 1024:
+        assert peak < 2 * len(raw)
