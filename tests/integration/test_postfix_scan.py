@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import DEFAULT_POLICY
 from tests.integration.scanners import EICAR, GTUBE, Clamd, Spamd
 from tests.integration.stack import MailStack, unverified_tls_context
-from tests.integration.test_scanning import with_attachment, zipped
+from tests.integration.test_scanning import nested, with_attachment, zipped
 
 pytestmark = pytest.mark.integration
 
@@ -93,7 +93,8 @@ def test_the_same_exe_authenticated_on_587_is_delivered(stack):
 @pytest.mark.parametrize(
     ("case", "raw"),
     [("plain", with_attachment("eicar.com.txt", EICAR, "eicar plain")),
-     ("zipped", with_attachment("eicar.zip", zipped("eicar.com.txt", EICAR), "eicar zipped"))],
+     ("zipped", with_attachment("eicar.zip", zipped("eicar.com.txt", EICAR), "eicar zipped")),
+     ("nested", nested(with_attachment("eicar.txt", EICAR, "eicar nested")))],
 )
 def test_eicar_is_refused_on_25_and_465_and_delivered_on_587(stack, scanners, case, raw):
     signature = scanners[0].signature_name
