@@ -315,8 +315,44 @@ STRICTEST = Listener(
 )
 
 
+class Publish(Strict):
+    """What `policy-milter dns-records` prints for each of site.domains."""
+
+    # Hosts and networks that send the site's mail: "192.0.2.10", "198.51.100.0/24",
+    # "2001:db8::/48", or a host name (published as a:NAME).
+    spf_senders: tuple[str, ...] = ()
+    spf_all: Literal["-all", "~all"] = "-all"
+    dmarc_policy: Literal["none", "quarantine", "reject"] = "none"
+    dmarc_subdomain_policy: Literal["none", "quarantine", "reject"] | None = None
+    # Where aggregate reports go, e.g. "mailto:dmarc-reports@example.org".
+    dmarc_rua: tuple[str, ...] = ()
+
+    @field_validator("spf_senders")
+    @classmethod
+    def _senders(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = []
+        for sender in value:
+            try:
+                ipaddress.ip_network(sender, strict=False)
+            except ValueError:
+                if not _HOSTNAME.match(sender):
+                    bad.append(sender)
+        if bad:
+            raise ValueError(f"{', '.join(map(repr, bad))}: not an IP address, network or host name")
+        return value
+
+    @field_validator("dmarc_rua")
+    @classmethod
+    def _rua(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [uri for uri in value if not re.fullmatch(r"mailto:[^@\s,;!]+@[^@\s,;!]+", uri)]
+        if bad:
+            raise ValueError(f"{', '.join(map(repr, bad))}: expected \"mailto:ADDRESS\" (RFC 7489 §6.2)")
+        return value
+
+
 class Policy(Strict):
     site: Site = Site()
+    publish: Publish = Publish()
     dns: Dns = Dns()
     listeners: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")], Listener] = Field(
         default_factory=dict
