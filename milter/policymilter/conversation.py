@@ -37,6 +37,7 @@ class Snapshot:
     files: tuple[str, ...] = ()
     generation: int = 1
     resolver: Resolver = field(default_factory=Resolver)
+    resources: Any = None  # what the policy refers to, loaded with it (service.Resources)
 
 
 class Conversation:
@@ -204,7 +205,8 @@ class Conversation:
 
     def context(self) -> CheckContext:
         return CheckContext(self.snapshot.policy, self.door, self.session, self.envelope or Envelope(),
-                            self.message, self.snapshot.resolver, self.budget, tuple(self.results))
+                            self.message, self.snapshot.resolver, self.budget, tuple(self.results),
+                            self.snapshot.resources)
 
     def _run(self, stage: Stage) -> Verdict:
         # dns.lifetime bounds the lookups of one stage: each has its own Postfix timeout

@@ -109,19 +109,23 @@ class Message:
         head = sum(len(h.name) + 1 + len(h.value) + 2 for h in self.headers)
         return head + 2 + self.body_size
 
-    def from_domains(self) -> set[str]:
-        """Domains of every RFC5322.From address (RFC 7489 §6.6.1), parsed leniently the way
-        mail clients display them (comments, display names, encoded words)."""
+    def from_addresses(self) -> list[str]:
+        """Every RFC5322.From address (addr-spec, lower case), parsed leniently the way mail
+        clients display them (comments, display names, encoded words)."""
         found: list[str] = []
         for value in self.header_values("From"):
             # unparsable by the modern parser: the classic one below may still read it
             with contextlib.suppress(ValueError, IndexError, TypeError):
-                found.extend(address.domain or "" for address in getattr(_HEADERS("from", value), "addresses", ()))
+                found.extend(address.addr_spec for address in getattr(_HEADERS("from", value), "addresses", ())
+                             if address.domain)
             # The union with the classic parser: an address one parser drops must still count,
             # or a crafted From could show one domain to the reader and another to DMARC.
-            found.extend(address.rpartition("@")[2] for _, address in email.utils.getaddresses([value])
-                         if "@" in address)
-        return {domain.strip().lower().rstrip(".") for domain in found if domain.strip()}
+            found.extend(address for _, address in email.utils.getaddresses([value]) if "@" in address)
+        return list(dict.fromkeys(address.strip().lower().rstrip(".") for address in found if address.strip()))
+
+    def from_domains(self) -> set[str]:
+        """Domains of every RFC5322.From address (RFC 7489 §6.6.1)."""
+        return {address.rpartition("@")[2] for address in self.from_addresses() if address.rpartition("@")[2]}
 
     def header_values(self, name: str) -> list[str]:
         wanted = name.lower()

@@ -51,6 +51,8 @@ class CheckContext:
     budget: Budget | None = None
     # What earlier checks of this transaction found (MAIL stage ones included).
     results: tuple[CheckResult, ...] = ()
+    # Loaded with the policy: the sender map, the signing keys.
+    resources: Any = None
 
     def result_of(self, check: str) -> CheckResult | None:
         return next((result for result in self.results if result.check == check), None)

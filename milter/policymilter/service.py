@@ -7,14 +7,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from policymilter import sendermap
 from policymilter.checks.antivirus import Antivirus
 from policymilter.checks.arc import Arc
 from policymilter.checks.attachments import Attachments
 from policymilter.checks.dkim import Dkim
 from policymilter.checks.dmarc import Dmarc
 from policymilter.checks.origin import Origin
+from policymilter.checks.sender import SenderEnvelope, SenderFrom
 from policymilter.checks.size import SizeDeclared, SizeReceived
 from policymilter.checks.spam import Spam
 from policymilter.checks.spf import Spf
@@ -25,9 +28,11 @@ from policymilter.logs import LOGGER, SessionLog, WarnOnce, event
 from policymilter.pipeline import Check, Pipeline
 from policymilter.policy import PolicyError, load_policy
 from policymilter.policy.model import Policy
+from policymilter.sendermap import SenderMap
 
 # The checks this version implements, in pipeline order (cheap before expensive).
-CHECKS: tuple[Check, ...] = (Spf(), Attachments(), Antivirus(), Spam(), Dkim(), Arc(), Dmarc())
+CHECKS: tuple[Check, ...] = (SenderEnvelope(), Spf(), SenderFrom(), Attachments(), Antivirus(), Spam(), Dkim(),
+                              Arc(), Dmarc())
 ALWAYS: tuple[Check, ...] = (Origin(), SizeDeclared(), SizeReceived())
 
 
@@ -35,10 +40,25 @@ def build_pipeline() -> Pipeline:
     return Pipeline(CHECKS, ALWAYS)
 
 
+@dataclass(frozen=True)
+class Resources:
+    """Files the policy refers to, read when the policy is (re)loaded."""
+
+    senders: SenderMap = field(default_factory=SenderMap)
+
+
+def load_resources(policy: Policy) -> Resources:
+    senders, issues = sendermap.load(policy)
+    if issues:
+        raise PolicyError(issues)
+    return Resources(senders)
+
+
 def snapshot_for(policy: Policy, files: Sequence[str] = (), generation: int = 1,
                  pipeline: Pipeline | None = None) -> Snapshot:
     resolver = Resolver(policy.dns.nameservers, policy.dns.timeout, policy.dns.lifetime)
-    return Snapshot(policy, pipeline or build_pipeline(), tuple(files), generation, resolver)
+    return Snapshot(policy, pipeline or build_pipeline(), tuple(files), generation, resolver,
+                    load_resources(policy))
 
 
 def load_snapshot(path: str | Path, overrides: Sequence[str] = (), generation: int = 1) -> Snapshot:

@@ -158,7 +158,7 @@ def test_missing_port_macro_is_named_with_its_postfix_parameter(logwatch):
         mta.helo()
         mta.auth("alice")
         # unknown listener: the strictest profile (auth allowed, over TLS, PLAIN/LOGIN)
-        assert mta.send(message=GOOD_MESSAGE) == Milter.ACCEPT
+        assert mta.send("<alice@example.org>", message=GOOD_MESSAGE) == Milter.ACCEPT
         mta.close()
     warnings = logwatch.events("macro_missing")
     assert len(warnings) == 1

@@ -1,0 +1,56 @@
+"""sender: an authenticated login may only use envelope senders and From addresses it owns.
+
+Owned: `sender.patterns` (default `{login}@{domain}` for each of site.domains) and the map file
+(`sender.map_file`). The envelope sender is checked at MAIL FROM, the From header at end of
+message. A mismatch is refused naming the address and the login (or only logged).
+"""
+
+from __future__ import annotations
+
+from policymilter import sendermap
+from policymilter.outcome import CheckResult, Disposition, Outcome, SmtpReply
+from policymilter.pipeline import CheckContext, Stage
+
+NAME = "sender"
+
+
+def _judge(context: CheckContext, addresses: list[str], what: str) -> CheckResult:
+    login = context.session.auth_login
+    if not login:
+        return CheckResult(NAME, Outcome.SKIPPED, reason="not authenticated", detail="anonymous")
+    senders = context.resources.senders if context.resources else sendermap.SenderMap()
+    foreign = [a for a in addresses if not sendermap.owns(context.policy, senders, login, a)]
+    if not foreign:
+        return CheckResult(NAME, Outcome.PASS, reason=f"{login} owns {', '.join(addresses) or 'the null sender'}",
+                           detail=what)
+    address = foreign[0]
+    reason = f"login {login} may not use {what} {address}"
+    if context.policy.sender.on_mismatch == "log":
+        return CheckResult(NAME, Outcome.FAIL, reason=reason + " (logged only)", detail=f"{what}-mismatch")
+    shown = "".join(char if char.isprintable() and char.isascii() else "?" for char in address)[:120]
+    reply = SmtpReply("550", "5.7.1", f"You are logged in as {login}, which may not send as {shown}: use one of "
+                                      "your own addresses, or ask the postmaster to add this one to your account")
+    return CheckResult(NAME, Outcome.FAIL, Disposition.REJECT, reply, reason=reason, detail=f"{what}-mismatch")
+
+
+class SenderEnvelope:
+    name = NAME
+    stage = Stage.MAIL
+
+    def run(self, context: CheckContext) -> CheckResult:
+        sender = context.envelope.mail_from
+        # The null sender owns nothing and claims nothing (bounces, receipts).
+        return _judge(context, [sender] if sender else [], "envelope")
+
+
+class SenderFrom:
+    name = NAME
+    stage = Stage.EOM
+
+    def run(self, context: CheckContext) -> CheckResult:
+        if context.message is None:
+            return CheckResult(NAME, Outcome.SKIPPED, reason="no message", detail="empty")
+        addresses = context.message.from_addresses()
+        if not addresses:
+            return _judge(context, ["(no From address)"], "From")
+        return _judge(context, addresses, "From")

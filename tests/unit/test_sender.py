@@ -1,0 +1,76 @@
+"""sender: which addresses an authenticated login may use (patterns + map file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from policymilter.cli import explain
+from policymilter.facts import Session
+from policymilter.listeners import door_by_name
+from policymilter.policy import PolicyError
+from policymilter.service import load_snapshot
+from tests.conftest import DEFAULT_POLICY, OFFLINE
+
+MAP = """\
+# login   addresses
+alice     alice.smith@example.org, postmaster@example.org
+bob:      @bobs-shop.example   # a whole domain
+"""
+
+
+def report(tmp_path: Path, login: str, mail_from: str, header_from: str | None = None, *extra: str) -> dict:
+    map_file = tmp_path / "senders"
+    map_file.write_text(MAP)
+    snapshot = load_snapshot(DEFAULT_POLICY, [*OFFLINE, 'site.domains=["example.org", "example.net"]',
+                                              f'sender.map_file="{map_file}"', *extra])
+    session = Session(conn_id="t", client_ip="192.0.2.9", helo="laptop", daemon_name="submission", daemon_port=587,
+                      auth_login=login, auth_mech="PLAIN", tls_version="TLSv1.3")
+    raw = f"From: {header_from or mail_from}\nTo: x@elsewhere.test\nSubject: s\n\nbody\n".encode()
+    return explain(snapshot, session, door_by_name(snapshot.policy, "submission"), raw, mail_from,
+                   ["x@elsewhere.test"])
+
+
+@pytest.mark.parametrize(
+    ("login", "mail_from", "header_from", "verdict"),
+    [
+        ("alice", "alice@example.org", None, "accept"),  # the {login}@{domain} pattern
+        ("alice", "ALICE@Example.NET", None, "accept"),  # every site domain, any case
+        ("alice", "alice.smith@example.org", None, "accept"),  # an alias from the map
+        ("alice", "", "alice@example.org", "accept"),  # the null sender claims nothing
+        ("bob", "anyone@bobs-shop.example", None, "accept"),  # a whole domain from the map
+        ("alice", "bob@example.org", None, "reject"),  # somebody else's address
+        ("alice", "alice@example.org", "ceo@example.org", "reject"),  # a foreign From header
+        ("carol", "carol.x@example.org", None, "reject"),
+    ],
+)
+def test_ownership(tmp_path, login, mail_from, header_from, verdict):
+    assert report(tmp_path, login, mail_from, header_from)["verdict"] == verdict
+
+
+def test_a_mismatch_names_the_address_and_the_login(tmp_path):
+    result = report(tmp_path, "alice", "bob@example.org")
+    assert result["smtp_reply"].startswith("550 5.7.1 You are logged in as alice, which may not send as "
+                                           "bob@example.org")
+    assert result["stage"] == "mail"
+    from_header = report(tmp_path, "alice", "alice@example.org", "ceo@example.org")
+    assert "may not send as ceo@example.org" in from_header["smtp_reply"] and from_header["stage"] == "eom"
+
+
+def test_log_only_mode_lets_it_through_and_says_so(tmp_path):
+    result = report(tmp_path, "alice", "bob@example.org", None, 'sender.on_mismatch="log"')
+    assert result["verdict"] == "accept"
+    [check] = [c for c in result["checks"] if c["check"] == "sender"][:1]
+    assert check["outcome"] == "fail" and "logged only" in check["reason"]
+
+
+def test_a_broken_map_file_is_a_policy_error_with_file_and_line(tmp_path):
+    map_file = tmp_path / "senders"
+    map_file.write_text("alice alice@example.org\nbob\ncarol not-an-address\n")
+    with pytest.raises(PolicyError) as caught:
+        load_snapshot(DEFAULT_POLICY, [f'sender.map_file="{map_file}"'])
+    assert [str(issue) for issue in caught.value.issues] == [
+        f"{map_file}:2: (sender map): expected: LOGIN ADDRESS[, ADDRESS...]",
+        f"{map_file}:3: (sender map): not-an-address: not an address (user@domain) or a domain (@domain)",
+    ]
