@@ -72,6 +72,20 @@ def build_parser() -> argparse.ArgumentParser:
                                                                       "(default: the To/Cc addresses)")
     explain.add_argument("--json", action="store_true", help="print one JSON object")
     explain.add_argument("message", help="the message file (RFC 5322, .eml); - for standard input")
+
+    keygen = commands.add_parser("dkim-keygen", help="make a DKIM signing key file; print its DNS record")
+    keygen.add_argument("--domain", required=True, help="the signing domain (d=), e.g. example.org")
+    keygen.add_argument("--selector", required=True, help="the selector (s=), e.g. s2026")
+    keygen.add_argument("--type", dest="key_type", choices=("rsa", "ed25519"), default="rsa",
+                        help="key type (default: rsa; many receivers cannot verify ed25519 yet)")
+    keygen.add_argument("--bits", type=int, default=None, help="RSA key size, 2048-4096 (default: 2048)")
+    keygen.add_argument("--out", required=True, metavar="DIR",
+                        help="directory for DOMAIN.SELECTOR.key (created with mode 0700 if missing)")
+    keygen.add_argument("--force", action="store_true", help="replace an existing key file")
+
+    records = commands.add_parser("dns-records", help="print the SPF, DKIM and DMARC records of site.domains "
+                                                      "in zone-file form")
+    _common(records, policy_required=True)
     return parser
 
 
@@ -259,6 +273,57 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dkim_keygen(args: argparse.Namespace) -> int:
+    from policymilter import keytool
+
+    kind = keytool.KeyType(args.key_type)
+    try:
+        domain = keytool.valid_domain(args.domain)
+        selector = keytool.valid_selector(args.selector, domain)
+        bits = keytool.rsa_bits(kind, args.bits)
+    except ValueError as error:
+        print(f"dkim-keygen: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    key_file = Path(args.out).absolute() / keytool.key_file_name(domain, selector)
+    replaced = key_file.exists() or key_file.is_symlink()
+    if replaced and not args.force:
+        print(f"dkim-keygen: {key_file} exists; not replacing it, as DNS may publish its record. To rotate "
+              "keys use a new --selector; to replace this key anyway, --force", file=sys.stderr)
+        return 1
+    private = keytool.generate_private_key(kind, bits)
+    try:
+        keytool.write_key_file(key_file, private, force=args.force)
+    except OSError as error:
+        print(f"dkim-keygen: cannot write {key_file}: {error.strerror or error}", file=sys.stderr)
+        return 1
+    print(keytool.txt_line(keytool.dkim_owner(selector, domain), keytool.public_record(private, kind.algorithm)))
+    print(keytool.next_steps(domain, selector, key_file, kind, replaced), file=sys.stderr)
+    return 0
+
+
+def cmd_dns_records(args: argparse.Namespace) -> int:
+    from policymilter import keytool
+    from policymilter.policy import load_policy
+
+    try:
+        policy = load_policy(args.policy, args.overrides).policy
+    except PolicyError as error:
+        _print_issues(error)
+        print(f"{args.policy}: {len(error.issues)} error(s); the policy was not accepted", file=sys.stderr)
+        return EXIT_INVALID
+    if not policy.site.domains:
+        print(f"dns-records: {args.policy}: site.domains is empty; there is nothing to publish", file=sys.stderr)
+        return EXIT_INVALID
+    zone = keytool.zone_text(policy, str(args.policy))
+    sys.stdout.write(zone.text)
+    if zone.problems:
+        print(f"dns-records: {len(zone.problems)} DKIM record(s) missing; see the ; lines:", file=sys.stderr)
+        for problem in zone.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     match args.command:
@@ -268,4 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_check_policy(args)
         case "explain":
             return cmd_explain(args)
+        case "dkim-keygen":
+            return cmd_dkim_keygen(args)
+        case "dns-records":
+            return cmd_dns_records(args)
     return EXIT_INVALID

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from policymilter import sendermap
+from policymilter import keytool, sendermap
 from policymilter.checks.antivirus import Antivirus
 from policymilter.checks.arc import Arc
 from policymilter.checks.attachments import Attachments
@@ -18,6 +18,7 @@ from policymilter.checks.dkim import Dkim
 from policymilter.checks.dmarc import Dmarc
 from policymilter.checks.origin import Origin
 from policymilter.checks.sender import SenderEnvelope, SenderFrom
+from policymilter.checks.signing import Signing
 from policymilter.checks.size import SizeDeclared, SizeReceived
 from policymilter.checks.spam import Spam
 from policymilter.checks.spf import Spf
@@ -27,12 +28,12 @@ from policymilter.facts import Session
 from policymilter.logs import LOGGER, SessionLog, WarnOnce, event
 from policymilter.pipeline import Check, Pipeline
 from policymilter.policy import PolicyError, load_policy
-from policymilter.policy.model import Policy
+from policymilter.policy.model import Policy, SigningKey
 from policymilter.sendermap import SenderMap
 
 # The checks this version implements, in pipeline order (cheap before expensive).
 CHECKS: tuple[Check, ...] = (SenderEnvelope(), Spf(), SenderFrom(), Attachments(), Antivirus(), Spam(), Dkim(),
-                              Arc(), Dmarc())
+                              Arc(), Dmarc(), Signing())
 ALWAYS: tuple[Check, ...] = (Origin(), SizeDeclared(), SizeReceived())
 
 
@@ -40,18 +41,35 @@ def build_pipeline() -> Pipeline:
     return Pipeline(CHECKS, ALWAYS)
 
 
+# domain -> [(key, private key bytes, problem)]; a key that cannot be used keeps its problem,
+# and the signing check applies signing.on_missing_key to it.
+Keys = dict[str, list[tuple[SigningKey, bytes, str]]]
+
+
 @dataclass(frozen=True)
 class Resources:
     """Files the policy refers to, read when the policy is (re)loaded."""
 
     senders: SenderMap = field(default_factory=SenderMap)
+    keys: Keys = field(default_factory=dict)
+
+
+def load_keys(policy: Policy) -> Keys:
+    keys: Keys = {}
+    for domain, entries in policy.signing.keys.items():
+        for key in entries:
+            try:
+                keys.setdefault(domain, []).append((key, keytool.load_private_key(key.key_file, key.algorithm), ""))
+            except keytool.KeyFileError as error:
+                keys.setdefault(domain, []).append((key, b"", str(error)))
+    return keys
 
 
 def load_resources(policy: Policy) -> Resources:
     senders, issues = sendermap.load(policy)
     if issues:
         raise PolicyError(issues)
-    return Resources(senders)
+    return Resources(senders, load_keys(policy))
 
 
 def snapshot_for(policy: Policy, files: Sequence[str] = (), generation: int = 1,

@@ -34,9 +34,12 @@ DOMAINS = ("example.org", "example.net", "example.test", "elsewhere.test")
 DNS_OPTIONS: list[str] = []
 
 
+DNS_OPTIONS_EXTRA: list[str] = []
+
+
 def milter_command(stack: MailStack, policy: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "policymilter", "run", "--policy", str(policy),
-            "--socket", f"unix:{stack.milter_socket}", *DNS_OPTIONS, *extra]
+            "--socket", f"unix:{stack.milter_socket}", *DNS_OPTIONS, *DNS_OPTIONS_EXTRA, *extra]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -54,6 +57,10 @@ def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the shipped policy that reload tests may change (and restore)."""
     directory = tmp_path_factory.mktemp("policy")
     shutil.copy(DEFAULT_POLICY / "default.toml", directory / "default.toml")
+    # These tests send from unique addresses (to find their summary lines): the test users own
+    # all of example.org. Sender ownership itself is tested in test_postfix_submission.py.
+    (directory / "senders").write_text("alice @example.org\ncarol @example.org\n")
+    DNS_OPTIONS_EXTRA[:] = ["-o", f'sender.map_file="{directory / "senders"}"']
     return directory
 
 

@@ -32,8 +32,9 @@ def scanners(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Clamd, 
 def stack(tmp_path_factory: pytest.TempPathFactory, scanners: tuple[Clamd, Spamd]) -> Iterator[MailStack]:
     clamd, spamd = scanners
     options = [f'antivirus.servers=["{clamd.endpoint}"]', f'spam.servers=["{spamd.endpoint}"]',
-               # sender authentication has its own end-to-end tests (with a real DNS server)
-               "spf.enabled=false", "dkim.enabled=false", "arc.enabled=false", "dmarc.enabled=false"]
+               # sender authentication and ownership have their own end-to-end tests
+               "spf.enabled=false", "dkim.enabled=false", "arc.enabled=false", "dmarc.enabled=false",
+               "sender.enabled=false"]
     with MailStack(tmp_path_factory.mktemp("stack")) as running:
         running.start_milter([sys.executable, "-m", "policymilter", "run", "--policy", str(DEFAULT_POLICY),
                               "--socket", f"unix:{running.milter_socket}",

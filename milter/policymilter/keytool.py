@@ -1,0 +1,487 @@
+"""DKIM key files and the DNS records a site publishes (`dkim-keygen`, `dns-records`).
+
+A key file holds what dkimpy's `dkim.sign(privkey=...)` takes:
+- RSA: PEM, PKCS#1 (`-----BEGIN RSA PRIVATE KEY-----`), unencrypted;
+- Ed25519: one line, base64 of the raw 32-byte private seed (what `dknewkey --ktype ed25519` writes).
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import os
+import re
+import stat
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+from policymilter.policy.model import Policy, Publish, SigningKey
+
+TTL = 3600
+DEFAULT_RSA_BITS = 2048
+MIN_RSA_BITS = 2048  # what we generate; RFC 8301 §3.2 lets verifiers accept 1024, so loading allows it
+MAX_RSA_BITS = 4096
+MIN_LOADABLE_RSA_BITS = 1024  # RFC 8301 §3.2: verifiers MUST NOT accept shorter keys
+MAX_KEY_FILE_SIZE = 64 * 1024
+TXT_CHUNK = 255  # RFC 1035 §3.3: one character-string is at most 255 octets
+MILTER_USER = "policy-milter"
+# Group/other bits a key file must not have: group may read (0640), nothing else.
+FORBIDDEN_MODE_BITS = 0o037
+# RFC 7208 §4.6.4: at most 10 mechanisms that cause DNS lookups (a: is one).
+SPF_LOOKUP_LIMIT = 10
+
+_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$", re.ASCII)
+
+
+class KeyFileError(Exception):
+    """A key file that must not or cannot be used; the message names the file and the fix."""
+
+
+class KeyType(StrEnum):
+    RSA = "rsa"
+    ED25519 = "ed25519"
+
+    @property
+    def algorithm(self) -> str:
+        """The policy's `algorithm` value (the DKIM a= tag)."""
+        return f"{self.value}-sha256"
+
+
+def key_type(algorithm: str) -> KeyType:
+    """`rsa-sha256` / `ed25519-sha256` (or the bare `rsa` / `ed25519`) as a KeyType."""
+    for kind in KeyType:
+        if algorithm in (kind.value, kind.algorithm):
+            return kind
+    raise ValueError(f"unknown DKIM key algorithm {algorithm!r} (expected rsa-sha256 or ed25519-sha256)")
+
+
+# --- names ---------------------------------------------------------------------------------
+
+
+def valid_domain(domain: str) -> str:
+    """A signing domain, lower case, no trailing dot; ValueError says what is wrong."""
+    name = domain.strip().rstrip(".").lower()
+    labels = name.split(".")
+    if not name or len(name) > 253 or len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
+        raise ValueError(f"--domain {domain!r}: expected a domain name like example.org "
+                         "(letters, digits and hyphens; labels of 1-63 characters; at least two labels)")
+    return name
+
+
+def valid_selector(selector: str, domain: str) -> str:
+    """RFC 6376 §3.1: dot-separated sub-domain labels, and the whole query name within 253 characters."""
+    name = selector.strip().lower()
+    if not name or not all(_LABEL.match(label) for label in name.split(".")):
+        raise ValueError(f"--selector {selector!r}: expected one or more DNS labels like s2026 or mail.2026 "
+                         "(letters, digits and hyphens; RFC 6376 §3.1)")
+    owner = f"{name}._domainkey.{domain}"
+    if len(owner) > 253:
+        raise ValueError(f"--selector {selector!r}: {owner} is longer than a DNS name may be (253 characters)")
+    return name
+
+
+def rsa_bits(kind: KeyType, bits: int | None) -> int | None:
+    """The RSA key size to generate (None for Ed25519); ValueError for sizes we do not make."""
+    if kind is KeyType.ED25519:
+        if bits is not None:
+            raise ValueError("--bits applies to RSA keys only; an Ed25519 key has no size to choose")
+        return None
+    if bits is None:
+        return DEFAULT_RSA_BITS
+    if bits < MIN_RSA_BITS:
+        raise ValueError(f"--bits {bits}: RSA keys shorter than {MIN_RSA_BITS} bits are refused "
+                         "(1024-bit keys are weak and some receivers ignore them; RFC 8301 §3.2)")
+    if bits > MAX_RSA_BITS:
+        raise ValueError(f"--bits {bits}: at most {MAX_RSA_BITS}; longer keys do not fit the DNS records "
+                         "many providers accept")
+    return bits
+
+
+# --- keys ----------------------------------------------------------------------------------
+
+
+def generate_private_key(kind: KeyType, bits: int | None = None) -> bytes:
+    """A new key, as the bytes of its key file."""
+    if kind is KeyType.ED25519:
+        seed = ed25519.Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+        return base64.b64encode(seed) + b"\n"
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits or DEFAULT_RSA_BITS)
+    return _pkcs1(key)
+
+
+def _pkcs1(key: rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                             serialization.NoEncryption())
+
+
+def _parse_pem(data: bytes) -> object:
+    try:
+        return serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise ValueError("the key is encrypted with a passphrase, which the milter cannot type; "
+                         "write it unencrypted (openssl pkey -in FILE -out NEW) and protect it with "
+                         "file permissions instead") from None
+    except (ValueError, UnsupportedAlgorithm) as error:
+        raise ValueError(f"not a readable PEM private key ({error})") from None
+
+
+def _parse_rsa(data: bytes) -> rsa.RSAPrivateKey:
+    if b"-----BEGIN" not in data:
+        raise ValueError("not an RSA private key: expected PEM (-----BEGIN RSA PRIVATE KEY-----), "
+                         "as `policy-milter dkim-keygen --type rsa` writes")
+    key = _parse_pem(data)
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        raise ValueError('holds an Ed25519 key, but the policy says rsa-sha256: set algorithm = "ed25519-sha256"')
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError(f"holds a {type(key).__name__.lstrip('_')}, not an RSA private key")
+    if key.key_size < MIN_LOADABLE_RSA_BITS:
+        raise ValueError(f"a {key.key_size}-bit RSA key is too short: receivers ignore signatures made with it "
+                         "(RFC 8301 §3.2); make a 2048-bit key with `policy-milter dkim-keygen`")
+    return key
+
+
+def _parse_ed25519(data: bytes) -> ed25519.Ed25519PrivateKey:
+    if b"-----BEGIN" in data:
+        key = _parse_pem(data)
+        if isinstance(key, ed25519.Ed25519PrivateKey):
+            return key
+        if isinstance(key, rsa.RSAPrivateKey):
+            raise ValueError('holds an RSA key, but the policy says ed25519-sha256: set algorithm = "rsa-sha256" '
+                             "(or leave algorithm out)")
+        raise ValueError(f"holds a {type(key).__name__.lstrip('_')}, not an Ed25519 private key")
+    text = data.strip()
+    try:
+        seed = base64.b64decode(text, validate=True)
+    except ValueError:
+        seed = b""
+    if len(seed) != 32 or b"\n" in text:
+        raise ValueError("not an Ed25519 private key: expected one line of base64 holding the 32-byte seed, "
+                         "as `policy-milter dkim-keygen --type ed25519` (or dkimpy's dknewkey) writes")
+    return ed25519.Ed25519PrivateKey.from_private_bytes(seed)
+
+
+def _ed25519_seed(key: ed25519.Ed25519PrivateKey) -> bytes:
+    return base64.b64encode(key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                              serialization.NoEncryption()))
+
+
+def parse_private_key(data: bytes, algorithm: str = "rsa-sha256") -> bytes:
+    """The key as dkimpy's sign() takes it (PKCS#1 PEM, or the base64 seed); ValueError if it is not one."""
+    if key_type(algorithm) is KeyType.RSA:
+        return _pkcs1(_parse_rsa(data))
+    return _ed25519_seed(_parse_ed25519(data))
+
+
+def load_private_key(path: str | Path, algorithm: str = "rsa-sha256") -> bytes:
+    """Read a key file for signing, refusing one other users could read or swap.
+
+    Returns what dkimpy's sign() takes (see parse_private_key); raises KeyFileError.
+    """
+    kind = key_type(algorithm)
+    try:
+        info = os.lstat(path)
+    except OSError as error:
+        raise KeyFileError(f"{path}: cannot read the key file ({error.strerror}); check key_file, or make a key "
+                           "with `policy-milter dkim-keygen`") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise KeyFileError(f"{path}: is a symbolic link; a key file must be a regular file "
+                           f"(set key_file to the real file, {os.path.realpath(path)})")
+    try:
+        # O_NOFOLLOW: the file checked above is the file read; O_NONBLOCK: a FIFO must not hang us.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        hint = f"the milter's user must be able to read it: chown {MILTER_USER} {path}"
+        raise KeyFileError(f"{path}: cannot read the key file ({error.strerror}); {hint}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise KeyFileError(f"{path}: not a regular file; key_file must name a key file")
+    with os.fdopen(fd, "rb") as file:
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & FORBIDDEN_MODE_BITS:
+            raise KeyFileError(f"{path}: mode {mode:04o} lets other users read or replace the private key; "
+                               f"run chmod 600 {path} (or 640 with group {MILTER_USER})")
+        if info.st_size > MAX_KEY_FILE_SIZE:
+            raise KeyFileError(f"{path}: {info.st_size} bytes is far too large for a DKIM key; "
+                               "does key_file name the right file?")
+        try:
+            data = file.read(MAX_KEY_FILE_SIZE + 1)
+        except OSError as error:
+            raise KeyFileError(f"{path}: cannot read the key file ({error.strerror})") from None
+    try:
+        return parse_private_key(data, kind.algorithm)
+    except ValueError as error:
+        raise KeyFileError(f"{path}: {error} (the policy says algorithm = {kind.algorithm!r})") from None
+
+
+def public_record(private: bytes, algorithm: str) -> str:
+    """The DKIM TXT value for a private key (RFC 6376 §3.6.1; Ed25519: RFC 8463 §4.2); ValueError if unparsable."""
+    if key_type(algorithm) is KeyType.RSA:
+        public = _parse_rsa(private).public_key().public_bytes(serialization.Encoding.DER,
+                                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+        return f"v=DKIM1; k=rsa; p={base64.b64encode(public).decode()}"
+    raw = _parse_ed25519(private).public_key().public_bytes(serialization.Encoding.Raw,
+                                                            serialization.PublicFormat.Raw)
+    return f"v=DKIM1; k=ed25519; p={base64.b64encode(raw).decode()}"
+
+
+def key_file_name(domain: str, selector: str) -> str:
+    return f"{domain}.{selector}.key"
+
+
+def write_key_file(path: Path, content: bytes, force: bool = False) -> None:
+    """Create `path` with mode 0600 from its first byte; replace an existing file only if `force`.
+
+    The directory is created 0700 if missing. Raises OSError (FileExistsError without force).
+    """
+    directory = path.parent
+    if not directory.exists():
+        directory.mkdir(mode=0o700, parents=True)
+        os.chmod(directory, 0o700)  # the umask may have taken bits away; never adds any
+    target = path if not force else directory / f".{path.name}.{os.getpid()}.new"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(target, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # exactly 0600 whatever the umask (it can only have removed owner bits)
+        with os.fdopen(fd, "wb") as file:
+            file.write(content)
+            file.flush()
+            os.fsync(file.fileno())
+        if force:
+            os.replace(target, path)  # atomic: readers see the old key or the new one, never half of one
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+
+
+# --- zone-file text ------------------------------------------------------------------------
+
+
+def _escape(chunk: bytes) -> str:
+    """RFC 1035 §5.1 quoting inside a character-string."""
+    out = []
+    for byte in chunk:
+        if byte in (0x22, 0x5C):
+            out.append("\\" + chr(byte))
+        elif 0x20 <= byte < 0x7F:
+            out.append(chr(byte))
+        else:
+            out.append(f"\\{byte:03d}")
+    return "".join(out)
+
+
+def txt_strings(value: str) -> list[bytes]:
+    """Split a TXT value into ≤255-octet strings, at spaces where possible.
+
+    SPF (RFC 7208 §3.3), DKIM (RFC 6376 §3.6.2.2) and DMARC join the strings with nothing between them,
+    so each space stays at the end of its string.
+    """
+    strings: list[bytes] = []
+    current = b""
+    for word in re.findall(rb"[^ ]+ *| +", value.encode()):
+        if len(current) + len(word) <= TXT_CHUNK:
+            current += word
+            continue
+        if current:
+            strings.append(current)
+        while len(word) > TXT_CHUNK:
+            strings.append(word[:TXT_CHUNK])
+            word = word[TXT_CHUNK:]
+        current = word
+    if current or not strings:
+        strings.append(current)
+    return strings
+
+
+def txt_line(owner: str, value: str, ttl: int = TTL) -> str:
+    """One TXT record in zone-file form; several strings go in ( ) on the same line."""
+    chunks = txt_strings(value)
+    strings = " ".join(f'"{_escape(chunk)}"' for chunk in chunks)
+    rdata = strings if len(chunks) == 1 else f"( {strings} )"
+    return f"{owner.rstrip('.')}. {ttl} IN TXT {rdata}"
+
+
+def dkim_owner(selector: str, domain: str) -> str:
+    return f"{selector}._domainkey.{domain}"
+
+
+def spf_value(publish: Publish) -> str:
+    terms = ["v=spf1"]
+    for sender in publish.spf_senders:
+        try:
+            network = ipaddress.ip_network(sender, strict=False)
+        except ValueError:
+            terms.append(f"a:{sender.lower().rstrip('.')}")
+            continue
+        prefix = "ip4" if network.version == 4 else "ip6"
+        full = network.prefixlen == network.max_prefixlen
+        terms.append(f"{prefix}:{network.network_address if full else network}")
+    terms.append(publish.spf_all)
+    return " ".join(terms)
+
+
+def dmarc_value(publish: Publish) -> str:
+    tags = ["v=DMARC1", f"p={publish.dmarc_policy}"]
+    if publish.dmarc_subdomain_policy is not None:
+        tags.append(f"sp={publish.dmarc_subdomain_policy}")
+    if publish.dmarc_rua:
+        tags.append(f"rua={','.join(publish.dmarc_rua)}")
+    tags += ["adkim=r", "aspf=r"]  # RFC 7489 §3.1: relaxed alignment lets subdomains sign and send
+    return "; ".join(tags)
+
+
+def _rua_domains(publish: Publish) -> list[str]:
+    return list(dict.fromkeys(uri.rpartition("@")[2].lower().rstrip(".") for uri in publish.dmarc_rua))
+
+
+@dataclass(frozen=True)
+class ZoneText:
+    text: str
+    problems: tuple[str, ...]  # one per key that could not be read (each also a `;` line in text)
+
+
+def _rollout(policy: Policy, source: str) -> list[str]:
+    publish = policy.publish
+    lines = [
+        f"; DNS records for {', '.join(policy.site.domains)}, from the policy {source}",
+        "; (policy-milter dns-records). Strings inside ( ) are joined without anything between them.",
+        "; A domain has exactly one SPF record: merge these senders into an existing v=spf1 record.",
+        ";",
+        "; A safe rollout:",
+        ";  1. Publish the SPF and DKIM records; send test mail and check that receivers see",
+        ";     spf=pass and dkim=pass in the Authentication-Results header.",
+        ';  2. Publish DMARC with publish.dmarc_policy = "none" and a publish.dmarc_rua address,',
+        ";     and read the aggregate reports for a few weeks.",
+        ";  3. Make sure every legitimate source passes: mail sent through authenticated submission",
+        ";     is signed here; web applications, newsletters and outside providers need listing in",
+        ";     publish.spf_senders or their own DKIM key; forwarders and mailing lists break SPF,",
+        ";     so only a DKIM signature carries that mail.",
+        ';  4. Then dmarc_policy = "quarantine" (adding pct=N to the record applies it to N% of',
+        ";     failing mail at first).",
+        ';  5. Then dmarc_policy = "reject".',
+    ]
+    if publish.dmarc_policy in ("quarantine", "reject"):
+        if not publish.dmarc_rua:
+            lines += [";",
+                      f'; WARNING: dmarc_policy = "{publish.dmarc_policy}" but publish.dmarc_rua is empty: no',
+                      ";   aggregate reports, so mail refused for failing DMARC (a sender you forgot) goes unseen."]
+        keyless = [domain for domain in policy.site.domains if not _keys_of(policy, domain)]
+        if keyless:
+            lines += [";",
+                      f'; WARNING: dmarc_policy = "{publish.dmarc_policy}" but signing.keys has no key for '
+                      f"{', '.join(keyless)}:",
+                      ";   such mail passes DMARC only through SPF, which every forward breaks."]
+    return lines
+
+
+def _keys_of(policy: Policy, domain: str) -> tuple[SigningKey, ...]:
+    return tuple(key for name, keys in policy.signing.keys.items()
+                 if name.lower().rstrip(".") == domain for key in keys)
+
+
+def _dkim_lines(domain: str, keys: Sequence[SigningKey]) -> tuple[list[str], list[str]]:
+    lines: list[str] = []
+    problems: list[str] = []
+    for key in keys:
+        owner = dkim_owner(key.selector, domain)
+        try:
+            selector = valid_selector(key.selector, domain)
+        except ValueError as error:
+            problem = f"{domain}: signing.keys selector {key.selector!r} is not usable: {error}"
+        else:
+            owner = dkim_owner(selector, domain)
+            try:
+                lines.append(txt_line(owner, public_record(load_private_key(key.key_file, key.algorithm),
+                                                           key.algorithm)))
+                continue
+            except KeyFileError as error:
+                problem = f"{owner}: no record: {error}"
+        lines.append(f"; {problem}")
+        problems.append(problem)
+    return lines, problems
+
+
+def _report_authorisations(domain: str, domains: Sequence[str], rua_domains: Sequence[str],
+                           org_of: Callable[[str], str]) -> list[str]:
+    """RFC 7489 §7.1: a report address outside a domain's Organizational Domain must be authorised by the
+    report address's domain: printed here when that domain is ours, else a comment."""
+    lines = []
+    for rua_domain in rua_domains:
+        if org_of(rua_domain) != org_of(domain) and rua_domain not in domains:
+            lines.append(f'; reports go to {rua_domain}, which must publish {domain}._report._dmarc.{rua_domain}. '
+                         'TXT "v=DMARC1" (RFC 7489 §7.1), or receivers send none')
+    if domain in rua_domains:
+        lines += [txt_line(f"{other}._report._dmarc.{domain}", "v=DMARC1") for other in domains
+                  if org_of(other) != org_of(domain)]
+    return lines
+
+
+def zone_text(policy: Policy, source: str) -> ZoneText:
+    """SPF, DKIM and DMARC records for every one of site.domains, after a rollout comment block."""
+    from policymilter.dmarc_policy import organizational_domain  # loads the PSL: only when needed
+
+    publish = policy.publish
+    lines = _rollout(policy, source)
+    problems: list[str] = []
+    domains = list(policy.site.domains)
+    for domain in domains:
+        lines += ["", f"; {domain}"]
+        if not publish.spf_senders:
+            lines.append("; no senders listed in publish.spf_senders: this record says nobody may send "
+                         f"mail as {domain}")
+        lookups = sum(1 for term in spf_value(publish).split() if term.startswith("a:"))
+        if lookups > SPF_LOOKUP_LIMIT:
+            lines.append(f"; WARNING: {lookups} host names: SPF allows {SPF_LOOKUP_LIMIT} DNS lookups "
+                         "(RFC 7208 §4.6.4); list addresses instead")
+        lines.append(txt_line(domain, spf_value(publish)))
+        dkim, missing = _dkim_lines(domain, _keys_of(policy, domain))
+        lines += dkim
+        problems += missing
+        lines.append(txt_line(f"_dmarc.{domain}", dmarc_value(publish)))
+        lines += _report_authorisations(domain, domains, _rua_domains(publish), organizational_domain)
+    extra = [name for name in policy.signing.keys if name.lower().rstrip(".") not in domains]
+    for name in extra:
+        domain = name.lower().rstrip(".")
+        lines += ["", f"; {domain}: has signing.keys but is not in site.domains (only its DKIM records)"]
+        dkim, missing = _dkim_lines(domain, policy.signing.keys[name])
+        lines += dkim
+        problems += missing
+    return ZoneText("\n".join(lines) + "\n", tuple(problems))
+
+
+# --- dkim-keygen ---------------------------------------------------------------------------
+
+
+def toml_key_entry(domain: str, selector: str, key_file: Path, kind: KeyType) -> str:
+    """The `[signing.keys]` line for a key (TOML basic strings accept JSON string syntax)."""
+    fields = [f"selector = {json.dumps(selector)}", f"key_file = {json.dumps(str(key_file))}"]
+    if kind is KeyType.ED25519:
+        fields.append(f"algorithm = {json.dumps(kind.algorithm)}")
+    return f"{json.dumps(domain)} = [{{ {', '.join(fields)} }}]"
+
+
+def next_steps(domain: str, selector: str, key_file: Path, kind: KeyType, replaced: bool) -> str:
+    owner = dkim_owner(selector, domain)
+    lines = [f"wrote {key_file} (mode 0600)"]
+    if replaced:
+        lines.append(f"replaced the key that was there: until {owner} publishes the record above, "
+                     "signatures made with the new key fail (to rotate keys, use a new selector)")
+    lines += [
+        "next steps:",
+        f"  1. publish the TXT record printed above at {owner}",
+        f"     (check: dig +short TXT {owner})",
+        "  2. add the key to the policy, in [signing.keys]:",
+        f"       {toml_key_entry(domain, selector, key_file, kind)}",
+        f"  3. let the milter read the key, and nobody else: chown {MILTER_USER} {key_file}",
+        f"     (keep mode 0600; or chown root:{MILTER_USER} and chmod 640)",
+        "  4. policy-milter check-policy /etc/policy-milter && systemctl reload policy-milter",
+    ]
+    return "\n".join(lines)
