@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -23,6 +24,20 @@ class ScanResult:
     infected: bool
     signature: str = ""
     server: str = ""
+
+
+class Deadline:
+    """One time limit for a whole scan: a server that trickles bytes cannot stretch it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+
+    def arm(self, sock: socket.socket) -> None:
+        """Give the next socket call only the time that is left."""
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise ScannerError("scan time limit reached")
+        sock.settimeout(left)
 
 
 def connect(endpoint: str, timeout: float) -> socket.socket:
@@ -45,31 +60,46 @@ def connect(endpoint: str, timeout: float) -> socket.socket:
     return sock
 
 
-def _reply(sock: socket.socket) -> str:
-    data = b""
+MAX_REPLY = 4096  # "stream: <signature name> FOUND" is short; anything longer is not clamd
+
+
+def _reply(sock: socket.socket, deadline: Deadline) -> str:
+    data = bytearray()
     while not data.endswith(b"\0"):
+        deadline.arm(sock)
         chunk = sock.recv(4096)
         if not chunk:
             break
         data += chunk
-    return data.rstrip(b"\0").decode("utf-8", "replace").strip()
+        if len(data) > MAX_REPLY:
+            raise ScannerError("clamd sent an oversized reply")
+    return bytes(data).rstrip(b"\0").decode("utf-8", "replace").strip()
+
+
+def shown(text: str, limit: int = 200) -> str:
+    """A server's words, fit for a log line."""
+    return "".join(char if char.isprintable() else "?" for char in text)[:limit]
 
 
 def instream(endpoint: str, chunks: Iterable[bytes], timeout: float) -> ScanResult:
+    deadline = Deadline(timeout)
     with connect(endpoint, timeout) as sock:
         try:
+            deadline.arm(sock)
             sock.sendall(b"zINSTREAM\0")
             for chunk in chunks:
                 for start in range(0, len(chunk), CHUNK):
                     piece = chunk[start:start + CHUNK]
+                    deadline.arm(sock)
                     sock.sendall(struct.pack("!L", len(piece)) + piece)
+            deadline.arm(sock)
             sock.sendall(struct.pack("!L", 0))
         except (BrokenPipeError, ConnectionResetError):
             # Over StreamMaxLength clamd answers and closes while we are still sending: its
             # reply (if it got through) says why.
             pass
         try:
-            reply = _reply(sock)
+            reply = _reply(sock, deadline)
         except ConnectionResetError:
             reply = ""
     if not reply:
@@ -80,15 +110,21 @@ def instream(endpoint: str, chunks: Iterable[bytes], timeout: float) -> ScanResu
         return ScanResult(False, server=endpoint)
     if status.endswith(" FOUND"):
         return ScanResult(True, status.removesuffix(" FOUND").strip(), endpoint)
-    raise ScannerError(f"clamd at {endpoint} answered {reply!r}")
+    raise ScannerError(f"clamd at {endpoint} answered {shown(reply)!r}")
 
 
 def scan(endpoints: Sequence[str], source: Callable[[], Iterable[bytes]], timeout: float) -> ScanResult:
-    """Scan with the first endpoint that answers; `source()` streams the message anew per try."""
+    """Scan with the first endpoint that answers, all tries within `timeout` together (Postfix
+    gives up on the milter after milter_content_timeout); `source()` streams the message anew."""
     errors = []
+    overall = Deadline(timeout)
     for endpoint in endpoints:
+        left = overall.end - time.monotonic()
+        if left <= 0:
+            errors.append("scan time limit reached")
+            break
         try:
-            return instream(endpoint, source(), timeout)
+            return instream(endpoint, source(), left)
         except (OSError, ScannerError) as error:  # unreachable or broken: the next one may answer
             errors.append(f"{endpoint}: {error}")
     raise ScannerError("; ".join(errors) or "no clamd server configured")

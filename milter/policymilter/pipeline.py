@@ -116,7 +116,7 @@ class Pipeline:
         except Exception as error:  # any bug in a check becomes `error`, never a crash
             event(log, logging.ERROR, "check_crashed", f"check {check.name} raised {error!r}",
                   exc_info=True, check=check.name)
-            result = CheckResult(check.name, Outcome.ERROR, reason=f"{type(error).__name__}: {error}",
+            result = CheckResult(check.name, Outcome.ERROR, reason=f"{type(error).__name__}: {error}"[:300],
                                  detail=type(error).__name__)
         elapsed = (time.perf_counter() - started) * 1000
         if result.outcome is Outcome.ERROR:

@@ -37,8 +37,9 @@ def parse(text: str, source: str) -> tuple[SenderMap, list[PolicyIssue]]:
         content = line.split("#", 1)[0].strip()
         if not content:
             continue
-        login, _, rest = content.partition(" ") if ":" not in content.split()[0] else content.partition(":")
-        login = login.strip().rstrip(":")
+        # "login addr", "login: addr", "login<TAB>addr" (Postfix-style maps use tabs)
+        parts = re.split(r"\s*:\s*|\s+", content, maxsplit=1)
+        login, rest = parts[0], parts[1] if len(parts) > 1 else ""
         addresses = [a for a in re.split(r"[\s,]+", rest.strip()) if a]
         if not _LOGIN.match(login) or not addresses:
             issues.append(PolicyIssue(source, number, "(sender map)", "expected: LOGIN ADDRESS[, ADDRESS...]"))

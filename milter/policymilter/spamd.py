@@ -7,12 +7,16 @@ protocol is a request line, two headers and the message.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from policymilter.clamav import ScannerError, connect
+from policymilter.clamav import Deadline, ScannerError, connect, shown
 
-_SPAM_LINE = re.compile(r"^Spam:\s*(True|False|Yes|No)\s*;\s*(-?[\d.]+)\s*/\s*(-?[\d.]+)", re.IGNORECASE | re.MULTILINE)
+_NUMBER = r"(-?\d+(?:\.\d+)?)"
+_SPAM_LINE = re.compile(rf"^Spam:\s*(True|False|Yes|No)\s*;\s*{_NUMBER}\s*/\s*{_NUMBER}\s*$",
+                        re.IGNORECASE | re.MULTILINE | re.ASCII)
+MAX_REPLY = 65536
 
 
 @dataclass(frozen=True)
@@ -24,19 +28,26 @@ class SpamResult:
 
 
 def check(endpoint: str, chunks: Iterable[bytes], length: int, timeout: float) -> SpamResult:
+    deadline = Deadline(timeout)
     with connect(endpoint, timeout) as sock:
+        deadline.arm(sock)
         sock.sendall(f"SYMBOLS SPAMC/1.5\r\nContent-length: {length}\r\n\r\n".encode())
         for chunk in chunks:
+            deadline.arm(sock)
             sock.sendall(chunk)
-        reply = b""
-        while chunk := sock.recv(65536):
+        reply = bytearray()
+        while True:
+            deadline.arm(sock)
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
             reply += chunk
-            if len(reply) > 1_000_000:
+            if len(reply) > MAX_REPLY:
                 raise ScannerError(f"spamd at {endpoint} sent an oversized reply")
-    text = reply.decode("utf-8", "replace")
+    text = bytes(reply).decode("utf-8", "replace")
     status = text.split("\r\n", 1)[0]
     if not status.startswith("SPAMD/") or " 0 " not in f"{status} ":
-        raise ScannerError(f"spamd at {endpoint} answered {status!r}")
+        raise ScannerError(f"spamd at {endpoint} answered {shown(status)!r}")
     match = _SPAM_LINE.search(text)
     if not match:
         raise ScannerError(f"spamd at {endpoint} sent no Spam: line")
@@ -46,11 +57,17 @@ def check(endpoint: str, chunks: Iterable[bytes], length: int, timeout: float) -
 
 
 def scan(endpoints: Sequence[str], source: Callable[[], Iterable[bytes]], timeout: float) -> SpamResult:
+    """Ask the first endpoint that answers, all tries within `timeout` together."""
     length = sum(len(chunk) for chunk in source())
     errors = []
+    overall = Deadline(timeout)
     for endpoint in endpoints:
+        left = overall.end - time.monotonic()
+        if left <= 0:
+            errors.append("scan time limit reached")
+            break
         try:
-            return check(endpoint, source(), length, timeout)
+            return check(endpoint, source(), length, left)
         except (OSError, ScannerError) as error:  # unreachable or broken: the next one may answer
             errors.append(f"{endpoint}: {error}")
     raise ScannerError("; ".join(errors) or "no spamd server configured")

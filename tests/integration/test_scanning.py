@@ -177,3 +177,12 @@ def test_clamd_killed_then_restarted(clamd, spamd):
     finally:
         clamd.restart()
     assert run(EICAR_CASES["plain"], "smtp", *servers(clamd, spamd))["verdict"] == "reject"
+
+
+def test_forged_spam_headers_are_removed_even_when_too_big_to_scan(clamd, spamd):
+    raw = b"From: a@example.net\nTo: u@example.test\nX-Spam-Status: No\nX-Spam-Flag: NO\nSubject: big\n\n" + \
+        b"y" * 50_000 + b"\n"
+    report = run(raw, "smtp", *servers(clamd, spamd), "spam.max_size=10000")
+    assert outcome(report, "spam") == "skipped:size"
+    assert {"name": "X-Spam-Status", "index": 1} in report["headers_removed"]
+    assert {"name": "X-Spam-Flag", "index": 1} in report["headers_removed"]

@@ -74,3 +74,23 @@ def test_a_broken_map_file_is_a_policy_error_with_file_and_line(tmp_path):
         f"{map_file}:2: (sender map): expected: LOGIN ADDRESS[, ADDRESS...]",
         f"{map_file}:3: (sender map): not-an-address: not an address (user@domain) or a domain (@domain)",
     ]
+
+
+def test_tabs_and_colons_separate_the_login(tmp_path):
+    from policymilter.sendermap import parse
+
+    senders, issues = parse("alice\ta@example.org\nbob\t: b@example.org, c@example.org\r\n", "m")
+    assert issues == []
+    assert senders.owned_by("alice") == {"a@example.org"}
+    assert senders.owned_by("BOB") == {"b@example.org", "c@example.org"}
+
+
+def test_a_pattern_with_an_unknown_placeholder_is_a_policy_error():
+    with pytest.raises(PolicyError) as caught:
+        load_snapshot(DEFAULT_POLICY, ['sender.patterns=["{user}@{domain}"]'])
+    assert "only {login} and {domain} may be used" in str(caught.value)
+
+
+def test_signing_key_domains_are_spelled_like_site_domains():
+    snapshot = load_snapshot(DEFAULT_POLICY, ['signing.keys={"Example.ORG." = [{selector = "s1", key_file = "/x"}]}'])
+    assert list(snapshot.policy.signing.keys) == ["example.org"]

@@ -43,12 +43,16 @@ def _headers(message: Message, policy: SpamPolicy, result: spamd.SpamResult, spa
     if spam:
         actions.append(AddHeader("X-Spam-Flag", "YES"))
         if policy.subject_tag:
-            subjects = message.header_values("Subject")
-            if subjects:
-                if not subjects[0].startswith(policy.subject_tag):
-                    actions.append(ChangeHeader("Subject", 1, f"{policy.subject_tag} {subjects[0]}"))
-            else:
+            raw = [h.value for h in message.headers if h.name.lower() == "subject"]
+            if not raw:
                 actions.append(AddHeader("Subject", policy.subject_tag))
+            else:
+                try:
+                    subject = raw[0].decode("utf-8").strip()
+                except UnicodeDecodeError:
+                    subject = None  # 8-bit, not UTF-8: rewriting it would corrupt it; the flag says spam
+                if subject is not None and not subject.startswith(policy.subject_tag):
+                    actions.append(ChangeHeader("Subject", 1, f"{policy.subject_tag} {subject}"))
     return actions
 
 
@@ -61,8 +65,10 @@ class Spam:
         if message is None:
             return CheckResult(NAME, Outcome.SKIPPED, reason="no message", detail="empty")
         if message.size > policy.max_size:
+            # Not scanned, but a sender's own "X-Spam-Status: No" must not survive either.
             return CheckResult(NAME, Outcome.SKIPPED, reason=f"{message.size} bytes is over spam.max_size",
-                               detail="size")
+                               detail="size", actions=(*_remove_arrived(message), AddHeader(
+                                   "X-Spam-Status", "Unknown, not scanned: too large")))
         try:
             result = spamd.scan(policy.servers, message.iter_raw, policy.timeout)
         except ScannerError as error:

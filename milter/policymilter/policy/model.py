@@ -234,9 +234,21 @@ class Sender(CheckTable):
     map_file: str = ""
     on_mismatch: Literal["reject", "log"] = "reject"
 
+    @field_validator("patterns")
+    @classmethod
+    def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in value:
+            try:
+                address = pattern.format(login="login", domain="example.org")
+            except (KeyError, IndexError, ValueError) as error:
+                raise ValueError(f"{pattern!r}: only {{login}} and {{domain}} may be used ({error!s})") from None
+            if address.count("@") != 1:
+                raise ValueError(f"{pattern!r}: must make one address, like \"{{login}}@{{domain}}\"")
+        return value
+
 
 class SigningKey(Strict):
-    selector: Annotated[str, Field(min_length=1)]
+    selector: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")]
     key_file: Annotated[str, Field(min_length=1)]
     algorithm: Literal["rsa-sha256", "ed25519-sha256"] = "rsa-sha256"
 
@@ -247,6 +259,12 @@ class Signing(CheckTable):
         "relaxed/relaxed"
     )
     on_missing_key: Literal["tempfail", "accept"] = "tempfail"
+
+    @field_validator("keys")
+    @classmethod
+    def _domains(cls, value: dict[str, tuple[SigningKey, ...]]) -> dict[str, tuple[SigningKey, ...]]:
+        # Compared with site.domains and the From domain: same spelling rules (lower case, no dot).
+        return {_hostname(domain): keys for domain, keys in value.items()}
 
 
 class TrafficClass(Strict):

@@ -1,0 +1,96 @@
+"""The clamd and spamd clients against servers that misbehave (a real daemon will not, on cue).
+
+Well-behaved clamd and spamd are tested for real in tests/integration/test_scanning.py.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from policymilter import clamav, spamd
+
+Behaviour = Callable[[socket.socket], None]
+
+
+@pytest.fixture
+def server() -> Iterator[Callable[[Behaviour], str]]:
+    """A loopback TCP server running one behaviour per connection; yields a starter."""
+    listeners: list[socket.socket] = []
+
+    def start(behaviour: Behaviour) -> str:
+        listener = socket.create_server(("127.0.0.1", 0))
+        listeners.append(listener)
+
+        def serve() -> None:
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.settimeout(5)
+                    try:
+                        conn.recv(65536)
+                        behaviour(conn)
+                    except OSError:
+                        pass
+
+        threading.Thread(target=serve, daemon=True).start()
+        return f"127.0.0.1:{listener.getsockname()[1]}"
+
+    yield start
+    for listener in listeners:
+        listener.close()
+
+
+def trickle(conn: socket.socket) -> None:
+    for byte in b"stream: OK":
+        conn.sendall(bytes([byte]))
+        time.sleep(0.3)
+
+
+def flood(conn: socket.socket) -> None:
+    conn.sendall(b"x" * 200_000)
+
+
+def bad_score(conn: socket.socket) -> None:
+    conn.sendall(b"SPAMD/1.1 0 EX_OK\r\nSpam: False ; 1.2.3 / 5.0\r\n\r\n")
+
+
+def good_spamd(conn: socket.socket) -> None:
+    conn.sendall(b"SPAMD/1.1 0 EX_OK\r\nSpam: True ; 7.5 / 5.0\r\n\r\nA_RULE,B_RULE")
+
+
+def message() -> Iterator[bytes]:
+    yield b"Subject: x\r\n\r\nbody\r\n"
+
+
+def test_a_trickling_clamd_cannot_stretch_the_time_limit(server):
+    endpoint = server(trickle)
+    started = time.monotonic()
+    with pytest.raises(clamav.ScannerError):
+        clamav.scan([endpoint], message, timeout=1.0)
+    assert time.monotonic() - started < 2.5
+
+
+def test_an_endless_clamd_reply_is_cut_short(server):
+    with pytest.raises(clamav.ScannerError) as caught:
+        clamav.scan([server(flood)], message, timeout=5.0)
+    assert len(str(caught.value)) < 400
+
+
+def test_a_malformed_spamd_score_fails_over_to_the_next_server(server):
+    result = spamd.scan([server(bad_score), server(good_spamd)], message, timeout=5.0)
+    assert result.score == 7.5 and result.symbols == ("A_RULE", "B_RULE")
+
+
+def test_a_trickling_spamd_cannot_stretch_the_time_limit(server):
+    started = time.monotonic()
+    with pytest.raises(clamav.ScannerError):
+        spamd.scan([server(trickle), server(trickle)], message, timeout=1.0)
+    assert time.monotonic() - started < 2.5  # one limit for all servers together
