@@ -11,8 +11,10 @@ import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 CHUNK = 64 * 1024
+T = TypeVar("T")
 
 
 class ScannerError(Exception):
@@ -113,9 +115,9 @@ def instream(endpoint: str, chunks: Iterable[bytes], timeout: float) -> ScanResu
     raise ScannerError(f"clamd at {endpoint} answered {shown(reply)!r}")
 
 
-def scan(endpoints: Sequence[str], source: Callable[[], Iterable[bytes]], timeout: float) -> ScanResult:
-    """Scan with the first endpoint that answers, all tries within `timeout` together (Postfix
-    gives up on the milter after milter_content_timeout); `source()` streams the message anew."""
+def failover(endpoints: Sequence[str], timeout: float, attempt: Callable[[str, float], T], what: str) -> T:
+    """The first endpoint's answer that comes, trying them in order, all within one `timeout`
+    (Postfix gives up on the milter after milter_content_timeout)."""
     errors = []
     overall = Deadline(timeout)
     for endpoint in endpoints:
@@ -124,7 +126,12 @@ def scan(endpoints: Sequence[str], source: Callable[[], Iterable[bytes]], timeou
             errors.append("scan time limit reached")
             break
         try:
-            return instream(endpoint, source(), left)
+            return attempt(endpoint, left)
         except (OSError, ScannerError) as error:  # unreachable or broken: the next one may answer
             errors.append(f"{endpoint}: {error}")
-    raise ScannerError("; ".join(errors) or "no clamd server configured")
+    raise ScannerError("; ".join(errors) or f"no {what} server configured")
+
+
+def scan(endpoints: Sequence[str], source: Callable[[], Iterable[bytes]], timeout: float) -> ScanResult:
+    """Scan with clamd; `source()` streams the message anew for each server tried."""
+    return failover(endpoints, timeout, lambda endpoint, left: instream(endpoint, source(), left), "clamd")

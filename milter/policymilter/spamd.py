@@ -7,11 +7,10 @@ protocol is a request line, two headers and the message.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from policymilter.clamav import Deadline, ScannerError, connect, shown
+from policymilter.clamav import Deadline, ScannerError, connect, failover, shown
 
 _NUMBER = r"(-?\d+(?:\.\d+)?)"
 _SPAM_LINE = re.compile(rf"^Spam:\s*(True|False|Yes|No)\s*;\s*{_NUMBER}\s*/\s*{_NUMBER}\s*$",
@@ -57,17 +56,6 @@ def check(endpoint: str, chunks: Iterable[bytes], length: int, timeout: float) -
 
 
 def scan(endpoints: Sequence[str], source: Callable[[], Iterable[bytes]], timeout: float) -> SpamResult:
-    """Ask the first endpoint that answers, all tries within `timeout` together."""
+    """Ask spamd; `source()` streams the message anew for each server tried."""
     length = sum(len(chunk) for chunk in source())
-    errors = []
-    overall = Deadline(timeout)
-    for endpoint in endpoints:
-        left = overall.end - time.monotonic()
-        if left <= 0:
-            errors.append("scan time limit reached")
-            break
-        try:
-            return check(endpoint, source(), length, left)
-        except (OSError, ScannerError) as error:  # unreachable or broken: the next one may answer
-            errors.append(f"{endpoint}: {error}")
-    raise ScannerError("; ".join(errors) or "no spamd server configured")
+    return failover(endpoints, timeout, lambda endpoint, left: check(endpoint, source(), length, left), "spamd")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import socketserver
@@ -38,6 +37,9 @@ import dns.rcode
 import dns.rdatatype
 import dns.resolver
 
+from tests.integration.processes import find_program as find_debian_program
+from tests.integration.processes import session_processes
+
 LOOPBACK = "127.0.0.1"
 TTL = 60
 TXT_CHUNK = 255  # a TXT character-string holds at most 255 bytes (RFC 1035 3.3)
@@ -49,7 +51,6 @@ UPSTREAM_TIMEOUT = 2.0  # the front's wait for nsd; a missing answer then looks 
 START_ATTEMPTS = 3  # a free port can be taken between choosing it and nsd binding it
 LOG_TAIL_LINES = 30
 # Debian installs nsd in /usr/sbin, which is not on every PATH (venvs, non-login shells).
-SBIN_DIRS = ("/usr/sbin", "/sbin")
 
 
 def quote_txt(text: str | bytes) -> str:
@@ -109,11 +110,7 @@ class Zone:
 
 def find_program(name: str) -> str:
     """Absolute path of an nsd tool; RuntimeError (never a skip) if nsd is not installed."""
-    path = os.pathsep.join([os.environ.get("PATH", ""), *SBIN_DIRS])
-    found = shutil.which(name, path=path)
-    if found is None:
-        raise RuntimeError(f"{name} not found: install Debian's nsd (apt-get install -y nsd)")
-    return found
+    return find_debian_program(name, "nsd")
 
 
 def _bind_pair(port: int) -> tuple[socket.socket, socket.socket]:
@@ -145,27 +142,6 @@ def free_port() -> int:
         udp.close()
         return port
     raise RuntimeError("no loopback port free for both TCP and UDP")
-
-
-def session_processes(sid: int) -> dict[int, str]:
-    """Live processes (pid -> name) in session `sid`; zombies are left out.
-
-    nsd's exited server processes are orphans that this machine's PID 1 reaps only after a
-    while; as zombies they hold no sockets and answer nothing.
-    """
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # exited while we looked
-        head, _, tail = stat.rpartition(")")  # the name is in parentheses and may hold spaces
-        state, _ppid, _pgrp, session = tail.split()[:4]
-        if state not in ("Z", "X") and int(session) == sid:
-            found[int(entry.name)] = head.partition("(")[2]
-    return found
 
 
 def _wait_until(condition: Callable[[], bool], timeout: float) -> bool:

@@ -37,6 +37,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from tests.integration.processes import find_program, session_processes
+
 LOOPBACK = "127.0.0.1"
 # The standard EICAR anti-virus test string (https://www.eicar.org), exactly 68 bytes.
 EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
@@ -47,7 +49,6 @@ UNOFFICIAL_SUFFIX = ".UNOFFICIAL"
 # GTUBE, SpamAssassin's test string: a body containing it scores 1000.
 GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
-SBIN_DIRS = ("/usr/sbin", "/sbin")
 SPAMD_USER = "debian-spamd"  # created by Debian's spamassassin package
 SPAMASSASSIN_RULES = Path("/usr/share/spamassassin")  # the rules Debian ships (no sa-update)
 SPAMASSASSIN_SITE = Path("/etc/spamassassin")  # its *.pre files load the plugins the rules need
@@ -64,42 +65,11 @@ START_ATTEMPTS = 3  # a free port can be taken between choosing it and the daemo
 LOG_TAIL_LINES = 40
 
 
-def find_program(name: str, package: str) -> str:
-    """Absolute path of a Debian tool; RuntimeError (never a skip) if it is not installed."""
-    path = os.pathsep.join([os.environ.get("PATH", ""), *SBIN_DIRS])
-    found = shutil.which(name, path=path)
-    if found is None:
-        raise RuntimeError(f"{name} not found: install Debian's {package} (apt-get install -y {package})")
-    return found
-
-
 def free_port() -> int:
     """A loopback TCP port free right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((LOOPBACK, 0))
         return probe.getsockname()[1]
-
-
-def session_processes(sid: int) -> dict[int, str]:
-    """Live processes (pid -> name) in session `sid`; zombies are left out.
-
-    Every daemon is started in its own session, so this finds the children it forked too
-    (spamd's preforked children outlive their parent for a moment after SIGTERM, and as orphans
-    of this machine's PID 1 they are reaped only after a while).
-    """
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            text = (entry / "stat").read_text()
-        except OSError:
-            continue  # exited while we looked
-        head, _, tail = text.rpartition(")")  # the name is in parentheses and may hold spaces
-        state, _ppid, _pgrp, session = tail.split()[:4]
-        if state not in ("Z", "X") and int(session) == sid:
-            found[int(entry.name)] = head.partition("(")[2]
-    return found
 
 
 def rss_kib(pids: list[int]) -> int:

@@ -1,0 +1,41 @@
+"""Helpers for the daemons the tests start (nsd, clamd, spamd): find them, find what they forked."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+# Debian's daemons live in sbin, often not on a venv's PATH.
+SBIN_DIRS = ("/usr/sbin", "/sbin")
+
+
+def find_program(name: str, package: str) -> str:
+    """Absolute path of a Debian tool; RuntimeError (never a skip) if it is not installed."""
+    path = os.pathsep.join([os.environ.get("PATH", ""), *SBIN_DIRS])
+    found = shutil.which(name, path=path)
+    if found is None:
+        raise RuntimeError(f"{name} not found: install Debian's {package} (apt-get install -y {package})")
+    return found
+
+
+def session_processes(sid: int) -> dict[int, str]:
+    """Live processes (pid -> name) in session `sid`; zombies are left out.
+
+    Every daemon is started in its own session, so this finds the children it forked too
+    (spamd's preforked children outlive their parent for a moment after SIGTERM, and as orphans
+    of this machine's PID 1 they are reaped only after a while).
+    """
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited while we looked
+        head, _, tail = text.rpartition(")")  # the name is in parentheses and may hold spaces
+        state, _ppid, _pgrp, session = tail.split()[:4]
+        if state not in ("Z", "X") and int(session) == sid:
+            found[int(entry.name)] = head.partition("(")[2]
+    return found
