@@ -50,7 +50,6 @@ STOP_TIMEOUT = 5.0
 UPSTREAM_TIMEOUT = 2.0  # the front's wait for nsd; a missing answer then looks like a timeout
 START_ATTEMPTS = 3  # a free port can be taken between choosing it and nsd binding it
 LOG_TAIL_LINES = 30
-# Debian installs nsd in /usr/sbin, which is not on every PATH (venvs, non-login shells).
 
 
 def quote_txt(text: str | bytes) -> str:
