@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from policymilter.dns import Budget, Resolver
 from policymilter.facts import Envelope, Session
 from policymilter.listeners import Door
-from policymilter.logs import event
+from policymilter.logs import SUMMARY_KEYS, SUMMARY_TAIL, event
 from policymilter.message import Message
 from policymilter.outcome import (
     REJECT_ERROR,
@@ -86,6 +86,9 @@ class Pipeline:
     def __init__(self, checks: Sequence[Check], always: Sequence[Check] = ()) -> None:
         self.checks = tuple(checks)
         self.always = tuple(always)
+        clash = {c.name for c in (*self.checks, *self.always)} & {*SUMMARY_KEYS, *SUMMARY_TAIL}
+        if clash:
+            raise ValueError(f"check names {sorted(clash)} collide with summary line keys")
         known = {check.name for check in self.checks}
         self.unavailable = tuple(name for name in CheckName if name.value not in known)
 

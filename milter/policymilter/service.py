@@ -19,7 +19,7 @@ from policymilter.checks.dmarc import Dmarc
 from policymilter.checks.origin import Origin
 from policymilter.checks.sender import SenderEnvelope, SenderFrom
 from policymilter.checks.signing import Signing
-from policymilter.checks.size import SizeDeclared, SizeReceived
+from policymilter.checks.sizelimit import SizeDeclared, SizeReceived
 from policymilter.checks.spam import Spam
 from policymilter.checks.spf import Spf
 from policymilter.conversation import Conversation, Snapshot

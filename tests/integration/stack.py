@@ -1014,23 +1014,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-milter", action="store_true", help="Postfix without the milter")
     args = parser.parse_args(argv)
 
+    # Imported here: the harness modules import this one.
+    from tests.integration.dns_server import DnsServer, Zone
+    from tests.integration.scanners import Clamd, Spamd
+
     directory = args.dir or Path(tempfile.mkdtemp(prefix="policy-milter-stack-"))
     stack = MailStack(directory, milter=not args.no_milter)
+    # A real DNS server for the inbound checks (example.org publishes SPF for 192.0.2.10 only
+    # and DMARC p=reject, so mail claiming it sent to port 25 from here is refused as a
+    # forgery), clamd and spamd for scanning.
+    zones = [Zone("example.org").txt("@", "v=spf1 ip4:192.0.2.10 -all").txt("_dmarc", "v=DMARC1; p=reject"),
+             Zone(LOCAL_DOMAIN), Zone("elsewhere.test"), Zone("example.net")]
+    dns_server = DnsServer(directory / "dns", zones)
+    clamd, spamd = Clamd(directory / "clamd"), Spamd(directory / "spamd")
     # SIGTERM behaves like Ctrl-C so the stack is always stopped cleanly.
     signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
     try:
         stack.start()
         if not args.no_milter:
-            stack.start_milter(milter_command(args.policy.resolve(), stack.milter_socket), env=_milter_env())
+            dns_server.start()
+            clamd.start()
+            spamd.start()
+            options = [f'dns.nameservers=["{dns_server.nameserver}"]', f'antivirus.servers=["{clamd.endpoint}"]',
+                       f'spam.servers=["{spamd.endpoint}"]']
+            command = milter_command(args.policy.resolve(), stack.milter_socket)
+            stack.start_milter([*command, *(part for option in options for part in ("-o", option))],
+                               env=_milter_env())
         print(f"started in {time.monotonic() - started:.1f}s")
         _print_instructions(stack)
+        if not args.no_milter:
+            print(f"  dns:    nsd on {dns_server.nameserver} (zones: {', '.join(z.origin for z in zones)})")
+            print(f"  clamd:  {clamd.endpoint} (EICAR is its one signature); spamd: {spamd.endpoint} (try GTUBE)")
+            print("  try a forgery on the smtp door: From: ceo@example.org (DMARC p=reject) is refused")
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         print("\nstopping...", flush=True)
     finally:
         stack.stop()
+        for daemon in (spamd, clamd, dns_server):
+            daemon.stop()
     return 0
 
 

@@ -1,4 +1,4 @@
-"""size: the site's maximum message size (`site.max_message_size`), on every listener.
+"""sizelimit: the site's maximum message size (`site.max_message_size`), on every listener.
 
 Checked twice: at MAIL FROM against the client's SIZE= declaration (RFC 1870), so a big
 message is refused before it is sent, and at end of message against what arrived.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from policymilter.outcome import CheckResult, Disposition, Outcome, SmtpReply
 from policymilter.pipeline import CheckContext, Stage
 
-NAME = "size"
+NAME = "sizelimit"
 
 
 def _refuse(size: int, limit: int) -> CheckResult:

@@ -1,4 +1,4 @@
-"""size: site.max_message_size, at MAIL FROM (SIZE=) and at end of message."""
+"""sizelimit: site.max_message_size, at MAIL FROM (SIZE=) and at end of message."""
 
 from __future__ import annotations
 
