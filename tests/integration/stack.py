@@ -1052,6 +1052,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nstopping...", flush=True)
     finally:
+        # A second Ctrl-C or SIGTERM must not cut the cleanup short: the daemons run in
+        # sessions of their own and would outlive us.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         stack.stop()
         for daemon in (spamd, clamd, dns_server):
             daemon.stop()
