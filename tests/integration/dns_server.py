@@ -38,7 +38,7 @@ import dns.rdatatype
 import dns.resolver
 
 from tests.integration.processes import find_program as find_debian_program
-from tests.integration.processes import session_processes
+from tests.integration.processes import session_processes, stop_session, wait_until
 
 LOOPBACK = "127.0.0.1"
 TTL = 60
@@ -141,15 +141,6 @@ def free_port() -> int:
         udp.close()
         return port
     raise RuntimeError("no loopback port free for both TCP and UDP")
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(PROBE_BACKOFF)
-    return True
 
 
 class NsdFailed(RuntimeError):
@@ -286,7 +277,7 @@ class DnsServer:
         old_servers = self._server_pids()
         self._process.send_signal(signal.SIGHUP)
         self._wait_serving()
-        if not _wait_until(lambda: not old_servers & self._server_pids(), READY_TIMEOUT):
+        if not wait_until(lambda: not old_servers & self._server_pids(), READY_TIMEOUT, PROBE_BACKOFF):
             raise NsdFailed(f"nsd's old server processes {sorted(old_servers)} outlived the reload", self._log_tail())
 
     def _server_pids(self) -> set[int]:
@@ -298,21 +289,8 @@ class DnsServer:
         process, self._process = self._process, None
         if process is None:
             return
-        if process.poll() is None:
-            process.terminate()  # nsd's first process (xfrd) takes its main and server processes down
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(STOP_TIMEOUT)
-
         # main and server may outlive xfrd briefly, still bound to the port a restart reuses.
-        def gone() -> bool:
-            return not session_processes(process.pid)
-
-        if not _wait_until(gone, STOP_TIMEOUT):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)  # own session, so also its own process group
-            _wait_until(gone, STOP_TIMEOUT)
-        if process.poll() is None:
-            process.wait(STOP_TIMEOUT)
+        stop_session(process, STOP_TIMEOUT, PROBE_BACKOFF)
 
     def _wait_serving(self) -> None:
         """Poll until every zone answers its SOA with the current serial (or nsd dies)."""

@@ -1,9 +1,14 @@
-"""Helpers for the daemons the tests start (nsd, clamd, spamd): find them, find what they forked."""
+"""Helpers for the daemons the tests start (nsd, clamd, spamd): find them, wait for them, stop them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 # Debian's daemons live in sbin, often not on a venv's PATH.
@@ -39,3 +44,33 @@ def session_processes(sid: int) -> dict[int, str]:
         if state not in ("Z", "X") and int(session) == sid:
             found[int(entry.name)] = head.partition("(")[2]
     return found
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
+    """Poll `condition` until it holds (True) or `timeout` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+def stop_session(process: subprocess.Popen[bytes], timeout: float, interval: float = 0.02) -> None:
+    """SIGTERM a daemon started in a session of its own, wait until every process of that
+    session is gone (forked children may outlive the leader), SIGKILL whatever lingers."""
+    if process.poll() is None:
+        process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout)
+
+    def gone() -> bool:
+        return not session_processes(process.pid)
+
+    if not wait_until(gone, timeout, interval):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # own session, so also its own process group
+        wait_until(gone, timeout, interval)
+    if process.poll() is None:
+        process.kill()
+        process.wait(timeout)

@@ -37,7 +37,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from tests.integration.processes import find_program, session_processes
+from tests.integration.processes import find_program, session_processes, stop_session
 
 LOOPBACK = "127.0.0.1"
 # The standard EICAR anti-virus test string (https://www.eicar.org), exactly 68 bytes.
@@ -81,15 +81,6 @@ def rss_kib(pids: list[int]) -> int:
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
     return total
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(PROBE_BACKOFF)
-    return True
 
 
 def _tail(*paths: Path) -> str:
@@ -193,21 +184,8 @@ class _Daemon:
         process, self._process = self._process, None
         if process is None:
             return
-        if process.poll() is None:
-            process.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(STOP_TIMEOUT)
-
-        def gone() -> bool:
-            return not session_processes(process.pid)
-
-        if not _wait_until(gone, STOP_TIMEOUT):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)  # own session, so also its own process group
-            _wait_until(gone, STOP_TIMEOUT)
-        if process.poll() is None:
-            process.kill()
-            process.wait(STOP_TIMEOUT)
+        # spamd's preforked children outlive their parent for a moment after SIGTERM.
+        stop_session(process, STOP_TIMEOUT, PROBE_BACKOFF)
 
     def _launch(self, argv: list[str], env: dict[str, str] | None = None) -> None:
         with self.stderr_path.open("ab") as log:

@@ -30,6 +30,7 @@ import re
 import select
 import shutil
 import signal
+import smtplib
 import socket
 import ssl
 import stat
@@ -935,6 +936,18 @@ def _smtp_greeting_error(port: int, wrap_tls: bool) -> str | None:
     except (OSError, ssl.SSLError) as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+def transaction(client: smtplib.SMTP, sender: str, rcpt: str, raw: bytes) -> tuple[int, str]:
+    """MAIL, RCPT, DATA on an open session; (code, text) of the first refusal or of DATA's reply."""
+    for code, text in (client.mail(sender), client.rcpt(rcpt)):
+        if code >= 400:
+            return code, text.decode()
+    try:
+        code, text = client.data(raw)
+    except smtplib.SMTPDataError as error:  # DATA itself refused (no valid recipient, milter down)
+        code, text = error.smtp_code, error.smtp_error
+    return code, text.decode()
 
 
 def unverified_tls_context() -> ssl.SSLContext:

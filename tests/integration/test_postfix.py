@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import DEFAULT_POLICY
 from tests.integration.dns_server import DnsServer, Zone
-from tests.integration.stack import MailStack, unverified_tls_context
+from tests.integration.stack import MailStack, transaction, unverified_tls_context
 
 pytestmark = pytest.mark.integration
 
@@ -112,15 +112,9 @@ def submission(stack: MailStack, login: str | None = "alice", *, port: str = "su
     return client
 
 
-def send(client: smtplib.SMTP, sender: str, rcpt: str) -> tuple[int, bytes]:
+def send(client: smtplib.SMTP, sender: str, rcpt: str) -> tuple[int, str]:
     """MAIL, RCPT, DATA; returns the first failure or DATA's reply."""
-    code, text = client.mail(sender)
-    if code >= 400:
-        return code, text
-    code, text = client.rcpt(rcpt)
-    if code >= 400:
-        return code, text
-    return client.data(message(sender, rcpt))
+    return transaction(client, sender, rcpt, message(sender, rcpt))
 
 
 # --- submission (587) ------------------------------------------------------------------------
@@ -204,7 +198,7 @@ def test_port_25_delivers_to_a_local_recipient_and_queue_ids_match_postfix(stack
         client.ehlo("mail.example.net")
         code, text = send(client, sender, rcpt)
     assert code == 250
-    postfix_queue_id = re.search(r"queued as (\w+)", text.decode()).group(1)
+    postfix_queue_id = re.search(r"queued as (\w+)", text).group(1)
     stack.wait_delivered(lambda d: rcpt in d.rcpts)
     line = summary_for(stack, sender)
     assert line["queue_id"] == postfix_queue_id

@@ -17,7 +17,7 @@ from tests import authkit
 from tests.conftest import DEFAULT_POLICY
 from tests.integration.authzones import AUTHSERV_ID, KEYS, zones
 from tests.integration.dns_server import DnsServer, Zone
-from tests.integration.stack import MailStack
+from tests.integration.stack import MailStack, transaction
 
 pytestmark = pytest.mark.integration
 
@@ -51,13 +51,7 @@ def send(stack: MailStack, sender: str, raw: bytes, rcpt: str = RCPT) -> tuple[i
     """MAIL/RCPT/DATA on port 25; (code, text) of the DATA reply."""
     with smtplib.SMTP("127.0.0.1", stack.ports["smtp"], timeout=30) as client:
         client.ehlo("mail.pass.test")
-        assert client.mail(sender)[0] == 250
-        assert client.rcpt(rcpt)[0] == 250
-        try:
-            code, text = client.data(raw)
-        except smtplib.SMTPDataError as error:
-            code, text = error.smtp_code, error.smtp_error
-    return code, text.decode()
+        return transaction(client, sender, rcpt, raw)
 
 
 def delivered_headers(stack: MailStack, rcpt: str, subject: str) -> email.message.Message:

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import DEFAULT_POLICY
 from tests.integration.scanners import EICAR, GTUBE, Clamd, Spamd
-from tests.integration.stack import MailStack, unverified_tls_context
+from tests.integration.stack import MailStack, transaction, unverified_tls_context
 from tests.integration.test_scanning import nested, with_attachment, zipped
 
 pytestmark = pytest.mark.integration
@@ -57,15 +57,7 @@ def send(stack: MailStack, door: str, raw: bytes, rcpt: str, login: str | None =
     with client:
         if login:
             client.login(login, stack.users[login])
-        for step in (lambda: client.mail("a@example.org"), lambda: client.rcpt(rcpt)):
-            code, text = step()
-            if code >= 400:
-                return code, text.decode()
-        try:
-            code, text = client.data(raw)
-        except smtplib.SMTPDataError as error:
-            code, text = error.smtp_code, error.smtp_error
-    return code, text.decode()
+        return transaction(client, "a@example.org", rcpt, raw)
 
 
 def delivered(stack: MailStack, subject: str) -> email.message.Message:

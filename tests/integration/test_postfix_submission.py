@@ -26,7 +26,7 @@ from policymilter.listeners import door_by_name
 from policymilter.service import load_snapshot
 from tests.conftest import DEFAULT_POLICY
 from tests.integration.dns_server import DnsServer, Zone
-from tests.integration.stack import MailStack, unverified_tls_context
+from tests.integration.stack import MailStack, transaction, unverified_tls_context
 
 pytestmark = pytest.mark.integration
 
@@ -95,14 +95,7 @@ def submit(stack: MailStack, sender: str, header_from: str, subject: str, login:
         client.starttls(context=unverified_tls_context())
         client.user, client.password = login, stack.users[login]
         client.auth("PLAIN", client.auth_plain)
-        for code, text in (client.mail(sender), client.rcpt(EXTERNAL)):
-            if code >= 400:
-                return code, text.decode()
-        try:
-            code, text = client.data(raw)
-        except smtplib.SMTPDataError as error:
-            code, text = error.smtp_code, error.smtp_error
-    return code, text.decode()
+        return transaction(client, sender, EXTERNAL, raw)
 
 
 def delivered(stack: MailStack, subject: str) -> bytes:

@@ -91,25 +91,10 @@ def _mergeable(path: Sequence[str | int]) -> bool:
     """Tables that are schema sections (or maps of them) merge key by key across files;
     map-valued settings (`on_error`, `signing.keys`) are replaced whole, so a later file can
     clear them with `{}`."""
-    current: Any = Policy
-    for part in path:
-        current = _unwrap(current)
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            field = current.model_fields.get(str(part))
-            if field is None:
-                return False
-            current = field.annotation
-        elif typing.get_origin(current) is dict:
-            current = typing.get_args(current)[1]
-        else:
-            return False
-    current = _unwrap(current)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return True
+    current = _unwrap(_annotation_at(path))
     if typing.get_origin(current) is dict:
-        values = _unwrap(typing.get_args(current)[1])
-        return isinstance(values, type) and issubclass(values, BaseModel)
-    return False
+        current = _unwrap(typing.get_args(current)[1])
+    return isinstance(current, type) and issubclass(current, BaseModel)
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any], path: tuple[str, ...] = ()) -> None:
@@ -174,8 +159,8 @@ def _unwrap(annotation: Any) -> Any:
             return annotation
 
 
-def _model_at(path: Sequence[str | int]) -> type[BaseModel] | None:
-    """The schema model that holds the keys at `path` (for "did you mean")."""
+def _annotation_at(path: Sequence[str | int]) -> Any:
+    """The schema type of the value at `path` (None where the schema has no such key)."""
     current: Any = Policy
     for part in path:
         current = _unwrap(current)
@@ -184,13 +169,16 @@ def _model_at(path: Sequence[str | int]) -> type[BaseModel] | None:
             if field is None:
                 return None
             current = field.annotation
-        elif typing.get_origin(current) is dict:
-            current = typing.get_args(current)[1]
-        elif typing.get_origin(current) is tuple:
-            current = typing.get_args(current)[0]
+        elif typing.get_origin(current) in (dict, tuple):
+            current = typing.get_args(current)[1 if typing.get_origin(current) is dict else 0]
         else:
             return None
-    current = _unwrap(current)
+    return current
+
+
+def _model_at(path: Sequence[str | int]) -> type[BaseModel] | None:
+    """The schema model that holds the keys at `path` (for "did you mean")."""
+    current = _unwrap(_annotation_at(path))
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
