@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 from policymilter import clamav
-from policymilter.outcome import CheckResult, Disposition, Outcome, SmtpReply
+from policymilter.outcome import CheckResult, Disposition, Outcome, SmtpReply, reply_safe
 from policymilter.pipeline import CheckContext, Stage
 
 NAME = "antivirus"
 RETRY = SmtpReply("451", "4.7.1", "Temporary problem scanning this message for viruses: please try again later")
-
-
-def _printable(text: str, limit: int = 120) -> str:
-    return "".join(char if char.isprintable() and char.isascii() else "?" for char in text)[:limit]
 
 
 class Antivirus:
@@ -38,7 +34,7 @@ class Antivirus:
             return CheckResult(NAME, Outcome.ERROR, reply=RETRY, reason=str(error), detail="clamd")
         if not result.infected:
             return CheckResult(NAME, Outcome.CLEAN, reason=f"scanned by {result.server}")
-        signature = _printable(result.signature)
+        signature = reply_safe(result.signature)
         reason = f"virus {signature} found by {result.server}"
         match policy.on_infected:
             case "quarantine":

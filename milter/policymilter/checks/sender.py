@@ -8,7 +8,7 @@ message. A mismatch is refused naming the address and the login (or only logged)
 from __future__ import annotations
 
 from policymilter import sendermap
-from policymilter.outcome import CheckResult, Disposition, Outcome, SmtpReply
+from policymilter.outcome import CheckResult, Disposition, Outcome, SmtpReply, reply_safe
 from policymilter.pipeline import CheckContext, Stage
 
 NAME = "sender"
@@ -27,7 +27,7 @@ def _judge(context: CheckContext, addresses: list[str], what: str) -> CheckResul
     reason = f"login {login} may not use {what} {address}"
     if context.policy.sender.on_mismatch == "log":
         return CheckResult(NAME, Outcome.FAIL, reason=reason + " (logged only)", detail=f"{what}-mismatch")
-    shown = "".join(char if char.isprintable() and char.isascii() else "?" for char in address)[:120]
+    shown = reply_safe(address)
     reply = SmtpReply("550", "5.7.1", f"You are logged in as {login}, which may not send as {shown}: use one of "
                                       "your own addresses, or ask the postmaster to add this one to your account")
     return CheckResult(NAME, Outcome.FAIL, Disposition.REJECT, reply, reason=reason, detail=f"{what}-mismatch")

@@ -13,7 +13,7 @@ import authres
 import spf as pyspf
 
 from policymilter.dns import Budget, Resolver, for_pyspf
-from policymilter.outcome import CheckResult, Disposition, Outcome, SmtpReply
+from policymilter.outcome import CheckResult, Disposition, Outcome, SmtpReply, reply_safe
 from policymilter.pipeline import CheckContext, Stage
 
 NAME = "spf"
@@ -28,11 +28,6 @@ def a_label(domain: str) -> str:
         return domain.encode("idna").decode("ascii").lower()
     except UnicodeError:
         return domain.lower()
-
-
-def _printable(text: str, limit: int = 160) -> str:
-    # A domain's exp= text ends up in our SMTP reply: no control characters, bounded length.
-    return "".join(char if char.isprintable() and char.isascii() else "?" for char in text)[:limit]
 
 
 @dataclass(frozen=True)
@@ -101,8 +96,10 @@ class Spf:
         if outcome is Outcome.FAIL and context.policy.spf.on_fail == "reject":
             disposition = Disposition.REJECT
             # RFC 7372 §3.2: 5.7.23 SPF validation failed
+            # The domain's exp= text goes into our reply: printable ASCII, bounded.
+            explanation = reply_safe(main.explanation, 160) or "see its SPF record"
             reply = SmtpReply("550", "5.7.23", f"SPF check failed: {main.domain} does not allow {ip} to send "
-                                               f"its mail ({_printable(main.explanation) or 'see its SPF record'})")
+                                               f"its mail ({explanation})")
         reason = f"{main.identity} {main.domain}: {main.result}"
         return CheckResult(NAME, outcome, disposition, reply, reason=reason, detail=main.identity,
                            authres=_entries(mailfrom, helo), facts=main)
