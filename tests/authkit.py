@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import types
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import dkim
@@ -62,3 +64,26 @@ def arc_seal(message: bytes, key: DkimKey, authserv_id: str, results: str) -> by
 def message(sender: str, rcpt: str, subject: str = "test", body: str = "hello\n", extra: str = "") -> bytes:
     return (f"From: {sender}\nTo: {rcpt}\nSubject: {subject}\nDate: Sat, 28 Nov 2026 10:00:00 +0000\n"
             f"Message-ID: <{abs(hash((sender, rcpt, subject)))}@test>\n{extra}\n{body}").encode()
+
+
+def _sealer_without_instance_limit() -> Callable[..., list[bytes]]:
+    """dkimpy's ARC.sign with its i<=50 limit (RFC 8617 §4.2.1) lifted, as an attacker's sealer
+    would have it: the one constant 50 in its code becomes 1000. Everything else is dkimpy's."""
+    code = dkim.ARC.sign.__code__
+    assert code.co_consts.count(50) == 1, "dkimpy's ARC.sign changed: review this helper"
+    patched = code.replace(co_consts=tuple(1000 if value == 50 else value for value in code.co_consts))
+    return types.FunctionType(patched, dkim.ARC.sign.__globals__, "sign", dkim.ARC.sign.__defaults__)
+
+
+def arc_chain(message: bytes, key: DkimKey, authserv_id: str, sets: int) -> bytes:
+    """`sets` valid ARC sets by one sealer whose A-R always said dkim and dmarc passed."""
+    sign = _sealer_without_instance_limit()
+    message = message.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    for instance in range(1, sets + 1):
+        arc = "" if instance == 1 else "arc=pass; "
+        hop = f"hop{instance}.{authserv_id}"  # each hop reads only its own A-R header
+        message = f"Authentication-Results: {hop}; {arc}dkim=pass; dmarc=pass\r\n".encode() + message
+        headers = sign(dkim.ARC(message), key.selector.encode(), key.domain.encode(), key.private,
+                       hop.encode(), include_headers=SIGNED_HEADERS)
+        message = b"".join(headers) + message
+    return message

@@ -7,6 +7,7 @@ come from us (RFC 8601 §5: a border MTA removes them), so it is removed before 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,22 +19,60 @@ from policymilter.outcome import AddHeader, RemoveHeader
 
 HEADER = "Authentication-Results"
 
+# Every token a reader might take for the authserv-id: runs of characters that are not white
+# space, comment or quoting punctuation, or the ";" that ends the id.
+_ID_TOKEN = re.compile(r'[^\s;()"\\]+')
+# What a property value of ours may be: a domain, an address, an IP, a login, a base64 prefix.
+# Anything else (attacker text that would need quoting, 8-bit bytes) is left out, so the
+# header always parses and stays ASCII.
+_PROPERTY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+=:/-]{0,252}", re.ASCII)
+_COMMENT_UNSAFE = re.compile(r'[^ -~]|[()\\"]', re.ASCII)
 
-def claimed_authserv_id(value: str) -> str:
-    """The authserv-id a header value claims (unquoted, lower case, no trailing dot); a header
-    authres cannot parse still names one."""
-    try:
-        claimed = str(authres.AuthenticationResultsHeader.parse_value(value).authserv_id)
-    except authres.AuthResError:
-        claimed = value.strip().split(";", 1)[0].split(None, 1)[0] if value.strip() else ""
-    return claimed.strip().strip('"').rstrip(".").lower()
+
+def claims(value: str, authserv_id: str) -> bool:
+    """Could a reader take this A-R header value for one carrying `authserv_id`?
+
+    Found without parsing the rest of the header (RFC 8601 §5 wants every such header gone,
+    and a header that does not parse is still read by someone): in any case, with or without
+    a trailing dot, quoted, escaped, behind comments, followed by a version or by garbage. A
+    value that does not contain the id at all is dismissed with one substring search, so a
+    megabyte of headers costs microseconds, not a parse each.
+    """
+    ours = authserv_id.lower().rstrip(".")
+    unescaped = value.lower().replace("\\", "")  # quoted-pairs: mail\.example\.org is mail.example.org
+    if ours not in unescaped:
+        return False
+    # The id, its version and comments come before the first ";" — unless a comment holds one,
+    # which is why the RFC reading below skips comments properly.
+    head = unescaped.split(";", 1)[0]
+    if any(token.rstrip(".") == ours for token in _ID_TOKEN.findall(head)):
+        return True
+    return _first_token(unescaped).rstrip(".") == ours
+
+
+def _first_token(text: str) -> str:
+    """RFC 8601 §2.2: the authserv-id after leading CFWS (nested comments), unquoted."""
+    pos, depth = 0, 0
+    while pos < len(text):
+        char = text[pos]
+        if depth:
+            depth += {"(": 1, ")": -1}.get(char, 0)
+        elif char == "(":
+            depth = 1
+        elif not char.isspace():
+            break
+        pos += 1
+    rest = text[pos:]
+    if rest.startswith('"'):
+        return rest[1:].split('"', 1)[0].strip()
+    match = _ID_TOKEN.match(rest)
+    return match.group() if match else ""
 
 
 def forged(message: Message, authserv_id: str) -> tuple[RemoveHeader, ...]:
     """Every A-R header carrying our authserv-id, last first (indexes of the rest stay valid)."""
-    ours = authserv_id.lower()
     indexes = [index for index, value in enumerate(message.header_values(HEADER), start=1)
-               if claimed_authserv_id(value) == ours]
+               if claims(value, authserv_id)]
     return tuple(RemoveHeader(HEADER, index) for index in reversed(indexes))
 
 
@@ -44,7 +83,20 @@ def session_entries(session: Session) -> list[Any]:
     return [authres.SMTPAUTHAuthenticationResult(result="pass", smtp_auth=session.auth_login)]
 
 
+def _clean(entry: Any) -> Any:
+    """Only validated tokens as property values, only safe ASCII in comments and reasons."""
+    entry.properties = [p for p in entry.properties if p.value is not None and _PROPERTY.fullmatch(str(p.value))]
+    for attribute in ("result_comment", "reason", "reason_comment"):
+        text = getattr(entry, attribute, None)
+        if text:
+            # authres keeps these as its own str subclasses (they know how to quote themselves)
+            setattr(entry, attribute, type(text)(_COMMENT_UNSAFE.sub("?", str(text))[:200]))
+    return entry
+
+
 def header(authserv_id: str, entries: Sequence[Any]) -> AddHeader:
     """One header; folded after each result so no line nears RFC 5322's 998-character limit."""
-    value = authres.AuthenticationResultsHeader(authserv_id=authserv_id, results=list(entries)).header_value()
+    value = authres.AuthenticationResultsHeader(authserv_id=authserv_id,
+                                                results=[_clean(entry) for entry in entries]).header_value()
+    value.encode("ascii")  # our header is ASCII (RFC 8601 §2.2): anything else is a bug in _clean
     return AddHeader(HEADER, value.replace("; ", ";\n\t"))

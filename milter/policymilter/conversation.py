@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from policymilter import authresults, listeners
-from policymilter.dns import Budget, Resolver
+from policymilter.dns import Resolver
 from policymilter.facts import MACRO_SOURCES, Envelope, Session, strip_brackets
 from policymilter.listeners import Door
 from policymilter.logs import SUMMARY_KEYS, SUMMARY_TAIL, SessionLog, WarnOnce, event
@@ -56,7 +56,6 @@ class Conversation:
         self.results: list[CheckResult] = []
         self.started = 0.0
         self.failure: Verdict | None = None  # an error in a no-reply callback, answered later
-        self.budget: Budget | None = None
         self.session_failure: Verdict | None = None
 
     # --- session events -----------------------------------------------------------------
@@ -205,14 +204,10 @@ class Conversation:
 
     def context(self) -> CheckContext:
         return CheckContext(self.snapshot.policy, self.door, self.session, self.envelope or Envelope(),
-                            self.message, self.snapshot.resolver, self.budget, tuple(self.results),
+                            self.message, self.snapshot.resolver, None, tuple(self.results),
                             self.snapshot.resources)
 
     def _run(self, stage: Stage) -> Verdict:
-        # dns.lifetime bounds the lookups of one stage: each has its own Postfix timeout
-        # (milter_command_timeout, milter_content_timeout), and the client's transfer time
-        # between MAIL FROM and end of data must not eat the budget.
-        self.budget = self.snapshot.resolver.budget()
         verdict = self.snapshot.pipeline.run(stage, self.context(), self.log)
         self.results.extend(verdict.results)
         return verdict

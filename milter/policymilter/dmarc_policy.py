@@ -17,6 +17,7 @@ from typing import Literal, Protocol, TypeVar
 
 from publicsuffixlist import PublicSuffixList
 
+from policymilter import domains
 from policymilter.dns import Budget, DnsError
 
 # The one global: loaded once at import (~40 ms, offline), read-only afterwards, so libmilter's
@@ -111,12 +112,9 @@ class DmarcResult:
 
 
 def normalize_domain(domain: str) -> str:
-    """Lower case, no trailing dot, IDNs as A-labels (RFC 9989 §5.3.1); unencodable: lowered as is."""
-    name = domain.strip().rstrip(".").lower()
-    try:
-        return name.encode("idna").decode("ascii")
-    except UnicodeError:
-        return name
+    """Lower case, no trailing dot, IDNs as A-labels (RFC 9989 §5.3.1, IDNA2008); unencodable:
+    lowered as is."""
+    return domains.normalize(domain)
 
 
 def _valid_domain(name: str) -> bool:

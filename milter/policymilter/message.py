@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import email.parser
 import email.policy
-import email.utils
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import BinaryIO
 
-_HEADERS = email.policy.default.header_factory
+from policymilter.author import Author, BadFrom, parse_from
 
 # Bodies up to this size stay in memory; larger ones go to a temporary file.
 SPOOL_THRESHOLD = 256 * 1024
@@ -48,6 +46,7 @@ class Message:
         self._body: BinaryIO = tempfile.SpooledTemporaryFile(max_size=spool_threshold)  # noqa: SIM115
         self.body_size = 0
         self._parsed: EmailMessage | None = None
+        self._author: Author | BadFrom | None = None
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Message:
@@ -82,6 +81,7 @@ class Message:
     def add_header(self, name: str, value: bytes) -> None:
         self.headers.append(Header(name, value))
         self._parsed = None
+        self._author = None
 
     def write_body(self, chunk: bytes) -> None:
         # Past the cap the bytes are counted, not kept: an oversized message is refused anyway,
@@ -109,23 +109,11 @@ class Message:
         head = sum(len(h.name) + 1 + len(h.value) + 2 for h in self.headers)
         return head + 2 + self.body_size
 
-    def from_addresses(self) -> list[str]:
-        """Every RFC5322.From address (addr-spec, lower case), parsed leniently the way mail
-        clients display them (comments, display names, encoded words)."""
-        found: list[str] = []
-        for value in self.header_values("From"):
-            # unparsable by the modern parser: the classic one below may still read it
-            with contextlib.suppress(ValueError, IndexError, TypeError):
-                found.extend(address.addr_spec for address in getattr(_HEADERS("from", value), "addresses", ())
-                             if address.domain)
-            # The union with the classic parser: an address one parser drops must still count,
-            # or a crafted From could show one domain to the reader and another to DMARC.
-            found.extend(address for _, address in email.utils.getaddresses([value]) if "@" in address)
-        return list(dict.fromkeys(address.strip().lower().rstrip(".") for address in found if address.strip()))
-
-    def from_domains(self) -> set[str]:
-        """Domains of every RFC5322.From address (RFC 7489 §6.6.1)."""
-        return {address.rpartition("@")[2] for address in self.from_addresses() if address.rpartition("@")[2]}
+    def author(self) -> Author | BadFrom:
+        """The one RFC5322.From address every check judges, or why there is none (author.py)."""
+        if self._author is None:
+            self._author = parse_from([h.value for h in self.headers if h.name.lower() == "from"])
+        return self._author
 
     def header_values(self, name: str) -> list[str]:
         wanted = name.lower()

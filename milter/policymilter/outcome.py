@@ -18,6 +18,7 @@ class Outcome(StrEnum):
     FAIL = "fail"
     SOFTFAIL = "softfail"
     NEUTRAL = "neutral"
+    POLICY = "policy"  # RFC 8601 §2.7.1: signed, but not acceptable here (DKIM l=, rsa-sha1)
     NONE = "none"
     TEMPERROR = "temperror"
     PERMERROR = "permerror"

@@ -48,7 +48,7 @@ class CheckContext:
     envelope: Envelope
     message: Message | None = None
     resolver: Resolver | None = None
-    budget: Budget | None = None
+    budget: Budget | None = None  # this check's DNS time (the pipeline starts one per check)
     # What earlier checks of this transaction found (MAIL stage ones included).
     results: tuple[CheckResult, ...] = ()
     # Loaded with the policy: the sender map, the signing keys.
@@ -58,7 +58,7 @@ class CheckContext:
         return next((result for result in self.results if result.check == check), None)
 
     def dns(self) -> tuple[Resolver, Budget]:
-        """The policy's resolver and this message's lookup budget (checks that need DNS)."""
+        """The policy's resolver and this check's lookup budget (checks that need DNS)."""
         resolver = self.resolver or Resolver()
         return resolver, self.budget or resolver.budget()
 
@@ -114,6 +114,11 @@ class Pipeline:
 
     def _run_one(self, check: Check, context: CheckContext, log: logging.LoggerAdapter[Any]) -> CheckResult:
         started = time.perf_counter()
+        if context.resolver is not None:
+            # Each check's DNS lookups get their own dns.lifetime, from when the check starts: a
+            # slow virus scan must not spend DMARC's time (policy/timing.py adds the budgets up
+            # against Postfix's milter timeouts when the policy loads).
+            context = replace(context, budget=context.resolver.budget())
         try:
             result = check.run(context)
         except Exception as error:  # any bug in a check becomes `error`, never a crash

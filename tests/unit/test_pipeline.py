@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 
 import pytest
 
+from policymilter.cli import explain
 from policymilter.facts import Envelope, Session
 from policymilter.listeners import door_by_name
 from policymilter.logs import SessionLog
 from policymilter.outcome import CheckResult, Disposition, Outcome, SmtpReply
 from policymilter.pipeline import CheckContext, Pipeline, Stage
 from policymilter.policy import load_policy
+from policymilter.service import snapshot_for
 from tests.conftest import DEFAULT_POLICY
+from tests.zonefake import ZoneResolver
 
 REJECT = SmtpReply("550", "5.7.1", "no")
 
@@ -87,3 +91,43 @@ def test_report_mode_logs_what_would_happen_and_does_nothing():
     verdict = run([spam], context(['spam.mode="report"']))
     assert verdict.disposition is Disposition.CONTINUE
     assert verdict.results[0].would is Disposition.REJECT
+
+
+@dataclass
+class Slow:
+    """A scanner that takes its time (a clean but slow virus scan)."""
+
+    name: str = "antivirus"
+    stage: Stage = Stage.EOM
+    seconds: float = 0.4
+
+    def run(self, context: CheckContext) -> CheckResult:
+        time.sleep(self.seconds)
+        return CheckResult(self.name, Outcome.CLEAN)
+
+
+@dataclass
+class BudgetProbe:
+    """Records how much DNS time it was given when it started."""
+
+    name: str = "dmarc"
+    stage: Stage = Stage.EOM
+    left: float = -1.0
+
+    def run(self, context: CheckContext) -> CheckResult:
+        _, budget = context.dns()
+        self.left = budget.remaining()
+        return CheckResult(self.name, Outcome.PASS)
+
+
+def test_each_check_gets_its_own_dns_budget_a_slow_scan_cannot_spend_dmarcs():
+    """Issue 8 item 10: the end-of-message budget used to start before clamd ran, so a slow
+    clean scan left DMARC a spent budget (temperror, 451, on every retry)."""
+    probe = BudgetProbe()
+    policy = load_policy(DEFAULT_POLICY, ["dns.lifetime=0.3", "dns.timeout=0.3"]).policy
+    snapshot = replace(snapshot_for(policy, pipeline=Pipeline([Slow(seconds=0.4), probe])),
+                       resolver=ZoneResolver(lifetime=0.3, timeout=0.3))
+    session = Session(conn_id="t", client_ip="192.0.2.1", daemon_name="smtp", daemon_port=25)
+    explain(snapshot, session, door_by_name(policy, "smtp"), b"From: a@b.example\n\nhi\n", "a@b.example",
+            ["c@d.example"])
+    assert probe.left > 0.25  # all of dns.lifetime, although the scan took longer than that

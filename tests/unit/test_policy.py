@@ -241,3 +241,28 @@ def test_quoted_non_ascii_keys_are_located(tmp_path):
     assert errors(path) == [f"{path}:7: listeners.smtp.\"caf\u00e9\": unknown key (valid keys: auth, auth_mechanisms, "
                             "auth_requires_tls, authenticated, daemon_name, login_forbidden_chars, on_error, ports, "
                             "unauthenticated)"]
+
+
+def test_stage_time_budgets_must_fit_postfixs_milter_timeouts(tmp_path):
+    """Issue 8 item 10: each check waits on its own budget; their sum per stage must fit."""
+    local = tmp_path / "policy"
+    local.mkdir()
+    shipped = (DEFAULT_POLICY / "default.toml").read_text()
+    (local / "00-default.toml").write_text(shipped)
+    line = next(number for number, text in enumerate(shipped.splitlines(), 1) if text.startswith('checks = ["spf"'))
+    (local / "50-local.toml").write_text("[postfix]\nmilter_content_timeout = 120\n\n[dns]\nlifetime = 10.0\n")
+    with pytest.raises(PolicyError) as caught:
+        load_policy(local)
+    lines = [str(issue) for issue in caught.value.issues]
+    smtp = [line for line in lines if "listener smtp, unauthenticated" in line]
+    assert smtp == [f"{local / '00-default.toml'}:{line}: listeners.smtp.unauthenticated.checks: listener smtp, "
+                    "unauthenticated mail: at end of message the checks may wait up to 150 s (antivirus 60 + "
+                    "spam 60 + dkim 10 + arc 10 + dmarc 10); with 2 s for the milter's own work that is more "
+                    "than postfix.milter_content_timeout (120 s) allows: lower those timeouts, or raise "
+                    "milter_content_timeout in Postfix's main.cf and in [postfix] here"]
+    # MAIL FROM: only SPF waits, under milter_command_timeout
+    with pytest.raises(PolicyError) as caught:
+        load_policy(DEFAULT_POLICY, ["dns.lifetime=29"])
+    assert any("at MAIL FROM the checks may wait up to 29 s (spf 29)" in str(i) for i in caught.value.issues)
+    # lowering the scanners' timeouts makes it fit
+    load_policy(local, ["antivirus.timeout=40", "spam.timeout=40"])

@@ -42,6 +42,14 @@ def report(tmp_path: Path, login: str, mail_from: str, header_from: str | None =
         ("bob", "anyone@bobs-shop.example", None, "accept"),  # a whole domain from the map
         ("alice", "bob@example.org", None, "reject"),  # somebody else's address
         ("alice", "alice@example.org", "ceo@example.org", "reject"),  # a foreign From header
+        # issue 8: one From that parsers (and mail clients) read as different addresses
+        ("alice", "alice@example.org", "alice@example.org <ceo@example.org>", "reject"),
+        ("alice", "alice@example.org", "alice@example.org\n <ceo@example.org>", "reject"),  # folded
+        ("alice", "alice@example.org", "=?utf-8?q?alice@example.org?= <ceo@example.org>", "reject"),
+        ("alice", "alice@example.org", '"ceo@example.org" <alice@example.org>', "reject"),  # shown: ceo
+        ("alice", "alice@example.org", "alice@example.org, ceo@example.org", "reject"),
+        ("alice", "alice@example.org", "Alice <alice@example.org>", "accept"),  # the benign control
+        ("alice", "alice@example.org", '"alice@example.org" <alice@example.org>', "accept"),
         ("carol", "carol.x@example.org", None, "reject"),
     ],
 )
@@ -56,6 +64,23 @@ def test_a_mismatch_names_the_address_and_the_login(tmp_path):
     assert result["stage"] == "mail"
     from_header = report(tmp_path, "alice", "alice@example.org", "ceo@example.org")
     assert "may not send as ceo@example.org" in from_header["smtp_reply"] and from_header["stage"] == "eom"
+
+
+def test_an_ambiguous_from_is_refused_and_never_signed(tmp_path):
+    key = tmp_path / "k.key"
+    from policymilter.keytool import KeyType, generate_private_key, write_key_file
+
+    write_key_file(key, generate_private_key(KeyType.ED25519))
+    result = report(tmp_path, "alice", "alice@example.org", "alice@example.org <ceo@example.org>",
+                    f'signing.keys={{"example.org" = [{{selector = "s", key_file = "{key}", '
+                    'algorithm = "ed25519-sha256"}]}', 'sender.on_mismatch="log"')
+    # even when the sender check only logs, signing never vouches for a From it cannot read
+    checks = {c["check"]: c for c in result["checks"]}
+    assert checks["sender"]["outcome"] == "fail" and checks["sender"]["detail"] == "from-several"
+    assert checks["signing"]["detail"] == "bad-from"
+    assert not [h for h in result["headers_added"] if h["name"] == "DKIM-Signature"]
+    refused = report(tmp_path, "alice", "alice@example.org", "alice@example.org <ceo@example.org>")
+    assert refused["smtp_reply"].startswith("550 5.7.1 Your message's From header is not acceptable")
 
 
 def test_log_only_mode_lets_it_through_and_says_so(tmp_path):

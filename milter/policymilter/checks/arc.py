@@ -6,19 +6,21 @@ latest sealer is in `arc.trusted_sealers` (a mailing list, a forwarder) is overr
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import authres
 import authres.arc
 import dkim as dkimpy
 
-from policymilter.checks.dkim import _QUIET, KeyLookup
+from policymilter.checks.dkim import _QUIET, Hashing, KeyLookup
 from policymilter.dns import DnsError
 from policymilter.message import Message
 from policymilter.outcome import CheckResult, Outcome
 from policymilter.pipeline import CheckContext, Stage
 
 NAME = "arc"
+MAX_AAR_LENGTH = 8192
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,8 @@ def _sealer_saw_dmarc_pass(message: Message, instance: int) -> bool:
         tag, _, rest = value.partition(";")
         if tag.replace(" ", "").lower() != f"i={instance}":
             continue
+        if len(rest) > MAX_AAR_LENGTH:
+            return False  # a sealer's own results are short; a huge one is not worth parsing
         try:
             parsed = authres.AuthenticationResultsHeader.parse_value(rest.strip())
         except authres.AuthResError:
@@ -44,13 +48,56 @@ def _sealer_saw_dmarc_pass(message: Message, instance: int) -> bool:
     return False
 
 
+class ArcVerifier(Hashing, dkimpy.ARC):
+    """dkimpy's ARC chain validation, with each canonical form of the message made once."""
+
+
+MAX_SETS = 50  # RFC 8617 §4.2.1: i= is 1..50
+_ARC_HEADERS = ("arc-seal", "arc-message-signature", "arc-authentication-results")
+_INSTANCE = re.compile(rb"(?:^|;)\s*i\s*=\s*([0-9]{1,9})\s*(?:;|$)")
+
+
+def _structure_error(message: Message) -> str:
+    """Why the chain fails before any signature is checked ("" if it may be verified).
+
+    RFC 8617 §5.2 steps 1-3, done on the raw headers: every ARC header names its instance,
+    there are at most 50 sets, and each set has exactly one header of each kind, numbered
+    1..N without gaps. dkimpy verifies chains of any length (the cost grows with the square of
+    it), and a validly sealed chain of 51 sets would pass: such a chain is "fail" (§5.2).
+    """
+    counts: dict[tuple[bytes, int], int] = {}
+    for header in message.headers:
+        name = header.name.lower()
+        if name not in _ARC_HEADERS:
+            continue
+        if len(counts) > 3 * MAX_SETS:
+            return f"more than {MAX_SETS} ARC sets (RFC 8617 §4.2.1)"
+        found = _INSTANCE.search(b"".join(header.value.split()))
+        if found is None:
+            return f"{header.name} without a valid i= tag"
+        instance = int(found.group(1))
+        if not 1 <= instance <= MAX_SETS:
+            return f"ARC instance i={instance} outside 1..{MAX_SETS} (RFC 8617 §4.2.1)"
+        key = (name.encode(), instance)
+        counts[key] = counts.get(key, 0) + 1
+    instances = {instance for _, instance in counts}
+    if any(count > 1 for count in counts.values()):
+        return "an ARC set has a header twice"
+    if instances != set(range(1, len(instances) + 1)) or len(counts) != 3 * len(instances):
+        return "the ARC sets are incomplete or not numbered 1..N"
+    return ""
+
+
 def verify_chain(context: CheckContext) -> Chain:
     assert context.message is not None
     if not any(h.name.lower() == "arc-seal" for h in context.message.headers):
         return Chain("none", "", "no ARC headers")
+    broken = _structure_error(context.message)
+    if broken:
+        return Chain("fail", "", broken)
     resolver, budget = context.dns()
     try:
-        verdict, sets, comment = dkimpy.ARC(context.message.raw_bytes(), logger=_QUIET, minkey=1024).verify(
+        verdict, sets, comment = ArcVerifier(context.message.raw_bytes(), logger=_QUIET, minkey=1024).verify(
             dnsfunc=KeyLookup(resolver, budget))
     except DnsError as error:
         return Chain("temperror", "", f"key lookup failed: {error}")

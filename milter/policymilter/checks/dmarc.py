@@ -15,10 +15,11 @@ import authres
 import authres.dmarc
 
 from policymilter import dmarc_policy as dp
+from policymilter.author import BadFrom
 from policymilter.checks.arc import Chain
 from policymilter.checks.dkim import Signature
 from policymilter.checks.spf import SpfResult
-from policymilter.outcome import CheckResult, Disposition, ErrorAction, Outcome, SmtpReply
+from policymilter.outcome import CheckResult, Disposition, ErrorAction, Outcome, SmtpReply, reply_safe
 from policymilter.pipeline import CheckContext, Stage
 
 NAME = "dmarc"
@@ -86,10 +87,10 @@ class Dmarc:
     def run(self, context: CheckContext) -> CheckResult:
         if context.message is None:
             return CheckResult(NAME, Outcome.NONE, reason="no message")
-        domains = context.message.from_domains()
-        if len(domains) != 1:
-            return self._bad_from(context, domains)
-        author = domains.pop()
+        written_by = context.message.author()
+        if isinstance(written_by, BadFrom):
+            return self._bad_from(context, written_by)
+        author = written_by.domain
         spf, dkim, temperror = _identities(context, author)
         resolver, budget = context.dns()
         result = dp.evaluate(author, spf, dkim, resolver, budget, discovery=context.policy.dmarc.discovery)
@@ -155,13 +156,14 @@ class Dmarc:
         return CheckResult(NAME, Outcome.TEMPERROR, disposition, reply, reason=why, detail=result.from_domain,
                            authres=(_entry(result),), facts=result)
 
-    def _bad_from(self, context: CheckContext, domains: set[str]) -> CheckResult:
-        count = "no" if not domains else f"{len(domains)}"
-        reason = f"message has {count} From domain(s); DMARC needs exactly one (RFC 7489 §6.6.1)"
-        entry = authres.dmarc.DMARCAuthenticationResult(result="permerror", result_comment=reason)
+    def _bad_from(self, context: CheckContext, bad: BadFrom) -> CheckResult:
+        reason = f"{bad.reason}; DMARC needs exactly one unambiguous author domain (RFC 7489 §6.6.1)"
+        # The comment is ours, not the attacker's text: the header stays parseable.
+        entry = authres.dmarc.DMARCAuthenticationResult(result="permerror", result_comment=f"bad From: {bad.detail}")
         if context.policy.dmarc.on_bad_from == "accept":
-            return CheckResult(NAME, Outcome.PERMERROR, reason=reason, detail="from", authres=(entry,))
+            return CheckResult(NAME, Outcome.PERMERROR, reason=reason, detail=f"from-{bad.detail}", authres=(entry,))
         return CheckResult(NAME, Outcome.PERMERROR, Disposition.REJECT,
-                           SmtpReply("550", "5.7.1", "Message refused: it must have exactly one From address "
-                                                     "domain (RFC 5322 §3.6.2)"),
-                           reason=reason, detail="from", authres=(entry,))
+                           SmtpReply("550", "5.7.1", f"Message refused: {reply_safe(bad.reason, 160)}; a message "
+                                                     "must have exactly one From address, written so that every "
+                                                     "reader sees the same one (RFC 5322 section 3.6.2)"),
+                           reason=reason, detail=f"from-{bad.detail}", authres=(entry,))

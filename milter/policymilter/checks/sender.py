@@ -8,6 +8,7 @@ message. A mismatch is refused naming the address and the login (or only logged)
 from __future__ import annotations
 
 from policymilter import sendermap
+from policymilter.author import BadFrom
 from policymilter.outcome import CheckResult, Disposition, Outcome, SmtpReply, reply_safe
 from policymilter.pipeline import CheckContext, Stage
 
@@ -50,7 +51,20 @@ class SenderFrom:
     def run(self, context: CheckContext) -> CheckResult:
         if context.message is None:
             return CheckResult(NAME, Outcome.SKIPPED, reason="no message", detail="empty")
-        addresses = context.message.from_addresses()
-        if not addresses:
-            return _judge(context, ["(no From address)"], "From")
-        return _judge(context, addresses, "From")
+        written_by = context.message.author()
+        if isinstance(written_by, BadFrom):
+            return _bad_from(context, written_by)
+        return _judge(context, [written_by.address], "From")
+
+
+def _bad_from(context: CheckContext, bad: BadFrom) -> CheckResult:
+    """A From that readers may read differently can claim an address the login does not own."""
+    login = context.session.auth_login
+    if not login:
+        return CheckResult(NAME, Outcome.SKIPPED, reason="not authenticated", detail="anonymous")
+    reason = f"login {login}: {bad.reason}"
+    if context.policy.sender.on_mismatch == "log":
+        return CheckResult(NAME, Outcome.FAIL, reason=reason + " (logged only)", detail=f"from-{bad.detail}")
+    reply = SmtpReply("550", "5.7.1", f"Your message's From header is not acceptable ({reply_safe(bad.reason, 140)}): "
+                                      "write exactly one From address, one of your own")
+    return CheckResult(NAME, Outcome.FAIL, Disposition.REJECT, reply, reason=reason, detail=f"from-{bad.detail}")

@@ -8,6 +8,7 @@ log line naming the domain): the site asked for signing, so unsigned mail never 
 from __future__ import annotations
 
 from policymilter import dkimsign
+from policymilter.author import Author, BadFrom
 from policymilter.message import Message
 from policymilter.outcome import (
     Action,
@@ -53,11 +54,12 @@ def final_headers(message: Message, actions: list[Action]) -> list[tuple[str, by
     return headers
 
 
-def signing_domain(context: CheckContext, domains: set[str]) -> str | None:
-    """The site domain to sign for: the From domain itself or its nearest site parent."""
-    if len(domains) != 1:
+def signing_domain(context: CheckContext, written_by: Author | BadFrom) -> str | None:
+    """The site domain to sign for: the From domain itself or its nearest site parent. Never for
+    a From that readers may read differently (we would sign whatever address they see)."""
+    if isinstance(written_by, BadFrom):
         return None
-    author = next(iter(domains))
+    author = written_by.domain
     candidates = [d for d in context.policy.site.domains if author == d or author.endswith("." + d)]
     return max(candidates, key=len) if candidates else None
 
@@ -73,7 +75,10 @@ class Signing:
         if not context.policy.signing.keys:
             # No keys at all: the admin has not set signing up yet (the shipped default).
             return CheckResult(NAME, Outcome.SKIPPED, reason="signing.keys is empty: not set up", detail="no-keys")
-        domain = signing_domain(context, message.from_domains())
+        written_by = message.author()
+        if isinstance(written_by, BadFrom):
+            return CheckResult(NAME, Outcome.SKIPPED, reason=f"not signed: {written_by.reason}", detail="bad-from")
+        domain = signing_domain(context, written_by)
         if domain is None:
             return CheckResult(NAME, Outcome.SKIPPED, reason="From is not one of site.domains", detail="not-ours")
         keys = context.resources.keys.get(domain, []) if context.resources else []

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import authres
 import spf as pyspf
 
+from policymilter import domains
 from policymilter.dns import Budget, Resolver, for_pyspf
 from policymilter.outcome import CheckResult, Disposition, Outcome, SmtpReply, reply_safe
 from policymilter.pipeline import CheckContext, Stage
@@ -23,11 +24,8 @@ _DOMAIN = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9
 
 
 def a_label(domain: str) -> str:
-    """`bücher.example` -> `xn--bcher-kva.example`; unchanged when it cannot be encoded."""
-    try:
-        return domain.encode("idna").decode("ascii").lower()
-    except UnicodeError:
-        return domain.lower()
+    """`bücher.example` -> `xn--bcher-kva.example` (IDNA2008); lowered when it cannot be encoded."""
+    return domains.normalize(domain)
 
 
 @dataclass(frozen=True)

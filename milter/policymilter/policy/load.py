@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from policymilter.policy.locate import KeyPath, locate
 from policymilter.policy.model import Policy
+from policymilter.policy.timing import too_slow
 
 OVERRIDE_FILE = "-o"
 
@@ -237,6 +238,8 @@ def _semantic_issues(policy: Policy, sources: _Sources, fallback: str) -> list[P
                   f"{len(known) - 3} file types)")
     if not policy.listeners:
         issue(("listeners",), "no listener is defined: every session would get the strictest profile")
+    for path, message in too_slow(policy):
+        issue(path, message)
     names: dict[str, str] = {}
     ports: dict[int, str] = {}
     for key, listener in policy.listeners.items():

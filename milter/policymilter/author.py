@@ -1,0 +1,152 @@
+"""Who wrote a message: the one RFC5322.From address every check uses, or why there is none.
+
+DMARC (inbound), sender ownership and signing (outbound) must judge the address a mail client
+shows and replies to. Mail clients, Python's three address parsers and our checks can read
+the same bytes differently: `From: attacker@evil.example <service@bank.example>` is one
+address to the header registry, none to the strict `getaddresses` and two to the lenient
+one. So a From is accepted only when it is unambiguous: one From header, one mailbox, and
+every parser yields the same address without complaint. Anything else is a bad From
+(RFC 7489 §6.6.1), which each check refuses in its own words. There is no "most likely"
+reading: the attacker chooses which reading a victim's client makes.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import email.utils
+import inspect
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from policymilter.domains import DomainError, ascii_lower, to_ascii
+
+_REGISTRY = email.policy.default.header_factory
+# Debian's Python carries the CVE-2023-27043 fix (a `strict` mode, on by default); a Python
+# without it has only the lenient parser.
+_HAS_STRICT = "strict" in inspect.signature(email.utils.getaddresses).parameters
+# Something a reader would take for an address: local@domain.tld, after NFKC (full-width
+# "＠" is "@") and without invisible format characters.
+_ADDRESS_LIKE = re.compile(r"[^\s<>\"'()@,;:]+@[^\s<>\"'()@,;:]+\.[^\s<>\"'()@,;:]*[^\s<>\"'()@,;:.]")
+# Explicit embeddings, overrides and isolates (UAX #9): they reorder what the reader sees.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_UNFOLD = re.compile(r"\r?\n(?=[ \t])")
+
+
+@dataclass(frozen=True)
+class Author:
+    """The message's single author."""
+
+    address: str  # local@domain as written, the domain part in A-labels, lower case
+    local: str
+    domain: str  # A-labels, lower case, no trailing dot
+    display_name: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class BadFrom:
+    """No author every reader agrees on."""
+
+    reason: str  # for logs and replies: what is wrong with the From header
+    detail: str  # one word for the summary line: missing, several, ambiguous, ...
+
+    @property
+    def ok(self) -> bool:
+        return False
+
+
+def parse_from(values: Sequence[bytes]) -> Author | BadFrom:
+    """The author from the raw values of every From header (as received, folding included)."""
+    if not values:
+        return BadFrom("the message has no From header", "missing")
+    if len(values) > 1:
+        return BadFrom(f"the message has {len(values)} From headers (RFC 5322 §3.6 allows one)", "several")
+    raw = values[0]
+    if b"\0" in raw:
+        # C-string readers (libmilter, many clients) stop at the NUL, others do not.
+        return BadFrom("the From header contains a NUL byte", "nul")
+    text = _UNFOLD.sub("", raw.decode("utf-8", "replace")).strip()
+    if not text:
+        return BadFrom("the From header is empty", "missing")
+    return _single(text)
+
+
+def _single(text: str) -> Author | BadFrom:
+    try:
+        header = _REGISTRY("from", text)
+        mailboxes = list(getattr(header, "addresses", ()))
+        groups = list(getattr(header, "groups", ()))
+        defects = list(getattr(header, "defects", ()))
+    except (ValueError, IndexError, TypeError, AttributeError):  # the registry's parser on hostile input
+        return BadFrom("the From header cannot be parsed", "unparsable")
+    lenient = [pair for pair in _getaddresses(text, strict=False) if any(pair)]
+    strict = [pair for pair in _getaddresses(text, strict=True) if any(pair)] if _HAS_STRICT else lenient
+    counts = {len(mailboxes), len(lenient), len(strict)}
+    if counts == {0}:
+        return BadFrom("the From header holds no address", "missing")
+    if max(counts) > 1:
+        return BadFrom("the From header holds several addresses, or parsers disagree on how many", "several")
+    if counts != {1} or defects or any(group.display_name is not None for group in groups):
+        return BadFrom("the From header is ambiguous: mail clients and parsers read different addresses from it",
+                       "ambiguous")
+    mailbox = mailboxes[0]
+    spellings = {mailbox.addr_spec, lenient[0][1], strict[0][1]}
+    if len(spellings) != 1:
+        return BadFrom("the From header is ambiguous: parsers read different addresses from it", "ambiguous")
+    address = spellings.pop()
+    return _author(address, mailbox.display_name or lenient[0][0])
+
+
+def _getaddresses(text: str, *, strict: bool) -> list[tuple[str, str]]:
+    if _HAS_STRICT:
+        return email.utils.getaddresses([text], strict=strict)
+    return email.utils.getaddresses([text])
+
+
+def _author(address: str, display_name: str) -> Author | BadFrom:
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        return BadFrom(f"the From address {_shown(address)} has no domain", "ambiguous")
+    if "=?" in address or any(not char.isprintable() for char in address):
+        # Encoded words are not allowed in an addr-spec (RFC 2047 §5), yet some clients decode
+        # them there ("Mailsploit"), showing an address the checks never saw.
+        return BadFrom(f"the From address {_shown(address)} contains encoded or control characters", "ambiguous")
+    if domain.startswith("["):
+        return BadFrom("the From address has an address literal, not a domain", "ambiguous")
+    try:
+        ascii_domain = to_ascii(domain, exact=True)
+    except DomainError as error:
+        return BadFrom(f"the From domain is not usable: {error}", "domain")
+    shown = _visible(display_name)
+    if any(char in _BIDI_CONTROLS or unicodedata.category(char) == "Cc" for char in display_name):
+        return BadFrom("the From display name contains direction overrides or control characters", "ambiguous")
+    normalised = f"{local}@{ascii_domain}".lower()
+    for found in _ADDRESS_LIKE.findall(shown):
+        if _comparable(found) != normalised:
+            return BadFrom(f"the From display name shows another address ({_shown(found)}) than the one it "
+                           f"has ({_shown(address)})", "display-address")
+    return Author(f"{local}@{ascii_domain}", local, ascii_domain, display_name)
+
+
+def _visible(text: str) -> str:
+    """What a reader sees: compatibility forms folded, invisible format characters gone."""
+    folded = unicodedata.normalize("NFKC", text)
+    return "".join(char for char in folded if unicodedata.category(char) != "Cf")
+
+
+def _comparable(address: str) -> str:
+    local, _, domain = address.rpartition("@")
+    try:
+        domain = to_ascii(domain)
+    except DomainError:
+        domain = ascii_lower(domain)
+    return f"{local}@{domain}".lower()
+
+
+def _shown(text: str) -> str:
+    return ascii(text)[1:-1][:80]

@@ -1,0 +1,89 @@
+"""dmarc (the check): which author domain is judged, and what a bad From gets.
+
+The evaluation itself is tested in test_dmarc_policy.py; here, on an in-memory zone, the
+tricks that made the check judge a domain other than the one a mail client shows.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import pytest
+
+from policymilter.checks.dmarc import Dmarc
+from policymilter.checks.spf import SpfResult
+from policymilter.dns import Budget
+from policymilter.facts import Envelope, Session
+from policymilter.listeners import door_by_name
+from policymilter.message import Message
+from policymilter.outcome import CheckResult, Disposition, Outcome
+from policymilter.pipeline import CheckContext
+from policymilter.policy import load_policy
+from policymilter.policy.model import Policy
+from tests.conftest import DEFAULT_POLICY, OFFLINE
+from tests.zonefake import ZoneResolver
+
+
+@functools.cache
+def _policy(*extra: str) -> Policy:
+    return load_policy(DEFAULT_POLICY, [*OFFLINE, "dmarc.enabled=true", *extra]).policy
+
+
+ZONE = (ZoneResolver()
+        .txt_record("_dmarc.bank.example", "v=DMARC1; p=reject")
+        .txt_record("_dmarc.evil.example", "v=DMARC1; p=none")
+        .txt_record("_dmarc.xn--fa-hia.example", "v=DMARC1; p=reject")  # faß.example
+        .txt_record("_dmarc.fass.example", "v=DMARC1; p=none"))
+
+
+def run(header_from: str, spf_domain: str, *extra: str) -> CheckResult:
+    """DMARC for a message whose MAIL FROM domain (`spf_domain`) passed SPF."""
+    policy = _policy(*extra)
+    raw = f"From: {header_from}\nTo: bob@example.test\nSubject: s\n\nbody\n".encode()
+    spf = CheckResult("spf", Outcome.PASS, facts=SpfResult("mailfrom", spf_domain, "pass"))
+    context = CheckContext(policy, door_by_name(policy, "smtp"), Session(conn_id="t", client_ip="192.0.2.66"),
+                           Envelope(f"x@{spf_domain}"), Message.from_bytes(raw), ZONE, Budget(time.monotonic() + 9),
+                           (spf,))
+    return Dmarc().run(context)
+
+
+@pytest.mark.parametrize(
+    "header_from",
+    [
+        "attacker@evil.example <service@bank.example>",  # the issue's example
+        "attacker@evil.example\n <service@bank.example>",
+        "<attacker@evil.example> <service@bank.example>",
+        "=?utf-8?q?service@bank.example?= <attacker@evil.example>",
+        '"service@bank.example" <attacker@evil.example>',
+        "attacker@evil.example, service@bank.example",
+    ],
+)
+def test_a_from_readers_disagree_on_is_refused_not_passed(header_from):
+    result = run(header_from, "evil.example")
+    assert result.outcome is Outcome.PERMERROR and result.disposition is Disposition.REJECT
+    assert result.reply is not None and result.reply.code == "550"
+    assert result.reply.text.isascii() and "exactly one From address" in result.reply.text
+
+
+def test_on_bad_from_accept_only_records_it():
+    result = run("attacker@evil.example <service@bank.example>", "evil.example", 'dmarc.on_bad_from="accept"')
+    assert result.outcome is Outcome.PERMERROR and result.disposition is Disposition.CONTINUE
+
+
+def test_the_benign_control_passes():
+    result = run("Service <service@evil.example>", "evil.example")
+    assert result.outcome is Outcome.PASS and result.detail == "evil.example"
+
+
+def test_idna2008_judges_the_domain_the_reader_sees():
+    """IDNA2003 folds faß to fass: DMARC would ask fass.example (the attacker's, p=none, SPF
+    aligned) about mail that shows faß.example (p=reject)."""
+    result = run("CEO <ceo@faß.example>", "fass.example")
+    assert result.outcome is Outcome.FAIL and result.disposition is Disposition.REJECT
+    assert "xn--fa-hia.example" in result.reason
+
+
+def test_a_from_domain_that_changes_under_mapping_is_a_bad_from():
+    result = run("ceo@\uff42ank.example", "bank.example")  # full-width b: shown as bank, looked up as bank
+    assert result.outcome is Outcome.PERMERROR and result.detail == "from-domain"

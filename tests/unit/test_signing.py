@@ -1,0 +1,72 @@
+"""signing: our signatures, as a receiver verifies them (dkimpy against an in-memory zone).
+
+Over-signing (RFC 6376 §8.15): every header we sign is listed once more than the message has
+it, so a replayed copy of a site-signed message with another Subject, To or From put on top
+— which mail clients show, while verifiers read from the bottom — no longer verifies.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dkim
+import pytest
+
+from policymilter import keytool
+from policymilter.cli import explain
+from policymilter.dkimsign import signed_headers
+from policymilter.facts import Session
+from policymilter.listeners import door_by_name
+from policymilter.service import load_snapshot
+from tests.conftest import DEFAULT_POLICY, OFFLINE
+from tests.zonefake import ZoneResolver
+
+RAW = (b"From: Alice <alice@example.org>\r\nTo: bob@elsewhere.test\r\nSubject: invoice 42\r\n"
+       b"Date: Tue, 01 Dec 2026 10:00:00 +0000\r\nMessage-ID: <m1@example.org>\r\n\r\nPlease pay 10 EUR.\r\n")
+
+
+def sign(tmp_path: Path, raw: bytes = RAW) -> tuple[bytes, ZoneResolver]:
+    """The message as it leaves: our DKIM-Signature on top; and the zone with our key."""
+    key = tmp_path / "example.org.s1.key"
+    private = keytool.generate_private_key(keytool.KeyType.RSA, 2048)
+    keytool.write_key_file(key, private)
+    snapshot = load_snapshot(DEFAULT_POLICY, [*OFFLINE, 'site.domains=["example.org"]',
+                                              f'signing.keys={{"example.org" = [{{selector = "s1", '
+                                              f'key_file = "{key}"}}]}}'])
+    session = Session(conn_id="t", client_ip="192.0.2.9", daemon_name="submission", daemon_port=587,
+                      auth_login="alice", auth_mech="PLAIN", tls_version="TLSv1.3")
+    report = explain(snapshot, session, door_by_name(snapshot.policy, "submission"), raw, "alice@example.org",
+                     ["bob@elsewhere.test"])
+    [value] = [h["value"] for h in report["headers_added"] if h["name"] == "DKIM-Signature"]
+    signature = b"DKIM-Signature: " + value.replace("\n", "\r\n").encode() + b"\r\n"
+    zone = ZoneResolver().txt_record("s1._domainkey.example.org", keytool.public_record(private, "rsa-sha256"))
+    return signature + raw, zone
+
+
+def verifies(message: bytes, zone: ZoneResolver) -> bool:
+    def lookup(name: bytes, timeout: float = 5) -> bytes | None:
+        records = zone.txt(name.decode().rstrip("."))
+        return records[0].encode() if records else None
+    return bool(dkim.DKIM(message).verify(dnsfunc=lookup))
+
+
+def test_the_signed_message_verifies(tmp_path):
+    message, zone = sign(tmp_path)
+    assert verifies(message, zone)
+
+
+@pytest.mark.parametrize("added", [b"Subject: URGENT: new bank account\r\n", b"To: victim@elsewhere.test\r\n",
+                                   b"From: ceo@example.org\r\n", b"Reply-To: attacker@evil.example\r\n",
+                                   b"Date: Wed, 02 Dec 2026 09:00:00 +0000\r\n", b"Cc: more@elsewhere.test\r\n",
+                                   b"Content-Type: text/html\r\n"])
+def test_a_replayed_copy_with_a_header_added_on_top_does_not_verify(tmp_path, added):
+    message, zone = sign(tmp_path)
+    signature_end = message.index(b"\r\nFrom:") + 2
+    replayed = message[:signature_end] + added + message[signature_end:]
+    assert not verifies(replayed, zone)
+
+
+def test_every_signed_header_is_listed_once_more_than_present():
+    names = signed_headers(RAW.replace(b"To: bob", b"To: a@x.test\r\nTo: bob"))
+    assert names.count(b"to") == 3 and names.count(b"from") == 2 and names.count(b"subject") == 2
+    assert names.count(b"cc") == 1 and names.count(b"reply-to") == 1  # absent: signed as absent
