@@ -43,12 +43,13 @@ def ed25519_key(domain: str, selector: str) -> DkimKey:
                    f"v=DKIM1; k=ed25519; p={public}")
 
 
-def sign(message: bytes, key: DkimKey, canonicalize: tuple[bytes, bytes] = (b"relaxed", b"relaxed")) -> bytes:
-    """The message with a DKIM-Signature header prepended (CRLF line ends)."""
+def sign(message: bytes, key: DkimKey, canonicalize: tuple[bytes, bytes] = (b"relaxed", b"relaxed"),
+         length: bool = False) -> bytes:
+    """The message with a DKIM-Signature header prepended (CRLF line ends); `length`: with l=."""
     message = message.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     header = dkim.sign(message, key.selector.encode(), key.domain.encode(), key.private,
                        include_headers=SIGNED_HEADERS, canonicalize=canonicalize,
-                       signature_algorithm=key.algorithm.encode())
+                       signature_algorithm=key.algorithm.encode(), length=length)
     return header + message
 
 

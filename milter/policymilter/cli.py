@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from policymilter import __version__
+from policymilter.author import Author
 from policymilter.conversation import Conversation, Snapshot
 from policymilter.facts import Session
 from policymilter.listeners import UNKNOWN_LISTENER, Door, door_by_name
@@ -176,7 +177,9 @@ def explain(snapshot: Snapshot, session: Session, door: Door, raw: bytes, mail_f
     message = Message.from_bytes(raw)
     conversation = Conversation(snapshot, session, door=door)
     conversation.connected()
-    sender = mail_from if mail_from is not None else next(iter(_addresses(message, "From")), "")
+    written_by = message.author()
+    # The envelope sender defaults to the author the checks judge (none for a bad From).
+    sender = mail_from if mail_from is not None else (written_by.address if isinstance(written_by, Author) else "")
     recipients = list(rcpts) or _addresses(message, "To", "Cc") or ["postmaster@localhost"]
     verdict = conversation.mail(session, f"<{sender}>")
     stage = "mail"
