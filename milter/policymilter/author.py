@@ -32,6 +32,10 @@ _ADDRESS_LIKE = re.compile(r"[^\s<>\"'()@,;:]+@[^\s<>\"'()@,;:]+\.[^\s<>\"'()@,;
 # Explicit embeddings, overrides and isolates (UAX #9): they reorder what the reader sees.
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _UNFOLD = re.compile(r"\r?\n(?=[ \t])")
+# Far above anything a mail client writes (RFC 5322 lines stop at 998 characters), far below
+# what makes the stdlib's parsers slow.
+MAX_FROM_LENGTH = 1024
+MAX_COMMENT_NESTING = 8
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,22 @@ def parse_from(values: Sequence[bytes]) -> Author | BadFrom:
     text = _UNFOLD.sub("", raw.decode("utf-8", "replace")).strip()
     if not text:
         return BadFrom("the From header is empty", "missing")
+    if len(text) > MAX_FROM_LENGTH or _nesting(text) > MAX_COMMENT_NESTING:
+        # The stdlib's parsers recurse per comment level and slow down on long values: a From
+        # no client writes is refused before they see it.
+        return BadFrom(f"the From header is {len(text)} characters long or its comments nest too deeply", "too-long")
     return _single(text)
+
+
+def _nesting(text: str) -> int:
+    depth = deepest = 0
+    for char in text:
+        if char == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char == ")" and depth:
+            depth -= 1
+    return deepest
 
 
 def _single(text: str) -> Author | BadFrom:
@@ -82,7 +101,7 @@ def _single(text: str) -> Author | BadFrom:
         mailboxes = list(getattr(header, "addresses", ()))
         groups = list(getattr(header, "groups", ()))
         defects = list(getattr(header, "defects", ()))
-    except (ValueError, IndexError, TypeError, AttributeError):  # the registry's parser on hostile input
+    except (ValueError, IndexError, TypeError, AttributeError, RecursionError):  # the registry's parser on hostile input
         return BadFrom("the From header cannot be parsed", "unparsable")
     lenient = [pair for pair in _getaddresses(text, strict=False) if any(pair)]
     strict = [pair for pair in _getaddresses(text, strict=True) if any(pair)] if _HAS_STRICT else lenient

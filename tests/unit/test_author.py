@@ -209,3 +209,23 @@ def test_property_one_author_every_reader_agrees_on_or_bad_from(value):
     dmarc_domain, judged, signing = _views(value)
     assert dmarc_domain == found.domain and judged == found.address
     assert signing == (SITE if found.domain == SITE else None)
+
+
+@pytest.mark.parametrize("value", ["(" * 3000 + "a@b.example", "(a (b (c (d (e (f (g (h (i (j x) ) ) ) ) ) ) ) ) )"
+                                   " <a@b.example>", "a" * 50_000 + "@b.example", "(a)" * 600 + " <a@b.example>"])
+def test_a_from_built_to_exhaust_the_parsers_is_refused_cheaply(value):
+    # the stdlib's parser recurses once per comment level (RecursionError at ~1000) and slows
+    # down on long values: nothing a mail client writes is that long or that deep
+    started = time.process_time()
+    assert parse_from([value.encode()]).detail == "too-long"
+    assert time.process_time() - started < 0.05
+
+
+def test_the_interpreter_is_debians_as_deployed():
+    """The daemon runs on Debian's Python (scripts/install); its email package carries the
+    CVE-2023-27043 fix whose strict parser is one of the readers compared here."""
+    import sys
+
+    from policymilter import author
+
+    assert sys.base_prefix == "/usr" and author._HAS_STRICT
