@@ -41,7 +41,6 @@ OURS = "mail.example.org"
     ],
 )
 def test_a_header_claiming_our_id_is_forged(value):
-    assert authresults.claims(value.strip(), OURS)
     message = Message.from_bytes(f"Authentication-Results:{value}\nFrom: a@b.example\n\nbody\n".encode())
     assert authresults.forged(message, OURS) == (authresults.RemoveHeader("Authentication-Results", 1),)
 
@@ -57,7 +56,8 @@ def test_a_header_claiming_our_id_is_forged(value):
     ],
 )
 def test_other_servers_headers_are_kept(value):
-    assert not authresults.claims(value, OURS)
+    message = Message.from_bytes(f"Authentication-Results: {value}\nFrom: a@b.example\n\nbody\n".encode())
+    assert authresults.forged(message, OURS) == ()
 
 
 def test_removal_indexes_count_per_name_and_go_last_first():
@@ -68,9 +68,10 @@ def test_removal_indexes_count_per_name_and_go_last_first():
 
 
 def test_a_megabyte_of_claims_costs_milliseconds():
-    values = [f"(c) {OURS} 1; dkim=pass (" + "z" * 400 + ")" for _ in range(2500)]
+    headers = "".join(f"Authentication-Results: (c) {OURS} 1; dkim=pass (" + "z" * 400 + ")\n" for _ in range(2500))
+    message = Message.from_bytes(f"{headers}From: a@b.example\n\nbody\n".encode())
     started = time.process_time()
-    assert all(authresults.claims(value, OURS) for value in values)
+    assert len(authresults.forged(message, OURS)) == 2500
     assert time.process_time() - started < 1.0  # generous: the benchmark has the real figure
 
 
