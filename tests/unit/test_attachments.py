@@ -29,6 +29,7 @@ from policymilter.pipeline import CheckContext, Stage
 from policymilter.policy.model import Policy
 from tests import attachment_corpus as corpus
 from tests.attachment_corpus import attachment, text, with_attachment
+from tests.conftest import DEFAULT_POLICY
 
 CHECK = Attachments()
 ADVICE = "send them through authenticated submission on port 587"
@@ -181,8 +182,8 @@ BLOCKED = [
          "files.7z", "7z archive"),
     Case("rar-named-pdf", lambda: with_attachment(attachment(corpus.RAR, "scan.pdf")), Rule.UNINSPECTABLE,
          "scan.pdf", "rar archive"),
-    Case("iso-image", lambda: with_attachment(attachment(bytes(0x8001) + b"CD001" + bytes(4000), "disk.img")),
-         Rule.UNINSPECTABLE, "disk.img", "iso archive"),
+    Case("iso-image", lambda: with_attachment(attachment(bytes(0x8001) + b"CD001" + bytes(4000), "disk.dat")),
+         Rule.UNINSPECTABLE, "disk.dat", "iso archive"),
     # MIME structure
     Case("mime-nested-1000-levels", lambda: corpus.message(
         corpus.nested_multipart(1000, attachment(b"x", "a.txt"))), Rule.UNINSPECTABLE, "", "MIME nested deeper"),
@@ -544,3 +545,42 @@ def test_cost_is_bounded(size, wrap, default_policy):
     assert result.outcome is Outcome.CLEAN, result.reason
     if size >= 5 * 1024 * 1024:
         assert peak < 2 * len(raw)
+
+
+# --- the default lists ------------------------------------------------------------------------
+
+
+def test_default_toml_lists_exactly_the_models_default_extensions():
+    import tomllib
+
+    from policymilter.policy.model import DEFAULT_BLOCKED_EXTENSIONS
+
+    with (DEFAULT_POLICY / "default.toml").open("rb") as shipped:
+        table = tomllib.load(shipped)["attachments"]
+    assert table["blocked_extensions"] == list(DEFAULT_BLOCKED_EXTENSIONS)
+    assert len(set(DEFAULT_BLOCKED_EXTENSIONS)) == len(DEFAULT_BLOCKED_EXTENSIONS)
+    assert table["blocked_content"] == ["pe", "elf", "macho", "macro"]
+
+
+@pytest.mark.parametrize("name", [
+    # OneNote, shortcuts, disk images, installers, search/library/settings shortcuts
+    "notes.one", "notes.onepkg", "a.url", "a.website", "a.appref-ms", "disk.iso", "disk.img", "disk.vhd",
+    "disk.vhdx", "setup.msix", "setup.msixbundle", "setup.appx", "setup.appxbundle", "a.appinstaller",
+    "a.application", "a.search-ms", "a.searchconnector-ms", "a.library-ms", "a.settingcontent-ms",
+    # Java Web Start, Windows Sandbox, Excel add-ins and web queries, macro-enabled Office
+    "a.jnlp", "a.wsb", "a.xll", "a.xla", "a.xlam", "a.iqy", "a.slk", "a.docm", "a.dotm", "a.xlsm", "a.xltm",
+    "a.xlsb", "a.pptm", "a.potm", "a.ppam", "a.ppsm", "a.sldm",
+    # Outlook's Level-1 list, a sample of what the old default lacked
+    "a.diagcab", "a.gadget", "a.msu", "a.cab", "a.hlp", "a.xbap", "a.printerexport", "a.mdb", "a.ps1xml",
+])
+def test_the_default_list_blocks_what_is_abused_today(name, default_policy):
+    result = run(with_attachment(attachment(b"x", name)), default_policy)
+    assert (result.outcome, result.detail) == (Outcome.BLOCKED, "extension"), result.reason
+
+
+def test_the_extension_validator_allows_long_real_extensions():
+    from policymilter.policy.model import Attachments as Table
+
+    assert Table(blocked_extensions=("searchconnector-ms", "EXE")).blocked_extensions == ("searchconnector-ms", "exe")
+    with pytest.raises(ValueError):
+        Table(blocked_extensions=(".exe",))

@@ -53,14 +53,18 @@ MAX_FINDINGS = 20  # uninspectable places recorded before the walk gives up
 REPLY_NAME_LENGTH = 48
 
 # Proposed policy keys, with these defaults until the model has them.
-DEFAULT_BLOCKED_CONTENT = ("pe", "elf", "macho")
+DEFAULT_BLOCKED_CONTENT = ("pe", "elf", "macho", "macro")
 DEFAULT_MAX_PARTS = 1000
 
 EXECUTABLE_KINDS = {
     "pe": "a Windows executable (PE)",
     "elf": "an ELF executable",
     "macho": "a macOS executable (Mach-O)",
+    "macro": "an Office document with macros (VBA)",
 }
+# Kinds the walk establishes from a container's structure rather than from a file's first
+# bytes (mimewalk.File.kinds).
+STRUCTURAL_KINDS = ("macro",)
 
 
 class Rule(StrEnum):
@@ -241,7 +245,7 @@ def executable_kind(data: bytes | memoryview, wanted: Iterable[str]) -> str | No
 
 def known_content_kinds() -> frozenset[str]:
     """What `blocked_content` may list (for the policy validator)."""
-    return frozenset(_EXACT) | frozenset(kind.extension for kind in filetype.types)
+    return frozenset(_EXACT) | frozenset(STRUCTURAL_KINDS) | frozenset(kind.extension for kind in filetype.types)
 
 
 # --- the scan --------------------------------------------------------------------------------
