@@ -306,3 +306,32 @@ def message(*parts: Part, subject: str = "Test") -> bytes:
 def with_attachment(part: Part, subject: str = "Test") -> bytes:
     """The usual shape: a short text and one attachment in a multipart/mixed."""
     return message(text("Please see attached.\n"), part, subject=subject)
+
+
+# --- MIME tricks: headers given twice, loose transfer encodings, yEnc, BinHex ------------------
+
+
+def pe_part(cte: str, name: str = "a.dat") -> Part:
+    """A PE in base64 under a Content-Transfer-Encoding value written as given."""
+    return raw_part([f'Content-Type: application/octet-stream; name="{name}"',
+                     f"Content-Transfer-Encoding: {cte}"], _base64(pe()))
+
+
+def yenc(data: bytes, name: str) -> bytes:
+    """yEnc 1.3 (yenc.org): bytes + 42 mod 256; NUL, LF, CR and "=" escaped as "=" + (c + 64)."""
+    out = bytearray()
+    for byte in data:
+        coded = (byte + 42) % 256
+        if coded in (0x00, 0x0A, 0x0D, 0x3D):
+            out += b"=" + bytes([(coded + 64) % 256])
+        else:
+            out.append(coded)
+    lines = [bytes(out[pos:pos + 128]) for pos in range(0, len(out), 128)]
+    return (f"=ybegin line=128 size={len(data)} name={name}\r\n".encode() + b"\r\n".join(lines)
+            + f"\r\n=yend size={len(data)}\r\n".encode())
+
+
+# What a BinHex 4.0 file looks like to a mail client: the marker line, then ":"-framed data
+# (the payload here is filler, not a real BinHex encoding).
+BINHEX_TEXT = (b"(This file must be converted with BinHex 4.0)\r\n"
+               b":#'9cE'8ZFfPd!&0SGA*TEQpXC!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!:\r\n")

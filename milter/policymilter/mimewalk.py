@@ -71,6 +71,9 @@ class Entity:
     content_type: str  # lower case "type/subtype"
     names: tuple[str, ...]  # decoded file names (Content-Disposition filename, Content-Type name)
     body: Body | None
+    # Why readers may see this entity differently from us (a MIME header given twice, an
+    # unknown transfer encoding...): each one makes the entity uninspectable.
+    problems: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -108,20 +111,32 @@ def walk(header: bytes, body: bytes, max_depth: int, max_parts: int) -> Iterator
         headers = span.headers
         content_type = headers.get_content_type()
         names = filenames(headers)
+        problems = header_problems(headers)
+        encoding = transfer_encoding(headers)
         children: list[_Span] = []
         if headers.get_content_maintype() == "multipart":
+            if encoding not in _IDENTITY_ENCODINGS:
+                # RFC 2045 §6.4: never encoded. Clients differ (some decode, most do not): we
+                # read it as written and call it uninspectable.
+                problems += (f"multipart with Content-Transfer-Encoding {encoding}",)
             children = _multipart_children(span, headers, max_parts)
             if not children:
                 # RFC 2046 §5.1.1 structure missing (no boundary parameter or no delimiter
                 # line): like the stdlib, the body is plain text.
-                yield Entity(span.number, span.depth, "text/plain", names, _decode(headers, span))
+                yield Entity(span.number, span.depth, "text/plain", names, _decode(headers, span), problems)
                 continue
         elif content_type in _CONTAINER_MESSAGES:
+            if encoding not in (*_IDENTITY_ENCODINGS, "base64", "quoted-printable"):
+                problems += (f"{content_type} with Content-Transfer-Encoding {encoding}",)
             children = [_enclosed_message(span, headers)]
         if not children:
-            yield Entity(span.number, span.depth, content_type, names, _decode(headers, span))
+            if encoding in _UUENCODINGS:
+                # The "begin" lines name the files a client saves.
+                names += tuple(dict.fromkeys(name for name, _ in uuencoded(memoryview(span.buf)[span.start:span.end])
+                                             if name not in names))
+            yield Entity(span.number, span.depth, content_type, names, _decode(headers, span), problems)
             continue
-        yield Entity(span.number, span.depth, content_type, names, None)
+        yield Entity(span.number, span.depth, content_type, names, None, problems)
         if span.depth + 1 > max_depth:
             yield Overflow(span.number, f"MIME nested deeper than {max_depth} levels")
             continue
@@ -230,26 +245,69 @@ def _enclosed_message(span: _Span, headers: email.message.Message) -> _Span:
     # RFC 2046 §5.2.1 allows only 7bit/8bit/binary here; some senders base64 it anyway, and
     # MUAs decode it, so we do too.
     buf, start, end = span.buf, span.start, span.end
-    if _transfer_encoding(headers) in ("base64", "quoted-printable"):
+    if transfer_encoding(headers) in ("base64", "quoted-printable"):
         decoded = bytes(_decode(headers, span))
         buf, start, end = decoded, 0, len(decoded)
     inner, body = _split_head(buf, start, end)
     return _Span(inner, buf, body, end, span.depth + 1, span.number or "1")
 
 
-def _transfer_encoding(headers: email.message.Message) -> str:
-    return str(headers.get("content-transfer-encoding", "")).strip().lower()
+# RFC 2045 §6.1 mechanisms, and the uuencode names clients accept (Content-Transfer-Encoding
+# x-uuencode is common, the rest are seen).
+_IDENTITY_ENCODINGS = ("", "7bit", "8bit", "binary")
+_UUENCODINGS = ("x-uuencode", "uuencode", "x-uue", "uue")
+_KNOWN_ENCODINGS = (*_IDENTITY_ENCODINGS, "base64", "quoted-printable", *_UUENCODINGS)
+# The fields whose reading decides what a part is: readers that take the first, the last or
+# a merge of two disagree (RFC 2045 §3, RFC 2183 §2 allow each once).
+_SINGLE_FIELDS = ("Content-Type", "Content-Transfer-Encoding", "Content-Disposition")
+_COMMENT_TOKEN = re.compile(r"\\.|[()]", re.DOTALL)
+
+
+def header_problems(headers: email.message.Message) -> tuple[str, ...]:
+    """Why readers may disagree about an entity's MIME header fields."""
+    problems = []
+    for field in _SINGLE_FIELDS:
+        values = _raw_values(headers, field.lower())
+        if len(values) > 1:
+            problems.append(f"{field} given twice")
+        if any("\0" in value for value in values):
+            # C-string readers stop at the NUL, others read on.
+            problems.append(f"NUL byte in the {field} header")
+    encoding = transfer_encoding(headers)
+    if encoding not in _KNOWN_ENCODINGS:
+        problems.append(f"unknown Content-Transfer-Encoding {encoding!r}")
+    return tuple(problems)
+
+
+def transfer_encoding(headers: email.message.Message) -> str:
+    """The (first) Content-Transfer-Encoding as lenient clients read it: RFC 5322 §3.2.2
+    comments dropped, quotes dropped, anything after ";" ignored, white space and case too."""
+    values = _raw_values(headers, "content-transfer-encoding")
+    if not values:
+        return ""
+    value, kept, depth, start = values[0], [], 0, 0
+    for token in _COMMENT_TOKEN.finditer(value):
+        if token.group() == "(":
+            if depth == 0:
+                kept.append(value[start:token.start()])
+            depth += 1
+        elif token.group() == ")" and depth:
+            depth -= 1
+            start = token.end()
+    if depth == 0:
+        kept.append(value[start:])
+    return "".join(kept).replace('"', "").partition(";")[0].strip().lower()
 
 
 def _decode(headers: email.message.Message, span: _Span) -> Body:
     """The entity body with its Content-Transfer-Encoding undone (RFC 2045 §6)."""
     view = memoryview(span.buf)[span.start:span.end]
-    match _transfer_encoding(headers):
+    match transfer_encoding(headers):
         case "base64":
             return decode_base64(span.buf, span.start, span.end)
         case "quoted-printable":
             return binascii.a2b_qp(view)
-        case "x-uuencode" | "uuencode" | "x-uue" | "uue":
+        case encoding if encoding in _UUENCODINGS:
             blocks = list(uuencoded(view))
             return blocks[0][1] if blocks else view
         case _:
@@ -580,6 +638,19 @@ def container_of(head: bytes) -> str | None:
     return None
 
 
+# RFC 1741 and the names clients also send it under; the marker line BinHex 4.0 writes.
+_BINHEX_TYPES = ("application/mac-binhex40", "application/x-mac-binhex40", "application/binhex40",
+                 "application/x-binhex40")
+_BINHEX_MARKER = re.compile(re.escape(b"(This file must be converted with BinHex"))
+_YENC_BEGIN = re.compile(re.escape(b"=ybegin "))  # yEnc 1.3 header line
+
+
+def _starts_a_line(text: Body, marker: re.Pattern[bytes]) -> bool:
+    """Whether `marker` starts a line of `text` (a literal pattern: the engine scans for it in
+    C; a leading "^" with MULTILINE would not)."""
+    return any(found.start() == 0 or text[found.start() - 1] in (0x0A, 0x0D) for found in marker.finditer(text))
+
+
 def pe_header_offset(data: bytes | memoryview) -> int | None:
     """e_lfanew of a DOS "MZ" header (where a PE header would be), else None."""
     if len(data) < 0x40 or bytes(data[:2]) != b"MZ":
@@ -740,6 +811,8 @@ class _Walker:
                 continue
             path = entity.number or "body"
             name = entity.names[0] if entity.names else ""
+            for problem in entity.problems:
+                yield Unreadable(name, path, "", problem)
             if entity.body is None or entity.content_type == "message/partial":
                 yield File(entity.names, path, "", None)
                 if entity.body is not None:  # RFC 2046 §5.2.2: only a fragment of something is here
@@ -747,7 +820,14 @@ class _Walker:
                 continue
             yield File(entity.names, path, "", entity.body)
             yield from self.inside(entity.names, entity.body, entity.depth, path, name)
+            if entity.content_type in _BINHEX_TYPES:
+                yield Unreadable(name, path, "", "BinHex-encoded file (not decoded)")
             if entity.content_type.startswith("text/"):
+                # Newsreaders and some mail clients decode these from the text itself.
+                if _starts_a_line(entity.body, _YENC_BEGIN):
+                    yield Unreadable(name, path, "", "yEnc-encoded data (not decoded)")
+                if _BINHEX_MARKER.search(entity.body):
+                    yield Unreadable(name, path, "", "BinHex-encoded data (not decoded)")
                 yield from self.uuencoded(entity.body, entity.depth, path, name)
 
     def uuencoded(self, text: Body, depth: int, path: str, attachment: str) -> Iterator[Item]:
