@@ -335,3 +335,29 @@ def yenc(data: bytes, name: str) -> bytes:
 # (the payload here is filler, not a real BinHex encoding).
 BINHEX_TEXT = (b"(This file must be converted with BinHex 4.0)\r\n"
                b":#'9cE'8ZFfPd!&0SGA*TEQpXC!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!:\r\n")
+
+
+# --- single-file compressors ---------------------------------------------------------------------
+
+
+def bzip2_of(data: bytes) -> bytes:
+    import bz2
+    return bz2.compress(data)
+
+
+def xz_of(data: bytes) -> bytes:
+    import lzma
+    return lzma.compress(data)
+
+
+def lzma_alone_of(data: bytes) -> bytes:
+    """The legacy .lzma container (LZMA SDK "lzma_alone"): props 0x5D, dictionary, size."""
+    import lzma
+    return lzma.compress(data, format=lzma.FORMAT_ALONE)
+
+
+# Frame headers of formats the standard library cannot unpack (what `file` recognises them by).
+ZSTD = b"\x28\xb5\x2f\xfd\x24\x05\x29\x00\x00hello" + bytes(32)  # RFC 8878 §3.1.1 frame magic
+LZ4 = b"\x04\x22\x4d\x18\x64\x40\xa7" + bytes(32)  # LZ4 frame format 1.6.x magic, FLG, BD, HC
+LZIP = b"LZIP\x01\x0c" + bytes(32)
+COMPRESS_Z = b"\x1f\x9d\x90" + bytes(32)  # ncompress: magic, block mode with 16-bit codes

@@ -26,6 +26,7 @@ inspected: their readers are not pure pip or not sane to run on hostile input he
 
 from __future__ import annotations
 
+import _compression  # lzma.LZMAFile's reader, for a memory limit (see _OPENERS)
 import binascii
 import bz2
 import email.errors
@@ -48,7 +49,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import IO, Protocol, cast
 
-import filetype
+from policymilter import containers
 
 # A part whose header block is larger than this is not parsed (Postfix's own
 # header_size_limit is 100 KiB per header).
@@ -542,6 +543,7 @@ CHUNK = 64 * 1024
 SPOOL_THRESHOLD = 1024 * 1024  # a nested zip larger than this is unpacked to a temporary file
 MAX_PE_HEADER_OFFSET = 16 * 1024 * 1024  # a member's "MZ" header pointing further: not inspected
 MAX_TAR_EXTENDED_HEADER = 64 * 1024  # tarfile reads pax / GNU long-name headers whole
+LZMA_MEMORY_LIMIT = 80 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -595,47 +597,10 @@ def files(header: bytes, body: bytes, limits: WalkLimits) -> Iterator[Item]:
     return _Walker(limits).message(header, body)
 
 
-ZIP, TAR, GZIP, BZIP2, XZ = "zip", "tar", "gzip", "bzip2", "xz"
-_STREAMS = (GZIP, BZIP2, XZ)
-# Formats we recognise but do not open, by filetype's matchers and by magics of our own.
-_UNOPENED_FILETYPE = ("rar", "7z", "cab", "deb", "ar", "rpm", "lz", "lz4", "lzo", "zst")
-_UNOPENED_OWN = (
-    ("iso", ((0x8001, b"CD001"), (0x8801, b"CD001"), (0x9001, b"CD001"))),  # ISO 9660 volume descriptors
-    ("udf", ((0x8001, b"BEA01"),)),  # ECMA-167 extended area
-    ("vhdx", ((0, b"vhdxfile"),)),
-    ("vhd", ((0, b"conectix"),)),
-    ("wim", ((0, b"MSWIM\0\0\0"),)),
-    ("ace", ((7, b"**ACE**"),)),
-)
-_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")  # APPNOTE 4.3.7, 4.3.16, 8.5.4
-_BZIP2 = re.compile(rb"BZh[1-9](1AY&SY|\x17\x72\x45\x38\x50\x90)")
-# filetype's zstd matcher recurses once per 8-byte skippable frame: give matchers no more than
-# they need.
-SIGNATURE_BYTES = 4096
-
-
-def container_of(head: bytes) -> str | None:
-    """The archive or compression format `head` starts: zip, tar, gzip, bzip2, xz, the name of a
-    format we do not open ("rar", "7z", "iso"...), or None."""
-    if head.startswith(_ZIP_MAGIC):
-        return ZIP
-    if head.startswith(b"\x1f\x8b\x08"):  # RFC 1952 §2.3.1, deflate
-        return GZIP
-    if _BZIP2.match(head):
-        return BZIP2
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return XZ
-    if head[257:262] == b"ustar":  # POSIX.1-1988 and GNU tar magic
-        return TAR
-    signature = head[:SIGNATURE_BYTES]
-    for kind in _UNOPENED_FILETYPE:
-        matcher = filetype.get_type(ext=kind)
-        if matcher is not None and matcher.match(signature):
-            return kind
-    for kind, marks in _UNOPENED_OWN:
-        if any(head[offset:offset + len(mark)] == mark for offset, mark in marks):
-            return kind
-    return None
+ZIP, TAR, GZIP, BZIP2, XZ, LZMA, OLE, TNEF = (containers.ZIP, containers.TAR, containers.GZIP, containers.BZIP2,
+                                             containers.XZ, containers.LZMA, containers.OLE, containers.TNEF)
+SIGNATURE_BYTES = containers.SIGNATURE_BYTES
+container_of = containers.at_start
 
 
 # RFC 1741 and the names clients also send it under; the marker line BinHex 4.0 writes.
@@ -669,27 +634,40 @@ def _gzip_name(head: bytes) -> str:
     return head[pos:end].decode("latin-1") if end > pos else ""
 
 
-_UNPACKED_SUFFIX = {"tgz": ".tar", "tbz": ".tar", "tbz2": ".tar", "txz": ".tar", "gz": "", "gzip": "", "bz2": "",
-                    "xz": ""}
+# What single-file compressors name their output: the input's name without the suffix
+# (gzip(1) -d, bzip2, xz, zstd, lz4, lzip, lzop, uncompress; .tgz and friends become .tar).
+_UNPACKED_SUFFIX = {"gz": "", "gzip": "", "z": "", "tgz": ".tar", "taz": ".tar", "bz2": "", "bz": "", "tbz": ".tar",
+                    "tbz2": ".tar", "tb2": ".tar", "xz": "", "txz": ".tar", "lzma": "", "tlz": ".tar", "zst": "",
+                    "tzst": ".tar", "lz4": "", "lz": "", "lzo": "", "tzo": ".tar"}
 
 
 def _unpacked_name(name: str) -> str:
-    """What "x.exe.gz" unpacks to (tools name the output so when the header does not)."""
+    """What "x.exe.gz" unpacks to, or "" when the name has no compressor suffix."""
     stem, dot, suffix = name.rpartition(".")
     replacement = _UNPACKED_SUFFIX.get(suffix.lower().strip()) if dot and stem else None
     return "" if replacement is None else stem + replacement
 
 
+def unpacked_names(names: tuple[str, ...], stored: str = "") -> tuple[str, ...]:
+    """Every name a single compressed file may be saved under: the name stored inside (gzip's
+    FNAME, used by `gunzip -N` and 7-Zip) and each outer name without its suffix (what
+    `gunzip x.js.gz` writes). Both are judged: the tools disagree."""
+    found = [stored] if stored else []
+    found += [unpacked for name in names if (unpacked := _unpacked_name(name))]
+    return tuple(dict.fromkeys(found))
+
+
 # Bounded readers: their read(n) passes n to the decompressor as max_length.
-_OPENERS: dict[str, Callable[[IO[bytes]], IO[bytes]]] = {
+_OPENERS: dict[str, Callable[[IO[bytes]], _Readable]] = {
     GZIP: lambda source: gzip.GzipFile(fileobj=source, mode="rb"),
     BZIP2: bz2.BZ2File,
-    XZ: lzma.LZMAFile,
+    # lzma.LZMAFile takes no memory limit, and liblzma allocates the dictionary a header asks
+    # for (up to 4 GiB): the same reader LZMAFile builds, with a limit (xz -9 needs 65 MiB).
+    XZ: lambda source: _compression.DecompressReader(source, lzma.LZMADecompressor, trailing_error=lzma.LZMAError,
+                                                     memlimit=LZMA_MEMORY_LIMIT),
+    LZMA: lambda source: _compression.DecompressReader(source, lzma.LZMADecompressor, trailing_error=lzma.LZMAError,
+                                                       format=lzma.FORMAT_ALONE, memlimit=LZMA_MEMORY_LIMIT),
 }
-
-
-def _is_zip_name(name: str) -> bool:
-    return name.rstrip(". ").lower().endswith(".zip")
 
 
 class _Uninspectable(Exception):
@@ -842,29 +820,36 @@ class _Walker:
             yield from self.inside((name,), data, depth + 1, block_path, attachment)
 
     def inside(self, names: tuple[str, ...], data: Body, depth: int, path: str, attachment: str) -> Iterator[Item]:
-        """The members of a file held whole in memory, if it is an archive."""
+        """What a file held whole in memory contains, by the signatures of every format we know,
+        wherever each format puts its own (containers.py)."""
         head = bytes(data[:SNIFF_BYTES])
         kind = container_of(head)
-        if kind is None:
-            # A zip behind a prefix (self-extractor stub, junk) still opens in 7-Zip and others
-            # when it is named .zip.
-            if not any(_is_zip_name(name) for name in names):
-                return
-            whole = bytes(data)
-            if not zipfile.is_zipfile(io.BytesIO(whole)):
-                return
-            kind = ZIP
-        else:
+        name = names[0] if names else ""
+        if kind is None or kind == OLE:
+            # Not a format whose reading accounts for all its bytes: look for the others.
+            found = [found for found in (*containers.anywhere(data), *containers.at_end(data)) if found != kind]
+            if kind is None and ZIP in found:
+                # A zip behind a prefix (self-extractor stub, polyglot): 7-Zip and others open it
+                # whatever the file is called; so do we (and the prefix makes it uninspectable).
+                kind = ZIP
+                found.remove(ZIP)
+            for other in found:
+                yield Unreadable(name, path, attachment, f"{containers.label(other)} inside the file (not inspected)")
+        if kind is not None:
             whole = data if isinstance(data, bytes) else bytes(data)
-        yield from self.container(kind, names, io.BytesIO(whole), head, depth, path, attachment)
+            yield from self.container(kind, names, io.BytesIO(whole), head, depth, path, attachment)
 
     def container(self, kind: str, names: tuple[str, ...], source: IO[bytes] | _Readable, head: bytes, depth: int,
                   path: str, attachment: str) -> Iterator[Item]:
-        """An archive or compressed stream; its members sit one level deeper. A zip's `source`
-        is seekable (in memory or a spooled file)."""
+        """An archive or compressed stream; its members sit one level deeper. The `source` of a
+        zip or an OLE file is seekable (in memory or a spooled file)."""
         name = names[0] if names else ""
-        if kind not in (ZIP, TAR, *_STREAMS):
-            yield Unreadable(name, path, attachment, f"{kind} archive (format not inspected)")
+        if kind in containers.UNOPENED_STREAMS:
+            unpacked = unpacked_names(names)
+            if unpacked:  # still judged by the name it unpacks to
+                yield File(unpacked, f"{path}/{unpacked[0]}", attachment, None)
+        if kind not in containers.OPENED:
+            yield Unreadable(name, path, attachment, f"{containers.label(kind)} (format not inspected)")
             return
         if depth + 1 > self.limits.max_depth:
             yield Unreadable(name, path, attachment, f"nested deeper than {self.limits.max_depth} levels")
@@ -875,6 +860,8 @@ class _Walker:
                     yield from self.zip(cast(IO[bytes], source), depth + 1, path, attachment)
                 case "tar":
                     yield from self.tar(source, depth + 1, path, attachment)
+                case "ole" | "tnef":
+                    raise _Uninspectable(f"{kind} (format not inspected)")
                 case _:
                     yield from self.stream(kind, names, head, source, depth + 1, path, attachment)
         except _Uninspectable as error:
@@ -934,17 +921,17 @@ class _Walker:
 
     def stream(self, kind: str, names: tuple[str, ...], head: bytes, source: _Readable, depth: int, path: str,
                attachment: str) -> Iterator[Item]:
-        """A single compressed file: what it unpacks to, under the name it will be saved as."""
-        inner = _gzip_name(head) if kind == GZIP else ""
-        inner = inner or next((unpacked for name in names if (unpacked := _unpacked_name(name))), "")
+        """A single compressed file: what it unpacks to, under every name it may be saved as."""
+        inner = unpacked_names(names, _gzip_name(head) if kind == GZIP else "")
         with _OPENERS[kind](cast(IO[bytes], source)) as opened:
             metered = _Metered(opened, self.allowance)
-            yield from self.member((inner,) if inner else (), metered, None, depth, f"{path}/{inner or '-'}",
-                                   attachment)
+            yield from self.member(inner, metered, None, depth, f"{path}/{inner[0] if inner else '-'}", attachment)
 
     def member(self, names: tuple[str, ...], source: _Readable, declared: int | None, depth: int, path: str,
                attachment: str) -> Iterator[Item]:
-        """An archive member or unpacked stream: its head; the rest only if it is an archive."""
+        """An archive member or unpacked stream, read through once: its head is judged; an
+        archive is opened; anything else is searched for the signatures of the others, keeping
+        only a rolling window and its tail (containers.Search)."""
         head = _read_up_to(source, SNIFF_BYTES)
         offset = pe_header_offset(head)
         if offset is not None and offset + 4 > len(head) and (declared is None or offset + 4 <= declared):
@@ -954,13 +941,23 @@ class _Walker:
         yield File(names, path, attachment, head)
         kind = container_of(head)
         if kind is None:
+            search = containers.Search()
+            search.feed(head)
+            size = len(head)
+            while chunk := source.read(CHUNK):
+                search.feed(chunk)
+                size += len(chunk)
+            name = names[0] if names else ""
+            for found in (*search.kinds, *search.at_end(size)):
+                what = "behind other data" if found == ZIP else "inside the file"
+                yield Unreadable(name, path, attachment, f"{containers.label(found)} {what} (not inspected)")
             return
-        if kind != ZIP:
+        if kind not in (ZIP, OLE):
             yield from self.container(kind, names, _Prefixed(head, source), head, depth, path, attachment)
             return
-        # zip needs random access: unpack the member (metered) to memory or a temporary file.
+        # zip and OLE need random access: unpack the member (metered) to memory or a temporary file.
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_THRESHOLD) as spool:
             spool.write(head)
             while chunk := source.read(CHUNK):
                 spool.write(chunk)
-            yield from self.container(ZIP, names, spool, head, depth, path, attachment)
+            yield from self.container(kind, names, spool, head, depth, path, attachment)

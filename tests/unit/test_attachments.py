@@ -253,6 +253,21 @@ BLOCKED = [
         ["Content-Type: message/rfc822", "Content-Transfer-Encoding: x-uuencode"],
         corpus.uuencode(with_attachment(attachment(b"x", "a.txt")), "fwd.eml"))), Rule.UNINSPECTABLE, "",
         "message/rfc822 with Content-Transfer-Encoding x-uuencode"),
+    # single-file compressors: the name inside and the name the tool saves under both count
+    Case("gzip-fname-txt-named-js-gz", lambda: with_attachment(
+        attachment(corpus.gzip_of(b"hello", name="invoice.txt"), "invoice.js.gz")), Rule.EXTENSION, "invoice.js"),
+    Case("bzip2-named-exe-bz", lambda: with_attachment(attachment(corpus.bzip2_of(b"hello"), "x.exe.bz")),
+         Rule.EXTENSION, "x.exe"),
+    Case("lzma-named-exe-lzma", lambda: with_attachment(attachment(corpus.lzma_alone_of(b"hello"), "x.exe.lzma")),
+         Rule.EXTENSION, "x.exe"),
+    Case("lzma-of-pe", lambda: with_attachment(attachment(corpus.lzma_alone_of(corpus.pe()), "data.lzma")),
+         Rule.CONTENT, "data.lzma", "Windows executable"),
+    *(Case(f"{label}-named-exe", lambda data=data, suffix=suffix: with_attachment(
+        attachment(data, f"x.exe.{suffix}")), Rule.EXTENSION, "x.exe")
+      for label, data, suffix in (("zstd", corpus.ZSTD, "zst"), ("lz4", corpus.LZ4, "lz4"),
+                                  ("lzip", corpus.LZIP, "lz"), ("compress", corpus.COMPRESS_Z, "Z"))),
+    Case("compress-recognised", lambda: with_attachment(attachment(corpus.COMPRESS_Z, "data.bin")),
+         Rule.UNINSPECTABLE, "data.bin", "compress archive"),
 ]
 
 CLEAN = [
@@ -292,6 +307,12 @@ CLEAN = [
         corpus._base64(with_attachment(attachment(corpus.pdf(), "a.pdf"))))), None),
     Case("text-mentions-ybegin-and-binhex", lambda: corpus.message(text(
         "Lines starting =ybegin are yEnc; convert .hqx files with BinHex 4.0.\n")), None),
+    Case("gzip-fname-matches-outer-name", lambda: with_attachment(
+        attachment(corpus.gzip_of(b"alpha", name="notes.txt"), "notes.txt.gz")), None),
+    Case("bzip2-of-text", lambda: with_attachment(attachment(corpus.bzip2_of(b"alpha"), "notes.txt.bz2")), None),
+    Case("xz-of-text", lambda: with_attachment(attachment(corpus.xz_of(b"alpha"), "notes.txt.xz")), None),
+    Case("lzma-of-text", lambda: with_attachment(attachment(corpus.lzma_alone_of(b"alpha"), "notes.txt.lzma")),
+         None),
 ]
 
 
