@@ -361,3 +361,148 @@ ZSTD = b"\x28\xb5\x2f\xfd\x24\x05\x29\x00\x00hello" + bytes(32)  # RFC 8878 §3.
 LZ4 = b"\x04\x22\x4d\x18\x64\x40\xa7" + bytes(32)  # LZ4 frame format 1.6.x magic, FLG, BD, HC
 LZIP = b"LZIP\x01\x0c" + bytes(32)
 COMPRESS_Z = b"\x1f\x9d\x90" + bytes(32)  # ncompress: magic, block mode with 16-bit codes
+
+
+# --- zip layouts that readers read differently (APPNOTE.TXT 6.3.x section numbers) --------------
+
+
+def _zip_parts(data: bytes) -> tuple[list[zipfile.ZipInfo], int, int]:
+    """The members, where the central directory starts and how long it is."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        infos = archive.infolist()
+        start = archive.start_dir
+    end = data.rindex(b"PK\x05\x06")
+    return infos, start, end - start
+
+
+def _central_entries(data: bytes) -> list[bytes]:
+    """The central directory headers of `data`, each whole (4.3.12)."""
+    infos, offset, _ = _zip_parts(data)
+    entries = []
+    for _ in infos:
+        name_length, extra_length, comment_length = struct.unpack_from("<HHH", data, offset + 28)
+        size = 46 + name_length + extra_length + comment_length
+        entries.append(data[offset:offset + size])
+        offset += size
+    return entries
+
+
+def _with_central(data: bytes, entries: list[bytes]) -> bytes:
+    """`data` with its central directory replaced by `entries` and the end record fixed."""
+    _, start, _ = _zip_parts(data)
+    directory = b"".join(entries)
+    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, len(entries), len(entries), len(directory), start, 0)
+    return data[:start] + directory + end
+
+
+def unicode_path_extra(header_name: bytes, unicode_name: str, crc: int | None = None) -> bytes:
+    """The Info-ZIP Unicode Path extra field (4.6.9): version 1, CRC-32 of the header name, UTF-8."""
+    body = b"\x01" + struct.pack("<I", zlib.crc32(header_name) if crc is None else crc) + unicode_name.encode()
+    return struct.pack("<HH", 0x7075, len(body)) + body
+
+
+def zip_with_unicode_path(header_name: str, unicode_name: str, data: bytes = b"hello", *, local: bool = True,
+                          central: bool = True, crc: int | None = None) -> bytes:
+    """One member called `header_name` in its headers and `unicode_name` in a 0x7075 field, in
+    the local header, the central one or both (elsewhere the field's id is changed to 0xCAFE)."""
+    info = zipfile.ZipInfo(header_name)
+    info.extra = unicode_path_extra(header_name.encode(), unicode_name, crc)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(info, data)
+    blob = bytearray(buffer.getvalue())
+    name_length = len(header_name.encode())
+    if not local:
+        blob[30 + name_length:32 + name_length] = b"\xfe\xca"
+    if not central:
+        _, start, _ = _zip_parts(bytes(blob))
+        blob[start + 46 + name_length:start + 48 + name_length] = b"\xfe\xca"
+    return bytes(blob)
+
+
+def zip_with_raw_name(raw: bytes, data: bytes = b"hello", local_raw: bytes | None = None) -> bytes:
+    """A member whose stored name is the bytes `raw`, without the UTF-8 flag (bit 11); the local
+    header may say `local_raw` instead (same length)."""
+    placeholder = "n" * len(raw)
+    blob = bytearray(zip_of({placeholder: data}, zipfile.ZIP_STORED))
+    _, start, _ = _zip_parts(bytes(blob))
+    blob[30:30 + len(raw)] = local_raw if local_raw is not None else raw
+    blob[start + 46:start + 46 + len(raw)] = raw
+    return bytes(blob)
+
+
+def zip_with_file_comment(name: str, comment: bytes) -> bytes:
+    info = zipfile.ZipInfo(name)
+    info.comment = comment
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(info, b"hello")
+    return buffer.getvalue()
+
+
+def zip_with_unlisted_member(listed: Mapping[str, bytes], hidden: str) -> bytes:
+    """The members of `listed` plus a local header and data for `hidden` that the central
+    directory does not list (a streaming reader extracts it, zipfile never sees it)."""
+    blob = zip_of({**listed, hidden: b"@echo off\r\n"}, zipfile.ZIP_STORED)
+    entries = [entry for entry in _central_entries(blob) if hidden.encode() not in entry]
+    return _with_central(blob, entries)
+
+
+def zip_with_overlap(name: str = "a.txt") -> bytes:
+    """Two central directory entries for one local header (members that share their data)."""
+    blob = zip_of({name: b"hello"}, zipfile.ZIP_STORED)
+    entry = _central_entries(blob)[0]
+    return _with_central(blob, [entry, entry])
+
+
+def zip_with_data_descriptors(members: Mapping[str, bytes]) -> bytes:
+    """What zipfile writes to a stream it cannot seek: sizes in data descriptors (4.3.9)."""
+    class Unseekable(io.RawIOBase):
+        def __init__(self) -> None:
+            self.data = bytearray()
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, chunk) -> int:  # type: ignore[override]
+            self.data += chunk
+            return len(chunk)
+
+    out = Unseekable()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            with archive.open(name, "w") as member:
+                member.write(data)
+    return bytes(out.data)
+
+
+# --- containers found by signature wherever their format puts it ---------------------------------
+
+
+def vhd_fixed(size: int = 8192) -> bytes:
+    """A fixed VHD: the disk's sectors, then the 512-byte footer ("conectix", MS VHD spec §3)."""
+    footer = b"conectix" + struct.pack(">IIQI", 2, 0x10000, 0xFFFFFFFFFFFFFFFF, 0) + b"win \0\x0a\0\0Wi2k"
+    return bytes(size) + footer.ljust(512, b"\0")
+
+
+def dmg(size: int = 8192) -> bytes:
+    """Data, then the UDIF "koly" trailer (version 4, header size 512) 512 bytes before the end."""
+    return bytes(size) + (b"koly" + struct.pack(">II", 4, 512)).ljust(512, b"\0")
+
+
+def udf_nsr(offset: int = 0x9001) -> bytes:
+    return bytes(offset) + b"NSR03" + bytes(2048)
+
+
+ONENOTE = b"\xe4\x52\x5c\x7b\x8c\xd8\xa7\x4d\xae\xb1\x53\x78\xd0\x29\x96\xd3" + bytes(1024)
+CAB = b"MSCF\0\0\0\0" + struct.pack("<I", 100) + bytes(88)
+SQUASHFS = b"hsqs" + bytes(1024)
+XAR = b"xar!\x00\x1c\x00\x01" + bytes(64)
+CPIO = b"070701" + b"0" * 104
+ARJ = b"\x60\xea" + struct.pack("<H", 40) + bytes([30]) + bytes(60)
+LZH = b"\x00\x00-lh5-" + bytes(40)
+
+
+def filler(size: int) -> bytes:
+    """Deterministic bytes that contain no signature (a stand-in for a photo's pixels)."""
+    return bytes((index * 7 + index // 256) % 251 for index in range(size))

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import IO, Protocol, cast
 
-from policymilter import containers
+from policymilter import containers, ziplayout
 
 # A part whose header block is larger than this is not parsed (Postfix's own
 # header_size_limit is 100 KiB per header).
@@ -857,7 +857,7 @@ class _Walker:
         try:
             match kind:
                 case "zip":
-                    yield from self.zip(cast(IO[bytes], source), depth + 1, path, attachment)
+                    yield from self.zip(cast(IO[bytes], source), name, depth + 1, path, attachment)
                 case "tar":
                     yield from self.tar(source, depth + 1, path, attachment)
                 case "ole" | "tnef":
@@ -869,23 +869,40 @@ class _Walker:
         except _UNREADABLE as error:
             yield Unreadable(name, path, attachment, f"corrupt {kind} archive", _complaint(error))
 
-    def zip(self, source: IO[bytes], depth: int, path: str, attachment: str) -> Iterator[Item]:
+    def zip(self, source: IO[bytes], name: str, depth: int, path: str, attachment: str) -> Iterator[Item]:
         # zipfile builds an object per central-directory entry, and a directory of a million
         # tiny entries fits in a few megabytes: count them first.
         if _count(source, b"PK\x01\x02") > self.allowance.members:
             raise _Exhausted(f"more than {self.limits.max_members} archive members")
+        total = source.seek(0, io.SEEK_END)
+        layout = ziplayout.read(source, total)
+        for problem in layout.problems:
+            yield Unreadable(name, path, attachment, problem)
+        for hidden in layout.hidden:
+            self.allowance.member()
+            yield File(hidden, f"{path}/{hidden[0]}", attachment, None)
+        if layout.prefix:
+            # What comes before is a file of its own to 7-Zip and others (the first of two
+            # concatenated archives, a self-extractor's stub): inspect it as one.
+            source.seek(0)
+            yield from self.inside((), source.read(layout.prefix), depth, f"{path}/(prefix)", attachment)
+        source.seek(0)
         with zipfile.ZipFile(source) as archive:
             members = archive.infolist()
-            for info in members:  # names first: an encrypted or oversized archive still shows them
+            readings = layout.members if len(layout.members) == len(members) else [() for _ in members]
+            named = [(info, tuple(dict.fromkeys((info.filename, *extra)))) for info, extra in zip(members, readings,
+                                                                                                 strict=True)]
+            for info, names in named:  # names first: an encrypted or oversized archive still shows them
                 self.allowance.member()
-                yield File((info.filename,), f"{path}/{info.filename}", attachment, None)
-            regular = [info for info in members if not info.filename.endswith("/")]  # is_dir() fails on ""
-            self.allowance.unpack(sum(info.file_size for info in regular))
-            for info in regular:
-                yield from self.zip_member(archive, info, depth, f"{path}/{info.filename}", attachment)
+                yield File(names, f"{path}/{info.filename}", attachment, None)
+            # not is_dir(): it fails on a name ""
+            regular = [(info, names) for info, names in named if not info.filename.endswith("/")]
+            self.allowance.unpack(sum(info.file_size for info, _ in regular))
+            for info, names in regular:
+                yield from self.zip_member(archive, info, names, depth, f"{path}/{info.filename}", attachment)
 
-    def zip_member(self, archive: zipfile.ZipFile, info: zipfile.ZipInfo, depth: int, path: str,
-                   attachment: str) -> Iterator[Item]:
+    def zip_member(self, archive: zipfile.ZipFile, info: zipfile.ZipInfo, names: tuple[str, ...], depth: int,
+                   path: str, attachment: str) -> Iterator[Item]:
         if info.flag_bits & 0x1:  # APPNOTE 4.4.4 bit 0: encrypted (traditional or AES)
             yield Unreadable(info.filename, path, attachment, "encrypted archive member")
             return
@@ -895,7 +912,7 @@ class _Walker:
         try:
             with archive.open(info) as member:
                 metered = _Metered(member, self.allowance, prepaid=info.file_size)
-                yield from self.member((info.filename,), metered, info.file_size, depth, path, attachment)
+                yield from self.member(names, metered, info.file_size, depth, path, attachment)
         except _Exhausted:
             raise
         except _Uninspectable as error:

@@ -268,6 +268,76 @@ BLOCKED = [
                                   ("lzip", corpus.LZIP, "lz"), ("compress", corpus.COMPRESS_Z, "Z"))),
     Case("compress-recognised", lambda: with_attachment(attachment(corpus.COMPRESS_Z, "data.bin")),
          Rule.UNINSPECTABLE, "data.bin", "compress archive"),
+    # zip names: every name an extractor may use is judged
+    Case("zip-unicode-path-js-header-txt", lambda: with_attachment(attachment(
+        corpus.zip_with_unicode_path("invoice.txt", "invoice.js"), "invoice.zip")), Rule.EXTENSION, "invoice.js"),
+    Case("zip-unicode-path-central-only", lambda: with_attachment(attachment(
+        corpus.zip_with_unicode_path("invoice.txt", "invoice.js", local=False), "invoice.zip")), Rule.EXTENSION,
+        "invoice.js"),
+    Case("zip-unicode-path-local-only", lambda: with_attachment(attachment(
+        corpus.zip_with_unicode_path("invoice.txt", "invoice.js", central=False), "invoice.zip")), Rule.EXTENSION,
+        "invoice.js"),
+    Case("zip-unicode-path-wrong-crc", lambda: with_attachment(attachment(
+        corpus.zip_with_unicode_path("invoice.txt", "invoice.pdf", crc=1), "invoice.zip")), Rule.UNINSPECTABLE,
+        "invoice.zip", "Unicode Path field does not match"),
+    Case("zip-local-central-names-differ", lambda: with_attachment(attachment(
+        corpus.zip_with_raw_name(b"invoice.txt", local_raw=b"invoice.exe"), "invoice.zip")), Rule.EXTENSION,
+        "invoice.exe"),
+    Case("zip-name-cp932-fullwidth-exe", lambda: with_attachment(attachment(
+        corpus.zip_with_raw_name("invoice.ｅｘｅ".encode("cp932")), "invoice.zip")), Rule.EXTENSION, "invoice."),
+    Case("zip-name-utf8-without-flag", lambda: with_attachment(attachment(
+        corpus.zip_with_raw_name("facture.ｊｓ".encode()), "facture.zip")), Rule.EXTENSION, "facture."),
+    Case("zip-file-comment-names-js", lambda: with_attachment(attachment(
+        corpus.zip_with_file_comment("invoice.txt", b"invoice.js"), "invoice.zip")), Rule.EXTENSION, "invoice.js"),
+    # zip layouts: concatenated, prefixed, unlisted, overlapping
+    Case("zip-two-concatenated-first-has-exe", lambda: with_attachment(attachment(
+        corpus.zip_of({"evil.exe": b"x"}) + corpus.zip_of({"a.txt": b"x"}), "files.zip")), Rule.EXTENSION, "evil.exe"),
+    Case("zip-two-concatenated", lambda: with_attachment(attachment(
+        corpus.zip_of({"a.txt": b"x"}) + corpus.zip_of({"b.txt": b"x"}), "files.zip")), Rule.UNINSPECTABLE,
+        "files.zip", "data before the first zip local header"),
+    Case("zip-behind-prefix-any-name", lambda: with_attachment(attachment(
+        corpus.jpeg() + corpus.zip_of({"x.exe": b"x"}), "photo.jpg")), Rule.EXTENSION, "x.exe"),
+    Case("zip-behind-prefix-harmless", lambda: with_attachment(attachment(
+        corpus.jpeg() + corpus.zip_of({"x.txt": b"x"}), "photo.jpg")), Rule.UNINSPECTABLE, "photo.jpg",
+        "data before the first zip local header"),
+    Case("zip-unlisted-local-header", lambda: with_attachment(attachment(
+        corpus.zip_with_unlisted_member({"a.txt": b"x"}, "run.bat"), "files.zip")), Rule.EXTENSION, "run.bat"),
+    Case("zip-unlisted-local-header-harmless", lambda: with_attachment(attachment(
+        corpus.zip_with_unlisted_member({"a.txt": b"x"}, "b.txt"), "files.zip")), Rule.UNINSPECTABLE, "files.zip",
+        "local header not in the central directory"),
+    Case("zip-overlapping-members", lambda: with_attachment(attachment(corpus.zip_with_overlap(), "files.zip")),
+         Rule.UNINSPECTABLE, "files.zip", "zip members overlap"),
+    Case("zip-data-after-end", lambda: with_attachment(attachment(
+        corpus.zip_of({"a.txt": b"x"}) + b"MZ trailing", "files.zip")), Rule.UNINSPECTABLE, "files.zip",
+        "data after the end of the zip archive"),
+    # containers found by signature wherever the format puts it
+    Case("jpeg-with-rar-appended", lambda: with_attachment(attachment(corpus.jpeg() + corpus.RAR, "photo.jpg")),
+         Rule.UNINSPECTABLE, "photo.jpg", "rar archive inside the file"),
+    Case("script-prefix-then-7z", lambda: with_attachment(attachment(
+        b"#!/bin/sh\nexit 0\n" * 50 + corpus.SEVEN_Z, "setup.sh")), Rule.UNINSPECTABLE, "setup.sh", "7z archive"),
+    Case("cab-behind-prefix", lambda: with_attachment(attachment(corpus.filler(5000) + corpus.CAB, "a.dat")),
+         Rule.UNINSPECTABLE, "a.dat", "cab archive"),
+    Case("vhd-fixed-footer", lambda: with_attachment(attachment(corpus.vhd_fixed(), "disk.dat")),
+         Rule.UNINSPECTABLE, "disk.dat", "vhd disk image"),
+    Case("dmg-koly-trailer", lambda: with_attachment(attachment(corpus.dmg(), "app.dat")),
+         Rule.UNINSPECTABLE, "app.dat", "disk image (dmg)"),
+    Case("udf-nsr03", lambda: with_attachment(attachment(corpus.udf_nsr(), "disk.dat")),
+         Rule.UNINSPECTABLE, "disk.dat", "udf disk image"),
+    *(Case(f"{kind}-recognised", lambda data=data: with_attachment(attachment(data, "data.bin")),
+           Rule.UNINSPECTABLE, "data.bin", kind)
+      for kind, data in (("OneNote", corpus.ONENOTE), ("squashfs", corpus.SQUASHFS), ("xar", corpus.XAR),
+                         ("cpio", corpus.CPIO), ("arj", corpus.ARJ), ("lzh", corpus.LZH))),
+    Case("zip-member-jpeg-with-rar", lambda: with_attachment(attachment(
+        corpus.zip_of({"photo.jpg": corpus.jpeg() + corpus.RAR}), "photos.zip")), Rule.UNINSPECTABLE, "photo.jpg",
+        "rar archive inside the file"),
+    Case("zip-member-7z-past-64k", lambda: with_attachment(attachment(
+        corpus.zip_of({"big.bin": corpus.filler(100_000) + corpus.SEVEN_Z}), "big.zip")), Rule.UNINSPECTABLE,
+        "big.bin", "7z archive"),
+    Case("zip-member-zip-behind-prefix", lambda: with_attachment(attachment(
+        corpus.zip_of({"photo.jpg": corpus.jpeg() + corpus.zip_of({"x.exe": b"x"})}), "photos.zip")),
+        Rule.UNINSPECTABLE, "photo.jpg", "zip archive behind other data"),
+    Case("tar-member-dmg", lambda: with_attachment(attachment(corpus.tar_of({"app.bin": corpus.dmg()}), "a.tar.gz")),
+         Rule.UNINSPECTABLE, "app.bin", "dmg"),
 ]
 
 CLEAN = [
@@ -313,6 +383,22 @@ CLEAN = [
     Case("xz-of-text", lambda: with_attachment(attachment(corpus.xz_of(b"alpha"), "notes.txt.xz")), None),
     Case("lzma-of-text", lambda: with_attachment(attachment(corpus.lzma_alone_of(b"alpha"), "notes.txt.lzma")),
          None),
+    Case("zip-unicode-path-that-matches", lambda: with_attachment(attachment(
+        corpus.zip_with_unicode_path("resume.txt", "résumé.txt"), "cv.zip")), None),
+    Case("zip-cp437-name", lambda: with_attachment(attachment(corpus.zip_with_raw_name("résumé.txt".encode("cp437")),
+                                                              "cv.zip")), None),
+    Case("zip-with-data-descriptors", lambda: with_attachment(attachment(
+        corpus.zip_with_data_descriptors({"a.txt": b"alpha" * 100, "b.txt": b"beta"}), "streamed.zip")), None),
+    Case("zip-with-archive-comment", lambda: with_attachment(attachment(
+        corpus.zip_with_file_comment("a.txt", b"see the readme"), "a.zip")), None),
+    Case("zip-of-stored-docx", lambda: with_attachment(attachment(
+        corpus.zip_of({"letter.docx": corpus.docx(), "b.zip": corpus.zip_of({"c.txt": b"c"})}, zipfile.ZIP_STORED),
+        "letters.zip")), None),
+    Case("tar-of-zip", lambda: with_attachment(attachment(
+        corpus.tar_of({"a.zip": corpus.zip_of({"a.txt": b"x"})}, "w"), "a.tar")), None),
+    Case("binary-without-signatures", lambda: with_attachment(attachment(corpus.filler(300_000), "data.bin")), None),
+    Case("zip-of-binary", lambda: with_attachment(attachment(corpus.zip_of({"data.bin": corpus.filler(300_000)}),
+                                                             "data.zip")), None),
 ]
 
 
