@@ -506,3 +506,153 @@ LZH = b"\x00\x00-lh5-" + bytes(40)
 def filler(size: int) -> bytes:
     """Deterministic bytes that contain no signature (a stand-in for a photo's pixels)."""
     return bytes((index * 7 + index // 256) % 251 for index in range(size))
+
+
+# --- TNEF (MS-OXTNEF) ---------------------------------------------------------------------------
+
+
+def _tnef_attribute(level: int, ident: int, kind: int, data: bytes) -> bytes:
+    """§2.1.3.3: AttributeLevel, AttributeID (id, then type), Length, Data, Checksum."""
+    return (struct.pack("<BHHI", level, ident, kind, len(data)) + data
+            + struct.pack("<H", sum(data) & 0xFFFF))
+
+
+def _mapi_unicode(ident: int, text: str) -> bytes:
+    """One PtypString (0x001F) property in an attribute's property list (§2.1.3.4)."""
+    value = (text + "\0").encode("utf-16-le")
+    return struct.pack("<HHII", 0x001F, ident, 1, len(value)) + value + bytes(-len(value) % 4)
+
+
+def tnef(*attachments: tuple[str, bytes, str | None]) -> bytes:
+    """A winmail.dat: TNEF version and OEM code page, then for each attachment (8.3 title,
+    data, long file name or None) attAttachRendData, attAttachTitle, attAttachData and, with a
+    long name, attAttachment carrying PidTagAttachLongFilename (0x3707)."""
+    out = struct.pack("<IH", 0x223E9F78, 0x0101)
+    out += _tnef_attribute(1, 0x9006, 0x0008, struct.pack("<I", 0x00010000))  # attTnefVersion
+    out += _tnef_attribute(1, 0x9007, 0x0006, struct.pack("<II", 1252, 0))  # attOemCodepage
+    out += _tnef_attribute(1, 0x8008, 0x0007, b"IPM.Microsoft Mail.Note\0")  # attMessageClass
+    for title, data, long_name in attachments:
+        out += _tnef_attribute(2, 0x9002, 0x0006, struct.pack("<HIHHI", 1, 0xFFFFFFFF, 0, 0, 0))
+        out += _tnef_attribute(2, 0x8010, 0x0001, title.encode("ascii") + b"\0")
+        out += _tnef_attribute(2, 0x800F, 0x0006, data)
+        if long_name is not None:
+            out += _tnef_attribute(2, 0x9005, 0x0006, struct.pack("<I", 1) + _mapi_unicode(0x3707, long_name))
+    return out
+
+
+def tnef_part(data: bytes, name: str = "winmail.dat") -> Part:
+    return attachment(data, name, content_type="application/ms-tnef")
+
+
+# --- OLE compound files (MS-CFB), written by a small writer of our own -----------------------------
+
+# olefile reads these files but cannot create them. This writer is the least MS-CFB allows:
+# version 3 (512-byte sectors), every stream padded to the 4096-byte mini-stream cutoff so that
+# none lives in the mini stream, children of a storage chained through right siblings.
+_FREE, _END, _FATSECT, _NOSTREAM = 0xFFFFFFFF, 0xFFFFFFFE, 0xFFFFFFFD, 0xFFFFFFFF
+
+
+def ole_file(tree: Mapping[str, object]) -> bytes:
+    """An OLE file from a tree: a key maps to bytes (a stream) or to a mapping (a storage)."""
+    entries: list[dict] = [{"name": "Root Entry", "type": 5, "children": [], "data": b""}]
+
+    def add(parent: int, node: Mapping[str, object]) -> None:
+        for name in sorted(node, key=lambda n: (len(n), n.upper())):  # MS-CFB §2.6.4 order
+            value = node[name]
+            index = len(entries)
+            entries.append({"name": name, "type": 2 if isinstance(value, bytes) else 1, "children": [],
+                            "data": value if isinstance(value, bytes) else b""})
+            entries[parent]["children"].append(index)
+            if not isinstance(value, bytes):
+                add(index, value)  # type: ignore[arg-type]
+
+    add(0, tree)
+    sectors: list[bytes] = []
+    fat: list[int] = []
+
+    def chain(data: bytes) -> int:
+        if not data:
+            return _END
+        first = len(sectors)
+        for pos in range(0, len(data), 512):
+            sectors.append(data[pos:pos + 512].ljust(512, b"\0"))
+            fat.append(len(sectors))
+        fat[-1] = _END
+        return first
+
+    for entry in entries:
+        if entry["type"] == 2:
+            entry["data"] = entry["data"].ljust(4096, b"\0")
+            entry["start"] = chain(entry["data"])
+        else:
+            entry["start"] = _END if entry["type"] == 5 else 0
+    directory = b""
+    for entry in entries:
+        children = entry["children"]
+        for this, following in zip(children, [*children[1:], _NOSTREAM], strict=False):
+            entries[this]["right"] = following
+        name = entry["name"].encode("utf-16-le") + b"\0\0"
+        directory += (name.ljust(64, b"\0") + struct.pack("<HBBIII", len(name), entry["type"], 1,
+                                                            _NOSTREAM, entry.get("right", _NOSTREAM),
+                                                            children[0] if children else _NOSTREAM)
+                      + bytes(16 + 4 + 16) + struct.pack("<IQ", entry["start"], len(entry["data"])))
+    directory = directory.ljust(-(-len(directory) // 512) * 512, b"\0")
+    first_directory = chain(directory)
+    # FAT sectors: each holds 128 entries, and must cover itself.
+    count = 1
+    while (len(sectors) + count) > count * 128:
+        count += 1
+    fat_start = len(sectors)
+    fat += [_FATSECT] * count
+    table = b"".join(struct.pack("<I", value) for value in fat).ljust(count * 512, b"\xff")
+    sectors += [table[pos:pos + 512] for pos in range(0, len(table), 512)]
+    difat = [fat_start + index for index in range(count)] + [_FREE] * (109 - count)
+    header = (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(16) + struct.pack("<HHHHH", 0x3E, 3, 0xFFFE, 9, 6)
+              + bytes(6) + struct.pack("<IIIIIIIII", 0, count, first_directory, 0, 4096, _END, 0, _END, 0)
+              + b"".join(struct.pack("<I", value) for value in difat))
+    return header + b"".join(sectors)
+
+
+def ole_with_vba(main_stream: str = "Workbook", project: str = "_VBA_PROJECT_CUR") -> bytes:
+    """An Office 97-2003 document with a VBA project (MS-OVBA §2.2.1: PROJECT stream, VBA storage)."""
+    vba = {"VBA": {"_VBA_PROJECT": b"\xcc\x61\xff\xff\x00", "dir": b"\x01", "Module1": b"Attribute VB_Name"},
+           "PROJECT": b'ID="{00000000-0000-0000-0000-000000000000}"\r\n'}
+    return ole_file({main_stream: b"\x09\x08", project: vba})
+
+
+def ole_plain_doc() -> bytes:
+    return ole_file({"WordDocument": b"\xec\xa5", "\x05SummaryInformation": b"\xfe\xff", "1Table": b"\x00"})
+
+
+def vba_project_bin() -> bytes:
+    """word/vbaProject.bin: the VBA storage at the root."""
+    return ole_file({"VBA": {"_VBA_PROJECT": b"\xcc\x61\xff\xff\x00", "dir": b"\x01"}, "PROJECT": b"ID=\r\n"})
+
+
+def docm_as_docx() -> bytes:
+    """A macro-enabled Word document (word/vbaProject.bin) under a .docx-looking zip."""
+    return zip_of({
+        "[Content_Types].xml": b'<?xml version="1.0"?><Types/>',
+        "word/document.xml": b'<?xml version="1.0"?><w:document/>',
+        "word/vbaProject.bin": vba_project_bin(),
+    })
+
+
+def outlook_msg(*attachments: tuple[str, bytes]) -> bytes:
+    """An Outlook .msg (MS-OXMSG §2.2): properties stream, one storage per attachment with
+    PidTagAttachLongFilename (UTF-16) and PidTagAttachDataBinary."""
+    tree: dict[str, object] = {"__properties_version1.0": bytes(32),
+                               "__substg1.0_0037001F": "Invoice".encode("utf-16-le")}
+    for index, (name, data) in enumerate(attachments):
+        tree[f"__attach_version1.0_#{index:08X}"] = {
+            "__properties_version1.0": bytes(16),
+            "__substg1.0_3707001F": name.encode("utf-16-le"),
+            "__substg1.0_37010102": data,
+        }
+    return ole_file(tree)
+
+
+def ole_with_package() -> bytes:
+    """An OLE file embedding a package (\\x01Ole10Native: any file, with its name and bytes)."""
+    return ole_file({"WordDocument": b"\xec\xa5",
+                     "ObjectPool": {"_1234": {"\x01Ole10Native": b"\x10\x00\x00\x00\x02\x00a.exe\x00"}}})

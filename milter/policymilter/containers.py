@@ -29,7 +29,8 @@ OPENED = (ZIP, TAR, OLE, TNEF, *STREAMS)
 UNOPENED_STREAMS = ("zst", "lz4", "lz", "lzo", "compress", "pack")
 
 # What a format we do not open is called in a reply ("... cannot be inspected: rar archive").
-_LABELS = {"onenote": "OneNote document", "dmg": "disk image (dmg)", "iso": "iso archive", "udf": "udf disk image",
+_LABELS = {"ole": "OLE file", "tnef": "TNEF file", "onenote": "OneNote document",
+           "dmg": "disk image (dmg)", "iso": "iso archive", "udf": "udf disk image",
            "vhd": "vhd disk image", "vhdx": "vhdx disk image", "wim": "wim disk image",
            "squashfs": "squashfs image"}
 

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import IO, Protocol, cast
 
-from policymilter import containers, ziplayout
+from policymilter import containers, msoffice, ziplayout
 
 # A part whose header block is larger than this is not parsed (Postfix's own
 # header_size_limit is 100 KiB per header).
@@ -544,6 +544,7 @@ SPOOL_THRESHOLD = 1024 * 1024  # a nested zip larger than this is unpacked to a 
 MAX_PE_HEADER_OFFSET = 16 * 1024 * 1024  # a member's "MZ" header pointing further: not inspected
 MAX_TAR_EXTENDED_HEADER = 64 * 1024  # tarfile reads pax / GNU long-name headers whole
 LZMA_MEMORY_LIMIT = 80 * 1024 * 1024
+MAX_TNEF = 64 * 1024 * 1024  # tnefparse holds the whole file, and copies of it, in memory
 
 
 @dataclass(frozen=True)
@@ -564,6 +565,9 @@ class File:
     # The whole content (MIME parts, uuencoded blocks) or its first SNIFF_BYTES, extended to
     # the PE header an "MZ" header points at (archive members, unpacked streams).
     content: bytes | memoryview | None
+    # Content kinds established from the container's structure rather than its first bytes
+    # ("macro": an OLE file with a VBA project, OOXML with vbaProject.bin or macro sheets).
+    kinds: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -581,7 +585,10 @@ class Unreadable:
     error: str = ""  # the library's complaint, for the log
 
 
-def _complaint(error: Exception) -> str:
+_OOXML_MACRO = re.compile(r"(?i)(?:^|/)(?:vbaProject\.bin$|macrosheets/)")
+
+
+def _complaint(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
@@ -672,6 +679,10 @@ _OPENERS: dict[str, Callable[[IO[bytes]], _Readable]] = {
 
 class _Uninspectable(Exception):
     """An archive, or part of one, that cannot be inspected; the message says why."""
+
+
+class _Corrupt(_Uninspectable):
+    """A library could not read a container; the message is its complaint."""
 
 
 class _Exhausted(_Uninspectable):
@@ -860,14 +871,20 @@ class _Walker:
                     yield from self.zip(cast(IO[bytes], source), name, depth + 1, path, attachment)
                 case "tar":
                     yield from self.tar(source, depth + 1, path, attachment)
-                case "ole" | "tnef":
-                    raise _Uninspectable(f"{kind} (format not inspected)")
+                case "ole":
+                    yield from self.ole(cast(IO[bytes], source), names, depth + 1, path, attachment)
+                case "tnef":
+                    yield from self.tnef(cast(IO[bytes], source), names, depth + 1, path, attachment)
                 case _:
                     yield from self.stream(kind, names, head, source, depth + 1, path, attachment)
         except _Uninspectable as error:
             yield Unreadable(name, path, attachment, str(error))
+        except msoffice.Unsafe as error:
+            yield Unreadable(name, path, attachment, str(error))
         except _UNREADABLE as error:
             yield Unreadable(name, path, attachment, f"corrupt {kind} archive", _complaint(error))
+        except _Corrupt as error:
+            yield Unreadable(name, path, attachment, f"corrupt {containers.label(kind)}", str(error))
 
     def zip(self, source: IO[bytes], name: str, depth: int, path: str, attachment: str) -> Iterator[Item]:
         # zipfile builds an object per central-directory entry, and a directory of a million
@@ -895,6 +912,10 @@ class _Walker:
             for info, names in named:  # names first: an encrypted or oversized archive still shows them
                 self.allowance.member()
                 yield File(names, f"{path}/{info.filename}", attachment, None)
+                if _OOXML_MACRO.search(info.filename):
+                    # ECMA-376 with a VBA project or Excel 4.0 macro sheets: Word and Excel run
+                    # them whatever the extension says (a .docm renamed .docx still opens).
+                    yield File((name,) if name else (), path, attachment, None, kinds=("macro",))
             # not is_dir(): it fails on a name ""
             regular = [(info, names) for info, names in named if not info.filename.endswith("/")]
             self.allowance.unpack(sum(info.file_size for info, _ in regular))
@@ -920,6 +941,73 @@ class _Walker:
         except _UNREADABLE as error:
             # One bad member does not hide the others: go on with the next.
             yield Unreadable(info.filename, path, attachment, "corrupt archive member", _complaint(error))
+
+    def ole(self, source: IO[bytes], names: tuple[str, ...], depth: int, path: str, attachment: str
+            ) -> Iterator[Item]:
+        """An OLE compound file (MS-CFB): a VBA project is content kind "macro"; an Outlook
+        message's attachments are files one level down (each nested message one more)."""
+        name = names[0] if names else ""
+        try:
+            ole = msoffice.open_ole(source)
+            contents = msoffice.ole_contents(ole)
+        except msoffice.OLE_UNREADABLE as error:
+            raise _Corrupt(_complaint(error)) from error
+        with ole:
+            if contents.macros:
+                yield File(names, path, attachment, None, kinds=("macro",))
+            if contents.packages:
+                yield Unreadable(name, path, attachment, "OLE embedded package (not inspected)")
+            for storage, stored_names, data_stream, nesting in contents.attachments:
+                member_path = f"{path}/{stored_names[0] if stored_names else storage}"
+                if depth + nesting > self.limits.max_depth:
+                    yield Unreadable(name, member_path, attachment,
+                                     f"nested deeper than {self.limits.max_depth} levels")
+                    continue
+                self.allowance.member()
+                inner = attachment or name
+                if data_stream is None:
+                    yield File(stored_names, member_path, inner, None)
+                    continue
+                try:
+                    self.allowance.unpack(ole.get_size(data_stream))
+                    data = ole.openstream(data_stream).read()
+                except msoffice.OLE_UNREADABLE as error:
+                    raise _Corrupt(_complaint(error)) from error
+                yield File(stored_names, member_path, inner, data)
+                yield from self.inside(stored_names, data, depth + nesting, member_path, inner)
+
+    def tnef(self, source: IO[bytes], names: tuple[str, ...], depth: int, path: str, attachment: str
+             ) -> Iterator[Item]:
+        """TNEF (MS-OXTNEF, winmail.dat): Outlook shows its attachments as files."""
+        source.seek(0, io.SEEK_END)
+        if source.tell() > MAX_TNEF:
+            raise _Uninspectable(f"TNEF larger than {MAX_TNEF} bytes")
+        source.seek(0)
+        try:
+            parsed = msoffice.parse_tnef(source.read(), self.limits.max_depth - depth)
+            found = list(msoffice.tnef_attachments(parsed))
+        except msoffice.TNEF_UNREADABLE as error:
+            raise _Corrupt(_complaint(error)) from error
+        yield from self.tnef_attachments(found, names[0] if names else "", depth, path, attachment)
+
+    def tnef_attachments(self, found: list[msoffice.Attachment], name: str, depth: int, path: str,
+                         attachment: str) -> Iterator[Item]:
+        inner = attachment or name
+        for each in found:
+            self.allowance.member()
+            self.allowance.unpack(len(each.data))
+            member_path = f"{path}/{each.names[0] if each.names else '-'}"
+            yield File(each.names, member_path, inner, each.data)
+            yield from self.inside(each.names, each.data, depth, member_path, inner)
+            if each.embedded is not None:  # an attached message: its attachments one level down
+                if depth + 1 > self.limits.max_depth:
+                    yield Unreadable(name, member_path, inner, f"nested deeper than {self.limits.max_depth} levels")
+                    continue
+                try:
+                    nested = list(msoffice.tnef_attachments(each.embedded))
+                except msoffice.TNEF_UNREADABLE as error:
+                    raise _Corrupt(_complaint(error)) from error
+                yield from self.tnef_attachments(nested, name, depth + 1, member_path, inner)
 
     def tar(self, source: _Readable, depth: int, path: str, attachment: str) -> Iterator[Item]:
         # Stream mode ("r|") whatever the source: one pass, members in order, no seeking back.
@@ -969,10 +1057,11 @@ class _Walker:
                 what = "behind other data" if found == ZIP else "inside the file"
                 yield Unreadable(name, path, attachment, f"{containers.label(found)} {what} (not inspected)")
             return
-        if kind not in (ZIP, OLE):
+        if kind not in (ZIP, OLE, TNEF):
             yield from self.container(kind, names, _Prefixed(head, source), head, depth, path, attachment)
             return
-        # zip and OLE need random access: unpack the member (metered) to memory or a temporary file.
+        # zip and OLE need random access, TNEF the whole: unpack the member (metered) to memory
+        # or a temporary file.
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_THRESHOLD) as spool:
             spool.write(head)
             while chunk := source.read(CHUNK):

@@ -338,6 +338,28 @@ BLOCKED = [
         Rule.UNINSPECTABLE, "photo.jpg", "zip archive behind other data"),
     Case("tar-member-dmg", lambda: with_attachment(attachment(corpus.tar_of({"app.bin": corpus.dmg()}), "a.tar.gz")),
          Rule.UNINSPECTABLE, "app.bin", "dmg"),
+    # TNEF, Outlook messages, OLE documents with macros
+    Case("tnef-carrying-pe", lambda: with_attachment(corpus.tnef_part(corpus.tnef(
+        ("INVOICE.PDF", corpus.pe(), "invoice.pdf")))), Rule.CONTENT, "INVOICE.PDF", "Windows executable"),
+    Case("tnef-long-name-js", lambda: with_attachment(corpus.tnef_part(corpus.tnef(
+        ("README.TXT", b"hello", "readme.txt.js")))), Rule.EXTENSION, "readme.txt.js"),
+    Case("tnef-carrying-zip-with-exe", lambda: with_attachment(corpus.tnef_part(corpus.tnef(
+        ("FILES.ZIP", corpus.zip_of({"setup.exe": b"x"}), "files.zip")))), Rule.EXTENSION, "setup.exe"),
+    Case("msg-with-exe-attachment", lambda: with_attachment(attachment(
+        corpus.outlook_msg(("invoice.exe", b"x")), "mail.msg")), Rule.EXTENSION, "invoice.exe"),
+    Case("msg-with-pe-named-pdf", lambda: with_attachment(attachment(
+        corpus.outlook_msg(("invoice.pdf", corpus.pe())), "mail.msg")), Rule.CONTENT, "invoice.pdf", "PE"),
+    Case("xls-with-vba-project", lambda: with_attachment(attachment(corpus.ole_with_vba(), "report.xls")),
+         Rule.CONTENT, "report.xls", "macros"),
+    Case("doc-with-macros-storage", lambda: with_attachment(attachment(
+        corpus.ole_with_vba("WordDocument", "Macros"), "letter.doc")), Rule.CONTENT, "letter.doc", "macros"),
+    Case("docm-renamed-docx", lambda: with_attachment(attachment(corpus.docm_as_docx(), "letter.docx")),
+         Rule.CONTENT, "letter.docx", "macros"),
+    Case("xlsx-with-excel4-macro-sheet", lambda: with_attachment(attachment(corpus.zip_of({
+        "[Content_Types].xml": b"<Types/>", "xl/macrosheets/sheet1.xml": b"<xm:macrosheet/>"}), "book.xlsx")),
+        Rule.CONTENT, "book.xlsx", "macros"),
+    Case("ole-embedded-package", lambda: with_attachment(attachment(corpus.ole_with_package(), "letter.doc")),
+         Rule.UNINSPECTABLE, "letter.doc", "embedded package"),
 ]
 
 CLEAN = [
@@ -399,6 +421,11 @@ CLEAN = [
     Case("binary-without-signatures", lambda: with_attachment(attachment(corpus.filler(300_000), "data.bin")), None),
     Case("zip-of-binary", lambda: with_attachment(attachment(corpus.zip_of({"data.bin": corpus.filler(300_000)}),
                                                              "data.zip")), None),
+    Case("tnef-benign", lambda: with_attachment(corpus.tnef_part(corpus.tnef(
+        ("NOTES.TXT", b"hello", "notes.txt"), ("REPORT.PDF", corpus.pdf(), "report.pdf")))), None),
+    Case("msg-benign", lambda: with_attachment(attachment(corpus.outlook_msg(("notes.txt", b"hello")), "mail.msg")),
+         None),
+    Case("doc-without-macros", lambda: with_attachment(attachment(corpus.ole_plain_doc(), "letter.doc")), None),
 ]
 
 

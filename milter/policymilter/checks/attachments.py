@@ -253,6 +253,10 @@ def known_content_kinds() -> frozenset[str]:
 
 def judge(file: mimewalk.File, limits: Limits) -> Finding | None:
     """Why one file is blocked, or None."""
+    for kind in file.kinds:
+        if kind in limits.blocked_content:
+            return Finding(file.name, Rule.CONTENT, kind, file.path, file.attachment if file.attachment != file.name
+                           else "")
     for name in file.names:
         matched = name_rule(name, limits.blocked_extensions)
         if matched is not None:
