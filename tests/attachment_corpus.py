@@ -656,3 +656,26 @@ def ole_with_package() -> bytes:
     """An OLE file embedding a package (\\x01Ole10Native: any file, with its name and bytes)."""
     return ole_file({"WordDocument": b"\xec\xa5",
                      "ObjectPool": {"_1234": {"\x01Ole10Native": b"\x10\x00\x00\x00\x02\x00a.exe\x00"}}})
+
+
+def tnef_hostile(kind: str) -> bytes:
+    """TNEF that a trusting parser would read for ever: counts far past the data, a flood of
+    tiny attributes (each one copies the rest of the file in tnefparse), deep nesting."""
+    head = struct.pack("<IH", 0x223E9F78, 0x0101) + _tnef_attribute(1, 0x9007, 0x0006, struct.pack("<II", 1252, 0))
+    render = _tnef_attribute(2, 0x9002, 0x0006, struct.pack("<HIHHI", 1, 0xFFFFFFFF, 0, 0, 0))
+    match kind:
+        case "property-count":
+            return head + render + _tnef_attribute(2, 0x9005, 0x0006, struct.pack("<I", 0xFFFFFFFF))
+        case "multi-valued-shorts":  # PT_MV_SHORT (0x1002) claiming 2^32 - 1 values
+            props = struct.pack("<I", 1) + struct.pack("<HHI", 0x1002, 0x3000, 0xFFFFFFFF)
+            return head + render + _tnef_attribute(2, 0x9005, 0x0006, props)
+        case "attribute-flood":
+            return head + _tnef_attribute(1, 0x0001, 0x0000, b"") * 200_000
+        case "deep-nesting":
+            blob = tnef(("A.TXT", b"x", None))
+            for _ in range(200):
+                value = b"\x07\x03\x02\x00\x00\x00\x00\x00\xc0\x00\x00\x00\x00\x00\x00\x46" + blob
+                props = struct.pack("<IHHII", 1, 0x000D, 0x3701, 1, len(value)) + value + bytes(-len(value) % 4)
+                blob = head + render + _tnef_attribute(2, 0x9005, 0x0006, props)
+            return blob
+    raise ValueError(kind)

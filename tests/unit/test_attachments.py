@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import io
 import os
 import random
 import time
@@ -17,8 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from policymilter import mimewalk
+from policymilter import mimewalk, ziplayout
 from policymilter.checks import attachments
 from policymilter.checks.attachments import Attachments, Rule
 from policymilter.facts import Envelope, Session
@@ -692,6 +695,17 @@ def test_pathological_input_is_cheap(build, default_policy):
     assert result.outcome in (Outcome.BLOCKED, Outcome.CLEAN)
 
 
+@pytest.mark.parametrize("kind", ["property-count", "multi-valued-shorts", "attribute-flood", "deep-nesting"])
+def test_hostile_tnef_is_uninspectable_and_cheap(kind, default_policy):
+    raw = with_attachment(corpus.tnef_part(corpus.tnef_hostile(kind)))
+    started = time.process_time()
+    result = run(raw, default_policy)
+    elapsed = time.process_time() - started
+    print(f"\n{kind}: {result.reason} in {elapsed * 1000:.0f} ms CPU")
+    assert (result.outcome, result.detail) == (Outcome.BLOCKED, "uninspectable"), result.reason
+    assert "TNEF" in result.reason
+
+
 def test_mixed_rfc2231_sections_still_show_every_name(default_policy):
     raw = with_attachment(attachment(b"x", disposition="attachment; filename*=utf-8''a.txt; filename*0=b.exe"))
     assert run(raw, default_policy).facts.findings[0].filename == "b.exe"
@@ -779,3 +793,32 @@ def test_the_extension_validator_allows_long_real_extensions():
     assert Table(blocked_extensions=("searchconnector-ms", "EXE")).blocked_extensions == ("searchconnector-ms", "exe")
     with pytest.raises(ValueError):
         Table(blocked_extensions=(".exe",))
+
+
+# --- properties ----------------------------------------------------------------------------------
+
+_NAMES = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\0"), min_size=1, max_size=24)
+_PROPERTY = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@_PROPERTY
+@given(members=st.dictionaries(_NAMES, st.binary(max_size=200), min_size=1, max_size=5),
+       method=st.sampled_from(["stored", "deflated", "descriptors"]))
+def test_every_zip_zipfile_writes_reads_without_problems(members, method):
+    match method:
+        case "descriptors":
+            blob = corpus.zip_with_data_descriptors(members)
+        case _:
+            blob = corpus.zip_of(members, zipfile.ZIP_STORED if method == "stored" else zipfile.ZIP_DEFLATED)
+    layout = ziplayout.read(io.BytesIO(blob), len(blob))
+    assert layout.problems == []
+    with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+        assert [info.filename for info in archive.infolist()] == [names[0] for names in layout.members]
+
+
+@_PROPERTY
+@given(unicode_name=_NAMES)
+def test_a_unicode_path_name_is_judged_like_any_attachment_name(unicode_name, default_policy):
+    raw = with_attachment(attachment(corpus.zip_with_unicode_path("a.txt", unicode_name), "a.zip"))
+    expected = attachments.name_rule(unicode_name, default_policy.attachments.blocked_extensions) is not None
+    assert (run(raw, default_policy).outcome is Outcome.BLOCKED) == expected
