@@ -679,3 +679,11 @@ def tnef_hostile(kind: str) -> bytes:
                 blob = head + render + _tnef_attribute(2, 0x9005, 0x0006, props)
             return blob
     raise ValueError(kind)
+
+
+def zip_pair_with_odd_last_end_record() -> bytes:
+    """zip(evil.exe) + zip(a.txt) where the second end record claims 2 entries on this disk and
+    1 in all: zipfile reads the second archive anyway, a reader that checks finds the first."""
+    second = bytearray(zip_of({"a.txt": b"x"}))
+    struct.pack_into("<H", second, len(second) - 22 + 8, 2)
+    return zip_of({"evil.exe": b"x"}) + bytes(second)

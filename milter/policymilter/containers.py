@@ -68,16 +68,15 @@ _START_MAGICS = (  # (offset, magic, kind): exact bytes at a fixed place
     (0, b"\x1f\x1e", "pack"),  # gunzip unpacks these too
     (7, b"**ACE**", "ace"),
 )
+# One pattern per format, each starting with fixed text so the engine scans for it in C (one
+# alternation of all of them is twice as slow: 80 ms for 20 MB).
 _ANYWHERE = (
-    (b"Rar!\x1a\x07\x00", "rar"),  # RAR 4 marker block
-    (b"Rar!\x1a\x07\x01\x00", "rar"),  # RAR 5 signature
-    (b"7z\xbc\xaf\x27\x1c", "7z"),
-    (b"MSCF\0\0\0\0", "cab"),  # signature and reserved1 (MS-CAB 2.1 CFHEADER)
-    (b"**ACE**", "ace"),
+    (re.compile(re.escape(b"Rar!\x1a\x07") + b"(?:\x00|\x01\x00)"), "rar", 8),  # RAR 4 marker block, RAR 5
+    (re.compile(re.escape(b"7z\xbc\xaf\x27\x1c")), "7z", 6),
+    (re.compile(re.escape(b"MSCF\0\0\0\0")), "cab", 8),  # signature and reserved1 (MS-CAB 2.1 CFHEADER)
+    (re.compile(re.escape(b"**ACE**")), "ace", 7),
 )
-_ANYWHERE_PATTERN = re.compile(b"|".join(re.escape(signature) for signature, _ in _ANYWHERE))
-_ANYWHERE_KIND = {signature: kind for signature, kind in _ANYWHERE}
-LONGEST_SIGNATURE = max(len(signature) for signature, _ in _ANYWHERE)
+LONGEST_SIGNATURE = max(length for _, _, length in _ANYWHERE)
 # APPNOTE 4.3.16: a 22-byte record and up to 65535 bytes of comment; 4.3.15: the zip64
 # locator (20 bytes) just before it.
 TAIL_BYTES = 22 + 0xFFFF + 20
@@ -157,14 +156,8 @@ def _is_arj(head: bytes) -> bool:
 
 def anywhere(data: bytes | memoryview) -> list[str]:
     """The formats whose signatures occur anywhere in `data`, in order of first occurrence."""
-    kinds: list[str] = []
-    for found in _ANYWHERE_PATTERN.finditer(data):
-        kind = _ANYWHERE_KIND[found.group()]
-        if kind not in kinds:
-            kinds.append(kind)
-            if len(kinds) == len(set(_ANYWHERE_KIND.values())):
-                break
-    return kinds
+    found = sorted((match.start(), kind) for pattern, kind, _ in _ANYWHERE if (match := pattern.search(data)))
+    return [kind for _, kind in found]
 
 
 def at_end(tail: bytes | memoryview, complete: bool = True) -> list[str]:

@@ -274,6 +274,10 @@ def header_problems(headers: email.message.Message) -> tuple[str, ...]:
         if any("\0" in value for value in values):
             # C-string readers stop at the NUL, others read on.
             problems.append(f"NUL byte in the {field} header")
+    for value in _raw_values(headers, "content-type")[:1]:
+        params = [param for param, _ in header_params(value)]
+        if params.count("boundary") > 1:  # which one splits the body depends on the reader
+            problems.append("Content-Type boundary given twice")
     encoding = transfer_encoding(headers)
     if encoding not in _KNOWN_ENCODINGS:
         problems.append(f"unknown Content-Transfer-Encoding {encoding!r}")
@@ -905,6 +909,9 @@ class _Walker:
             yield from self.inside((), source.read(layout.prefix), depth, f"{path}/(prefix)", attachment)
         source.seek(0)
         with zipfile.ZipFile(source) as archive:
+            if archive.start_dir != layout.directory:
+                # zipfile found another end record than the one we read the layout from.
+                yield Unreadable(name, path, attachment, "readers disagree on where the zip's central directory is")
             members = archive.infolist()
             readings = layout.members if len(layout.members) == len(members) else [() for _ in members]
             named = [(info, tuple(dict.fromkeys((info.filename, *extra)))) for info, extra in zip(members, readings,

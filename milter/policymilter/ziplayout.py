@@ -43,6 +43,7 @@ class Layout:
     members: list[tuple[str, ...]] = field(default_factory=list)  # names, in central directory order
     problems: list[str] = field(default_factory=list)
     prefix: int = 0  # bytes before the first local header
+    directory: int = -1  # where the central directory starts (absolute), -1 when not found
     hidden: list[tuple[str, ...]] = field(default_factory=list)  # names of unlisted local headers
 
     def problem(self, text: str) -> None:
@@ -126,6 +127,7 @@ def read(source: IO[bytes], total: int) -> Layout:
         entries_total, cd_size, cd_offset = struct.unpack_from("<32xQQQ", record)
         directory_end = end - 20 - 56
     cd_start = directory_end - cd_size
+    layout.directory = cd_start
     base = cd_start - cd_offset
     if cd_start < 0 or base < 0:
         layout.problem("zip central directory outside the file")

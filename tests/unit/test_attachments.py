@@ -363,6 +363,12 @@ BLOCKED = [
         Rule.CONTENT, "book.xlsx", "macros"),
     Case("ole-embedded-package", lambda: with_attachment(attachment(corpus.ole_with_package(), "letter.doc")),
          Rule.UNINSPECTABLE, "letter.doc", "embedded package"),
+    Case("zip-readers-pick-different-end-records", lambda: with_attachment(attachment(
+        corpus.zip_pair_with_odd_last_end_record(), "files.zip")), Rule.EXTENSION, "evil.exe"),
+    Case("boundary-given-twice", lambda: corpus.message(corpus.Part(
+        ['Content-Type: multipart/mixed; boundary="a"; boundary="b"'],
+        b"--a\r\nContent-Type: text/plain\r\n\r\nhi\r\n--a--\r\n")), Rule.UNINSPECTABLE, "",
+        "boundary given twice"),
 ]
 
 CLEAN = [
