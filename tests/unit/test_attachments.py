@@ -822,8 +822,12 @@ def test_every_zip_zipfile_writes_reads_without_problems(members, method):
         assert [info.filename for info in archive.infolist()] == [names[0] for names in layout.members]
 
 
+_WITH_EXTENSION = st.builds("{}.{}".format, _NAMES, st.sampled_from(["js", "exe", "JS", "exe. ", "lnk", "one", "txt",
+                                                                     "pdf", "docx", "jpg", "e\u200bxe"]))
+
+
 @_PROPERTY
-@given(unicode_name=_NAMES)
+@given(unicode_name=st.one_of(_NAMES, _WITH_EXTENSION))
 def test_a_unicode_path_name_is_judged_like_any_attachment_name(unicode_name, default_policy):
     raw = with_attachment(attachment(corpus.zip_with_unicode_path("a.txt", unicode_name), "a.zip"))
     expected = attachments.name_rule(unicode_name, default_policy.attachments.blocked_extensions) is not None
