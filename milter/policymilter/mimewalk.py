@@ -93,6 +93,7 @@ class _Span:
     end: int
     depth: int
     number: str
+    problems: tuple[str, ...] = ()
 
 
 def walk(header: bytes, body: bytes, max_depth: int, max_parts: int) -> Iterator[Entity | Overflow]:
@@ -101,6 +102,9 @@ def walk(header: bytes, body: bytes, max_depth: int, max_parts: int) -> Iterator
     `header` is the top-level header block, `body` the body (CRLF or LF line ends). Entities
     deeper than `max_depth` are not visited; after `max_parts` entities the walk stops.
     """
+    # Postfix and lenient readers take "Content-Type : x" as a header; the stdlib parser would
+    # end the header block there and lose the fields after it. Read it the lenient way.
+    header = _OBSOLETE_FIELD_LINE.sub(rb"\1\2:", header)
     stack = [_Span(_parse_headers(header), body, 0, len(body), 0, "")]
     seen = 0
     while stack:
@@ -112,7 +116,7 @@ def walk(header: bytes, body: bytes, max_depth: int, max_parts: int) -> Iterator
         headers = span.headers
         content_type = headers.get_content_type()
         names = filenames(headers)
-        problems = header_problems(headers)
+        problems = span.problems + header_problems(headers)
         encoding = transfer_encoding(headers)
         children: list[_Span] = []
         if headers.get_content_maintype() == "multipart":
@@ -132,9 +136,11 @@ def walk(header: bytes, body: bytes, max_depth: int, max_parts: int) -> Iterator
             children = [_enclosed_message(span, headers)]
         if not children:
             if encoding in _UUENCODINGS:
-                # The "begin" lines name the files a client saves.
-                names += tuple(dict.fromkeys(name for name, _ in uuencoded(memoryview(span.buf)[span.start:span.end])
-                                             if name not in names))
+                # The "begin" lines name the files a client saves; the body is the first block.
+                blocks = [name for name, _ in uuencoded(memoryview(span.buf)[span.start:span.end], limit=100)]
+                names += tuple(dict.fromkeys(name for name in blocks if name not in names))
+                if len(blocks) > 1:
+                    problems += ("uuencoded part with more than one block",)
             yield Entity(span.number, span.depth, content_type, names, _decode(headers, span), problems)
             continue
         yield Entity(span.number, span.depth, content_type, names, None, problems)
@@ -157,29 +163,36 @@ def _parse_headers(block: bytes) -> email.message.Message:
     return parser.parsebytes(block)
 
 
-def _split_head(buf: bytes, start: int, end: int) -> tuple[email.message.Message, int]:
-    """Parse an entity's header block; return it and where the body starts.
+def _split_head(buf: bytes, start: int, end: int) -> tuple[email.message.Message, int, tuple[str, ...]]:
+    """Parse an entity's header block; return it, where the body starts and any problem.
 
     Like the stdlib feedparser: lines end at CRLF, LF or a lone CR; headers end at the first
     empty line, or at the first line that is not a header (which then starts the body).
     """
-    pos = start
+    pos, problems = start, ()
     while pos < end:
         if buf[pos] in (0x0A, 0x0D):  # an empty line
             body = pos + (2 if buf.startswith(b"\r\n", pos, end) else 1)
             break
         if not _HEADER_LINE.match(buf, pos, end):
+            if _OBSOLETE_FIELD.match(buf, pos, end):
+                problems = (_OBSOLETE_FIELD_MESSAGE,)
             body = pos
             break
         line_end = _LINE_END.search(buf, pos, end)
         pos = end if line_end is None else line_end.end()
         if pos - start > MAX_PART_HEADER:
-            return _Oversized(), end
+            return _Oversized(), end, ()
     else:
         body = end
-    return _parse_headers(buf[start:pos]), body
+    return _parse_headers(buf[start:pos]), body, problems
 
 
+# RFC 5322 §4.5.3 obs-optional: white space between a field name and its colon. The stdlib (and
+# so this walk) ends the header block there; lenient readers take it as the header it names.
+_OBSOLETE_FIELD = re.compile(rb"[\x21-\x39\x3b-\x7e]+[\t ]+:")
+_OBSOLETE_FIELD_LINE = re.compile(rb"(^|\n)([\x21-\x39\x3b-\x7e]+)[\t ]+:")
+_OBSOLETE_FIELD_MESSAGE = "header field with white space before its colon"
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
@@ -192,9 +205,9 @@ def _multipart_children(span: _Span, headers: email.message.Message, limit: int)
     children = []
     prefix = f"{span.number}." if span.number else ""
     for index, (start, end) in enumerate(parts, 1):
-        child_headers, body = _split_head(span.buf, start, end)
+        child_headers, body, problems = _split_head(span.buf, start, end)
         child_headers.set_default_type(default)
-        children.append(_Span(child_headers, span.buf, body, end, span.depth + 1, f"{prefix}{index}"))
+        children.append(_Span(child_headers, span.buf, body, end, span.depth + 1, f"{prefix}{index}", problems))
     return children
 
 
@@ -249,8 +262,8 @@ def _enclosed_message(span: _Span, headers: email.message.Message) -> _Span:
     if transfer_encoding(headers) in ("base64", "quoted-printable"):
         decoded = bytes(_decode(headers, span))
         buf, start, end = decoded, 0, len(decoded)
-    inner, body = _split_head(buf, start, end)
-    return _Span(inner, buf, body, end, span.depth + 1, span.number or "1")
+    inner, body, problems = _split_head(buf, start, end)
+    return _Span(inner, buf, body, end, span.depth + 1, span.number or "1", problems)
 
 
 # RFC 2045 §6.1 mechanisms, and the uuencode names clients accept (Content-Transfer-Encoding

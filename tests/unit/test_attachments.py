@@ -369,6 +369,13 @@ BLOCKED = [
         ['Content-Type: multipart/mixed; boundary="a"; boundary="b"'],
         b"--a\r\nContent-Type: text/plain\r\n\r\nhi\r\n--a--\r\n")), Rule.UNINSPECTABLE, "",
         "boundary given twice"),
+    Case("obs-field-in-part-header", lambda: with_attachment(corpus.raw_part(
+        ["Content-Type: text/plain", "Content-Transfer-Encoding : base64", 'Content-Disposition: attachment'],
+        corpus._base64(corpus.pe()))), Rule.UNINSPECTABLE, "", "white space before its colon"),
+    Case("uuencode-cte-two-blocks", lambda: with_attachment(corpus.raw_part(
+        ['Content-Type: application/octet-stream; name="a.txt"', "Content-Transfer-Encoding: x-uuencode"],
+        corpus.uuencode(b"hi", "a.txt") + corpus.uuencode(corpus.pe(), "b.txt"))), Rule.UNINSPECTABLE, "a.txt",
+        "more than one block"),
 ]
 
 CLEAN = [
@@ -710,6 +717,20 @@ def test_hostile_tnef_is_uninspectable_and_cheap(kind, default_policy):
     print(f"\n{kind}: {result.reason} in {elapsed * 1000:.0f} ms CPU")
     assert (result.outcome, result.detail) == (Outcome.BLOCKED, "uninspectable"), result.reason
     assert "TNEF" in result.reason
+
+
+@pytest.mark.parametrize(("attached", "expected"), [(corpus.attachment(b"x", "setup.exe"), ["setup.exe"]),
+                                                    (corpus.attachment(corpus.pdf(), "report.pdf"), [])])
+def test_a_top_level_field_with_space_before_its_colon_does_not_hide_the_structure(attached, expected):
+    # Postfix hands "X-Note : hi" over as a header; the stdlib would end the header block there
+    # and read the multipart body as one text part.
+    raw = corpus.with_attachment(attached)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    header = b"X-Note : hi\r\n" + head + b"\r\n"
+    limits = attachments.Limits(frozenset({"exe"}))
+    scan = attachments.find_executables(header, body, limits)
+    assert [finding.filename for finding in scan.findings] == expected
+    assert scan.inspected >= 2
 
 
 def test_mixed_rfc2231_sections_still_show_every_name(default_policy):
