@@ -13,15 +13,18 @@ delimiter rule, a missing close delimiter ends the last part at the end), so wha
 is what the email package — and MUAs as lenient as it is — would show. Each entity's header
 fields are parsed by the stdlib (`compat32`: plain strings, no header-registry surprises).
 
-Archives: zip (nested, encrypted member names included), tar, and gzip / bzip2 / xz streams
-(.tar.gz and friends), all from the standard library. A hostile archive stays cheap: a zip's
-central directory is counted before zipfile parses it; declared sizes count against the
-unpacked-bytes allowance (they may only lie low: what is actually decompressed is metered
-too); members are streamed and only their first 64 KiB are read unless they are archives
-themselves. Zip members compressed with bzip2 or LZMA are not opened: zipfile decompresses
-those without an output bound (113 bytes of bzip2 make 100 MB). 7z, rar, cab, ISO images and
-the like are recognised (by `filetype` and a few magics of our own) and reported as not
-inspected: their readers are not pure pip or not sane to run on hostile input here.
+Archives: zip (nested, encrypted member names included; its layout read as every extractor may
+read it, ziplayout.py), tar, gzip / bzip2 / xz / lzma streams (.tar.gz and friends), from the
+standard library; TNEF (winmail.dat) and OLE files (Outlook .msg attachments, VBA projects)
+through tnefparse and olefile (msoffice.py). A hostile archive stays cheap: a zip's central
+directory is counted before zipfile parses it; declared sizes count against the unpacked-bytes
+allowance (they may only lie low: what is actually decompressed is metered too); members are
+streamed through once, their first 64 KiB judged and the rest searched for the signatures of
+other formats with a bounded window (containers.Search). Zip members compressed with bzip2 or
+LZMA are not opened: zipfile decompresses those without an output bound (113 bytes of bzip2
+make 100 MB). Every other container or disk image is recognised by its signature wherever its
+format puts it (containers.py: start, end, anywhere) and reported as not inspected: its reader
+is not pure pip or not sane to run on hostile input here.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """attachments: refuse executables anywhere in the message, by name and by content, at end of message.
 
 Every file the walk finds (mimewalk.files: MIME parts at any depth, message/rfc822 included;
-zip, tar, gzip/bzip2/xz members, nested; uuencoded blocks in text parts) is blocked when
+zip, tar, gzip/bzip2/xz/lzma members, TNEF and Outlook .msg attachments, nested; uuencoded
+blocks in text parts) is blocked when
 
 - its name's final extension is in `blocked_extensions`, the name decoded (RFC 2231, RFC 2047)
   and read as Windows would save it (see normalise_name). `invoice.pdf.exe`, `photo.EXE.` and
@@ -11,12 +12,13 @@ zip, tar, gzip/bzip2/xz members, nested; uuencoded blocks in text parts) is bloc
   (`invoice<U+202E>fdp.exe` shows as "invoiceexe.pdf", `report<U+202E>xcod.docm` as
   "reportmcod.docx"): nothing legitimate does that, so it is blocked whatever the real
   extension is (ATT&CK T1036.002);
-- its content is an executable kind listed in `blocked_content` (default PE, ELF, Mach-O),
-  whatever its name says.
+- its content is a kind listed in `blocked_content` (default PE, ELF, Mach-O, and "macro": an
+  Office document carrying a VBA project or macro sheets), whatever its name says.
 
-Places the walk cannot look into (an encrypted member, a corrupt archive, 7z/rar/ISO..., or
-nesting, member count or unpacked size over the limits) are "uninspectable": blocked or
-accepted per `attachments.uninspectable`.
+Places the walk cannot look into (an encrypted member, a corrupt archive, a zip that readers
+would read differently, rar/7z/ISO/dmg..., MIME headers given twice, an unknown transfer
+encoding, or nesting, member count or unpacked size over the limits) are "uninspectable":
+blocked or accepted per `attachments.uninspectable`.
 
 Content sniffing: PE, ELF and Mach-O are decided by our own exact header checks below. The
 libraries evaluated (filetype, puremagic) both call any file starting with "MZ" an executable
