@@ -306,3 +306,384 @@ def message(*parts: Part, subject: str = "Test") -> bytes:
 def with_attachment(part: Part, subject: str = "Test") -> bytes:
     """The usual shape: a short text and one attachment in a multipart/mixed."""
     return message(text("Please see attached.\n"), part, subject=subject)
+
+
+# --- MIME tricks: headers given twice, loose transfer encodings, yEnc, BinHex ------------------
+
+
+def pe_part(cte: str, name: str = "a.dat") -> Part:
+    """A PE in base64 under a Content-Transfer-Encoding value written as given."""
+    return raw_part([f'Content-Type: application/octet-stream; name="{name}"',
+                     f"Content-Transfer-Encoding: {cte}"], _base64(pe()))
+
+
+def yenc(data: bytes, name: str) -> bytes:
+    """yEnc 1.3 (yenc.org): bytes + 42 mod 256; NUL, LF, CR and "=" escaped as "=" + (c + 64)."""
+    out = bytearray()
+    for byte in data:
+        coded = (byte + 42) % 256
+        if coded in (0x00, 0x0A, 0x0D, 0x3D):
+            out += b"=" + bytes([(coded + 64) % 256])
+        else:
+            out.append(coded)
+    lines = [bytes(out[pos:pos + 128]) for pos in range(0, len(out), 128)]
+    return (f"=ybegin line=128 size={len(data)} name={name}\r\n".encode() + b"\r\n".join(lines)
+            + f"\r\n=yend size={len(data)}\r\n".encode())
+
+
+# What a BinHex 4.0 file looks like to a mail client: the marker line, then ":"-framed data
+# (the payload here is filler, not a real BinHex encoding).
+BINHEX_TEXT = (b"(This file must be converted with BinHex 4.0)\r\n"
+               b":#'9cE'8ZFfPd!&0SGA*TEQpXC!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!:\r\n")
+
+
+# --- single-file compressors ---------------------------------------------------------------------
+
+
+def bzip2_of(data: bytes) -> bytes:
+    import bz2
+    return bz2.compress(data)
+
+
+def xz_of(data: bytes) -> bytes:
+    import lzma
+    return lzma.compress(data)
+
+
+def lzma_alone_of(data: bytes) -> bytes:
+    """The legacy .lzma container (LZMA SDK "lzma_alone"): props 0x5D, dictionary, size."""
+    import lzma
+    return lzma.compress(data, format=lzma.FORMAT_ALONE)
+
+
+# Frame headers of formats the standard library cannot unpack (what `file` recognises them by).
+ZSTD = b"\x28\xb5\x2f\xfd\x24\x05\x29\x00\x00hello" + bytes(32)  # RFC 8878 §3.1.1 frame magic
+LZ4 = b"\x04\x22\x4d\x18\x64\x40\xa7" + bytes(32)  # LZ4 frame format 1.6.x magic, FLG, BD, HC
+LZIP = b"LZIP\x01\x0c" + bytes(32)
+COMPRESS_Z = b"\x1f\x9d\x90" + bytes(32)  # ncompress: magic, block mode with 16-bit codes
+
+
+# --- zip layouts that readers read differently (APPNOTE.TXT 6.3.x section numbers) --------------
+
+
+def _zip_parts(data: bytes) -> tuple[list[zipfile.ZipInfo], int, int]:
+    """The members, where the central directory starts and how long it is."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        infos = archive.infolist()
+        start = archive.start_dir
+    end = data.rindex(b"PK\x05\x06")
+    return infos, start, end - start
+
+
+def _central_entries(data: bytes) -> list[bytes]:
+    """The central directory headers of `data`, each whole (4.3.12)."""
+    infos, offset, _ = _zip_parts(data)
+    entries = []
+    for _ in infos:
+        name_length, extra_length, comment_length = struct.unpack_from("<HHH", data, offset + 28)
+        size = 46 + name_length + extra_length + comment_length
+        entries.append(data[offset:offset + size])
+        offset += size
+    return entries
+
+
+def _with_central(data: bytes, entries: list[bytes]) -> bytes:
+    """`data` with its central directory replaced by `entries` and the end record fixed."""
+    _, start, _ = _zip_parts(data)
+    directory = b"".join(entries)
+    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, len(entries), len(entries), len(directory), start, 0)
+    return data[:start] + directory + end
+
+
+def unicode_path_extra(header_name: bytes, unicode_name: str, crc: int | None = None) -> bytes:
+    """The Info-ZIP Unicode Path extra field (4.6.9): version 1, CRC-32 of the header name, UTF-8."""
+    body = b"\x01" + struct.pack("<I", zlib.crc32(header_name) if crc is None else crc) + unicode_name.encode()
+    return struct.pack("<HH", 0x7075, len(body)) + body
+
+
+def zip_with_unicode_path(header_name: str, unicode_name: str, data: bytes = b"hello", *, local: bool = True,
+                          central: bool = True, crc: int | None = None) -> bytes:
+    """One member called `header_name` in its headers and `unicode_name` in a 0x7075 field, in
+    the local header, the central one or both (elsewhere the field's id is changed to 0xCAFE)."""
+    info = zipfile.ZipInfo(header_name)
+    info.extra = unicode_path_extra(header_name.encode(), unicode_name, crc)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(info, data)
+    blob = bytearray(buffer.getvalue())
+    name_length = len(header_name.encode())
+    if not local:
+        blob[30 + name_length:32 + name_length] = b"\xfe\xca"
+    if not central:
+        _, start, _ = _zip_parts(bytes(blob))
+        blob[start + 46 + name_length:start + 48 + name_length] = b"\xfe\xca"
+    return bytes(blob)
+
+
+def zip_with_raw_name(raw: bytes, data: bytes = b"hello", local_raw: bytes | None = None) -> bytes:
+    """A member whose stored name is the bytes `raw`, without the UTF-8 flag (bit 11); the local
+    header may say `local_raw` instead (same length)."""
+    placeholder = "n" * len(raw)
+    blob = bytearray(zip_of({placeholder: data}, zipfile.ZIP_STORED))
+    _, start, _ = _zip_parts(bytes(blob))
+    blob[30:30 + len(raw)] = local_raw if local_raw is not None else raw
+    blob[start + 46:start + 46 + len(raw)] = raw
+    return bytes(blob)
+
+
+def zip_with_file_comment(name: str, comment: bytes) -> bytes:
+    info = zipfile.ZipInfo(name)
+    info.comment = comment
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(info, b"hello")
+    return buffer.getvalue()
+
+
+def zip_with_unlisted_member(listed: Mapping[str, bytes], hidden: str) -> bytes:
+    """The members of `listed` plus a local header and data for `hidden` that the central
+    directory does not list (a streaming reader extracts it, zipfile never sees it)."""
+    blob = zip_of({**listed, hidden: b"@echo off\r\n"}, zipfile.ZIP_STORED)
+    entries = [entry for entry in _central_entries(blob) if hidden.encode() not in entry]
+    return _with_central(blob, entries)
+
+
+def zip_with_overlap(name: str = "a.txt") -> bytes:
+    """Two central directory entries for one local header (members that share their data)."""
+    blob = zip_of({name: b"hello"}, zipfile.ZIP_STORED)
+    entry = _central_entries(blob)[0]
+    return _with_central(blob, [entry, entry])
+
+
+def zip_with_data_descriptors(members: Mapping[str, bytes]) -> bytes:
+    """What zipfile writes to a stream it cannot seek: sizes in data descriptors (4.3.9)."""
+    class Unseekable(io.RawIOBase):
+        def __init__(self) -> None:
+            self.data = bytearray()
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, chunk) -> int:  # type: ignore[override]
+            self.data += chunk
+            return len(chunk)
+
+    out = Unseekable()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            with archive.open(name, "w") as member:
+                member.write(data)
+    return bytes(out.data)
+
+
+# --- containers found by signature wherever their format puts it ---------------------------------
+
+
+def vhd_fixed(size: int = 8192) -> bytes:
+    """A fixed VHD: the disk's sectors, then the 512-byte footer ("conectix", MS VHD spec §3)."""
+    footer = b"conectix" + struct.pack(">IIQI", 2, 0x10000, 0xFFFFFFFFFFFFFFFF, 0) + b"win \0\x0a\0\0Wi2k"
+    return bytes(size) + footer.ljust(512, b"\0")
+
+
+def dmg(size: int = 8192) -> bytes:
+    """Data, then the UDIF "koly" trailer (version 4, header size 512) 512 bytes before the end."""
+    return bytes(size) + (b"koly" + struct.pack(">II", 4, 512)).ljust(512, b"\0")
+
+
+def udf_nsr(offset: int = 0x9001) -> bytes:
+    return bytes(offset) + b"NSR03" + bytes(2048)
+
+
+ONENOTE = b"\xe4\x52\x5c\x7b\x8c\xd8\xa7\x4d\xae\xb1\x53\x78\xd0\x29\x96\xd3" + bytes(1024)
+CAB = b"MSCF\0\0\0\0" + struct.pack("<I", 100) + bytes(88)
+SQUASHFS = b"hsqs" + bytes(1024)
+XAR = b"xar!\x00\x1c\x00\x01" + bytes(64)
+CPIO = b"070701" + b"0" * 104
+ARJ = b"\x60\xea" + struct.pack("<H", 40) + bytes([30]) + bytes(60)
+LZH = b"\x00\x00-lh5-" + bytes(40)
+
+
+def filler(size: int) -> bytes:
+    """Deterministic bytes that contain no signature (a stand-in for a photo's pixels)."""
+    return bytes((index * 7 + index // 256) % 251 for index in range(size))
+
+
+# --- TNEF (MS-OXTNEF) ---------------------------------------------------------------------------
+
+
+def _tnef_attribute(level: int, ident: int, kind: int, data: bytes) -> bytes:
+    """§2.1.3.3: AttributeLevel, AttributeID (id, then type), Length, Data, Checksum."""
+    return (struct.pack("<BHHI", level, ident, kind, len(data)) + data
+            + struct.pack("<H", sum(data) & 0xFFFF))
+
+
+def _mapi_unicode(ident: int, text: str) -> bytes:
+    """One PtypString (0x001F) property in an attribute's property list (§2.1.3.4)."""
+    value = (text + "\0").encode("utf-16-le")
+    return struct.pack("<HHII", 0x001F, ident, 1, len(value)) + value + bytes(-len(value) % 4)
+
+
+def tnef(*attachments: tuple[str, bytes, str | None]) -> bytes:
+    """A winmail.dat: TNEF version and OEM code page, then for each attachment (8.3 title,
+    data, long file name or None) attAttachRendData, attAttachTitle, attAttachData and, with a
+    long name, attAttachment carrying PidTagAttachLongFilename (0x3707)."""
+    out = struct.pack("<IH", 0x223E9F78, 0x0101)
+    out += _tnef_attribute(1, 0x9006, 0x0008, struct.pack("<I", 0x00010000))  # attTnefVersion
+    out += _tnef_attribute(1, 0x9007, 0x0006, struct.pack("<II", 1252, 0))  # attOemCodepage
+    out += _tnef_attribute(1, 0x8008, 0x0007, b"IPM.Microsoft Mail.Note\0")  # attMessageClass
+    for title, data, long_name in attachments:
+        out += _tnef_attribute(2, 0x9002, 0x0006, struct.pack("<HIHHI", 1, 0xFFFFFFFF, 0, 0, 0))
+        out += _tnef_attribute(2, 0x8010, 0x0001, title.encode("ascii") + b"\0")
+        out += _tnef_attribute(2, 0x800F, 0x0006, data)
+        if long_name is not None:
+            out += _tnef_attribute(2, 0x9005, 0x0006, struct.pack("<I", 1) + _mapi_unicode(0x3707, long_name))
+    return out
+
+
+def tnef_part(data: bytes, name: str = "winmail.dat") -> Part:
+    return attachment(data, name, content_type="application/ms-tnef")
+
+
+# --- OLE compound files (MS-CFB), written by a small writer of our own -----------------------------
+
+# olefile reads these files but cannot create them. This writer is the least MS-CFB allows:
+# version 3 (512-byte sectors), every stream padded to the 4096-byte mini-stream cutoff so that
+# none lives in the mini stream, children of a storage chained through right siblings.
+_FREE, _END, _FATSECT, _NOSTREAM = 0xFFFFFFFF, 0xFFFFFFFE, 0xFFFFFFFD, 0xFFFFFFFF
+
+
+def ole_file(tree: Mapping[str, object]) -> bytes:
+    """An OLE file from a tree: a key maps to bytes (a stream) or to a mapping (a storage)."""
+    entries: list[dict] = [{"name": "Root Entry", "type": 5, "children": [], "data": b""}]
+
+    def add(parent: int, node: Mapping[str, object]) -> None:
+        for name in sorted(node, key=lambda n: (len(n), n.upper())):  # MS-CFB §2.6.4 order
+            value = node[name]
+            index = len(entries)
+            entries.append({"name": name, "type": 2 if isinstance(value, bytes) else 1, "children": [],
+                            "data": value if isinstance(value, bytes) else b""})
+            entries[parent]["children"].append(index)
+            if not isinstance(value, bytes):
+                add(index, value)  # type: ignore[arg-type]
+
+    add(0, tree)
+    sectors: list[bytes] = []
+    fat: list[int] = []
+
+    def chain(data: bytes) -> int:
+        if not data:
+            return _END
+        first = len(sectors)
+        for pos in range(0, len(data), 512):
+            sectors.append(data[pos:pos + 512].ljust(512, b"\0"))
+            fat.append(len(sectors))
+        fat[-1] = _END
+        return first
+
+    for entry in entries:
+        if entry["type"] == 2:
+            entry["data"] = entry["data"].ljust(4096, b"\0")
+            entry["start"] = chain(entry["data"])
+        else:
+            entry["start"] = _END if entry["type"] == 5 else 0
+    directory = b""
+    for entry in entries:
+        children = entry["children"]
+        for this, following in zip(children, [*children[1:], _NOSTREAM], strict=False):
+            entries[this]["right"] = following
+        name = entry["name"].encode("utf-16-le") + b"\0\0"
+        directory += (name.ljust(64, b"\0") + struct.pack("<HBBIII", len(name), entry["type"], 1,
+                                                            _NOSTREAM, entry.get("right", _NOSTREAM),
+                                                            children[0] if children else _NOSTREAM)
+                      + bytes(16 + 4 + 16) + struct.pack("<IQ", entry["start"], len(entry["data"])))
+    directory = directory.ljust(-(-len(directory) // 512) * 512, b"\0")
+    first_directory = chain(directory)
+    # FAT sectors: each holds 128 entries, and must cover itself.
+    count = 1
+    while (len(sectors) + count) > count * 128:
+        count += 1
+    fat_start = len(sectors)
+    fat += [_FATSECT] * count
+    table = b"".join(struct.pack("<I", value) for value in fat).ljust(count * 512, b"\xff")
+    sectors += [table[pos:pos + 512] for pos in range(0, len(table), 512)]
+    difat = [fat_start + index for index in range(count)] + [_FREE] * (109 - count)
+    header = (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(16) + struct.pack("<HHHHH", 0x3E, 3, 0xFFFE, 9, 6)
+              + bytes(6) + struct.pack("<IIIIIIIII", 0, count, first_directory, 0, 4096, _END, 0, _END, 0)
+              + b"".join(struct.pack("<I", value) for value in difat))
+    return header + b"".join(sectors)
+
+
+def ole_with_vba(main_stream: str = "Workbook", project: str = "_VBA_PROJECT_CUR") -> bytes:
+    """An Office 97-2003 document with a VBA project (MS-OVBA §2.2.1: PROJECT stream, VBA storage)."""
+    vba = {"VBA": {"_VBA_PROJECT": b"\xcc\x61\xff\xff\x00", "dir": b"\x01", "Module1": b"Attribute VB_Name"},
+           "PROJECT": b'ID="{00000000-0000-0000-0000-000000000000}"\r\n'}
+    return ole_file({main_stream: b"\x09\x08", project: vba})
+
+
+def ole_plain_doc() -> bytes:
+    return ole_file({"WordDocument": b"\xec\xa5", "\x05SummaryInformation": b"\xfe\xff", "1Table": b"\x00"})
+
+
+def vba_project_bin() -> bytes:
+    """word/vbaProject.bin: the VBA storage at the root."""
+    return ole_file({"VBA": {"_VBA_PROJECT": b"\xcc\x61\xff\xff\x00", "dir": b"\x01"}, "PROJECT": b"ID=\r\n"})
+
+
+def docm_as_docx() -> bytes:
+    """A macro-enabled Word document (word/vbaProject.bin) under a .docx-looking zip."""
+    return zip_of({
+        "[Content_Types].xml": b'<?xml version="1.0"?><Types/>',
+        "word/document.xml": b'<?xml version="1.0"?><w:document/>',
+        "word/vbaProject.bin": vba_project_bin(),
+    })
+
+
+def outlook_msg(*attachments: tuple[str, bytes]) -> bytes:
+    """An Outlook .msg (MS-OXMSG §2.2): properties stream, one storage per attachment with
+    PidTagAttachLongFilename (UTF-16) and PidTagAttachDataBinary."""
+    tree: dict[str, object] = {"__properties_version1.0": bytes(32),
+                               "__substg1.0_0037001F": "Invoice".encode("utf-16-le")}
+    for index, (name, data) in enumerate(attachments):
+        tree[f"__attach_version1.0_#{index:08X}"] = {
+            "__properties_version1.0": bytes(16),
+            "__substg1.0_3707001F": name.encode("utf-16-le"),
+            "__substg1.0_37010102": data,
+        }
+    return ole_file(tree)
+
+
+def ole_with_package() -> bytes:
+    """An OLE file embedding a package (\\x01Ole10Native: any file, with its name and bytes)."""
+    return ole_file({"WordDocument": b"\xec\xa5",
+                     "ObjectPool": {"_1234": {"\x01Ole10Native": b"\x10\x00\x00\x00\x02\x00a.exe\x00"}}})
+
+
+def tnef_hostile(kind: str) -> bytes:
+    """TNEF that a trusting parser would read for ever: counts far past the data, a flood of
+    tiny attributes (each one copies the rest of the file in tnefparse), deep nesting."""
+    head = struct.pack("<IH", 0x223E9F78, 0x0101) + _tnef_attribute(1, 0x9007, 0x0006, struct.pack("<II", 1252, 0))
+    render = _tnef_attribute(2, 0x9002, 0x0006, struct.pack("<HIHHI", 1, 0xFFFFFFFF, 0, 0, 0))
+    match kind:
+        case "property-count":
+            return head + render + _tnef_attribute(2, 0x9005, 0x0006, struct.pack("<I", 0xFFFFFFFF))
+        case "multi-valued-shorts":  # PT_MV_SHORT (0x1002) claiming 2^32 - 1 values
+            props = struct.pack("<I", 1) + struct.pack("<HHI", 0x1002, 0x3000, 0xFFFFFFFF)
+            return head + render + _tnef_attribute(2, 0x9005, 0x0006, props)
+        case "attribute-flood":
+            return head + _tnef_attribute(1, 0x0001, 0x0000, b"") * 200_000
+        case "deep-nesting":
+            blob = tnef(("A.TXT", b"x", None))
+            for _ in range(200):
+                value = b"\x07\x03\x02\x00\x00\x00\x00\x00\xc0\x00\x00\x00\x00\x00\x00\x46" + blob
+                props = struct.pack("<IHHII", 1, 0x000D, 0x3701, 1, len(value)) + value + bytes(-len(value) % 4)
+                blob = head + render + _tnef_attribute(2, 0x9005, 0x0006, props)
+            return blob
+    raise ValueError(kind)
+
+
+def zip_pair_with_odd_last_end_record() -> bytes:
+    """zip(evil.exe) + zip(a.txt) where the second end record claims 2 entries on this disk and
+    1 in all: zipfile reads the second archive anyway, a reader that checks finds the first."""
+    second = bytearray(zip_of({"a.txt": b"x"}))
+    struct.pack_into("<H", second, len(second) - 22 + 8, 2)
+    return zip_of({"evil.exe": b"x"}) + bytes(second)

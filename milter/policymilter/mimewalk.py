@@ -13,19 +13,23 @@ delimiter rule, a missing close delimiter ends the last part at the end), so wha
 is what the email package — and MUAs as lenient as it is — would show. Each entity's header
 fields are parsed by the stdlib (`compat32`: plain strings, no header-registry surprises).
 
-Archives: zip (nested, encrypted member names included), tar, and gzip / bzip2 / xz streams
-(.tar.gz and friends), all from the standard library. A hostile archive stays cheap: a zip's
-central directory is counted before zipfile parses it; declared sizes count against the
-unpacked-bytes allowance (they may only lie low: what is actually decompressed is metered
-too); members are streamed and only their first 64 KiB are read unless they are archives
-themselves. Zip members compressed with bzip2 or LZMA are not opened: zipfile decompresses
-those without an output bound (113 bytes of bzip2 make 100 MB). 7z, rar, cab, ISO images and
-the like are recognised (by `filetype` and a few magics of our own) and reported as not
-inspected: their readers are not pure pip or not sane to run on hostile input here.
+Archives: zip (nested, encrypted member names included; its layout read as every extractor may
+read it, ziplayout.py), tar, gzip / bzip2 / xz / lzma streams (.tar.gz and friends), from the
+standard library; TNEF (winmail.dat) and OLE files (Outlook .msg attachments, VBA projects)
+through tnefparse and olefile (msoffice.py). A hostile archive stays cheap: a zip's central
+directory is counted before zipfile parses it; declared sizes count against the unpacked-bytes
+allowance (they may only lie low: what is actually decompressed is metered too); members are
+streamed through once, their first 64 KiB judged and the rest searched for the signatures of
+other formats with a bounded window (containers.Search). Zip members compressed with bzip2 or
+LZMA are not opened: zipfile decompresses those without an output bound (113 bytes of bzip2
+make 100 MB). Every other container or disk image is recognised by its signature wherever its
+format puts it (containers.py: start, end, anywhere) and reported as not inspected: its reader
+is not pure pip or not sane to run on hostile input here.
 """
 
 from __future__ import annotations
 
+import _compression  # lzma.LZMAFile's reader, for a memory limit (see _OPENERS)
 import binascii
 import bz2
 import email.errors
@@ -48,7 +52,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import IO, Protocol, cast
 
-import filetype
+from policymilter import containers, msoffice, ziplayout
 
 # A part whose header block is larger than this is not parsed (Postfix's own
 # header_size_limit is 100 KiB per header).
@@ -71,6 +75,9 @@ class Entity:
     content_type: str  # lower case "type/subtype"
     names: tuple[str, ...]  # decoded file names (Content-Disposition filename, Content-Type name)
     body: Body | None
+    # Why readers may see this entity differently from us (a MIME header given twice, an
+    # unknown transfer encoding...): each one makes the entity uninspectable.
+    problems: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,7 @@ class _Span:
     end: int
     depth: int
     number: str
+    problems: tuple[str, ...] = ()
 
 
 def walk(header: bytes, body: bytes, max_depth: int, max_parts: int) -> Iterator[Entity | Overflow]:
@@ -97,6 +105,9 @@ def walk(header: bytes, body: bytes, max_depth: int, max_parts: int) -> Iterator
     `header` is the top-level header block, `body` the body (CRLF or LF line ends). Entities
     deeper than `max_depth` are not visited; after `max_parts` entities the walk stops.
     """
+    # Postfix and lenient readers take "Content-Type : x" as a header; the stdlib parser would
+    # end the header block there and lose the fields after it. Read it the lenient way.
+    header = _OBSOLETE_FIELD_LINE.sub(rb"\1\2:", header)
     stack = [_Span(_parse_headers(header), body, 0, len(body), 0, "")]
     seen = 0
     while stack:
@@ -108,20 +119,34 @@ def walk(header: bytes, body: bytes, max_depth: int, max_parts: int) -> Iterator
         headers = span.headers
         content_type = headers.get_content_type()
         names = filenames(headers)
+        problems = span.problems + header_problems(headers)
+        encoding = transfer_encoding(headers)
         children: list[_Span] = []
         if headers.get_content_maintype() == "multipart":
+            if encoding not in _IDENTITY_ENCODINGS:
+                # RFC 2045 §6.4: never encoded. Clients differ (some decode, most do not): we
+                # read it as written and call it uninspectable.
+                problems += (f"multipart with Content-Transfer-Encoding {encoding}",)
             children = _multipart_children(span, headers, max_parts)
             if not children:
                 # RFC 2046 §5.1.1 structure missing (no boundary parameter or no delimiter
                 # line): like the stdlib, the body is plain text.
-                yield Entity(span.number, span.depth, "text/plain", names, _decode(headers, span))
+                yield Entity(span.number, span.depth, "text/plain", names, _decode(headers, span), problems)
                 continue
         elif content_type in _CONTAINER_MESSAGES:
+            if encoding not in (*_IDENTITY_ENCODINGS, "base64", "quoted-printable"):
+                problems += (f"{content_type} with Content-Transfer-Encoding {encoding}",)
             children = [_enclosed_message(span, headers)]
         if not children:
-            yield Entity(span.number, span.depth, content_type, names, _decode(headers, span))
+            if encoding in _UUENCODINGS:
+                # The "begin" lines name the files a client saves; the body is the first block.
+                blocks = [name for name, _ in uuencoded(memoryview(span.buf)[span.start:span.end], limit=100)]
+                names += tuple(dict.fromkeys(name for name in blocks if name not in names))
+                if len(blocks) > 1:
+                    problems += ("uuencoded part with more than one block",)
+            yield Entity(span.number, span.depth, content_type, names, _decode(headers, span), problems)
             continue
-        yield Entity(span.number, span.depth, content_type, names, None)
+        yield Entity(span.number, span.depth, content_type, names, None, problems)
         if span.depth + 1 > max_depth:
             yield Overflow(span.number, f"MIME nested deeper than {max_depth} levels")
             continue
@@ -141,29 +166,36 @@ def _parse_headers(block: bytes) -> email.message.Message:
     return parser.parsebytes(block)
 
 
-def _split_head(buf: bytes, start: int, end: int) -> tuple[email.message.Message, int]:
-    """Parse an entity's header block; return it and where the body starts.
+def _split_head(buf: bytes, start: int, end: int) -> tuple[email.message.Message, int, tuple[str, ...]]:
+    """Parse an entity's header block; return it, where the body starts and any problem.
 
     Like the stdlib feedparser: lines end at CRLF, LF or a lone CR; headers end at the first
     empty line, or at the first line that is not a header (which then starts the body).
     """
-    pos = start
+    pos, problems = start, ()
     while pos < end:
         if buf[pos] in (0x0A, 0x0D):  # an empty line
             body = pos + (2 if buf.startswith(b"\r\n", pos, end) else 1)
             break
         if not _HEADER_LINE.match(buf, pos, end):
+            if _OBSOLETE_FIELD.match(buf, pos, end):
+                problems = (_OBSOLETE_FIELD_MESSAGE,)
             body = pos
             break
         line_end = _LINE_END.search(buf, pos, end)
         pos = end if line_end is None else line_end.end()
         if pos - start > MAX_PART_HEADER:
-            return _Oversized(), end
+            return _Oversized(), end, ()
     else:
         body = end
-    return _parse_headers(buf[start:pos]), body
+    return _parse_headers(buf[start:pos]), body, problems
 
 
+# RFC 5322 §4.5.3 obs-optional: white space between a field name and its colon. The stdlib (and
+# so this walk) ends the header block there; lenient readers take it as the header it names.
+_OBSOLETE_FIELD = re.compile(rb"[\x21-\x39\x3b-\x7e]+[\t ]+:")
+_OBSOLETE_FIELD_LINE = re.compile(rb"(^|\n)([\x21-\x39\x3b-\x7e]+)[\t ]+:")
+_OBSOLETE_FIELD_MESSAGE = "header field with white space before its colon"
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
@@ -176,9 +208,9 @@ def _multipart_children(span: _Span, headers: email.message.Message, limit: int)
     children = []
     prefix = f"{span.number}." if span.number else ""
     for index, (start, end) in enumerate(parts, 1):
-        child_headers, body = _split_head(span.buf, start, end)
+        child_headers, body, problems = _split_head(span.buf, start, end)
         child_headers.set_default_type(default)
-        children.append(_Span(child_headers, span.buf, body, end, span.depth + 1, f"{prefix}{index}"))
+        children.append(_Span(child_headers, span.buf, body, end, span.depth + 1, f"{prefix}{index}", problems))
     return children
 
 
@@ -230,26 +262,73 @@ def _enclosed_message(span: _Span, headers: email.message.Message) -> _Span:
     # RFC 2046 §5.2.1 allows only 7bit/8bit/binary here; some senders base64 it anyway, and
     # MUAs decode it, so we do too.
     buf, start, end = span.buf, span.start, span.end
-    if _transfer_encoding(headers) in ("base64", "quoted-printable"):
+    if transfer_encoding(headers) in ("base64", "quoted-printable"):
         decoded = bytes(_decode(headers, span))
         buf, start, end = decoded, 0, len(decoded)
-    inner, body = _split_head(buf, start, end)
-    return _Span(inner, buf, body, end, span.depth + 1, span.number or "1")
+    inner, body, problems = _split_head(buf, start, end)
+    return _Span(inner, buf, body, end, span.depth + 1, span.number or "1", problems)
 
 
-def _transfer_encoding(headers: email.message.Message) -> str:
-    return str(headers.get("content-transfer-encoding", "")).strip().lower()
+# RFC 2045 §6.1 mechanisms, and the uuencode names clients accept (Content-Transfer-Encoding
+# x-uuencode is common, the rest are seen).
+_IDENTITY_ENCODINGS = ("", "7bit", "8bit", "binary")
+_UUENCODINGS = ("x-uuencode", "uuencode", "x-uue", "uue")
+_KNOWN_ENCODINGS = (*_IDENTITY_ENCODINGS, "base64", "quoted-printable", *_UUENCODINGS)
+# The fields whose reading decides what a part is: readers that take the first, the last or
+# a merge of two disagree (RFC 2045 §3, RFC 2183 §2 allow each once).
+_SINGLE_FIELDS = ("Content-Type", "Content-Transfer-Encoding", "Content-Disposition")
+_COMMENT_TOKEN = re.compile(r"\\.|[()]", re.DOTALL)
+
+
+def header_problems(headers: email.message.Message) -> tuple[str, ...]:
+    """Why readers may disagree about an entity's MIME header fields."""
+    problems = []
+    for field in _SINGLE_FIELDS:
+        values = _raw_values(headers, field.lower())
+        if len(values) > 1:
+            problems.append(f"{field} given twice")
+        if any("\0" in value for value in values):
+            # C-string readers stop at the NUL, others read on.
+            problems.append(f"NUL byte in the {field} header")
+    for value in _raw_values(headers, "content-type")[:1]:
+        params = [param for param, _ in header_params(value)]
+        if params.count("boundary") > 1:  # which one splits the body depends on the reader
+            problems.append("Content-Type boundary given twice")
+    encoding = transfer_encoding(headers)
+    if encoding not in _KNOWN_ENCODINGS:
+        problems.append(f"unknown Content-Transfer-Encoding {encoding!r}")
+    return tuple(problems)
+
+
+def transfer_encoding(headers: email.message.Message) -> str:
+    """The (first) Content-Transfer-Encoding as lenient clients read it: RFC 5322 §3.2.2
+    comments dropped, quotes dropped, anything after ";" ignored, white space and case too."""
+    values = _raw_values(headers, "content-transfer-encoding")
+    if not values:
+        return ""
+    value, kept, depth, start = values[0], [], 0, 0
+    for token in _COMMENT_TOKEN.finditer(value):
+        if token.group() == "(":
+            if depth == 0:
+                kept.append(value[start:token.start()])
+            depth += 1
+        elif token.group() == ")" and depth:
+            depth -= 1
+            start = token.end()
+    if depth == 0:
+        kept.append(value[start:])
+    return "".join(kept).replace('"', "").partition(";")[0].strip().lower()
 
 
 def _decode(headers: email.message.Message, span: _Span) -> Body:
     """The entity body with its Content-Transfer-Encoding undone (RFC 2045 §6)."""
     view = memoryview(span.buf)[span.start:span.end]
-    match _transfer_encoding(headers):
+    match transfer_encoding(headers):
         case "base64":
             return decode_base64(span.buf, span.start, span.end)
         case "quoted-printable":
             return binascii.a2b_qp(view)
-        case "x-uuencode" | "uuencode" | "x-uue" | "uue":
+        case encoding if encoding in _UUENCODINGS:
             blocks = list(uuencoded(view))
             return blocks[0][1] if blocks else view
         case _:
@@ -484,6 +563,8 @@ CHUNK = 64 * 1024
 SPOOL_THRESHOLD = 1024 * 1024  # a nested zip larger than this is unpacked to a temporary file
 MAX_PE_HEADER_OFFSET = 16 * 1024 * 1024  # a member's "MZ" header pointing further: not inspected
 MAX_TAR_EXTENDED_HEADER = 64 * 1024  # tarfile reads pax / GNU long-name headers whole
+LZMA_MEMORY_LIMIT = 80 * 1024 * 1024
+MAX_TNEF = 64 * 1024 * 1024  # tnefparse holds the whole file, and copies of it, in memory
 
 
 @dataclass(frozen=True)
@@ -504,6 +585,9 @@ class File:
     # The whole content (MIME parts, uuencoded blocks) or its first SNIFF_BYTES, extended to
     # the PE header an "MZ" header points at (archive members, unpacked streams).
     content: bytes | memoryview | None
+    # Content kinds established from the container's structure rather than its first bytes
+    # ("macro": an OLE file with a VBA project, OOXML with vbaProject.bin or macro sheets).
+    kinds: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -521,7 +605,10 @@ class Unreadable:
     error: str = ""  # the library's complaint, for the log
 
 
-def _complaint(error: Exception) -> str:
+_OOXML_MACRO = re.compile(r"(?i)(?:^|/)(?:vbaProject\.bin$|macrosheets/)")
+
+
+def _complaint(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
@@ -537,47 +624,23 @@ def files(header: bytes, body: bytes, limits: WalkLimits) -> Iterator[Item]:
     return _Walker(limits).message(header, body)
 
 
-ZIP, TAR, GZIP, BZIP2, XZ = "zip", "tar", "gzip", "bzip2", "xz"
-_STREAMS = (GZIP, BZIP2, XZ)
-# Formats we recognise but do not open, by filetype's matchers and by magics of our own.
-_UNOPENED_FILETYPE = ("rar", "7z", "cab", "deb", "ar", "rpm", "lz", "lz4", "lzo", "zst")
-_UNOPENED_OWN = (
-    ("iso", ((0x8001, b"CD001"), (0x8801, b"CD001"), (0x9001, b"CD001"))),  # ISO 9660 volume descriptors
-    ("udf", ((0x8001, b"BEA01"),)),  # ECMA-167 extended area
-    ("vhdx", ((0, b"vhdxfile"),)),
-    ("vhd", ((0, b"conectix"),)),
-    ("wim", ((0, b"MSWIM\0\0\0"),)),
-    ("ace", ((7, b"**ACE**"),)),
-)
-_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")  # APPNOTE 4.3.7, 4.3.16, 8.5.4
-_BZIP2 = re.compile(rb"BZh[1-9](1AY&SY|\x17\x72\x45\x38\x50\x90)")
-# filetype's zstd matcher recurses once per 8-byte skippable frame: give matchers no more than
-# they need.
-SIGNATURE_BYTES = 4096
+ZIP, TAR, GZIP, BZIP2, XZ, LZMA, OLE, TNEF = (containers.ZIP, containers.TAR, containers.GZIP, containers.BZIP2,
+                                             containers.XZ, containers.LZMA, containers.OLE, containers.TNEF)
+SIGNATURE_BYTES = containers.SIGNATURE_BYTES
+container_of = containers.at_start
 
 
-def container_of(head: bytes) -> str | None:
-    """The archive or compression format `head` starts: zip, tar, gzip, bzip2, xz, the name of a
-    format we do not open ("rar", "7z", "iso"...), or None."""
-    if head.startswith(_ZIP_MAGIC):
-        return ZIP
-    if head.startswith(b"\x1f\x8b\x08"):  # RFC 1952 §2.3.1, deflate
-        return GZIP
-    if _BZIP2.match(head):
-        return BZIP2
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return XZ
-    if head[257:262] == b"ustar":  # POSIX.1-1988 and GNU tar magic
-        return TAR
-    signature = head[:SIGNATURE_BYTES]
-    for kind in _UNOPENED_FILETYPE:
-        matcher = filetype.get_type(ext=kind)
-        if matcher is not None and matcher.match(signature):
-            return kind
-    for kind, marks in _UNOPENED_OWN:
-        if any(head[offset:offset + len(mark)] == mark for offset, mark in marks):
-            return kind
-    return None
+# RFC 1741 and the names clients also send it under; the marker line BinHex 4.0 writes.
+_BINHEX_TYPES = ("application/mac-binhex40", "application/x-mac-binhex40", "application/binhex40",
+                 "application/x-binhex40")
+_BINHEX_MARKER = re.compile(re.escape(b"(This file must be converted with BinHex"))
+_YENC_BEGIN = re.compile(re.escape(b"=ybegin "))  # yEnc 1.3 header line
+
+
+def _starts_a_line(text: Body, marker: re.Pattern[bytes]) -> bool:
+    """Whether `marker` starts a line of `text` (a literal pattern: the engine scans for it in
+    C; a leading "^" with MULTILINE would not)."""
+    return any(found.start() == 0 or text[found.start() - 1] in (0x0A, 0x0D) for found in marker.finditer(text))
 
 
 def pe_header_offset(data: bytes | memoryview) -> int | None:
@@ -598,31 +661,48 @@ def _gzip_name(head: bytes) -> str:
     return head[pos:end].decode("latin-1") if end > pos else ""
 
 
-_UNPACKED_SUFFIX = {"tgz": ".tar", "tbz": ".tar", "tbz2": ".tar", "txz": ".tar", "gz": "", "gzip": "", "bz2": "",
-                    "xz": ""}
+# What single-file compressors name their output: the input's name without the suffix
+# (gzip(1) -d, bzip2, xz, zstd, lz4, lzip, lzop, uncompress; .tgz and friends become .tar).
+_UNPACKED_SUFFIX = {"gz": "", "gzip": "", "z": "", "tgz": ".tar", "taz": ".tar", "bz2": "", "bz": "", "tbz": ".tar",
+                    "tbz2": ".tar", "tb2": ".tar", "xz": "", "txz": ".tar", "lzma": "", "tlz": ".tar", "zst": "",
+                    "tzst": ".tar", "lz4": "", "lz": "", "lzo": "", "tzo": ".tar"}
 
 
 def _unpacked_name(name: str) -> str:
-    """What "x.exe.gz" unpacks to (tools name the output so when the header does not)."""
+    """What "x.exe.gz" unpacks to, or "" when the name has no compressor suffix."""
     stem, dot, suffix = name.rpartition(".")
     replacement = _UNPACKED_SUFFIX.get(suffix.lower().strip()) if dot and stem else None
     return "" if replacement is None else stem + replacement
 
 
+def unpacked_names(names: tuple[str, ...], stored: str = "") -> tuple[str, ...]:
+    """Every name a single compressed file may be saved under: the name stored inside (gzip's
+    FNAME, used by `gunzip -N` and 7-Zip) and each outer name without its suffix (what
+    `gunzip x.js.gz` writes). Both are judged: the tools disagree."""
+    found = [stored] if stored else []
+    found += [unpacked for name in names if (unpacked := _unpacked_name(name))]
+    return tuple(dict.fromkeys(found))
+
+
 # Bounded readers: their read(n) passes n to the decompressor as max_length.
-_OPENERS: dict[str, Callable[[IO[bytes]], IO[bytes]]] = {
+_OPENERS: dict[str, Callable[[IO[bytes]], _Readable]] = {
     GZIP: lambda source: gzip.GzipFile(fileobj=source, mode="rb"),
     BZIP2: bz2.BZ2File,
-    XZ: lzma.LZMAFile,
+    # lzma.LZMAFile takes no memory limit, and liblzma allocates the dictionary a header asks
+    # for (up to 4 GiB): the same reader LZMAFile builds, with a limit (xz -9 needs 65 MiB).
+    XZ: lambda source: _compression.DecompressReader(source, lzma.LZMADecompressor, trailing_error=lzma.LZMAError,
+                                                     memlimit=LZMA_MEMORY_LIMIT),
+    LZMA: lambda source: _compression.DecompressReader(source, lzma.LZMADecompressor, trailing_error=lzma.LZMAError,
+                                                       format=lzma.FORMAT_ALONE, memlimit=LZMA_MEMORY_LIMIT),
 }
-
-
-def _is_zip_name(name: str) -> bool:
-    return name.rstrip(". ").lower().endswith(".zip")
 
 
 class _Uninspectable(Exception):
     """An archive, or part of one, that cannot be inspected; the message says why."""
+
+
+class _Corrupt(_Uninspectable):
+    """A library could not read a container; the message is its complaint."""
 
 
 class _Exhausted(_Uninspectable):
@@ -740,6 +820,8 @@ class _Walker:
                 continue
             path = entity.number or "body"
             name = entity.names[0] if entity.names else ""
+            for problem in entity.problems:
+                yield Unreadable(name, path, "", problem)
             if entity.body is None or entity.content_type == "message/partial":
                 yield File(entity.names, path, "", None)
                 if entity.body is not None:  # RFC 2046 §5.2.2: only a fragment of something is here
@@ -747,7 +829,14 @@ class _Walker:
                 continue
             yield File(entity.names, path, "", entity.body)
             yield from self.inside(entity.names, entity.body, entity.depth, path, name)
+            if entity.content_type in _BINHEX_TYPES:
+                yield Unreadable(name, path, "", "BinHex-encoded file (not decoded)")
             if entity.content_type.startswith("text/"):
+                # Newsreaders and some mail clients decode these from the text itself.
+                if _starts_a_line(entity.body, _YENC_BEGIN):
+                    yield Unreadable(name, path, "", "yEnc-encoded data (not decoded)")
+                if _BINHEX_MARKER.search(entity.body):
+                    yield Unreadable(name, path, "", "BinHex-encoded data (not decoded)")
                 yield from self.uuencoded(entity.body, entity.depth, path, name)
 
     def uuencoded(self, text: Body, depth: int, path: str, attachment: str) -> Iterator[Item]:
@@ -762,29 +851,36 @@ class _Walker:
             yield from self.inside((name,), data, depth + 1, block_path, attachment)
 
     def inside(self, names: tuple[str, ...], data: Body, depth: int, path: str, attachment: str) -> Iterator[Item]:
-        """The members of a file held whole in memory, if it is an archive."""
+        """What a file held whole in memory contains, by the signatures of every format we know,
+        wherever each format puts its own (containers.py)."""
         head = bytes(data[:SNIFF_BYTES])
         kind = container_of(head)
-        if kind is None:
-            # A zip behind a prefix (self-extractor stub, junk) still opens in 7-Zip and others
-            # when it is named .zip.
-            if not any(_is_zip_name(name) for name in names):
-                return
-            whole = bytes(data)
-            if not zipfile.is_zipfile(io.BytesIO(whole)):
-                return
-            kind = ZIP
-        else:
+        name = names[0] if names else ""
+        if kind is None or kind == OLE:
+            # Not a format whose reading accounts for all its bytes: look for the others.
+            found = [found for found in (*containers.anywhere(data), *containers.at_end(data)) if found != kind]
+            if kind is None and ZIP in found:
+                # A zip behind a prefix (self-extractor stub, polyglot): 7-Zip and others open it
+                # whatever the file is called; so do we (and the prefix makes it uninspectable).
+                kind = ZIP
+                found.remove(ZIP)
+            for other in found:
+                yield Unreadable(name, path, attachment, f"{containers.label(other)} inside the file (not inspected)")
+        if kind is not None:
             whole = data if isinstance(data, bytes) else bytes(data)
-        yield from self.container(kind, names, io.BytesIO(whole), head, depth, path, attachment)
+            yield from self.container(kind, names, io.BytesIO(whole), head, depth, path, attachment)
 
     def container(self, kind: str, names: tuple[str, ...], source: IO[bytes] | _Readable, head: bytes, depth: int,
                   path: str, attachment: str) -> Iterator[Item]:
-        """An archive or compressed stream; its members sit one level deeper. A zip's `source`
-        is seekable (in memory or a spooled file)."""
+        """An archive or compressed stream; its members sit one level deeper. The `source` of a
+        zip or an OLE file is seekable (in memory or a spooled file)."""
         name = names[0] if names else ""
-        if kind not in (ZIP, TAR, *_STREAMS):
-            yield Unreadable(name, path, attachment, f"{kind} archive (format not inspected)")
+        if kind in containers.UNOPENED_STREAMS:
+            unpacked = unpacked_names(names)
+            if unpacked:  # still judged by the name it unpacks to
+                yield File(unpacked, f"{path}/{unpacked[0]}", attachment, None)
+        if kind not in containers.OPENED:
+            yield Unreadable(name, path, attachment, f"{containers.label(kind)} (format not inspected)")
             return
         if depth + 1 > self.limits.max_depth:
             yield Unreadable(name, path, attachment, f"nested deeper than {self.limits.max_depth} levels")
@@ -792,33 +888,65 @@ class _Walker:
         try:
             match kind:
                 case "zip":
-                    yield from self.zip(cast(IO[bytes], source), depth + 1, path, attachment)
+                    yield from self.zip(cast(IO[bytes], source), name, depth + 1, path, attachment)
                 case "tar":
                     yield from self.tar(source, depth + 1, path, attachment)
+                case "ole":
+                    yield from self.ole(cast(IO[bytes], source), names, depth + 1, path, attachment)
+                case "tnef":
+                    yield from self.tnef(cast(IO[bytes], source), names, depth + 1, path, attachment)
                 case _:
                     yield from self.stream(kind, names, head, source, depth + 1, path, attachment)
         except _Uninspectable as error:
             yield Unreadable(name, path, attachment, str(error))
+        except msoffice.Unsafe as error:
+            yield Unreadable(name, path, attachment, str(error))
         except _UNREADABLE as error:
             yield Unreadable(name, path, attachment, f"corrupt {kind} archive", _complaint(error))
+        except _Corrupt as error:
+            yield Unreadable(name, path, attachment, f"corrupt {containers.label(kind)}", str(error))
 
-    def zip(self, source: IO[bytes], depth: int, path: str, attachment: str) -> Iterator[Item]:
+    def zip(self, source: IO[bytes], name: str, depth: int, path: str, attachment: str) -> Iterator[Item]:
         # zipfile builds an object per central-directory entry, and a directory of a million
         # tiny entries fits in a few megabytes: count them first.
         if _count(source, b"PK\x01\x02") > self.allowance.members:
             raise _Exhausted(f"more than {self.limits.max_members} archive members")
+        total = source.seek(0, io.SEEK_END)
+        layout = ziplayout.read(source, total)
+        for problem in layout.problems:
+            yield Unreadable(name, path, attachment, problem)
+        for hidden in layout.hidden:
+            self.allowance.member()
+            yield File(hidden, f"{path}/{hidden[0]}", attachment, None)
+        if layout.prefix:
+            # What comes before is a file of its own to 7-Zip and others (the first of two
+            # concatenated archives, a self-extractor's stub): inspect it as one.
+            source.seek(0)
+            yield from self.inside((), source.read(layout.prefix), depth, f"{path}/(prefix)", attachment)
+        source.seek(0)
         with zipfile.ZipFile(source) as archive:
+            if archive.start_dir != layout.directory:
+                # zipfile found another end record than the one we read the layout from.
+                yield Unreadable(name, path, attachment, "readers disagree on where the zip's central directory is")
             members = archive.infolist()
-            for info in members:  # names first: an encrypted or oversized archive still shows them
+            readings = layout.members if len(layout.members) == len(members) else [() for _ in members]
+            named = [(info, tuple(dict.fromkeys((info.filename, *extra)))) for info, extra in zip(members, readings,
+                                                                                                 strict=True)]
+            for info, names in named:  # names first: an encrypted or oversized archive still shows them
                 self.allowance.member()
-                yield File((info.filename,), f"{path}/{info.filename}", attachment, None)
-            regular = [info for info in members if not info.filename.endswith("/")]  # is_dir() fails on ""
-            self.allowance.unpack(sum(info.file_size for info in regular))
-            for info in regular:
-                yield from self.zip_member(archive, info, depth, f"{path}/{info.filename}", attachment)
+                yield File(names, f"{path}/{info.filename}", attachment, None)
+                if _OOXML_MACRO.search(info.filename):
+                    # ECMA-376 with a VBA project or Excel 4.0 macro sheets: Word and Excel run
+                    # them whatever the extension says (a .docm renamed .docx still opens).
+                    yield File((name,) if name else (), path, attachment, None, kinds=("macro",))
+            # not is_dir(): it fails on a name ""
+            regular = [(info, names) for info, names in named if not info.filename.endswith("/")]
+            self.allowance.unpack(sum(info.file_size for info, _ in regular))
+            for info, names in regular:
+                yield from self.zip_member(archive, info, names, depth, f"{path}/{info.filename}", attachment)
 
-    def zip_member(self, archive: zipfile.ZipFile, info: zipfile.ZipInfo, depth: int, path: str,
-                   attachment: str) -> Iterator[Item]:
+    def zip_member(self, archive: zipfile.ZipFile, info: zipfile.ZipInfo, names: tuple[str, ...], depth: int,
+                   path: str, attachment: str) -> Iterator[Item]:
         if info.flag_bits & 0x1:  # APPNOTE 4.4.4 bit 0: encrypted (traditional or AES)
             yield Unreadable(info.filename, path, attachment, "encrypted archive member")
             return
@@ -828,7 +956,7 @@ class _Walker:
         try:
             with archive.open(info) as member:
                 metered = _Metered(member, self.allowance, prepaid=info.file_size)
-                yield from self.member((info.filename,), metered, info.file_size, depth, path, attachment)
+                yield from self.member(names, metered, info.file_size, depth, path, attachment)
         except _Exhausted:
             raise
         except _Uninspectable as error:
@@ -836,6 +964,73 @@ class _Walker:
         except _UNREADABLE as error:
             # One bad member does not hide the others: go on with the next.
             yield Unreadable(info.filename, path, attachment, "corrupt archive member", _complaint(error))
+
+    def ole(self, source: IO[bytes], names: tuple[str, ...], depth: int, path: str, attachment: str
+            ) -> Iterator[Item]:
+        """An OLE compound file (MS-CFB): a VBA project is content kind "macro"; an Outlook
+        message's attachments are files one level down (each nested message one more)."""
+        name = names[0] if names else ""
+        try:
+            ole = msoffice.open_ole(source)
+            contents = msoffice.ole_contents(ole)
+        except msoffice.OLE_UNREADABLE as error:
+            raise _Corrupt(_complaint(error)) from error
+        with ole:
+            if contents.macros:
+                yield File(names, path, attachment, None, kinds=("macro",))
+            if contents.packages:
+                yield Unreadable(name, path, attachment, "OLE embedded package (not inspected)")
+            for storage, stored_names, data_stream, nesting in contents.attachments:
+                member_path = f"{path}/{stored_names[0] if stored_names else storage}"
+                if depth + nesting > self.limits.max_depth:
+                    yield Unreadable(name, member_path, attachment,
+                                     f"nested deeper than {self.limits.max_depth} levels")
+                    continue
+                self.allowance.member()
+                inner = attachment or name
+                if data_stream is None:
+                    yield File(stored_names, member_path, inner, None)
+                    continue
+                try:
+                    self.allowance.unpack(ole.get_size(data_stream))
+                    data = ole.openstream(data_stream).read()
+                except msoffice.OLE_UNREADABLE as error:
+                    raise _Corrupt(_complaint(error)) from error
+                yield File(stored_names, member_path, inner, data)
+                yield from self.inside(stored_names, data, depth + nesting, member_path, inner)
+
+    def tnef(self, source: IO[bytes], names: tuple[str, ...], depth: int, path: str, attachment: str
+             ) -> Iterator[Item]:
+        """TNEF (MS-OXTNEF, winmail.dat): Outlook shows its attachments as files."""
+        source.seek(0, io.SEEK_END)
+        if source.tell() > MAX_TNEF:
+            raise _Uninspectable(f"TNEF larger than {MAX_TNEF} bytes")
+        source.seek(0)
+        try:
+            parsed = msoffice.parse_tnef(source.read(), self.limits.max_depth - depth)
+            found = list(msoffice.tnef_attachments(parsed))
+        except msoffice.TNEF_UNREADABLE as error:
+            raise _Corrupt(_complaint(error)) from error
+        yield from self.tnef_attachments(found, names[0] if names else "", depth, path, attachment)
+
+    def tnef_attachments(self, found: list[msoffice.Attachment], name: str, depth: int, path: str,
+                         attachment: str) -> Iterator[Item]:
+        inner = attachment or name
+        for each in found:
+            self.allowance.member()
+            self.allowance.unpack(len(each.data))
+            member_path = f"{path}/{each.names[0] if each.names else '-'}"
+            yield File(each.names, member_path, inner, each.data)
+            yield from self.inside(each.names, each.data, depth, member_path, inner)
+            if each.embedded is not None:  # an attached message: its attachments one level down
+                if depth + 1 > self.limits.max_depth:
+                    yield Unreadable(name, member_path, inner, f"nested deeper than {self.limits.max_depth} levels")
+                    continue
+                try:
+                    nested = list(msoffice.tnef_attachments(each.embedded))
+                except msoffice.TNEF_UNREADABLE as error:
+                    raise _Corrupt(_complaint(error)) from error
+                yield from self.tnef_attachments(nested, name, depth + 1, member_path, inner)
 
     def tar(self, source: _Readable, depth: int, path: str, attachment: str) -> Iterator[Item]:
         # Stream mode ("r|") whatever the source: one pass, members in order, no seeking back.
@@ -854,17 +1049,17 @@ class _Walker:
 
     def stream(self, kind: str, names: tuple[str, ...], head: bytes, source: _Readable, depth: int, path: str,
                attachment: str) -> Iterator[Item]:
-        """A single compressed file: what it unpacks to, under the name it will be saved as."""
-        inner = _gzip_name(head) if kind == GZIP else ""
-        inner = inner or next((unpacked for name in names if (unpacked := _unpacked_name(name))), "")
+        """A single compressed file: what it unpacks to, under every name it may be saved as."""
+        inner = unpacked_names(names, _gzip_name(head) if kind == GZIP else "")
         with _OPENERS[kind](cast(IO[bytes], source)) as opened:
             metered = _Metered(opened, self.allowance)
-            yield from self.member((inner,) if inner else (), metered, None, depth, f"{path}/{inner or '-'}",
-                                   attachment)
+            yield from self.member(inner, metered, None, depth, f"{path}/{inner[0] if inner else '-'}", attachment)
 
     def member(self, names: tuple[str, ...], source: _Readable, declared: int | None, depth: int, path: str,
                attachment: str) -> Iterator[Item]:
-        """An archive member or unpacked stream: its head; the rest only if it is an archive."""
+        """An archive member or unpacked stream, read through once: its head is judged; an
+        archive is opened; anything else is searched for the signatures of the others, keeping
+        only a rolling window and its tail (containers.Search)."""
         head = _read_up_to(source, SNIFF_BYTES)
         offset = pe_header_offset(head)
         if offset is not None and offset + 4 > len(head) and (declared is None or offset + 4 <= declared):
@@ -874,13 +1069,24 @@ class _Walker:
         yield File(names, path, attachment, head)
         kind = container_of(head)
         if kind is None:
+            search = containers.Search()
+            search.feed(head)
+            size = len(head)
+            while chunk := source.read(CHUNK):
+                search.feed(chunk)
+                size += len(chunk)
+            name = names[0] if names else ""
+            for found in (*search.kinds, *search.at_end(size)):
+                what = "behind other data" if found == ZIP else "inside the file"
+                yield Unreadable(name, path, attachment, f"{containers.label(found)} {what} (not inspected)")
             return
-        if kind != ZIP:
+        if kind not in (ZIP, OLE, TNEF):
             yield from self.container(kind, names, _Prefixed(head, source), head, depth, path, attachment)
             return
-        # zip needs random access: unpack the member (metered) to memory or a temporary file.
+        # zip and OLE need random access, TNEF the whole: unpack the member (metered) to memory
+        # or a temporary file.
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_THRESHOLD) as spool:
             spool.write(head)
             while chunk := source.read(CHUNK):
                 spool.write(chunk)
-            yield from self.container(ZIP, names, spool, head, depth, path, attachment)
+            yield from self.container(kind, names, spool, head, depth, path, attachment)

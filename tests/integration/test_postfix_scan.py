@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests import attachment_corpus as corpus
 from tests.conftest import DEFAULT_POLICY
 from tests.integration.scanners import EICAR, GTUBE, Clamd, Spamd
 from tests.integration.stack import MailStack, transaction, unverified_tls_context
@@ -81,6 +82,21 @@ def test_the_same_exe_authenticated_on_587_is_delivered(stack):
     assert code == 250
     copy = delivered(stack, "exe on 587")
     assert copy["X-Spam-Status"] is None  # not scanned on 587: no scanner headers
+
+
+# 7-Zip, WinRAR, Info-ZIP and libarchive extract this member as invoice.js; zipfile sees invoice.txt.
+UNICODE_PATH_ZIP = corpus.zip_with_unicode_path("invoice.txt", "invoice.js", b"WScript.Echo(1)\r\n")
+
+
+def test_a_zip_whose_unicode_path_names_a_script_is_refused_on_25_and_delivered_on_587(stack):
+    code, text = send(stack, "smtp", with_attachment("invoice.zip", UNICODE_PATH_ZIP, "unicode path 25"), LOCAL)
+    assert code == 550
+    assert text.startswith('5.7.1 Attachment "invoice.js" in "invoice.zip" is blocked (extension .js)')
+    assert "authenticated submission on port 587" in text
+    code, _ = send(stack, "submission", with_attachment("invoice.zip", UNICODE_PATH_ZIP, "unicode path 587"),
+                   EXTERNAL, login="alice")
+    assert code == 250
+    delivered(stack, "unicode path 587")
 
 
 @pytest.mark.parametrize(

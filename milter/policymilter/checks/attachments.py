@@ -1,7 +1,8 @@
 """attachments: refuse executables anywhere in the message, by name and by content, at end of message.
 
 Every file the walk finds (mimewalk.files: MIME parts at any depth, message/rfc822 included;
-zip, tar, gzip/bzip2/xz members, nested; uuencoded blocks in text parts) is blocked when
+zip, tar, gzip/bzip2/xz/lzma members, TNEF and Outlook .msg attachments, nested; uuencoded
+blocks in text parts) is blocked when
 
 - its name's final extension is in `blocked_extensions`, the name decoded (RFC 2231, RFC 2047)
   and read as Windows would save it (see normalise_name). `invoice.pdf.exe`, `photo.EXE.` and
@@ -11,12 +12,13 @@ zip, tar, gzip/bzip2/xz members, nested; uuencoded blocks in text parts) is bloc
   (`invoice<U+202E>fdp.exe` shows as "invoiceexe.pdf", `report<U+202E>xcod.docm` as
   "reportmcod.docx"): nothing legitimate does that, so it is blocked whatever the real
   extension is (ATT&CK T1036.002);
-- its content is an executable kind listed in `blocked_content` (default PE, ELF, Mach-O),
-  whatever its name says.
+- its content is a kind listed in `blocked_content` (default PE, ELF, Mach-O, and "macro": an
+  Office document carrying a VBA project or macro sheets), whatever its name says.
 
-Places the walk cannot look into (an encrypted member, a corrupt archive, 7z/rar/ISO..., or
-nesting, member count or unpacked size over the limits) are "uninspectable": blocked or
-accepted per `attachments.uninspectable`.
+Places the walk cannot look into (an encrypted member, a corrupt archive, a zip that readers
+would read differently, rar/7z/ISO/dmg..., MIME headers given twice, an unknown transfer
+encoding, or nesting, member count or unpacked size over the limits) are "uninspectable":
+blocked or accepted per `attachments.uninspectable`.
 
 Content sniffing: PE, ELF and Mach-O are decided by our own exact header checks below. The
 libraries evaluated (filetype, puremagic) both call any file starting with "MZ" an executable
@@ -53,14 +55,18 @@ MAX_FINDINGS = 20  # uninspectable places recorded before the walk gives up
 REPLY_NAME_LENGTH = 48
 
 # Proposed policy keys, with these defaults until the model has them.
-DEFAULT_BLOCKED_CONTENT = ("pe", "elf", "macho")
+DEFAULT_BLOCKED_CONTENT = ("pe", "elf", "macho", "macro")
 DEFAULT_MAX_PARTS = 1000
 
 EXECUTABLE_KINDS = {
     "pe": "a Windows executable (PE)",
     "elf": "an ELF executable",
     "macho": "a macOS executable (Mach-O)",
+    "macro": "an Office document with macros (VBA)",
 }
+# Kinds the walk establishes from a container's structure rather than from a file's first
+# bytes (mimewalk.File.kinds).
+STRUCTURAL_KINDS = ("macro",)
 
 
 class Rule(StrEnum):
@@ -241,7 +247,7 @@ def executable_kind(data: bytes | memoryview, wanted: Iterable[str]) -> str | No
 
 def known_content_kinds() -> frozenset[str]:
     """What `blocked_content` may list (for the policy validator)."""
-    return frozenset(_EXACT) | frozenset(kind.extension for kind in filetype.types)
+    return frozenset(_EXACT) | frozenset(STRUCTURAL_KINDS) | frozenset(kind.extension for kind in filetype.types)
 
 
 # --- the scan --------------------------------------------------------------------------------
@@ -249,6 +255,10 @@ def known_content_kinds() -> frozenset[str]:
 
 def judge(file: mimewalk.File, limits: Limits) -> Finding | None:
     """Why one file is blocked, or None."""
+    for kind in file.kinds:
+        if kind in limits.blocked_content:
+            return Finding(file.name, Rule.CONTENT, kind, file.path, file.attachment if file.attachment != file.name
+                           else "")
     for name in file.names:
         matched = name_rule(name, limits.blocked_extensions)
         if matched is not None:

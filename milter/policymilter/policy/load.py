@@ -234,8 +234,8 @@ def _semantic_issues(policy: Policy, sources: _Sources, fallback: str) -> list[P
     for index, kind in enumerate(policy.attachments.blocked_content):
         if kind not in known:
             issue(("attachments", "blocked_content", index),
-                  f"unknown content kind {kind!r}{_suggest(kind, known)} (known: pe, elf, macho and "
-                  f"{len(known) - 3} file types)")
+                  f"unknown content kind {kind!r}{_suggest(kind, known)} (known: pe, elf, macho, macro and "
+                  f"{len(known) - 4} file types)")
     if not policy.listeners:
         issue(("listeners",), "no listener is defined: every session would get the strictest profile")
     for path, message in too_slow(policy):
