@@ -101,7 +101,7 @@ def _single(text: str) -> Author | BadFrom:
         mailboxes = list(getattr(header, "addresses", ()))
         groups = list(getattr(header, "groups", ()))
         defects = list(getattr(header, "defects", ()))
-    except (ValueError, IndexError, TypeError, AttributeError, RecursionError):  # the registry's parser on hostile input
+    except (ValueError, IndexError, TypeError, AttributeError, RecursionError):  # its parser on hostile input
         return BadFrom("the From header cannot be parsed", "unparsable")
     lenient = [pair for pair in _getaddresses(text, strict=False) if any(pair)]
     strict = [pair for pair in _getaddresses(text, strict=True) if any(pair)] if _HAS_STRICT else lenient
