@@ -11,14 +11,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import grp
 import logging
 import os
-import pwd
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,6 +24,7 @@ import Milter
 from policymilter.facts import Session, normalise_ip, parse_port
 from policymilter.logs import LOGGER, event
 from policymilter.outcome import AddHeader, ChangeHeader, Disposition, RemoveHeader, Verdict
+from policymilter.privileges import Identity
 from policymilter.service import Service
 
 # What the milter asks Postfix for at negotiation (at most 5 per stage). Postfix honours a
@@ -285,34 +283,6 @@ class PolicyMilter(Milter.Base):
 def install(service: Service) -> None:
     """Make libmilter create a PolicyMilter per connection (also used by the tests)."""
     Milter.factory = lambda: PolicyMilter(service)
-
-
-@dataclass(frozen=True)
-class Identity:
-    """Who the daemon becomes after binding its socket."""
-
-    uid: int
-    gid: int
-    name: str
-
-
-def resolve_identity(user: str | None, group: str | None) -> Identity | None:
-    """Look `--user`/`--group` up before anything is bound; errors name what to fix."""
-    if user is None and group is None:
-        return None
-    if user is None:
-        raise ValueError("--group needs --user too: the milter must not keep running as root")
-    if os.geteuid() != 0:
-        raise PermissionError("--user/--group need the milter to be started as root")
-    try:
-        account = pwd.getpwnam(user)
-    except KeyError:
-        raise ValueError(f"--user {user!r}: no such user (create it, e.g. `adduser --system {user}`)") from None
-    try:
-        gid = grp.getgrnam(group).gr_gid if group else account.pw_gid
-    except KeyError:
-        raise ValueError(f"--group {group!r}: no such group") from None
-    return Identity(account.pw_uid, gid, user)
 
 
 def _drop_privileges(identity: Identity | None, socket_path: Path | None) -> None:
