@@ -345,11 +345,15 @@ def _control_loop(service: Service, drain_timeout: float, stop: Callable[[], Non
         return
 
 
-def serve(service: Service, socket_spec: str, *, identity: Identity | None = None,
+def serve(start: Callable[[], Service], socket_spec: str, *, identity: Identity | None = None,
           timeout: int = 600, drain_timeout: float = 30.0) -> int:
-    """Bind, drop privileges, serve until SIGTERM, let transactions finish; return exit code."""
+    """Bind, drop privileges, then build the Service with `start` and serve until SIGTERM.
+
+    `start` runs after the drop, so the resources of the policy (signing keys, the sender map)
+    are read by the user that reads them again on every SIGUSR1: a file works at start exactly
+    when it works at reload. Its PolicyError comes out of serve() (the socket is removed first).
+    """
     log = logging.getLogger(LOGGER)
-    install(service)
     import milter as libmilter  # pymilter's C extension
 
     # Block these in every thread before any starts (threads and the child inherit the mask):
@@ -387,6 +391,14 @@ def serve(service: Service, socket_spec: str, *, identity: Identity | None = Non
     if socket_path is not None:
         os.chmod(socket_path, 0o660)
     _drop_privileges(identity, socket_path)
+    try:
+        service = start()
+    except BaseException:
+        if socket_path is not None:
+            with contextlib.suppress(OSError):
+                socket_path.unlink()
+        raise
+    install(service)
 
     # No thread exists yet, so forking is safe; the child inherits the bound socket.
     parent = os.getpid()

@@ -164,7 +164,9 @@ def cmd_run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     try:
-        service = Service(args.policy, args.overrides)
+        # Validated now, so FILE:LINE errors come before anything is bound; its resources are
+        # read by start(), after the privilege drop.
+        loaded = load_policy(args.policy, args.overrides)
     except PolicyError as error:
         _print_issues(error)
         print(f"{args.policy}: the policy is not valid; not starting", file=sys.stderr)
@@ -177,9 +179,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (ValueError, PermissionError) as error:
         print(f"cannot start: {error}", file=sys.stderr)
         return EXIT_INVALID
+
+    def start() -> Service:
+        return Service(args.policy, args.overrides, loaded=loaded)
+
     try:
-        return serve(service, args.socket, identity=identity, timeout=args.timeout,
+        return serve(start, args.socket, identity=identity, timeout=args.timeout,
                      drain_timeout=args.drain_timeout)
+    except PolicyError as error:
+        _print_issues(error)
+        print(f"{args.policy}: the policy is not valid; not starting", file=sys.stderr)
+        return EXIT_INVALID
     except OSError as error:
         print(f"cannot start on {args.socket}: {error}", file=sys.stderr)
         return 1

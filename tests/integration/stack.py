@@ -530,6 +530,10 @@ class MailStack:
     def milter_pid(self) -> int | None:
         return self._milter.pid if self._milter is not None else None
 
+    @property
+    def milter_running(self) -> bool:
+        return self._milter is not None and self._milter.poll() is None
+
     def start_milter(self, cmd: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 20.0) -> None:
         """Start the milter; return once the postfix user can connect to its socket.
 
