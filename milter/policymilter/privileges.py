@@ -84,12 +84,14 @@ def acting_as(identity: Identity | None) -> Iterator[None]:
     """Access files as `identity` will after `drop_privileges` (same uid, gid and group list).
 
     Only the effective ids change, so root can come back: used around the socket's creation
-    and, in check-policy, around reading the resources. No-op for None or the current user.
+    and, in check-policy, around reading the resources. No-op for None, or for the current
+    user when not root (who could not switch anyway); root as root still takes the group.
     """
-    if identity is None or identity.uid == os.geteuid():
+    euid = os.geteuid()
+    if identity is None or (identity.uid == euid and euid != 0):
         yield
         return
-    if os.geteuid() != 0:
+    if euid != 0:
         raise PermissionError(f"only root can read files as {identity.name}")
     egid, groups = os.getegid(), os.getgroups()
     os.setgroups([identity.gid])

@@ -2,7 +2,8 @@
 
 The milter is started as root with `--user policy-milter --group postfix`, as in production:
 - it reads its resources (signing keys, the sender map) as that user, at start as at reload;
-- a key file belongs to that user, or it is refused with an error naming file, owner and fix.
+- a key file belongs to that user, or it is refused with an error naming file, owner and fix;
+- its socket is created as that user, and root never touches the socket directory by path.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 import shutil
 import signal
 import smtplib
+import stat
 import subprocess
 import sys
 import tempfile
@@ -210,3 +212,66 @@ def test_start_reads_the_sender_map_as_the_milter_user(stack, world):
     assert f"{senders}:0: sender.map_file: cannot read: " in stderr and "Permission denied" in stderr
     assert "the policy is not valid; not starting" in stderr
     assert not os.path.lexists(socket_path)  # nothing left behind
+
+
+# --- item 15: the socket is created as the milter's user; root never follows a path there ------
+
+def test_the_socket_is_created_as_the_milter_user_and_root_never_touches_it_by_path(milter, world):
+    target = world.directory / "root-file"  # what the owner of the socket directory aims at
+    target.write_text("root's\n")
+    os.chmod(target, 0o600)
+    spy_log = world.directory / "spy.log"
+    env = {"SPY_SOCKET": str(milter.milter_socket), "SPY_TARGET": str(target), "SPY_LOG": str(spy_log)}
+    command = daemon(world.write_policy({}), milter.milter_socket, runner=("-m", "tests.integration.rootspy"))
+
+    try:
+        milter.start_milter(command, env=env, timeout=10)
+        started: Exception | None = None
+    except RuntimeError as error:  # the socket was swapped: Postfix's user cannot connect
+        started = error
+    after = os.lstat(target)
+    assert (after.st_uid, after.st_gid, stat.S_IMODE(after.st_mode)) == (0, 0, 0o600), (
+        "root chmod/chown'ed the socket path after the socket directory's owner swapped it for a link")
+    assert target.read_text() == "root's\n"
+    assert not spy_log.exists(), f"path-based calls as root in the socket directory:\n{spy_log.read_text()}"
+    assert started is None, started
+
+    info = os.lstat(milter.milter_socket)
+    assert stat.filemode(info.st_mode) == "srw-rw----"
+    assert (info.st_uid, info.st_gid) == (MILTER.pw_uid, SOCKET_GROUP.gr_gid)
+    code, _, copy = submit(milter, "alice@example.org")  # nobody interferes: mail flows
+    assert code == 250 and copy is not None
+    assert milter.stop_milter(signal.SIGTERM) == 0
+    assert not os.path.lexists(milter.milter_socket)  # removed at exit, by the milter's user
+
+    # A link planted at the socket path is neither followed nor replaced: the start is refused.
+    milter.milter_socket.symlink_to(target)
+    try:
+        planted = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, timeout=30,
+                                 check=False)
+        assert planted.returncode == 1
+        assert f"{milter.milter_socket} is a symbolic link, not a socket" in planted.stderr
+        assert os.readlink(milter.milter_socket) == str(target)
+    finally:
+        milter.milter_socket.unlink()
+    after = os.lstat(target)
+    assert (after.st_uid, after.st_gid, stat.S_IMODE(after.st_mode)) == (0, 0, 0o600)
+    assert not spy_log.exists(), spy_log.read_text()
+
+
+def test_a_socket_directory_the_milter_user_cannot_write_is_refused_with_the_fix(world):
+    directory = world.directory / "root-socket-dir"
+    directory.mkdir(mode=0o755)  # root's: the socket would have to be made by root and chowned
+    socket_path = directory / "milter.sock"
+    run = subprocess.Popen(daemon(world.write_policy({}), socket_path), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = run.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        run.terminate()
+        run.communicate()
+        pytest.fail(f"the milter started with its socket in {directory}, which policy-milter cannot write")
+    assert run.returncode == 1
+    assert f"{directory}: policy-milter cannot create the socket here" in stderr
+    assert f"install -d -o policy-milter -g postfix -m 0750 {directory}" in stderr
+    assert not os.path.lexists(socket_path)
