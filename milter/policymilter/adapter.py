@@ -11,11 +11,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import grp
 import logging
 import os
-import pwd
 import signal
+import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import Milter
 from policymilter.facts import Session, normalise_ip, parse_port
 from policymilter.logs import LOGGER, event
 from policymilter.outcome import AddHeader, ChangeHeader, Disposition, RemoveHeader, Verdict
+from policymilter.privileges import Identity, acting_as, drop_privileges, group_name, user_name
 from policymilter.service import Service
 
 # What the milter asks Postfix for at negotiation (at most 5 per stage). Postfix honours a
@@ -288,41 +288,114 @@ def install(service: Service) -> None:
 
 
 @dataclass(frozen=True)
-class Identity:
-    """Who the daemon becomes after binding its socket."""
+class SocketFile:
+    """The unix socket file this process created: removed at exit if it is still that file."""
 
-    uid: int
-    gid: int
-    name: str
+    path: Path
+    directory_fd: int  # O_PATH: names are looked up in this directory, whatever its path becomes
+    device: int
+    inode: int
+
+    def remove(self) -> None:
+        """Unlink our socket and nothing else, never following a link.
+
+        As root, only in a directory no one else may write: there a path can only be what we
+        left. Elsewhere the file stays (the next start replaces it); as the milter's user it goes.
+        """
+        with contextlib.suppress(OSError):
+            if os.geteuid() == 0 and not _only_root_writes(os.fstat(self.directory_fd)):
+                return
+            info = os.stat(self.path.name, dir_fd=self.directory_fd, follow_symlinks=False)
+            if stat.S_ISSOCK(info.st_mode) and (info.st_dev, info.st_ino) == (self.device, self.inode):
+                os.unlink(self.path.name, dir_fd=self.directory_fd)
 
 
-def resolve_identity(user: str | None, group: str | None) -> Identity | None:
-    """Look `--user`/`--group` up before anything is bound; errors name what to fix."""
-    if user is None and group is None:
-        return None
-    if user is None:
-        raise ValueError("--group needs --user too: the milter must not keep running as root")
-    if os.geteuid() != 0:
-        raise PermissionError("--user/--group need the milter to be started as root")
+def _only_root_writes(info: os.stat_result) -> bool:
+    return info.st_uid == 0 and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def _unix_path(socket_spec: str) -> Path | None:
+    return Path(socket_spec.split(":", 1)[1]) if socket_spec.startswith(("unix:", "local:")) else None
+
+
+def _check_socket_path(path: Path, identity: Identity | None) -> None:
+    """What libmilter would trip over, said with the fix; runs as the user creating the socket."""
+    directory = path.parent
+    user = identity.name if identity else user_name(os.geteuid())
+    fix = f"install -d -o {identity.name} -g {identity.group} -m 0750 {directory}" if identity else ""
     try:
-        account = pwd.getpwnam(user)
-    except KeyError:
-        raise ValueError(f"--user {user!r}: no such user (create it, e.g. `adduser --system {user}`)") from None
+        info = os.stat(directory)
+    except FileNotFoundError:
+        raise OSError(f"{directory}: no such directory; create it" + (f": {fix}" if fix else "")) from None
+    except OSError as error:
+        raise OSError(f"{directory}: {user} cannot reach the socket directory ({error.strerror})"
+                      + (f"; the directories above it must let {user} search them, and then {fix}" if fix else "")
+                      ) from None
+    if identity is not None and not os.access(directory, os.W_OK | os.X_OK, effective_ids=True):
+        raise OSError(f"{directory}: {user} cannot create the socket here (the directory belongs to "
+                      f"{user_name(info.st_uid)}:{group_name(info.st_gid)}, mode {stat.S_IMODE(info.st_mode):04o}). "
+                      f"The milter creates its socket as {user}, never as root, so the directory must be "
+                      f"{user}'s: {fix}")
     try:
-        gid = grp.getgrnam(group).gr_gid if group else account.pw_gid
-    except KeyError:
-        raise ValueError(f"--group {group!r}: no such group") from None
-    return Identity(account.pw_uid, gid, user)
-
-
-def _drop_privileges(identity: Identity | None, socket_path: Path | None) -> None:
-    if identity is None:
+        existing = os.lstat(path)
+    except FileNotFoundError:
         return
-    if socket_path is not None:
-        os.chown(socket_path, identity.uid, identity.gid)
-    os.setgroups([identity.gid])
-    os.setgid(identity.gid)
-    os.setuid(identity.uid)
+    if stat.S_ISLNK(existing.st_mode):
+        raise OSError(f"{path} is a symbolic link, not a socket; the milter never follows a link at its socket "
+                      f"path: remove it (rm {path})")
+    if not stat.S_ISSOCK(existing.st_mode):
+        raise OSError(f"{path} exists and is not a socket: remove it, or choose another --socket path")
+
+
+def _socket_problem(path: Path, info: os.stat_result, identity: Identity | None) -> str | None:
+    directory = path.parent
+    if not stat.S_ISSOCK(info.st_mode) or info.st_uid != os.geteuid():
+        return f"{path} was replaced while the milter created it: who else can write {directory}?"
+    mode = stat.S_IMODE(info.st_mode)
+    if mode != 0o660:
+        return (f"{path} was created with mode {mode:04o}, not 0660: does a default ACL on {directory} override "
+                f"the umask? (remove it: setfacl -k {directory})")
+    if identity is not None and info.st_gid != identity.gid:
+        return (f"{path} got group {group_name(info.st_gid)} from its set-group-ID directory, not {identity.group}, "
+                f"so Postfix may not connect: chgrp {identity.group} {directory}")
+    return None
+
+
+def _open_socket(libmilter: Any, socket_spec: str, identity: Identity | None) -> SocketFile | None:
+    """Bind the listening socket; a unix socket is created by the user the milter runs as.
+
+    With the effective uid, gid and groups of `identity` and a umask giving 0660, the socket is
+    born with its final owner, group and mode: nothing is chowned or chmodded afterwards, and
+    root never acts by path in the socket directory, which that user controls (it could swap
+    the socket for a link to any file between creation and a chown). libmilter's own checks run
+    as that user too: an existing socket is stat()ed and unlinked before bind().
+    """
+    path = _unix_path(socket_spec)
+    if path is None:
+        _opensocket(libmilter, socket_spec)  # inet: nothing in the file system; ports < 1024 need root
+        return None
+    with acting_as(identity):
+        _check_socket_path(path, identity)
+        previous = os.umask(0o117)
+        try:
+            _opensocket(libmilter, socket_spec)
+        finally:
+            os.umask(previous)
+        directory_fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        info = os.stat(path.name, dir_fd=directory_fd, follow_symlinks=False)
+        created = SocketFile(path, directory_fd, info.st_dev, info.st_ino)
+        problem = _socket_problem(path, info, identity)
+        if problem is not None:
+            created.remove()
+            raise OSError(problem)
+    return created
+
+
+def _opensocket(libmilter: Any, socket_spec: str) -> None:
+    try:
+        libmilter.opensocket(True)
+    except libmilter.error as error:
+        raise OSError(f"libmilter cannot open {socket_spec}: {error} (is the address in use?)") from None
 
 
 def _die_with_parent(parent: int) -> None:
@@ -375,11 +448,15 @@ def _control_loop(service: Service, drain_timeout: float, stop: Callable[[], Non
         return
 
 
-def serve(service: Service, socket_spec: str, *, identity: Identity | None = None,
+def serve(start: Callable[[], Service], socket_spec: str, *, identity: Identity | None = None,
           timeout: int = 600, drain_timeout: float = 30.0) -> int:
-    """Bind, drop privileges, serve until SIGTERM, let transactions finish; return exit code."""
+    """Bind, drop privileges, then build the Service with `start` and serve until SIGTERM.
+
+    `start` runs after the drop, so the resources of the policy (signing keys, the sender map)
+    are read by the user that reads them again on every SIGUSR1: a file works at start exactly
+    when it works at reload. Its PolicyError comes out of serve() (the socket is removed first).
+    """
     log = logging.getLogger(LOGGER)
-    install(service)
     import milter as libmilter  # pymilter's C extension
 
     # Block these in every thread before any starts (threads and the child inherit the mask):
@@ -405,29 +482,24 @@ def serve(service: Service, socket_spec: str, *, identity: Identity | None = Non
     libmilter.settimeout(timeout)
     libmilter.register("policy-milter", data=lambda ctx: ctx.getpriv().data(),
                        unknown=lambda ctx, cmd: Milter.CONTINUE, negotiate=Milter.negotiate_callback)
-    socket_path = Path(socket_spec.split(":", 1)[1]) if socket_spec.startswith(("unix:", "local:")) else None
-    previous = os.umask(0o117)  # the socket is born 0660: never world-writable
+    socket_file = _open_socket(libmilter, socket_spec, identity)
     try:
-        libmilter.opensocket(True)
-    except libmilter.error as error:
-        raise OSError(f"libmilter cannot open {socket_spec}: {error} (does the directory exist? is the "
-                      "address in use?)") from None
-    finally:
-        os.umask(previous)
-    if socket_path is not None:
-        os.chmod(socket_path, 0o660)
-    _drop_privileges(identity, socket_path)
+        drop_privileges(identity)
+        service = start()
+    except BaseException:
+        if socket_file is not None:
+            socket_file.remove()
+        raise
+    install(service)
 
     # No thread exists yet, so forking is safe; the child inherits the bound socket.
     parent = os.getpid()
     child = os.fork()
     if child:
         code = _supervise(child, log)
-        if socket_path is not None:
-            # libmilter leaves the socket file behind; after a privilege drop the directory may
-            # not let us remove it, and the next start replaces it anyway.
-            with contextlib.suppress(OSError):
-                socket_path.unlink()
+        if socket_file is not None:
+            # libmilter removes it only when not root (and by path); this covers the rest.
+            socket_file.remove()
         return code
     # Own process group: a Ctrl-C in a terminal reaches the parent only, which drains us.
     os.setpgid(0, 0)

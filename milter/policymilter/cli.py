@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -19,12 +20,14 @@ from policymilter.listeners import UNKNOWN_LISTENER, Door, door_by_name
 from policymilter.logs import setup_logging
 from policymilter.message import Message
 from policymilter.outcome import AddHeader, ChangeHeader, Disposition, RemoveHeader, Verdict
-from policymilter.policy import PolicyError
-from policymilter.service import Service, load_snapshot
+from policymilter.policy import PolicyError, load_policy
+from policymilter.privileges import MILTER_USER, Identity, acting_as, milter_identity
+from policymilter.service import Service, load_snapshot, snapshot_for, unusable_keys
 
 DEFAULT_POLICY = "/etc/policy-milter"
 DEFAULT_SOCKET = "unix:/run/policy-milter/milter.sock"
 EXIT_INVALID = 2
+EXIT_UNUSABLE_KEYS = 1  # check-policy: valid, but a signing key the milter cannot use
 SOCKET_SPEC = re.compile(r"^(unix|local):/\S+$|^inet6?:(?P<port>\d{1,5})(@\S+)?$", re.ASCII)
 
 
@@ -34,6 +37,12 @@ def _common(parser: argparse.ArgumentParser, policy_required: bool = False) -> N
                              f"(default: {DEFAULT_POLICY})")
     parser.add_argument("-o", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override one policy key for this run (TOML value syntax); repeatable")
+
+
+def _milter_user(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--user", help=f"the user the milter runs as, which must own the signing keys; {what} "
+                                       f"(default, run as root: {MILTER_USER} when that account exists; "
+                                       "otherwise you)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,8 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--drain-timeout", type=float, default=30.0,
                      help="on SIGTERM, seconds to let open transactions finish (default 30)")
 
-    check = commands.add_parser("check-policy", help="validate a policy; exit 0, or 2 with FILE:LINE errors")
+    check = commands.add_parser("check-policy", help="validate a policy; exit 0, or 2 with FILE:LINE errors, "
+                                                     "or 1 when a signing key cannot be used")
     check.add_argument("policy", help="policy file or directory")
+    _milter_user(check, "signing keys and the sender map are read as that user, as the milter reads them")
+    check.add_argument("--group", help="the milter's --group, with which it reads them too (default: the "
+                                       "user's own group)")
     check.add_argument("-o", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
 
     explain = commands.add_parser("explain", help="run the pipeline on one message, without Postfix")
@@ -87,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     records = commands.add_parser("dns-records", help="print the SPF, DKIM and DMARC records of site.domains "
                                                       "in zone-file form")
     _common(records, policy_required=True)
+    _milter_user(records, "a key it would refuse gets no record")
     return parser
 
 
@@ -95,13 +109,42 @@ def _print_issues(error: PolicyError) -> None:
         print(issue, file=sys.stderr)
 
 
-def cmd_check_policy(args: argparse.Namespace) -> int:
+def _judged_as(args: argparse.Namespace, command: str, *, reads: bool) -> Identity | None:
+    """The milter's user for `command`; None (after printing why) if it cannot be used."""
     try:
-        snapshot = load_snapshot(args.policy, args.overrides)
+        identity = milter_identity(args.user, getattr(args, "group", None))
+    except ValueError as error:
+        print(f"{command}: {error}", file=sys.stderr)
+        return None
+    if reads and identity.uid != os.geteuid() and os.geteuid() != 0:
+        print(f"{command}: --user {identity.name}: only root can read the milter's files as {identity.name}; "
+              f"run it as root, or as {identity.name}", file=sys.stderr)
+        return None
+    return identity
+
+
+def cmd_check_policy(args: argparse.Namespace) -> int:
+    identity = _judged_as(args, "check-policy", reads=True)
+    if identity is None:
+        return EXIT_INVALID
+    try:
+        loaded = load_policy(args.policy, args.overrides)  # as `run` reads it: before dropping privileges
+        # The policy's resources as the daemon reads them, after dropping privileges: as that user.
+        with acting_as(identity):
+            snapshot = snapshot_for(loaded.policy, loaded.files)
     except PolicyError as error:
         _print_issues(error)
         print(f"{args.policy}: {len(error.issues)} error(s); the policy was not accepted", file=sys.stderr)
         return EXIT_INVALID
+    unusable = unusable_keys(snapshot)
+    if unusable:
+        for domain, key, problem in unusable:
+            print(f"{problem} (signing.keys for {domain}, selector {key.selector})", file=sys.stderr)
+        domains = ", ".join(sorted({domain for domain, _, _ in unusable}))
+        print(f"{args.policy}: the policy is valid, but {len(unusable)} signing key(s) cannot be used by "
+              f"{identity.name}: mail from {domains} gets signing.on_missing_key = "
+              f'"{snapshot.policy.signing.on_missing_key}"', file=sys.stderr)
+        return EXIT_UNUSABLE_KEYS
     names = ", ".join(snapshot.policy.listeners)
     print(f"{args.policy}: OK ({len(snapshot.policy.listeners)} listeners: {names}; "
           f"files: {', '.join(snapshot.files)})")
@@ -122,21 +165,32 @@ def cmd_run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     try:
-        service = Service(args.policy, args.overrides)
+        # Validated now, so FILE:LINE errors come before anything is bound; its resources are
+        # read by start(), after the privilege drop.
+        loaded = load_policy(args.policy, args.overrides)
     except PolicyError as error:
         _print_issues(error)
         print(f"{args.policy}: the policy is not valid; not starting", file=sys.stderr)
         return EXIT_INVALID
-    from policymilter.adapter import resolve_identity, serve  # imports pymilter only for the daemon
+    from policymilter.adapter import serve  # imports pymilter only for the daemon
+    from policymilter.privileges import resolve_identity
 
     try:
         identity = resolve_identity(args.user, args.group)
     except (ValueError, PermissionError) as error:
         print(f"cannot start: {error}", file=sys.stderr)
         return EXIT_INVALID
+
+    def start() -> Service:
+        return Service(args.policy, args.overrides, loaded=loaded)
+
     try:
-        return serve(service, args.socket, identity=identity, timeout=args.timeout,
+        return serve(start, args.socket, identity=identity, timeout=args.timeout,
                      drain_timeout=args.drain_timeout)
+    except PolicyError as error:
+        _print_issues(error)
+        print(f"{args.policy}: the policy is not valid; not starting", file=sys.stderr)
+        return EXIT_INVALID
     except OSError as error:
         print(f"cannot start on {args.socket}: {error}", file=sys.stderr)
         return 1
@@ -306,8 +360,12 @@ def cmd_dkim_keygen(args: argparse.Namespace) -> int:
 
 def cmd_dns_records(args: argparse.Namespace) -> int:
     from policymilter import keytool
-    from policymilter.policy import load_policy
 
+    # Read as whoever runs it (root reads any key: only the public half is printed), but a key
+    # is judged against the milter's user, who must own it for the milter to sign with it.
+    identity = _judged_as(args, "dns-records", reads=False)
+    if identity is None:
+        return EXIT_INVALID
     try:
         policy = load_policy(args.policy, args.overrides).policy
     except PolicyError as error:
@@ -317,7 +375,7 @@ def cmd_dns_records(args: argparse.Namespace) -> int:
     if not policy.site.domains:
         print(f"dns-records: {args.policy}: site.domains is empty; there is nothing to publish", file=sys.stderr)
         return EXIT_INVALID
-    zone = keytool.zone_text(policy, str(args.policy))
+    zone = keytool.zone_text(policy, str(args.policy), key_owner=identity.uid)
     sys.stdout.write(zone.text)
     if zone.problems:
         print(f"dns-records: {len(zone.problems)} DKIM record(s) missing; see the ; lines:", file=sys.stderr)

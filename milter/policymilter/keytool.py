@@ -8,6 +8,7 @@ A key file holds what dkimpy's `dkim.sign(privkey=...)` takes:
 from __future__ import annotations
 
 import base64
+import errno
 import ipaddress
 import json
 import os
@@ -23,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from policymilter.policy.model import Policy, Publish, SigningKey
+from policymilter.privileges import user_name
 
 TTL = 3600
 DEFAULT_RSA_BITS = 2048
@@ -32,6 +34,7 @@ MIN_LOADABLE_RSA_BITS = 1024  # RFC 8301 §3.2: verifiers MUST NOT accept shorte
 MAX_KEY_FILE_SIZE = 64 * 1024
 TXT_CHUNK = 255  # RFC 1035 §3.3: one character-string is at most 255 octets
 MILTER_USER = "policy-milter"
+SOCKET_GROUP = "postfix"  # the group the shipped unit gives the daemon (--group)
 # Group/other bits a key file must not have: group may read (0640), nothing else.
 FORBIDDEN_MODE_BITS = 0o037
 # RFC 7208 §4.6.4: at most 10 mechanisms that cause DNS lookups (a: is one).
@@ -180,35 +183,46 @@ def parse_private_key(data: bytes, algorithm: str = "rsa-sha256") -> bytes:
     return _ed25519_seed(_parse_ed25519(data))
 
 
-def load_private_key(path: str | Path, algorithm: str = "rsa-sha256") -> bytes:
+def load_private_key(path: str | Path, algorithm: str = "rsa-sha256", *, owner: int | None = None) -> bytes:
     """Read a key file for signing, refusing one other users could read or swap.
 
-    Returns what dkimpy's sign() takes (see parse_private_key); raises KeyFileError.
+    The file must belong to `owner`, the uid the milter runs as (default: this process's
+    effective uid): whoever owns a key file can replace the key or open it to others. Returns
+    what dkimpy's sign() takes (see parse_private_key); raises KeyFileError.
     """
     kind = key_type(algorithm)
+    uid = os.geteuid() if owner is None else owner
+    user = user_name(uid)
+    fix = f"chown {user} {path} && chmod 600 {path}"
     try:
         info = os.lstat(path)
     except OSError as error:
+        if error.errno == errno.EACCES:
+            raise KeyFileError(f"{path}: cannot read the key file ({error.strerror}); {user}, the user the milter "
+                               f"runs as, must be able to reach it: let {user} search every directory above it "
+                               f"(its own directory, or o+x), and run {fix}") from None
         raise KeyFileError(f"{path}: cannot read the key file ({error.strerror}); check key_file, or make a key "
                            "with `policy-milter dkim-keygen`") from None
     if stat.S_ISLNK(info.st_mode):
         raise KeyFileError(f"{path}: is a symbolic link; a key file must be a regular file "
                            f"(set key_file to the real file, {os.path.realpath(path)})")
+    _check_owner(path, info, uid, fix)
     try:
         # O_NOFOLLOW: the file checked above is the file read; O_NONBLOCK: a FIFO must not hang us.
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as error:
-        hint = f"the milter's user must be able to read it: chown {MILTER_USER} {path}"
-        raise KeyFileError(f"{path}: cannot read the key file ({error.strerror}); {hint}") from None
+        raise KeyFileError(f"{path}: cannot read the key file ({error.strerror}); {user}, the user the milter "
+                           f"runs as, must be able to read it: run {fix}") from None
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
         raise KeyFileError(f"{path}: not a regular file; key_file must name a key file")
     with os.fdopen(fd, "rb") as file:
+        _check_owner(path, info, uid, fix)  # again on what was opened: it may have been swapped since lstat
         mode = stat.S_IMODE(info.st_mode)
         if mode & FORBIDDEN_MODE_BITS:
             raise KeyFileError(f"{path}: mode {mode:04o} lets other users read or replace the private key; "
-                               f"run chmod 600 {path} (or 640 with group {MILTER_USER})")
+                               f"run chmod 600 {path} (or 640 with group read for a group only {user} is in)")
         if info.st_size > MAX_KEY_FILE_SIZE:
             raise KeyFileError(f"{path}: {info.st_size} bytes is far too large for a DKIM key; "
                                "does key_file name the right file?")
@@ -220,6 +234,13 @@ def load_private_key(path: str | Path, algorithm: str = "rsa-sha256") -> bytes:
         return parse_private_key(data, kind.algorithm)
     except ValueError as error:
         raise KeyFileError(f"{path}: {error} (the policy says algorithm = {kind.algorithm!r})") from None
+
+
+def _check_owner(path: str | Path, info: os.stat_result, uid: int, fix: str) -> None:
+    if info.st_uid != uid:
+        raise KeyFileError(f"{path}: owned by {user_name(info.st_uid)}, not by {user_name(uid)}, the user the milter "
+                           "runs as; whoever owns a key file can replace the key or let others read it: "
+                           f"run {fix}")
 
 
 def public_record(private: bytes, algorithm: str) -> str:
@@ -387,7 +408,7 @@ def _keys_of(policy: Policy, domain: str) -> tuple[SigningKey, ...]:
                  if name.lower().rstrip(".") == domain for key in keys)
 
 
-def _dkim_lines(domain: str, keys: Sequence[SigningKey]) -> tuple[list[str], list[str]]:
+def _dkim_lines(domain: str, keys: Sequence[SigningKey], key_owner: int | None) -> tuple[list[str], list[str]]:
     lines: list[str] = []
     problems: list[str] = []
     for key in keys:
@@ -399,8 +420,8 @@ def _dkim_lines(domain: str, keys: Sequence[SigningKey]) -> tuple[list[str], lis
         else:
             owner = dkim_owner(selector, domain)
             try:
-                lines.append(txt_line(owner, public_record(load_private_key(key.key_file, key.algorithm),
-                                                           key.algorithm)))
+                private = load_private_key(key.key_file, key.algorithm, owner=key_owner)
+                lines.append(txt_line(owner, public_record(private, key.algorithm)))
                 continue
             except KeyFileError as error:
                 problem = f"{owner}: no record: {error}"
@@ -424,8 +445,12 @@ def _report_authorisations(domain: str, domains: Sequence[str], rua_domains: Seq
     return lines
 
 
-def zone_text(policy: Policy, source: str) -> ZoneText:
-    """SPF, DKIM and DMARC records for every one of site.domains, after a rollout comment block."""
+def zone_text(policy: Policy, source: str, key_owner: int | None = None) -> ZoneText:
+    """SPF, DKIM and DMARC records for every one of site.domains, after a rollout comment block.
+
+    A key gets a record only if the milter would sign with it: `key_owner` is the uid the milter
+    runs as (see load_private_key); the file itself may be read by anyone who can, e.g. root.
+    """
     from policymilter.dmarc_policy import organizational_domain  # loads the PSL: only when needed
 
     publish = policy.publish
@@ -442,7 +467,7 @@ def zone_text(policy: Policy, source: str) -> ZoneText:
             lines.append(f"; WARNING: {lookups} host names: SPF allows {SPF_LOOKUP_LIMIT} DNS lookups "
                          "(RFC 7208 §4.6.4); list addresses instead")
         lines.append(txt_line(domain, spf_value(publish)))
-        dkim, missing = _dkim_lines(domain, _keys_of(policy, domain))
+        dkim, missing = _dkim_lines(domain, _keys_of(policy, domain), key_owner)
         lines += dkim
         problems += missing
         lines.append(txt_line(f"_dmarc.{domain}", dmarc_value(publish)))
@@ -451,7 +476,7 @@ def zone_text(policy: Policy, source: str) -> ZoneText:
     for name in extra:
         domain = name.lower().rstrip(".")
         lines += ["", f"; {domain}: has signing.keys but is not in site.domains (only its DKIM records)"]
-        dkim, missing = _dkim_lines(domain, policy.signing.keys[name])
+        dkim, missing = _dkim_lines(domain, policy.signing.keys[name], key_owner)
         lines += dkim
         problems += missing
     return ZoneText("\n".join(lines) + "\n", tuple(problems))
@@ -480,8 +505,13 @@ def next_steps(domain: str, selector: str, key_file: Path, kind: KeyType, replac
         f"     (check: dig +short TXT {owner})",
         "  2. add the key to the policy, in [signing.keys]:",
         f"       {toml_key_entry(domain, selector, key_file, kind)}",
-        f"  3. let the milter read the key, and nobody else: chown {MILTER_USER} {key_file}",
-        f"     (keep mode 0600; or chown root:{MILTER_USER} and chmod 640)",
-        "  4. policy-milter check-policy /etc/policy-milter && systemctl reload policy-milter",
+        "  3. give the key to the user the milter runs as, and to nobody else:",
+        f"       chown {MILTER_USER} {key_file} && chmod 600 {key_file}",
+        f"     and let {MILTER_USER} reach it: chmod 711 {key_file.parent} (a directory that holds only",
+        f"     keys may instead be its own: chown {MILTER_USER} {key_file.parent}). The milter refuses a key",
+        "     owned by anyone else, root included, and group permissions do not help: it reads keys",
+        f"     as {MILTER_USER} with group {SOCKET_GROUP} only.",
+        f"  4. policy-milter check-policy --user {MILTER_USER} --group {SOCKET_GROUP} /etc/policy-milter "
+        "&& systemctl reload policy-milter",
     ]
     return "\n".join(lines)

@@ -27,7 +27,7 @@ from policymilter.dns import Resolver
 from policymilter.facts import Session
 from policymilter.logs import LOGGER, SessionLog, WarnOnce, event
 from policymilter.pipeline import Check, Pipeline
-from policymilter.policy import PolicyError, load_policy
+from policymilter.policy import LoadedPolicy, PolicyError, load_policy
 from policymilter.policy.model import Policy, SigningKey
 from policymilter.sendermap import SenderMap
 
@@ -55,6 +55,7 @@ class Resources:
 
 
 def load_keys(policy: Policy) -> Keys:
+    """Every signing key, read as this process's user, which must own it (see load_private_key)."""
     keys: Keys = {}
     for domain, entries in policy.signing.keys.items():
         for key in entries:
@@ -84,14 +85,25 @@ def load_snapshot(path: str | Path, overrides: Sequence[str] = (), generation: i
     return snapshot_for(loaded.policy, loaded.files, generation)
 
 
+def unusable_keys(snapshot: Snapshot) -> list[tuple[str, SigningKey, str]]:
+    """(domain, key, why) for every signing key the snapshot could not load."""
+    keys = snapshot.resources.keys if snapshot.resources else {}
+    return [(domain, key, problem) for domain, entries in keys.items() for key, _, problem in entries if problem]
+
+
 class Service:
     """What every connection shares: the current policy snapshot and the counters."""
 
     def __init__(self, path: str | Path, overrides: Sequence[str] = (),
-                 snapshot: Snapshot | None = None) -> None:
+                 snapshot: Snapshot | None = None, loaded: LoadedPolicy | None = None) -> None:
+        """`loaded`: the policy already validated (by `run`, as root, before binding); only its
+        resources are read here, by the user every reload will read them as."""
         self.path = Path(path)
         self.overrides = tuple(overrides)
-        self.snapshot = snapshot or load_snapshot(self.path, self.overrides)
+        if snapshot is None:
+            snapshot = (snapshot_for(loaded.policy, loaded.files) if loaded is not None
+                        else load_snapshot(self.path, self.overrides))
+        self.snapshot = snapshot
         self.warn_once = WarnOnce()
         self.log = logging.getLogger(LOGGER)
         self._ids = itertools.count(1)
@@ -105,6 +117,17 @@ class Service:
             event(self.log, logging.INFO, "checks_unavailable",
                   "policy names checks this version does not implement yet; they do not run",
                   checks=",".join(unavailable))
+        self._report_unusable_keys()
+
+    def _report_unusable_keys(self) -> None:
+        # Logged when the policy is put in force, not only when a message from the domain
+        # arrives: the admin who just started or reloaded sees what to fix at once.
+        on_missing = self.snapshot.policy.signing.on_missing_key
+        for domain, key, problem in unusable_keys(self.snapshot):
+            event(self.log, logging.WARNING, "key_unusable",
+                  f"signing key for {domain} (selector {key.selector}) cannot be used: {problem}; mail from "
+                  f"{domain} gets signing.on_missing_key = {on_missing}",
+                  domain=domain, selector=key.selector, key_file=key.key_file)
 
     def reload(self) -> bool:
         """Load the policy again; on any error keep the old one and log every problem."""
@@ -125,6 +148,7 @@ class Service:
         self.snapshot = snapshot
         event(self.log, logging.INFO, "reloaded", f"policy {self.path} loaded",
               generation=snapshot.generation, files=",".join(snapshot.files))
+        self._report_unusable_keys()
         return True
 
     def open_conversation(self, facts: Callable[[str], Session]) -> Conversation:

@@ -63,6 +63,7 @@ DEFAULT_USERS: Mapping[str, str] = {
 HOLD_RECIPIENT_REGEXP = r"/^hold([-+.][^@]*)?@/ HOLD held for inspection by the test"
 
 SERVICES = ("smtp", "submission", "submissions")  # contrib's master.cf doors
+MILTER_USER = "policy-milter"  # the account scripts/install and scripts/test create
 POLL_INTERVAL = 0.05
 SUN_PATH_MAX = 107  # bytes in a unix socket path (sun_path is 108 with the NUL)
 LOG_TAIL_LINES = 40
@@ -530,6 +531,10 @@ class MailStack:
     def milter_pid(self) -> int | None:
         return self._milter.pid if self._milter is not None else None
 
+    @property
+    def milter_running(self) -> bool:
+        return self._milter is not None and self._milter.poll() is None
+
     def start_milter(self, cmd: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 20.0) -> None:
         """Start the milter; return once the postfix user can connect to its socket.
 
@@ -637,12 +642,15 @@ class MailStack:
     def _make_socket_dir(self) -> None:
         """A directory for the milter socket that the postfix user can enter.
 
-        Setgid, group postfix: the socket the milter creates inherits group
-        postfix, so its mode 0660 is enough even for a milter running as root.
+        Owned by the milter's account when it exists, as in production: a milter
+        started with --user creates its socket as that user, never as root.
+        Setgid, group postfix: the socket a milter running as root creates
+        inherits group postfix, so its mode 0660 is enough then too.
         """
         socket_dir = self.milter_socket.parent
         socket_dir.mkdir(exist_ok=True)
-        os.chown(socket_dir, 0, grp.getgrnam("postfix").gr_gid)
+        owner = pwd.getpwnam(MILTER_USER).pw_uid if self._has_user(MILTER_USER) else 0
+        os.chown(socket_dir, owner, grp.getgrnam("postfix").gr_gid)
         os.chmod(socket_dir, 0o2750)
 
     def _start_sink(self) -> None:

@@ -321,7 +321,13 @@ def test_reload_keeps_the_old_policy_on_errors_and_applies_a_good_one(stack, pol
 
 def test_privileges_are_dropped_after_binding_and_mail_still_flows(stack, policy_dir):
     assert stack.stop_milter(signal.SIGTERM) == 0
-    stack.start_milter(milter_command(stack, policy_dir, "--user", "policy-milter", "--group", "postfix"))
+    # The sender map is read as policy-milter, at start as at reload: it must be where that user
+    # can read it (the policy itself is read as root at start, so it may stay in root's 0700 directory).
+    senders = stack.directory / "senders"
+    shutil.copy(policy_dir / "senders", senders)
+    os.chmod(senders, 0o644)
+    stack.start_milter(milter_command(stack, policy_dir, "--user", "policy-milter", "--group", "postfix",
+                                      "-o", f'sender.map_file="{senders}"'))
     try:
         status = Path(f"/proc/{stack.milter_pid}/status").read_text()
         uid = re.search(r"^Uid:\s+(\d+)", status, re.MULTILINE).group(1)

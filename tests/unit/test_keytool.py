@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import stat
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import dkim
@@ -21,6 +24,10 @@ from tests.conftest import DEFAULT_POLICY
 
 RSA = "rsa-sha256"
 ED25519 = "ed25519-sha256"
+# The milter's system account (scripts/test creates it) and an unrelated one.
+MILTER = pwd.getpwnam("policy-milter")
+NOBODY = pwd.getpwnam("nobody")
+ROOT = pwd.getpwnam("root")
 
 
 def zone_of(text: str) -> dict[str, list[str]]:
@@ -213,6 +220,129 @@ def test_load_private_key_refuses_the_wrong_algorithm(rsa_file, tmp_path, capsys
         load_private_key(tmp_path / "example.org.ed1.key", RSA)
 
 
+# --- ownership: a key file belongs to the user the milter runs as ------------------------------
+
+def give(path: Path, account: pwd.struct_passwd) -> Path:
+    os.chown(path, account.pw_uid, account.pw_gid)
+    return path
+
+
+@pytest.mark.parametrize(("owner", "milter", "accepted"), [
+    (ROOT, ROOT, True),  # a milter running as root (no --user) reads root's keys
+    (MILTER, MILTER, True),
+    (MILTER, None, False),  # None: this process (root) is the milter
+    (NOBODY, None, False),
+    (NOBODY, MILTER, False),
+    (ROOT, MILTER, False),  # root's key: the unprivileged milter must not depend on root's files
+    (MILTER, ROOT, False),
+])
+def test_load_private_key_owner(rsa_file, owner, milter, accepted):
+    give(rsa_file, owner)
+    uid = None if milter is None else milter.pw_uid
+    if accepted:
+        assert load_private_key(rsa_file, owner=uid) == rsa_file.read_bytes()
+        return
+    expected = (milter or ROOT).pw_name
+    with pytest.raises(KeyFileError) as refused:
+        load_private_key(rsa_file, owner=uid)
+    message = str(refused.value)
+    assert message.startswith(f"{rsa_file}: owned by {owner.pw_name}, not by {expected}, the user the milter runs as")
+    assert message.endswith(f"run chown {expected} {rsa_file} && chmod 600 {rsa_file}")
+
+
+def test_load_private_key_checks_the_owner_before_the_mode(rsa_file):
+    """One message that fixes both: the chown and the chmod."""
+    give(rsa_file, NOBODY)
+    os.chmod(rsa_file, 0o644)
+    with pytest.raises(KeyFileError, match=rf"owned by nobody, .*chown root {rsa_file} && chmod 600 {rsa_file}$"):
+        load_private_key(rsa_file)
+
+
+@pytest.fixture
+def reachable() -> Iterator[Path]:
+    """A directory the milter's user can search (pytest's tmp_path is under root's 0700 one)."""
+    directory = Path(tempfile.mkdtemp(prefix="keytool-"))
+    os.chmod(directory, 0o711)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory)
+
+
+def policy_with_key(tmp_path: Path, key_file: Path) -> Path:
+    return policy_dir(tmp_path, f"""
+[site]
+domains = ["example.org"]
+
+[signing.keys]
+"example.org" = [{{ selector = "s1", key_file = "{key_file}" }}]
+""")
+
+
+def milter_key(capsys, directory: Path, owner: pwd.struct_passwd) -> Path:
+    directory.mkdir(mode=0o700, exist_ok=True)
+    assert keygen(capsys, directory, "example.org", "s1")[0] == 0
+    return give(directory / "example.org.s1.key", owner)
+
+
+@pytest.mark.parametrize(("case", "args", "code", "message_part"), [
+    ("milter", ["--user", "policy-milter"], 0, None),
+    ("root", [], 1, "owned by root, not by policy-milter"),  # run as root, it judges for policy-milter
+    ("root", ["--user", "policy-milter", "--group", "postfix"], 1, "owned by root, not by policy-milter"),
+    ("nobody", [], 1, "owned by nobody, not by policy-milter"),
+    ("hidden", [], 1, "cannot read the key file (Permission denied)"),  # policy-milter cannot enter its directory
+    ("root", ["--user", "root"], 0, None),  # a milter run as root without --user
+])
+def test_check_policy_judges_keys_as_the_milter_user_would(tmp_path, reachable, capsys, case, args, code,
+                                                           message_part):
+    owner = {"milter": MILTER, "root": ROOT, "nobody": NOBODY, "hidden": MILTER}[case]
+    keys = reachable / "keys"
+    key_file = milter_key(capsys, keys, owner)
+    if case != "hidden":
+        give(keys, MILTER)
+    policy = policy_with_key(tmp_path, key_file)
+    assert main(["check-policy", *args, str(policy)]) == code
+    captured = capsys.readouterr()
+    if code == 0:
+        assert f"{policy}: OK" in captured.out and captured.err == ""
+        return
+    user = "policy-milter"
+    assert f"{key_file}: " in captured.err and message_part in captured.err
+    assert f"chown {user} {key_file} && chmod 600 {key_file}" in captured.err
+    assert "signing.on_missing_key" in captured.err and "example.org" in captured.err
+
+
+def test_check_policy_user_must_exist(tmp_path, capsys):
+    assert main(["check-policy", "--user", "no-such-user", str(DEFAULT_POLICY)]) == 2
+    assert "--user 'no-such-user': no such user" in capsys.readouterr().err
+
+
+def test_dns_records_judges_keys_against_the_milter_user_not_root(tmp_path, capsys):
+    """dns-records reads the key as root (it only needs the public half), but a key the milter
+    would refuse gets no record: it would publish a key that never signs."""
+    keys = tmp_path / "keys"
+    milter_key(capsys, keys, MILTER)
+    assert keygen(capsys, keys, "example.org", "s2")[0] == 0  # root's
+    root_key = keys / "example.org.s2.key"
+    policy = policy_dir(tmp_path, f"""
+[site]
+domains = ["example.org"]
+
+[signing.keys]
+"example.org" = [{{ selector = "s1", key_file = "{keys / 'example.org.s1.key'}" }},
+                 {{ selector = "s2", key_file = "{root_key}" }}]
+""")
+    assert main(["dns-records", "--policy", str(policy)]) == 1
+    captured = capsys.readouterr()
+    records = zone_of(captured.out)
+    assert "s1._domainkey.example.org." in records and "s2._domainkey.example.org." not in records
+    [comment] = [line for line in captured.out.splitlines() if "s2._domainkey" in line]
+    assert f"{root_key}: owned by root, not by policy-milter" in comment
+    assert f"chown policy-milter {root_key} && chmod 600 {root_key}" in comment
+    assert main(["dns-records", "--user", "root", "--policy", str(policy)]) == 1  # now s1 is the stranger's
+    assert "s1._domainkey.example.org: no record" in capsys.readouterr().out
+
+
 # --- zone-file text --------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("value", "strings"), [
@@ -246,6 +376,8 @@ def site_policy(tmp_path: Path, capsys, extra_keys: str = "") -> tuple[Path, Pat
     keys = tmp_path / "keys"
     assert keygen(capsys, keys, "example.org", "s2026")[0] == 0
     assert keygen(capsys, keys, "example.net", "ed1", "--type", "ed25519")[0] == 0
+    for key_file in keys.iterdir():
+        give(key_file, MILTER)  # as `dkim-keygen` tells the admin: the milter's user owns its keys
     local = f"""
 [site]
 domains = ["example.org", "example.net"]
