@@ -52,32 +52,19 @@ _SAFE = re.compile(r"^[A-Za-z0-9._-]{1,253}$", re.ASCII)
 
 
 class KeyLookup:
-    """dkimpy's TXT lookup hook, on the policy's resolver within the message's budget.
-
-    It remembers whether the last key existed and parsed: dkimpy reports a missing or broken
-    key as a plain verification failure, but RFC 8601 §2.7.1 makes it a permerror.
-    """
+    """dkimpy's TXT lookup hook, on the policy's resolver within the check's budget: one lookup
+    per key name for the message, however many signatures (or ARC instances) name it."""
 
     def __init__(self, resolver: Resolver, budget: Budget | None) -> None:
         self.resolver, self.budget = resolver, budget
-        self.key_error = ""
-        # name -> (record, problem): one lookup per key for the message, however many
-        # signatures (or ARC instances) name it.
-        self._seen: dict[str, tuple[bytes | None, str]] = {}
+        self._seen: dict[str, bytes | None] = {}
 
     def __call__(self, name: bytes | str, timeout: float = 5) -> bytes | None:
         text = (name.decode("ascii", "replace") if isinstance(name, bytes) else name).rstrip(".").lower()
         if text not in self._seen:
             records = self.resolver.txt(text, self.budget)  # DnsError propagates: temperror
-            record = records[0].encode() if records else None
-            problem = ""
-            try:
-                dkimpy.evaluate_pk(text, record)
-            except (dkimpy.DKIMException, ValueError) as error:  # binascii.Error is a ValueError
-                problem = str(error) or "unusable key record"
-            self._seen[text] = (record, problem)
-        record, self.key_error = self._seen[text]
-        return record
+            self._seen[text] = records[0].encode() if records else None
+        return self._seen[text]
 
 
 def _tag(signature: bytes, tag: bytes) -> str:
@@ -116,6 +103,7 @@ class Hashing:
 
     headers: list[tuple[bytes, bytes]]
     body: bytes
+    key_problem: str = ""
     tlsrpt: bool
     seqtlsrpt: bool
     ktag: bytes
@@ -155,7 +143,8 @@ class Hashing:
     def verify_sig(self, sig: dict[bytes, bytes], include_headers: list[bytes], sig_header: tuple[bytes, bytes],
                    dnsfunc: Any) -> bool:
         # As dkimpy's, with each key record parsed once per message (an ARC chain names the
-        # same sealer key twice per set).
+        # same sealer key twice per set). dkimpy reports a missing or broken key as a plain
+        # "does not verify"; `key_problem` keeps why, for RFC 8601 §2.7.1's permerror.
         name = sig[b"s"] + b"._domainkey." + sig[b"d"] + b"."
         record = dnsfunc(name, timeout=getattr(self, "timeout", 5))
         keys: dict[bytes | None, Any] = self.__dict__.setdefault("_keys", {})
@@ -164,8 +153,9 @@ class Hashing:
                 keys[record] = dkimpy.evaluate_pk(name, record)
             except (dkimpy.DKIMException, ValueError) as error:  # binascii.Error is a ValueError
                 keys[record] = error
-        if isinstance(keys[record], Exception):
-            return False  # dkimpy's answer for an unusable key; KeyLookup tells permerror apart
+        self.key_problem = str(keys[record]) or "unusable key record" if isinstance(keys[record], Exception) else ""
+        if self.key_problem:
+            return False
         self.pk, self.keysize, self.ktag, self.seqtlsrpt = keys[record]
         return self.verify_sig_process(sig, include_headers, sig_header, dnsfunc)
 
@@ -262,7 +252,7 @@ def verify_one(verifier: Verifier, value: bytes, index: int, lookup: KeyLookup) 
         return _classify(error)
     if ok:
         return "pass", ""
-    if lookup.key_error:
+    if verifier.key_problem:
         return "permerror", "key record missing or malformed"
     return "fail", "signature did not verify"
 
