@@ -20,6 +20,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from policymilter import readable
 from policymilter.domains import DomainError, ascii_lower, to_ascii
 
 _REGISTRY = email.policy.default.header_factory
@@ -32,6 +33,9 @@ _ADDRESS_LIKE = re.compile(r"[^\s<>\"'()@,;:]+@[^\s<>\"'()@,;:]+\.[^\s<>\"'()@,;
 # Explicit embeddings, overrides and isolates (UAX #9): they reorder what the reader sees.
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _UNFOLD = re.compile(r"\r?\n(?=[ \t])")
+# An 8-bit byte followed by address punctuation that a double-byte charset's trail byte range
+# (0x40-0x7E in Shift_JIS, GBK, Big5) would swallow; "(", "<", '"', "," and ":" lie below it.
+_SWALLOWED = re.compile(rb"[\x80-\xff][@\[\\\]]")
 # Far above anything a mail client writes (RFC 5322 lines stop at 998 characters), far below
 # what makes the stdlib's parsers slow.
 MAX_FROM_LENGTH = 1024
@@ -64,24 +68,36 @@ class BadFrom:
         return False
 
 
-def parse_from(values: Sequence[bytes]) -> Author | BadFrom:
-    """The author from the raw values of every From header (as received, folding included)."""
+def parse_from(values: Sequence[bytes], field: str = "From") -> Author | BadFrom:
+    """The author from the raw values of every From header (as received, folding included).
+
+    `field` names another single-mailbox field read the same way (Sender, Resent-From)."""
     if not values:
-        return BadFrom("the message has no From header", "missing")
+        return BadFrom(f"the message has no {field} header", "missing")
     if len(values) > 1:
-        return BadFrom(f"the message has {len(values)} From headers (RFC 5322 §3.6 allows one)", "several")
+        return BadFrom(f"the message has {len(values)} {field} headers (RFC 5322 §3.6 allows one)", "several")
     raw = values[0]
     if b"\0" in raw:
         # C-string readers (libmilter, many clients) stop at the NUL, others do not.
-        return BadFrom("the From header contains a NUL byte", "nul")
-    text = _UNFOLD.sub("", raw.decode("utf-8", "replace")).strip()
+        return BadFrom(f"the {field} header contains a NUL byte", "nul")
+    try:
+        decoded = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        # Raw 8-bit bytes that are not UTF-8 (RFC 6532): each reader picks its own charset, and
+        # in Shift_JIS, GBK or Big5 a lead byte swallows the next character ("\x81\\" ends a
+        # quoted-pair early), so readers can disagree on where a comment or a name ends.
+        return BadFrom(f"the {field} header has 8-bit characters that are not UTF-8", "8bit")
+    if _SWALLOWED.search(raw):
+        return BadFrom(f"the {field} header has an 8-bit character next to @, [, \\ or ]: in a multi-byte "
+                       "charset a reader would join them", "8bit")
+    text = _UNFOLD.sub("", decoded).strip()
     if not text:
-        return BadFrom("the From header is empty", "missing")
+        return BadFrom(f"the {field} header is empty", "missing")
     if len(text) > MAX_FROM_LENGTH or _nesting(text) > MAX_COMMENT_NESTING:
         # The stdlib's parsers recurse per comment level and slow down on long values: a From
         # no client writes is refused before they see it.
-        return BadFrom(f"the From header is {len(text)} characters long or its comments nest too deeply", "too-long")
-    return _single(text)
+        return BadFrom(f"the {field} header is {len(text)} characters long or its comments nest too deeply", "too-long")
+    return _single(text, field)
 
 
 def _nesting(text: str) -> int:
@@ -95,30 +111,33 @@ def _nesting(text: str) -> int:
     return deepest
 
 
-def _single(text: str) -> Author | BadFrom:
+def _single(text: str, field: str) -> Author | BadFrom:
     try:
         header = _REGISTRY("from", text)
         mailboxes = list(getattr(header, "addresses", ()))
         groups = list(getattr(header, "groups", ()))
         defects = list(getattr(header, "defects", ()))
     except (ValueError, IndexError, TypeError, AttributeError, RecursionError):  # its parser on hostile input
-        return BadFrom("the From header cannot be parsed", "unparsable")
-    lenient = [pair for pair in _getaddresses(text, strict=False) if any(pair)]
-    strict = [pair for pair in _getaddresses(text, strict=True) if any(pair)] if _HAS_STRICT else lenient
+        return BadFrom(f"the {field} header cannot be parsed", "unparsable")
+    try:
+        lenient = [pair for pair in _getaddresses(text, strict=False) if any(pair)]
+        strict = [pair for pair in _getaddresses(text, strict=True) if any(pair)] if _HAS_STRICT else lenient
+    except (ValueError, IndexError, TypeError, RecursionError):  # the lenient one recurses per ":"
+        return BadFrom(f"the {field} header cannot be parsed", "unparsable")
     counts = {len(mailboxes), len(lenient), len(strict)}
     if counts == {0}:
-        return BadFrom("the From header holds no address", "missing")
+        return BadFrom(f"the {field} header holds no address", "missing")
     if max(counts) > 1:
-        return BadFrom("the From header holds several addresses, or parsers disagree on how many", "several")
+        return BadFrom(f"the {field} header holds several addresses, or parsers disagree on how many", "several")
     if counts != {1} or defects or any(group.display_name is not None for group in groups):
-        return BadFrom("the From header is ambiguous: mail clients and parsers read different addresses from it",
+        return BadFrom(f"the {field} header is ambiguous: mail clients and parsers read different addresses from it",
                        "ambiguous")
     mailbox = mailboxes[0]
     spellings = {mailbox.addr_spec, lenient[0][1], strict[0][1]}
     if len(spellings) != 1:
-        return BadFrom("the From header is ambiguous: parsers read different addresses from it", "ambiguous")
+        return BadFrom(f"the {field} header is ambiguous: parsers read different addresses from it", "ambiguous")
     address = spellings.pop()
-    return _author(address, mailbox.display_name or lenient[0][0])
+    return _author(address, mailbox.display_name or lenient[0][0], text, field)
 
 
 def _getaddresses(text: str, *, strict: bool) -> list[tuple[str, str]]:
@@ -127,35 +146,32 @@ def _getaddresses(text: str, *, strict: bool) -> list[tuple[str, str]]:
     return email.utils.getaddresses([text])
 
 
-def _author(address: str, display_name: str) -> Author | BadFrom:
+def _author(address: str, display_name: str, text: str, field: str) -> Author | BadFrom:
     local, at, domain = address.rpartition("@")
     if not at or not local or not domain:
-        return BadFrom(f"the From address {_shown(address)} has no domain", "ambiguous")
+        return BadFrom(f"the {field} address {_shown(address)} has no domain", "ambiguous")
     if "=?" in address or any(not char.isprintable() for char in address):
         # Encoded words are not allowed in an addr-spec (RFC 2047 §5), yet some clients decode
         # them there ("Mailsploit"), showing an address the checks never saw.
-        return BadFrom(f"the From address {_shown(address)} contains encoded or control characters", "ambiguous")
+        return BadFrom(f"the {field} address {_shown(address)} contains encoded or control characters", "ambiguous")
     if domain.startswith("["):
-        return BadFrom("the From address has an address literal, not a domain", "ambiguous")
+        return BadFrom(f"the {field} address has an address literal, not a domain", "ambiguous")
     try:
         ascii_domain = to_ascii(domain, exact=True)
     except DomainError as error:
-        return BadFrom(f"the From domain is not usable: {error}", "domain")
-    shown = _visible(display_name)
-    if any(char in _BIDI_CONTROLS or unicodedata.category(char) == "Cc" for char in display_name):
-        return BadFrom("the From display name contains direction overrides or control characters", "ambiguous")
+        return BadFrom(f"the {field} domain is not usable: {error}", "domain")
+    shown = readable.visible(text)
+    seen = display_name + readable.decode_anywhere(text)
+    if any(char in _BIDI_CONTROLS or (unicodedata.category(char) == "Cc" and char != "\t") for char in seen):
+        return BadFrom(f"the {field} header contains direction overrides or control characters", "ambiguous")
     normalised = f"{local}@{ascii_domain}".lower()
+    # The whole value, as a reader shows it: display name, comments (Thunderbird shows them
+    # as part of the name), encoded words wherever they are.
     for found in _ADDRESS_LIKE.findall(shown):
         if _comparable(found) != normalised:
-            return BadFrom(f"the From display name shows another address ({_shown(found)}) than the one it "
+            return BadFrom(f"the {field} header shows another address ({_shown(found)}) than the one it "
                            f"has ({_shown(address)})", "display-address")
     return Author(f"{local}@{ascii_domain}", local, ascii_domain, display_name)
-
-
-def _visible(text: str) -> str:
-    """What a reader sees: compatibility forms folded, invisible format characters gone."""
-    folded = unicodedata.normalize("NFKC", text)
-    return "".join(char for char in folded if unicodedata.category(char) != "Cf")
 
 
 def _comparable(address: str) -> str:

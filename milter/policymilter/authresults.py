@@ -13,6 +13,7 @@ from typing import Any
 
 import authres
 
+from policymilter import readable
 from policymilter.facts import Session
 from policymilter.message import Message
 from policymilter.outcome import AddHeader, RemoveHeader
@@ -27,6 +28,8 @@ _ID_TOKEN = re.compile(r'[^\s;()"\\]+')
 # header always parses and stays ASCII.
 _PROPERTY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+=:/-]{0,252}", re.ASCII)
 _COMMENT_UNSAFE = re.compile(r'[^ -~]|[()\\"]', re.ASCII)
+# Longer than any Authentication-Results a real server writes: not worth reading closely.
+MAX_PARSED_LENGTH = 8192
 
 
 def claims(value: str, authserv_id: str) -> bool:
@@ -39,9 +42,13 @@ def claims(value: str, authserv_id: str) -> bool:
     megabyte of headers costs microseconds, not a parse each.
     """
     ours = authserv_id.lower().rstrip(".")
-    unescaped = value.lower().replace("\\", "")  # quoted-pairs: mail\.example\.org is mail.example.org
+    # quoted-pairs (mail\.example\.org) and encoded words (=?us-ascii?q?mail.example.org?=),
+    # which Python's email package and mail clients decode here too
+    unescaped = readable.visible(value).lower().replace("\\", "")
     if ours not in unescaped:
         return False
+    if len(unescaped) > MAX_PARSED_LENGTH:
+        return True  # our id somewhere in a value no server of ours writes: gone, unparsed
     # The id, its version and comments come before the first ";" — unless a comment holds one,
     # which is why the RFC reading below skips comments properly.
     head = unescaped.split(";", 1)[0]

@@ -12,7 +12,7 @@ import dkim
 # has it (absent ones once), so a copy of a signed message with another Subject, To or From
 # prepended no longer verifies (RFC 6376 §8.15) — verifiers pick instances from the bottom, and
 # mail clients show the top one.
-SIGNED_HEADERS = (b"from", b"reply-to", b"subject", b"date", b"message-id", b"to", b"cc", b"in-reply-to",
+SIGNED_HEADERS = (b"from", b"sender", b"reply-to", b"subject", b"date", b"message-id", b"to", b"cc", b"in-reply-to",
                   b"references", b"mime-version", b"content-type", b"content-transfer-encoding")
 
 

@@ -111,6 +111,9 @@ def _drop_set(raw: bytes, instance: int, name: bytes) -> bytes:
         (lambda raw: b"ARC-Seal: a=rsa-sha256; cv=pass; d=list.test; s=arc; b=AAAA\r\n" + raw, "i="),
         (lambda raw: b"ARC-Seal: i=0; cv=none; d=list.test; s=arc; b=AAAA\r\n" + raw, "outside"),
         (lambda raw: raw.replace(b"ARC-Seal: i=3;", b"ARC-Seal: i=3;\r\nARC-Seal: i=3;", 1), "twice"),
+        # review: blank continuation lines made dkimpy's b= regex quadratic
+        (lambda raw: raw.replace(b"ARC-Message-Signature: i=3;", b"ARC-Message-Signature: i=3;" + b"\r\n " * 4000,
+                                 1), "over 8192 bytes"),
     ],
 )
 def test_broken_structure_fails_before_any_signature_is_checked(mangle, reason):

@@ -68,6 +68,14 @@ ROWS = [
     Row('"service@bank\u200b.example" <attacker@evil.example>', None, "display-address"),  # zero-width
     Row('"service\uff20bank.example" <attacker@evil.example>', None, "display-address"),  # full-width @
     Row("attacker@evil.example (service@bank.example)", None, "display-address"),  # in a comment
+    # review: Thunderbird shows comments as part of the name and decodes encoded words anywhere
+    Row("Bank Security (service@bank.example) <a@evil.example>", None, "display-address"),
+    Row("Bank <a@evil.example> (service@bank.example)", None, "display-address"),
+    Row("Bank (<service@bank.example>) <a@evil.example>", None, "display-address"),
+    Row("a@evil.example (=?utf-8?b?c2VydmljZUBiYW5rLmV4YW1wbGU=?=)", None, "display-address"),
+    Row("Bank=?utf-8?b?c2VydmljZUBiYW5rLmV4YW1wbGU=?= <a@evil.example>", None, "display-address"),
+    Row(":" * 1000, None, "unparsable"),  # the lenient parser recurses once per colon
+    Row("Bank <service@bank.example>" + ":" * 990, None, "unparsable"),
     Row("service\uff20bank.example <attacker@evil.example>", None, "ambiguous"),
     # several authors, groups, nothing at all
     Row("a@x.example, b@y.example", None, "several"),
@@ -106,6 +114,24 @@ def test_parse_from(row):
 def test_several_from_headers_and_none_are_bad():
     assert parse_from([]) == BadFrom("the message has no From header", "missing")
     assert parse_from([b"a@x.example", b"a@x.example"]).detail == "several"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"Bank (\x81\\) <service@bank.example> ) <a@evil.example>",  # Shift_JIS: 0x81 swallows the backslash
+        "Bank (\u3041\\) <service@bank.example> ) <a@evil.example>".encode(),  # valid UTF-8 ending in 0x81
+        b"J\xf6rg <jorg@example.de>",  # Latin-1: which charset is it?
+        "x\u3041@example.de".encode(),  # an 8-bit byte the next @ would join
+    ],
+)
+def test_8bit_bytes_readers_may_decode_differently_are_a_bad_from(raw):
+    assert parse_from([raw]).detail == "8bit"
+
+
+def test_utf8_display_names_are_fine():
+    assert parse_from(["Jörg Müller <jorg@example.de>".encode()]) == Author("jorg@example.de", "jorg", "example.de",
+                                                                           "Jörg Müller")
 
 
 def test_a_nul_is_a_bad_from():

@@ -8,14 +8,18 @@ and rsa-sha1 (RFC 8301), are "policy", never "pass".
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import dkim
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from policymilter.checks.dkim import Dkim, verify
+from policymilter.checks.dkim import Dkim, verify, without_b_value
 from policymilter.dns import Budget
 from policymilter.facts import Envelope, Session
 from policymilter.listeners import door_by_name
@@ -142,3 +146,52 @@ def _policy():
     from policymilter.policy import load_policy
 
     return load_policy(DEFAULT_POLICY, OFFLINE).policy
+
+
+# --- review: dkimpy's own header hashing was quadratic on hostile signatures -----------------
+
+_BODY = b"hello\r\n"
+_BH = base64.b64encode(hashlib.sha256(_BODY).digest()).decode()
+
+
+def _forged_signature(**tags: str) -> bytes:
+    """A signature with a correct bh= (anyone can compute it) and a key of the attacker's own."""
+    fields = {"v": "1", "a": "rsa-sha256", "c": "relaxed/relaxed", "d": "other.test", "s": "o1", "h": "from:subject",
+              "bh": _BH, "b": "AAAA", **tags}
+    value = "; ".join(f"{name}={text}" for name, text in fields.items())
+    return (f"DKIM-Signature: {value}\r\nFrom: a@other.test\r\nTo: b@example.test\r\nSubject: hi\r\n\r\n").encode() \
+        + _BODY
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _forged_signature(b="AAAA" + "\r\n " * 2600),  # blank continuation lines after b= (RE_BTAG)
+        _forged_signature(h=":".join(["from"] + [f"n{i}" for i in range(600)]))  # absent names ...
+        .replace(b"Subject: hi\r\n", b"Subject: hi\r\n" + b"".join(b"X%d: y\r\n" % i for i in range(6000))),
+    ],
+    ids=["blank-lines-after-b", "h-absent-names-times-fields"],
+)
+def test_hostile_signatures_cost_milliseconds(raw):
+    started = time.process_time()
+    [signature] = verify(Message.from_bytes(raw), zone(), None, 5)
+    assert time.process_time() - started < 0.5  # seconds with dkimpy's hash_headers
+    assert signature.result == "fail"
+
+
+def test_an_oversized_signature_is_not_even_parsed():
+    [signature] = verify(Message.from_bytes(_forged_signature(b="AAAA" + "\r\n " * 4000)), zone(), None, 5)
+    assert signature.result == "permerror" and "over 8192 bytes" in signature.reason
+
+
+_WS = st.sampled_from([" ", "\t", "\r\n ", "\n\t", "\r\n", "\n", "  "])
+_TAG_TEXT = st.lists(st.one_of(_WS, st.sampled_from(["b", "=", ";", "bh", "a", "Z", "+", "/", "0", "x", "h"])),
+                     max_size=30).map("".join)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.one_of(_TAG_TEXT, st.sampled_from(["; b=", " b =", ";b\r\n =", "b=AB+/=", " b="])),
+                max_size=8).map("".join))
+def test_emptying_b_matches_dkimpy_exactly(value):
+    data = value.encode()
+    assert without_b_value(data) == dkim.RE_BTAG.sub(b"\\1", data)

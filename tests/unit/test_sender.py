@@ -119,3 +119,26 @@ def test_a_pattern_with_an_unknown_placeholder_is_a_policy_error():
 def test_signing_key_domains_are_spelled_like_site_domains():
     snapshot = load_snapshot(DEFAULT_POLICY, ['signing.keys={"Example.ORG." = [{selector = "s1", key_file = "/x"}]}'])
     assert list(snapshot.policy.signing.keys) == ["example.org"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "verdict"),
+    [
+        ("Sender: ceo@example.org", "reject"),  # Outlook: "ceo@example.org on behalf of alice@..."
+        ("Resent-From: ceo@example.org", "reject"),
+        ("Sender: alice@example.org <ceo@example.org>", "reject"),  # ambiguous there too
+        ("Sender: Alice <alice@example.org>", "accept"),
+        ("Resent-From: alice.smith@example.org", "accept"),  # an alias the map grants
+    ],
+)
+def test_sender_and_resent_fields_are_the_logins_own_too(tmp_path, extra, verdict):
+    map_file = tmp_path / "senders"
+    map_file.write_text(MAP)
+    snapshot = load_snapshot(DEFAULT_POLICY, [*OFFLINE, 'site.domains=["example.org"]',
+                                              f'sender.map_file="{map_file}"'])
+    session = Session(conn_id="t", client_ip="192.0.2.9", daemon_name="submission", daemon_port=587,
+                      auth_login="alice", auth_mech="PLAIN", tls_version="TLSv1.3")
+    raw = f"From: alice@example.org\n{extra}\nTo: x@elsewhere.test\nSubject: s\n\nbody\n".encode()
+    result = explain(snapshot, session, door_by_name(snapshot.policy, "submission"), raw, "alice@example.org",
+                     ["x@elsewhere.test"])
+    assert result["verdict"] == verdict

@@ -58,7 +58,7 @@ def test_the_signed_message_verifies(tmp_path):
 @pytest.mark.parametrize("added", [b"Subject: URGENT: new bank account\r\n", b"To: victim@elsewhere.test\r\n",
                                    b"From: ceo@example.org\r\n", b"Reply-To: attacker@evil.example\r\n",
                                    b"Date: Wed, 02 Dec 2026 09:00:00 +0000\r\n", b"Cc: more@elsewhere.test\r\n",
-                                   b"Content-Type: text/html\r\n"])
+                                   b"Content-Type: text/html\r\n", b"Sender: ceo@example.org\r\n"])
 def test_a_replayed_copy_with_a_header_added_on_top_does_not_verify(tmp_path, added):
     message, zone = sign(tmp_path)
     signature_end = message.index(b"\r\nFrom:") + 2

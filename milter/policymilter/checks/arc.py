@@ -13,7 +13,7 @@ import authres
 import authres.arc
 import dkim as dkimpy
 
-from policymilter.checks.dkim import _QUIET, Hashing, KeyLookup
+from policymilter.checks.dkim import _QUIET, MAX_SIGNATURE_LENGTH, Hashing, KeyLookup
 from policymilter.dns import DnsError
 from policymilter.message import Message
 from policymilter.outcome import CheckResult, Outcome
@@ -72,6 +72,8 @@ def _structure_error(message: Message) -> str:
             continue
         if len(counts) > 3 * MAX_SETS:
             return f"more than {MAX_SETS} ARC sets (RFC 8617 §4.2.1)"
+        if len(header.value) > MAX_SIGNATURE_LENGTH:
+            return f"{header.name} over {MAX_SIGNATURE_LENGTH} bytes"
         found = _INSTANCE.search(b"".join(header.value.split()))
         if found is None:
             return f"{header.name} without a valid i= tag"

@@ -8,11 +8,12 @@ message. A mismatch is refused naming the address and the login (or only logged)
 from __future__ import annotations
 
 from policymilter import sendermap
-from policymilter.author import BadFrom
+from policymilter.author import BadFrom, parse_from
 from policymilter.outcome import CheckResult, Disposition, Outcome, SmtpReply, reply_safe
 from policymilter.pipeline import CheckContext, Stage
 
 NAME = "sender"
+OTHER_AUTHOR_FIELDS = ("Sender", "Resent-From", "Resent-Sender")
 
 
 def _judge(context: CheckContext, addresses: list[str], what: str) -> CheckResult:
@@ -54,7 +55,18 @@ class SenderFrom:
         written_by = context.message.author()
         if isinstance(written_by, BadFrom):
             return _bad_from(context, written_by)
-        return _judge(context, [written_by.address], "From")
+        claimed = [written_by.address]
+        # Outlook shows Sender as "SENDER on behalf of FROM", and Resent-* as who forwarded it:
+        # addresses a login may put there are its own too (RFC 5322 §3.6.2, §3.6.6).
+        for field in OTHER_AUTHOR_FIELDS:
+            values = [h.value for h in context.message.headers if h.name.strip().lower() == field.lower()]
+            if not values:
+                continue
+            found = parse_from(values, field)
+            if isinstance(found, BadFrom):
+                return _bad_from(context, found)
+            claimed.append(found.address)
+        return _judge(context, claimed, "From")
 
 
 def _bad_from(context: CheckContext, bad: BadFrom) -> CheckResult:
