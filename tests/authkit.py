@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,14 +77,17 @@ def _sealer_without_instance_limit() -> Callable[..., list[bytes]]:
     return types.FunctionType(patched, dkim.ARC.sign.__globals__, "sign", dkim.ARC.sign.__defaults__)
 
 
-def arc_chain(message: bytes, key: DkimKey, authserv_id: str, sets: int) -> bytes:
-    """`sets` valid ARC sets by one sealer whose A-R always said dkim and dmarc passed."""
+def arc_chain(message: bytes, key: DkimKey, authserv_id: str, sets: int, vouched: str | None = None) -> bytes:
+    """`sets` valid ARC sets by one sealer whose A-R always said dkim and dmarc passed, for the
+    message's From domain (or for `vouched`)."""
     sign = _sealer_without_instance_limit()
     message = message.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    author = vouched or re.search(rb"^From:[^\r]*@([A-Za-z0-9.-]+)", message, re.M).group(1).decode()  # type: ignore[union-attr]
     for instance in range(1, sets + 1):
         arc = "" if instance == 1 else "arc=pass; "
         hop = f"hop{instance}.{authserv_id}"  # each hop reads only its own A-R header
-        message = f"Authentication-Results: {hop}; {arc}dkim=pass; dmarc=pass\r\n".encode() + message
+        message = f"Authentication-Results: {hop}; {arc}dkim=pass; dmarc=pass header.from={author}\r\n".encode() \
+            + message
         headers = sign(dkim.ARC(message), key.selector.encode(), key.domain.encode(), key.private,
                        hop.encode(), include_headers=SIGNED_HEADERS)
         message = b"".join(headers) + message

@@ -131,7 +131,8 @@ def test_simple_canonicalization_and_raw_header_layout_survive_postfix(stack):
 def test_mail_forwarded_by_a_trusted_list_passes_through_postfix(stack):
     original = authkit.sign(authkit.message("a@pass.test", RCPT, "list post"), KEYS["rsa"])
     forwarded = authkit.arc_seal(original.replace(b"Subject: list post", b"Subject: [list] list post"),
-                                 KEYS["list"], "mx.list.test", "dkim=pass header.d=pass.test; dmarc=pass")
+                                 KEYS["list"], "mx.list.test",
+                                 "dkim=pass header.d=pass.test; dmarc=pass header.from=pass.test")
     code, _ = send(stack, "bounces@list.test", forwarded)
     assert code == 250
     values = delivered_headers(stack, RCPT, "[list] list post").get_all("Authentication-Results")

@@ -148,7 +148,7 @@ def test_trusted_arc_sealer_overrides_a_dmarc_failure(dns_server):
     original = authkit.sign(authkit.message("a@pass.test", "list@list.test"), KEYS["rsa"])
     # The list rewrites the subject (breaking DKIM) and seals what it saw.
     forwarded = authkit.arc_seal(original.replace(b"Subject: test", b"Subject: [list] test"), KEYS["list"],
-                                 "mx.list.test", "dkim=pass header.d=pass.test; dmarc=pass")
+                                 "mx.list.test", "dkim=pass header.d=pass.test; dmarc=pass header.from=pass.test")
     report = run(dns_server, forwarded, "bounces@list.test")
     assert check(report, "arc")["outcome"] == "pass"
     assert check(report, "dmarc")["outcome"] == "fail"

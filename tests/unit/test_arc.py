@@ -88,6 +88,18 @@ def test_a_long_chain_cannot_override_dmarc():
         assert dmarc.outcome is Outcome.FAIL and dmarc.disposition is disposition, (sets, dmarc)
 
 
+def test_a_sealer_vouches_only_for_the_author_domain_it_evaluated():
+    """The sealer's AAR says dmarc=pass for evil.test; the From we see is bank.test's."""
+    raw = authkit.arc_chain(authkit.message("ceo@bank.test", "bob@example.test", "wire money"), SEALER,
+                            "mx.list.test", 2, vouched="evil.test")
+    ctx = context(raw)
+    arc = Arc().run(ctx)
+    assert arc.outcome is Outcome.PASS and not arc.facts.sealer_saw_dmarc_pass
+    dmarc = Dmarc().run(CheckContext(ctx.policy, ctx.door, ctx.session, ctx.envelope, ctx.message, ctx.resolver,
+                                     ctx.budget, (arc,)))
+    assert dmarc.disposition is Disposition.REJECT
+
+
 def _drop_set(raw: bytes, instance: int, name: bytes) -> bytes:
     lines = raw.split(b"\r\n")
     out, skipping = [], False

@@ -13,8 +13,10 @@ import authres
 import authres.arc
 import dkim as dkimpy
 
+from policymilter.author import Author
 from policymilter.checks.dkim import _QUIET, MAX_SIGNATURE_LENGTH, Hashing, KeyLookup
 from policymilter.dns import DnsError
+from policymilter.domains import normalize
 from policymilter.message import Message
 from policymilter.outcome import CheckResult, Outcome
 from policymilter.pipeline import CheckContext, Stage
@@ -33,7 +35,13 @@ class Chain:
 
 
 def _sealer_saw_dmarc_pass(message: Message, instance: int) -> bool:
-    """RFC 8617 §4.1.1: the AAR of instance i carries the sealer's own authentication results."""
+    """RFC 8617 §4.1.1: the AAR of instance i carries the sealer's own authentication results.
+
+    It vouches for the author domain it evaluated (header.from): a pass for another domain (a
+    From changed after sealing, where the seal did not cover it) vouches for nothing here."""
+    written_by = message.author()
+    if not isinstance(written_by, Author):
+        return False
     for value in message.header_values("ARC-Authentication-Results"):
         tag, _, rest = value.partition(";")
         if tag.replace(" ", "").lower() != f"i={instance}":
@@ -44,7 +52,10 @@ def _sealer_saw_dmarc_pass(message: Message, instance: int) -> bool:
             parsed = authres.AuthenticationResultsHeader.parse_value(rest.strip())
         except authres.AuthResError:
             return False
-        return any(result.method == "dmarc" and result.result == "pass" for result in parsed.results)
+        return any(result.method == "dmarc" and result.result == "pass"
+                   and written_by.domain in {normalize(str(p.value)) for p in result.properties
+                                             if p.type == "header" and p.name == "from"}
+                   for result in parsed.results)
     return False
 
 
