@@ -39,9 +39,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / 100
 
 
-def milter_child(pid: int) -> int:
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return int(children[0]) if children else pid
+def milter_child(pid: int, timeout: float = 20.0) -> int:
+    """The libmilter child of the supervisor. The socket is bound (and connectable) before the
+    policy is loaded as the milter user and the child forked, so wait for it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        if children:
+            return int(children[0])
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"milter {pid} forked no libmilter child within {timeout} s")
+        time.sleep(0.05)
 
 
 def rss_mib(pid: int) -> float:
