@@ -10,8 +10,8 @@ full-width "＠" is "@") and drop the invisible format characters that can split
 from __future__ import annotations
 
 import email.errors
-import functools
 import email.header
+import functools
 import re
 import sys
 import unicodedata
