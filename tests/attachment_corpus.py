@@ -687,3 +687,44 @@ def zip_pair_with_odd_last_end_record() -> bytes:
     second = bytearray(zip_of({"a.txt": b"x"}))
     struct.pack_into("<H", second, len(second) - 22 + 8, 2)
     return zip_of({"evil.exe": b"x"}) + bytes(second)
+
+
+# --- review 2: TNEF properties of the wrong type, titles in the OEM code page, OLE objects ---------
+
+IID_ISTORAGE = b"\x0b\x00\x00\x00\x00\x00\x00\x00\xc0\x00\x00\x00\x00\x00\x00\x46"  # MS-OXTNEF §2.1.3.4.1
+
+
+def mapi_long(ident: int, value: int) -> bytes:
+    """One PtypInteger32 (0x0003) property."""
+    return struct.pack("<HHI", 0x0003, ident, value)
+
+
+def mapi_binary(ident: int, data: bytes, kind: int = 0x0102) -> bytes:
+    """One PtypBinary (0x0102) or PtypObject (0x000D) property: count 1, length, data padded to 4."""
+    return struct.pack("<HHII", kind, ident, 1, len(data)) + data + bytes(-len(data) % 4)
+
+
+def tnef_with_properties(*properties: bytes, title: bytes | None = b"DATA.BIN", data: bytes | None = b"data",
+                         code_page: int = 1252) -> bytes:
+    """A winmail.dat with one attachment: an 8.3 title written as the bytes given (MS-OXTNEF
+    says: in the OEM code page) unless None, attAttachData unless `data` is None, and an attAttachment
+    attribute carrying `properties`."""
+    out = struct.pack("<IH", 0x223E9F78, 0x0101)
+    out += _tnef_attribute(1, 0x9006, 0x0008, struct.pack("<I", 0x00010000))
+    out += _tnef_attribute(1, 0x9007, 0x0006, struct.pack("<II", code_page, 0))
+    out += _tnef_attribute(1, 0x8008, 0x0007, b"IPM.Microsoft Mail.Note\0")
+    out += _tnef_attribute(2, 0x9002, 0x0006, struct.pack("<HIHHI", 1, 0xFFFFFFFF, 0, 0, 0))
+    if title is not None:
+        out += _tnef_attribute(2, 0x8010, 0x0001, title + b"\0")
+    if data is not None:
+        out += _tnef_attribute(2, 0x800F, 0x0006, data)
+    if properties:
+        out += _tnef_attribute(2, 0x9005, 0x0006, struct.pack("<I", len(properties)) + b"".join(properties))
+    return out
+
+
+def tnef_ole_object(title: str, storage: bytes, iid: bytes = IID_ISTORAGE) -> bytes:
+    """An attachment by OLE (PidTagAttachMethod 6): PidTagAttachDataObject holds the IStorage
+    interface id, then the compound file."""
+    return tnef_with_properties(mapi_long(0x3705, 6), _mapi_unicode(0x3707, title),
+                                mapi_binary(0x3701, iid + storage, kind=0x000D), title=title.encode(), data=None)

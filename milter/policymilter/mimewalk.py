@@ -382,9 +382,7 @@ def filenames(headers: email.message.Message) -> tuple[str, ...]:
             # Raw 8-bit bytes arrive as surrogate escapes: read them as UTF-8 (RFC 6532).
             for param, raw in header_params(_from_surrogates(value)):
                 if param in ("filename", "name"):
-                    name = decode_name(raw)
-                    if name and name not in names:
-                        names.append(name)
+                    names += [name for name in decode_name(raw) if name and name not in names]
     return tuple(names)
 
 
@@ -393,7 +391,7 @@ def boundary_of(headers: email.message.Message) -> str | None:
     values = _raw_values(headers, "content-type")
     for param, raw in header_params(values[0]) if values else ():
         if param == "boundary":
-            return email.utils.collapse_rfc2231_value(raw).rstrip()
+            return _collapse(raw)[0].rstrip()
     return None
 
 
@@ -439,17 +437,33 @@ def header_params(value: str) -> list[Param]:
              else email.utils.unquote(text)) for name, text in decoded]
 
 
-def decode_name(raw: str | tuple[str, str, str]) -> str:
-    """A parameter value as text: RFC 2231 §3-4 (continuations, charset) then RFC 2047.
+def decode_name(raw: str | tuple[str | None, str | None, str]) -> list[str]:
+    """A parameter value as text: RFC 2231 §3-4 (continuations, charset) then RFC 2047; every
+    reading when readers may differ (a charset that cannot decode it).
 
     `email.utils.decode_params` has already joined RFC 2231 continuations; collapsing applies
     the charset. RFC 2047 §5 forbids encoded-words inside a quoted parameter, but Outlook and
     others write `name="=?utf-8?b?...?="`, and MUAs show it decoded, so we decode it too.
     """
-    text = _from_surrogates(email.utils.collapse_rfc2231_value(raw))
-    if "=?" in text and "?=" in text:
-        text = decode_words(text)
-    return text
+    texts = [_from_surrogates(text) for text in _collapse(raw)]
+    return [decode_words(text) if "=?" in text and "?=" in text else text for text in texts]
+
+
+def _collapse(raw: str | tuple[str | None, str | None, str]) -> list[str]:
+    """email.utils.collapse_rfc2231_value, without its UnicodeError: codecs Python has but
+    cannot decode with ("undefined", "idna" with replacement, "punycode" on 8-bit bytes) raise
+    it. Such a value is read both the way the stdlib reads an unknown charset (bytes as
+    Latin-1) and as UTF-8."""
+    if not isinstance(raw, tuple):
+        return [email.utils.unquote(raw)]
+    charset, _, text = raw
+    data = text.encode("raw-unicode-escape")
+    try:
+        return [data.decode(charset or "us-ascii", "replace")]
+    except LookupError:  # unknown, or not a text encoding: the stdlib's fallback
+        return [email.utils.unquote(text)]
+    except ValueError:  # UnicodeError and its kin
+        return list(dict.fromkeys((email.utils.unquote(text), data.decode("utf-8", "replace"))))
 
 
 def decode_words(text: str) -> str:

@@ -61,6 +61,12 @@ TNEF_COPY_BUDGET_FACTOR = 64
 TNEF_COPY_BUDGET_FLOOR = 64 * 1024 * 1024
 _NAME_PROPERTIES = (mapi.MAPI_ATTACH_LONG_FILENAME, mapi.MAPI_ATTACH_FILENAME, mapi.MAPI_DISPLAY_NAME,
                     mapi.MAPI_ATTACH_EXTENSION, mapi.MAPI_ATTACH_PATHNAME, mapi.MAPI_ATTACH_LONG_PATHNAME)
+# The attachment properties tnefparse uses as text or bytes (TNEFAttachment.add_attr: the data
+# object's .startswith, the file and display names' .strip), with the types that give it those:
+# any other type hands it an int or a float, and it raises AttributeError.
+_TYPED_PROPERTIES = {mapi.MAPI_ATTACH_DATA_OBJ: (0x0000, 0x000D, 0x0102),
+                     mapi.MAPI_ATTACH_FILENAME: (0x0000, 0x000D, 0x001E, 0x001F, 0x0102),
+                     mapi.MAPI_DISPLAY_NAME: (0x0000, 0x000D, 0x001E, 0x001F, 0x0102)}
 
 
 class Unsafe(Exception):
@@ -80,12 +86,33 @@ def tnef_attachments(tnef: TNEF) -> Iterator[Attachment]:
 
 
 def _tnef_names(attachment: TNEFAttachment) -> tuple[str, ...]:
-    names = [attachment.name, attachment.long_filename()]
+    # The title (attAttachTitle, or the PidTagAttachFilename / PidTagDisplayName that replaces
+    # it) as tnefparse keeps it, raw: its `name` decodes bytes as strict UTF-8, where Outlook
+    # writes them in the OEM code page (attOemCodepage, MS-OXTNEF §2.1.3.3.12).
+    names = _title_readings(getattr(attachment, "_name", b""), attachment.codepage)
     for attribute in attachment.mapi_attrs:
         if attribute.name in _NAME_PROPERTIES and attribute.attr_type in (0x001E, 0x001F):
             text = attribute.data
             names.append("x" + text if attribute.name == mapi.MAPI_ATTACH_EXTENSION else text)
     return tuple(dict.fromkeys(name for name in names if isinstance(name, str) and name))
+
+
+# What a title in bytes may be read as besides the OEM code page: Windows' ANSI page, UTF-8.
+_TITLE_CODE_PAGES = ("cp1252", "utf-8")
+
+
+def _title_readings(raw: object, code_page: str | None) -> list[str]:
+    if isinstance(raw, str):
+        return [raw.strip("\0")]
+    if not isinstance(raw, bytes):
+        return []
+    readings = []
+    for candidate in dict.fromkeys(page for page in (code_page, *_TITLE_CODE_PAGES) if page):
+        try:
+            readings.append(raw.decode(candidate).strip("\0"))
+        except (LookupError, UnicodeDecodeError):  # a code page Python has not; bytes it does not map
+            continue
+    return readings or [raw.decode("utf-8", "replace").strip("\0")]
 
 
 def parse_tnef(data: bytes, max_depth: int) -> TNEF:
@@ -123,13 +150,13 @@ def check_tnef(data: bytes, levels: int) -> None:
         elif level == 2 and not attachment_started:
             raise Unsafe("TNEF attachment attribute before any attachment")
         if ident in (_ATT_MAPI_PROPS, _ATT_ATTACHMENT):
-            _check_properties(body, 0, levels)
+            _check_properties(body, 0, levels, attachment=ident == _ATT_ATTACHMENT)
         elif ident == _ATT_RECIPIENTS:
             rows, offset = _u32(body, 0), 4
             if rows > len(body) // 4:
                 raise Unsafe("TNEF recipient table longer than its attribute")
             for _ in range(rows):
-                offset = _check_properties(body, offset, levels)
+                offset = _check_properties(body, offset, levels, attachment=False)
         pos += min(len(data) - pos, length + 11)
     if cost > max(TNEF_COPY_BUDGET_FACTOR * len(data), TNEF_COPY_BUDGET_FLOOR):
         raise Unsafe("TNEF with too many attributes to parse")
@@ -141,7 +168,7 @@ def _u32(data: bytes, offset: int) -> int:
     return int(struct.unpack_from("<I", data, offset)[0])
 
 
-def _check_properties(data: bytes, offset: int, levels: int) -> int:
+def _check_properties(data: bytes, offset: int, levels: int, attachment: bool) -> int:
     """Walk one property list as tnefparse's decode_mapi does; where it ends."""
     count, offset = _u32(data, offset), offset + 4
     if count > (len(data) - offset) // 4:
@@ -162,6 +189,8 @@ def _check_properties(data: bytes, offset: int, levels: int) -> int:
             multi, offset = _u32(data, offset), offset + 4
             if multi > len(data) - offset:
                 raise Unsafe("TNEF multi-valued property larger than its data")
+        if attachment and ident in _TYPED_PROPERTIES and kind not in _TYPED_PROPERTIES[ident]:
+            raise Unsafe(f"TNEF attachment property {ident:#06x} of type {kind:#06x}")
         rounds = multi or 1
         if kind in _FIXED_SIZES:
             size = _FIXED_SIZES[kind]

@@ -376,6 +376,19 @@ BLOCKED = [
         ['Content-Type: application/octet-stream; name="a.txt"', "Content-Transfer-Encoding: x-uuencode"],
         corpus.uuencode(b"hi", "a.txt") + corpus.uuencode(corpus.pe(), "b.txt"))), Rule.UNINSPECTABLE, "a.txt",
         "more than one block"),
+    # --- review 2 -------------------------------------------------------------------------------
+    # E1: charsets Python knows but cannot decode with (the stdlib's collapse raises UnicodeError)
+    *(Case(f"rfc2231-charset-{charset}", lambda charset=charset: with_attachment(
+        _rfc2231(f"attachment; filename*={charset}''evil%2Eexe%80")), Rule.EXTENSION, "evil.exe")
+      for charset in ("undefined", "idna", "punycode")),
+    # E2: name and data properties of an integer type (tnefparse raised AttributeError)
+    *(Case(f"tnef-{label}-as-integer", lambda ident=ident: with_attachment(corpus.tnef_part(
+        corpus.tnef_with_properties(corpus.mapi_long(ident, 7), title=None))), Rule.UNINSPECTABLE, "winmail.dat",
+        "TNEF")
+      for label, ident in (("data-object", 0x3701), ("filename", 0x3704), ("display-name", 0x3001))),
+    # FP3's other side: a title in the OEM code page is read in it
+    Case("tnef-cp1252-title-js", lambda: with_attachment(corpus.tnef_part(corpus.tnef_with_properties(
+        title="résumé.js".encode("cp1252")))), Rule.EXTENSION, "r?sum?.js", ".js"),
 ]
 
 CLEAN = [
@@ -442,6 +455,14 @@ CLEAN = [
     Case("msg-benign", lambda: with_attachment(attachment(corpus.outlook_msg(("notes.txt", b"hello")), "mail.msg")),
          None),
     Case("doc-without-macros", lambda: with_attachment(attachment(corpus.ole_plain_doc(), "letter.doc")), None),
+    # --- review 2 -------------------------------------------------------------------------------
+    Case("rfc2231-charset-undefined-pdf", lambda: with_attachment(
+        _rfc2231("attachment; filename*=undefined''report.pdf")), None),
+    Case("tnef-filename-as-string", lambda: with_attachment(corpus.tnef_part(corpus.tnef_with_properties(
+        corpus.mapi_binary(0x3704, b"REPORT.PDF\0", kind=0x001E)))), None),
+    # FP3: tnefparse decoded titles as strict UTF-8 and refused the whole winmail.dat
+    Case("tnef-cp1252-title-pdf", lambda: with_attachment(corpus.tnef_part(corpus.tnef_with_properties(
+        corpus._mapi_unicode(0x3707, "Fähre.pdf"), title="Fähre.pdf".encode("cp1252"), data=corpus.pdf()))), None),
 ]
 
 
@@ -610,7 +631,10 @@ def test_policy_may_list_other_kinds_by_filetype_name():
 # decoded by MUAs (and us), not by the stdlib; get_filename() reads only the first of two
 # Content-Disposition fields, we read both.
 NOT_COMPARABLE = {"message-partial", "mime-nested-1000-levels", "rfc822-nested-200-levels", "rfc822-base64",
-                  "two-dispositions-top-level"}
+                  "two-dispositions-top-level",
+                  # get_filename() raises UnicodeError for these charsets
+                  "rfc2231-charset-undefined", "rfc2231-charset-idna", "rfc2231-charset-punycode",
+                  "rfc2231-charset-undefined-pdf"}
 
 
 @pytest.mark.parametrize("case", [c for c in BLOCKED + CLEAN
