@@ -496,7 +496,9 @@ def udf_nsr(offset: int = 0x9001) -> bytes:
 
 ONENOTE = b"\xe4\x52\x5c\x7b\x8c\xd8\xa7\x4d\xae\xb1\x53\x78\xd0\x29\x96\xd3" + bytes(1024)
 CAB = b"MSCF\0\0\0\0" + struct.pack("<I", 100) + bytes(88)
-SQUASHFS = b"hsqs" + bytes(1024)
+# squashfs 4.0 superblock: magic, inodes, mkfs time, block size 128 KiB, fragments, gzip (1),
+# block_log 17, flags, ids, version 4.0
+SQUASHFS = b"hsqs" + struct.pack("<IIIIHHHHHH", 1, 0, 1 << 17, 0, 1, 17, 0, 1, 4, 0) + bytes(1024)
 XAR = b"xar!\x00\x1c\x00\x01" + bytes(64)
 CPIO = b"070701" + b"0" * 104
 ARJ = b"\x60\xea" + struct.pack("<H", 40) + bytes([30]) + bytes(60)
@@ -728,3 +730,15 @@ def tnef_ole_object(title: str, storage: bytes, iid: bytes = IID_ISTORAGE) -> by
     interface id, then the compound file."""
     return tnef_with_properties(mapi_long(0x3705, 6), _mapi_unicode(0x3707, title),
                                 mapi_binary(0x3701, iid + storage, kind=0x000D), title=title.encode(), data=None)
+
+
+def cab(files: int = 1) -> bytes:
+    """A CAB header as makecab writes it (MS-CAB 2.1 CFHEADER): reserved fields zero, sizes that
+    fit, version 1.3, one folder, `files` files."""
+    size = 36 + 8 + 16 * files
+    return (b"MSCF" + struct.pack("<IIIIIBBHHHHH", 0, size, 0, 44, 0, 3, 1, 1, files, 0, 0x1234, 0)
+            + bytes(size - 36))
+
+
+# An ACE main header: CRC, header size, type 0 (main), flags, then "**ACE**" at 7.
+ACE = b"\x12\x34" + struct.pack("<HBH", 31, 0, 0) + b"**ACE**" + bytes(40)

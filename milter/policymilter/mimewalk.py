@@ -78,6 +78,9 @@ class Entity:
     # Why readers may see this entity differently from us (a MIME header given twice, an
     # unknown transfer encoding...): each one makes the entity uninspectable.
     problems: tuple[str, ...] = ()
+    # Whether a recipient would save it as a file (it has a name, a type other than text, or
+    # asks to be an attachment), rather than read it as the message's text.
+    saved: bool = True
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,8 @@ def walk(header: bytes, body: bytes, max_depth: int, max_parts: int) -> Iterator
                 names += tuple(dict.fromkeys(name for name in blocks if name not in names))
                 if len(blocks) > 1:
                     problems += ("uuencoded part with more than one block",)
-            yield Entity(span.number, span.depth, content_type, names, _decode(headers, span), problems)
+            saved = bool(names) or not content_type.startswith("text/") or _disposition(headers) == "attachment"
+            yield Entity(span.number, span.depth, content_type, names, _decode(headers, span), problems, saved)
             continue
         yield Entity(span.number, span.depth, content_type, names, None, problems)
         if span.depth + 1 > max_depth:
@@ -298,6 +302,11 @@ def header_problems(headers: email.message.Message) -> tuple[str, ...]:
     if encoding not in _KNOWN_ENCODINGS:
         problems.append(f"unknown Content-Transfer-Encoding {encoding!r}")
     return tuple(problems)
+
+
+def _disposition(headers: email.message.Message) -> str:
+    values = _raw_values(headers, "content-disposition")
+    return values[0].partition(";")[0].strip().lower() if values else ""
 
 
 def transfer_encoding(headers: email.message.Message) -> str:
@@ -842,7 +851,7 @@ class _Walker:
                     yield Unreadable(name, path, "", "message/partial fragment")
                 continue
             yield File(entity.names, path, "", entity.body)
-            yield from self.inside(entity.names, entity.body, entity.depth, path, name)
+            yield from self.inside(entity.names, entity.body, entity.depth, path, name, at_start=entity.saved)
             if entity.content_type in _BINHEX_TYPES:
                 yield Unreadable(name, path, "", "BinHex-encoded file (not decoded)")
             if entity.content_type.startswith("text/"):
@@ -864,11 +873,13 @@ class _Walker:
             yield File((name,), block_path, attachment, data)
             yield from self.inside((name,), data, depth + 1, block_path, attachment)
 
-    def inside(self, names: tuple[str, ...], data: Body, depth: int, path: str, attachment: str) -> Iterator[Item]:
+    def inside(self, names: tuple[str, ...], data: Body, depth: int, path: str, attachment: str,
+               at_start: bool = True) -> Iterator[Item]:
         """What a file held whole in memory contains, by the signatures of every format we know,
-        wherever each format puts its own (containers.py)."""
+        wherever each format puts its own (containers.py). Text read as the message's text
+        (`at_start` False) is no file to a recipient: what its first bytes look like is moot."""
         head = bytes(data[:SNIFF_BYTES])
-        kind = container_of(head)
+        kind = container_of(head) if at_start else None
         name = names[0] if names else ""
         if kind is None or kind == OLE:
             # Not a format whose reading accounts for all its bytes: look for the others.

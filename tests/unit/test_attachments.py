@@ -68,6 +68,17 @@ def _forwarded(times: int) -> bytes:
     return raw
 
 
+# Text that begins with (or holds) a short archive signature: "**ACE**" anywhere, "MSCF", cpio's
+# "070707", squashfs' "sqsh", "LZIP", ar's "!<arch>".
+_ARCHIVE_LOOKALIKES = (
+    ("ace-in-body", "Hi team,\n\nThe **ACE** rollout is scheduled for Monday.\n\nThanks\n"),
+    ("cpio-digits", "0707071234 - please call me back\n"),
+    ("mscf", "MSCF program: admissions list attached below\n"),
+    ("sqsh", "sqsh -S prod -U sa\n"),
+    ("lzip", "LZIP notes\n"),
+    ("ar", "!<arch> is the ar magic\n"),
+)
+
 BLOCKED = [
     # names
     Case("plain-exe", lambda: with_attachment(attachment(b"hello", "setup.exe")), Rule.EXTENSION, "setup.exe", ".exe"),
@@ -387,6 +398,13 @@ BLOCKED = [
         "TNEF")
       for label, ident in (("data-object", 0x3701), ("filename", 0x3704), ("display-name", 0x3001))),
     # FP3's other side: a title in the OEM code page is read in it
+    Case("cab-at-start", lambda: with_attachment(attachment(corpus.cab(), "data.bin")), Rule.UNINSPECTABLE,
+         "data.bin", "cab archive"),
+    Case("ace-at-start", lambda: with_attachment(attachment(corpus.ACE, "data.bin")), Rule.UNINSPECTABLE,
+         "data.bin", "ace archive"),
+    Case("cpio-odc-named-txt", lambda: with_attachment(attachment(b"070707" + b"0" * 70 + b"a\0", "notes.txt",
+                                                                  content_type="text/plain")),
+         Rule.UNINSPECTABLE, "notes.txt", "cpio archive"),
     Case("tnef-cp1252-title-js", lambda: with_attachment(corpus.tnef_part(corpus.tnef_with_properties(
         title="résumé.js".encode("cp1252")))), Rule.EXTENSION, "r?sum?.js", ".js"),
 ]
@@ -456,6 +474,16 @@ CLEAN = [
          None),
     Case("doc-without-macros", lambda: with_attachment(attachment(corpus.ole_plain_doc(), "letter.doc")), None),
     # --- review 2 -------------------------------------------------------------------------------
+    # FP1/FP2: text that starts like an archive, or mentions one's signature
+    *(Case(f"text-{label}", lambda body=body: corpus.message(text(body)), None)
+      for label, body in _ARCHIVE_LOOKALIKES),
+    *(Case(f"named-text-{label}", lambda body=body: with_attachment(
+        attachment(body.encode(), "notes.txt", content_type="text/plain")), None)
+      for label, body in _ARCHIVE_LOOKALIKES),
+    Case("csv-starting-mscf", lambda: with_attachment(attachment(
+        b"MSCF,Name,Score\n1,Alice,90\n", "scores.csv", content_type="text/csv")), None),
+    Case("markdown-with-ace", lambda: with_attachment(attachment(
+        b"# Notes\n\n**ACE** project kickoff\n", "notes.md", content_type="text/markdown")), None),
     Case("rfc2231-charset-undefined-pdf", lambda: with_attachment(
         _rfc2231("attachment; filename*=undefined''report.pdf")), None),
     Case("tnef-filename-as-string", lambda: with_attachment(corpus.tnef_part(corpus.tnef_with_properties(
