@@ -742,3 +742,14 @@ def cab(files: int = 1) -> bytes:
 
 # An ACE main header: CRC, header size, type 0 (main), flags, then "**ACE**" at 7.
 ACE = b"\x12\x34" + struct.pack("<HBH", 31, 0, 0) + b"**ACE**" + bytes(40)
+
+
+# --- review 2: MIME structure --------------------------------------------------------------------
+
+
+def many_header_fields(parts: int, fields: int, folded: bool = False) -> bytes:
+    """A multipart/mixed of `parts` parts, each with `fields` header fields ("X:a"), or with one
+    field folded over `fields` continuation lines."""
+    block = b"X-H: a\r\n" + b" \r\n" * fields if folded else b"X:a\r\n" * fields
+    body = b"".join(b"--xx\r\n" + block + b"\r\nbody\r\n" for _ in range(parts))
+    return message(Part(['Content-Type: multipart/mixed; boundary="xx"'], body + b"--xx--\r\n"))

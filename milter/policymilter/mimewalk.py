@@ -93,39 +93,76 @@ class Overflow:
 
 @dataclass(frozen=True)
 class _Span:
-    headers: email.message.Message
-    buf: bytes
+    """An entity not parsed yet: where its header block and its body are."""
+
+    head_buf: bytes  # holds the header block (the body's buffer, or the top-level header)
+    head_start: int
+    head_end: int
+    buf: bytes  # holds the body
     start: int
     end: int
     depth: int
     number: str
     problems: tuple[str, ...] = ()
+    default_type: str = "text/plain"
+    oversized: bool = False  # header block over MAX_PART_HEADER: not parsed
+
+
+class Headers:
+    """An entity's header fields, parsed once (the stdlib's compat32 reading) and indexed by
+    lower-case name: raw values (8-bit bytes as surrogate escapes), unfolded (RFC 5322 §2.2.3)."""
+
+    def __init__(self, message: email.message.Message) -> None:
+        self.message = message
+        # raw_items(): compat32's get() turns 8-bit bytes into U+FFFD.
+        self.values: dict[str, list[str]] = {}
+        for key, value in message.raw_items():
+            self.values.setdefault(key.lower(), []).append(_UNFOLD.sub("", str(value)))
+
+    def get(self, field: str) -> list[str]:
+        return self.values.get(field, [])
 
 
 def walk(header: bytes, body: bytes, max_depth: int, max_parts: int) -> Iterator[Entity | Overflow]:
     """Every entity of the message in document order, leaves decoded one at a time.
 
     `header` is the top-level header block, `body` the body (CRLF or LF line ends). Entities
-    deeper than `max_depth` are not visited; after `max_parts` entities the walk stops.
+    deeper than `max_depth` are not visited; after `max_parts` entities the walk stops. A part's
+    header block is parsed when the walk reaches it, and only within the limits: at most
+    MAX_PART_FIELDS fields in a part, MAX_HEADER_LINES lines in all.
     """
     # Postfix and lenient readers take "Content-Type : x" as a header; the stdlib parser would
     # end the header block there and lose the fields after it. Read it the lenient way.
     header = _OBSOLETE_FIELD_LINE.sub(rb"\1\2:", header)
-    stack = [_Span(_parse_headers(header), body, 0, len(body), 0, "")]
-    seen = 0
+    stack = [_Span(header, 0, len(header), body, 0, len(body), 0, "")]
+    seen, lines_left = 0, MAX_HEADER_LINES
     while stack:
         span = stack.pop()
         seen += 1
         if seen > max_parts:
             yield Overflow(span.number, f"more than {max_parts} MIME parts")
             return
-        headers = span.headers
-        content_type = headers.get_content_type()
+        if span.oversized:
+            yield Overflow(span.number, f"part headers over {MAX_PART_HEADER} bytes")
+            continue
+        block = bytes(span.head_buf[span.head_start:span.head_end])
+        lines, fields = _count_lines(block)
+        lines_left -= lines
+        if lines_left < 0:
+            yield Overflow(span.number, f"more than {MAX_HEADER_LINES} header lines in the message")
+            return
+        if fields > MAX_PART_FIELDS:
+            yield Overflow(span.number, f"more than {MAX_PART_FIELDS} header fields in a part")
+            continue
+        parsed = _parse_headers(block)
+        parsed.set_default_type(span.default_type)
+        headers = Headers(parsed)
+        content_type = parsed.get_content_type()
         names = filenames(headers)
         problems = span.problems + header_problems(headers)
         encoding = transfer_encoding(headers)
         children: list[_Span] = []
-        if headers.get_content_maintype() == "multipart":
+        if parsed.get_content_maintype() == "multipart":
             if encoding not in _IDENTITY_ENCODINGS:
                 # RFC 2045 §6.4: never encoded. Clients differ (some decode, most do not): we
                 # read it as written and call it uninspectable.
@@ -154,15 +191,22 @@ def walk(header: bytes, body: bytes, max_depth: int, max_parts: int) -> Iterator
         if span.depth + 1 > max_depth:
             yield Overflow(span.number, f"MIME nested deeper than {max_depth} levels")
             continue
-        for child in reversed(children):
-            if isinstance(child.headers, _Oversized):
-                yield Overflow(child.number, f"part headers over {MAX_PART_HEADER} bytes")
-                continue
-            stack.append(child)
+        stack.extend(reversed(children))
 
 
-class _Oversized(email.message.Message):
-    """Stands in for a header block too large to parse."""
+# Limits on header blocks: bytes in one (Postfix's own header_size_limit is 100 KiB per
+# header), fields in one, lines in the whole message. A legitimate part has a dozen fields, a
+# forwarded message a few hundred lines.
+MAX_PART_FIELDS = 1000
+MAX_HEADER_LINES = 50_000
+
+
+def _count_lines(block: bytes) -> tuple[int, int]:
+    """Lines and fields (lines that do not continue a folded one) in a header block, counted
+    in C: lines end at CRLF, LF or a lone CR, as the stdlib parser splits them."""
+    lines = block.count(b"\n") + block.count(b"\r") - block.count(b"\r\n")
+    folded = sum(block.count(ending + blank) for ending in (b"\n", b"\r") for blank in (b" ", b"\t"))
+    return lines, lines - folded
 
 
 def _parse_headers(block: bytes) -> email.message.Message:
@@ -170,29 +214,32 @@ def _parse_headers(block: bytes) -> email.message.Message:
     return parser.parsebytes(block)
 
 
-def _split_head(buf: bytes, start: int, end: int) -> tuple[email.message.Message, int, tuple[str, ...]]:
-    """Parse an entity's header block; return it, where the body starts and any problem.
+# A run of header lines as the stdlib feedparser recognises them (RFC 5322 §2.2 field name
+# and colon, a "From " envelope line, a continuation line), each with its line end; possessive,
+# so the engine never backtracks into a line (a field name cannot contain ":").
+_HEADER_LINES = re.compile(rb"(?:(?:From |[\x21-\x39\x3b-\x7e]*+:|[\t ])[^\r\n]*+(?:\r\n|\r|\n))*+")
+_NON_HEADER_LINE = "a line that is not a header field in a part's header block"
+
+
+def _split_head(buf: bytes, start: int, end: int) -> tuple[int, int, tuple[str, ...]] | None:
+    """Where an entity's header block ends, where its body starts and any problem; None when
+    the block is larger than MAX_PART_HEADER. One regex match, in C.
 
     Like the stdlib feedparser: lines end at CRLF, LF or a lone CR; headers end at the first
-    empty line, or at the first line that is not a header (which then starts the body).
+    empty line, or at the first line that is not a header (which then starts the body). Readers
+    that read headers up to the empty line whatever comes before it (Thunderbird) take the rest
+    as headers: such a line makes the entity uninspectable.
     """
-    pos, problems = start, ()
-    while pos < end:
-        if buf[pos] in (0x0A, 0x0D):  # an empty line
-            body = pos + (2 if buf.startswith(b"\r\n", pos, end) else 1)
-            break
-        if not _HEADER_LINE.match(buf, pos, end):
-            if _OBSOLETE_FIELD.match(buf, pos, end):
-                problems = (_OBSOLETE_FIELD_MESSAGE,)
-            body = pos
-            break
-        line_end = _LINE_END.search(buf, pos, end)
-        pos = end if line_end is None else line_end.end()
-        if pos - start > MAX_PART_HEADER:
-            return _Oversized(), end, ()
-    else:
-        body = end
-    return _parse_headers(buf[start:pos]), body, problems
+    pos = _HEADER_LINES.match(buf, start, end).end()  # type: ignore[union-attr]  # matches the empty run too
+    if pos - start > MAX_PART_HEADER:
+        return None
+    if pos >= end:
+        return end, end, ()
+    if buf[pos] in (0x0A, 0x0D):  # the empty line
+        return pos, pos + (2 if buf.startswith(b"\r\n", pos, end) else 1), ()
+    if _HEADER_LINE.match(buf, pos, end) and _LINE_END.search(buf, pos, end) is None:
+        return (end, end, ()) if end - start <= MAX_PART_HEADER else None  # the last line, unterminated
+    return pos, pos, (_OBSOLETE_FIELD_MESSAGE if _OBSOLETE_FIELD.match(buf, pos, end) else _NON_HEADER_LINE,)
 
 
 # RFC 5322 §4.5.3 obs-optional: white space between a field name and its colon. The stdlib (and
@@ -203,19 +250,26 @@ _OBSOLETE_FIELD_MESSAGE = "header field with white space before its colon"
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
-def _multipart_children(span: _Span, headers: email.message.Message, limit: int) -> list[_Span]:
+def _span(buf: bytes, start: int, end: int, depth: int, number: str, default_type: str = "text/plain",
+          problems: tuple[str, ...] = ()) -> _Span:
+    """The entity in buf[start:end], its header block located but not parsed."""
+    split = _split_head(buf, start, end)
+    if split is None:
+        return _Span(buf, start, start, buf, end, end, depth, number, oversized=True)
+    head_end, body, found = split
+    return _Span(buf, start, head_end, buf, body, end, depth, number, problems + found, default_type)
+
+
+def _multipart_children(span: _Span, headers: Headers, limit: int) -> list[_Span]:
     boundary = boundary_of(headers)
     if boundary is None:
         return []
     parts = split_multipart(span.buf, span.start, span.end, boundary.encode("utf-8", "surrogateescape"), limit + 1)
-    default = "message/rfc822" if headers.get_content_subtype() == "digest" else "text/plain"  # RFC 2046 §5.1.5
-    children = []
+    # RFC 2046 §5.1.5
+    default = "message/rfc822" if headers.message.get_content_subtype() == "digest" else "text/plain"
     prefix = f"{span.number}." if span.number else ""
-    for index, (start, end) in enumerate(parts, 1):
-        child_headers, body, problems = _split_head(span.buf, start, end)
-        child_headers.set_default_type(default)
-        children.append(_Span(child_headers, span.buf, body, end, span.depth + 1, f"{prefix}{index}", problems))
-    return children
+    return [_span(span.buf, start, end, span.depth + 1, f"{prefix}{index}", default)
+            for index, (start, end) in enumerate(parts, 1)]
 
 
 def split_multipart(buf: bytes, start: int, end: int, boundary: bytes, limit: int = 10_000) -> list[tuple[int, int]]:
@@ -262,15 +316,14 @@ def _before_line_break(buf: bytes, start: int, delimiter: int) -> int:
     return delimiter
 
 
-def _enclosed_message(span: _Span, headers: email.message.Message) -> _Span:
+def _enclosed_message(span: _Span, headers: Headers) -> _Span:
     # RFC 2046 §5.2.1 allows only 7bit/8bit/binary here; some senders base64 it anyway, and
     # MUAs decode it, so we do too.
     buf, start, end = span.buf, span.start, span.end
     if transfer_encoding(headers) in ("base64", "quoted-printable"):
         decoded = bytes(_decode(headers, span))
         buf, start, end = decoded, 0, len(decoded)
-    inner, body, problems = _split_head(buf, start, end)
-    return _Span(inner, buf, body, end, span.depth + 1, span.number or "1", problems)
+    return _span(buf, start, end, span.depth + 1, span.number or "1")
 
 
 # RFC 2045 §6.1 mechanisms, and the uuencode names clients accept (Content-Transfer-Encoding
@@ -284,17 +337,17 @@ _SINGLE_FIELDS = ("Content-Type", "Content-Transfer-Encoding", "Content-Disposit
 _COMMENT_TOKEN = re.compile(r"\\.|[()]", re.DOTALL)
 
 
-def header_problems(headers: email.message.Message) -> tuple[str, ...]:
+def header_problems(headers: Headers) -> tuple[str, ...]:
     """Why readers may disagree about an entity's MIME header fields."""
     problems = []
     for field in _SINGLE_FIELDS:
-        values = _raw_values(headers, field.lower())
+        values = headers.get(field.lower())
         if len(values) > 1:
             problems.append(f"{field} given twice")
         if any("\0" in value for value in values):
             # C-string readers stop at the NUL, others read on.
             problems.append(f"NUL byte in the {field} header")
-    for value in _raw_values(headers, "content-type")[:1]:
+    for value in headers.get("content-type")[:1]:
         params = [param for param, _ in header_params(value)]
         if params.count("boundary") > 1:  # which one splits the body depends on the reader
             problems.append("Content-Type boundary given twice")
@@ -304,15 +357,15 @@ def header_problems(headers: email.message.Message) -> tuple[str, ...]:
     return tuple(problems)
 
 
-def _disposition(headers: email.message.Message) -> str:
-    values = _raw_values(headers, "content-disposition")
+def _disposition(headers: Headers) -> str:
+    values = headers.get("content-disposition")
     return values[0].partition(";")[0].strip().lower() if values else ""
 
 
-def transfer_encoding(headers: email.message.Message) -> str:
+def transfer_encoding(headers: Headers) -> str:
     """The (first) Content-Transfer-Encoding as lenient clients read it: RFC 5322 §3.2.2
     comments dropped, quotes dropped, anything after ";" ignored, white space and case too."""
-    values = _raw_values(headers, "content-transfer-encoding")
+    values = headers.get("content-transfer-encoding")
     if not values:
         return ""
     value, kept, depth, start = values[0], [], 0, 0
@@ -329,7 +382,7 @@ def transfer_encoding(headers: email.message.Message) -> str:
     return "".join(kept).replace('"', "").partition(";")[0].strip().lower()
 
 
-def _decode(headers: email.message.Message, span: _Span) -> Body:
+def _decode(headers: Headers, span: _Span) -> Body:
     """The entity body with its Content-Transfer-Encoding undone (RFC 2045 §6)."""
     view = memoryview(span.buf)[span.start:span.end]
     match transfer_encoding(headers):
@@ -379,7 +432,7 @@ _B64_SEGMENT = re.compile(rb"[^=]+")
 # --- file names ------------------------------------------------------------------------------
 
 
-def filenames(headers: email.message.Message) -> tuple[str, ...]:
+def filenames(headers: Headers) -> tuple[str, ...]:
     """Every file name a part gives itself, decoded, in header order, without duplicates.
 
     Both Content-Disposition `filename` (RFC 2183) and Content-Type `name` (RFC 2046, legacy),
@@ -387,7 +440,7 @@ def filenames(headers: email.message.Message) -> tuple[str, ...]:
     """
     names: list[str] = []
     for field in ("content-disposition", "content-type"):  # the order the stdlib's get_filename() prefers
-        for value in _raw_values(headers, field):
+        for value in headers.get(field):
             # Raw 8-bit bytes arrive as surrogate escapes: read them as UTF-8 (RFC 6532).
             for param, raw in header_params(_from_surrogates(value)):
                 if param in ("filename", "name"):
@@ -395,18 +448,13 @@ def filenames(headers: email.message.Message) -> tuple[str, ...]:
     return tuple(names)
 
 
-def boundary_of(headers: email.message.Message) -> str | None:
+def boundary_of(headers: Headers) -> str | None:
     """The boundary parameter of the (first) Content-Type, as get_boundary() reads it."""
-    values = _raw_values(headers, "content-type")
+    values = headers.get("content-type")
     for param, raw in header_params(values[0]) if values else ():
         if param == "boundary":
             return _collapse(raw)[0].rstrip()
     return None
-
-
-def _raw_values(headers: email.message.Message, field: str) -> list[str]:
-    # raw_items(): compat32's get() turns 8-bit bytes into U+FFFD; unfold (RFC 5322 §2.2.3).
-    return [_UNFOLD.sub("", str(value)) for key, value in headers.raw_items() if key.lower() == field]
 
 
 _UNFOLD = re.compile(r"\r?\n(?=[ \t])")

@@ -405,6 +405,11 @@ BLOCKED = [
     Case("cpio-odc-named-txt", lambda: with_attachment(attachment(b"070707" + b"0" * 70 + b"a\0", "notes.txt",
                                                                   content_type="text/plain")),
          Rule.UNINSPECTABLE, "notes.txt", "cpio archive"),
+    # 8: the stdlib ends a part's headers at a line that is no header; Thunderbird reads on to
+    # the empty line
+    Case("non-header-line-in-part-header", lambda: with_attachment(corpus.raw_part(
+        ["X", 'Content-Type: application/octet-stream; name="a.exe"', "Content-Transfer-Encoding: base64"],
+        corpus._base64(corpus.pe()))), Rule.UNINSPECTABLE, "", "not a header field"),
     Case("tnef-cp1252-title-js", lambda: with_attachment(corpus.tnef_part(corpus.tnef_with_properties(
         title="résumé.js".encode("cp1252")))), Rule.EXTENSION, "r?sum?.js", ".js"),
 ]
@@ -758,6 +763,38 @@ def test_pathological_input_is_cheap(build, default_policy):
     result = run(raw, default_policy)
     print(f"\n{len(raw)} bytes: {result.log_value} in {(time.perf_counter() - started) * 1000:.0f} ms")
     assert result.outcome in (Outcome.BLOCKED, Outcome.CLEAN)
+
+
+# --- review 2: hostile input is refused before the work, in well under a second -----------------
+
+CHEAP = 1.0  # seconds of CPU: generous (each measured in tens of milliseconds)
+
+
+def _timed(raw: bytes, policy: Policy) -> tuple[CheckResult, float]:
+    started = time.process_time()
+    result = run(raw, policy)
+    return result, time.process_time() - started
+
+
+@pytest.mark.parametrize(("build", "detail"), [
+    # C3: 500 parts of 2000 header fields each (5 MB), parsed up front and rescanned per field
+    pytest.param(lambda: corpus.many_header_fields(500, 2000), "more than 1000 header fields", id="2000-fields-x500"),
+    pytest.param(lambda: corpus.many_header_fields(500, 3333, folded=True), "header lines",
+                 id="3333-folded-lines-x500"),
+])
+def test_hostile_structure_is_uninspectable_and_cheap(build, detail, default_policy):
+    result, elapsed = _timed(build(), default_policy)
+    print(f"\n{result.reason[:100]} in {elapsed * 1000:.0f} ms CPU")
+    assert (result.outcome, result.detail) == (Outcome.BLOCKED, "uninspectable"), result.reason
+    assert detail in result.reason
+    assert elapsed < CHEAP
+
+
+def test_many_header_fields_within_the_limits_are_clean(default_policy):
+    raw = corpus.many_header_fields(20, 200)
+    result, elapsed = _timed(raw, default_policy)
+    assert result.outcome is Outcome.CLEAN and not result.facts.findings, result.reason
+    assert elapsed < CHEAP
 
 
 @pytest.mark.parametrize("kind", ["property-count", "multi-valued-shorts", "attribute-flood", "deep-nesting"])
