@@ -276,9 +276,17 @@ def text(body: str | bytes, subtype: str = "plain") -> Part:
 
 
 def multipart(*parts: Part, subtype: str = "mixed", boundary: str = "=_boundary") -> Part:
+    """A multipart entity; like a real generator, it picks a boundary its parts do not contain
+    (a forwarded message built here keeps its own "=_boundary": this one becomes "=_boundary1")."""
+    rendered = [part.render() for part in parts]
+    chosen, suffix = boundary, 0
+    while any(f"--{chosen}".encode() in data for data in rendered):
+        suffix += 1
+        chosen = f"{boundary}{suffix}"
+    boundary = chosen
     body = b"This is a multi-part message in MIME format.\r\n"
-    for part in parts:
-        body += f"\r\n--{boundary}\r\n".encode() + part.render()
+    for data in rendered:
+        body += f"\r\n--{boundary}\r\n".encode() + data
     body += f"\r\n--{boundary}--\r\n".encode()
     return Part([f'Content-Type: multipart/{subtype}; boundary="{boundary}"'], body)
 
@@ -753,3 +761,33 @@ def many_header_fields(parts: int, fields: int, folded: bool = False) -> bytes:
     block = b"X-H: a\r\n" + b" \r\n" * fields if folded else b"X:a\r\n" * fields
     body = b"".join(b"--xx\r\n" + block + b"\r\nbody\r\n" for _ in range(parts))
     return message(Part(['Content-Type: multipart/mixed; boundary="xx"'], body + b"--xx--\r\n"))
+
+
+def pe_attachment_lines(name: str = "a.exe") -> bytes:
+    """The header block and base64 body of a PE attachment, as raw lines (CRLF)."""
+    return (f'Content-Type: application/octet-stream; name="{name}"\r\n'.encode()
+            + b"Content-Transfer-Encoding: base64\r\n\r\n" + _base64(pe()))
+
+
+def nested_same_boundary(outer: str = "a", inner: str = "a", hidden: bytes | None = None) -> bytes:
+    """A multipart/mixed whose first part is a multipart/mixed with boundary `inner`. Read
+    parent first (the stdlib, and us), the inner part ends at the second "--a" and the
+    attachment after the inner close delimiter is epilogue; read child first (Thunderbird),
+    it is the outer multipart's second part."""
+    hidden = pe_attachment_lines() if hidden is None else hidden
+    body = (f'--{outer}\r\nContent-Type: multipart/mixed; boundary="{inner}"\r\n\r\n'
+            f"--{inner}\r\nContent-Type: text/plain\r\n\r\nhi\r\n--{inner}--\r\n"
+            f"--{outer}\r\n").encode() + hidden + f"--{outer}--\r\n".encode()
+    return message(Part([f'Content-Type: multipart/mixed; boundary="{outer}"'], body))
+
+
+def delimited(trailer: bytes, hidden: bytes | None = None, boundary: str = "xx") -> bytes:
+    """A multipart/mixed whose delimiter lines all end in `trailer` before the line break."""
+    hidden = pe_attachment_lines("invoice.exe") if hidden is None else hidden
+    line = b"--" + boundary.encode()
+    body = (line + trailer + b"\r\nContent-Type: text/plain\r\n\r\nInvoice attached.\r\n" + line + trailer + b"\r\n"
+            + hidden + line + b"--" + trailer + b"\r\n")
+    return message(Part([f'Content-Type: multipart/mixed; boundary="{boundary}"'], body))
+
+
+TEXT_PART_LINES = b"Content-Type: text/plain\r\n\r\nnothing to see\r\n"

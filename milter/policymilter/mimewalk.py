@@ -106,6 +106,7 @@ class _Span:
     problems: tuple[str, ...] = ()
     default_type: str = "text/plain"
     oversized: bool = False  # header block over MAX_PART_HEADER: not parsed
+    boundaries: tuple[str, ...] = ()  # of the multiparts it is nested in, up to a message/*
 
 
 class Headers:
@@ -167,7 +168,8 @@ def walk(header: bytes, body: bytes, max_depth: int, max_parts: int) -> Iterator
                 # RFC 2045 §6.4: never encoded. Clients differ (some decode, most do not): we
                 # read it as written and call it uninspectable.
                 problems += (f"multipart with Content-Transfer-Encoding {encoding}",)
-            children = _multipart_children(span, headers, max_parts)
+            children, found = _multipart_children(span, headers, max_parts)
+            problems += found
             if not children:
                 # RFC 2046 §5.1.1 structure missing (no boundary parameter or no delimiter
                 # line): like the stdlib, the body is plain text.
@@ -251,29 +253,60 @@ _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 def _span(buf: bytes, start: int, end: int, depth: int, number: str, default_type: str = "text/plain",
-          problems: tuple[str, ...] = ()) -> _Span:
+          boundaries: tuple[str, ...] = ()) -> _Span:
     """The entity in buf[start:end], its header block located but not parsed."""
     split = _split_head(buf, start, end)
     if split is None:
         return _Span(buf, start, start, buf, end, end, depth, number, oversized=True)
     head_end, body, found = split
-    return _Span(buf, start, head_end, buf, body, end, depth, number, problems + found, default_type)
+    return _Span(buf, start, head_end, buf, body, end, depth, number, found, default_type, boundaries=boundaries)
 
 
-def _multipart_children(span: _Span, headers: Headers, limit: int) -> list[_Span]:
-    boundary = boundary_of(headers)
-    if boundary is None:
-        return []
-    parts = split_multipart(span.buf, span.start, span.end, boundary.encode("utf-8", "surrogateescape"), limit + 1)
+def _multipart_children(span: _Span, headers: Headers, limit: int) -> tuple[list[_Span], tuple[str, ...]]:
+    """The body parts of a multipart entity, and why readers may split it differently."""
+    raw = boundary_of(headers, strip=False)
+    if raw is None:
+        return [], ()
+    boundary = raw.rstrip()
+    problems = ()
+    if boundary != raw:
+        # RFC 2046 §5.1.1 bcharsnospace: the stdlib strips it, Thunderbird compares with it.
+        problems += ("multipart boundary ends in white space",)
+    if any(_boundaries_collide(boundary, outer) for outer in span.boundaries):
+        problems += ("nested multipart boundary that its parent's delimiter lines also match",)
+    split = split_multipart(span.buf, span.start, span.end, boundary.encode("utf-8", "surrogateescape"), limit + 1)
+    if not split.delimiters:
+        problems += ("multipart body with no delimiter line",)
+    if split.lenient:
+        problems += ("multipart delimiter line ending in a form feed or vertical tab",)
     # RFC 2046 §5.1.5
     default = "message/rfc822" if headers.message.get_content_subtype() == "digest" else "text/plain"
     prefix = f"{span.number}." if span.number else ""
-    return [_span(span.buf, start, end, span.depth + 1, f"{prefix}{index}", default)
-            for index, (start, end) in enumerate(parts, 1)]
+    boundaries = (*span.boundaries, boundary)
+    return [_span(span.buf, start, end, span.depth + 1, f"{prefix}{index}", default, boundaries=boundaries)
+            for index, (start, end) in enumerate(split.parts, 1)], problems
 
 
-def split_multipart(buf: bytes, start: int, end: int, boundary: bytes, limit: int = 10_000) -> list[tuple[int, int]]:
-    """Body parts of a multipart body as (start, end) offsets; [] when there is no delimiter.
+def _boundaries_collide(inner: str, outer: str) -> bool:
+    """Whether one line can delimit both a multipart and one nested in it: "--a--" closes "a"
+    and separates "a--". The stdlib (and this walk) gives such a line to the outer multipart,
+    Thunderbird to the inner one while it is open (mimemult.cpp: the last child is asked
+    first). Across a message/* the outer wins for both, so only multiparts nested directly
+    count (`_Span.boundaries` starts afresh inside an enclosed message)."""
+    return inner in (outer, outer + "--") or outer == inner + "--"
+
+
+@dataclass(frozen=True)
+class Split:
+    parts: list[tuple[int, int]]  # (start, end) of each body part
+    delimiters: int  # delimiter lines found
+    # A delimiter line ends in a form feed or vertical tab: Thunderbird strips every trailing
+    # C isspace() character and takes it (so do we); the stdlib does not.
+    lenient: bool
+
+
+def split_multipart(buf: bytes, start: int, end: int, boundary: bytes, limit: int = 10_000) -> Split:
+    """Body parts of a multipart body as (start, end) offsets; none when there is no delimiter.
 
     RFC 2046 §5.1.1: a delimiter is a line "--" boundary, then "--" for the close delimiter,
     optional white space, then the line end; the line break before it belongs to it. As in
@@ -282,16 +315,17 @@ def split_multipart(buf: bytes, start: int, end: int, boundary: bytes, limit: in
     were more asks for one more than it accepts).
     """
     marker = b"--" + re.escape(boundary)
-    tail = rb"(--)?[ \t]*(?:\r\n|\r|\n|\Z)"
+    tail = rb"(--)?([ \t\f\v]*)(?:\r\n|\r|\n|\Z)"
     # The pattern starts with fixed text so the engine scans for it in C; the line-start test
     # comes after, as a lookbehind (a leading one defeats the scan: 0.5 s for a 25 MB part).
     anywhere = re.compile(marker + rb"(?<=[\r\n]" + marker + rb")" + tail)
     lines: list[tuple[int, int]] = []  # (delimiter line start, first byte after its line end)
     match = re.compile(marker + tail).match(buf, start, end)  # no preamble: the body starts with one
-    closed = False
+    closed = lenient = False
     if match is not None:
         lines.append((start, match.end()))
         closed = match.group(1) is not None
+        lenient = bool(match.group(2).strip(b" \t"))
     pos = lines[-1][1] if lines else start
     while not closed and len(lines) <= limit:
         match = anywhere.search(buf, pos, end)
@@ -299,13 +333,14 @@ def split_multipart(buf: bytes, start: int, end: int, boundary: bytes, limit: in
             break
         lines.append((match.start(), match.end()))
         closed = match.group(1) is not None
+        lenient = lenient or bool(match.group(2).strip(b" \t"))
         pos = match.end()
     # Delimiter lines that follow one another enclose no part (the stdlib skips them too).
     parts = [(body_start, _before_line_break(buf, body_start, following))
              for (_, body_start), (following, _) in pairwise(lines) if following != body_start]
     if lines and not closed and len(lines) <= limit:
         parts.append((lines[-1][1], _before_line_break(buf, lines[-1][1], end)))
-    return parts
+    return Split(parts, len(lines), lenient)
 
 
 def _before_line_break(buf: bytes, start: int, delimiter: int) -> int:
@@ -448,12 +483,14 @@ def filenames(headers: Headers) -> tuple[str, ...]:
     return tuple(names)
 
 
-def boundary_of(headers: Headers) -> str | None:
-    """The boundary parameter of the (first) Content-Type, as get_boundary() reads it."""
+def boundary_of(headers: Headers, strip: bool = True) -> str | None:
+    """The boundary parameter of the (first) Content-Type, as get_boundary() reads it (which
+    strips trailing white space; `strip` False keeps it)."""
     values = headers.get("content-type")
     for param, raw in header_params(values[0]) if values else ():
         if param == "boundary":
-            return _collapse(raw)[0].rstrip()
+            value = _collapse(raw)[0]
+            return value.rstrip() if strip else value
     return None
 
 

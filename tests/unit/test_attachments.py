@@ -410,6 +410,25 @@ BLOCKED = [
     Case("non-header-line-in-part-header", lambda: with_attachment(corpus.raw_part(
         ["X", 'Content-Type: application/octet-stream; name="a.exe"', "Content-Transfer-Encoding: base64"],
         corpus._base64(corpus.pe()))), Rule.UNINSPECTABLE, "", "not a header field"),
+    # 4: a nested multipart reusing its parent's boundary (or the parent's plus "--"):
+    # Thunderbird gives the line to the open child first, the stdlib (and we) to the parent
+    Case("nested-same-boundary", lambda: corpus.nested_same_boundary(), Rule.UNINSPECTABLE, "", "boundary"),
+    Case("nested-boundary-plus-dashes", lambda: corpus.nested_same_boundary("a", "a--"), Rule.UNINSPECTABLE, "",
+         "boundary"),
+    Case("nested-boundary-minus-dashes", lambda: corpus.nested_same_boundary("a--", "a", corpus.TEXT_PART_LINES),
+         Rule.UNINSPECTABLE, "", "boundary"),
+    # 5: delimiter lines ending in a form feed or vertical tab (Thunderbird strips all
+    # trailing white space), and a boundary no line delimits
+    Case("delimiter-formfeed", lambda: corpus.delimited(b"\f"), Rule.EXTENSION, "invoice.exe"),
+    Case("delimiter-vtab", lambda: corpus.delimited(b"\v"), Rule.EXTENSION, "invoice.exe"),
+    Case("delimiter-formfeed-harmless", lambda: corpus.delimited(b" \f", hidden=corpus.TEXT_PART_LINES),
+         Rule.UNINSPECTABLE, "", "form feed"),
+    Case("multipart-without-delimiter", lambda: corpus.message(corpus.Part(
+        ['Content-Type: multipart/mixed; boundary="xx"'], b"--yy\r\n" + corpus.pe_attachment_lines() + b"--yy--\r\n")),
+        Rule.UNINSPECTABLE, "", "no delimiter line"),
+    Case("boundary-ends-in-space", lambda: corpus.message(corpus.Part(
+        ['Content-Type: multipart/mixed; boundary="xx "'], b"--xx \r\n" + corpus.TEXT_PART_LINES + b"--xx --\r\n")),
+        Rule.UNINSPECTABLE, "", "white space"),
     Case("tnef-cp1252-title-js", lambda: with_attachment(corpus.tnef_part(corpus.tnef_with_properties(
         title="résumé.js".encode("cp1252")))), Rule.EXTENSION, "r?sum?.js", ".js"),
 ]
@@ -489,6 +508,9 @@ CLEAN = [
         b"MSCF,Name,Score\n1,Alice,90\n", "scores.csv", content_type="text/csv")), None),
     Case("markdown-with-ace", lambda: with_attachment(attachment(
         b"# Notes\n\n**ACE** project kickoff\n", "notes.md", content_type="text/markdown")), None),
+    Case("nested-boundary-prefix", lambda: corpus.nested_same_boundary("a", "ab", hidden=corpus.TEXT_PART_LINES),
+         None),
+    Case("delimiter-trailing-blanks", lambda: corpus.delimited(b" \t ", hidden=corpus.TEXT_PART_LINES), None),
     Case("rfc2231-charset-undefined-pdf", lambda: with_attachment(
         _rfc2231("attachment; filename*=undefined''report.pdf")), None),
     Case("tnef-filename-as-string", lambda: with_attachment(corpus.tnef_part(corpus.tnef_with_properties(
@@ -665,6 +687,9 @@ def test_policy_may_list_other_kinds_by_filetype_name():
 # Content-Disposition fields, we read both.
 NOT_COMPARABLE = {"message-partial", "mime-nested-1000-levels", "rfc822-nested-200-levels", "rfc822-base64",
                   "two-dispositions-top-level",
+                  # we split on delimiter lines that end in a form feed or vertical tab, as
+                  # Thunderbird does; the stdlib does not
+                  "delimiter-formfeed", "delimiter-vtab", "delimiter-formfeed-harmless",
                   # get_filename() raises UnicodeError for these charsets
                   "rfc2231-charset-undefined", "rfc2231-charset-idna", "rfc2231-charset-punycode",
                   "rfc2231-charset-undefined-pdf"}
