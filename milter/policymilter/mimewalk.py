@@ -383,9 +383,17 @@ def header_problems(headers: Headers) -> tuple[str, ...]:
             # C-string readers stop at the NUL, others read on.
             problems.append(f"NUL byte in the {field} header")
     for value in headers.get("content-type")[:1]:
-        params = [param for param, _ in header_params(value)]
-        if params.count("boundary") > 1:  # which one splits the body depends on the reader
+        params = _split_params(value)
+        if any(name.startswith("boundary*") for name, _ in params):
+            # RFC 2231 for a boundary: readers that do not decode it split on other lines.
+            problems.append("multipart boundary in RFC 2231 form")
+        if [name for name, _ in _decode_params(params)].count("boundary") > 1:  # which one splits depends on the reader
             problems.append("Content-Type boundary given twice")
+    for field in ("content-type", "content-disposition"):
+        for value in headers.get(field):
+            for base in irregular_continuations(_split_params(value)):
+                if base in ("filename", "name"):
+                    problems.append(f"irregular RFC 2231 continuation of the {base} parameter")
     encoding = transfer_encoding(headers)
     if encoding not in _KNOWN_ENCODINGS:
         problems.append(f"unknown Content-Transfer-Encoding {encoding!r}")
@@ -471,7 +479,8 @@ def filenames(headers: Headers) -> tuple[str, ...]:
     """Every file name a part gives itself, decoded, in header order, without duplicates.
 
     Both Content-Disposition `filename` (RFC 2183) and Content-Type `name` (RFC 2046, legacy),
-    in every occurrence of either header: a MUA may pick any of them, so each one counts.
+    in every occurrence of either header, and Content-Name and X-Sun-Data-Name: a MUA may pick
+    any of them, so each one counts.
     """
     names: list[str] = []
     for field in ("content-disposition", "content-type"):  # the order the stdlib's get_filename() prefers
@@ -480,7 +489,19 @@ def filenames(headers: Headers) -> tuple[str, ...]:
             for param, raw in header_params(_from_surrogates(value)):
                 if param in ("filename", "name"):
                     names += [name for name in decode_name(raw) if name and name not in names]
+    # Thunderbird's MimeHeaders_get_name falls back on two more fields ("no RFC, but seen to
+    # occur", "used by MailTool"): the whole value, backslash escapes removed, RFC 2047 decoded.
+    for field in _NAME_FIELDS:
+        for value in headers.get(field):
+            text = _from_surrogates(value).strip()
+            for reading in dict.fromkeys((text, text.replace("\\", ""), email.utils.unquote(text))):
+                name = decode_words(reading) if "=?" in reading and "?=" in reading else reading
+                if name and name not in names:
+                    names.append(name)
     return tuple(names)
+
+
+_NAME_FIELDS = ("content-name", "x-sun-data-name")
 
 
 def boundary_of(headers: Headers, strip: bool = True) -> str | None:
@@ -509,7 +530,20 @@ def header_params(value: str) -> list[Param]:
     100 KB header) and its RFC 2231 joiner raises TypeError or ValueError on some input
     (numbered and unnumbered sections mixed; a 5000-digit section number). This splits the
     same way in one pass; when the joiner refuses, each section is decoded on its own.
+
+    Continuations out of the ordinary (irregular_continuations) have a second reading,
+    Thunderbird's, listed after the stdlib's under the same name: a caller judging names
+    judges both.
     """
+    params = _split_params(value)
+    decoded = _decode_params(params)
+    for base in irregular_continuations(params):
+        decoded += [param for param in _decode_params(_thunderbird_sections(params, base)) if param[0] == base]
+    return [(name, (text[0], text[1], email.utils.unquote(text[2])) if isinstance(text, tuple)
+             else email.utils.unquote(text)) for name, text in decoded]
+
+
+def _split_params(value: str) -> list[tuple[str, str]]:
     fields, start, quoted = [], 0, False
     for token in _PARAM_TOKEN.finditer(value):
         if token.group() == '"':
@@ -522,13 +556,58 @@ def header_params(value: str) -> list[Param]:
     for field in fields[1:]:
         name, equals, text = field.partition("=")
         params.append((name.strip().lower(), text.strip()) if equals else (field.strip(), ""))
+    return params
+
+
+def _decode_params(params: list[tuple[str, str]]) -> list[tuple[str, str | tuple[str | None, str | None, str]]]:
     try:
-        decoded = email.utils.decode_params([("", ""), *params])[1:]
+        return email.utils.decode_params([("", ""), *params])[1:]
     except (TypeError, ValueError):
-        decoded = [param for name, text in params
-                   for param in email.utils.decode_params([("", ""), (_SECTION_NUMBER.sub("", name), text)])[1:]]
-    return [(name, (text[0], text[1], email.utils.unquote(text[2])) if isinstance(text, tuple)
-             else email.utils.unquote(text)) for name, text in decoded]
+        return [param for name, text in params
+                for param in email.utils.decode_params([("", ""), (_SECTION_NUMBER.sub("", name), text)])[1:]]
+
+
+# RFC 2231 §3: "name*N" or "name*N*"; Thunderbird (nsMIMEHeaderParamImpl.cpp) ignores a section
+# number with a leading zero or above 999 and a section it has seen, and stops at the first gap.
+_SECTION = re.compile(r"(.+?)\*([0-9]+)\*?")
+_MAX_SECTION = 999
+
+
+def _sections(params: list[tuple[str, str]]) -> dict[str, list[tuple[str, int]]]:
+    """Each continued parameter's section numbers (as written), with their index in `params`."""
+    found: dict[str, list[tuple[str, int]]] = {}
+    for index, (name, _) in enumerate(params):
+        if (section := _SECTION.fullmatch(name)) is not None:
+            found.setdefault(section.group(1), []).append((section.group(2), index))
+    return found
+
+
+def _valid_section(number: str) -> bool:
+    return (number == "0" or not number.startswith("0")) and len(number) <= 3 and int(number) <= _MAX_SECTION
+
+
+def irregular_continuations(params: list[tuple[str, str]]) -> list[str]:
+    """The parameters whose RFC 2231 sections are not exactly 0, 1, 2... once each: a gap, a
+    repeated section, a leading zero, a number past 999. Readers join those differently."""
+    irregular = []
+    for base, sections in _sections(params).items():
+        numbers = [number for number, _ in sections]
+        if not all(_valid_section(number) for number in numbers) or sorted(map(int, numbers)) != list(
+                range(len(numbers))):
+            irregular.append(base)
+    return irregular
+
+
+def _thunderbird_sections(params: list[tuple[str, str]], base: str) -> list[tuple[str, str]]:
+    """The sections of `base` Thunderbird joins: from 0 while contiguous, first of each number."""
+    chosen: dict[int, int] = {}
+    for number, index in _sections(params)[base]:
+        if _valid_section(number):
+            chosen.setdefault(int(number), index)
+    kept = []
+    while len(kept) in chosen:
+        kept.append(params[chosen[len(kept)]])
+    return kept
 
 
 def decode_name(raw: str | tuple[str | None, str | None, str]) -> list[str]:

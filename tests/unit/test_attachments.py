@@ -429,6 +429,36 @@ BLOCKED = [
     Case("boundary-ends-in-space", lambda: corpus.message(corpus.Part(
         ['Content-Type: multipart/mixed; boundary="xx "'], b"--xx \r\n" + corpus.TEXT_PART_LINES + b"--xx --\r\n")),
         Rule.UNINSPECTABLE, "", "white space"),
+    # 6: RFC 2231 continuations out of the ordinary: the stdlib sorts and joins every section,
+    # Thunderbird stops at a gap and ignores repeated sections, leading zeros and numbers past 999
+    *(Case(f"rfc2231-{label}", lambda disposition=disposition: with_attachment(_rfc2231(disposition)),
+           Rule.EXTENSION, "invoice.js")
+      for label, disposition in (
+          ("gap", 'attachment; filename*0="invoice.js"; filename*2=".txt"'),
+          ("leading-zero", 'attachment; filename*0="invoice.js"; filename*01=".txt"'),
+          ("repeated-section", 'attachment; filename*0="invoice"; filename*1=".js"; filename*1=".txt"'),
+          ("section-0-twice", 'attachment; filename*0="invoice.js"; filename*0="x.txt"'),
+          ("overflowing-number", "attachment; filename*0=invoice.js; filename*" + "1" * 32 + "=.txt"),
+          ("extended-gap", "attachment; filename*0*=utf-8''invoice.js; filename*2*=.txt"))),
+    Case("rfc2231-gap-harmless", lambda: with_attachment(
+        _rfc2231('attachment; filename*0="report"; filename*2=".pdf"')), Rule.UNINSPECTABLE, "",
+        "RFC 2231 continuation"),
+    *(Case(f"boundary-rfc2231-{label}", lambda params=params: corpus.message(corpus.Part(
+        [f"Content-Type: multipart/mixed; {params}"],
+        b"--aa\r\n" + corpus.TEXT_PART_LINES + b"--aa\r\n" + corpus.TEXT_PART_LINES + b"--aa--\r\n")),
+        Rule.UNINSPECTABLE, "", "RFC 2231")
+      for label, params in (("repeated", 'boundary*0="aa"; boundary*0="bb"'),
+                            ("gap", 'boundary*0="aa"; boundary*2="bb"'),
+                            ("leading-zero", 'boundary*0="aa"; boundary*01="bb"'),
+                            ("regular", 'boundary*0="a"; boundary*1="a"'), ("extended", "boundary*=utf-8''aa"))),
+    # 7: the other name sources of Thunderbird's MimeHeaders_get_name
+    *(Case(label, lambda field=field, value=value: with_attachment(attachment(
+        b"WScript.Echo(1)", None, disposition="attachment", extra=[f"{field}: {value}"])), Rule.EXTENSION,
+        "invoice.js")
+      for label, field, value in (("content-name-js", "Content-Name", "invoice.js"),
+                                  ("x-sun-data-name-js", "X-Sun-Data-Name", "invoice.js"),
+                                  ("content-name-encoded-word", "Content-Name", "=?utf-8?q?invoice=2Ejs?="),
+                                  ("x-sun-data-name-quoted", "X-Sun-Data-Name", '"invoice.js"'))),
     Case("tnef-cp1252-title-js", lambda: with_attachment(corpus.tnef_part(corpus.tnef_with_properties(
         title="résumé.js".encode("cp1252")))), Rule.EXTENSION, "r?sum?.js", ".js"),
 ]
@@ -511,6 +541,10 @@ CLEAN = [
     Case("nested-boundary-prefix", lambda: corpus.nested_same_boundary("a", "ab", hidden=corpus.TEXT_PART_LINES),
          None),
     Case("delimiter-trailing-blanks", lambda: corpus.delimited(b" \t ", hidden=corpus.TEXT_PART_LINES), None),
+    Case("rfc2231-regular-continuation", lambda: with_attachment(
+        _rfc2231('attachment; filename*0="report"; filename*1=".pdf"')), None),
+    Case("content-name-pdf", lambda: with_attachment(attachment(
+        corpus.pdf(), None, disposition="attachment", extra=["Content-Name: report.pdf"])), None),
     Case("rfc2231-charset-undefined-pdf", lambda: with_attachment(
         _rfc2231("attachment; filename*=undefined''report.pdf")), None),
     Case("tnef-filename-as-string", lambda: with_attachment(corpus.tnef_part(corpus.tnef_with_properties(
@@ -690,6 +724,9 @@ NOT_COMPARABLE = {"message-partial", "mime-nested-1000-levels", "rfc822-nested-2
                   # we split on delimiter lines that end in a form feed or vertical tab, as
                   # Thunderbird does; the stdlib does not
                   "delimiter-formfeed", "delimiter-vtab", "delimiter-formfeed-harmless",
+                  # names the stdlib's get_filename() does not look for
+                  "content-name-js", "x-sun-data-name-js", "content-name-encoded-word", "x-sun-data-name-quoted",
+                  "content-name-pdf",
                   # get_filename() raises UnicodeError for these charsets
                   "rfc2231-charset-undefined", "rfc2231-charset-idna", "rfc2231-charset-punycode",
                   "rfc2231-charset-undefined-pdf"}
