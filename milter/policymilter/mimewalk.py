@@ -32,6 +32,7 @@ from __future__ import annotations
 import _compression  # lzma.LZMAFile's reader, for a memory limit (see _OPENERS)
 import binascii
 import bz2
+import dataclasses
 import email.errors
 import email.header
 import email.message
@@ -81,6 +82,7 @@ class Entity:
     # Whether a recipient would save it as a file (it has a name, a type other than text, or
     # asks to be an attachment), rather than read it as the message's text.
     saved: bool = True
+    readings: tuple[bytes, ...] = ()  # other decodings of `body` that clients make (base64_readings)
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ class _Span:
     default_type: str = "text/plain"
     oversized: bool = False  # header block over MAX_PART_HEADER: not parsed
     boundaries: tuple[str, ...] = ()  # of the multiparts it is nested in, up to a message/*
+    located: bool = True  # False: the header block is not located yet (_locate)
 
 
 class Headers:
@@ -138,7 +141,7 @@ def walk(header: bytes, body: bytes, max_depth: int, max_parts: int) -> Iterator
     stack = [_Span(header, 0, len(header), body, 0, len(body), 0, "")]
     seen, lines_left = 0, MAX_HEADER_LINES
     while stack:
-        span = stack.pop()
+        span = _locate(stack.pop())
         seen += 1
         if seen > max_parts:
             yield Overflow(span.number, f"more than {max_parts} MIME parts")
@@ -187,7 +190,8 @@ def walk(header: bytes, body: bytes, max_depth: int, max_parts: int) -> Iterator
                 if len(blocks) > 1:
                     problems += ("uuencoded part with more than one block",)
             saved = bool(names) or not content_type.startswith("text/") or _disposition(headers) == "attachment"
-            yield Entity(span.number, span.depth, content_type, names, _decode(headers, span), problems, saved)
+            body, others, found = _decoded(headers, span)
+            yield Entity(span.number, span.depth, content_type, names, body, problems + found, saved, others)
             continue
         yield Entity(span.number, span.depth, content_type, names, None, problems)
         if span.depth + 1 > max_depth:
@@ -254,12 +258,19 @@ _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 def _span(buf: bytes, start: int, end: int, depth: int, number: str, default_type: str = "text/plain",
           boundaries: tuple[str, ...] = ()) -> _Span:
-    """The entity in buf[start:end], its header block located but not parsed."""
-    split = _split_head(buf, start, end)
+    """The entity in buf[start:end], its header block to be located when the walk reaches it."""
+    return _Span(buf, start, start, buf, start, end, depth, number, (), default_type, boundaries=boundaries,
+                 located=False)
+
+
+def _locate(span: _Span) -> _Span:
+    if span.located:
+        return span
+    split = _split_head(span.buf, span.start, span.end)
     if split is None:
-        return _Span(buf, start, start, buf, end, end, depth, number, oversized=True)
+        return dataclasses.replace(span, oversized=True, located=True)
     head_end, body, found = split
-    return _Span(buf, start, head_end, buf, body, end, depth, number, found, default_type, boundaries=boundaries)
+    return dataclasses.replace(span, head_end=head_end, start=body, problems=span.problems + found, located=True)
 
 
 def _multipart_children(span: _Span, headers: Headers, limit: int) -> tuple[list[_Span], tuple[str, ...]]:
@@ -355,10 +366,13 @@ def _enclosed_message(span: _Span, headers: Headers) -> _Span:
     # RFC 2046 §5.2.1 allows only 7bit/8bit/binary here; some senders base64 it anyway, and
     # MUAs decode it, so we do too.
     buf, start, end = span.buf, span.start, span.end
+    problems: tuple[str, ...] = ()
     if transfer_encoding(headers) in ("base64", "quoted-printable"):
-        decoded = bytes(_decode(headers, span))
-        buf, start, end = decoded, 0, len(decoded)
-    return _span(buf, start, end, span.depth + 1, span.number or "1")
+        body, others, problems = _decoded(headers, span)
+        if others:
+            problems += ("enclosed message in base64 that clients decode differently",)
+        buf, start, end = bytes(body), 0, len(body)
+    return dataclasses.replace(_span(buf, start, end, span.depth + 1, span.number or "1"), problems=problems)
 
 
 # RFC 2045 §6.1 mechanisms, and the uuencode names clients accept (Content-Transfer-Encoding
@@ -427,10 +441,21 @@ def transfer_encoding(headers: Headers) -> str:
 
 def _decode(headers: Headers, span: _Span) -> Body:
     """The entity body with its Content-Transfer-Encoding undone (RFC 2045 §6)."""
+    return _decoded(headers, span)[0]
+
+
+def _decoded(headers: Headers, span: _Span) -> tuple[Body, tuple[bytes, ...], tuple[str, ...]]:
+    """The entity body decoded, its other readings (base64 that clients decode differently)
+    and why it is uninspectable, if it is."""
+    if transfer_encoding(headers) == "base64":
+        readings, problem = base64_readings(span.buf, span.start, span.end)
+        return readings[0], tuple(readings[1:]), (problem,) if problem else ()
+    return _undone(headers, span), (), ()
+
+
+def _undone(headers: Headers, span: _Span) -> Body:
     view = memoryview(span.buf)[span.start:span.end]
     match transfer_encoding(headers):
-        case "base64":
-            return decode_base64(span.buf, span.start, span.end)
         case "quoted-printable":
             return binascii.a2b_qp(view)
         case encoding if encoding in _UUENCODINGS:
@@ -441,35 +466,86 @@ def _decode(headers: Headers, span: _Span) -> Body:
 
 
 def decode_base64(buf: bytes, start: int = 0, end: int | None = None) -> bytes:
-    """Lenient base64 of buf[start:end] (RFC 2045 §6.8: characters outside the alphabet are
-    ignored).
+    """Lenient base64 of buf[start:end]: the first of base64_readings()."""
+    return base64_readings(buf, start, end)[0][0]
 
-    Two leniencies MUAs have and binascii lacks: data after a padding "=" (concatenated
-    encodings) is decoded too rather than dropped, and a truncated last quantum is dropped
-    rather than failing the whole part.
+
+# A "=" followed by more data: each one costs the readings below a step in Python.
+MAX_BASE64_INNER_PADDING = 10_000
+
+
+def base64_readings(buf: bytes, start: int = 0, end: int | None = None) -> tuple[list[bytes], str | None]:
+    """Every way clients decode buf[start:end] as base64 (RFC 2045 §6.8: characters outside the
+    alphabet are ignored), and why it is uninspectable, if it is.
+
+    With "=" only at the end there is one reading. A "=" before more data is read four ways:
+    realigned after each "=" (concatenated encodings decoded in turn, a truncated quantum
+    dropped: what this walk always did), "=" as a zero digit inside its quantum (Thunderbird's
+    mimeenc.cpp: a quantum with one "=" gives two bytes, with more one), "=" ignored, and
+    binascii's (the stdlib's: skipped, or the end of the data once a quantum is complete). Past
+    MAX_BASE64_INNER_PADDING of them only the stdlib's reading is made, and it is uninspectable.
     """
     end = len(buf) if end is None else end
     padding = buf.find(b"=", start, end)
     if padding < 0 or not _B64_DATA.search(buf, padding, end):
         try:
-            return binascii.a2b_base64(memoryview(buf)[start:end])
+            return [binascii.a2b_base64(memoryview(buf)[start:end])], None
         except binascii.Error:
-            pass
-    pieces = []
-    for segment in _B64_SEGMENT.finditer(buf, start, end):
-        cleaned = _B64_NOISE.sub(b"", segment.group())
-        match len(cleaned) % 4:
-            case 1:
-                cleaned = cleaned[:-1]  # a lone character carries no whole byte
-            case 2 | 3 as rest:
-                cleaned += b"=" * (4 - rest)
-        pieces.append(binascii.a2b_base64(cleaned))
+            pass  # a truncated last quantum: the readings below drop it
+    cleaned = buf[start:end].translate(None, _B64_NOISE_BYTES)
+    data = cleaned.rstrip(b"=")
+    stdlib = _stdlib_base64(cleaned)
+    if data.count(b"=") > MAX_BASE64_INNER_PADDING:
+        return [stdlib], f"base64 with more than {MAX_BASE64_INNER_PADDING} padding characters inside the data"
+    # The padding that completes the last quantum; Thunderbird makes a zero byte of each
+    # further "====", which changes nothing a signature could tell.
+    data += cleaned[len(data):len(data) + -len(data) % 4]
+    readings = [_realigned(data), _zero_digits(data), _quantum(data.replace(b"=", b"")), stdlib]
+    return list(dict.fromkeys(readings)), None
+
+
+def _quantum(digits: bytes) -> bytes:
+    """Decode base64 digits (no "="), a truncated last quantum dropped or padded."""
+    match len(digits) % 4:
+        case 1:
+            digits = digits[:-1]  # a lone character carries no whole byte
+        case 2 | 3 as rest:
+            digits += b"=" * (4 - rest)
+    return binascii.a2b_base64(digits)
+
+
+def _realigned(cleaned: bytes) -> bytes:
+    return b"".join(_quantum(segment) for segment in cleaned.split(b"=") if segment)
+
+
+def _zero_digits(cleaned: bytes) -> bytes:
+    usable = len(cleaned) - len(cleaned) % 4  # Thunderbird drops a truncated last quantum
+    decoded = binascii.a2b_base64(cleaned[:usable].replace(b"=", b"A"))
+    pieces, kept = [], 0
+    found = cleaned.find(b"=", 0, usable)
+    while found >= 0:
+        quantum = found - found % 4
+        out = quantum // 4 * 3
+        pieces.append(decoded[kept:out + (2 if cleaned.count(b"=", quantum, quantum + 4) == 1 else 1)])
+        kept = out + 3
+        found = cleaned.find(b"=", quantum + 4, usable)
+    pieces.append(decoded[kept:])
     return b"".join(pieces)
 
 
+def _stdlib_base64(cleaned: bytes) -> bytes:
+    """What email.message.Message.get_payload(decode=True) makes of it (_encoded_words.decode_b)."""
+    for attempt in (cleaned, cleaned + b"=="):
+        try:
+            return binascii.a2b_base64(attempt)
+        except binascii.Error:  # a truncated last quantum
+            continue
+    return cleaned  # decode_b gives up and returns the text
+
+
+_B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_B64_NOISE_BYTES = bytes(byte for byte in range(256) if byte not in _B64_ALPHABET + b"=")
 _B64_DATA = re.compile(rb"[A-Za-z0-9+/]")
-_B64_NOISE = re.compile(rb"[^A-Za-z0-9+/]")
-_B64_SEGMENT = re.compile(rb"[^=]+")
 
 
 # --- file names ------------------------------------------------------------------------------
@@ -1014,17 +1090,18 @@ class _Walker:
                 if entity.body is not None:  # RFC 2046 §5.2.2: only a fragment of something is here
                     yield Unreadable(name, path, "", "message/partial fragment")
                 continue
-            yield File(entity.names, path, "", entity.body)
-            yield from self.inside(entity.names, entity.body, entity.depth, path, name, at_start=entity.saved)
             if entity.content_type in _BINHEX_TYPES:
                 yield Unreadable(name, path, "", "BinHex-encoded file (not decoded)")
-            if entity.content_type.startswith("text/"):
-                # Newsreaders and some mail clients decode these from the text itself.
-                if _starts_a_line(entity.body, _YENC_BEGIN):
-                    yield Unreadable(name, path, "", "yEnc-encoded data (not decoded)")
-                if _BINHEX_MARKER.search(entity.body):
-                    yield Unreadable(name, path, "", "BinHex-encoded data (not decoded)")
-                yield from self.uuencoded(entity.body, entity.depth, path, name)
+            for body in (entity.body, *entity.readings):  # every decoding a client may make
+                yield File(entity.names, path, "", body)
+                yield from self.inside(entity.names, body, entity.depth, path, name, at_start=entity.saved)
+                if entity.content_type.startswith("text/"):
+                    # Newsreaders and some mail clients decode these from the text itself.
+                    if _starts_a_line(body, _YENC_BEGIN):
+                        yield Unreadable(name, path, "", "yEnc-encoded data (not decoded)")
+                    if _BINHEX_MARKER.search(body):
+                        yield Unreadable(name, path, "", "BinHex-encoded data (not decoded)")
+                    yield from self.uuencoded(body, entity.depth, path, name)
 
     def uuencoded(self, text: Body, depth: int, path: str, attachment: str) -> Iterator[Item]:
         for name, data in uuencoded(text, limit=self.limits.max_members + 1):

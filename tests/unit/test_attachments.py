@@ -459,6 +459,13 @@ BLOCKED = [
                                   ("x-sun-data-name-js", "X-Sun-Data-Name", "invoice.js"),
                                   ("content-name-encoded-word", "Content-Name", "=?utf-8?q?invoice=2Ejs?="),
                                   ("x-sun-data-name-quoted", "X-Sun-Data-Name", '"invoice.js"'))),
+    # 9: "=" inside a base64 quantum: Thunderbird reads a zero digit, the stdlib skips or stops
+    Case("base64-zero-digit-pe", lambda: with_attachment(corpus.base64_part(corpus.base64_zero_digits_pe(),
+                                                                            "report.dat")),
+         Rule.CONTENT, "report.dat", "Windows executable"),
+    Case("base64-zero-digit-macro-doc", lambda: with_attachment(corpus.base64_part(
+        corpus.base64_zero_digits(corpus.ole_with_vba("WordDocument", "Macros")), "invoice.doc")),
+        Rule.CONTENT, "invoice.doc", "macros"),
     Case("tnef-cp1252-title-js", lambda: with_attachment(corpus.tnef_part(corpus.tnef_with_properties(
         title="résumé.js".encode("cp1252")))), Rule.EXTENSION, "r?sum?.js", ".js"),
 ]
@@ -545,6 +552,10 @@ CLEAN = [
         _rfc2231('attachment; filename*0="report"; filename*1=".pdf"')), None),
     Case("content-name-pdf", lambda: with_attachment(attachment(
         corpus.pdf(), None, disposition="attachment", extra=["Content-Name: report.pdf"])), None),
+    Case("base64-concatenated-encodings", lambda: with_attachment(corpus.base64_part(
+        corpus._base64(corpus.pdf()[:100]) + corpus._base64(corpus.pdf()[100:]), "report.pdf")), None),
+    Case("base64-padded-per-line", lambda: with_attachment(corpus.base64_part(b"".join(
+        corpus._base64(corpus.pdf()[pos:pos + 50]) for pos in range(0, len(corpus.pdf()), 50)), "report.pdf")), None),
     Case("rfc2231-charset-undefined-pdf", lambda: with_attachment(
         _rfc2231("attachment; filename*=undefined''report.pdf")), None),
     Case("tnef-filename-as-string", lambda: with_attachment(corpus.tnef_part(corpus.tnef_with_properties(
@@ -843,6 +854,9 @@ def _timed(raw: bytes, policy: Policy) -> tuple[CheckResult, float]:
     pytest.param(lambda: corpus.many_header_fields(500, 2000), "more than 1000 header fields", id="2000-fields-x500"),
     pytest.param(lambda: corpus.many_header_fields(500, 3333, folded=True), "header lines",
                  id="3333-folded-lines-x500"),
+    # C4: base64 "QQ==" repeated, 10 MB: a Python object per segment
+    pytest.param(lambda: with_attachment(corpus.base64_part(b"\r\n".join([b"QQ==" * 19] * 130_000), "a.bin")),
+                 "padding", id="base64-padding-flood"),
 ])
 def test_hostile_structure_is_uninspectable_and_cheap(build, detail, default_policy):
     result, elapsed = _timed(build(), default_policy)
