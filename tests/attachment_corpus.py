@@ -821,3 +821,24 @@ def base64_part(encoded: bytes, name: str) -> Part:
     return raw_part([f'Content-Type: application/octet-stream; name="{name}"',
                      f'Content-Disposition: attachment; filename="{name}"', "Content-Transfer-Encoding: base64"],
                     encoded)
+
+
+def enclosed(message_bytes: bytes, content_type: str, filename: str | None = None) -> Part:
+    """A message/* part of any subtype (message/news, message/global...)."""
+    headers = [f"Content-Type: {content_type}"]
+    if filename is not None:
+        headers.append(f'Content-Disposition: attachment; filename="{filename}"')
+    return Part(headers, message_bytes)
+
+
+def delivery_report() -> bytes:
+    """A bounce as MTAs write it (RFC 3464): multipart/report with the human-readable text, the
+    message/delivery-status fields and the returned headers."""
+    status = (b"Reporting-MTA: dns; mail.example.org\r\nArrival-Date: Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\n"
+              b"Final-Recipient: rfc822; bob@example.net\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+              b"Diagnostic-Code: smtp; 550 5.1.1 no such user\r\n")
+    returned = b"From: Alice <alice@example.org>\r\nTo: bob@example.net\r\nSubject: Test\r\n"
+    return message(multipart(text("Your message could not be delivered.\n"),
+                             Part(["Content-Type: message/delivery-status"], status),
+                             Part(["Content-Type: text/rfc822-headers"], returned),
+                             subtype="report; report-type=delivery-status"))

@@ -62,7 +62,8 @@ MAX_PART_HEADER = 256 * 1024
 # RFC 5322 §2.2 field name, as the stdlib feedparser recognises a header line (a "From "
 # envelope line and continuation lines count as header lines too).
 _HEADER_LINE = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")
-_CONTAINER_MESSAGES = ("message/rfc822", "message/global")  # RFC 2046 §5.2.1, RFC 6532 §3.5
+# Every message/* but partial and external-body is an enclosed message: rfc822 (RFC 2046
+# §5.2.1), global (RFC 6532 §3.5), news (Thunderbird), and any other, as the stdlib parses them.
 
 Body = bytes | memoryview
 
@@ -178,7 +179,11 @@ def walk(header: bytes, body: bytes, max_depth: int, max_parts: int) -> Iterator
                 # line): like the stdlib, the body is plain text.
                 yield Entity(span.number, span.depth, "text/plain", names, _decode(headers, span), problems)
                 continue
-        elif content_type in _CONTAINER_MESSAGES:
+        elif content_type == "message/external-body":
+            # RFC 2046 §5.2.3: the body is elsewhere (a URL, an FTP site, a mail server), fetched
+            # by the client; what is here is only its header.
+            problems += ("message/external-body (the content is elsewhere)",)
+        elif parsed.get_content_maintype() == "message" and content_type != "message/partial":
             if encoding not in (*_IDENTITY_ENCODINGS, "base64", "quoted-printable"):
                 problems += (f"{content_type} with Content-Transfer-Encoding {encoding}",)
             children = [_enclosed_message(span, headers)]

@@ -466,6 +466,13 @@ BLOCKED = [
     Case("base64-zero-digit-macro-doc", lambda: with_attachment(corpus.base64_part(
         corpus.base64_zero_digits(corpus.ole_with_vba("WordDocument", "Macros")), "invoice.doc")),
         Rule.CONTENT, "invoice.doc", "macros"),
+    # 10: message/* subtypes clients open like message/rfc822
+    *(Case(f"{subtype.replace('/', '-')}-with-exe", lambda subtype=subtype: with_attachment(corpus.enclosed(
+        with_attachment(attachment(b"x", "evil.exe")), subtype)), Rule.EXTENSION, "evil.exe")
+      for subtype in ("message/news", "message/x-forwarded", "message/disposition-notification")),
+    Case("message-external-body", lambda: with_attachment(corpus.enclosed(
+        b"Content-Type: application/octet-stream\r\n\r\n", 'message/external-body; access-type=URL; '
+        'URL="http://example.org/a.exe"')), Rule.UNINSPECTABLE, "", "external-body"),
     Case("tnef-cp1252-title-js", lambda: with_attachment(corpus.tnef_part(corpus.tnef_with_properties(
         title="résumé.js".encode("cp1252")))), Rule.EXTENSION, "r?sum?.js", ".js"),
 ]
@@ -556,6 +563,9 @@ CLEAN = [
         corpus._base64(corpus.pdf()[:100]) + corpus._base64(corpus.pdf()[100:]), "report.pdf")), None),
     Case("base64-padded-per-line", lambda: with_attachment(corpus.base64_part(b"".join(
         corpus._base64(corpus.pdf()[pos:pos + 50]) for pos in range(0, len(corpus.pdf()), 50)), "report.pdf")), None),
+    Case("message-news-forwarded", lambda: with_attachment(corpus.enclosed(
+        with_attachment(attachment(corpus.pdf(), "a.pdf")), "message/news")), None),
+    Case("delivery-report", corpus.delivery_report, None),
     Case("rfc2231-charset-undefined-pdf", lambda: with_attachment(
         _rfc2231("attachment; filename*=undefined''report.pdf")), None),
     Case("tnef-filename-as-string", lambda: with_attachment(corpus.tnef_part(corpus.tnef_with_properties(
@@ -735,6 +745,9 @@ NOT_COMPARABLE = {"message-partial", "mime-nested-1000-levels", "rfc822-nested-2
                   # we split on delimiter lines that end in a form feed or vertical tab, as
                   # Thunderbird does; the stdlib does not
                   "delimiter-formfeed", "delimiter-vtab", "delimiter-formfeed-harmless",
+                  # the stdlib parses the header of an external body as a message, and each
+                  # block of a delivery status as one
+                  "message-external-body", "delivery-report",
                   # names the stdlib's get_filename() does not look for
                   "content-name-js", "x-sun-data-name-js", "content-name-encoded-word", "x-sun-data-name-quoted",
                   "content-name-pdf",
