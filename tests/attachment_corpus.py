@@ -842,3 +842,64 @@ def delivery_report() -> bytes:
                              Part(["Content-Type: message/delivery-status"], status),
                              Part(["Content-Type: text/rfc822-headers"], returned),
                              subtype="report; report-type=delivery-status"))
+
+
+# --- review 2: S/MIME (RFC 8551), CMS structures (RFC 5652) built with asn1crypto, unsigned -------
+
+
+def cms_signed(content: bytes | None) -> bytes:
+    """A signed-data ContentInfo carrying `content` (opaque signing), or none (detached). No
+    signer: a client shows the content whether or not the signature verifies."""
+    from asn1crypto import cms
+
+    encapsulated: dict[str, object] = {"content_type": "data"}
+    if content is not None:
+        encapsulated["content"] = content
+    signed = cms.SignedData({"version": "v1", "digest_algorithms": [], "encap_content_info": encapsulated,
+                             "signer_infos": []})
+    return cms.ContentInfo({"content_type": "signed_data", "content": signed}).dump()
+
+
+def cms_enveloped() -> bytes:
+    """An enveloped-data ContentInfo (encrypted for a recipient we do not know)."""
+    from asn1crypto import cms
+
+    enveloped = cms.EnvelopedData({
+        "version": "v0", "recipient_infos": [],
+        "encrypted_content_info": {"content_type": "data",
+                                   "content_encryption_algorithm": {"algorithm": "aes128_cbc",
+                                                                    "parameters": bytes(16)},
+                                   "encrypted_content": bytes(32)}})
+    return cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump()
+
+
+def cms_compressed(content: bytes) -> bytes:
+    """A compressed-data ContentInfo (RFC 3274, zlib)."""
+    from asn1crypto import cms
+
+    compressed = cms.CompressedData({"version": "v0", "compression_algorithm": {"algorithm": "zlib"},
+                                     "encap_content_info": {"content_type": "data",
+                                                            "content": zlib.compress(content)}})
+    return cms.ContentInfo({"content_type": "compressed_data", "content": compressed}).dump()
+
+
+def smime_part(der: bytes, smime_type: str | None = "signed-data", name: str = "smime.p7m",
+               content_type: str = "application/pkcs7-mime") -> Part:
+    parameter = f"; smime-type={smime_type}" if smime_type else ""
+    return raw_part([f'Content-Type: {content_type}{parameter}; name="{name}"',
+                     f'Content-Disposition: attachment; filename="{name}"', "Content-Transfer-Encoding: base64"],
+                    _base64(der))
+
+
+def smime_entity(*parts: Part) -> bytes:
+    """The MIME entity an S/MIME sender signs: the parts in a multipart/mixed, as raw bytes."""
+    return multipart(*parts).render()
+
+
+def smime_multipart_signed(signed: Part) -> bytes:
+    """An everyday signed message: multipart/signed with a detached signature (RFC 8551 §3.5.3)."""
+    signature = raw_part(['Content-Type: application/pkcs7-signature; name="smime.p7s"',
+                          'Content-Disposition: attachment; filename="smime.p7s"',
+                          "Content-Transfer-Encoding: base64"], _base64(cms_signed(None)))
+    return message(multipart(signed, signature,
+                             subtype='signed; protocol="application/pkcs7-signature"; micalg=sha-256'))

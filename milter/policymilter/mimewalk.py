@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import IO, Protocol, cast
 
-from policymilter import containers, msoffice, ziplayout
+from policymilter import containers, msoffice, smime, ziplayout
 
 # A part whose header block is larger than this is not parsed (Postfix's own
 # header_size_limit is 100 KiB per header).
@@ -187,6 +187,9 @@ def walk(header: bytes, body: bytes, max_depth: int, max_parts: int) -> Iterator
             if encoding not in (*_IDENTITY_ENCODINGS, "base64", "quoted-printable"):
                 problems += (f"{content_type} with Content-Transfer-Encoding {encoding}",)
             children = [_enclosed_message(span, headers)]
+        elif smime.is_smime(content_type, names):
+            yield from _smime(span, headers, content_type, names, problems, max_depth, stack)
+            continue
         if not children:
             if encoding in _UUENCODINGS:
                 # The "begin" lines name the files a client saves; the body is the first block.
@@ -203,6 +206,28 @@ def walk(header: bytes, body: bytes, max_depth: int, max_parts: int) -> Iterator
             yield Overflow(span.number, f"MIME nested deeper than {max_depth} levels")
             continue
         stack.extend(reversed(children))
+
+
+def _smime(span: _Span, headers: Headers, content_type: str, names: tuple[str, ...], problems: tuple[str, ...],
+           max_depth: int, stack: list[_Span]) -> Iterator[Entity | Overflow]:
+    """An S/MIME part (smime.py): the content it carries is a file, saved under the part's name
+    without ".p7m", and, when it is a MIME entity (RFC 8551 §3.1), an entity one level down."""
+    body, _, found = _decoded(headers, span)
+    try:
+        inner = smime.encapsulated(bytes(body))
+    except smime.Uninspectable as error:
+        yield Entity(span.number, span.depth, content_type, names, body, problems + found + (str(error),))
+        return
+    yield Entity(span.number, span.depth, content_type, names, None, problems + found)
+    if inner is None:
+        return
+    if span.depth + 1 > max_depth:
+        yield Overflow(span.number, f"MIME nested deeper than {max_depth} levels")
+        return
+    number = f"{span.number}.1" if span.number else "1"
+    yield Entity(number, span.depth + 1, "application/octet-stream", smime.unsigned_names(names), inner)
+    if _HEADER_LINE.match(inner):
+        stack.append(_span(inner, 0, len(inner), span.depth + 1, number))
 
 
 # Limits on header blocks: bytes in one (Postfix's own header_size_limit is 100 KiB per

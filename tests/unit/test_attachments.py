@@ -473,6 +473,24 @@ BLOCKED = [
     Case("message-external-body", lambda: with_attachment(corpus.enclosed(
         b"Content-Type: application/octet-stream\r\n\r\n", 'message/external-body; access-type=URL; '
         'URL="http://example.org/a.exe"')), Rule.UNINSPECTABLE, "", "external-body"),
+    # 1: S/MIME. Opaque signed-data shows its content without a key; enveloped data cannot be
+    # read without one
+    Case("smime-opaque-signed-exe", lambda: corpus.message(corpus.smime_part(corpus.cms_signed(corpus.smime_entity(
+        text("Invoice attached.\n"), attachment(b"x", "invoice.exe"))))), Rule.EXTENSION, "invoice.exe"),
+    Case("smime-x-pkcs7-signed-pe", lambda: with_attachment(corpus.smime_part(corpus.cms_signed(corpus.smime_entity(
+        attachment(corpus.pe(), "report.pdf"))), content_type="application/x-pkcs7-mime")), Rule.CONTENT,
+        "report.pdf", "Windows executable"),
+    Case("smime-p7m-name-only", lambda: with_attachment(corpus.smime_part(corpus.cms_signed(corpus.smime_entity(
+        attachment(b"x", "run.bat"))), smime_type=None, content_type="application/octet-stream")),
+        Rule.EXTENSION, "run.bat"),
+    Case("smime-p7m-file-of-pe", lambda: with_attachment(corpus.smime_part(
+        corpus.cms_signed(corpus.pe()), smime_type=None, name="setup.exe.p7m")), Rule.EXTENSION, "setup.exe"),
+    Case("smime-enveloped", lambda: corpus.message(corpus.smime_part(corpus.cms_enveloped(), "enveloped-data")),
+         Rule.UNINSPECTABLE, "smime.p7m", "encrypted S/MIME"),
+    Case("smime-compressed", lambda: corpus.message(corpus.smime_part(corpus.cms_compressed(corpus.smime_entity(
+        attachment(b"x", "a.txt"))), "compressed-data")), Rule.UNINSPECTABLE, "smime.p7m", "compressed S/MIME"),
+    Case("smime-corrupt", lambda: corpus.message(corpus.smime_part(b"\x30\x82\x01\x00not der")),
+         Rule.UNINSPECTABLE, "smime.p7m", "S/MIME"),
     Case("tnef-cp1252-title-js", lambda: with_attachment(corpus.tnef_part(corpus.tnef_with_properties(
         title="résumé.js".encode("cp1252")))), Rule.EXTENSION, "r?sum?.js", ".js"),
 ]
@@ -566,6 +584,12 @@ CLEAN = [
     Case("message-news-forwarded", lambda: with_attachment(corpus.enclosed(
         with_attachment(attachment(corpus.pdf(), "a.pdf")), "message/news")), None),
     Case("delivery-report", corpus.delivery_report, None),
+    Case("smime-opaque-signed-benign", lambda: corpus.message(corpus.smime_part(corpus.cms_signed(
+        corpus.smime_entity(text("Hello\n"), attachment(corpus.pdf(), "report.pdf", content_type="application/pdf"))))),
+        None),
+    Case("smime-multipart-signed", lambda: corpus.smime_multipart_signed(text("Signed hello\n")), None),
+    Case("smime-p7m-signed-pdf-file", lambda: with_attachment(corpus.smime_part(
+        corpus.cms_signed(corpus.pdf()), smime_type=None, name="fattura.pdf.p7m")), None),
     Case("rfc2231-charset-undefined-pdf", lambda: with_attachment(
         _rfc2231("attachment; filename*=undefined''report.pdf")), None),
     Case("tnef-filename-as-string", lambda: with_attachment(corpus.tnef_part(corpus.tnef_with_properties(
@@ -748,6 +772,9 @@ NOT_COMPARABLE = {"message-partial", "mime-nested-1000-levels", "rfc822-nested-2
                   # the stdlib parses the header of an external body as a message, and each
                   # block of a delivery status as one
                   "message-external-body", "delivery-report",
+                  # S/MIME content the stdlib leaves inside its CMS structure
+                  "smime-opaque-signed-exe", "smime-x-pkcs7-signed-pe", "smime-p7m-name-only", "smime-p7m-file-of-pe",
+                  "smime-opaque-signed-benign", "smime-p7m-signed-pdf-file",
                   # names the stdlib's get_filename() does not look for
                   "content-name-js", "x-sun-data-name-js", "content-name-encoded-word", "x-sun-data-name-quoted",
                   "content-name-pdf",
