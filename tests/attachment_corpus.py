@@ -903,3 +903,49 @@ def smime_multipart_signed(signed: Part) -> bytes:
                           "Content-Transfer-Encoding: base64"], _base64(cms_signed(None)))
     return message(multipart(signed, signature,
                              subtype='signed; protocol="application/pkcs7-signature"; micalg=sha-256'))
+
+
+# --- review 2: zip local and central headers that disagree ---------------------------------------
+
+
+def zip_raw(name: str, payload: bytes, *, local: Mapping[str, int], central: Mapping[str, int]) -> bytes:
+    """One member whose local header (APPNOTE 4.3.7) and central directory header (4.3.12) are
+    written with the fields given (method, flags, crc, compressed, size); `payload` is what
+    follows the local header."""
+    encoded = name.encode()
+
+    def fields(given: Mapping[str, int]) -> tuple[int, ...]:
+        return (given.get("flags", 0), given.get("method", 0), given.get("crc", zlib.crc32(payload)),
+                given.get("compressed", len(payload)), given.get("size", len(payload)))
+
+    flags, method, crc, compressed, size = fields(local)
+    head = struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, flags, method, 0, 0, crc, compressed, size,
+                       len(encoded), 0) + encoded
+    flags, method, crc, compressed, size = fields(central)
+    directory = struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, flags, method, 0, 0, crc, compressed, size,
+                            len(encoded), 0, 0, 0, 0, 0, 0) + encoded
+    body = head + payload
+    return body + directory + struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 1, 1, len(directory), len(body), 0)
+
+
+def deflated(data: bytes) -> bytes:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return compressor.compress(data) + compressor.flush()
+
+
+def zip_method_mismatch(name: str, data: bytes) -> bytes:
+    """The local header says deflate (what unzip and libarchive follow), the central directory
+    says stored, with the CRC and size of the compressed bytes (what zipfile follows)."""
+    raw = deflated(data)
+    return zip_raw(name, raw, local={"method": 8, "crc": zlib.crc32(data), "size": len(data)},
+                   central={"method": 0, "crc": zlib.crc32(raw), "size": len(raw)})
+
+
+def zip64_of(members: Mapping[str, bytes]) -> bytes:
+    """A zip whose members carry zip64 extra fields (sizes 0xFFFFFFFF in the local header)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            with archive.open(name, "w", force_zip64=True) as out:
+                out.write(data)
+    return buffer.getvalue()

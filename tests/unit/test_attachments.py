@@ -14,6 +14,7 @@ import time
 import tracemalloc
 import urllib.parse
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -491,6 +492,18 @@ BLOCKED = [
         attachment(b"x", "a.txt"))), "compressed-data")), Rule.UNINSPECTABLE, "smime.p7m", "compressed S/MIME"),
     Case("smime-corrupt", lambda: corpus.message(corpus.smime_part(b"\x30\x82\x01\x00not der")),
          Rule.UNINSPECTABLE, "smime.p7m", "S/MIME"),
+    # 2: zip local and central headers that disagree: unzip and libarchive follow the local one,
+    # zipfile and 7-Zip the central one
+    Case("zip-method-mismatch-pe", lambda: with_attachment(attachment(
+        corpus.zip_method_mismatch("report.dat", corpus.pe(4096)), "report.zip")), Rule.UNINSPECTABLE, "report.zip",
+        "compression method"),
+    Case("zip-method-mismatch-macro-doc", lambda: with_attachment(attachment(corpus.zip_method_mismatch(
+        "invoice.doc", corpus.ole_with_vba("WordDocument", "Macros")), "invoice.zip")), Rule.UNINSPECTABLE,
+        "invoice.zip", "compression method"),
+    *(Case(f"zip-local-{field}-differs", lambda field=field, value=value: with_attachment(attachment(corpus.zip_raw(
+        "a.txt", b"hello", local={field: value}, central={}), "a.zip")), Rule.UNINSPECTABLE, "a.zip", what)
+      for field, value, what in (("crc", 1, "CRC"), ("size", 4, "size"), ("compressed", 7, "size"),
+                                 ("flags", 0x0002, "flags"))),
     Case("tnef-cp1252-title-js", lambda: with_attachment(corpus.tnef_part(corpus.tnef_with_properties(
         title="résumé.js".encode("cp1252")))), Rule.EXTENSION, "r?sum?.js", ".js"),
 ]
@@ -590,6 +603,10 @@ CLEAN = [
     Case("smime-multipart-signed", lambda: corpus.smime_multipart_signed(text("Signed hello\n")), None),
     Case("smime-p7m-signed-pdf-file", lambda: with_attachment(corpus.smime_part(
         corpus.cms_signed(corpus.pdf()), smime_type=None, name="fattura.pdf.p7m")), None),
+    Case("zip-raw-headers-agree", lambda: with_attachment(attachment(corpus.zip_raw(
+        "a.txt", corpus.deflated(b"hello" * 20), local={"method": 8, "crc": zlib.crc32(b"hello" * 20), "size": 100},
+        central={"method": 8, "crc": zlib.crc32(b"hello" * 20), "size": 100}), "a.zip")), None),
+    Case("zip64-member", lambda: with_attachment(attachment(corpus.zip64_of({"a.txt": b"alpha"}), "a.zip")), None),
     Case("rfc2231-charset-undefined-pdf", lambda: with_attachment(
         _rfc2231("attachment; filename*=undefined''report.pdf")), None),
     Case("tnef-filename-as-string", lambda: with_attachment(corpus.tnef_part(corpus.tnef_with_properties(
