@@ -949,3 +949,56 @@ def zip64_of(members: Mapping[str, bytes]) -> bytes:
             with archive.open(name, "w", force_zip64=True) as out:
                 out.write(data)
     return buffer.getvalue()
+
+
+# --- review 2: tar headers read differently ------------------------------------------------------
+
+
+def _tar_blocks(info: tarfile.TarInfo, data: bytes, tar_format: int = tarfile.GNU_FORMAT) -> bytes:
+    info.size = len(data)
+    return info.tobuf(format=tar_format) + data + bytes(-len(data) % 512)
+
+
+def tar_v7(members: Mapping[str, bytes]) -> bytes:
+    """An old-style (Unix V7) tar: no "ustar" magic, only the header checksum to go by."""
+    out = b""
+    for name, data in members.items():
+        header = bytearray(_tar_blocks(tarfile.TarInfo(name), data, tarfile.USTAR_FORMAT))
+        header[257:265] = bytes(8)  # magic and version
+        header[148:156] = b" " * 8
+        header[148:156] = b"%06o\0 " % sum(header[:512])
+        out += bytes(header)
+    return out + bytes(1024)
+
+
+def tar_pax_path(header_name: str, path: str, data: bytes) -> bytes:
+    """A pax archive whose extended header's `path` (what tarfile, GNU tar and libarchive use)
+    differs from the ustar header's name (what a reader without pax support uses)."""
+    info = tarfile.TarInfo(header_name)
+    info.pax_headers = {"path": path}
+    return _tar_blocks(info, data, tarfile.PAX_FORMAT) + bytes(1024)
+
+
+def tar_gnu_long_name(header_name: str, long_name: str, data: bytes) -> bytes:
+    """A GNU long-name record (type L) naming `long_name`, then a header named `header_name`."""
+    record = tarfile.TarInfo("././@LongLink")
+    record.type = tarfile.GNUTYPE_LONGNAME
+    return (_tar_blocks(record, long_name.encode() + b"\0") + _tar_blocks(tarfile.TarInfo(header_name), data)
+            + bytes(1024))
+
+
+def tar_gnu_sparse_10(entries: int) -> bytes:
+    """A GNU sparse 1.0 member (pax GNU.sparse.major 1, minor 0) whose map, read by tarfile
+    before anything else, has `entries` entries."""
+    sparse_map = b"%d\n" % entries + b"0\n0\n" * entries
+    info = tarfile.TarInfo("sparse.txt")
+    info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": "readme.txt",
+                        "GNU.sparse.realsize": "10"}
+    return _tar_blocks(info, sparse_map, tarfile.PAX_FORMAT) + bytes(1024)
+
+
+def tar_old_gnu_sparse() -> bytes:
+    """An old GNU sparse member (type S)."""
+    info = tarfile.TarInfo("readme.txt")
+    info.type = tarfile.GNUTYPE_SPARSE
+    return _tar_blocks(info, b"hello") + bytes(1024)

@@ -93,7 +93,7 @@ def at_start(head: bytes) -> str | None:
         return BZIP2
     if head.startswith(b"\xfd7zXZ\x00"):
         return XZ
-    if head[257:262] == b"ustar":  # POSIX.1-1988 and GNU tar magic
+    if head[257:262] == b"ustar" or _is_v7_tar(head):  # POSIX.1-1988 and GNU tar magic, or none (V7)
         return TAR
     if head.startswith(_OLE_MAGIC):
         return OLE
@@ -138,6 +138,24 @@ def _is_lzma_alone(head: bytes) -> bool:
 
 
 _LZMA_DICTIONARIES = frozenset(size for bits in range(12, 31) for size in (1 << bits, 3 << (bits - 1)))
+
+
+_OCTAL_FIELD = re.compile(rb"[0-7 ]*\0?[ \0]*")
+
+
+def _is_v7_tar(head: bytes) -> bool:
+    # An old-style header (no magic), as tarfile accepts one: the checksum at 148 (octal) is
+    # the sum of the header's bytes, unsigned or signed, with the checksum field as spaces; a
+    # name; mode, sizes and times in octal.
+    if len(head) < 512 or head[0] == 0:
+        return False
+    fields = (head[100:108], head[108:116], head[116:124], head[124:136], head[136:148], head[148:156])
+    if not all(_OCTAL_FIELD.fullmatch(field) for field in fields) or not head[148:156].strip(b" \0"):
+        return False
+    checksum = int(head[148:156].strip(b" \0"), 8)
+    unsigned = 256 + sum(head[:148]) + sum(head[156:512])
+    signed = 256 + sum(struct.unpack_from("148b8x356b", head))
+    return checksum in (unsigned, signed)
 
 
 def _is_cab(head: bytes) -> bool:

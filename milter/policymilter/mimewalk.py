@@ -1088,15 +1088,44 @@ def _count(file: IO[bytes], signature: bytes) -> int:
 
 class _GuardedTarInfo(tarfile.TarInfo):
     """tarfile reads a pax or GNU long-name header whole into memory (and an unpatched 3.11
-    parses pax headers with a quadratic regex, CVE-2024-6232): refuse big ones first."""
+    parses pax headers with a quadratic regex, CVE-2024-6232): refuse big ones first. Sparse
+    members are refused before tarfile reads their map (a GNU 1.0 map sits in the data, one
+    line per Python step: 11 KB of gzip cost 33 s) or applies it.
+
+    Each member also keeps the names its own header gives (`header_names`): a pax `path` or a
+    GNU long name replaces the name, for tarfile, GNU tar and libarchive; readers without them
+    use the header's; the ustar prefix counts for some readers and not for others.
+    """
 
     _EXTENDED = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
                  tarfile.GNUTYPE_LONGLINK)
+    header_names: tuple[str, ...] = ()
+
+    @classmethod
+    def frombuf(cls, buf: bytes, encoding: str, errors: str) -> _GuardedTarInfo:  # type: ignore[override]
+        info = cast(_GuardedTarInfo, super().frombuf(buf, encoding, errors))
+        name = tarfile.nts(buf[0:100], encoding, errors)
+        prefix = tarfile.nts(buf[345:500], encoding, errors)
+        info.header_names = tuple(dict.fromkeys(names for names in (name, f"{prefix}/{name}" if prefix else "")
+                                                if names))
+        return info
 
     def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
         if self.type in self._EXTENDED and self.size > MAX_TAR_EXTENDED_HEADER:
             raise tarfile.HeaderError(f"extended header of {self.size} bytes")
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise _Uninspectable("sparse tar member (not inspected)")
         return super()._proc_member(archive)  # type: ignore[misc]  # private, stable since 2.x
+
+    def _proc_gnusparse_00(self, *_: object) -> None:
+        raise _Uninspectable("sparse tar member (not inspected)")
+
+    _proc_gnusparse_01 = _proc_gnusparse_10 = _proc_gnusparse_00
+
+    def _apply_pax_info(self, pax_headers: dict[str, str], encoding: str, errors: str) -> None:
+        if any(key.startswith("GNU.sparse.") for key in pax_headers):  # a sparse format tarfile does not know
+            raise _Uninspectable("sparse tar member (not inspected)")
+        super()._apply_pax_info(pax_headers, encoding, errors)  # type: ignore[misc]
 
 
 class _Walker:
@@ -1334,14 +1363,15 @@ class _Walker:
             for info in archive:
                 self.allowance.member()
                 member_path = f"{path}/{info.name}"
+                names = tuple(dict.fromkeys((info.name, *getattr(info, "header_names", ()))))
                 if not info.isreg():
-                    yield File((info.name,), member_path, attachment, None)
+                    yield File(names, member_path, attachment, None)
                     continue
                 if info.size > self.limits.max_expanded:
                     raise _Exhausted(f"member {info.name!r} declares {info.size} bytes")
                 member = archive.extractfile(info)
                 if member is not None:
-                    yield from self.member((info.name,), member, info.size, depth, member_path, attachment)
+                    yield from self.member(names, member, info.size, depth, member_path, attachment)
 
     def stream(self, kind: str, names: tuple[str, ...], head: bytes, source: _Readable, depth: int, path: str,
                attachment: str) -> Iterator[Item]:

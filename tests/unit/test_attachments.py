@@ -504,6 +504,23 @@ BLOCKED = [
         "a.txt", b"hello", local={field: value}, central={}), "a.zip")), Rule.UNINSPECTABLE, "a.zip", what)
       for field, value, what in (("crc", 1, "CRC"), ("size", 4, "size"), ("compressed", 7, "size"),
                                  ("flags", 0x0002, "flags"))),
+    # 3: an old-style tar has no "ustar" magic; tarfile recognises it by its header checksum
+    Case("tar-v7-with-exe", lambda: with_attachment(attachment(corpus.tar_v7({"setup.exe": b"x"}), "files.tar")),
+         Rule.EXTENSION, "setup.exe"),
+    Case("tar-v7-gz-with-pe", lambda: with_attachment(attachment(
+        corpus.gzip_of(corpus.tar_v7({"readme.txt": corpus.pe()})), "files.tar.gz")), Rule.CONTENT, "readme.txt"),
+    # 13: the pax path or GNU long name, and the header's own name
+    Case("tar-pax-path-txt-header-js", lambda: with_attachment(attachment(
+        corpus.tar_pax_path("invoice.js", "invoice.txt", b"WScript.Echo(1)"), "docs.tar")), Rule.EXTENSION,
+        "invoice.js"),
+    Case("tar-gnu-long-name-txt-header-js", lambda: with_attachment(attachment(
+        corpus.tar_gnu_long_name("invoice.js", "invoice.txt", b"WScript.Echo(1)"), "docs.tar")), Rule.EXTENSION,
+        "invoice.js"),
+    # C2: sparse members (tarfile reads a GNU 1.0 map from the data, line by line, before anything)
+    Case("tar-gnu-sparse-1.0", lambda: with_attachment(attachment(corpus.tar_gnu_sparse_10(10), "x.tar")),
+         Rule.UNINSPECTABLE, "x.tar", "sparse"),
+    Case("tar-old-gnu-sparse", lambda: with_attachment(attachment(corpus.tar_old_gnu_sparse(), "x.tar")),
+         Rule.UNINSPECTABLE, "x.tar", "sparse"),
     Case("tnef-cp1252-title-js", lambda: with_attachment(corpus.tnef_part(corpus.tnef_with_properties(
         title="résumé.js".encode("cp1252")))), Rule.EXTENSION, "r?sum?.js", ".js"),
 ]
@@ -607,6 +624,9 @@ CLEAN = [
         "a.txt", corpus.deflated(b"hello" * 20), local={"method": 8, "crc": zlib.crc32(b"hello" * 20), "size": 100},
         central={"method": 8, "crc": zlib.crc32(b"hello" * 20), "size": 100}), "a.zip")), None),
     Case("zip64-member", lambda: with_attachment(attachment(corpus.zip64_of({"a.txt": b"alpha"}), "a.zip")), None),
+    Case("tar-v7-of-text", lambda: with_attachment(attachment(corpus.tar_v7({"a.txt": b"alpha"}), "a.tar")), None),
+    Case("tar-pax-long-path", lambda: with_attachment(attachment(
+        corpus.tar_of({"reports/" + "q" * 120 + "/summary.txt": b"alpha"}, "w:gz"), "long.tar.gz")), None),
     Case("rfc2231-charset-undefined-pdf", lambda: with_attachment(
         _rfc2231("attachment; filename*=undefined''report.pdf")), None),
     Case("tnef-filename-as-string", lambda: with_attachment(corpus.tnef_part(corpus.tnef_with_properties(
@@ -911,6 +931,9 @@ def _timed(raw: bytes, policy: Policy) -> tuple[CheckResult, float]:
     pytest.param(lambda: corpus.many_header_fields(500, 2000), "more than 1000 header fields", id="2000-fields-x500"),
     pytest.param(lambda: corpus.many_header_fields(500, 3333, folded=True), "header lines",
                  id="3333-folded-lines-x500"),
+    # C2: a GNU sparse 1.0 map of two million entries (11 KB gzipped)
+    pytest.param(lambda: with_attachment(attachment(corpus.gzip_of(corpus.tar_gnu_sparse_10(2_000_000)), "x.tar.gz")),
+                 "sparse", id="tar-sparse-map-2M"),
     # C4: base64 "QQ==" repeated, 10 MB: a Python object per segment
     pytest.param(lambda: with_attachment(corpus.base64_part(b"\r\n".join([b"QQ==" * 19] * 130_000), "a.bin")),
                  "padding", id="base64-padding-flood"),
