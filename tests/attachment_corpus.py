@@ -558,7 +558,8 @@ def tnef_part(data: bytes, name: str = "winmail.dat") -> Part:
 
 # olefile reads these files but cannot create them. This writer is the least MS-CFB allows:
 # version 3 (512-byte sectors), every stream padded to the 4096-byte mini-stream cutoff so that
-# none lives in the mini stream, children of a storage chained through right siblings.
+# none lives in the mini stream, children of a storage in a balanced binary tree of siblings
+# (MS-CFB §2.6.4 wants a red-black tree; readers only walk it).
 _FREE, _END, _FATSECT, _NOSTREAM = 0xFFFFFFFF, 0xFFFFFFFE, 0xFFFFFFFD, 0xFFFFFFFF
 
 
@@ -596,15 +597,23 @@ def ole_file(tree: Mapping[str, object]) -> bytes:
             entry["start"] = chain(entry["data"])
         else:
             entry["start"] = _END if entry["type"] == 5 else 0
+    def siblings(children: list[int]) -> int:
+        """The middle child, with the ones before it on its left and the ones after on its right."""
+        if not children:
+            return _NOSTREAM
+        middle = len(children) // 2
+        entries[children[middle]]["left"] = siblings(children[:middle])
+        entries[children[middle]]["right"] = siblings(children[middle + 1:])
+        return children[middle]
+
+    for entry in entries:
+        entry["child"] = siblings(entry["children"])
     directory = b""
     for entry in entries:
-        children = entry["children"]
-        for this, following in zip(children, [*children[1:], _NOSTREAM], strict=False):
-            entries[this]["right"] = following
         name = entry["name"].encode("utf-16-le") + b"\0\0"
         directory += (name.ljust(64, b"\0") + struct.pack("<HBBIII", len(name), entry["type"], 1,
-                                                            _NOSTREAM, entry.get("right", _NOSTREAM),
-                                                            children[0] if children else _NOSTREAM)
+                                                            entry.get("left", _NOSTREAM), entry.get("right", _NOSTREAM),
+                                                            entry["child"])
                       + bytes(16 + 4 + 16) + struct.pack("<IQ", entry["start"], len(entry["data"])))
     directory = directory.ljust(-(-len(directory) // 512) * 512, b"\0")
     first_directory = chain(directory)
@@ -1002,3 +1011,11 @@ def tar_old_gnu_sparse() -> bytes:
     info = tarfile.TarInfo("readme.txt")
     info.type = tarfile.GNUTYPE_SPARSE
     return _tar_blocks(info, b"hello") + bytes(1024)
+
+
+def outlook_msg_with_storages(count: int) -> bytes:
+    """An Outlook .msg with `count` attachment storages, all empty."""
+    tree: dict[str, object] = {"__properties_version1.0": bytes(32)}
+    for index in range(count):
+        tree[f"__attach_version1.0_#{index:08X}"] = {}
+    return ole_file(tree)

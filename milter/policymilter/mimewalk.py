@@ -1297,7 +1297,9 @@ class _Walker:
         name = names[0] if names else ""
         try:
             ole = msoffice.open_ole(source)
-            contents = msoffice.ole_contents(ole)
+            contents = msoffice.ole_contents(ole, self.allowance.members)
+        except msoffice.TooManyAttachments as error:
+            raise _Exhausted(f"more than {self.limits.max_members} archive members") from error
         except msoffice.OLE_UNREADABLE as error:
             raise _Corrupt(_complaint(error)) from error
         with ole:

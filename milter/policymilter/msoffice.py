@@ -53,6 +53,8 @@ TNEF_UNREADABLE = (struct.error, ValueError, LookupError, TypeError, AssertionEr
 _ATTRIBUTE = struct.Struct("<BHHI")
 _ATT_RENDDATA, _ATT_RECIPIENTS, _ATT_MAPI_PROPS, _ATT_ATTACHMENT = 0x9002, 0x9004, 0x9003, 0x9005
 _IMESSAGE = b"\x07\x03\x02\x00\x00\x00\x00\x00\xc0\x00\x00\x00\x00\x00\x00\x46"  # IID_IMessage
+_ISTORAGE = b"\x0b\x00\x00\x00\x00\x00\x00\x00\xc0\x00\x00\x00\x00\x00\x00\x46"  # IID_IStorage
+_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # MS-CFB §2.2
 _FIXED_SIZES = {0x0002: 2, 0x000B: 2, 0x0003: 4, 0x0004: 4, 0x000A: 4, 0x0005: 8, 0x0006: 8, 0x0007: 8,
                 0x0014: 8, 0x0040: 8, 0x0048: 16}  # MS-OXCDATA §2.11.1 property types
 _VARIABLE_TYPES = (0x0000, 0x000D, 0x001E, 0x001F, 0x0102)
@@ -82,7 +84,18 @@ class Attachment:
 
 def tnef_attachments(tnef: TNEF) -> Iterator[Attachment]:
     for attachment in tnef.attachments:
-        yield Attachment(_tnef_names(attachment), bytes(attachment.data), getattr(attachment, "embed", None))
+        data = _ole_object(bytes(attachment.data))
+        yield Attachment(_tnef_names(attachment), data, getattr(attachment, "embed", None))
+
+
+def _ole_object(data: bytes) -> bytes:
+    """An attachment by OLE (PidTagAttachMethod 6, MS-OXTNEF §2.1.3.4.1): PidTagAttachDataObject
+    is the IStorage interface id, then the compound file Outlook opens. tnefparse leaves the id
+    on and strips trailing NULs (the last sectors of the file): take the id off, pad the sectors."""
+    if data[:16] != _ISTORAGE and data[16:24] != _OLE_MAGIC:
+        return data
+    compound = data[16:]
+    return compound + bytes(-len(compound) % 512)
 
 
 def _tnef_names(attachment: TNEFAttachment) -> tuple[str, ...]:
@@ -241,25 +254,52 @@ class OleContents:
     is_message: bool
 
 
+class _IndexedOleFile(olefile.OleFileIO):  # type: ignore[misc]
+    """olefile finds a path by scanning every child of each storage on it (exists(), get_type()
+    and openstream() all do): an Outlook message with 2000 attachment storages cost 23 s. Each
+    storage also indexes its children by lower-case name (kids_dict, filled while the directory
+    is read, a duplicate name refused): find them there, with the same result."""
+
+    def _find(self, filename: str | list[str]) -> int:
+        node = self.root
+        for name in filename.split("/") if isinstance(filename, str) else filename:
+            node = node.kids_dict.get(name.lower())
+            if node is None:
+                raise OSError("file not found")
+        return int(node.sid)
+
+
+class TooManyAttachments(Exception):
+    """More attachment storages than the caller allows."""
+
+
 def open_ole(source: IO[bytes]) -> olefile.OleFileIO:
-    return olefile.OleFileIO(source, raise_defects=olefile.DEFECT_INCORRECT)
+    return _IndexedOleFile(source, raise_defects=olefile.DEFECT_INCORRECT)
 
 
-def ole_contents(ole: olefile.OleFileIO) -> OleContents:
+# A name stream longer than this is read only this far (the caller refuses names that long).
+MAX_NAME_STREAM = 8192
+
+
+def ole_contents(ole: olefile.OleFileIO, max_attachments: int) -> OleContents:
+    """What an OLE file holds; TooManyAttachments, before any of them is read, when an Outlook
+    message has more than `max_attachments`."""
     entries = ole.listdir(streams=True, storages=True)
     macros = any(part.lower() in _VBA_STORAGES for path in entries for part in path[:-1]) or any(
         path[-1].lower() in ("_vba_project", "vba") for path in entries)
     packages = sum(1 for path in entries if path[-1] == "\x01Ole10Native")
+    storages = [path for path in entries
+                if path[-1].startswith(_ATTACH_PREFIX) and ole.get_type(path) == olefile.STGTY_STORAGE]
+    if len(storages) > max_attachments:
+        raise TooManyAttachments(len(storages))
     attachments = []
-    for path in entries:
-        if not path[-1].startswith(_ATTACH_PREFIX) or ole.get_type(path) != olefile.STGTY_STORAGE:
-            continue
+    for path in storages:
         names = []
         for ident, _ in _MSG_NAME_IDS.items():
             for kind, codec in (("001F", "utf-16-le"), ("001E", "cp1252")):
                 stream = [*path, f"__substg1.0_{ident}{kind}"]
                 if ole.exists(stream) and ole.get_type(stream) == olefile.STGTY_STREAM:
-                    text = ole.openstream(stream).read().decode(codec, "replace").rstrip("\0")
+                    text = ole.openstream(stream).read(MAX_NAME_STREAM).decode(codec, "replace").rstrip("\0")
                     names.append("x" + text if ident == "3703" else text)
         data = [*path, _ATTACH_DATA]
         data_path = "/".join(data) if ole.exists(data) and ole.get_type(data) == olefile.STGTY_STREAM else None

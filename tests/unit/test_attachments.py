@@ -521,6 +521,9 @@ BLOCKED = [
          Rule.UNINSPECTABLE, "x.tar", "sparse"),
     Case("tar-old-gnu-sparse", lambda: with_attachment(attachment(corpus.tar_old_gnu_sparse(), "x.tar")),
          Rule.UNINSPECTABLE, "x.tar", "sparse"),
+    # 11: a TNEF attachment by OLE: the data object is the IStorage id, then the compound file
+    Case("tnef-ole-object-with-macros", lambda: with_attachment(corpus.tnef_part(corpus.tnef_ole_object(
+        "Document.doc", corpus.ole_with_vba("WordDocument", "Macros")))), Rule.CONTENT, "Document.doc", "macros"),
     Case("tnef-cp1252-title-js", lambda: with_attachment(corpus.tnef_part(corpus.tnef_with_properties(
         title="résumé.js".encode("cp1252")))), Rule.EXTENSION, "r?sum?.js", ".js"),
 ]
@@ -627,6 +630,8 @@ CLEAN = [
     Case("tar-v7-of-text", lambda: with_attachment(attachment(corpus.tar_v7({"a.txt": b"alpha"}), "a.tar")), None),
     Case("tar-pax-long-path", lambda: with_attachment(attachment(
         corpus.tar_of({"reports/" + "q" * 120 + "/summary.txt": b"alpha"}, "w:gz"), "long.tar.gz")), None),
+    Case("tnef-ole-object-plain-doc", lambda: with_attachment(corpus.tnef_part(corpus.tnef_ole_object(
+        "Letter.doc", corpus.ole_plain_doc()))), None),
     Case("rfc2231-charset-undefined-pdf", lambda: with_attachment(
         _rfc2231("attachment; filename*=undefined''report.pdf")), None),
     Case("tnef-filename-as-string", lambda: with_attachment(corpus.tnef_part(corpus.tnef_with_properties(
@@ -934,6 +939,10 @@ def _timed(raw: bytes, policy: Policy) -> tuple[CheckResult, float]:
     # C2: a GNU sparse 1.0 map of two million entries (11 KB gzipped)
     pytest.param(lambda: with_attachment(attachment(corpus.gzip_of(corpus.tar_gnu_sparse_10(2_000_000)), "x.tar.gz")),
                  "sparse", id="tar-sparse-map-2M"),
+    # C1: an Outlook .msg with 2000 empty attachment storages (olefile's exists() scans every
+    # sibling: quadratic), read before the member limit was charged
+    pytest.param(lambda: with_attachment(attachment(corpus.outlook_msg_with_storages(2000), "mail.msg")),
+                 "more than 1000 archive members", id="msg-2000-storages"),
     # C4: base64 "QQ==" repeated, 10 MB: a Python object per segment
     pytest.param(lambda: with_attachment(corpus.base64_part(b"\r\n".join([b"QQ==" * 19] * 130_000), "a.bin")),
                  "padding", id="base64-padding-flood"),
@@ -944,6 +953,14 @@ def test_hostile_structure_is_uninspectable_and_cheap(build, detail, default_pol
     assert (result.outcome, result.detail) == (Outcome.BLOCKED, "uninspectable"), result.reason
     assert detail in result.reason
     assert elapsed < CHEAP
+
+
+def test_a_msg_with_many_attachments_within_the_limit_is_cheap(default_policy):
+    result, elapsed = _timed(with_attachment(attachment(corpus.outlook_msg_with_storages(900), "mail.msg")),
+                             default_policy)
+    print(f"\n{result.reason[:100]} in {elapsed * 1000:.0f} ms CPU")
+    assert result.outcome is Outcome.CLEAN and not result.facts.findings, result.reason
+    assert elapsed < CHEAP / 4  # linear: tens of milliseconds (quadratic: half a second)
 
 
 def test_many_header_fields_within_the_limits_are_clean(default_policy):
