@@ -1019,3 +1019,20 @@ def outlook_msg_with_storages(count: int) -> bytes:
     for index in range(count):
         tree[f"__attach_version1.0_#{index:08X}"] = {}
     return ole_file(tree)
+
+
+# --- review 2: uuencode and yEnc as text --------------------------------------------------------
+
+
+def uuencode_with_trailing(data: bytes, name: str, trailer: bytes = b"~~") -> bytes:
+    """uuencode() with `trailer` after each data line: Thunderbird decodes each line by its
+    length character and ignores the rest."""
+    lines = [binascii.b2a_uu(data[pos:pos + 45]).rstrip(b"\n") + trailer for pos in range(0, len(data), 45)]
+    return b"\r\n".join([f"begin 644 {name}".encode(), *lines, b"`", b"end"]) + b"\r\n"
+
+
+def uuencoded_text(size: int, name: str = "a.txt", line: bytes | None = None) -> bytes:
+    """One uuencoded block of about `size` bytes of text, every data line `line` (by default a
+    full line: 45 bytes of "A")."""
+    line = binascii.b2a_uu(b"A" * 45).rstrip(b"\n") if line is None else line
+    return f"begin 644 {name}\r\n".encode() + b"\r\n".join([line] * (size // (len(line) + 2))) + b"\r\nend\r\n"

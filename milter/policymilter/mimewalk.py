@@ -141,6 +141,7 @@ def walk(header: bytes, body: bytes, max_depth: int, max_parts: int) -> Iterator
     header = _OBSOLETE_FIELD_LINE.sub(rb"\1\2:", header)
     stack = [_Span(header, 0, len(header), body, 0, len(body), 0, "")]
     seen, lines_left = 0, MAX_HEADER_LINES
+    uu_budget = LineBudget()
     while stack:
         span = _locate(stack.pop())
         seen += 1
@@ -193,12 +194,12 @@ def walk(header: bytes, body: bytes, max_depth: int, max_parts: int) -> Iterator
         if not children:
             if encoding in _UUENCODINGS:
                 # The "begin" lines name the files a client saves; the body is the first block.
-                blocks = [name for name, _ in uuencoded(memoryview(span.buf)[span.start:span.end], limit=100)]
-                names += tuple(dict.fromkeys(name for name in blocks if name not in names))
-                if len(blocks) > 1:
-                    problems += ("uuencoded part with more than one block",)
+                body, block_names, found = _uudecoded(span, uu_budget)
+                names += tuple(name for name in block_names if name not in names)
+                others: tuple[bytes, ...] = ()
+            else:
+                body, others, found = _decoded(headers, span)
             saved = bool(names) or not content_type.startswith("text/") or _disposition(headers) == "attachment"
-            body, others, found = _decoded(headers, span)
             yield Entity(span.number, span.depth, content_type, names, body, problems + found, saved, others)
             continue
         yield Entity(span.number, span.depth, content_type, names, None, problems)
@@ -489,10 +490,24 @@ def _undone(headers: Headers, span: _Span) -> Body:
         case "quoted-printable":
             return binascii.a2b_qp(view)
         case encoding if encoding in _UUENCODINGS:
-            blocks = list(uuencoded(view))
-            return blocks[0][1] if blocks else view
+            return _uudecoded(span, LineBudget())[0]
         case _:
             return view
+
+
+def _uudecoded(span: _Span, budget: LineBudget) -> tuple[Body, tuple[str, ...], tuple[str, ...]]:
+    """A uuencoded part, decoded once: its first block (or the text when there is none), the
+    names of its blocks, and why it is uninspectable, if it is."""
+    view = memoryview(span.buf)[span.start:span.end]
+    blocks: list[tuple[str, bytes]] = []
+    problems: tuple[str, ...] = ()
+    try:
+        blocks.extend(uuencoded(view, limit=100, budget=budget))
+    except UuencodeTooLong as error:
+        problems += (str(error),)
+    if len(blocks) > 1:
+        problems += ("uuencoded part with more than one block",)
+    return (blocks[0][1] if blocks else view), tuple(dict.fromkeys(name for name, _ in blocks)), problems
 
 
 def decode_base64(buf: bytes, start: int = 0, end: int | None = None) -> bytes:
@@ -785,42 +800,88 @@ _LINE = re.compile(rb"([^\r\n]*)(?:\r\n|\n|\r|$)")
 _UU_CHARS = re.compile(rb"[\x20-\x60]+")
 
 
-def uuencoded(text: Body, limit: int = 1000) -> Iterator[tuple[str, bytes]]:
-    """(name, decoded data) of each uuencoded block in a text body, at most `limit` blocks.
+MAX_UU_LINES = 20_000
+
+
+class LineBudget:
+    """Uuencoded lines a message may still have decoded one at a time (the lines every encoder
+    writes, 45 bytes each, are decoded in bulk and cost nothing here)."""
+
+    def __init__(self, lines: int = MAX_UU_LINES) -> None:
+        self.lines = lines
+
+    def spend(self) -> None:
+        self.lines -= 1
+        if self.lines < 0:
+            raise UuencodeTooLong(f"uuencoded data with more than {MAX_UU_LINES} short or odd lines")
+
+
+class UuencodeTooLong(Exception):
+    """More odd uuencoded lines than the budget: the caller makes it uninspectable."""
+
+
+
+def uuencoded(text: Body, limit: int = 1000, budget: LineBudget | None = None) -> Iterator[tuple[str, bytes]]:
+    """(name, decoded data) of each uuencoded block in a text body, at most `limit` blocks;
+    UuencodeTooLong past the budget of odd lines.
 
     A "begin" line counts only when a data line or the end line follows it, so prose that
     merely mentions `begin 644 setup.exe` is not a block.
     """
+    budget = LineBudget() if budget is None else budget
     pos = 0
     for _ in range(limit):
         begin = _UU_BEGIN.search(text, pos)
         if begin is None:
             return
         name = begin.group(2).strip().decode("utf-8", "replace")
-        data, pos, valid = _uu_block(text, begin.end(), base64=begin.group(1) is not None)
+        data, pos, valid = _uu_block(text, begin.end(), begin.group(1) is not None, budget)
         if valid:
             yield name, data
         pos = max(pos, begin.end())
 
 
-def _uu_block(text: Body, pos: int, base64: bool) -> tuple[bytes, int, bool]:
+# Runs of the lines encoders write for 45 bytes ("M" and 60 characters), and of base64 lines
+# without padding: decoded a run at a time, in C. uuencode is base64 with another alphabet
+# (each character is 32 + six bits, "`" for zero).
+_UU_FULL_LINES = re.compile(rb"(?:M[\x20-\x60]{60}(?:\r\n|\r|\n))+")
+_UU_TO_BASE64 = bytes.maketrans(bytes(range(0x20, 0x61)), b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                                       b"0123456789+/A")
+_BASE64_FULL_LINES = re.compile(rb"(?:(?:[A-Za-z0-9+/]{4})+(?:\r\n|\r|\n))+")
+
+
+def _uu_block(text: Body, pos: int, base64: bool, budget: LineBudget) -> tuple[bytes, int, bool]:
     """Decode from `pos` to the end line; valid when the end line or a full data line was seen."""
     chunks: list[bytes] = []
     valid = False
     end_line = b"====" if base64 else b"end"
-    lines = _LINE.finditer(text, pos)
-    next(lines, None)  # the rest of the begin line (its line break)
-    for line in lines:
+    line = _LINE.match(text, pos)
+    pos = line.end() if line is not None else len(text)  # the rest of the begin line (its line break)
+    while pos < len(text):
+        run = (_BASE64_FULL_LINES if base64 else _UU_FULL_LINES).match(text, pos)
+        if run is not None:
+            lines = run.group()
+            if not base64:  # "M", 60 characters, one line end, each: the characters alone, in base64
+                lines = lines.replace(b"\r\n", b"\n").replace(b"\r", b"\n")[1:-1].replace(b"\nM", b"")
+                lines = lines.translate(_UU_TO_BASE64)
+            chunks.append(binascii.a2b_base64(lines))
+            valid, pos = True, run.end()
+            continue
+        line = _LINE.match(text, pos)
+        if line is None:
+            break
         content = line.group(1)
         if content.strip() == end_line:
             return b"".join(chunks), line.end(), True
         decoded = _base64_line(content) if base64 else _uu_line(content)
         if decoded is None:
-            return b"".join(chunks), line.start(), valid
+            return b"".join(chunks), pos, valid
+        budget.spend()
         chunks.append(decoded[0])
         valid = valid or decoded[1]
-        if line.end() >= len(text):
+        if line.end() == pos:
             break
+        pos = line.end()
     return b"".join(chunks), len(text), valid
 
 
@@ -829,11 +890,14 @@ def _uu_line(line: bytes) -> tuple[bytes, bool] | None:
 
     A length character, then 4 characters per 3 bytes, all in 0x20-0x60. Transports strip
     trailing spaces (zero bits), so a short line is padded, as binascii does; characters past
-    the announced length are ignored, as encoders pad differently.
+    the announced length are ignored, whatever they are (encoders pad differently; Thunderbird
+    decodes a line by its length character and ignores the rest).
     """
-    if not line or not _UU_CHARS.fullmatch(line):
+    if not line or not 0x20 <= line[0] <= 0x60:
         return None
     need = 1 + (((line[0] - 32) & 63) + 2) // 3 * 4
+    if not _UU_CHARS.fullmatch(line, 0, min(need, len(line))):
+        return None
     try:
         return binascii.a2b_uu(line[:need].ljust(need)), len(line) == need
     except binascii.Error:
@@ -927,13 +991,16 @@ container_of = containers.at_start
 _BINHEX_TYPES = ("application/mac-binhex40", "application/x-mac-binhex40", "application/binhex40",
                  "application/x-binhex40")
 _BINHEX_MARKER = re.compile(re.escape(b"(This file must be converted with BinHex"))
-_YENC_BEGIN = re.compile(re.escape(b"=ybegin "))  # yEnc 1.3 header line
+_YENC_BEGIN = b"=ybegin "  # yEnc 1.3 header line
+# The marker after a line break: fixed text first, so the engine scans for it in C, the line
+# break tested after, as a lookbehind.
+_YENC_LINE = re.compile(re.escape(_YENC_BEGIN) + rb"(?<=[\r\n]" + re.escape(_YENC_BEGIN) + rb")")
 
 
-def _starts_a_line(text: Body, marker: re.Pattern[bytes]) -> bool:
-    """Whether `marker` starts a line of `text` (a literal pattern: the engine scans for it in
-    C; a leading "^" with MULTILINE would not)."""
-    return any(found.start() == 0 or text[found.start() - 1] in (0x0A, 0x0D) for found in marker.finditer(text))
+def _yenc_begins(text: Body) -> bool:
+    """Whether a yEnc header line starts a line of `text`: one search in C, however often the
+    marker occurs elsewhere in a line."""
+    return bytes(text[:len(_YENC_BEGIN)]) == _YENC_BEGIN or _YENC_LINE.search(text) is not None
 
 
 def pe_header_offset(data: bytes | memoryview) -> int | None:
@@ -1134,6 +1201,7 @@ class _Walker:
     def __init__(self, limits: WalkLimits) -> None:
         self.limits = limits
         self.allowance = _Allowance(limits)
+        self.uu_budget = LineBudget()
 
     def message(self, header: bytes, body: bytes) -> Iterator[Item]:
         for entity in walk(header, body, self.limits.max_depth, self.limits.max_parts):
@@ -1156,14 +1224,22 @@ class _Walker:
                 yield from self.inside(entity.names, body, entity.depth, path, name, at_start=entity.saved)
                 if entity.content_type.startswith("text/"):
                     # Newsreaders and some mail clients decode these from the text itself.
-                    if _starts_a_line(body, _YENC_BEGIN):
+                    if _yenc_begins(body):
                         yield Unreadable(name, path, "", "yEnc-encoded data (not decoded)")
                     if _BINHEX_MARKER.search(body):
                         yield Unreadable(name, path, "", "BinHex-encoded data (not decoded)")
                     yield from self.uuencoded(body, entity.depth, path, name)
 
     def uuencoded(self, text: Body, depth: int, path: str, attachment: str) -> Iterator[Item]:
-        for name, data in uuencoded(text, limit=self.limits.max_members + 1):
+        blocks = uuencoded(text, limit=self.limits.max_members + 1, budget=self.uu_budget)
+        while True:
+            try:
+                name, data = next(blocks)
+            except StopIteration:
+                return
+            except UuencodeTooLong as error:
+                yield Unreadable(attachment, path, "", str(error))
+                return
             block_path = f"{path}/{name}"
             try:
                 self.allowance.member()

@@ -524,6 +524,11 @@ BLOCKED = [
     # 11: a TNEF attachment by OLE: the data object is the IStorage id, then the compound file
     Case("tnef-ole-object-with-macros", lambda: with_attachment(corpus.tnef_part(corpus.tnef_ole_object(
         "Document.doc", corpus.ole_with_vba("WordDocument", "Macros")))), Rule.CONTENT, "Document.doc", "macros"),
+    # 12: uuencoded lines with characters after their announced length
+    Case("uuencoded-trailing-garbage-js", lambda: corpus.message(text(
+        b"Please find the script below.\r\n\r\n" + corpus.uuencode_with_trailing(b"WScript.Echo(1)\r\n" * 5,
+                                                                                 "invoice.js"))),
+        Rule.EXTENSION, "invoice.js"),
     Case("tnef-cp1252-title-js", lambda: with_attachment(corpus.tnef_part(corpus.tnef_with_properties(
         title="résumé.js".encode("cp1252")))), Rule.EXTENSION, "r?sum?.js", ".js"),
 ]
@@ -632,6 +637,8 @@ CLEAN = [
         corpus.tar_of({"reports/" + "q" * 120 + "/summary.txt": b"alpha"}, "w:gz"), "long.tar.gz")), None),
     Case("tnef-ole-object-plain-doc", lambda: with_attachment(corpus.tnef_part(corpus.tnef_ole_object(
         "Letter.doc", corpus.ole_plain_doc()))), None),
+    Case("uuencoded-trailing-garbage-txt", lambda: corpus.message(text(
+        b"Notes:\r\n" + corpus.uuencode_with_trailing(b"hello world\r\n" * 5, "notes.txt"))), None),
     Case("rfc2231-charset-undefined-pdf", lambda: with_attachment(
         _rfc2231("attachment; filename*=undefined''report.pdf")), None),
     Case("tnef-filename-as-string", lambda: with_attachment(corpus.tnef_part(corpus.tnef_with_properties(
@@ -943,6 +950,9 @@ def _timed(raw: bytes, policy: Policy) -> tuple[CheckResult, float]:
     # sibling: quadratic), read before the member limit was charged
     pytest.param(lambda: with_attachment(attachment(corpus.outlook_msg_with_storages(2000), "mail.msg")),
                  "more than 1000 archive members", id="msg-2000-storages"),
+    # C6: a uuencoded block of short lines (no line an encoder writes: each one a Python step)
+    pytest.param(lambda: corpus.message(text(corpus.uuencoded_text(4_000_000, line=b"#!!!!"))),
+                 "uuencoded", id="uu-short-lines"),
     # C4: base64 "QQ==" repeated, 10 MB: a Python object per segment
     pytest.param(lambda: with_attachment(corpus.base64_part(b"\r\n".join([b"QQ==" * 19] * 130_000), "a.bin")),
                  "padding", id="base64-padding-flood"),
@@ -953,6 +963,35 @@ def test_hostile_structure_is_uninspectable_and_cheap(build, detail, default_pol
     assert (result.outcome, result.detail) == (Outcome.BLOCKED, "uninspectable"), result.reason
     assert detail in result.reason
     assert elapsed < CHEAP
+
+
+def _fastest(raw: bytes, policy: Policy, runs: int = 3) -> tuple[CheckResult, float]:
+    """The quickest of a few runs: on a shared machine the least disturbed one."""
+    timings = [_timed(raw, policy) for _ in range(runs)]
+    return timings[0][0], min(elapsed for _, elapsed in timings)
+
+
+@pytest.mark.parametrize(("build", "ratio"), [
+    # C6: one big uuencoded block (decoded three times), as text and as the transfer encoding:
+    # decoding 10 MB adds a little
+    pytest.param(lambda: corpus.message(text(corpus.uuencoded_text(10_000_000))), 2, id="uu-10MB-in-text"),
+    pytest.param(lambda: with_attachment(corpus.raw_part(
+        ['Content-Type: text/plain; name="a.txt"', "Content-Transfer-Encoding: x-uuencode"],
+        corpus.uuencoded_text(10_000_000))), 2, id="uu-10MB-transfer-encoding"),
+    # C6: "=ybegin " 1.25 million times, never at the start of a line (a Python step per match)
+    pytest.param(lambda: corpus.message(text(b"x" + b"=ybegin " * 1_250_000)), 1.5, id="ybegin-not-at-line-start-10MB"),
+])
+def test_big_text_costs_what_plain_text_costs(build, ratio, default_policy):
+    # Compared with plain text of the same size in the same run (the machine's speed varies):
+    # the encoding may add a little, not a Python step per line or per marker.
+    raw = build()
+    plain = corpus.message(text(b"x" * 70 + (b"\r\n" + b"x" * 70) * (len(raw) // 72)))
+    result, elapsed = _fastest(raw, default_policy)
+    _, baseline = _fastest(plain, default_policy)
+    print(f"\n{result.reason[:60]} in {elapsed * 1000:.0f} ms CPU, plain text {baseline * 1000:.0f} ms")
+    assert result.outcome is Outcome.CLEAN and not result.facts.findings, result.reason
+    assert elapsed < CHEAP
+    assert elapsed < ratio * baseline
 
 
 def test_a_msg_with_many_attachments_within_the_limit_is_cheap(default_policy):
