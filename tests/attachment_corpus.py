@@ -1036,3 +1036,28 @@ def uuencoded_text(size: int, name: str = "a.txt", line: bytes | None = None) ->
     full line: 45 bytes of "A")."""
     line = binascii.b2a_uu(b"A" * 45).rstrip(b"\n") if line is None else line
     return f"begin 644 {name}\r\n".encode() + b"\r\n".join([line] * (size // (len(line) + 2))) + b"\r\nend\r\n"
+
+
+# --- review 2: long names ------------------------------------------------------------------------
+
+
+def zip_long_raw_names(members: int, name_length: int = 64_000, comment_length: int = 60_000) -> bytes:
+    """`members` members named with bytes that decode under every code page an extractor may
+    pick (so each name has many readings), each with a long file comment too."""
+    raw = bytes([0xE9, 0x81]) * (name_length // 2)
+    body = directory = b""
+    for index in range(members):
+        name, data = raw + b"%d.txt" % index, b"x"
+        local = struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, 0, 0, 0, zlib.crc32(data), 1, 1, len(name), 0)
+        directory += struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, 0, 0, 0, zlib.crc32(data), 1, 1,
+                                 len(name), 0, comment_length, 0, 0, 0, len(body)) + name + raw[:comment_length]
+        body += local + name + data
+    return body + directory + struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, members, members, len(directory),
+                                          len(body), 0)
+
+
+def long_named_parts(parts: int, length: int) -> bytes:
+    """`parts` attachments, each named with `length` characters of "é" (UTF-8, raw)."""
+    body = b"".join(b'--xx\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename="'
+                    + ("é" * length + f"{index}.txt").encode() + b'"\r\n\r\nx\r\n' for index in range(parts))
+    return message(Part(['Content-Type: multipart/mixed; boundary="xx"'], body + b"--xx--\r\n"))

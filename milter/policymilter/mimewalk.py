@@ -978,7 +978,25 @@ def files(header: bytes, body: bytes, limits: WalkLimits) -> Iterator[Item]:
     Stop iterating (and close the generator) as soon as you have your answer: nothing past
     the current file is decompressed.
     """
-    return _Walker(limits).message(header, body)
+    walked = _Walker(limits).message(header, body)
+    try:
+        for item in walked:
+            if isinstance(item, File) and any(len(name) > MAX_NAME_LENGTH for name in item.names):
+                # What a client saves such a name as (Windows stops at 255 characters a
+                # component, others cut elsewhere) is anyone's guess; judging it would cost a
+                # step per character and code page.
+                for name in item.names:
+                    if len(name) > MAX_NAME_LENGTH:
+                        yield Unreadable(name[:MAX_NAME_LENGTH], item.path[:MAX_NAME_LENGTH], item.attachment,
+                                         f"file name over {MAX_NAME_LENGTH} characters")
+                item = dataclasses.replace(item, names=tuple(name for name in item.names
+                                                             if len(name) <= MAX_NAME_LENGTH))
+            yield item
+    finally:
+        walked.close()
+
+
+MAX_NAME_LENGTH = 1024
 
 
 ZIP, TAR, GZIP, BZIP2, XZ, LZMA, OLE, TNEF = (containers.ZIP, containers.TAR, containers.GZIP, containers.BZIP2,

@@ -529,6 +529,10 @@ BLOCKED = [
         b"Please find the script below.\r\n\r\n" + corpus.uuencode_with_trailing(b"WScript.Echo(1)\r\n" * 5,
                                                                                  "invoice.js"))),
         Rule.EXTENSION, "invoice.js"),
+    Case("name-of-1000-characters-exe", lambda: with_attachment(attachment(b"x", "é" * 1000 + ".exe")),
+         Rule.EXTENSION, "???", ".exe"),
+    Case("name-of-2000-characters", lambda: with_attachment(attachment(b"x", "é" * 2000 + ".pdf")),
+         Rule.UNINSPECTABLE, "???", "over 1024 characters"),
     Case("tnef-cp1252-title-js", lambda: with_attachment(corpus.tnef_part(corpus.tnef_with_properties(
         title="résumé.js".encode("cp1252")))), Rule.EXTENSION, "r?sum?.js", ".js"),
 ]
@@ -639,6 +643,7 @@ CLEAN = [
         "Letter.doc", corpus.ole_plain_doc()))), None),
     Case("uuencoded-trailing-garbage-txt", lambda: corpus.message(text(
         b"Notes:\r\n" + corpus.uuencode_with_trailing(b"hello world\r\n" * 5, "notes.txt"))), None),
+    Case("name-of-1000-characters-pdf", lambda: with_attachment(attachment(corpus.pdf(), "é" * 1000 + ".pdf")), None),
     Case("rfc2231-charset-undefined-pdf", lambda: with_attachment(
         _rfc2231("attachment; filename*=undefined''report.pdf")), None),
     Case("tnef-filename-as-string", lambda: with_attachment(corpus.tnef_part(corpus.tnef_with_properties(
@@ -762,6 +767,16 @@ def test_no_message_is_skipped(default_policy):
 ])
 def test_normalise_name(name, expected):
     assert attachments.normalise_name(name) == expected
+
+
+def test_normalise_name_takes_no_python_step_per_character():
+    name = "é" * 2_000_000 + ".exe"
+    timings = []
+    for _ in range(3):
+        started = time.process_time()
+        assert attachments.normalise_name(name) == name
+        timings.append(time.process_time() - started)
+    assert min(timings) < 0.08  # about 35 ms in C; a Python step per character takes 170 ms
 
 
 @pytest.mark.parametrize(("name", "expected"), [
@@ -953,6 +968,11 @@ def _timed(raw: bytes, policy: Policy) -> tuple[CheckResult, float]:
     # C6: a uuencoded block of short lines (no line an encoder writes: each one a Python step)
     pytest.param(lambda: corpus.message(text(corpus.uuencoded_text(4_000_000, line=b"#!!!!"))),
                  "uuencoded", id="uu-short-lines"),
+    # C5: names of tens of thousands of characters (a Python step per character, and per code
+    # page a zip name may be read in)
+    pytest.param(lambda: with_attachment(attachment(corpus.zip_long_raw_names(10), "names.zip")),
+                 "over 1024 characters", id="zip-10-names-of-64KB"),
+    pytest.param(lambda: corpus.long_named_parts(100, 47_000), "over 1024 characters", id="100-names-of-94KB"),
     # C4: base64 "QQ==" repeated, 10 MB: a Python object per segment
     pytest.param(lambda: with_attachment(corpus.base64_part(b"\r\n".join([b"QQ==" * 19] * 130_000), "a.bin")),
                  "padding", id="base64-padding-flood"),
