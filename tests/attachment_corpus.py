@@ -1061,3 +1061,33 @@ def long_named_parts(parts: int, length: int) -> bytes:
     body = b"".join(b'--xx\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename="'
                     + ("é" * length + f"{index}.txt").encode() + b'"\r\n\r\nx\r\n' for index in range(parts))
     return message(Part(['Content-Type: multipart/mixed; boundary="xx"'], body + b"--xx--\r\n"))
+
+
+# --- review 2: decompressor memory -------------------------------------------------------------
+
+
+def xz_with_dictionary(data: bytes, dict_bits: int = 26) -> bytes:
+    """xz of `data` whose LZMA2 filter asks for a 2**dict_bits byte dictionary (64 MiB, what
+    xz -9 uses): compressed with a small one, the dictionary property and the block header's
+    CRC rewritten. The decoder allocates what the header asks, whatever the data's size."""
+    import lzma
+
+    blob = bytearray(lzma.compress(data, preset=0))
+    size = (blob[12] + 1) * 4  # block header (xz file format 3.1.1)
+    flags, pos = blob[13], 14
+    for present in (0x40, 0x80):  # compressed and uncompressed sizes, multibyte integers
+        if flags & present:
+            while blob[pos] & 0x80:
+                pos += 1
+            pos += 1
+    assert blob[pos:pos + 2] == b"\x21\x01", "one LZMA2 filter, one property byte"
+    blob[pos + 2] = (dict_bits - 12) * 2  # dictionary size 2 ** (byte / 2 + 12)
+    blob[12 + size - 4:12 + size] = struct.pack("<I", zlib.crc32(blob[12:12 + size - 4]))
+    return bytes(blob)
+
+
+def nested_xz(levels: int, data: bytes = b"hello") -> bytes:
+    """`data` xz-compressed `levels` times, each level asking for a 64 MiB dictionary."""
+    for _ in range(levels):
+        data = xz_with_dictionary(data)
+    return data

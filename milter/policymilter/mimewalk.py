@@ -920,7 +920,12 @@ CHUNK = 64 * 1024
 SPOOL_THRESHOLD = 1024 * 1024  # a nested zip larger than this is unpacked to a temporary file
 MAX_PE_HEADER_OFFSET = 16 * 1024 * 1024  # a member's "MZ" header pointing further: not inspected
 MAX_TAR_EXTENDED_HEADER = 64 * 1024  # tarfile reads pax / GNU long-name headers whole
-LZMA_MEMORY_LIMIT = 80 * 1024 * 1024
+LZMA_MEMORY_LIMIT = 80 * 1024 * 1024  # one xz or lzma stream (xz -9 needs 65 MiB)
+MIN_LZMA_MEMORY = 2 * 1024 * 1024  # what xz -0 needs to decompress
+# All the decompressors open at once (nested streams are): xz and lzma are granted what is left
+# of this, up to LZMA_MEMORY_LIMIT, as liblzma's memory limit; bzip2 and gzip cost what their
+# decoders allocate at most.
+MAX_DECOMPRESSOR_MEMORY = 128 * 1024 * 1024
 MAX_TNEF = 64 * 1024 * 1024  # tnefparse holds the whole file, and copies of it, in memory
 
 
@@ -1062,17 +1067,21 @@ def unpacked_names(names: tuple[str, ...], stored: str = "") -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
-# Bounded readers: their read(n) passes n to the decompressor as max_length.
-_OPENERS: dict[str, Callable[[IO[bytes]], _Readable]] = {
-    GZIP: lambda source: gzip.GzipFile(fileobj=source, mode="rb"),
-    BZIP2: bz2.BZ2File,
+# Bounded readers: their read(n) passes n to the decompressor as max_length. Each is given the
+# memory it may use (liblzma's limit; the others need no more than _DECODER_MEMORY).
+_OPENERS: dict[str, Callable[[IO[bytes], int], _Readable]] = {
+    GZIP: lambda source, _: gzip.GzipFile(fileobj=source, mode="rb"),
+    BZIP2: lambda source, _: bz2.BZ2File(source),
     # lzma.LZMAFile takes no memory limit, and liblzma allocates the dictionary a header asks
-    # for (up to 4 GiB): the same reader LZMAFile builds, with a limit (xz -9 needs 65 MiB).
-    XZ: lambda source: _compression.DecompressReader(source, lzma.LZMADecompressor, trailing_error=lzma.LZMAError,
-                                                     memlimit=LZMA_MEMORY_LIMIT),
-    LZMA: lambda source: _compression.DecompressReader(source, lzma.LZMADecompressor, trailing_error=lzma.LZMAError,
-                                                       format=lzma.FORMAT_ALONE, memlimit=LZMA_MEMORY_LIMIT),
+    # for (up to 4 GiB): the same reader LZMAFile builds, with a limit.
+    XZ: lambda source, memory: _compression.DecompressReader(source, lzma.LZMADecompressor,
+                                                             trailing_error=lzma.LZMAError, memlimit=memory),
+    LZMA: lambda source, memory: _compression.DecompressReader(source, lzma.LZMADecompressor,
+                                                               trailing_error=lzma.LZMAError, format=lzma.FORMAT_ALONE,
+                                                               memlimit=memory),
 }
+# zlib's inflate state and window; bzip2's tables for 900k blocks.
+_DECODER_MEMORY = {GZIP: 64 * 1024, BZIP2: 4 * 1024 * 1024}
 
 
 class _Uninspectable(Exception):
@@ -1107,6 +1116,7 @@ class _Allowance:
         self.limits = limits
         self.members = limits.max_members
         self.bytes = limits.max_expanded
+        self.memory = MAX_DECOMPRESSOR_MEMORY  # for the decompressors open now
 
     def member(self) -> None:
         self.members -= 1
@@ -1471,11 +1481,25 @@ class _Walker:
 
     def stream(self, kind: str, names: tuple[str, ...], head: bytes, source: _Readable, depth: int, path: str,
                attachment: str) -> Iterator[Item]:
-        """A single compressed file: what it unpacks to, under every name it may be saved as."""
+        """A single compressed file: what it unpacks to, under every name it may be saved as.
+        Its decompressor's memory comes out of the message's budget until it is closed."""
         inner = unpacked_names(names, _gzip_name(head) if kind == GZIP else "")
-        with _OPENERS[kind](cast(IO[bytes], source)) as opened:
-            metered = _Metered(opened, self.allowance)
-            yield from self.member(inner, metered, None, depth, f"{path}/{inner[0] if inner else '-'}", attachment)
+        memory = _DECODER_MEMORY.get(kind) or min(LZMA_MEMORY_LIMIT, self.allowance.memory)
+        if memory < _DECODER_MEMORY.get(kind, MIN_LZMA_MEMORY) or memory > self.allowance.memory:
+            raise _Exhausted(f"decompressor memory over {MAX_DECOMPRESSOR_MEMORY // 2**20} MiB (nested streams)")
+        self.allowance.memory -= memory
+        try:
+            with _OPENERS[kind](cast(IO[bytes], source), memory) as opened:
+                metered = _Metered(opened, self.allowance)
+                yield from self.member(inner, metered, None, depth, f"{path}/{inner[0] if inner else '-'}",
+                                       attachment)
+        except lzma.LZMAError as error:
+            if memory < LZMA_MEMORY_LIMIT and "memory usage limit" in str(error).lower():
+                raise _Exhausted(f"decompressor memory over {MAX_DECOMPRESSOR_MEMORY // 2**20} MiB "
+                                 "(nested streams)") from error
+            raise
+        finally:
+            self.allowance.memory += memory
 
     def member(self, names: tuple[str, ...], source: _Readable, declared: int | None, depth: int, path: str,
                attachment: str) -> Iterator[Item]:

@@ -10,6 +10,8 @@ import email.policy
 import io
 import os
 import random
+import subprocess
+import sys
 import time
 import tracemalloc
 import urllib.parse
@@ -17,6 +19,7 @@ import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -1012,6 +1015,50 @@ def test_big_text_costs_what_plain_text_costs(build, ratio, default_policy):
     assert result.outcome is Outcome.CLEAN and not result.facts.findings, result.reason
     assert elapsed < CHEAP
     assert elapsed < ratio * baseline
+
+
+# Runs the check in a fresh interpreter and reports how far its address space grew (liblzma
+# allocates a dictionary outside Python's allocator: tracemalloc does not see it).
+_MEMORY_PROBE = """
+import sys
+from policymilter.checks import attachments
+from policymilter.policy.model import Attachments
+
+def peak():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmPeak:"))
+
+raw = open(sys.argv[1], "rb").read()
+header, _, body = raw.partition(b"\\r\\n\\r\\n")
+attachments.normalise_name("x")
+before = peak()
+scan = attachments.find_executables(header + b"\\r\\n", body, attachments.Limits.from_policy(Attachments()))
+print(peak() - before, "; ".join(finding.describe() for finding in scan.findings))
+"""
+
+
+def _address_space_growth(raw: bytes, directory: Path) -> tuple[int, str]:
+    message_file = directory / "message.eml"
+    message_file.write_bytes(raw)
+    root = Path(__file__).resolve().parents[2]
+    probe = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(message_file)], capture_output=True, text=True,
+                           check=True, env={**os.environ, "PYTHONPATH": f"{root / 'milter'}:{root}"})
+    grown, _, findings = probe.stdout.strip().partition(" ")
+    return int(grown), findings
+
+
+def test_nested_xz_streams_share_one_decompressor_memory_budget(tmp_path):
+    # C7: each level asks for a 64 MiB dictionary, all levels open at once: 8 levels were 512 MiB.
+    grown, findings = _address_space_growth(with_attachment(attachment(corpus.nested_xz(8), "a.txt" + ".xz" * 8)),
+                                            tmp_path)
+    print(f"\nnested xz, 8 levels: address space +{grown / 2**20:.0f} MiB: {findings}")
+    assert "decompressor memory" in findings
+    assert grown < mimewalk.MAX_DECOMPRESSOR_MEMORY + 64 * 2**20
+
+
+def test_one_xz_stream_with_a_big_dictionary_is_inspected(tmp_path):
+    _, findings = _address_space_growth(with_attachment(attachment(corpus.nested_xz(1), "a.txt.xz")), tmp_path)
+    assert findings == ""
 
 
 def test_a_msg_with_many_attachments_within_the_limit_is_cheap(default_policy):
