@@ -1176,10 +1176,20 @@ def test_default_toml_lists_exactly_the_models_default_extensions():
     "a.xlsb", "a.pptm", "a.potm", "a.ppam", "a.ppsm", "a.sldm",
     # Outlook's Level-1 list, a sample of what the old default lacked
     "a.diagcab", "a.gadget", "a.msu", "a.cab", "a.hlp", "a.xbap", "a.printerexport", "a.mdb", "a.ps1xml",
+    # Remote Desktop connection files (2024 campaigns)
+    "connect.rdp",
 ])
 def test_the_default_list_blocks_what_is_abused_today(name, default_policy):
     result = run(with_attachment(attachment(b"x", name)), default_policy)
     assert (result.outcome, result.detail) == (Outcome.BLOCKED, "extension"), result.reason
+
+
+@pytest.mark.parametrize("name", ["page.html", "page.htm", "page.shtml", "logo.svg"])
+def test_html_and_svg_are_everyday_attachments_by_default(name, default_policy):
+    # HTML smuggling: a site that wants to stop it lists these (default.toml says how).
+    result = run(with_attachment(attachment(b"<html><body>Hello</body></html>", name, content_type="text/html")),
+                 default_policy)
+    assert result.outcome is Outcome.CLEAN, result.reason
 
 
 def test_the_extension_validator_allows_long_real_extensions():
