@@ -1091,3 +1091,13 @@ def nested_xz(levels: int, data: bytes = b"hello") -> bytes:
     for _ in range(levels):
         data = xz_with_dictionary(data)
     return data
+
+
+def quoted_printable_lone_cr(data: bytes) -> bytes:
+    """Quoted-printable of `data` with a soft line break written "=" CR (no LF) after the first
+    two bytes: Thunderbird (mimeenc.cpp) takes "=" CR as a soft break and decodes on; binascii,
+    and so the stdlib, stops reading there."""
+    import quopri
+
+    encoded = quopri.encodestring(data, quotetabs=True).replace(b"\n", b"\r\n")
+    return encoded[:2] + b"=\r" + encoded[2:]

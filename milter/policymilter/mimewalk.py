@@ -481,7 +481,18 @@ def _decoded(headers: Headers, span: _Span) -> tuple[Body, tuple[bytes, ...], tu
     if transfer_encoding(headers) == "base64":
         readings, problem = base64_readings(span.buf, span.start, span.end)
         return readings[0], tuple(readings[1:]), (problem,) if problem else ()
-    return _undone(headers, span), (), ()
+    body = _undone(headers, span)
+    if transfer_encoding(headers) == "quoted-printable":
+        view = memoryview(span.buf)[span.start:span.end]
+        if _QP_LONE_CR_BREAK.search(view):
+            # "=" CR without LF: Thunderbird's decoder (mimeenc.cpp) takes it for a soft line
+            # break and decodes what follows; binascii (the stdlib) stops there.
+            other = binascii.a2b_qp(_QP_LONE_CR_BREAK.sub(b"", view))
+            return body, (other,) if other != body else (), ()
+    return body, (), ()
+
+
+_QP_LONE_CR_BREAK = re.compile(rb"=\r(?!\n)")
 
 
 def _undone(headers: Headers, span: _Span) -> Body:

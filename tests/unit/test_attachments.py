@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+import unicodedata
 import urllib.parse
 import zipfile
 import zlib
@@ -536,6 +537,10 @@ BLOCKED = [
          Rule.EXTENSION, "???", ".exe"),
     Case("name-of-2000-characters", lambda: with_attachment(attachment(b"x", "é" * 2000 + ".pdf")),
          Rule.UNINSPECTABLE, "???", "over 1024 characters"),
+    # quoted-printable soft line break "=" CR without LF (Thunderbird decodes on past it)
+    Case("qp-soft-break-lone-cr-pe", lambda: with_attachment(corpus.raw_part(
+        ['Content-Type: application/octet-stream; name="report.dat"', "Content-Transfer-Encoding: quoted-printable"],
+        corpus.quoted_printable_lone_cr(corpus.pe(1024)))), Rule.CONTENT, "report.dat", "Windows executable"),
     Case("tnef-cp1252-title-js", lambda: with_attachment(corpus.tnef_part(corpus.tnef_with_properties(
         title="résumé.js".encode("cp1252")))), Rule.EXTENSION, "r?sum?.js", ".js"),
 ]
@@ -647,6 +652,9 @@ CLEAN = [
     Case("uuencoded-trailing-garbage-txt", lambda: corpus.message(text(
         b"Notes:\r\n" + corpus.uuencode_with_trailing(b"hello world\r\n" * 5, "notes.txt"))), None),
     Case("name-of-1000-characters-pdf", lambda: with_attachment(attachment(corpus.pdf(), "é" * 1000 + ".pdf")), None),
+    Case("qp-text-with-soft-breaks", lambda: corpus.message(corpus.raw_part(
+        ["Content-Type: text/plain; charset=utf-8", "Content-Transfer-Encoding: quoted-printable"],
+        b"Caf=C3=A9 au lait, a long line that goes on=\r\nand on=\r\n\r\nBye\r\n")), None),
     Case("rfc2231-charset-undefined-pdf", lambda: with_attachment(
         _rfc2231("attachment; filename*=undefined''report.pdf")), None),
     Case("tnef-filename-as-string", lambda: with_attachment(corpus.tnef_part(corpus.tnef_with_properties(
@@ -770,6 +778,13 @@ def test_no_message_is_skipped(default_policy):
 ])
 def test_normalise_name(name, expected):
     assert attachments.normalise_name(name) == expected
+
+
+def test_every_format_and_control_character_is_in_the_planes_scanned():
+    planes = attachments.INVISIBLE_PLANES
+    outside = [code for code in range(sys.maxunicode + 1) if not any(code in plane for plane in planes)
+               and unicodedata.category(chr(code)) in ("Cf", "Cc")]
+    assert outside == []
 
 
 def test_normalise_name_takes_no_python_step_per_character():
