@@ -11,13 +11,25 @@ to decode the parts). This walk keeps the raw body once, finds part boundaries w
 part. It reads the structure the way the stdlib parser does (same header/body split, same
 delimiter rule, a missing close delimiter ends the last part at the end), so what we inspect
 is what the email package — and MUAs as lenient as it is — would show. Each entity's header
-fields are parsed by the stdlib (`compat32`: plain strings, no header-registry surprises).
+fields are parsed by the stdlib (`compat32`: plain strings, no header-registry surprises), when
+the walk reaches the entity and within limits.
+
+Where Thunderbird (the lenient reader we measure against: its mimemult.cpp, mimehdrs.cpp,
+mimeenc.cpp and nsMIMEHeaderParamImpl.cpp) reads the same bytes otherwise, the entity is
+either judged in every reading (delimiter lines ending in a form feed, base64 with "=" inside
+a quantum, quoted-printable "=" CR soft breaks, irregular RFC 2231 continuations, the
+Content-Name and X-Sun-Data-Name fields) or uninspectable (a nested multipart whose delimiter
+lines match its parent's, a non-header line among a part's headers). Every message/* but
+partial and external-body is an enclosed message; S/MIME opaque signed data is opened
+(smime.py).
 
 Archives: zip (nested, encrypted member names included; its layout read as every extractor may
-read it, ziplayout.py), tar, gzip / bzip2 / xz / lzma streams (.tar.gz and friends), from the
-standard library; TNEF (winmail.dat) and OLE files (Outlook .msg attachments, VBA projects)
-through tnefparse and olefile (msoffice.py). A hostile archive stays cheap: a zip's central
-directory is counted before zipfile parses it; declared sizes count against the unpacked-bytes
+read it, ziplayout.py), tar (old-style ones too; every name a header gives judged; sparse
+members refused), gzip / bzip2 / xz / lzma streams (.tar.gz and friends; the decompressors open
+at once share one memory budget), from the standard library; TNEF (winmail.dat) and OLE
+files (Outlook .msg attachments, VBA projects) through tnefparse and olefile (msoffice.py). A
+hostile archive stays cheap: a zip's central directory is counted before zipfile parses it;
+declared sizes count against the unpacked-bytes
 allowance (they may only lie low: what is actually decompressed is metered too); members are
 streamed through once, their first 64 KiB judged and the rest searched for the signatures of
 other formats with a bounded window (containers.Search). Zip members compressed with bzip2 or

@@ -1,8 +1,9 @@
 """attachments: refuse executables anywhere in the message, by name and by content, at end of message.
 
-Every file the walk finds (mimewalk.files: MIME parts at any depth, message/rfc822 included;
-zip, tar, gzip/bzip2/xz/lzma members, TNEF and Outlook .msg attachments, nested; uuencoded
-blocks in text parts) is blocked when
+Every file the walk finds (mimewalk.files: MIME parts at any depth, message/* and the content
+of opaque-signed S/MIME included, in every decoding a client may make; zip, tar,
+gzip/bzip2/xz/lzma members, TNEF and Outlook .msg attachments, nested; uuencoded blocks in
+text parts) is blocked when
 
 - its name's final extension is in `blocked_extensions`, the name decoded (RFC 2231, RFC 2047)
   and read as Windows would save it (see normalise_name). `invoice.pdf.exe`, `photo.EXE.` and
