@@ -195,7 +195,7 @@ def walk(header: bytes, body: bytes, max_depth: int, max_parts: int) -> Iterator
         elif content_type == "message/external-body":
             # RFC 2046 §5.2.3: the body is elsewhere (a URL, an FTP site, a mail server), fetched
             # by the client; what is here is only its header.
-            problems += ("message/external-body (the content is elsewhere)",)
+            problems += ("message/external-body (content elsewhere)",)
         elif parsed.get_content_maintype() == "message" and content_type != "message/partial":
             if encoding not in (*_IDENTITY_ENCODINGS, "base64", "quoted-printable"):
                 problems += (f"{content_type} with Content-Transfer-Encoding {encoding}",)
@@ -267,7 +267,7 @@ def _parse_headers(block: bytes) -> email.message.Message:
 # and colon, a "From " envelope line, a continuation line), each with its line end; possessive,
 # so the engine never backtracks into a line (a field name cannot contain ":").
 _HEADER_LINES = re.compile(rb"(?:(?:From |[\x21-\x39\x3b-\x7e]*+:|[\t ])[^\r\n]*+(?:\r\n|\r|\n))*+")
-_NON_HEADER_LINE = "a line that is not a header field in a part's header block"
+_NON_HEADER_LINE = "non-header line among a part's headers"
 
 
 def _split_head(buf: bytes, start: int, end: int) -> tuple[int, int, tuple[str, ...]] | None:
@@ -327,12 +327,12 @@ def _multipart_children(span: _Span, headers: Headers, limit: int) -> tuple[list
         # RFC 2046 §5.1.1 bcharsnospace: the stdlib strips it, Thunderbird compares with it.
         problems += ("multipart boundary ends in white space",)
     if any(_boundaries_collide(boundary, outer) for outer in span.boundaries):
-        problems += ("nested multipart boundary that its parent's delimiter lines also match",)
+        problems += ("nested boundary clashes with its parent's",)
     split = split_multipart(span.buf, span.start, span.end, boundary.encode("utf-8", "surrogateescape"), limit + 1)
     if not split.delimiters:
         problems += ("multipart body with no delimiter line",)
     if split.lenient:
-        problems += ("multipart delimiter line ending in a form feed or vertical tab",)
+        problems += ("form feed or VT after a delimiter",)
     # RFC 2046 §5.1.5
     default = "message/rfc822" if headers.message.get_content_subtype() == "digest" else "text/plain"
     prefix = f"{span.number}." if span.number else ""
@@ -413,7 +413,7 @@ def _enclosed_message(span: _Span, headers: Headers) -> _Span:
     if transfer_encoding(headers) in ("base64", "quoted-printable"):
         body, others, problems = _decoded(headers, span)
         if others:
-            problems += ("enclosed message in base64 that clients decode differently",)
+            problems += ("enclosed message: base64 read several ways",)
         buf, start, end = bytes(body), 0, len(body)
     return dataclasses.replace(_span(buf, start, end, span.depth + 1, span.number or "1"), problems=problems)
 
@@ -450,7 +450,7 @@ def header_problems(headers: Headers) -> tuple[str, ...]:
         for value in headers.get(field):
             for base in irregular_continuations(_split_params(value)):
                 if base in ("filename", "name"):
-                    problems.append(f"irregular RFC 2231 continuation of the {base} parameter")
+                    problems.append(f"irregular RFC 2231 {base} sections")
     encoding = transfer_encoding(headers)
     if encoding not in _KNOWN_ENCODINGS:
         problems.append(f"unknown Content-Transfer-Encoding {encoding!r}")
@@ -564,7 +564,7 @@ def base64_readings(buf: bytes, start: int = 0, end: int | None = None) -> tuple
     data = cleaned.rstrip(b"=")
     stdlib = _stdlib_base64(cleaned)
     if data.count(b"=") > MAX_BASE64_INNER_PADDING:
-        return [stdlib], f"base64 with more than {MAX_BASE64_INNER_PADDING} padding characters inside the data"
+        return [stdlib], f"base64 with over {MAX_BASE64_INNER_PADDING} '=' inside the data"
     # The padding that completes the last quantum; Thunderbird makes a zero byte of each
     # further "====", which changes nothing a signature could tell.
     data += cleaned[len(data):len(data) + -len(data) % 4]
@@ -836,7 +836,7 @@ class LineBudget:
     def spend(self) -> None:
         self.lines -= 1
         if self.lines < 0:
-            raise UuencodeTooLong(f"uuencoded data with more than {MAX_UU_LINES} short or odd lines")
+            raise UuencodeTooLong(f"uuencode with over {MAX_UU_LINES} odd lines")
 
 
 class UuencodeTooLong(Exception):
@@ -1509,7 +1509,7 @@ class _Walker:
         inner = unpacked_names(names, _gzip_name(head) if kind == GZIP else "")
         memory = _DECODER_MEMORY.get(kind) or min(LZMA_MEMORY_LIMIT, self.allowance.memory)
         if memory < _DECODER_MEMORY.get(kind, MIN_LZMA_MEMORY) or memory > self.allowance.memory:
-            raise _Exhausted(f"decompressor memory over {MAX_DECOMPRESSOR_MEMORY // 2**20} MiB (nested streams)")
+            raise _Exhausted(f"nested streams need over {MAX_DECOMPRESSOR_MEMORY // 2**20} MiB")
         self.allowance.memory -= memory
         try:
             with _OPENERS[kind](cast(IO[bytes], source), memory) as opened:
@@ -1518,8 +1518,7 @@ class _Walker:
                                        attachment)
         except lzma.LZMAError as error:
             if memory < LZMA_MEMORY_LIMIT and "memory usage limit" in str(error).lower():
-                raise _Exhausted(f"decompressor memory over {MAX_DECOMPRESSOR_MEMORY // 2**20} MiB "
-                                 "(nested streams)") from error
+                raise _Exhausted(f"nested streams need over {MAX_DECOMPRESSOR_MEMORY // 2**20} MiB") from error
             raise
         finally:
             self.allowance.memory += memory

@@ -203,7 +203,7 @@ def _check_properties(data: bytes, offset: int, levels: int, attachment: bool) -
             if multi > len(data) - offset:
                 raise Unsafe("TNEF multi-valued property larger than its data")
         if attachment and ident in _TYPED_PROPERTIES and kind not in _TYPED_PROPERTIES[ident]:
-            raise Unsafe(f"TNEF attachment property {ident:#06x} of type {kind:#06x}")
+            raise Unsafe(f"TNEF property {ident:#06x} of type {kind:#06x}")
         rounds = multi or 1
         if kind in _FIXED_SIZES:
             size = _FIXED_SIZES[kind]

@@ -38,7 +38,7 @@ def encapsulated(data: bytes) -> bytes | None:
         if kind == "signed_data":
             content = info["content"]["encap_content_info"]
             if content["content_type"].native != "data":
-                raise Uninspectable("S/MIME signed content of another type than data (not inspected)")
+                raise Uninspectable("S/MIME signed non-data content")
             inner = content["content"].native
             return None if inner is None else bytes(inner)
     except SMIME_UNREADABLE as error:
@@ -47,7 +47,7 @@ def encapsulated(data: bytes) -> bytes | None:
         raise Uninspectable("encrypted S/MIME (not inspected)")
     if kind == "compressed_data":
         raise Uninspectable("compressed S/MIME (not inspected)")
-    raise Uninspectable("S/MIME content of an unknown type (not inspected)")
+    raise Uninspectable("S/MIME of an unknown content type")
 
 
 def unsigned_names(names: tuple[str, ...]) -> tuple[str, ...]:

@@ -239,15 +239,15 @@ def _local_zip64_sizes(extra: bytes, compressed: int, plain: int) -> tuple[int, 
 def _compare_headers(entry: _Entry, flags: int, method: int, crc: int, compressed: int, plain: int,
                      layout: Layout) -> None:
     if flags != entry.flags:
-        layout.problem("zip local and central headers disagree on the flags")
+        layout.problem("zip headers disagree: flags")
     if method != entry.method:
-        layout.problem("zip local and central headers disagree on the compression method")
+        layout.problem("zip headers disagree: compression method")
     if flags & 0x08:  # APPNOTE 4.4.4 bit 3: CRC and sizes follow the data (checked there)
         return
     if crc != entry.crc:
-        layout.problem("zip local and central headers disagree on the CRC")
+        layout.problem("zip headers disagree: CRC")
     if (compressed, plain) != (entry.compressed, entry.size):
-        layout.problem("zip local and central headers disagree on the sizes")
+        layout.problem("zip headers disagree: sizes")
 
 
 def _descriptor_length(source: IO[bytes], at: int, entry: _Entry, layout: Layout) -> int:
