@@ -225,7 +225,9 @@ def _smime(span: _Span, headers: Headers, content_type: str, names: tuple[str, .
            max_depth: int, stack: list[_Span]) -> Iterator[Entity | Overflow]:
     """An S/MIME part (smime.py): the content it carries is a file, saved under the part's name
     without ".p7m", and, when it is a MIME entity (RFC 8551 §3.1), an entity one level down."""
-    body, _, found = _decoded(headers, span)
+    body, others, found = _decoded(headers, span)
+    if others:  # the structure a client reads could be another one
+        found += ("S/MIME in base64 that clients decode differently",)
     try:
         inner = smime.encapsulated(bytes(body))
     except smime.Uninspectable as error:

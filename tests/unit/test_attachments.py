@@ -494,6 +494,11 @@ BLOCKED = [
          Rule.UNINSPECTABLE, "smime.p7m", "encrypted S/MIME"),
     Case("smime-compressed", lambda: corpus.message(corpus.smime_part(corpus.cms_compressed(corpus.smime_entity(
         attachment(b"x", "a.txt"))), "compressed-data")), Rule.UNINSPECTABLE, "smime.p7m", "compressed S/MIME"),
+    Case("smime-base64-zero-digits", lambda: corpus.message(corpus.raw_part(
+        ['Content-Type: application/pkcs7-mime; smime-type=signed-data; name="smime.p7m"',
+         "Content-Transfer-Encoding: base64"],
+        corpus.base64_zero_digits(corpus.cms_signed(corpus.smime_entity(attachment(b"x", "a.txt")))))),
+        Rule.UNINSPECTABLE, "smime.p7m", "S/MIME"),
     Case("smime-corrupt", lambda: corpus.message(corpus.smime_part(b"\x30\x82\x01\x00not der")),
          Rule.UNINSPECTABLE, "smime.p7m", "S/MIME"),
     # 2: zip local and central headers that disagree: unzip and libarchive follow the local one,
