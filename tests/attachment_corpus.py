@@ -276,9 +276,17 @@ def text(body: str | bytes, subtype: str = "plain") -> Part:
 
 
 def multipart(*parts: Part, subtype: str = "mixed", boundary: str = "=_boundary") -> Part:
+    """A multipart entity; like a real generator, it picks a boundary its parts do not contain
+    (a forwarded message built here keeps its own "=_boundary": this one becomes "=_boundary1")."""
+    rendered = [part.render() for part in parts]
+    chosen, suffix = boundary, 0
+    while any(f"--{chosen}".encode() in data for data in rendered):
+        suffix += 1
+        chosen = f"{boundary}{suffix}"
+    boundary = chosen
     body = b"This is a multi-part message in MIME format.\r\n"
-    for part in parts:
-        body += f"\r\n--{boundary}\r\n".encode() + part.render()
+    for data in rendered:
+        body += f"\r\n--{boundary}\r\n".encode() + data
     body += f"\r\n--{boundary}--\r\n".encode()
     return Part([f'Content-Type: multipart/{subtype}; boundary="{boundary}"'], body)
 
@@ -496,7 +504,9 @@ def udf_nsr(offset: int = 0x9001) -> bytes:
 
 ONENOTE = b"\xe4\x52\x5c\x7b\x8c\xd8\xa7\x4d\xae\xb1\x53\x78\xd0\x29\x96\xd3" + bytes(1024)
 CAB = b"MSCF\0\0\0\0" + struct.pack("<I", 100) + bytes(88)
-SQUASHFS = b"hsqs" + bytes(1024)
+# squashfs 4.0 superblock: magic, inodes, mkfs time, block size 128 KiB, fragments, gzip (1),
+# block_log 17, flags, ids, version 4.0
+SQUASHFS = b"hsqs" + struct.pack("<IIIIHHHHHH", 1, 0, 1 << 17, 0, 1, 17, 0, 1, 4, 0) + bytes(1024)
 XAR = b"xar!\x00\x1c\x00\x01" + bytes(64)
 CPIO = b"070701" + b"0" * 104
 ARJ = b"\x60\xea" + struct.pack("<H", 40) + bytes([30]) + bytes(60)
@@ -548,7 +558,8 @@ def tnef_part(data: bytes, name: str = "winmail.dat") -> Part:
 
 # olefile reads these files but cannot create them. This writer is the least MS-CFB allows:
 # version 3 (512-byte sectors), every stream padded to the 4096-byte mini-stream cutoff so that
-# none lives in the mini stream, children of a storage chained through right siblings.
+# none lives in the mini stream, children of a storage in a balanced binary tree of siblings
+# (MS-CFB §2.6.4 wants a red-black tree; readers only walk it).
 _FREE, _END, _FATSECT, _NOSTREAM = 0xFFFFFFFF, 0xFFFFFFFE, 0xFFFFFFFD, 0xFFFFFFFF
 
 
@@ -586,15 +597,23 @@ def ole_file(tree: Mapping[str, object]) -> bytes:
             entry["start"] = chain(entry["data"])
         else:
             entry["start"] = _END if entry["type"] == 5 else 0
+    def siblings(children: list[int]) -> int:
+        """The middle child, with the ones before it on its left and the ones after on its right."""
+        if not children:
+            return _NOSTREAM
+        middle = len(children) // 2
+        entries[children[middle]]["left"] = siblings(children[:middle])
+        entries[children[middle]]["right"] = siblings(children[middle + 1:])
+        return children[middle]
+
+    for entry in entries:
+        entry["child"] = siblings(entry["children"])
     directory = b""
     for entry in entries:
-        children = entry["children"]
-        for this, following in zip(children, [*children[1:], _NOSTREAM], strict=False):
-            entries[this]["right"] = following
         name = entry["name"].encode("utf-16-le") + b"\0\0"
         directory += (name.ljust(64, b"\0") + struct.pack("<HBBIII", len(name), entry["type"], 1,
-                                                            _NOSTREAM, entry.get("right", _NOSTREAM),
-                                                            children[0] if children else _NOSTREAM)
+                                                            entry.get("left", _NOSTREAM), entry.get("right", _NOSTREAM),
+                                                            entry["child"])
                       + bytes(16 + 4 + 16) + struct.pack("<IQ", entry["start"], len(entry["data"])))
     directory = directory.ljust(-(-len(directory) // 512) * 512, b"\0")
     first_directory = chain(directory)
@@ -687,3 +706,398 @@ def zip_pair_with_odd_last_end_record() -> bytes:
     second = bytearray(zip_of({"a.txt": b"x"}))
     struct.pack_into("<H", second, len(second) - 22 + 8, 2)
     return zip_of({"evil.exe": b"x"}) + bytes(second)
+
+
+# --- review 2: TNEF properties of the wrong type, titles in the OEM code page, OLE objects ---------
+
+IID_ISTORAGE = b"\x0b\x00\x00\x00\x00\x00\x00\x00\xc0\x00\x00\x00\x00\x00\x00\x46"  # MS-OXTNEF §2.1.3.4.1
+
+
+def mapi_long(ident: int, value: int) -> bytes:
+    """One PtypInteger32 (0x0003) property."""
+    return struct.pack("<HHI", 0x0003, ident, value)
+
+
+def mapi_binary(ident: int, data: bytes, kind: int = 0x0102) -> bytes:
+    """One PtypBinary (0x0102) or PtypObject (0x000D) property: count 1, length, data padded to 4."""
+    return struct.pack("<HHII", kind, ident, 1, len(data)) + data + bytes(-len(data) % 4)
+
+
+def tnef_with_properties(*properties: bytes, title: bytes | None = b"DATA.BIN", data: bytes | None = b"data",
+                         code_page: int = 1252) -> bytes:
+    """A winmail.dat with one attachment: an 8.3 title written as the bytes given (MS-OXTNEF
+    says: in the OEM code page) unless None, attAttachData unless `data` is None, and an attAttachment
+    attribute carrying `properties`."""
+    out = struct.pack("<IH", 0x223E9F78, 0x0101)
+    out += _tnef_attribute(1, 0x9006, 0x0008, struct.pack("<I", 0x00010000))
+    out += _tnef_attribute(1, 0x9007, 0x0006, struct.pack("<II", code_page, 0))
+    out += _tnef_attribute(1, 0x8008, 0x0007, b"IPM.Microsoft Mail.Note\0")
+    out += _tnef_attribute(2, 0x9002, 0x0006, struct.pack("<HIHHI", 1, 0xFFFFFFFF, 0, 0, 0))
+    if title is not None:
+        out += _tnef_attribute(2, 0x8010, 0x0001, title + b"\0")
+    if data is not None:
+        out += _tnef_attribute(2, 0x800F, 0x0006, data)
+    if properties:
+        out += _tnef_attribute(2, 0x9005, 0x0006, struct.pack("<I", len(properties)) + b"".join(properties))
+    return out
+
+
+def tnef_ole_object(title: str, storage: bytes, iid: bytes = IID_ISTORAGE) -> bytes:
+    """An attachment by OLE (PidTagAttachMethod 6): PidTagAttachDataObject holds the IStorage
+    interface id, then the compound file."""
+    return tnef_with_properties(mapi_long(0x3705, 6), _mapi_unicode(0x3707, title),
+                                mapi_binary(0x3701, iid + storage, kind=0x000D), title=title.encode(), data=None)
+
+
+def cab(files: int = 1) -> bytes:
+    """A CAB header as makecab writes it (MS-CAB 2.1 CFHEADER): reserved fields zero, sizes that
+    fit, version 1.3, one folder, `files` files."""
+    size = 36 + 8 + 16 * files
+    return (b"MSCF" + struct.pack("<IIIIIBBHHHHH", 0, size, 0, 44, 0, 3, 1, 1, files, 0, 0x1234, 0)
+            + bytes(size - 36))
+
+
+# An ACE main header: CRC, header size, type 0 (main), flags, then "**ACE**" at 7.
+ACE = b"\x12\x34" + struct.pack("<HBH", 31, 0, 0) + b"**ACE**" + bytes(40)
+
+
+# --- review 2: MIME structure --------------------------------------------------------------------
+
+
+def many_header_fields(parts: int, fields: int, folded: bool = False) -> bytes:
+    """A multipart/mixed of `parts` parts, each with `fields` header fields ("X:a"), or with one
+    field folded over `fields` continuation lines."""
+    block = b"X-H: a\r\n" + b" \r\n" * fields if folded else b"X:a\r\n" * fields
+    body = b"".join(b"--xx\r\n" + block + b"\r\nbody\r\n" for _ in range(parts))
+    return message(Part(['Content-Type: multipart/mixed; boundary="xx"'], body + b"--xx--\r\n"))
+
+
+def pe_attachment_lines(name: str = "a.exe") -> bytes:
+    """The header block and base64 body of a PE attachment, as raw lines (CRLF)."""
+    return (f'Content-Type: application/octet-stream; name="{name}"\r\n'.encode()
+            + b"Content-Transfer-Encoding: base64\r\n\r\n" + _base64(pe()))
+
+
+def nested_same_boundary(outer: str = "a", inner: str = "a", hidden: bytes | None = None) -> bytes:
+    """A multipart/mixed whose first part is a multipart/mixed with boundary `inner`. Read
+    parent first (the stdlib, and us), the inner part ends at the second "--a" and the
+    attachment after the inner close delimiter is epilogue; read child first (Thunderbird),
+    it is the outer multipart's second part."""
+    hidden = pe_attachment_lines() if hidden is None else hidden
+    body = (f'--{outer}\r\nContent-Type: multipart/mixed; boundary="{inner}"\r\n\r\n'
+            f"--{inner}\r\nContent-Type: text/plain\r\n\r\nhi\r\n--{inner}--\r\n"
+            f"--{outer}\r\n").encode() + hidden + f"--{outer}--\r\n".encode()
+    return message(Part([f'Content-Type: multipart/mixed; boundary="{outer}"'], body))
+
+
+def delimited(trailer: bytes, hidden: bytes | None = None, boundary: str = "xx") -> bytes:
+    """A multipart/mixed whose delimiter lines all end in `trailer` before the line break."""
+    hidden = pe_attachment_lines("invoice.exe") if hidden is None else hidden
+    line = b"--" + boundary.encode()
+    body = (line + trailer + b"\r\nContent-Type: text/plain\r\n\r\nInvoice attached.\r\n" + line + trailer + b"\r\n"
+            + hidden + line + b"--" + trailer + b"\r\n")
+    return message(Part([f'Content-Type: multipart/mixed; boundary="{boundary}"'], body))
+
+
+TEXT_PART_LINES = b"Content-Type: text/plain\r\n\r\nnothing to see\r\n"
+
+
+# --- review 2: base64 with "=" inside a quantum (Thunderbird reads it as a zero digit) -----------
+
+_B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def base64_zero_digits(data: bytes) -> bytes:
+    """Base64 that Thunderbird decodes to `data` and the stdlib (or a reader that realigns after
+    a "=") to something else: the first quantum carries one byte as "x=A=" (Thunderbird: "="
+    is a zero digit, two of them leave one byte), the rest is ordinary base64 of data[1:]."""
+    assert data[0] & 3 == 0, "the second digit is a zero: the first byte's low bits must be too"
+    rest = base64.b64encode(data[1:])
+    lines = [rest[pos:pos + 76] for pos in range(0, len(rest), 76)]
+    return bytes([_B64_ALPHABET[data[0] >> 2]]) + b"=A=" + b"\r\n".join(lines) + b"\r\n"
+
+
+def base64_zero_digits_pe() -> bytes:
+    """pe() as Thunderbird reads "TVqQ" "AA=A" ...: bytes 3-4 of the DOS header are zero."""
+    data = pe(1024)
+    assert data[3:5] == b"\0\0"
+    rest = base64.b64encode(data[5:])
+    return base64.b64encode(data[:3]) + b"AA=A\r\n" + b"\r\n".join(rest[pos:pos + 76]
+                                                                   for pos in range(0, len(rest), 76)) + b"\r\n"
+
+
+def base64_part(encoded: bytes, name: str) -> Part:
+    return raw_part([f'Content-Type: application/octet-stream; name="{name}"',
+                     f'Content-Disposition: attachment; filename="{name}"', "Content-Transfer-Encoding: base64"],
+                    encoded)
+
+
+def enclosed(message_bytes: bytes, content_type: str, filename: str | None = None) -> Part:
+    """A message/* part of any subtype (message/news, message/global...)."""
+    headers = [f"Content-Type: {content_type}"]
+    if filename is not None:
+        headers.append(f'Content-Disposition: attachment; filename="{filename}"')
+    return Part(headers, message_bytes)
+
+
+def delivery_report() -> bytes:
+    """A bounce as MTAs write it (RFC 3464): multipart/report with the human-readable text, the
+    message/delivery-status fields and the returned headers."""
+    status = (b"Reporting-MTA: dns; mail.example.org\r\nArrival-Date: Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\n"
+              b"Final-Recipient: rfc822; bob@example.net\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+              b"Diagnostic-Code: smtp; 550 5.1.1 no such user\r\n")
+    returned = b"From: Alice <alice@example.org>\r\nTo: bob@example.net\r\nSubject: Test\r\n"
+    return message(multipart(text("Your message could not be delivered.\n"),
+                             Part(["Content-Type: message/delivery-status"], status),
+                             Part(["Content-Type: text/rfc822-headers"], returned),
+                             subtype="report; report-type=delivery-status"))
+
+
+# --- review 2: S/MIME (RFC 8551), CMS structures (RFC 5652) built with asn1crypto, unsigned -------
+
+
+def cms_signed(content: bytes | None) -> bytes:
+    """A signed-data ContentInfo carrying `content` (opaque signing), or none (detached). No
+    signer: a client shows the content whether or not the signature verifies."""
+    from asn1crypto import cms
+
+    encapsulated: dict[str, object] = {"content_type": "data"}
+    if content is not None:
+        encapsulated["content"] = content
+    signed = cms.SignedData({"version": "v1", "digest_algorithms": [], "encap_content_info": encapsulated,
+                             "signer_infos": []})
+    return cms.ContentInfo({"content_type": "signed_data", "content": signed}).dump()
+
+
+def cms_enveloped() -> bytes:
+    """An enveloped-data ContentInfo (encrypted for a recipient we do not know)."""
+    from asn1crypto import cms
+
+    enveloped = cms.EnvelopedData({
+        "version": "v0", "recipient_infos": [],
+        "encrypted_content_info": {"content_type": "data",
+                                   "content_encryption_algorithm": {"algorithm": "aes128_cbc",
+                                                                    "parameters": bytes(16)},
+                                   "encrypted_content": bytes(32)}})
+    return cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump()
+
+
+def cms_compressed(content: bytes) -> bytes:
+    """A compressed-data ContentInfo (RFC 3274, zlib)."""
+    from asn1crypto import cms
+
+    compressed = cms.CompressedData({"version": "v0", "compression_algorithm": {"algorithm": "zlib"},
+                                     "encap_content_info": {"content_type": "data",
+                                                            "content": zlib.compress(content)}})
+    return cms.ContentInfo({"content_type": "compressed_data", "content": compressed}).dump()
+
+
+def smime_part(der: bytes, smime_type: str | None = "signed-data", name: str = "smime.p7m",
+               content_type: str = "application/pkcs7-mime") -> Part:
+    parameter = f"; smime-type={smime_type}" if smime_type else ""
+    return raw_part([f'Content-Type: {content_type}{parameter}; name="{name}"',
+                     f'Content-Disposition: attachment; filename="{name}"', "Content-Transfer-Encoding: base64"],
+                    _base64(der))
+
+
+def smime_entity(*parts: Part) -> bytes:
+    """The MIME entity an S/MIME sender signs: the parts in a multipart/mixed, as raw bytes."""
+    return multipart(*parts).render()
+
+
+def smime_multipart_signed(signed: Part) -> bytes:
+    """An everyday signed message: multipart/signed with a detached signature (RFC 8551 §3.5.3)."""
+    signature = raw_part(['Content-Type: application/pkcs7-signature; name="smime.p7s"',
+                          'Content-Disposition: attachment; filename="smime.p7s"',
+                          "Content-Transfer-Encoding: base64"], _base64(cms_signed(None)))
+    return message(multipart(signed, signature,
+                             subtype='signed; protocol="application/pkcs7-signature"; micalg=sha-256'))
+
+
+# --- review 2: zip local and central headers that disagree ---------------------------------------
+
+
+def zip_raw(name: str, payload: bytes, *, local: Mapping[str, int], central: Mapping[str, int]) -> bytes:
+    """One member whose local header (APPNOTE 4.3.7) and central directory header (4.3.12) are
+    written with the fields given (method, flags, crc, compressed, size); `payload` is what
+    follows the local header."""
+    encoded = name.encode()
+
+    def fields(given: Mapping[str, int]) -> tuple[int, ...]:
+        return (given.get("flags", 0), given.get("method", 0), given.get("crc", zlib.crc32(payload)),
+                given.get("compressed", len(payload)), given.get("size", len(payload)))
+
+    flags, method, crc, compressed, size = fields(local)
+    head = struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, flags, method, 0, 0, crc, compressed, size,
+                       len(encoded), 0) + encoded
+    flags, method, crc, compressed, size = fields(central)
+    directory = struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, flags, method, 0, 0, crc, compressed, size,
+                            len(encoded), 0, 0, 0, 0, 0, 0) + encoded
+    body = head + payload
+    return body + directory + struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 1, 1, len(directory), len(body), 0)
+
+
+def deflated(data: bytes) -> bytes:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return compressor.compress(data) + compressor.flush()
+
+
+def zip_method_mismatch(name: str, data: bytes) -> bytes:
+    """The local header says deflate (what unzip and libarchive follow), the central directory
+    says stored, with the CRC and size of the compressed bytes (what zipfile follows)."""
+    raw = deflated(data)
+    return zip_raw(name, raw, local={"method": 8, "crc": zlib.crc32(data), "size": len(data)},
+                   central={"method": 0, "crc": zlib.crc32(raw), "size": len(raw)})
+
+
+def zip64_of(members: Mapping[str, bytes]) -> bytes:
+    """A zip whose members carry zip64 extra fields (sizes 0xFFFFFFFF in the local header)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            with archive.open(name, "w", force_zip64=True) as out:
+                out.write(data)
+    return buffer.getvalue()
+
+
+# --- review 2: tar headers read differently ------------------------------------------------------
+
+
+def _tar_blocks(info: tarfile.TarInfo, data: bytes, tar_format: int = tarfile.GNU_FORMAT) -> bytes:
+    info.size = len(data)
+    return info.tobuf(format=tar_format) + data + bytes(-len(data) % 512)
+
+
+def tar_v7(members: Mapping[str, bytes]) -> bytes:
+    """An old-style (Unix V7) tar: no "ustar" magic, only the header checksum to go by."""
+    out = b""
+    for name, data in members.items():
+        header = bytearray(_tar_blocks(tarfile.TarInfo(name), data, tarfile.USTAR_FORMAT))
+        header[257:265] = bytes(8)  # magic and version
+        header[148:156] = b" " * 8
+        header[148:156] = b"%06o\0 " % sum(header[:512])
+        out += bytes(header)
+    return out + bytes(1024)
+
+
+def tar_pax_path(header_name: str, path: str, data: bytes) -> bytes:
+    """A pax archive whose extended header's `path` (what tarfile, GNU tar and libarchive use)
+    differs from the ustar header's name (what a reader without pax support uses)."""
+    info = tarfile.TarInfo(header_name)
+    info.pax_headers = {"path": path}
+    return _tar_blocks(info, data, tarfile.PAX_FORMAT) + bytes(1024)
+
+
+def tar_gnu_long_name(header_name: str, long_name: str, data: bytes) -> bytes:
+    """A GNU long-name record (type L) naming `long_name`, then a header named `header_name`."""
+    record = tarfile.TarInfo("././@LongLink")
+    record.type = tarfile.GNUTYPE_LONGNAME
+    return (_tar_blocks(record, long_name.encode() + b"\0") + _tar_blocks(tarfile.TarInfo(header_name), data)
+            + bytes(1024))
+
+
+def tar_gnu_sparse_10(entries: int) -> bytes:
+    """A GNU sparse 1.0 member (pax GNU.sparse.major 1, minor 0) whose map, read by tarfile
+    before anything else, has `entries` entries."""
+    sparse_map = b"%d\n" % entries + b"0\n0\n" * entries
+    info = tarfile.TarInfo("sparse.txt")
+    info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": "readme.txt",
+                        "GNU.sparse.realsize": "10"}
+    return _tar_blocks(info, sparse_map, tarfile.PAX_FORMAT) + bytes(1024)
+
+
+def tar_old_gnu_sparse() -> bytes:
+    """An old GNU sparse member (type S)."""
+    info = tarfile.TarInfo("readme.txt")
+    info.type = tarfile.GNUTYPE_SPARSE
+    return _tar_blocks(info, b"hello") + bytes(1024)
+
+
+def outlook_msg_with_storages(count: int) -> bytes:
+    """An Outlook .msg with `count` attachment storages, all empty."""
+    tree: dict[str, object] = {"__properties_version1.0": bytes(32)}
+    for index in range(count):
+        tree[f"__attach_version1.0_#{index:08X}"] = {}
+    return ole_file(tree)
+
+
+# --- review 2: uuencode and yEnc as text --------------------------------------------------------
+
+
+def uuencode_with_trailing(data: bytes, name: str, trailer: bytes = b"~~") -> bytes:
+    """uuencode() with `trailer` after each data line: Thunderbird decodes each line by its
+    length character and ignores the rest."""
+    lines = [binascii.b2a_uu(data[pos:pos + 45]).rstrip(b"\n") + trailer for pos in range(0, len(data), 45)]
+    return b"\r\n".join([f"begin 644 {name}".encode(), *lines, b"`", b"end"]) + b"\r\n"
+
+
+def uuencoded_text(size: int, name: str = "a.txt", line: bytes | None = None) -> bytes:
+    """One uuencoded block of about `size` bytes of text, every data line `line` (by default a
+    full line: 45 bytes of "A")."""
+    line = binascii.b2a_uu(b"A" * 45).rstrip(b"\n") if line is None else line
+    return f"begin 644 {name}\r\n".encode() + b"\r\n".join([line] * (size // (len(line) + 2))) + b"\r\nend\r\n"
+
+
+# --- review 2: long names ------------------------------------------------------------------------
+
+
+def zip_long_raw_names(members: int, name_length: int = 64_000, comment_length: int = 60_000) -> bytes:
+    """`members` members named with bytes that decode under every code page an extractor may
+    pick (so each name has many readings), each with a long file comment too."""
+    raw = bytes([0xE9, 0x81]) * (name_length // 2)
+    body = directory = b""
+    for index in range(members):
+        name, data = raw + b"%d.txt" % index, b"x"
+        local = struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, 0, 0, 0, zlib.crc32(data), 1, 1, len(name), 0)
+        directory += struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, 0, 0, 0, zlib.crc32(data), 1, 1,
+                                 len(name), 0, comment_length, 0, 0, 0, len(body)) + name + raw[:comment_length]
+        body += local + name + data
+    return body + directory + struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, members, members, len(directory),
+                                          len(body), 0)
+
+
+def long_named_parts(parts: int, length: int) -> bytes:
+    """`parts` attachments, each named with `length` characters of "é" (UTF-8, raw)."""
+    body = b"".join(b'--xx\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename="'
+                    + ("é" * length + f"{index}.txt").encode() + b'"\r\n\r\nx\r\n' for index in range(parts))
+    return message(Part(['Content-Type: multipart/mixed; boundary="xx"'], body + b"--xx--\r\n"))
+
+
+# --- review 2: decompressor memory -------------------------------------------------------------
+
+
+def xz_with_dictionary(data: bytes, dict_bits: int = 26) -> bytes:
+    """xz of `data` whose LZMA2 filter asks for a 2**dict_bits byte dictionary (64 MiB, what
+    xz -9 uses): compressed with a small one, the dictionary property and the block header's
+    CRC rewritten. The decoder allocates what the header asks, whatever the data's size."""
+    import lzma
+
+    blob = bytearray(lzma.compress(data, preset=0))
+    size = (blob[12] + 1) * 4  # block header (xz file format 3.1.1)
+    flags, pos = blob[13], 14
+    for present in (0x40, 0x80):  # compressed and uncompressed sizes, multibyte integers
+        if flags & present:
+            while blob[pos] & 0x80:
+                pos += 1
+            pos += 1
+    assert blob[pos:pos + 2] == b"\x21\x01", "one LZMA2 filter, one property byte"
+    blob[pos + 2] = (dict_bits - 12) * 2  # dictionary size 2 ** (byte / 2 + 12)
+    blob[12 + size - 4:12 + size] = struct.pack("<I", zlib.crc32(blob[12:12 + size - 4]))
+    return bytes(blob)
+
+
+def nested_xz(levels: int, data: bytes = b"hello") -> bytes:
+    """`data` xz-compressed `levels` times, each level asking for a 64 MiB dictionary."""
+    for _ in range(levels):
+        data = xz_with_dictionary(data)
+    return data
+
+
+def quoted_printable_lone_cr(data: bytes) -> bytes:
+    """Quoted-printable of `data` with a soft line break written "=" CR (no LF) after the first
+    two bytes: Thunderbird (mimeenc.cpp) takes "=" CR as a soft break and decodes on; binascii,
+    and so the stdlib, stops reading there."""
+    import quopri
+
+    encoded = quopri.encodestring(data, quotetabs=True).replace(b"\n", b"\r\n")
+    return encoded[:2] + b"=\r" + encoded[2:]

@@ -7,9 +7,13 @@ Three places (an extractor, a mail client or Windows finds each format where its
 - the end: a zip's end-of-central-directory record in the last 64 KiB (APPNOTE 4.3.16: the
   comment may be 65535 bytes), the UDIF "koly" trailer of a DMG and a fixed VHD's footer, both
   512 bytes before the end;
-- anywhere: RAR 4 and 5, 7z, CAB and ACE, the formats self-extracting stubs and polyglots (a
-  JPEG with a RAR appended) put behind a prefix, and which 7-Zip and WinRAR find there. Their
-  signatures are 6-8 bytes: a chance match in other data is negligible.
+- anywhere: RAR 4 and 5, 7z and CAB, the formats self-extracting stubs and polyglots (a JPEG
+  with a RAR appended) put behind a prefix, and which 7-Zip and WinRAR find there. Their
+  signatures are 6-8 bytes, binary: a chance match in other data is negligible.
+
+A signature of a few printable bytes ("MSCF", "LZIP", "sqsh", cpio's "070707", ar's "!<arch>")
+also starts everyday text: those formats count only when the rest of their header is plausible
+too (reserved fields zero, sizes and versions in range, digits where the format has digits).
 
 Formats we open are named by the constants below; any other name is a format we recognise and
 do not open (its reader is not pure Python, or not sane to run on hostile input here).
@@ -37,7 +41,9 @@ _LABELS = {"ole": "OLE file", "tnef": "TNEF file", "onenote": "OneNote document"
 # filetype's zstd matcher recurses once per 8-byte skippable frame: give matchers no more than
 # they need.
 SIGNATURE_BYTES = 4096
-_FILETYPE_KINDS = ("rar", "7z", "cab", "deb", "ar", "rpm", "lz", "lz4", "lzo", "zst")
+# Matched by filetype: binary magics of 4 bytes or more (its cab, ar and lz matchers test four to
+# seven printable bytes: ours below check the header).
+_FILETYPE_KINDS = ("rar", "7z", "deb", "rpm", "lz4", "lzo", "zst")
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")  # APPNOTE 4.3.7, 4.3.16, 8.5.4
 _BZIP2 = re.compile(rb"BZh[1-9](1AY&SY|\x17\x72\x45\x38\x50\x90)")
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # MS-CFB §2.2 header signature
@@ -55,26 +61,16 @@ _START_MAGICS = (  # (offset, magic, kind): exact bytes at a fixed place
     (0, b"vhdxfile", "vhdx"),  # MS-VHDX §2.2.1
     (0, b"conectix", "vhd"),  # a dynamic VHD's copy of its footer
     (0, b"MSWIM\0\0\0", "wim"),
-    (0, b"xar!", "xar"),  # also .pkg installers
-    (0, b"hsqs", "squashfs"),
-    (0, b"sqsh", "squashfs"),
-    (0, b"070707", "cpio"),  # POSIX odc, SVR4 newc and crc
-    (0, b"070701", "cpio"),
-    (0, b"070702", "cpio"),
-    (0, b"\xc7\x71", "cpio"),  # old binary, either byte order
-    (0, b"\x71\xc7", "cpio"),
-    (0, b"LZIP", "lz"),
     (0, b"\x89LZO\x00\r\n\x1a\n", "lzo"),
     (0, b"\x1f\x1e", "pack"),  # gunzip unpacks these too
-    (7, b"**ACE**", "ace"),
 )
 # One pattern per format, each starting with fixed text so the engine scans for it in C (one
-# alternation of all of them is twice as slow: 80 ms for 20 MB).
+# alternation of all of them is twice as slow: 80 ms for 20 MB). ACE's "**ACE**" is printable
+# and short: it counts only where the format puts it (at_start).
 _ANYWHERE = (
     (re.compile(re.escape(b"Rar!\x1a\x07") + b"(?:\x00|\x01\x00)"), "rar", 8),  # RAR 4 marker block, RAR 5
     (re.compile(re.escape(b"7z\xbc\xaf\x27\x1c")), "7z", 6),
     (re.compile(re.escape(b"MSCF\0\0\0\0")), "cab", 8),  # signature and reserved1 (MS-CAB 2.1 CFHEADER)
-    (re.compile(re.escape(b"**ACE**")), "ace", 7),
 )
 LONGEST_SIGNATURE = max(length for _, _, length in _ANYWHERE)
 # APPNOTE 4.3.16: a 22-byte record and up to 65535 bytes of comment; 4.3.15: the zip64
@@ -97,7 +93,7 @@ def at_start(head: bytes) -> str | None:
         return BZIP2
     if head.startswith(b"\xfd7zXZ\x00"):
         return XZ
-    if head[257:262] == b"ustar":  # POSIX.1-1988 and GNU tar magic
+    if head[257:262] == b"ustar" or _is_v7_tar(head):  # POSIX.1-1988 and GNU tar magic, or none (V7)
         return TAR
     if head.startswith(_OLE_MAGIC):
         return OLE
@@ -111,7 +107,7 @@ def at_start(head: bytes) -> str | None:
         return "compress"
     if _is_arj(head):
         return "arj"
-    if _LZH_METHOD.match(head, 2):
+    if _LZH_METHOD.match(head, 2) and len(head) >= 22 and head[20] in (0, 1, 2):  # the header level at 20
         return "lzh"
     signature = head[:SIGNATURE_BYTES]
     for kind in _FILETYPE_KINDS:
@@ -120,6 +116,9 @@ def at_start(head: bytes) -> str | None:
             return kind
     for offset, magic, kind in _START_MAGICS:
         if head.startswith(magic, offset):
+            return kind
+    for plausible, kind in _CHECKED:
+        if plausible(head):
             return kind
     for offset in _VOLUME_OFFSETS:
         kind = _VOLUME_IDS.get(head[offset:offset + 5])
@@ -139,6 +138,91 @@ def _is_lzma_alone(head: bytes) -> bool:
 
 
 _LZMA_DICTIONARIES = frozenset(size for bits in range(12, 31) for size in (1 << bits, 3 << (bits - 1)))
+
+
+_OCTAL_FIELD = re.compile(rb"[0-7 ]*\0?[ \0]*")
+
+
+def _is_v7_tar(head: bytes) -> bool:
+    # An old-style header (no magic), as tarfile accepts one: the checksum at 148 (octal) is
+    # the sum of the header's bytes, unsigned or signed, with the checksum field as spaces; a
+    # name; mode, sizes and times in octal.
+    if len(head) < 512 or head[0] == 0:
+        return False
+    fields = (head[100:108], head[108:116], head[116:124], head[124:136], head[136:148], head[148:156])
+    if not all(_OCTAL_FIELD.fullmatch(field) for field in fields) or not head[148:156].strip(b" \0"):
+        return False
+    checksum = int(head[148:156].strip(b" \0"), 8)
+    unsigned = 256 + sum(head[:148]) + sum(head[156:512])
+    signed = 256 + sum(struct.unpack_from("148b8x356b", head))
+    return checksum in (unsigned, signed)
+
+
+def _is_cab(head: bytes) -> bool:
+    # MS-CAB 2.1 CFHEADER: "MSCF", reserved1, cbCabinet, reserved2, coffFiles, reserved3 (zero),
+    # version 1.3, at least one folder and one file, flags in the three defined bits.
+    if len(head) < 36 or head[:4] != b"MSCF":
+        return False
+    reserved1, size, reserved2, files_at, reserved3, minor, major, folders, files, flags = struct.unpack_from(
+        "<IIIIIBBHHH", head, 4)
+    return ((reserved1, reserved2, reserved3, major, minor) == (0, 0, 0, 1, 3) and 36 <= files_at < size
+            and folders >= 1 and files >= 1 and flags < 8)
+
+
+def _is_ar(head: bytes) -> bool:
+    # "!<arch>\n", then the first member header: 60 bytes ending in "`\n" (or nothing: empty).
+    return head.startswith(b"!<arch>\n") and (len(head) == 8 or head[66:68] == b"`\n")
+
+
+def _is_lzip(head: bytes) -> bool:
+    # lzip: "LZIP", version 0 or 1, coded dictionary size (base-2 log 12..29 in the low 5 bits).
+    return len(head) >= 6 and head[:4] == b"LZIP" and head[4] in (0, 1) and 12 <= head[5] & 0x1F <= 29
+
+
+_CPIO_ODC = re.compile(rb"070707[0-7]{70}")  # POSIX odc: 6 magic, 70 octal digits
+_CPIO_NEWC = re.compile(rb"07070[12][0-9A-Fa-f]{104}")  # SVR4 newc and crc: 6 magic, 104 hex digits
+
+
+def _is_cpio(head: bytes) -> bool:
+    if _CPIO_ODC.match(head) or _CPIO_NEWC.match(head):
+        return True
+    # Old binary header (26 bytes), either byte order: a name size that fits, the name NUL-ended.
+    for order in ("<", ">"):
+        if len(head) >= 26 and struct.unpack_from(f"{order}H", head)[0] == 0o70707:
+            name_size = struct.unpack_from(f"{order}H", head, 20)[0]
+            return 1 <= name_size <= 4096 and len(head) >= 26 + name_size and head[26 + name_size - 1] == 0
+    return False
+
+
+def _is_squashfs(head: bytes) -> bool:
+    # squashfs 4 ("hsqs", little-endian): version 4.0, block size 2^block_log (4 KiB..1 MiB), a
+    # known compressor. Versions 1-3 ("sqsh" big-endian, or "hsqs"): the major version at 28.
+    if len(head) < 32 or head[:4] not in (b"hsqs", b"sqsh"):
+        return False
+    order = "<" if head[:4] == b"hsqs" else ">"
+    if order == "<":
+        block_size, _, compression, block_log = struct.unpack_from("<IIHH", head, 12)
+        major, minor = struct.unpack_from("<HH", head, 28)
+        if (major, minor) == (4, 0):
+            return 12 <= block_log <= 20 and block_size == 1 << block_log and 1 <= compression <= 6
+    return 1 <= struct.unpack_from(f"{order}H", head, 28)[0] <= 3
+
+
+def _is_xar(head: bytes) -> bool:
+    # xar header: "xar!", header size (28 or more), version 1, big-endian.
+    if len(head) < 8 or head[:4] != b"xar!":
+        return False
+    size, version = struct.unpack_from(">HH", head, 4)
+    return size >= 28 and version == 1
+
+
+def _is_ace(head: bytes) -> bool:
+    # ACE main header: CRC, size, type 0 (main), flags, "**ACE**" at 7.
+    return len(head) >= 14 and head[4] == 0 and head[7:14] == b"**ACE**"
+
+
+_CHECKED = ((_is_cab, "cab"), (_is_ar, "ar"), (_is_lzip, "lz"), (_is_cpio, "cpio"),
+            (_is_squashfs, "squashfs"), (_is_xar, "xar"), (_is_ace, "ace"))
 
 
 def _is_compress(head: bytes) -> bool:

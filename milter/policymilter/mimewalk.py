@@ -11,13 +11,25 @@ to decode the parts). This walk keeps the raw body once, finds part boundaries w
 part. It reads the structure the way the stdlib parser does (same header/body split, same
 delimiter rule, a missing close delimiter ends the last part at the end), so what we inspect
 is what the email package — and MUAs as lenient as it is — would show. Each entity's header
-fields are parsed by the stdlib (`compat32`: plain strings, no header-registry surprises).
+fields are parsed by the stdlib (`compat32`: plain strings, no header-registry surprises), when
+the walk reaches the entity and within limits.
+
+Where Thunderbird (the lenient reader we measure against: its mimemult.cpp, mimehdrs.cpp,
+mimeenc.cpp and nsMIMEHeaderParamImpl.cpp) reads the same bytes otherwise, the entity is
+either judged in every reading (delimiter lines ending in a form feed, base64 with "=" inside
+a quantum, quoted-printable "=" CR soft breaks, irregular RFC 2231 continuations, the
+Content-Name and X-Sun-Data-Name fields) or uninspectable (a nested multipart whose delimiter
+lines match its parent's, a non-header line among a part's headers). Every message/* but
+partial and external-body is an enclosed message; S/MIME opaque signed data is opened
+(smime.py).
 
 Archives: zip (nested, encrypted member names included; its layout read as every extractor may
-read it, ziplayout.py), tar, gzip / bzip2 / xz / lzma streams (.tar.gz and friends), from the
-standard library; TNEF (winmail.dat) and OLE files (Outlook .msg attachments, VBA projects)
-through tnefparse and olefile (msoffice.py). A hostile archive stays cheap: a zip's central
-directory is counted before zipfile parses it; declared sizes count against the unpacked-bytes
+read it, ziplayout.py), tar (old-style ones too; every name a header gives judged; sparse
+members refused), gzip / bzip2 / xz / lzma streams (.tar.gz and friends; the decompressors open
+at once share one memory budget), from the standard library; TNEF (winmail.dat) and OLE
+files (Outlook .msg attachments, VBA projects) through tnefparse and olefile (msoffice.py). A
+hostile archive stays cheap: a zip's central directory is counted before zipfile parses it;
+declared sizes count against the unpacked-bytes
 allowance (they may only lie low: what is actually decompressed is metered too); members are
 streamed through once, their first 64 KiB judged and the rest searched for the signatures of
 other formats with a bounded window (containers.Search). Zip members compressed with bzip2 or
@@ -32,6 +44,7 @@ from __future__ import annotations
 import _compression  # lzma.LZMAFile's reader, for a memory limit (see _OPENERS)
 import binascii
 import bz2
+import dataclasses
 import email.errors
 import email.header
 import email.message
@@ -52,7 +65,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import IO, Protocol, cast
 
-from policymilter import containers, msoffice, ziplayout
+from policymilter import containers, msoffice, smime, ziplayout
 
 # A part whose header block is larger than this is not parsed (Postfix's own
 # header_size_limit is 100 KiB per header).
@@ -61,7 +74,8 @@ MAX_PART_HEADER = 256 * 1024
 # RFC 5322 §2.2 field name, as the stdlib feedparser recognises a header line (a "From "
 # envelope line and continuation lines count as header lines too).
 _HEADER_LINE = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")
-_CONTAINER_MESSAGES = ("message/rfc822", "message/global")  # RFC 2046 §5.2.1, RFC 6532 §3.5
+# Every message/* but partial and external-body is an enclosed message: rfc822 (RFC 2046
+# §5.2.1), global (RFC 6532 §3.5), news (Thunderbird), and any other, as the stdlib parses them.
 
 Body = bytes | memoryview
 
@@ -78,6 +92,10 @@ class Entity:
     # Why readers may see this entity differently from us (a MIME header given twice, an
     # unknown transfer encoding...): each one makes the entity uninspectable.
     problems: tuple[str, ...] = ()
+    # Whether a recipient would save it as a file (it has a name, a type other than text, or
+    # asks to be an attachment), rather than read it as the message's text.
+    saved: bool = True
+    readings: tuple[bytes, ...] = ()  # other decodings of `body` that clients make (base64_readings)
 
 
 @dataclass(frozen=True)
@@ -90,75 +108,156 @@ class Overflow:
 
 @dataclass(frozen=True)
 class _Span:
-    headers: email.message.Message
-    buf: bytes
+    """An entity not parsed yet: where its header block and its body are."""
+
+    head_buf: bytes  # holds the header block (the body's buffer, or the top-level header)
+    head_start: int
+    head_end: int
+    buf: bytes  # holds the body
     start: int
     end: int
     depth: int
     number: str
     problems: tuple[str, ...] = ()
+    default_type: str = "text/plain"
+    oversized: bool = False  # header block over MAX_PART_HEADER: not parsed
+    boundaries: tuple[str, ...] = ()  # of the multiparts it is nested in, up to a message/*
+    located: bool = True  # False: the header block is not located yet (_locate)
+
+
+class Headers:
+    """An entity's header fields, parsed once (the stdlib's compat32 reading) and indexed by
+    lower-case name: raw values (8-bit bytes as surrogate escapes), unfolded (RFC 5322 §2.2.3)."""
+
+    def __init__(self, message: email.message.Message) -> None:
+        self.message = message
+        # raw_items(): compat32's get() turns 8-bit bytes into U+FFFD.
+        self.values: dict[str, list[str]] = {}
+        for key, value in message.raw_items():
+            self.values.setdefault(key.lower(), []).append(_UNFOLD.sub("", str(value)))
+
+    def get(self, field: str) -> list[str]:
+        return self.values.get(field, [])
 
 
 def walk(header: bytes, body: bytes, max_depth: int, max_parts: int) -> Iterator[Entity | Overflow]:
     """Every entity of the message in document order, leaves decoded one at a time.
 
     `header` is the top-level header block, `body` the body (CRLF or LF line ends). Entities
-    deeper than `max_depth` are not visited; after `max_parts` entities the walk stops.
+    deeper than `max_depth` are not visited; after `max_parts` entities the walk stops. A part's
+    header block is parsed when the walk reaches it, and only within the limits: at most
+    MAX_PART_FIELDS fields in a part, MAX_HEADER_LINES lines in all.
     """
     # Postfix and lenient readers take "Content-Type : x" as a header; the stdlib parser would
     # end the header block there and lose the fields after it. Read it the lenient way.
     header = _OBSOLETE_FIELD_LINE.sub(rb"\1\2:", header)
-    stack = [_Span(_parse_headers(header), body, 0, len(body), 0, "")]
-    seen = 0
+    stack = [_Span(header, 0, len(header), body, 0, len(body), 0, "")]
+    seen, lines_left = 0, MAX_HEADER_LINES
+    uu_budget = LineBudget()
     while stack:
-        span = stack.pop()
+        span = _locate(stack.pop())
         seen += 1
         if seen > max_parts:
             yield Overflow(span.number, f"more than {max_parts} MIME parts")
             return
-        headers = span.headers
-        content_type = headers.get_content_type()
+        if span.oversized:
+            yield Overflow(span.number, f"part headers over {MAX_PART_HEADER} bytes")
+            continue
+        block = bytes(span.head_buf[span.head_start:span.head_end])
+        lines, fields = _count_lines(block)
+        lines_left -= lines
+        if lines_left < 0:
+            yield Overflow(span.number, f"more than {MAX_HEADER_LINES} header lines in the message")
+            return
+        if fields > MAX_PART_FIELDS:
+            yield Overflow(span.number, f"more than {MAX_PART_FIELDS} header fields in a part")
+            continue
+        parsed = _parse_headers(block)
+        parsed.set_default_type(span.default_type)
+        headers = Headers(parsed)
+        content_type = parsed.get_content_type()
         names = filenames(headers)
         problems = span.problems + header_problems(headers)
         encoding = transfer_encoding(headers)
         children: list[_Span] = []
-        if headers.get_content_maintype() == "multipart":
+        if parsed.get_content_maintype() == "multipart":
             if encoding not in _IDENTITY_ENCODINGS:
                 # RFC 2045 §6.4: never encoded. Clients differ (some decode, most do not): we
                 # read it as written and call it uninspectable.
                 problems += (f"multipart with Content-Transfer-Encoding {encoding}",)
-            children = _multipart_children(span, headers, max_parts)
+            children, found = _multipart_children(span, headers, max_parts)
+            problems += found
             if not children:
                 # RFC 2046 §5.1.1 structure missing (no boundary parameter or no delimiter
                 # line): like the stdlib, the body is plain text.
                 yield Entity(span.number, span.depth, "text/plain", names, _decode(headers, span), problems)
                 continue
-        elif content_type in _CONTAINER_MESSAGES:
+        elif content_type == "message/external-body":
+            # RFC 2046 §5.2.3: the body is elsewhere (a URL, an FTP site, a mail server), fetched
+            # by the client; what is here is only its header.
+            problems += ("message/external-body (content elsewhere)",)
+        elif parsed.get_content_maintype() == "message" and content_type != "message/partial":
             if encoding not in (*_IDENTITY_ENCODINGS, "base64", "quoted-printable"):
                 problems += (f"{content_type} with Content-Transfer-Encoding {encoding}",)
             children = [_enclosed_message(span, headers)]
+        elif smime.is_smime(content_type, names):
+            yield from _smime(span, headers, content_type, names, problems, max_depth, stack)
+            continue
         if not children:
             if encoding in _UUENCODINGS:
                 # The "begin" lines name the files a client saves; the body is the first block.
-                blocks = [name for name, _ in uuencoded(memoryview(span.buf)[span.start:span.end], limit=100)]
-                names += tuple(dict.fromkeys(name for name in blocks if name not in names))
-                if len(blocks) > 1:
-                    problems += ("uuencoded part with more than one block",)
-            yield Entity(span.number, span.depth, content_type, names, _decode(headers, span), problems)
+                body, block_names, found = _uudecoded(span, uu_budget)
+                names += tuple(name for name in block_names if name not in names)
+                others: tuple[bytes, ...] = ()
+            else:
+                body, others, found = _decoded(headers, span)
+            saved = bool(names) or not content_type.startswith("text/") or _disposition(headers) == "attachment"
+            yield Entity(span.number, span.depth, content_type, names, body, problems + found, saved, others)
             continue
         yield Entity(span.number, span.depth, content_type, names, None, problems)
         if span.depth + 1 > max_depth:
             yield Overflow(span.number, f"MIME nested deeper than {max_depth} levels")
             continue
-        for child in reversed(children):
-            if isinstance(child.headers, _Oversized):
-                yield Overflow(child.number, f"part headers over {MAX_PART_HEADER} bytes")
-                continue
-            stack.append(child)
+        stack.extend(reversed(children))
 
 
-class _Oversized(email.message.Message):
-    """Stands in for a header block too large to parse."""
+def _smime(span: _Span, headers: Headers, content_type: str, names: tuple[str, ...], problems: tuple[str, ...],
+           max_depth: int, stack: list[_Span]) -> Iterator[Entity | Overflow]:
+    """An S/MIME part (smime.py): the content it carries is a file, saved under the part's name
+    without ".p7m", and, when it is a MIME entity (RFC 8551 §3.1), an entity one level down."""
+    body, others, found = _decoded(headers, span)
+    if others:  # the structure a client reads could be another one
+        found += ("S/MIME in base64 that clients decode differently",)
+    try:
+        inner = smime.encapsulated(bytes(body))
+    except smime.Uninspectable as error:
+        yield Entity(span.number, span.depth, content_type, names, body, problems + found + (str(error),))
+        return
+    yield Entity(span.number, span.depth, content_type, names, None, problems + found)
+    if inner is None:
+        return
+    if span.depth + 1 > max_depth:
+        yield Overflow(span.number, f"MIME nested deeper than {max_depth} levels")
+        return
+    number = f"{span.number}.1" if span.number else "1"
+    yield Entity(number, span.depth + 1, "application/octet-stream", smime.unsigned_names(names), inner)
+    if _HEADER_LINE.match(inner):
+        stack.append(_span(inner, 0, len(inner), span.depth + 1, number))
+
+
+# Limits on header blocks: bytes in one (Postfix's own header_size_limit is 100 KiB per
+# header), fields in one, lines in the whole message. A legitimate part has a dozen fields, a
+# forwarded message a few hundred lines.
+MAX_PART_FIELDS = 1000
+MAX_HEADER_LINES = 50_000
+
+
+def _count_lines(block: bytes) -> tuple[int, int]:
+    """Lines and fields (lines that do not continue a folded one) in a header block, counted
+    in C: lines end at CRLF, LF or a lone CR, as the stdlib parser splits them."""
+    lines = block.count(b"\n") + block.count(b"\r") - block.count(b"\r\n")
+    folded = sum(block.count(ending + blank) for ending in (b"\n", b"\r") for blank in (b" ", b"\t"))
+    return lines, lines - folded
 
 
 def _parse_headers(block: bytes) -> email.message.Message:
@@ -166,29 +265,32 @@ def _parse_headers(block: bytes) -> email.message.Message:
     return parser.parsebytes(block)
 
 
-def _split_head(buf: bytes, start: int, end: int) -> tuple[email.message.Message, int, tuple[str, ...]]:
-    """Parse an entity's header block; return it, where the body starts and any problem.
+# A run of header lines as the stdlib feedparser recognises them (RFC 5322 §2.2 field name
+# and colon, a "From " envelope line, a continuation line), each with its line end; possessive,
+# so the engine never backtracks into a line (a field name cannot contain ":").
+_HEADER_LINES = re.compile(rb"(?:(?:From |[\x21-\x39\x3b-\x7e]*+:|[\t ])[^\r\n]*+(?:\r\n|\r|\n))*+")
+_NON_HEADER_LINE = "non-header line among a part's headers"
+
+
+def _split_head(buf: bytes, start: int, end: int) -> tuple[int, int, tuple[str, ...]] | None:
+    """Where an entity's header block ends, where its body starts and any problem; None when
+    the block is larger than MAX_PART_HEADER. One regex match, in C.
 
     Like the stdlib feedparser: lines end at CRLF, LF or a lone CR; headers end at the first
-    empty line, or at the first line that is not a header (which then starts the body).
+    empty line, or at the first line that is not a header (which then starts the body). Readers
+    that read headers up to the empty line whatever comes before it (Thunderbird) take the rest
+    as headers: such a line makes the entity uninspectable.
     """
-    pos, problems = start, ()
-    while pos < end:
-        if buf[pos] in (0x0A, 0x0D):  # an empty line
-            body = pos + (2 if buf.startswith(b"\r\n", pos, end) else 1)
-            break
-        if not _HEADER_LINE.match(buf, pos, end):
-            if _OBSOLETE_FIELD.match(buf, pos, end):
-                problems = (_OBSOLETE_FIELD_MESSAGE,)
-            body = pos
-            break
-        line_end = _LINE_END.search(buf, pos, end)
-        pos = end if line_end is None else line_end.end()
-        if pos - start > MAX_PART_HEADER:
-            return _Oversized(), end, ()
-    else:
-        body = end
-    return _parse_headers(buf[start:pos]), body, problems
+    pos = _HEADER_LINES.match(buf, start, end).end()  # type: ignore[union-attr]  # matches the empty run too
+    if pos - start > MAX_PART_HEADER:
+        return None
+    if pos >= end:
+        return end, end, ()
+    if buf[pos] in (0x0A, 0x0D):  # the empty line
+        return pos, pos + (2 if buf.startswith(b"\r\n", pos, end) else 1), ()
+    if _HEADER_LINE.match(buf, pos, end) and _LINE_END.search(buf, pos, end) is None:
+        return (end, end, ()) if end - start <= MAX_PART_HEADER else None  # the last line, unterminated
+    return pos, pos, (_OBSOLETE_FIELD_MESSAGE if _OBSOLETE_FIELD.match(buf, pos, end) else _NON_HEADER_LINE,)
 
 
 # RFC 5322 §4.5.3 obs-optional: white space between a field name and its colon. The stdlib (and
@@ -199,23 +301,68 @@ _OBSOLETE_FIELD_MESSAGE = "header field with white space before its colon"
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
-def _multipart_children(span: _Span, headers: email.message.Message, limit: int) -> list[_Span]:
-    boundary = boundary_of(headers)
-    if boundary is None:
-        return []
-    parts = split_multipart(span.buf, span.start, span.end, boundary.encode("utf-8", "surrogateescape"), limit + 1)
-    default = "message/rfc822" if headers.get_content_subtype() == "digest" else "text/plain"  # RFC 2046 §5.1.5
-    children = []
+def _span(buf: bytes, start: int, end: int, depth: int, number: str, default_type: str = "text/plain",
+          boundaries: tuple[str, ...] = ()) -> _Span:
+    """The entity in buf[start:end], its header block to be located when the walk reaches it."""
+    return _Span(buf, start, start, buf, start, end, depth, number, (), default_type, boundaries=boundaries,
+                 located=False)
+
+
+def _locate(span: _Span) -> _Span:
+    if span.located:
+        return span
+    split = _split_head(span.buf, span.start, span.end)
+    if split is None:
+        return dataclasses.replace(span, oversized=True, located=True)
+    head_end, body, found = split
+    return dataclasses.replace(span, head_end=head_end, start=body, problems=span.problems + found, located=True)
+
+
+def _multipart_children(span: _Span, headers: Headers, limit: int) -> tuple[list[_Span], tuple[str, ...]]:
+    """The body parts of a multipart entity, and why readers may split it differently."""
+    raw = boundary_of(headers, strip=False)
+    if raw is None:
+        return [], ()
+    boundary = raw.rstrip()
+    problems = ()
+    if boundary != raw:
+        # RFC 2046 §5.1.1 bcharsnospace: the stdlib strips it, Thunderbird compares with it.
+        problems += ("multipart boundary ends in white space",)
+    if any(_boundaries_collide(boundary, outer) for outer in span.boundaries):
+        problems += ("nested boundary clashes with its parent's",)
+    split = split_multipart(span.buf, span.start, span.end, boundary.encode("utf-8", "surrogateescape"), limit + 1)
+    if not split.delimiters:
+        problems += ("multipart body with no delimiter line",)
+    if split.lenient:
+        problems += ("form feed or VT after a delimiter",)
+    # RFC 2046 §5.1.5
+    default = "message/rfc822" if headers.message.get_content_subtype() == "digest" else "text/plain"
     prefix = f"{span.number}." if span.number else ""
-    for index, (start, end) in enumerate(parts, 1):
-        child_headers, body, problems = _split_head(span.buf, start, end)
-        child_headers.set_default_type(default)
-        children.append(_Span(child_headers, span.buf, body, end, span.depth + 1, f"{prefix}{index}", problems))
-    return children
+    boundaries = (*span.boundaries, boundary)
+    return [_span(span.buf, start, end, span.depth + 1, f"{prefix}{index}", default, boundaries=boundaries)
+            for index, (start, end) in enumerate(split.parts, 1)], problems
 
 
-def split_multipart(buf: bytes, start: int, end: int, boundary: bytes, limit: int = 10_000) -> list[tuple[int, int]]:
-    """Body parts of a multipart body as (start, end) offsets; [] when there is no delimiter.
+def _boundaries_collide(inner: str, outer: str) -> bool:
+    """Whether one line can delimit both a multipart and one nested in it: "--a--" closes "a"
+    and separates "a--". The stdlib (and this walk) gives such a line to the outer multipart,
+    Thunderbird to the inner one while it is open (mimemult.cpp: the last child is asked
+    first). Across a message/* the outer wins for both, so only multiparts nested directly
+    count (`_Span.boundaries` starts afresh inside an enclosed message)."""
+    return inner in (outer, outer + "--") or outer == inner + "--"
+
+
+@dataclass(frozen=True)
+class Split:
+    parts: list[tuple[int, int]]  # (start, end) of each body part
+    delimiters: int  # delimiter lines found
+    # A delimiter line ends in a form feed or vertical tab: Thunderbird strips every trailing
+    # C isspace() character and takes it (so do we); the stdlib does not.
+    lenient: bool
+
+
+def split_multipart(buf: bytes, start: int, end: int, boundary: bytes, limit: int = 10_000) -> Split:
+    """Body parts of a multipart body as (start, end) offsets; none when there is no delimiter.
 
     RFC 2046 §5.1.1: a delimiter is a line "--" boundary, then "--" for the close delimiter,
     optional white space, then the line end; the line break before it belongs to it. As in
@@ -224,16 +371,17 @@ def split_multipart(buf: bytes, start: int, end: int, boundary: bytes, limit: in
     were more asks for one more than it accepts).
     """
     marker = b"--" + re.escape(boundary)
-    tail = rb"(--)?[ \t]*(?:\r\n|\r|\n|\Z)"
+    tail = rb"(--)?([ \t\f\v]*)(?:\r\n|\r|\n|\Z)"
     # The pattern starts with fixed text so the engine scans for it in C; the line-start test
     # comes after, as a lookbehind (a leading one defeats the scan: 0.5 s for a 25 MB part).
     anywhere = re.compile(marker + rb"(?<=[\r\n]" + marker + rb")" + tail)
     lines: list[tuple[int, int]] = []  # (delimiter line start, first byte after its line end)
     match = re.compile(marker + tail).match(buf, start, end)  # no preamble: the body starts with one
-    closed = False
+    closed = lenient = False
     if match is not None:
         lines.append((start, match.end()))
         closed = match.group(1) is not None
+        lenient = bool(match.group(2).strip(b" \t"))
     pos = lines[-1][1] if lines else start
     while not closed and len(lines) <= limit:
         match = anywhere.search(buf, pos, end)
@@ -241,13 +389,14 @@ def split_multipart(buf: bytes, start: int, end: int, boundary: bytes, limit: in
             break
         lines.append((match.start(), match.end()))
         closed = match.group(1) is not None
+        lenient = lenient or bool(match.group(2).strip(b" \t"))
         pos = match.end()
     # Delimiter lines that follow one another enclose no part (the stdlib skips them too).
     parts = [(body_start, _before_line_break(buf, body_start, following))
              for (_, body_start), (following, _) in pairwise(lines) if following != body_start]
     if lines and not closed and len(lines) <= limit:
         parts.append((lines[-1][1], _before_line_break(buf, lines[-1][1], end)))
-    return parts
+    return Split(parts, len(lines), lenient)
 
 
 def _before_line_break(buf: bytes, start: int, delimiter: int) -> int:
@@ -258,15 +407,17 @@ def _before_line_break(buf: bytes, start: int, delimiter: int) -> int:
     return delimiter
 
 
-def _enclosed_message(span: _Span, headers: email.message.Message) -> _Span:
+def _enclosed_message(span: _Span, headers: Headers) -> _Span:
     # RFC 2046 §5.2.1 allows only 7bit/8bit/binary here; some senders base64 it anyway, and
     # MUAs decode it, so we do too.
     buf, start, end = span.buf, span.start, span.end
+    problems: tuple[str, ...] = ()
     if transfer_encoding(headers) in ("base64", "quoted-printable"):
-        decoded = bytes(_decode(headers, span))
-        buf, start, end = decoded, 0, len(decoded)
-    inner, body, problems = _split_head(buf, start, end)
-    return _Span(inner, buf, body, end, span.depth + 1, span.number or "1", problems)
+        body, others, problems = _decoded(headers, span)
+        if others:
+            problems += ("enclosed message: base64 read several ways",)
+        buf, start, end = bytes(body), 0, len(body)
+    return dataclasses.replace(_span(buf, start, end, span.depth + 1, span.number or "1"), problems=problems)
 
 
 # RFC 2045 §6.1 mechanisms, and the uuencode names clients accept (Content-Transfer-Encoding
@@ -280,30 +431,43 @@ _SINGLE_FIELDS = ("Content-Type", "Content-Transfer-Encoding", "Content-Disposit
 _COMMENT_TOKEN = re.compile(r"\\.|[()]", re.DOTALL)
 
 
-def header_problems(headers: email.message.Message) -> tuple[str, ...]:
+def header_problems(headers: Headers) -> tuple[str, ...]:
     """Why readers may disagree about an entity's MIME header fields."""
     problems = []
     for field in _SINGLE_FIELDS:
-        values = _raw_values(headers, field.lower())
+        values = headers.get(field.lower())
         if len(values) > 1:
             problems.append(f"{field} given twice")
         if any("\0" in value for value in values):
             # C-string readers stop at the NUL, others read on.
             problems.append(f"NUL byte in the {field} header")
-    for value in _raw_values(headers, "content-type")[:1]:
-        params = [param for param, _ in header_params(value)]
-        if params.count("boundary") > 1:  # which one splits the body depends on the reader
+    for value in headers.get("content-type")[:1]:
+        params = _split_params(value)
+        if any(name.startswith("boundary*") for name, _ in params):
+            # RFC 2231 for a boundary: readers that do not decode it split on other lines.
+            problems.append("multipart boundary in RFC 2231 form")
+        if [name for name, _ in _decode_params(params)].count("boundary") > 1:  # which one splits depends on the reader
             problems.append("Content-Type boundary given twice")
+    for field in ("content-type", "content-disposition"):
+        for value in headers.get(field):
+            for base in irregular_continuations(_split_params(value)):
+                if base in ("filename", "name"):
+                    problems.append(f"irregular RFC 2231 {base} sections")
     encoding = transfer_encoding(headers)
     if encoding not in _KNOWN_ENCODINGS:
         problems.append(f"unknown Content-Transfer-Encoding {encoding!r}")
     return tuple(problems)
 
 
-def transfer_encoding(headers: email.message.Message) -> str:
+def _disposition(headers: Headers) -> str:
+    values = headers.get("content-disposition")
+    return values[0].partition(";")[0].strip().lower() if values else ""
+
+
+def transfer_encoding(headers: Headers) -> str:
     """The (first) Content-Transfer-Encoding as lenient clients read it: RFC 5322 §3.2.2
     comments dropped, quotes dropped, anything after ";" ignored, white space and case too."""
-    values = _raw_values(headers, "content-transfer-encoding")
+    values = headers.get("content-transfer-encoding")
     if not values:
         return ""
     value, kept, depth, start = values[0], [], 0, 0
@@ -320,86 +484,181 @@ def transfer_encoding(headers: email.message.Message) -> str:
     return "".join(kept).replace('"', "").partition(";")[0].strip().lower()
 
 
-def _decode(headers: email.message.Message, span: _Span) -> Body:
+def _decode(headers: Headers, span: _Span) -> Body:
     """The entity body with its Content-Transfer-Encoding undone (RFC 2045 §6)."""
+    return _decoded(headers, span)[0]
+
+
+def _decoded(headers: Headers, span: _Span) -> tuple[Body, tuple[bytes, ...], tuple[str, ...]]:
+    """The entity body decoded, its other readings (base64 that clients decode differently)
+    and why it is uninspectable, if it is."""
+    if transfer_encoding(headers) == "base64":
+        readings, problem = base64_readings(span.buf, span.start, span.end)
+        return readings[0], tuple(readings[1:]), (problem,) if problem else ()
+    body = _undone(headers, span)
+    if transfer_encoding(headers) == "quoted-printable":
+        view = memoryview(span.buf)[span.start:span.end]
+        if _QP_LONE_CR_BREAK.search(view):
+            # "=" CR without LF: Thunderbird's decoder (mimeenc.cpp) takes it for a soft line
+            # break and decodes what follows; binascii (the stdlib) stops there.
+            other = binascii.a2b_qp(_QP_LONE_CR_BREAK.sub(b"", view))
+            return body, (other,) if other != body else (), ()
+    return body, (), ()
+
+
+_QP_LONE_CR_BREAK = re.compile(rb"=\r(?!\n)")
+
+
+def _undone(headers: Headers, span: _Span) -> Body:
     view = memoryview(span.buf)[span.start:span.end]
     match transfer_encoding(headers):
-        case "base64":
-            return decode_base64(span.buf, span.start, span.end)
         case "quoted-printable":
             return binascii.a2b_qp(view)
         case encoding if encoding in _UUENCODINGS:
-            blocks = list(uuencoded(view))
-            return blocks[0][1] if blocks else view
+            return _uudecoded(span, LineBudget())[0]
         case _:
             return view
 
 
-def decode_base64(buf: bytes, start: int = 0, end: int | None = None) -> bytes:
-    """Lenient base64 of buf[start:end] (RFC 2045 §6.8: characters outside the alphabet are
-    ignored).
+def _uudecoded(span: _Span, budget: LineBudget) -> tuple[Body, tuple[str, ...], tuple[str, ...]]:
+    """A uuencoded part, decoded once: its first block (or the text when there is none), the
+    names of its blocks, and why it is uninspectable, if it is."""
+    view = memoryview(span.buf)[span.start:span.end]
+    blocks: list[tuple[str, bytes]] = []
+    problems: tuple[str, ...] = ()
+    try:
+        blocks.extend(uuencoded(view, limit=100, budget=budget))
+    except UuencodeTooLong as error:
+        problems += (str(error),)
+    if len(blocks) > 1:
+        problems += ("uuencoded part with more than one block",)
+    return (blocks[0][1] if blocks else view), tuple(dict.fromkeys(name for name, _ in blocks)), problems
 
-    Two leniencies MUAs have and binascii lacks: data after a padding "=" (concatenated
-    encodings) is decoded too rather than dropped, and a truncated last quantum is dropped
-    rather than failing the whole part.
+
+def decode_base64(buf: bytes, start: int = 0, end: int | None = None) -> bytes:
+    """Lenient base64 of buf[start:end]: the first of base64_readings()."""
+    return base64_readings(buf, start, end)[0][0]
+
+
+# A "=" followed by more data: each one costs the readings below a step in Python.
+MAX_BASE64_INNER_PADDING = 10_000
+
+
+def base64_readings(buf: bytes, start: int = 0, end: int | None = None) -> tuple[list[bytes], str | None]:
+    """Every way clients decode buf[start:end] as base64 (RFC 2045 §6.8: characters outside the
+    alphabet are ignored), and why it is uninspectable, if it is.
+
+    With "=" only at the end there is one reading. A "=" before more data is read four ways:
+    realigned after each "=" (concatenated encodings decoded in turn, a truncated quantum
+    dropped: what this walk always did), "=" as a zero digit inside its quantum (Thunderbird's
+    mimeenc.cpp: a quantum with one "=" gives two bytes, with more one), "=" ignored, and
+    binascii's (the stdlib's: skipped, or the end of the data once a quantum is complete). Past
+    MAX_BASE64_INNER_PADDING of them only the stdlib's reading is made, and it is uninspectable.
     """
     end = len(buf) if end is None else end
     padding = buf.find(b"=", start, end)
     if padding < 0 or not _B64_DATA.search(buf, padding, end):
         try:
-            return binascii.a2b_base64(memoryview(buf)[start:end])
+            return [binascii.a2b_base64(memoryview(buf)[start:end])], None
         except binascii.Error:
-            pass
-    pieces = []
-    for segment in _B64_SEGMENT.finditer(buf, start, end):
-        cleaned = _B64_NOISE.sub(b"", segment.group())
-        match len(cleaned) % 4:
-            case 1:
-                cleaned = cleaned[:-1]  # a lone character carries no whole byte
-            case 2 | 3 as rest:
-                cleaned += b"=" * (4 - rest)
-        pieces.append(binascii.a2b_base64(cleaned))
+            pass  # a truncated last quantum: the readings below drop it
+    cleaned = buf[start:end].translate(None, _B64_NOISE_BYTES)
+    data = cleaned.rstrip(b"=")
+    stdlib = _stdlib_base64(cleaned)
+    if data.count(b"=") > MAX_BASE64_INNER_PADDING:
+        return [stdlib], f"base64 with over {MAX_BASE64_INNER_PADDING} '=' inside the data"
+    # The padding that completes the last quantum; Thunderbird makes a zero byte of each
+    # further "====", which changes nothing a signature could tell.
+    data += cleaned[len(data):len(data) + -len(data) % 4]
+    readings = [_realigned(data), _zero_digits(data), _quantum(data.replace(b"=", b"")), stdlib]
+    return list(dict.fromkeys(readings)), None
+
+
+def _quantum(digits: bytes) -> bytes:
+    """Decode base64 digits (no "="), a truncated last quantum dropped or padded."""
+    match len(digits) % 4:
+        case 1:
+            digits = digits[:-1]  # a lone character carries no whole byte
+        case 2 | 3 as rest:
+            digits += b"=" * (4 - rest)
+    return binascii.a2b_base64(digits)
+
+
+def _realigned(cleaned: bytes) -> bytes:
+    return b"".join(_quantum(segment) for segment in cleaned.split(b"=") if segment)
+
+
+def _zero_digits(cleaned: bytes) -> bytes:
+    usable = len(cleaned) - len(cleaned) % 4  # Thunderbird drops a truncated last quantum
+    decoded = binascii.a2b_base64(cleaned[:usable].replace(b"=", b"A"))
+    pieces, kept = [], 0
+    found = cleaned.find(b"=", 0, usable)
+    while found >= 0:
+        quantum = found - found % 4
+        out = quantum // 4 * 3
+        pieces.append(decoded[kept:out + (2 if cleaned.count(b"=", quantum, quantum + 4) == 1 else 1)])
+        kept = out + 3
+        found = cleaned.find(b"=", quantum + 4, usable)
+    pieces.append(decoded[kept:])
     return b"".join(pieces)
 
 
+def _stdlib_base64(cleaned: bytes) -> bytes:
+    """What email.message.Message.get_payload(decode=True) makes of it (_encoded_words.decode_b)."""
+    for attempt in (cleaned, cleaned + b"=="):
+        try:
+            return binascii.a2b_base64(attempt)
+        except binascii.Error:  # a truncated last quantum
+            continue
+    return cleaned  # decode_b gives up and returns the text
+
+
+_B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_B64_NOISE_BYTES = bytes(byte for byte in range(256) if byte not in _B64_ALPHABET + b"=")
 _B64_DATA = re.compile(rb"[A-Za-z0-9+/]")
-_B64_NOISE = re.compile(rb"[^A-Za-z0-9+/]")
-_B64_SEGMENT = re.compile(rb"[^=]+")
 
 
 # --- file names ------------------------------------------------------------------------------
 
 
-def filenames(headers: email.message.Message) -> tuple[str, ...]:
+def filenames(headers: Headers) -> tuple[str, ...]:
     """Every file name a part gives itself, decoded, in header order, without duplicates.
 
     Both Content-Disposition `filename` (RFC 2183) and Content-Type `name` (RFC 2046, legacy),
-    in every occurrence of either header: a MUA may pick any of them, so each one counts.
+    in every occurrence of either header, and Content-Name and X-Sun-Data-Name: a MUA may pick
+    any of them, so each one counts.
     """
     names: list[str] = []
     for field in ("content-disposition", "content-type"):  # the order the stdlib's get_filename() prefers
-        for value in _raw_values(headers, field):
+        for value in headers.get(field):
             # Raw 8-bit bytes arrive as surrogate escapes: read them as UTF-8 (RFC 6532).
             for param, raw in header_params(_from_surrogates(value)):
                 if param in ("filename", "name"):
-                    name = decode_name(raw)
-                    if name and name not in names:
-                        names.append(name)
+                    names += [name for name in decode_name(raw) if name and name not in names]
+    # Thunderbird's MimeHeaders_get_name falls back on two more fields ("no RFC, but seen to
+    # occur", "used by MailTool"): the whole value, backslash escapes removed, RFC 2047 decoded.
+    for field in _NAME_FIELDS:
+        for value in headers.get(field):
+            text = _from_surrogates(value).strip()
+            for reading in dict.fromkeys((text, text.replace("\\", ""), email.utils.unquote(text))):
+                name = decode_words(reading) if "=?" in reading and "?=" in reading else reading
+                if name and name not in names:
+                    names.append(name)
     return tuple(names)
 
 
-def boundary_of(headers: email.message.Message) -> str | None:
-    """The boundary parameter of the (first) Content-Type, as get_boundary() reads it."""
-    values = _raw_values(headers, "content-type")
+_NAME_FIELDS = ("content-name", "x-sun-data-name")
+
+
+def boundary_of(headers: Headers, strip: bool = True) -> str | None:
+    """The boundary parameter of the (first) Content-Type, as get_boundary() reads it (which
+    strips trailing white space; `strip` False keeps it)."""
+    values = headers.get("content-type")
     for param, raw in header_params(values[0]) if values else ():
         if param == "boundary":
-            return email.utils.collapse_rfc2231_value(raw).rstrip()
+            value = _collapse(raw)[0]
+            return value.rstrip() if strip else value
     return None
-
-
-def _raw_values(headers: email.message.Message, field: str) -> list[str]:
-    # raw_items(): compat32's get() turns 8-bit bytes into U+FFFD; unfold (RFC 5322 §2.2.3).
-    return [_UNFOLD.sub("", str(value)) for key, value in headers.raw_items() if key.lower() == field]
 
 
 _UNFOLD = re.compile(r"\r?\n(?=[ \t])")
@@ -417,7 +676,20 @@ def header_params(value: str) -> list[Param]:
     100 KB header) and its RFC 2231 joiner raises TypeError or ValueError on some input
     (numbered and unnumbered sections mixed; a 5000-digit section number). This splits the
     same way in one pass; when the joiner refuses, each section is decoded on its own.
+
+    Continuations out of the ordinary (irregular_continuations) have a second reading,
+    Thunderbird's, listed after the stdlib's under the same name: a caller judging names
+    judges both.
     """
+    params = _split_params(value)
+    decoded = _decode_params(params)
+    for base in irregular_continuations(params):
+        decoded += [param for param in _decode_params(_thunderbird_sections(params, base)) if param[0] == base]
+    return [(name, (text[0], text[1], email.utils.unquote(text[2])) if isinstance(text, tuple)
+             else email.utils.unquote(text)) for name, text in decoded]
+
+
+def _split_params(value: str) -> list[tuple[str, str]]:
     fields, start, quoted = [], 0, False
     for token in _PARAM_TOKEN.finditer(value):
         if token.group() == '"':
@@ -430,26 +702,87 @@ def header_params(value: str) -> list[Param]:
     for field in fields[1:]:
         name, equals, text = field.partition("=")
         params.append((name.strip().lower(), text.strip()) if equals else (field.strip(), ""))
+    return params
+
+
+def _decode_params(params: list[tuple[str, str]]) -> list[tuple[str, str | tuple[str | None, str | None, str]]]:
     try:
-        decoded = email.utils.decode_params([("", ""), *params])[1:]
+        return email.utils.decode_params([("", ""), *params])[1:]
     except (TypeError, ValueError):
-        decoded = [param for name, text in params
-                   for param in email.utils.decode_params([("", ""), (_SECTION_NUMBER.sub("", name), text)])[1:]]
-    return [(name, (text[0], text[1], email.utils.unquote(text[2])) if isinstance(text, tuple)
-             else email.utils.unquote(text)) for name, text in decoded]
+        return [param for name, text in params
+                for param in email.utils.decode_params([("", ""), (_SECTION_NUMBER.sub("", name), text)])[1:]]
 
 
-def decode_name(raw: str | tuple[str, str, str]) -> str:
-    """A parameter value as text: RFC 2231 §3-4 (continuations, charset) then RFC 2047.
+# RFC 2231 §3: "name*N" or "name*N*"; Thunderbird (nsMIMEHeaderParamImpl.cpp) ignores a section
+# number with a leading zero or above 999 and a section it has seen, and stops at the first gap.
+_SECTION = re.compile(r"(.+?)\*([0-9]+)\*?")
+_MAX_SECTION = 999
+
+
+def _sections(params: list[tuple[str, str]]) -> dict[str, list[tuple[str, int]]]:
+    """Each continued parameter's section numbers (as written), with their index in `params`."""
+    found: dict[str, list[tuple[str, int]]] = {}
+    for index, (name, _) in enumerate(params):
+        if (section := _SECTION.fullmatch(name)) is not None:
+            found.setdefault(section.group(1), []).append((section.group(2), index))
+    return found
+
+
+def _valid_section(number: str) -> bool:
+    return (number == "0" or not number.startswith("0")) and len(number) <= 3 and int(number) <= _MAX_SECTION
+
+
+def irregular_continuations(params: list[tuple[str, str]]) -> list[str]:
+    """The parameters whose RFC 2231 sections are not exactly 0, 1, 2... once each: a gap, a
+    repeated section, a leading zero, a number past 999. Readers join those differently."""
+    irregular = []
+    for base, sections in _sections(params).items():
+        numbers = [number for number, _ in sections]
+        if not all(_valid_section(number) for number in numbers) or sorted(map(int, numbers)) != list(
+                range(len(numbers))):
+            irregular.append(base)
+    return irregular
+
+
+def _thunderbird_sections(params: list[tuple[str, str]], base: str) -> list[tuple[str, str]]:
+    """The sections of `base` Thunderbird joins: from 0 while contiguous, first of each number."""
+    chosen: dict[int, int] = {}
+    for number, index in _sections(params)[base]:
+        if _valid_section(number):
+            chosen.setdefault(int(number), index)
+    kept = []
+    while len(kept) in chosen:
+        kept.append(params[chosen[len(kept)]])
+    return kept
+
+
+def decode_name(raw: str | tuple[str | None, str | None, str]) -> list[str]:
+    """A parameter value as text: RFC 2231 §3-4 (continuations, charset) then RFC 2047; every
+    reading when readers may differ (a charset that cannot decode it).
 
     `email.utils.decode_params` has already joined RFC 2231 continuations; collapsing applies
     the charset. RFC 2047 §5 forbids encoded-words inside a quoted parameter, but Outlook and
     others write `name="=?utf-8?b?...?="`, and MUAs show it decoded, so we decode it too.
     """
-    text = _from_surrogates(email.utils.collapse_rfc2231_value(raw))
-    if "=?" in text and "?=" in text:
-        text = decode_words(text)
-    return text
+    texts = [_from_surrogates(text) for text in _collapse(raw)]
+    return [decode_words(text) if "=?" in text and "?=" in text else text for text in texts]
+
+
+def _collapse(raw: str | tuple[str | None, str | None, str]) -> list[str]:
+    """email.utils.collapse_rfc2231_value, without its UnicodeError: codecs Python has but
+    cannot decode with ("undefined", "idna" with replacement, "punycode" on 8-bit bytes) raise
+    it. Such a value is read both the way the stdlib reads an unknown charset (bytes as
+    Latin-1) and as UTF-8."""
+    if not isinstance(raw, tuple):
+        return [email.utils.unquote(raw)]
+    charset, _, text = raw
+    data = text.encode("raw-unicode-escape")
+    try:
+        return [data.decode(charset or "us-ascii", "replace")]
+    except LookupError:  # unknown, or not a text encoding: the stdlib's fallback
+        return [email.utils.unquote(text)]
+    except ValueError:  # UnicodeError and its kin
+        return list(dict.fromkeys((email.utils.unquote(text), data.decode("utf-8", "replace"))))
 
 
 def decode_words(text: str) -> str:
@@ -492,42 +825,88 @@ _LINE = re.compile(rb"([^\r\n]*)(?:\r\n|\n|\r|$)")
 _UU_CHARS = re.compile(rb"[\x20-\x60]+")
 
 
-def uuencoded(text: Body, limit: int = 1000) -> Iterator[tuple[str, bytes]]:
-    """(name, decoded data) of each uuencoded block in a text body, at most `limit` blocks.
+MAX_UU_LINES = 20_000
+
+
+class LineBudget:
+    """Uuencoded lines a message may still have decoded one at a time (the lines every encoder
+    writes, 45 bytes each, are decoded in bulk and cost nothing here)."""
+
+    def __init__(self, lines: int = MAX_UU_LINES) -> None:
+        self.lines = lines
+
+    def spend(self) -> None:
+        self.lines -= 1
+        if self.lines < 0:
+            raise UuencodeTooLong(f"uuencode with over {MAX_UU_LINES} odd lines")
+
+
+class UuencodeTooLong(Exception):
+    """More odd uuencoded lines than the budget: the caller makes it uninspectable."""
+
+
+
+def uuencoded(text: Body, limit: int = 1000, budget: LineBudget | None = None) -> Iterator[tuple[str, bytes]]:
+    """(name, decoded data) of each uuencoded block in a text body, at most `limit` blocks;
+    UuencodeTooLong past the budget of odd lines.
 
     A "begin" line counts only when a data line or the end line follows it, so prose that
     merely mentions `begin 644 setup.exe` is not a block.
     """
+    budget = LineBudget() if budget is None else budget
     pos = 0
     for _ in range(limit):
         begin = _UU_BEGIN.search(text, pos)
         if begin is None:
             return
         name = begin.group(2).strip().decode("utf-8", "replace")
-        data, pos, valid = _uu_block(text, begin.end(), base64=begin.group(1) is not None)
+        data, pos, valid = _uu_block(text, begin.end(), begin.group(1) is not None, budget)
         if valid:
             yield name, data
         pos = max(pos, begin.end())
 
 
-def _uu_block(text: Body, pos: int, base64: bool) -> tuple[bytes, int, bool]:
+# Runs of the lines encoders write for 45 bytes ("M" and 60 characters), and of base64 lines
+# without padding: decoded a run at a time, in C. uuencode is base64 with another alphabet
+# (each character is 32 + six bits, "`" for zero).
+_UU_FULL_LINES = re.compile(rb"(?:M[\x20-\x60]{60}(?:\r\n|\r|\n))+")
+_UU_TO_BASE64 = bytes.maketrans(bytes(range(0x20, 0x61)), b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                                       b"0123456789+/A")
+_BASE64_FULL_LINES = re.compile(rb"(?:(?:[A-Za-z0-9+/]{4})+(?:\r\n|\r|\n))+")
+
+
+def _uu_block(text: Body, pos: int, base64: bool, budget: LineBudget) -> tuple[bytes, int, bool]:
     """Decode from `pos` to the end line; valid when the end line or a full data line was seen."""
     chunks: list[bytes] = []
     valid = False
     end_line = b"====" if base64 else b"end"
-    lines = _LINE.finditer(text, pos)
-    next(lines, None)  # the rest of the begin line (its line break)
-    for line in lines:
+    line = _LINE.match(text, pos)
+    pos = line.end() if line is not None else len(text)  # the rest of the begin line (its line break)
+    while pos < len(text):
+        run = (_BASE64_FULL_LINES if base64 else _UU_FULL_LINES).match(text, pos)
+        if run is not None:
+            lines = run.group()
+            if not base64:  # "M", 60 characters, one line end, each: the characters alone, in base64
+                lines = lines.replace(b"\r\n", b"\n").replace(b"\r", b"\n")[1:-1].replace(b"\nM", b"")
+                lines = lines.translate(_UU_TO_BASE64)
+            chunks.append(binascii.a2b_base64(lines))
+            valid, pos = True, run.end()
+            continue
+        line = _LINE.match(text, pos)
+        if line is None:
+            break
         content = line.group(1)
         if content.strip() == end_line:
             return b"".join(chunks), line.end(), True
         decoded = _base64_line(content) if base64 else _uu_line(content)
         if decoded is None:
-            return b"".join(chunks), line.start(), valid
+            return b"".join(chunks), pos, valid
+        budget.spend()
         chunks.append(decoded[0])
         valid = valid or decoded[1]
-        if line.end() >= len(text):
+        if line.end() == pos:
             break
+        pos = line.end()
     return b"".join(chunks), len(text), valid
 
 
@@ -536,11 +915,14 @@ def _uu_line(line: bytes) -> tuple[bytes, bool] | None:
 
     A length character, then 4 characters per 3 bytes, all in 0x20-0x60. Transports strip
     trailing spaces (zero bits), so a short line is padded, as binascii does; characters past
-    the announced length are ignored, as encoders pad differently.
+    the announced length are ignored, whatever they are (encoders pad differently; Thunderbird
+    decodes a line by its length character and ignores the rest).
     """
-    if not line or not _UU_CHARS.fullmatch(line):
+    if not line or not 0x20 <= line[0] <= 0x60:
         return None
     need = 1 + (((line[0] - 32) & 63) + 2) // 3 * 4
+    if not _UU_CHARS.fullmatch(line, 0, min(need, len(line))):
+        return None
     try:
         return binascii.a2b_uu(line[:need].ljust(need)), len(line) == need
     except binascii.Error:
@@ -563,7 +945,12 @@ CHUNK = 64 * 1024
 SPOOL_THRESHOLD = 1024 * 1024  # a nested zip larger than this is unpacked to a temporary file
 MAX_PE_HEADER_OFFSET = 16 * 1024 * 1024  # a member's "MZ" header pointing further: not inspected
 MAX_TAR_EXTENDED_HEADER = 64 * 1024  # tarfile reads pax / GNU long-name headers whole
-LZMA_MEMORY_LIMIT = 80 * 1024 * 1024
+LZMA_MEMORY_LIMIT = 80 * 1024 * 1024  # one xz or lzma stream (xz -9 needs 65 MiB)
+MIN_LZMA_MEMORY = 2 * 1024 * 1024  # what xz -0 needs to decompress
+# All the decompressors open at once (nested streams are): xz and lzma are granted what is left
+# of this, up to LZMA_MEMORY_LIMIT, as liblzma's memory limit; bzip2 and gzip cost what their
+# decoders allocate at most.
+MAX_DECOMPRESSOR_MEMORY = 128 * 1024 * 1024
 MAX_TNEF = 64 * 1024 * 1024  # tnefparse holds the whole file, and copies of it, in memory
 
 
@@ -621,7 +1008,25 @@ def files(header: bytes, body: bytes, limits: WalkLimits) -> Iterator[Item]:
     Stop iterating (and close the generator) as soon as you have your answer: nothing past
     the current file is decompressed.
     """
-    return _Walker(limits).message(header, body)
+    walked = _Walker(limits).message(header, body)
+    try:
+        for item in walked:
+            if isinstance(item, File) and any(len(name) > MAX_NAME_LENGTH for name in item.names):
+                # What a client saves such a name as (Windows stops at 255 characters a
+                # component, others cut elsewhere) is anyone's guess; judging it would cost a
+                # step per character and code page.
+                for name in item.names:
+                    if len(name) > MAX_NAME_LENGTH:
+                        yield Unreadable(name[:MAX_NAME_LENGTH], item.path[:MAX_NAME_LENGTH], item.attachment,
+                                         f"file name over {MAX_NAME_LENGTH} characters")
+                item = dataclasses.replace(item, names=tuple(name for name in item.names
+                                                             if len(name) <= MAX_NAME_LENGTH))
+            yield item
+    finally:
+        walked.close()
+
+
+MAX_NAME_LENGTH = 1024
 
 
 ZIP, TAR, GZIP, BZIP2, XZ, LZMA, OLE, TNEF = (containers.ZIP, containers.TAR, containers.GZIP, containers.BZIP2,
@@ -634,13 +1039,16 @@ container_of = containers.at_start
 _BINHEX_TYPES = ("application/mac-binhex40", "application/x-mac-binhex40", "application/binhex40",
                  "application/x-binhex40")
 _BINHEX_MARKER = re.compile(re.escape(b"(This file must be converted with BinHex"))
-_YENC_BEGIN = re.compile(re.escape(b"=ybegin "))  # yEnc 1.3 header line
+_YENC_BEGIN = b"=ybegin "  # yEnc 1.3 header line
+# The marker after a line break: fixed text first, so the engine scans for it in C, the line
+# break tested after, as a lookbehind.
+_YENC_LINE = re.compile(re.escape(_YENC_BEGIN) + rb"(?<=[\r\n]" + re.escape(_YENC_BEGIN) + rb")")
 
 
-def _starts_a_line(text: Body, marker: re.Pattern[bytes]) -> bool:
-    """Whether `marker` starts a line of `text` (a literal pattern: the engine scans for it in
-    C; a leading "^" with MULTILINE would not)."""
-    return any(found.start() == 0 or text[found.start() - 1] in (0x0A, 0x0D) for found in marker.finditer(text))
+def _yenc_begins(text: Body) -> bool:
+    """Whether a yEnc header line starts a line of `text`: one search in C, however often the
+    marker occurs elsewhere in a line."""
+    return bytes(text[:len(_YENC_BEGIN)]) == _YENC_BEGIN or _YENC_LINE.search(text) is not None
 
 
 def pe_header_offset(data: bytes | memoryview) -> int | None:
@@ -684,17 +1092,21 @@ def unpacked_names(names: tuple[str, ...], stored: str = "") -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
-# Bounded readers: their read(n) passes n to the decompressor as max_length.
-_OPENERS: dict[str, Callable[[IO[bytes]], _Readable]] = {
-    GZIP: lambda source: gzip.GzipFile(fileobj=source, mode="rb"),
-    BZIP2: bz2.BZ2File,
+# Bounded readers: their read(n) passes n to the decompressor as max_length. Each is given the
+# memory it may use (liblzma's limit; the others need no more than _DECODER_MEMORY).
+_OPENERS: dict[str, Callable[[IO[bytes], int], _Readable]] = {
+    GZIP: lambda source, _: gzip.GzipFile(fileobj=source, mode="rb"),
+    BZIP2: lambda source, _: bz2.BZ2File(source),
     # lzma.LZMAFile takes no memory limit, and liblzma allocates the dictionary a header asks
-    # for (up to 4 GiB): the same reader LZMAFile builds, with a limit (xz -9 needs 65 MiB).
-    XZ: lambda source: _compression.DecompressReader(source, lzma.LZMADecompressor, trailing_error=lzma.LZMAError,
-                                                     memlimit=LZMA_MEMORY_LIMIT),
-    LZMA: lambda source: _compression.DecompressReader(source, lzma.LZMADecompressor, trailing_error=lzma.LZMAError,
-                                                       format=lzma.FORMAT_ALONE, memlimit=LZMA_MEMORY_LIMIT),
+    # for (up to 4 GiB): the same reader LZMAFile builds, with a limit.
+    XZ: lambda source, memory: _compression.DecompressReader(source, lzma.LZMADecompressor,
+                                                             trailing_error=lzma.LZMAError, memlimit=memory),
+    LZMA: lambda source, memory: _compression.DecompressReader(source, lzma.LZMADecompressor,
+                                                               trailing_error=lzma.LZMAError, format=lzma.FORMAT_ALONE,
+                                                               memlimit=memory),
 }
+# zlib's inflate state and window; bzip2's tables for 900k blocks.
+_DECODER_MEMORY = {GZIP: 64 * 1024, BZIP2: 4 * 1024 * 1024}
 
 
 class _Uninspectable(Exception):
@@ -729,6 +1141,7 @@ class _Allowance:
         self.limits = limits
         self.members = limits.max_members
         self.bytes = limits.max_expanded
+        self.memory = MAX_DECOMPRESSOR_MEMORY  # for the decompressors open now
 
     def member(self) -> None:
         self.members -= 1
@@ -795,15 +1208,44 @@ def _count(file: IO[bytes], signature: bytes) -> int:
 
 class _GuardedTarInfo(tarfile.TarInfo):
     """tarfile reads a pax or GNU long-name header whole into memory (and an unpatched 3.11
-    parses pax headers with a quadratic regex, CVE-2024-6232): refuse big ones first."""
+    parses pax headers with a quadratic regex, CVE-2024-6232): refuse big ones first. Sparse
+    members are refused before tarfile reads their map (a GNU 1.0 map sits in the data, one
+    line per Python step: 11 KB of gzip cost 33 s) or applies it.
+
+    Each member also keeps the names its own header gives (`header_names`): a pax `path` or a
+    GNU long name replaces the name, for tarfile, GNU tar and libarchive; readers without them
+    use the header's; the ustar prefix counts for some readers and not for others.
+    """
 
     _EXTENDED = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
                  tarfile.GNUTYPE_LONGLINK)
+    header_names: tuple[str, ...] = ()
+
+    @classmethod
+    def frombuf(cls, buf: bytes, encoding: str, errors: str) -> _GuardedTarInfo:  # type: ignore[override]
+        info = cast(_GuardedTarInfo, super().frombuf(buf, encoding, errors))
+        name = tarfile.nts(buf[0:100], encoding, errors)
+        prefix = tarfile.nts(buf[345:500], encoding, errors)
+        info.header_names = tuple(dict.fromkeys(names for names in (name, f"{prefix}/{name}" if prefix else "")
+                                                if names))
+        return info
 
     def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
         if self.type in self._EXTENDED and self.size > MAX_TAR_EXTENDED_HEADER:
             raise tarfile.HeaderError(f"extended header of {self.size} bytes")
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise _Uninspectable("sparse tar member (not inspected)")
         return super()._proc_member(archive)  # type: ignore[misc]  # private, stable since 2.x
+
+    def _proc_gnusparse_00(self, *_: object) -> None:
+        raise _Uninspectable("sparse tar member (not inspected)")
+
+    _proc_gnusparse_01 = _proc_gnusparse_10 = _proc_gnusparse_00
+
+    def _apply_pax_info(self, pax_headers: dict[str, str], encoding: str, errors: str) -> None:
+        if any(key.startswith("GNU.sparse.") for key in pax_headers):  # a sparse format tarfile does not know
+            raise _Uninspectable("sparse tar member (not inspected)")
+        super()._apply_pax_info(pax_headers, encoding, errors)  # type: ignore[misc]
 
 
 class _Walker:
@@ -812,6 +1254,7 @@ class _Walker:
     def __init__(self, limits: WalkLimits) -> None:
         self.limits = limits
         self.allowance = _Allowance(limits)
+        self.uu_budget = LineBudget()
 
     def message(self, header: bytes, body: bytes) -> Iterator[Item]:
         for entity in walk(header, body, self.limits.max_depth, self.limits.max_parts):
@@ -827,20 +1270,29 @@ class _Walker:
                 if entity.body is not None:  # RFC 2046 §5.2.2: only a fragment of something is here
                     yield Unreadable(name, path, "", "message/partial fragment")
                 continue
-            yield File(entity.names, path, "", entity.body)
-            yield from self.inside(entity.names, entity.body, entity.depth, path, name)
             if entity.content_type in _BINHEX_TYPES:
                 yield Unreadable(name, path, "", "BinHex-encoded file (not decoded)")
-            if entity.content_type.startswith("text/"):
-                # Newsreaders and some mail clients decode these from the text itself.
-                if _starts_a_line(entity.body, _YENC_BEGIN):
-                    yield Unreadable(name, path, "", "yEnc-encoded data (not decoded)")
-                if _BINHEX_MARKER.search(entity.body):
-                    yield Unreadable(name, path, "", "BinHex-encoded data (not decoded)")
-                yield from self.uuencoded(entity.body, entity.depth, path, name)
+            for body in (entity.body, *entity.readings):  # every decoding a client may make
+                yield File(entity.names, path, "", body)
+                yield from self.inside(entity.names, body, entity.depth, path, name, at_start=entity.saved)
+                if entity.content_type.startswith("text/"):
+                    # Newsreaders and some mail clients decode these from the text itself.
+                    if _yenc_begins(body):
+                        yield Unreadable(name, path, "", "yEnc-encoded data (not decoded)")
+                    if _BINHEX_MARKER.search(body):
+                        yield Unreadable(name, path, "", "BinHex-encoded data (not decoded)")
+                    yield from self.uuencoded(body, entity.depth, path, name)
 
     def uuencoded(self, text: Body, depth: int, path: str, attachment: str) -> Iterator[Item]:
-        for name, data in uuencoded(text, limit=self.limits.max_members + 1):
+        blocks = uuencoded(text, limit=self.limits.max_members + 1, budget=self.uu_budget)
+        while True:
+            try:
+                name, data = next(blocks)
+            except StopIteration:
+                return
+            except UuencodeTooLong as error:
+                yield Unreadable(attachment, path, "", str(error))
+                return
             block_path = f"{path}/{name}"
             try:
                 self.allowance.member()
@@ -850,11 +1302,13 @@ class _Walker:
             yield File((name,), block_path, attachment, data)
             yield from self.inside((name,), data, depth + 1, block_path, attachment)
 
-    def inside(self, names: tuple[str, ...], data: Body, depth: int, path: str, attachment: str) -> Iterator[Item]:
+    def inside(self, names: tuple[str, ...], data: Body, depth: int, path: str, attachment: str,
+               at_start: bool = True) -> Iterator[Item]:
         """What a file held whole in memory contains, by the signatures of every format we know,
-        wherever each format puts its own (containers.py)."""
+        wherever each format puts its own (containers.py). Text read as the message's text
+        (`at_start` False) is no file to a recipient: what its first bytes look like is moot."""
         head = bytes(data[:SNIFF_BYTES])
-        kind = container_of(head)
+        kind = container_of(head) if at_start else None
         name = names[0] if names else ""
         if kind is None or kind == OLE:
             # Not a format whose reading accounts for all its bytes: look for the others.
@@ -972,7 +1426,9 @@ class _Walker:
         name = names[0] if names else ""
         try:
             ole = msoffice.open_ole(source)
-            contents = msoffice.ole_contents(ole)
+            contents = msoffice.ole_contents(ole, self.allowance.members)
+        except msoffice.TooManyAttachments as error:
+            raise _Exhausted(f"more than {self.limits.max_members} archive members") from error
         except msoffice.OLE_UNREADABLE as error:
             raise _Corrupt(_complaint(error)) from error
         with ole:
@@ -1038,22 +1494,36 @@ class _Walker:
             for info in archive:
                 self.allowance.member()
                 member_path = f"{path}/{info.name}"
+                names = tuple(dict.fromkeys((info.name, *getattr(info, "header_names", ()))))
                 if not info.isreg():
-                    yield File((info.name,), member_path, attachment, None)
+                    yield File(names, member_path, attachment, None)
                     continue
                 if info.size > self.limits.max_expanded:
                     raise _Exhausted(f"member {info.name!r} declares {info.size} bytes")
                 member = archive.extractfile(info)
                 if member is not None:
-                    yield from self.member((info.name,), member, info.size, depth, member_path, attachment)
+                    yield from self.member(names, member, info.size, depth, member_path, attachment)
 
     def stream(self, kind: str, names: tuple[str, ...], head: bytes, source: _Readable, depth: int, path: str,
                attachment: str) -> Iterator[Item]:
-        """A single compressed file: what it unpacks to, under every name it may be saved as."""
+        """A single compressed file: what it unpacks to, under every name it may be saved as.
+        Its decompressor's memory comes out of the message's budget until it is closed."""
         inner = unpacked_names(names, _gzip_name(head) if kind == GZIP else "")
-        with _OPENERS[kind](cast(IO[bytes], source)) as opened:
-            metered = _Metered(opened, self.allowance)
-            yield from self.member(inner, metered, None, depth, f"{path}/{inner[0] if inner else '-'}", attachment)
+        memory = _DECODER_MEMORY.get(kind) or min(LZMA_MEMORY_LIMIT, self.allowance.memory)
+        if memory < _DECODER_MEMORY.get(kind, MIN_LZMA_MEMORY) or memory > self.allowance.memory:
+            raise _Exhausted(f"nested streams need over {MAX_DECOMPRESSOR_MEMORY // 2**20} MiB")
+        self.allowance.memory -= memory
+        try:
+            with _OPENERS[kind](cast(IO[bytes], source), memory) as opened:
+                metered = _Metered(opened, self.allowance)
+                yield from self.member(inner, metered, None, depth, f"{path}/{inner[0] if inner else '-'}",
+                                       attachment)
+        except lzma.LZMAError as error:
+            if memory < LZMA_MEMORY_LIMIT and "memory usage limit" in str(error).lower():
+                raise _Exhausted(f"nested streams need over {MAX_DECOMPRESSOR_MEMORY // 2**20} MiB") from error
+            raise
+        finally:
+            self.allowance.memory += memory
 
     def member(self, names: tuple[str, ...], source: _Readable, declared: int | None, depth: int, path: str,
                attachment: str) -> Iterator[Item]:

@@ -53,6 +53,8 @@ TNEF_UNREADABLE = (struct.error, ValueError, LookupError, TypeError, AssertionEr
 _ATTRIBUTE = struct.Struct("<BHHI")
 _ATT_RENDDATA, _ATT_RECIPIENTS, _ATT_MAPI_PROPS, _ATT_ATTACHMENT = 0x9002, 0x9004, 0x9003, 0x9005
 _IMESSAGE = b"\x07\x03\x02\x00\x00\x00\x00\x00\xc0\x00\x00\x00\x00\x00\x00\x46"  # IID_IMessage
+_ISTORAGE = b"\x0b\x00\x00\x00\x00\x00\x00\x00\xc0\x00\x00\x00\x00\x00\x00\x46"  # IID_IStorage
+_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # MS-CFB §2.2
 _FIXED_SIZES = {0x0002: 2, 0x000B: 2, 0x0003: 4, 0x0004: 4, 0x000A: 4, 0x0005: 8, 0x0006: 8, 0x0007: 8,
                 0x0014: 8, 0x0040: 8, 0x0048: 16}  # MS-OXCDATA §2.11.1 property types
 _VARIABLE_TYPES = (0x0000, 0x000D, 0x001E, 0x001F, 0x0102)
@@ -61,6 +63,12 @@ TNEF_COPY_BUDGET_FACTOR = 64
 TNEF_COPY_BUDGET_FLOOR = 64 * 1024 * 1024
 _NAME_PROPERTIES = (mapi.MAPI_ATTACH_LONG_FILENAME, mapi.MAPI_ATTACH_FILENAME, mapi.MAPI_DISPLAY_NAME,
                     mapi.MAPI_ATTACH_EXTENSION, mapi.MAPI_ATTACH_PATHNAME, mapi.MAPI_ATTACH_LONG_PATHNAME)
+# The attachment properties tnefparse uses as text or bytes (TNEFAttachment.add_attr: the data
+# object's .startswith, the file and display names' .strip), with the types that give it those:
+# any other type hands it an int or a float, and it raises AttributeError.
+_TYPED_PROPERTIES = {mapi.MAPI_ATTACH_DATA_OBJ: (0x0000, 0x000D, 0x0102),
+                     mapi.MAPI_ATTACH_FILENAME: (0x0000, 0x000D, 0x001E, 0x001F, 0x0102),
+                     mapi.MAPI_DISPLAY_NAME: (0x0000, 0x000D, 0x001E, 0x001F, 0x0102)}
 
 
 class Unsafe(Exception):
@@ -76,16 +84,48 @@ class Attachment:
 
 def tnef_attachments(tnef: TNEF) -> Iterator[Attachment]:
     for attachment in tnef.attachments:
-        yield Attachment(_tnef_names(attachment), bytes(attachment.data), getattr(attachment, "embed", None))
+        data = _ole_object(bytes(attachment.data))
+        yield Attachment(_tnef_names(attachment), data, getattr(attachment, "embed", None))
+
+
+def _ole_object(data: bytes) -> bytes:
+    """An attachment by OLE (PidTagAttachMethod 6, MS-OXTNEF §2.1.3.4.1): PidTagAttachDataObject
+    is the IStorage interface id, then the compound file Outlook opens. tnefparse leaves the id
+    on and strips trailing NULs (the last sectors of the file): take the id off, pad the sectors."""
+    if data[:16] != _ISTORAGE and data[16:24] != _OLE_MAGIC:
+        return data
+    compound = data[16:]
+    return compound + bytes(-len(compound) % 512)
 
 
 def _tnef_names(attachment: TNEFAttachment) -> tuple[str, ...]:
-    names = [attachment.name, attachment.long_filename()]
+    # The title (attAttachTitle, or the PidTagAttachFilename / PidTagDisplayName that replaces
+    # it) as tnefparse keeps it, raw: its `name` decodes bytes as strict UTF-8, where Outlook
+    # writes them in the OEM code page (attOemCodepage, MS-OXTNEF §2.1.3.3.12).
+    names = _title_readings(getattr(attachment, "_name", b""), attachment.codepage)
     for attribute in attachment.mapi_attrs:
         if attribute.name in _NAME_PROPERTIES and attribute.attr_type in (0x001E, 0x001F):
             text = attribute.data
             names.append("x" + text if attribute.name == mapi.MAPI_ATTACH_EXTENSION else text)
     return tuple(dict.fromkeys(name for name in names if isinstance(name, str) and name))
+
+
+# What a title in bytes may be read as besides the OEM code page: Windows' ANSI page, UTF-8.
+_TITLE_CODE_PAGES = ("cp1252", "utf-8")
+
+
+def _title_readings(raw: object, code_page: str | None) -> list[str]:
+    if isinstance(raw, str):
+        return [raw.strip("\0")]
+    if not isinstance(raw, bytes):
+        return []
+    readings = []
+    for candidate in dict.fromkeys(page for page in (code_page, *_TITLE_CODE_PAGES) if page):
+        try:
+            readings.append(raw.decode(candidate).strip("\0"))
+        except (LookupError, UnicodeDecodeError):  # a code page Python has not; bytes it does not map
+            continue
+    return readings or [raw.decode("utf-8", "replace").strip("\0")]
 
 
 def parse_tnef(data: bytes, max_depth: int) -> TNEF:
@@ -123,13 +163,13 @@ def check_tnef(data: bytes, levels: int) -> None:
         elif level == 2 and not attachment_started:
             raise Unsafe("TNEF attachment attribute before any attachment")
         if ident in (_ATT_MAPI_PROPS, _ATT_ATTACHMENT):
-            _check_properties(body, 0, levels)
+            _check_properties(body, 0, levels, attachment=ident == _ATT_ATTACHMENT)
         elif ident == _ATT_RECIPIENTS:
             rows, offset = _u32(body, 0), 4
             if rows > len(body) // 4:
                 raise Unsafe("TNEF recipient table longer than its attribute")
             for _ in range(rows):
-                offset = _check_properties(body, offset, levels)
+                offset = _check_properties(body, offset, levels, attachment=False)
         pos += min(len(data) - pos, length + 11)
     if cost > max(TNEF_COPY_BUDGET_FACTOR * len(data), TNEF_COPY_BUDGET_FLOOR):
         raise Unsafe("TNEF with too many attributes to parse")
@@ -141,7 +181,7 @@ def _u32(data: bytes, offset: int) -> int:
     return int(struct.unpack_from("<I", data, offset)[0])
 
 
-def _check_properties(data: bytes, offset: int, levels: int) -> int:
+def _check_properties(data: bytes, offset: int, levels: int, attachment: bool) -> int:
     """Walk one property list as tnefparse's decode_mapi does; where it ends."""
     count, offset = _u32(data, offset), offset + 4
     if count > (len(data) - offset) // 4:
@@ -162,6 +202,8 @@ def _check_properties(data: bytes, offset: int, levels: int) -> int:
             multi, offset = _u32(data, offset), offset + 4
             if multi > len(data) - offset:
                 raise Unsafe("TNEF multi-valued property larger than its data")
+        if attachment and ident in _TYPED_PROPERTIES and kind not in _TYPED_PROPERTIES[ident]:
+            raise Unsafe(f"TNEF property {ident:#06x} of type {kind:#06x}")
         rounds = multi or 1
         if kind in _FIXED_SIZES:
             size = _FIXED_SIZES[kind]
@@ -212,25 +254,52 @@ class OleContents:
     is_message: bool
 
 
+class _IndexedOleFile(olefile.OleFileIO):  # type: ignore[misc]
+    """olefile finds a path by scanning every child of each storage on it (exists(), get_type()
+    and openstream() all do): an Outlook message with 2000 attachment storages cost 23 s. Each
+    storage also indexes its children by lower-case name (kids_dict, filled while the directory
+    is read, a duplicate name refused): find them there, with the same result."""
+
+    def _find(self, filename: str | list[str]) -> int:
+        node = self.root
+        for name in filename.split("/") if isinstance(filename, str) else filename:
+            node = node.kids_dict.get(name.lower())
+            if node is None:
+                raise OSError("file not found")
+        return int(node.sid)
+
+
+class TooManyAttachments(Exception):
+    """More attachment storages than the caller allows."""
+
+
 def open_ole(source: IO[bytes]) -> olefile.OleFileIO:
-    return olefile.OleFileIO(source, raise_defects=olefile.DEFECT_INCORRECT)
+    return _IndexedOleFile(source, raise_defects=olefile.DEFECT_INCORRECT)
 
 
-def ole_contents(ole: olefile.OleFileIO) -> OleContents:
+# A name stream longer than this is read only this far (the caller refuses names that long).
+MAX_NAME_STREAM = 8192
+
+
+def ole_contents(ole: olefile.OleFileIO, max_attachments: int) -> OleContents:
+    """What an OLE file holds; TooManyAttachments, before any of them is read, when an Outlook
+    message has more than `max_attachments`."""
     entries = ole.listdir(streams=True, storages=True)
     macros = any(part.lower() in _VBA_STORAGES for path in entries for part in path[:-1]) or any(
         path[-1].lower() in ("_vba_project", "vba") for path in entries)
     packages = sum(1 for path in entries if path[-1] == "\x01Ole10Native")
+    storages = [path for path in entries
+                if path[-1].startswith(_ATTACH_PREFIX) and ole.get_type(path) == olefile.STGTY_STORAGE]
+    if len(storages) > max_attachments:
+        raise TooManyAttachments(len(storages))
     attachments = []
-    for path in entries:
-        if not path[-1].startswith(_ATTACH_PREFIX) or ole.get_type(path) != olefile.STGTY_STORAGE:
-            continue
+    for path in storages:
         names = []
         for ident, _ in _MSG_NAME_IDS.items():
             for kind, codec in (("001F", "utf-16-le"), ("001E", "cp1252")):
                 stream = [*path, f"__substg1.0_{ident}{kind}"]
                 if ole.exists(stream) and ole.get_type(stream) == olefile.STGTY_STREAM:
-                    text = ole.openstream(stream).read().decode(codec, "replace").rstrip("\0")
+                    text = ole.openstream(stream).read(MAX_NAME_STREAM).decode(codec, "replace").rstrip("\0")
                     names.append("x" + text if ident == "3703" else text)
         data = [*path, _ATTACH_DATA]
         data_path = "/".join(data) if ole.exists(data) and ole.get_type(data) == olefile.STGTY_STREAM else None

@@ -11,9 +11,11 @@ streaming readers walk the local headers from the start. So:
   (APPNOTE 4.4.4 bit 11) under each code page an extractor may pick;
 - anything readers may resolve differently is a problem (the caller makes it uninspectable):
   data before the first local header, between members or after the end record, a second end
-  record, members that overlap, local headers the central directory does not list, names
-  that differ between the headers, extra fields whose CRC does not match the name they
-  translate, data descriptors that contradict the central directory.
+  record, members that overlap, local headers the central directory does not list, local and
+  central headers that disagree on any field both carry (name, flags, compression method, and
+  CRC and sizes unless the local header defers them to a data descriptor: unzip and libarchive
+  follow the local header, zipfile and 7-Zip the central one), extra fields whose CRC does not
+  match the name they translate, data descriptors that contradict the central directory.
 
 The local headers are walked in the order of their offsets, using the central directory's
 compressed sizes (APPNOTE 4.3.6: local header, data, optional data descriptor), zip64 included.
@@ -96,6 +98,7 @@ class _Entry:
     index: int
     raw_name: bytes
     flags: int
+    method: int
     crc: int
     compressed: int
     size: int
@@ -151,8 +154,8 @@ def _central_directory(source: IO[bytes], start: int, size: int, count: int, lay
     directory = _read_at(source, start, size)
     entries, pos = [], 0
     while pos + 46 <= len(directory) and directory[pos:pos + 4] == _CENTRAL:
-        (flags, crc, compressed, plain, name_length, extra_length, comment_length, disk, offset) = struct.unpack_from(
-            "<8xH6xIIIHHHH6xI", directory, pos)
+        (flags, method, crc, compressed, plain, name_length, extra_length, comment_length, disk,
+         offset) = struct.unpack_from("<8xHH4xIIIHHHH6xI", directory, pos)
         name = directory[pos + 46:pos + 46 + name_length]
         extra = directory[pos + 46 + name_length:pos + 46 + name_length + extra_length]
         comment = directory[pos + 46 + name_length + extra_length:pos + 46 + name_length + extra_length
@@ -166,7 +169,7 @@ def _central_directory(source: IO[bytes], start: int, size: int, count: int, lay
         if comment:
             names += readings(comment, bool(flags & 0x800))
         layout.members.append(tuple(dict.fromkeys(names)))
-        entries.append(_Entry(len(entries), name, flags, crc, compressed, plain, offset, unicode_paths))
+        entries.append(_Entry(len(entries), name, flags, method, crc, compressed, plain, offset, unicode_paths))
     if pos != len(directory) or len(entries) != count:
         layout.problem("zip central directory does not match its end record")
     return entries
@@ -200,12 +203,13 @@ def _walk_local_headers(source: IO[bytes], entries: list[_Entry], base: int, cd_
             layout.problem("no zip local header where the central directory points")
             cursor = max(cursor, at)
             continue
-        flags, name_length, extra_length = struct.unpack_from("<6xH18xHH", header)
+        flags, method, crc, compressed, plain, name_length, extra_length = struct.unpack_from("<6xHH4xIIIHH", header)
         rest = _read_at(source, at + 30, name_length + extra_length)
         name, extra = rest[:name_length], rest[name_length:]
         if name != entry.raw_name or (flags ^ entry.flags) & 0x800:
             layout.problem("zip local and central names differ")
             layout.members[entry.index] += tuple(readings(name, bool(flags & 0x800)))
+        _compare_headers(entry, flags, method, crc, *_local_zip64_sizes(extra, compressed, plain), layout)
         local_unicode = tuple(_unicode_fields(extra, name, b"", layout))
         if local_unicode and local_unicode != entry.unicode_paths:
             # Streaming readers (libarchive) take the local one, 7-Zip the central one.
@@ -220,6 +224,30 @@ def _walk_local_headers(source: IO[bytes], entries: list[_Entry], base: int, cd_
         _gap(source, cursor, cd_start, layout)
     elif cursor > cd_start:
         layout.problem("zip members overlap the central directory")
+
+
+def _local_zip64_sizes(extra: bytes, compressed: int, plain: int) -> tuple[int, int]:
+    """APPNOTE 4.5.3: in a local header the zip64 field holds both sizes, uncompressed first."""
+    if 0xFFFFFFFF not in (compressed, plain):
+        return compressed, plain
+    for kind, data in _extras(extra):
+        if kind == _ZIP64 and len(data) >= 16:
+            plain, compressed = struct.unpack_from("<QQ", data)
+    return compressed, plain
+
+
+def _compare_headers(entry: _Entry, flags: int, method: int, crc: int, compressed: int, plain: int,
+                     layout: Layout) -> None:
+    if flags != entry.flags:
+        layout.problem("zip headers disagree: flags")
+    if method != entry.method:
+        layout.problem("zip headers disagree: compression method")
+    if flags & 0x08:  # APPNOTE 4.4.4 bit 3: CRC and sizes follow the data (checked there)
+        return
+    if crc != entry.crc:
+        layout.problem("zip headers disagree: CRC")
+    if (compressed, plain) != (entry.compressed, entry.size):
+        layout.problem("zip headers disagree: sizes")
 
 
 def _descriptor_length(source: IO[bytes], at: int, entry: _Entry, layout: Layout) -> int:

@@ -99,6 +99,33 @@ def test_a_zip_whose_unicode_path_names_a_script_is_refused_on_25_and_delivered_
     delivered(stack, "unicode path 587")
 
 
+# unzip and libarchive follow the local header (deflate: a PE), zipfile the central one
+# (stored: bytes that are no PE).
+METHOD_MISMATCH_ZIP = corpus.zip_method_mismatch("report.dat", PE * 8)
+
+
+def test_a_zip_whose_headers_disagree_on_the_method_is_refused_on_25_and_delivered_on_587(stack):
+    code, text = send(stack, "smtp", with_attachment("report.zip", METHOD_MISMATCH_ZIP, "method mismatch 25"), LOCAL)
+    assert code == 550
+    assert text.startswith('5.7.1 Attachment "report.zip" is blocked (cannot be inspected: zip headers disagree: '
+                           "compression method)")
+    assert "authenticated submission on port 587" in text
+    code, _ = send(stack, "submission", with_attachment("report.zip", METHOD_MISMATCH_ZIP, "method mismatch 587"),
+                   EXTERNAL, login="alice")
+    assert code == 250
+    delivered(stack, "method mismatch 587")
+
+
+def test_a_nested_multipart_reusing_its_parents_boundary_is_refused_on_25(stack):
+    # Thunderbird shows the attachment after the inner close delimiter; the stdlib reads it as
+    # the outer multipart's epilogue. Postfix passes the bytes on as they are.
+    raw = corpus.nested_same_boundary().replace(b"Subject: Test", b"Subject: same boundary 25")
+    code, text = send(stack, "smtp", raw, LOCAL)
+    assert code == 550
+    assert text.startswith("5.7.1 Message part 1 is blocked (cannot be inspected: nested boundary clashes with its "
+                           "parent's)")
+
+
 @pytest.mark.parametrize(
     ("case", "raw"),
     [("plain", with_attachment("eicar.com.txt", EICAR, "eicar plain")),

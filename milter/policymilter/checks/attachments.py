@@ -1,8 +1,9 @@
 """attachments: refuse executables anywhere in the message, by name and by content, at end of message.
 
-Every file the walk finds (mimewalk.files: MIME parts at any depth, message/rfc822 included;
-zip, tar, gzip/bzip2/xz/lzma members, TNEF and Outlook .msg attachments, nested; uuencoded
-blocks in text parts) is blocked when
+Every file the walk finds (mimewalk.files: MIME parts at any depth, message/* and the content
+of opaque-signed S/MIME included, in every decoding a client may make; zip, tar,
+gzip/bzip2/xz/lzma members, TNEF and Outlook .msg attachments, nested; uuencoded blocks in
+text parts) is blocked when
 
 - its name's final extension is in `blocked_extensions`, the name decoded (RFC 2231, RFC 2047)
   and read as Windows would save it (see normalise_name). `invoice.pdf.exe`, `photo.EXE.` and
@@ -33,6 +34,7 @@ libmagic's C parser on hostile input inside the milter.
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 import unicodedata
@@ -53,6 +55,7 @@ from policymilter.policy.model import CheckName, Policy
 NAME = "attachments"
 MAX_FINDINGS = 20  # uninspectable places recorded before the walk gives up
 REPLY_NAME_LENGTH = 48
+REPLY_LENGTH = 240  # the reply text after "550 5.7.1 ": one line under 250 characters
 
 # Proposed policy keys, with these defaults until the model has them.
 DEFAULT_BLOCKED_CONTENT = ("pe", "elf", "macho", "macro")
@@ -146,6 +149,26 @@ _TRAILING = "." + "".join(char for char in map(chr, range(0x3001)) if char.isspa
 _SEPARATORS = re.compile(r"[/\\]")
 
 
+# Where Unicode puts format and control characters: the Basic and Supplementary Multilingual
+# planes and plane 14 (tags, variation selectors). A test checks this Python's database agrees.
+INVISIBLE_PLANES = (range(0x20000), range(0xE0000, 0xF0000))
+
+
+@functools.cache
+def _invisible() -> re.Pattern[str]:
+    """Format (Cf) and control (Cc) characters, as one character class: removed in C. Built on
+    first use from this Python's Unicode database (about 20 ms, once)."""
+    ranges: list[list[int]] = []
+    for code in (code for plane in INVISIBLE_PLANES for code in plane):
+        if unicodedata.category(chr(code)) in ("Cf", "Cc"):
+            if ranges and ranges[-1][1] == code - 1:
+                ranges[-1][1] = code
+            else:
+                ranges.append([code, code])
+    return re.compile("[" + "".join(re.escape(chr(low)) + (f"-{re.escape(chr(high))}" if high > low else "")
+                                    for low, high in ranges) + "]")
+
+
 def normalise_name(name: str) -> str:
     """The name as Windows would save it, for comparing extensions.
 
@@ -155,7 +178,7 @@ def normalise_name(name: str) -> str:
     drops trailing dots and spaces ("x.exe. " is x.exe) and the default NTFS stream
     ("x.exe::$DATA"); extensions compare case-insensitively.
     """
-    kept = "".join(char for char in name if unicodedata.category(char) not in ("Cf", "Cc"))
+    kept = name if name.isprintable() else _invisible().sub("", name)  # isprintable(): no Cc, no Cf
     base = _SEPARATORS.split(unicodedata.normalize("NFKC", kept))[-1].casefold().rstrip(_TRAILING)
     return base.removesuffix("::$data").rstrip(_TRAILING)
 
@@ -328,6 +351,10 @@ def reply(finding: Finding, port: int | None) -> SmtpReply:
     what = "executable files are" if finding.executable else "attachments that cannot be inspected are"
     advice = f"; send them through authenticated submission on port {port}" if port else ""
     text = f"{subject} is blocked ({printable(finding.describe(), 64)}): {what} not accepted here{advice}"
+    if len(text) > REPLY_LENGTH and finding.filename:  # long names and a long reason: shorten the names
+        subject = f'Attachment "{printable(finding.filename, 24)}"'
+        subject += f' in "{printable(finding.attachment, 24)}"' if finding.attachment else ""
+        text = f"{subject} is blocked ({printable(finding.describe(), 64)}): {what} not accepted here{advice}"
     return SmtpReply("550", "5.7.1", text)
 
 

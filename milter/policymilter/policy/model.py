@@ -153,6 +153,9 @@ DEFAULT_BLOCKED_EXTENSIONS = (
     "xla", "xlam", "iqy", "slk",
     # Macro-enabled Office formats (VBA runs once the user enables content).
     "docm", "dotm", "xlsm", "xltm", "xlsb", "pptm", "potm", "ppam", "ppsm", "sldm",
+    # Remote Desktop connection files: one click connects to the sender's server and shares the
+    # recipient's drives and clipboard with it (2024 spear-phishing campaigns).
+    "rdp",
 )
 
 
