@@ -179,7 +179,9 @@ class PolicyMilter(Milter.Base):
         if not replies:
             return Milter.CONTINUE
         stage = {"envfrom": "mail", "eom": "eom"}.get(where)
-        if stage and verdict.disposition is not Disposition.CONTINUE:
+        # One summary line per message, also for one accepted unchecked; at MAIL FROM an accept
+        # lets the transaction go on, and its end of message logs it.
+        if stage == "eom" or (stage and verdict.disposition is not Disposition.CONTINUE):
             self.conversation.finish_crash(verdict, stage)
         answer = self._apply(verdict, final=where == "eom")
         if where == "eom" or verdict.stops:

@@ -29,7 +29,7 @@ _REGISTRY = email.policy.default.header_factory
 _HAS_STRICT = "strict" in inspect.signature(email.utils.getaddresses).parameters
 # Something a reader would take for an address: local@domain.tld, after NFKC (full-width
 # "＠" is "@") and without invisible format characters.
-_ADDRESS_LIKE = re.compile(r"[^\s<>\"'()@,;:]+@[^\s<>\"'()@,;:]+\.[^\s<>\"'()@,;:]*[^\s<>\"'()@,;:.]")
+_ADDRESS_LIKE = re.compile(r"[^\s<>'()@,;:]+@[^\s<>'()@,;:]*[^\s<>'()@,;:.]")
 # Explicit embeddings, overrides and isolates (UAX #9): they reorder what the reader sees.
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _UNFOLD = re.compile(r"\r?\n(?=[ \t])")
@@ -164,10 +164,12 @@ def _author(address: str, display_name: str, text: str, field: str) -> Author | 
     seen = display_name + readable.decode_anywhere(text)
     if any(char in _BIDI_CONTROLS or (unicodedata.category(char) == "Cc" and char != "\t") for char in seen):
         return BadFrom(f"the {field} header contains direction overrides or control characters", "ambiguous")
-    normalised = f"{local}@{ascii_domain}".lower()
+    normalised = f"{local}@{ascii_domain}".lower().replace('"', "")
     # The whole value, as a reader shows it: display name, comments (Thunderbird shows them
     # as part of the name), encoded words wherever they are.
-    for found in _ADDRESS_LIKE.findall(shown):
+    # Quotes out (a reader shows "service"@bank.example as an address); any "@" with text on
+    # both sides counts, dotted or not: "bank。example" is bank.example to UTS #46.
+    for found in _ADDRESS_LIKE.findall(shown.replace('"', "")):
         if _comparable(found) != normalised:
             return BadFrom(f"the {field} header shows another address ({_shown(found)}) than the one it "
                            f"has ({_shown(address)})", "display-address")
@@ -175,7 +177,7 @@ def _author(address: str, display_name: str, text: str, field: str) -> Author | 
 
 
 def _comparable(address: str) -> str:
-    local, _, domain = address.rpartition("@")
+    local, _, domain = address.replace('"', "").rpartition("@")
     try:
         domain = to_ascii(domain)
     except DomainError:

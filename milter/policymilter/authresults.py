@@ -30,6 +30,7 @@ _PROPERTY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+=:/-]{0,252}", re.ASCII)
 _COMMENT_UNSAFE = re.compile(r'[^ -~]|[()\\"]', re.ASCII)
 # Longer than any Authentication-Results a real server writes: not worth reading closely.
 MAX_PARSED_LENGTH = 8192
+MAX_COMMENT_NESTING = 10
 
 
 def claims(value: str, authserv_id: str) -> bool:
@@ -42,19 +43,39 @@ def claims(value: str, authserv_id: str) -> bool:
     megabyte of headers costs microseconds, not a parse each.
     """
     ours = authserv_id.lower().rstrip(".")
-    # quoted-pairs (mail\.example\.org) and encoded words (=?us-ascii?q?mail.example.org?=),
-    # which Python's email package and mail clients decode here too
-    unescaped = readable.visible(value).lower().replace("\\", "")
-    if ours not in unescaped:
+    if not value.isascii() or "=?" in value:
+        if len(value) > MAX_PARSED_LENGTH:
+            return True  # folding it (NFKC can grow it 18-fold) costs more than it can be worth
+        # encoded words (=?us-ascii?q?mail.example.org?=), which Python's email package and
+        # mail clients decode here too; full-width forms; invisible characters
+        value = readable.visible(value)
+    unescaped = value.lower().replace("\\", "")  # quoted-pairs: mail\.example\.org
+    squashed = _squash(unescaped)
+    if ours not in unescaped and ours not in squashed:
         return False
     if len(unescaped) > MAX_PARSED_LENGTH:
         return True  # our id somewhere in a value no server of ours writes: gone, unparsed
     # The id, its version and comments come before the first ";" — unless a comment holds one,
     # which is why the RFC reading below skips comments properly.
-    head = unescaped.split(";", 1)[0]
-    if any(token.rstrip(".") == ours for token in _ID_TOKEN.findall(head)):
-        return True
+    for head in (unescaped.split(";", 1)[0], squashed.split(";", 1)[0]):
+        if any(token.rstrip(".") == ours for token in _ID_TOKEN.findall(head)):
+            return True
     return _first_token(unescaped).rstrip(".") == ours
+
+
+_COMMENT = re.compile(r"\([^()]*\)")
+_AROUND_DOT = re.compile(r"\s*\.\s*")
+
+
+def _squash(text: str) -> str:
+    """The value as OpenDMARC's tokenizer reads an authserv-id: comments dropped, quote marks
+    dropped, white space around dots dropped (`mx . example . test`, `mx (c).example.test`,
+    `"mx"."example"."test"` are all mx.example.test there)."""
+    for _ in range(MAX_COMMENT_NESTING):
+        text, found = _COMMENT.subn(" ", text)
+        if not found:
+            break
+    return _AROUND_DOT.sub(".", text.replace("(", " ").replace(")", " ").replace('"', ""))
 
 
 def _first_token(text: str) -> str:

@@ -190,12 +190,25 @@ class Conversation:
         disposition, reply = error_verdict(action)
         verdict = Verdict(disposition, reply, decided_by="milter", reason=f"{where}: {type(error).__name__}")
         if action is ErrorAction.ACCEPT:
-            return verdict
+            return self._accepted_unchecked(verdict) if where == "eom" else verdict
         if where in ("connect", "hello"):
             self.session_failure = verdict
         elif deferred:
             self.failure = verdict
         return verdict
+
+    def _accepted_unchecked(self, verdict: Verdict) -> Verdict:
+        """The site accepts what it could not check (on_error = accept), but results forged with
+        our authserv-id must still go: readers would take them for ours. If even that fails,
+        the message cannot be let through: tempfail."""
+        try:
+            removals = authresults.forged(self.message, self.snapshot.policy.site.authserv_id) if self.message else ()
+        except Exception as error:  # whatever broke the checks may break this too
+            event(self.log, logging.ERROR, "callback_crashed", f"removing forged results raised {error!r}",
+                  exc_info=True, callback="eom", listener=self.door.name)
+            disposition, reply = error_verdict(ErrorAction.TEMPFAIL)
+            return Verdict(disposition, reply, decided_by="milter", reason=f"{verdict.reason}; forged results")
+        return replace(verdict, actions=removals)
 
     def finish_crash(self, verdict: Verdict, stage: str) -> Verdict:
         return self._finish(verdict, stage)

@@ -9,6 +9,7 @@ full-width "＠" is "@") and drop the invisible format characters that can split
 
 from __future__ import annotations
 
+import codecs
 import email.errors
 import email.header
 import functools
@@ -29,23 +30,60 @@ def _format_characters() -> re.Pattern[str]:
 
 
 def decode_anywhere(text: str) -> str:
-    """Every encoded word in `text` replaced by what it decodes to (unknown charsets: UTF-8)."""
+    """Every encoded word in `text` replaced by what it decodes to (unknown charsets: UTF-8).
+
+    As clients do (RFC 2047 §6.2), white space between two encoded words is dropped, and the
+    bytes of adjacent words in one charset are decoded together: a UTF-16 or UTF-8 character
+    may be split across two words."""
     if "=?" not in text:
         return text
-    return _ENCODED_WORD.sub(lambda match: _decode(match.group()), text)
+    out: list[str] = []
+    run: list[bytes] = []
+    run_charset = ""
+    pos = 0
+    for match in _ENCODED_WORD.finditer(text):
+        between = text[pos:match.start()]
+        pos = match.end()
+        word = _word(match.group())
+        adjacent = run and not between.strip()
+        if word is None:  # not decodable: it stays as written
+            out.append(_text(b"".join(run), run_charset))
+            run = []
+            out.append(between + match.group())
+            continue
+        data, charset = word
+        if adjacent and charset == run_charset:
+            run.append(data)
+            continue
+        out.append(_text(b"".join(run), run_charset))
+        out.append("" if adjacent else between)
+        run, run_charset = [data], charset
+    out.append(_text(b"".join(run), run_charset))
+    out.append(text[pos:])
+    return "".join(out)
 
 
-def _decode(word: str) -> str:
+def _word(word: str) -> tuple[bytes, str] | None:
+    """An encoded word's bytes and (lower case) charset; None if it does not decode."""
     try:
         [(data, charset)] = email.header.decode_header(word)
     except (email.errors.HeaderParseError, ValueError):
-        return word
+        return None
     if isinstance(data, str):
-        return data
+        return None
+    return data, (charset or "").lower()
+
+
+def _text(data: bytes, charset: str) -> str:
+    if not data:
+        return ""
     try:
-        return data.decode(charset or "utf-8", "replace")
-    except LookupError:
-        return data.decode("utf-8", "replace")
+        # Only text encodings: Python also has codecs like "idna", "undefined" or "rot13".
+        if codecs.lookup(charset)._is_text_encoding:
+            return data.decode(charset, "replace")
+    except (LookupError, UnicodeError, ValueError):
+        pass
+    return data.decode("utf-8", "replace")
 
 
 def visible(text: str) -> str:

@@ -341,3 +341,20 @@ def test_a_quarantine_verdict_puts_the_message_on_hold():
     mta.helo()
     assert mta.send(message=GOOD_MESSAGE) == Milter.ACCEPT
     assert mta.ctx.quarantined == "looks odd"
+
+
+def test_a_crash_at_end_of_message_accepted_by_policy_still_removes_forged_results(logwatch, monkeypatch):
+    """on_error = accept lets unchecked mail through; results forged with our id must still go."""
+    logwatch.expect("callback_crashed")
+    service = Service(DEFAULT_POLICY, [*OFFLINE, 'listeners.smtp.on_error="accept"'])
+    mta = FakeMTA(service, SmtpState(daemon_name="smtp", daemon_port=25))
+    mta.connect()
+    mta.helo()
+    monkeypatch.setattr(mta.milter.conversation.snapshot.pipeline, "run", lambda *args: 1 / 0)
+    forged = (b"Authentication-Results: mail.example.org; dmarc=pass header.from=bank.example\n"
+              b"Authentication-Results: other.example; spf=pass\n")
+    assert mta.send(message=forged + GOOD_MESSAGE) == Milter.ACCEPT
+    assert ("Authentication-Results", 1, "") in mta.ctx.changed  # removed: the first one (ours)
+    assert len([c for c in mta.ctx.changed if c[0] == "Authentication-Results"]) == 1
+    [summary] = logwatch.fields("summary")
+    assert (summary["verdict"], summary["decided_by"]) == ("accept", "milter")

@@ -74,6 +74,17 @@ ROWS = [
     Row("Bank (<service@bank.example>) <a@evil.example>", None, "display-address"),
     Row("a@evil.example (=?utf-8?b?c2VydmljZUBiYW5rLmV4YW1wbGU=?=)", None, "display-address"),
     Row("Bank=?utf-8?b?c2VydmljZUBiYW5rLmV4YW1wbGU=?= <a@evil.example>", None, "display-address"),
+    # second review: UTF-16 split across encoded words (clients join adjacent words' bytes),
+    # dots NFKC leaves alone (U+3002 is a label separator to UTS #46), quoted local parts
+    Row("=?utf-16le?b?cwBlAHIA?= =?utf-16le?b?dgBpAGMAZQBAAGIAYQBuAGsALgBlAHgAYQBtAHAAbABlAA==?= <a@evil.example>",
+        None, "display-address"),
+    Row('"service@bank\u3002example" <a@evil.example>', None, "display-address"),
+    Row('"service@bank\uff61example" <a@evil.example>', None, "display-address"),
+    Row('"service@bank\u00b7example" <a@evil.example>', None, "display-address"),
+    Row("(service@paypal\u3002com) a@evil.example", None, "display-address"),
+    Row('"\\"service\\"@bank.example" <a@evil.example>', None, "display-address"),
+    Row("=?undefined?q?x?= <service@bank.example>", "service@bank.example"),  # a codec that is no charset
+    Row("=?idna?q?Bob?= <bob@example.org>", "bob@example.org"),
     Row(":" * 1000, None, "unparsable"),  # the lenient parser recurses once per colon
     Row("Bank <service@bank.example>" + ":" * 990, None, "unparsable"),
     Row("service\uff20bank.example <attacker@evil.example>", None, "ambiguous"),
