@@ -268,6 +268,9 @@ def find_executables(header: bytes, body: bytes, limits: Limits) -> Scan:
             if finding is not None:
                 findings.append(finding)
                 break
+            # Let the content go before the walk makes the next (a file's other decodings are
+            # each as large as the file: mimewalk.base64_readings).
+            del item
     return Scan(tuple(findings), inspected)
 
 
