@@ -946,7 +946,10 @@ def _from_surrogates(text: str) -> str:
 # --- uuencode --------------------------------------------------------------------------------
 
 # POSIX uuencode: "begin MODE NAME" ... "end"; sharutils' base64 form: "begin-base64" ... "====".
-_UU_BEGIN = re.compile(rb"^begin(-base64)?[ \t]+[0-7]{1,4}[ \t]+([^\r\n]+)", re.MULTILINE)
+# The line-start test ("^" in MULTILINE mode: the start, or after LF) comes after the fixed text,
+# as a lookbehind, so the engine scans for "begin" in C: a leading "^" costs a step per byte
+# (36 ms for 7 MB of binary S/MIME content, searched at every signing level).
+_UU_BEGIN = re.compile(rb"begin(?<![^\n]begin)(-base64)?[ \t]+[0-7]{1,4}[ \t]+([^\r\n]+)")
 _LINE = re.compile(rb"([^\r\n]*)(?:\r\n|\n|\r|$)")
 _UU_CHARS = re.compile(rb"[\x20-\x60]+")
 
