@@ -20,8 +20,10 @@ either judged in every reading (delimiter lines ending in a form feed, base64 wi
 a quantum, quoted-printable "=" CR soft breaks, irregular RFC 2231 continuations, the
 Content-Name and X-Sun-Data-Name fields) or uninspectable (a nested multipart whose delimiter
 lines match its parent's, a non-header line among a part's headers). Every message/* but
-partial and external-body is an enclosed message; S/MIME opaque signed data is opened
-(smime.py).
+partial and external-body is an enclosed message. Signed data (S/MIME opaque signing, ".p7m"
+files: by type, by name or by content) is opened wherever a file can be, its own content
+included, each level one deeper (smime.py); its content is a MIME entity only when it clearly
+is one, else a file that is also searched for uuencoded blocks.
 
 Archives: zip (nested, encrypted member names included; its layout read as every extractor may
 read it, ziplayout.py), tar (old-style ones too; every name a header gives judged; sparse
