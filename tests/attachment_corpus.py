@@ -1101,3 +1101,74 @@ def quoted_printable_lone_cr(data: bytes) -> bytes:
 
     encoded = quopri.encodestring(data, quotetabs=True).replace(b"\n", b"\r\n")
     return encoded[:2] + b"=\r" + encoded[2:]
+
+
+# --- review 3: S/MIME nested, anywhere, BER; hostile DER ------------------------------------------
+
+
+def _der_length(size: int) -> bytes:
+    if size < 0x80:
+        return bytes([size])
+    octets = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(octets)]) + octets
+
+
+def tlv(tag: int, content: bytes) -> bytes:
+    return bytes([tag]) + _der_length(len(content)) + content
+
+
+OID_SIGNED_DATA = bytes.fromhex("06092a864886f70d010702")  # 1.2.840.113549.1.7.2
+OID_DATA = bytes.fromhex("06092a864886f70d010701")  # 1.2.840.113549.1.7.1
+
+
+def cms_signed_ber(content: bytes, chunk: int = 4096) -> bytes:
+    """Signed data as `openssl cms -sign -stream` writes it (RFC 5652 in BER): indefinite lengths
+    all the way down and the content as a constructed OCTET STRING of `chunk`-byte pieces."""
+    chunks = b"".join(tlv(0x04, content[pos:pos + chunk]) for pos in range(0, len(content), chunk))
+    return signed_with_econtent(b"\x24\x80" + chunks + b"\0\0")
+
+
+def signed_with_econtent(econtent: bytes, indefinite: bool = True, econtent_type: bytes = OID_DATA) -> bytes:
+    """A ContentInfo of signed data whose eContent ([0] EXPLICIT) is the encoding given."""
+    def wrap(tag: int, content: bytes) -> bytes:
+        return bytes([tag, 0x80]) + content + b"\0\0" if indefinite else tlv(tag, content)
+    version, digests = tlv(0x02, b"\x01"), tlv(0x31, b"")
+    encapsulated = wrap(0x30, econtent_type + wrap(0xA0, econtent))
+    return wrap(0x30, OID_SIGNED_DATA + wrap(0xA0, wrap(0x30, version + digests + encapsulated + tlv(0x31, b""))))
+
+
+def cms_long_tag(digits: int) -> bytes:
+    """A ContentInfo whose first element inside has a tag number `digits` base-128 digits long."""
+    return tlv(0x30, OID_SIGNED_DATA + b"\xbf" + b"\xff" * digits + b"\x01\x00")
+
+
+def cms_long_oid_arc(digits: int) -> bytes:
+    """Signed data whose eContentType OID has an arc of `digits` base-128 digits."""
+    oid = tlv(0x06, b"\x2a" + b"\xff" * digits + b"\x01")
+    return signed_with_econtent(tlv(0x04, b"x"), indefinite=False, econtent_type=oid)
+
+
+def fattura_xml() -> bytes:
+    """An Italian FatturaPA e-invoice as SdI intermediaries write it (namespace prefix, CRLF)."""
+    return (b'<ns2:FatturaElettronica xmlns:ns2="http://ivaservizi.agenziaentrate.gov.it/docs/xsd/fatture/v1.2" '
+            b'versione="FPR12">\r\n<FatturaElettronicaHeader>\r\n<DatiTrasmissione><IdTrasmittente>'
+            b"<IdPaese>IT</IdPaese><IdCodice>01234567890</IdCodice></IdTrasmittente></DatiTrasmissione>\r\n"
+            b"</FatturaElettronicaHeader>\r\n</ns2:FatturaElettronica>\r\n")
+
+
+def pe_with_ole_magic_at_16() -> bytes:
+    """A PE whose bytes 16-24 happen to be the OLE signature (the DOS header's free fields)."""
+    data = bytearray(pe(4096))
+    data[16:24] = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+    return bytes(data)
+
+
+def base64_with_inner_padding(size: int) -> bytes:
+    """`size` random bytes in base64 with a "=" pad inside the data twice: every reading differs."""
+    import os
+
+    lines = base64.encodebytes(os.urandom(size)).split(b"\n")
+    middle = len(lines) // 2
+    lines[middle] = lines[middle][:-2] + b"=="
+    lines[middle + 3] = lines[middle + 3][:-3] + b"=A="
+    return b"\r\n".join(lines)

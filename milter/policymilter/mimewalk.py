@@ -20,8 +20,10 @@ either judged in every reading (delimiter lines ending in a form feed, base64 wi
 a quantum, quoted-printable "=" CR soft breaks, irregular RFC 2231 continuations, the
 Content-Name and X-Sun-Data-Name fields) or uninspectable (a nested multipart whose delimiter
 lines match its parent's, a non-header line among a part's headers). Every message/* but
-partial and external-body is an enclosed message; S/MIME opaque signed data is opened
-(smime.py).
+partial and external-body is an enclosed message. Signed data (S/MIME opaque signing, ".p7m"
+files: by type, by name or by content) is opened wherever a file can be, its own content
+included, each level one deeper (smime.py); its content is a MIME entity only when it clearly
+is one, else a file that is also searched for uuencoded blocks.
 
 Archives: zip (nested, encrypted member names included; its layout read as every extractor may
 read it, ziplayout.py), tar (old-style ones too; every name a header gives judged; sparse
@@ -52,7 +54,9 @@ import email.parser
 import email.policy
 import email.utils
 import gzip
+import hashlib
 import io
+import itertools
 import lzma
 import re
 import struct
@@ -95,7 +99,10 @@ class Entity:
     # Whether a recipient would save it as a file (it has a name, a type other than text, or
     # asks to be an attachment), rather than read it as the message's text.
     saved: bool = True
-    readings: tuple[bytes, ...] = ()  # other decodings of `body` that clients make (base64_readings)
+    # The other decodings of `body` that clients make (base64_readings), made one at a time when
+    # asked for: each as large as the body.
+    readings: Callable[[], Iterator[bytes]] | None = None
+    smime_type: str = ""  # RFC 8551 §3.2.2 smime-type parameter, lower case
 
 
 @dataclass(frozen=True)
@@ -140,7 +147,17 @@ class Headers:
         return self.values.get(field, [])
 
 
-def walk(header: bytes, body: bytes, max_depth: int, max_parts: int) -> Iterator[Entity | Overflow]:
+class WalkBudget:
+    """What the MIME walks of one message may still cost, the message's own and those of the
+    MIME entities signed inside it (S/MIME) together: parts, header lines, odd uuencoded lines."""
+
+    def __init__(self, max_parts: int) -> None:
+        self.max_parts, self.parts, self.lines = max_parts, max_parts, MAX_HEADER_LINES
+        self.uu = LineBudget()
+
+
+def walk(header: bytes, body: bytes, max_depth: int, max_parts: int,
+         budget: WalkBudget | None = None) -> Iterator[Entity | Overflow]:
     """Every entity of the message in document order, leaves decoded one at a time.
 
     `header` is the top-level header block, `body` the body (CRLF or LF line ends). Entities
@@ -151,22 +168,32 @@ def walk(header: bytes, body: bytes, max_depth: int, max_parts: int) -> Iterator
     # Postfix and lenient readers take "Content-Type : x" as a header; the stdlib parser would
     # end the header block there and lose the fields after it. Read it the lenient way.
     header = _OBSOLETE_FIELD_LINE.sub(rb"\1\2:", header)
-    stack = [_Span(header, 0, len(header), body, 0, len(body), 0, "")]
-    seen, lines_left = 0, MAX_HEADER_LINES
-    uu_budget = LineBudget()
+    root = _Span(header, 0, len(header), body, 0, len(body), 0, "")
+    return _walk(root, max_depth, budget or WalkBudget(max_parts))
+
+
+def walk_entity(data: bytes, depth: int, number: str, max_depth: int, budget: WalkBudget
+                ) -> Iterator[Entity | Overflow]:
+    """A MIME entity inside something else (S/MIME content), read as the walk reads an enclosed
+    message (RFC 2046 §5.2.1): header fields optional, text/plain by default."""
+    return _walk(_span(data, 0, len(data), depth, number), max_depth, budget)
+
+
+def _walk(root: _Span, max_depth: int, budget: WalkBudget) -> Iterator[Entity | Overflow]:
+    stack = [root]
     while stack:
         span = _locate(stack.pop())
-        seen += 1
-        if seen > max_parts:
-            yield Overflow(span.number, f"more than {max_parts} MIME parts")
+        budget.parts -= 1
+        if budget.parts < 0:
+            yield Overflow(span.number, f"more than {budget.max_parts} MIME parts")
             return
         if span.oversized:
             yield Overflow(span.number, f"part headers over {MAX_PART_HEADER} bytes")
             continue
         block = bytes(span.head_buf[span.head_start:span.head_end])
         lines, fields = _count_lines(block)
-        lines_left -= lines
-        if lines_left < 0:
+        budget.lines -= lines
+        if budget.lines < 0:
             yield Overflow(span.number, f"more than {MAX_HEADER_LINES} header lines in the message")
             return
         if fields > MAX_PART_FIELDS:
@@ -185,7 +212,7 @@ def walk(header: bytes, body: bytes, max_depth: int, max_parts: int) -> Iterator
                 # RFC 2045 §6.4: never encoded. Clients differ (some decode, most do not): we
                 # read it as written and call it uninspectable.
                 problems += (f"multipart with Content-Transfer-Encoding {encoding}",)
-            children, found = _multipart_children(span, headers, max_parts)
+            children, found = _multipart_children(span, headers, budget.max_parts)
             problems += found
             if not children:
                 # RFC 2046 §5.1.1 structure missing (no boundary parameter or no delimiter
@@ -200,19 +227,19 @@ def walk(header: bytes, body: bytes, max_depth: int, max_parts: int) -> Iterator
             if encoding not in (*_IDENTITY_ENCODINGS, "base64", "quoted-printable"):
                 problems += (f"{content_type} with Content-Transfer-Encoding {encoding}",)
             children = [_enclosed_message(span, headers)]
-        elif smime.is_smime(content_type, names):
-            yield from _smime(span, headers, content_type, names, problems, max_depth, stack)
-            continue
         if not children:
+            others: Callable[[], Iterator[bytes]] | None = None
             if encoding in _UUENCODINGS:
                 # The "begin" lines name the files a client saves; the body is the first block.
-                body, block_names, found = _uudecoded(span, uu_budget)
+                body, block_names, found = _uudecoded(span, budget.uu)
                 names += tuple(name for name in block_names if name not in names)
-                others: tuple[bytes, ...] = ()
             else:
                 body, others, found = _decoded(headers, span)
+            if others is not None and smime.declared(content_type, names) and any(True for _ in others()):
+                found += ("S/MIME in base64 that clients decode differently",)  # the structure could be another
             saved = bool(names) or not content_type.startswith("text/") or _disposition(headers) == "attachment"
-            yield Entity(span.number, span.depth, content_type, names, body, problems + found, saved, others)
+            yield Entity(span.number, span.depth, content_type, names, body, problems + found, saved, others,
+                         _smime_type(headers) if content_type in smime.SMIME_TYPES else "")
             continue
         yield Entity(span.number, span.depth, content_type, names, None, problems)
         if span.depth + 1 > max_depth:
@@ -221,28 +248,12 @@ def walk(header: bytes, body: bytes, max_depth: int, max_parts: int) -> Iterator
         stack.extend(reversed(children))
 
 
-def _smime(span: _Span, headers: Headers, content_type: str, names: tuple[str, ...], problems: tuple[str, ...],
-           max_depth: int, stack: list[_Span]) -> Iterator[Entity | Overflow]:
-    """An S/MIME part (smime.py): the content it carries is a file, saved under the part's name
-    without ".p7m", and, when it is a MIME entity (RFC 8551 §3.1), an entity one level down."""
-    body, others, found = _decoded(headers, span)
-    if others:  # the structure a client reads could be another one
-        found += ("S/MIME in base64 that clients decode differently",)
-    try:
-        inner = smime.encapsulated(bytes(body))
-    except smime.Uninspectable as error:
-        yield Entity(span.number, span.depth, content_type, names, body, problems + found + (str(error),))
-        return
-    yield Entity(span.number, span.depth, content_type, names, None, problems + found)
-    if inner is None:
-        return
-    if span.depth + 1 > max_depth:
-        yield Overflow(span.number, f"MIME nested deeper than {max_depth} levels")
-        return
-    number = f"{span.number}.1" if span.number else "1"
-    yield Entity(number, span.depth + 1, "application/octet-stream", smime.unsigned_names(names), inner)
-    if _HEADER_LINE.match(inner):
-        stack.append(_span(inner, 0, len(inner), span.depth + 1, number))
+def _smime_type(headers: Headers) -> str:
+    values = headers.get("content-type")
+    for param, raw in header_params(values[0]) if values else ():
+        if param == "smime-type":
+            return _collapse(raw)[0].strip().lower()
+    return ""
 
 
 # Limits on header blocks: bytes in one (Postfix's own header_size_limit is 100 KiB per
@@ -414,7 +425,7 @@ def _enclosed_message(span: _Span, headers: Headers) -> _Span:
     problems: tuple[str, ...] = ()
     if transfer_encoding(headers) in ("base64", "quoted-printable"):
         body, others, problems = _decoded(headers, span)
-        if others:
+        if others is not None and any(True for _ in others()):
             problems += ("enclosed message: base64 read several ways",)
         buf, start, end = bytes(body), 0, len(body)
     return dataclasses.replace(_span(buf, start, end, span.depth + 1, span.number or "1"), problems=problems)
@@ -489,12 +500,23 @@ def _decode(headers: Headers, span: _Span) -> Body:
     return _decoded(headers, span)[0]
 
 
-def _decoded(headers: Headers, span: _Span) -> tuple[Body, tuple[bytes, ...], tuple[str, ...]]:
-    """The entity body decoded, its other readings (base64 that clients decode differently)
-    and why it is uninspectable, if it is."""
+def _decoded(headers: Headers, span: _Span) -> tuple[Body, Callable[[], Iterator[bytes]] | None, tuple[str, ...]]:
+    """The entity body decoded, how to make its other readings (base64 or quoted-printable that
+    clients decode differently; None when there are none) and why it is uninspectable, if it is."""
     if transfer_encoding(headers) == "base64":
-        readings, problem = base64_readings(span.buf, span.start, span.end)
-        return readings[0], tuple(readings[1:]), (problem,) if problem else ()
+        buf, start, end = span.buf, span.start, span.end
+        if not _has_inner_padding(buf, start, end):
+            try:
+                return binascii.a2b_base64(memoryview(buf)[start:end]), None, ()
+            except binascii.Error:
+                pass  # a truncated last quantum: readers drop it or pad it
+        problem = base64_problem(buf, start, end)
+        if problem is not None:
+            return _stdlib_base64(_cleaned(buf, start, end)), None, (problem,)
+        readings = base64_readings(buf, start, end)
+        first = next(readings)
+        readings.close()
+        return first, lambda: itertools.islice(base64_readings(buf, start, end), 1, None), ()
     body = _undone(headers, span)
     if transfer_encoding(headers) == "quoted-printable":
         view = memoryview(span.buf)[span.start:span.end]
@@ -502,8 +524,8 @@ def _decoded(headers: Headers, span: _Span) -> tuple[Body, tuple[bytes, ...], tu
             # "=" CR without LF: Thunderbird's decoder (mimeenc.cpp) takes it for a soft line
             # break and decodes what follows; binascii (the stdlib) stops there.
             other = binascii.a2b_qp(_QP_LONE_CR_BREAK.sub(b"", view))
-            return body, (other,) if other != body else (), ()
-    return body, (), ()
+            return body, (lambda: iter([other])) if other != body else None, ()
+    return body, None, ()
 
 
 _QP_LONE_CR_BREAK = re.compile(rb"=\r(?!\n)")
@@ -537,80 +559,186 @@ def _uudecoded(span: _Span, budget: LineBudget) -> tuple[Body, tuple[str, ...], 
 
 def decode_base64(buf: bytes, start: int = 0, end: int | None = None) -> bytes:
     """Lenient base64 of buf[start:end]: the first of base64_readings()."""
-    return base64_readings(buf, start, end)[0][0]
+    readings = base64_readings(buf, start, end)
+    try:
+        return next(readings)
+    finally:
+        readings.close()
 
 
 # A "=" followed by more data: each one costs the readings below a step in Python.
 MAX_BASE64_INNER_PADDING = 10_000
 
 
-def base64_readings(buf: bytes, start: int = 0, end: int | None = None) -> tuple[list[bytes], str | None]:
+def base64_problem(buf: bytes, start: int = 0, end: int | None = None) -> str | None:
+    """Why base64_readings() would not be made: too many "=" inside the data."""
+    end = len(buf) if end is None else end
+    if not _has_inner_padding(buf, start, end):
+        return None
+    data = _digits(buf, start, end)
+    tail = bytes(data[-3:])
+    completion = len(tail) - len(tail.rstrip(b"="))  # the last quantum's own padding
+    if data.count(b"=") - completion > MAX_BASE64_INNER_PADDING:
+        return f"base64 with over {MAX_BASE64_INNER_PADDING} '=' inside the data"
+    return None
+
+
+def _has_inner_padding(buf: bytes, start: int, end: int) -> bool:
+    padding = buf.find(b"=", start, end)
+    return padding >= 0 and _B64_DATA.search(buf, padding, end) is not None
+
+
+def base64_readings(buf: bytes, start: int = 0, end: int | None = None) -> Iterator[bytes]:
     """Every way clients decode buf[start:end] as base64 (RFC 2045 §6.8: characters outside the
-    alphabet are ignored), and why it is uninspectable, if it is.
+    alphabet are ignored), one at a time: the caller judges each and lets it go before asking
+    for the next (each is as large as the body). A reading the same as an earlier one is not
+    made again (compared by digest, so none is kept for the comparison).
 
     With "=" only at the end there is one reading. A "=" before more data is read four ways:
     realigned after each "=" (concatenated encodings decoded in turn, a truncated quantum
     dropped: what this walk always did), "=" as a zero digit inside its quantum (Thunderbird's
     mimeenc.cpp: a quantum with one "=" gives two bytes, with more one), "=" ignored, and
-    binascii's (the stdlib's: skipped, or the end of the data once a quantum is complete). Past
-    MAX_BASE64_INNER_PADDING of them only the stdlib's reading is made, and it is uninspectable.
+    binascii's (the stdlib's: skipped, or the end of the data once a quantum is complete).
+    Check base64_problem() first: past MAX_BASE64_INNER_PADDING of them only the stdlib's
+    reading should be made.
     """
     end = len(buf) if end is None else end
-    padding = buf.find(b"=", start, end)
-    if padding < 0 or not _B64_DATA.search(buf, padding, end):
+    if not _has_inner_padding(buf, start, end):
         try:
-            return [binascii.a2b_base64(memoryview(buf)[start:end])], None
+            yield binascii.a2b_base64(memoryview(buf)[start:end])
+            return
         except binascii.Error:
             pass  # a truncated last quantum: the readings below drop it
-    cleaned = buf[start:end].translate(None, _B64_NOISE_BYTES)
-    data = cleaned.rstrip(b"=")
-    stdlib = _stdlib_base64(cleaned)
-    if data.count(b"=") > MAX_BASE64_INNER_PADDING:
-        return [stdlib], f"base64 with over {MAX_BASE64_INNER_PADDING} '=' inside the data"
-    # The padding that completes the last quantum; Thunderbird makes a zero byte of each
-    # further "====", which changes nothing a signature could tell.
-    data += cleaned[len(data):len(data) + -len(data) % 4]
-    readings = [_realigned(data), _zero_digits(data), _quantum(data.replace(b"=", b"")), stdlib]
-    return list(dict.fromkeys(readings)), None
+    seen: set[bytes] = set()
+    for reader in (_realigned, _zero_digits, _padding_ignored, _stdlib_reading):
+        reading = reader(buf, start, end)
+        digest = hashlib.blake2b(reading, digest_size=32).digest()
+        if digest not in seen:
+            seen.add(digest)
+            yield reading
+        del reading
 
 
-def _quantum(digits: bytes) -> bytes:
+# Base64 text is cleaned a window at a time into one growing buffer: no copy of the whole text
+# beside it (each reading is made from a fresh one and lets it go before it returns).
+_CLEAN_WINDOW = 1024 * 1024
+
+
+def _cleaned(buf: bytes, start: int, end: int) -> bytearray:
+    cleaned = bytearray()
+    for pos in range(start, end, _CLEAN_WINDOW):
+        cleaned += buf[pos:min(end, pos + _CLEAN_WINDOW)].translate(None, _B64_NOISE_BYTES)
+    return cleaned
+
+
+def _digits(buf: bytes, start: int, end: int) -> bytearray:
+    """The base64 characters, trailing "=" off but for the padding that completes the last
+    quantum; Thunderbird makes a zero byte of each further "====", which changes nothing a
+    signature could tell. Trimmed in place."""
+    data = _cleaned(buf, start, end)
+    keep = len(data)
+    while keep:  # the trailing "=" run, a window at a time (a step per 4 KiB)
+        window = bytes(data[max(0, keep - 4096):keep])
+        stripped = len(window.rstrip(b"="))
+        keep -= len(window) - stripped
+        if stripped:
+            break
+    del data[min(len(data), keep + -keep % 4):]
+    return data
+
+
+def _quantum(digits: bytes | bytearray | memoryview) -> bytes:
     """Decode base64 digits (no "="), a truncated last quantum dropped or padded."""
+    return b"".join(_quanta(digits))
+
+
+def _quanta(digits: bytes | bytearray | memoryview) -> list[bytes]:
+    """_quantum() in two pieces, the whole quanta and the last one: the digits are not copied
+    to pad the last."""
+    whole = len(digits) - len(digits) % 4
+    pieces = [binascii.a2b_base64(digits[:whole])]
     match len(digits) % 4:
-        case 1:
-            digits = digits[:-1]  # a lone character carries no whole byte
-        case 2 | 3 as rest:
-            digits += b"=" * (4 - rest)
-    return binascii.a2b_base64(digits)
+        case 2 | 3 as rest:  # a lone character (1) carries no whole byte
+            pieces.append(binascii.a2b_base64(bytes(digits[whole:]) + b"=" * (4 - rest)))
+    return pieces
 
 
-def _realigned(cleaned: bytes) -> bytes:
-    return b"".join(_quantum(segment) for segment in cleaned.split(b"=") if segment)
+def _segments(data: bytearray) -> Iterator[tuple[int, int]]:
+    """(start, end) of the runs between "=" signs: one step per "=" (at most
+    MAX_BASE64_INNER_PADDING and the last quantum's)."""
+    pos = 0
+    while pos < len(data):
+        found = data.find(b"=", pos)
+        stop = len(data) if found < 0 else found
+        if stop > pos:
+            yield pos, stop
+        pos = stop + 1
 
 
-def _zero_digits(cleaned: bytes) -> bytes:
-    usable = len(cleaned) - len(cleaned) % 4  # Thunderbird drops a truncated last quantum
-    decoded = binascii.a2b_base64(cleaned[:usable].replace(b"=", b"A"))
-    pieces, kept = [], 0
-    found = cleaned.find(b"=", 0, usable)
-    while found >= 0:
-        quantum = found - found % 4
-        out = quantum // 4 * 3
-        pieces.append(decoded[kept:out + (2 if cleaned.count(b"=", quantum, quantum + 4) == 1 else 1)])
-        kept = out + 3
-        found = cleaned.find(b"=", quantum + 4, usable)
-    pieces.append(decoded[kept:])
+def _realigned(buf: bytes, start: int, end: int) -> bytes:
+    data = _digits(buf, start, end)
+    view = memoryview(data)
+    pieces = [piece for pos, stop in _segments(data) for piece in _quanta(view[pos:stop])]
+    view.release()
+    del data  # before the join: the decoded pieces and the result are all that is left
     return b"".join(pieces)
 
 
-def _stdlib_base64(cleaned: bytes) -> bytes:
+def _zero_digits(buf: bytes, start: int, end: int) -> bytes:
+    data = _digits(buf, start, end)
+    usable = len(data) - len(data) % 4  # Thunderbird drops a truncated last quantum
+    quanta, found = [], data.find(b"=", 0, usable)
+    while found >= 0:
+        quantum = found - found % 4
+        quanta.append((quantum, data.count(b"=", quantum, quantum + 4)))
+        for pos in range(quantum, quantum + 4):
+            if data[pos] == 0x3D:
+                data[pos] = 0x41  # "A": a zero digit, in place
+        found = data.find(b"=", quantum + 4, usable)
+    with memoryview(data) as view:
+        decoded = binascii.a2b_base64(view[:usable])
+    del data
+    pieces, kept = [], 0
+    with memoryview(decoded) as view:
+        for quantum, pads in quanta:
+            out = quantum // 4 * 3
+            pieces.append(view[kept:out + (2 if pads == 1 else 1)])
+            kept = out + 3
+        pieces.append(view[kept:])
+        joined = b"".join(pieces)
+        pieces.clear()
+    return joined
+
+
+def _padding_ignored(buf: bytes, start: int, end: int) -> bytes:
+    """The digits with every "=" dropped, decoded a window at a time (whole quanta)."""
+    data = _digits(buf, start, end)
+    decoded, pending = [], bytearray()
+    with memoryview(data) as view:
+        for pos, stop in _segments(data):
+            for window in range(pos, stop, _CLEAN_WINDOW):
+                pending += view[window:min(stop, window + _CLEAN_WINDOW)]
+                whole = len(pending) - len(pending) % 4
+                decoded.append(binascii.a2b_base64(memoryview(pending)[:whole]))
+                del pending[:whole]
+    del data
+    decoded.append(_quantum(pending))
+    return b"".join(decoded)
+
+
+def _stdlib_reading(buf: bytes, start: int, end: int) -> bytes:
+    return _stdlib_base64(_cleaned(buf, start, end))
+
+
+def _stdlib_base64(cleaned: bytearray) -> bytes:
     """What email.message.Message.get_payload(decode=True) makes of it (_encoded_words.decode_b)."""
-    for attempt in (cleaned, cleaned + b"=="):
+    for attempt in range(2):
         try:
-            return binascii.a2b_base64(attempt)
+            return binascii.a2b_base64(cleaned)
         except binascii.Error:  # a truncated last quantum
-            continue
-    return cleaned  # decode_b gives up and returns the text
+            if attempt == 0:
+                cleaned += b"=="  # in place
+    return bytes(cleaned[:-2])  # decode_b gives up and returns the text
 
 
 _B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
@@ -820,7 +948,10 @@ def _from_surrogates(text: str) -> str:
 # --- uuencode --------------------------------------------------------------------------------
 
 # POSIX uuencode: "begin MODE NAME" ... "end"; sharutils' base64 form: "begin-base64" ... "====".
-_UU_BEGIN = re.compile(rb"^begin(-base64)?[ \t]+[0-7]{1,4}[ \t]+([^\r\n]+)", re.MULTILINE)
+# The line-start test ("^" in MULTILINE mode: the start, or after LF) comes after the fixed text,
+# as a lookbehind, so the engine scans for "begin" in C: a leading "^" costs a step per byte
+# (36 ms for 7 MB of binary S/MIME content, searched at every signing level).
+_UU_BEGIN = re.compile(rb"begin(?<![^\n]begin)(-base64)?[ \t]+[0-7]{1,4}[ \t]+([^\r\n]+)")
 _LINE = re.compile(rb"([^\r\n]*)(?:\r\n|\n|\r|$)")
 _UU_CHARS = re.compile(rb"[\x20-\x60]+")
 
@@ -1022,6 +1153,7 @@ def files(header: bytes, body: bytes, limits: WalkLimits) -> Iterator[Item]:
                 item = dataclasses.replace(item, names=tuple(name for name in item.names
                                                              if len(name) <= MAX_NAME_LENGTH))
             yield item
+            del item  # the caller's copy is all that keeps its content (base64_readings)
     finally:
         walked.close()
 
@@ -1255,33 +1387,91 @@ class _Walker:
         self.limits = limits
         self.allowance = _Allowance(limits)
         self.uu_budget = LineBudget()
+        self.walk_budget = WalkBudget(limits.max_parts)
+        self.der_budget = smime.Budget()
 
     def message(self, header: bytes, body: bytes) -> Iterator[Item]:
-        for entity in walk(header, body, self.limits.max_depth, self.limits.max_parts):
+        yield from self.entities(walk(header, body, self.limits.max_depth, self.limits.max_parts, self.walk_budget))
+
+    def entities(self, walked: Iterator[Entity | Overflow], attachment: str = "") -> Iterator[Item]:
+        """The files of MIME entities: the message's, or those of a MIME entity signed inside a
+        file (`attachment`: that file's name, "" for the message's own parts)."""
+        for entity in walked:
             if isinstance(entity, Overflow):
-                yield Unreadable("", entity.number or "body", "", entity.reason)
+                yield Unreadable("", entity.number or "body", attachment, entity.reason)
                 continue
             path = entity.number or "body"
             name = entity.names[0] if entity.names else ""
             for problem in entity.problems:
-                yield Unreadable(name, path, "", problem)
+                yield Unreadable(name, path, attachment, problem)
             if entity.body is None or entity.content_type == "message/partial":
-                yield File(entity.names, path, "", None)
+                yield File(entity.names, path, attachment, None)
                 if entity.body is not None:  # RFC 2046 §5.2.2: only a fragment of something is here
-                    yield Unreadable(name, path, "", "message/partial fragment")
+                    yield Unreadable(name, path, attachment, "message/partial fragment")
                 continue
             if entity.content_type in _BINHEX_TYPES:
-                yield Unreadable(name, path, "", "BinHex-encoded file (not decoded)")
-            for body in (entity.body, *entity.readings):  # every decoding a client may make
-                yield File(entity.names, path, "", body)
-                yield from self.inside(entity.names, body, entity.depth, path, name, at_start=entity.saved)
-                if entity.content_type.startswith("text/"):
-                    # Newsreaders and some mail clients decode these from the text itself.
-                    if _yenc_begins(body):
-                        yield Unreadable(name, path, "", "yEnc-encoded data (not decoded)")
-                    if _BINHEX_MARKER.search(body):
-                        yield Unreadable(name, path, "", "BinHex-encoded data (not decoded)")
-                    yield from self.uuencoded(body, entity.depth, path, name)
+                yield Unreadable(name, path, attachment, "BinHex-encoded file (not decoded)")
+            # Every decoding a client may make, the others made one at a time, each let go
+            # before the next (base64_readings).
+            yield from self.reading(entity, entity.body, path, name, attachment)
+            if entity.readings is not None:
+                for body in entity.readings():
+                    yield from self.reading(entity, body, path, name, attachment)
+                    del body
+
+    def reading(self, entity: Entity, body: Body, path: str, name: str, attachment: str) -> Iterator[Item]:
+        yield File(entity.names, path, attachment, body)
+        mime_hint = entity.content_type in smime.SMIME_TYPES and entity.smime_type == "signed-data"
+        yield from self.inside(entity.names, body, entity.depth, path, attachment or name, at_start=entity.saved,
+                               content_type=entity.content_type, smime_mime=mime_hint, number=entity.number)
+        if entity.content_type.startswith("text/"):
+            # Newsreaders and some mail clients decode these from the text itself.
+            if _yenc_begins(body):
+                yield Unreadable(name, path, attachment, "yEnc-encoded data (not decoded)")
+            if _BINHEX_MARKER.search(body):
+                yield Unreadable(name, path, attachment, "BinHex-encoded data (not decoded)")
+            yield from self.uuencoded(body, entity.depth, path, attachment or name)
+
+    def smime(self, names: tuple[str, ...], data: Body, depth: int, path: str, attachment: str, mime: bool = False,
+              number: str | None = None) -> Iterator[Item]:
+        """A CMS structure (smime.py) wherever a file can be: the content it carries is a file
+        one level down, named without its ".p7m" (".p7s", ".p7c") suffixes, opened like any file
+        (a signed .p7m again, an archive...); when it is clearly a MIME entity (`mime`: the part
+        says smime-type=signed-data, or the content starts with MIME header fields, RFC 8551
+        §3.1), its parts are walked too. Content that is a file is also searched for uuencoded
+        blocks, as text: a MIME reader that takes it for a headerless entity shows them.
+        `number`: the MIME part number of the S/MIME part, for its content's parts."""
+        name = names[0] if names else ""
+        if depth + 1 > self.limits.max_depth:
+            yield Unreadable(name, path, attachment, f"nested deeper than {self.limits.max_depth} levels")
+            return
+        if len(data) > self.limits.max_expanded:  # asn1crypto holds it, and copies, in memory
+            yield Unreadable(name, path, attachment, f"S/MIME larger than {self.limits.max_expanded} bytes")
+            return
+        try:
+            content = smime.encapsulated(data if isinstance(data, bytes) else bytes(data), self.der_budget)
+            if content is None:
+                return
+            self.allowance.unpack(len(content))
+        except smime.Uninspectable as error:
+            yield Unreadable(name, path, attachment, str(error))
+            return
+        except _Exhausted as error:
+            yield Unreadable(name, path, attachment, str(error))
+            return
+        unsigned = smime.unsigned_names(names)
+        if number is not None:  # an S/MIME part: its content is the next part number down
+            inner_path = f"{number}.1" if number else "1"
+        else:
+            inner_path = f"{path}/{unsigned[0] if unsigned else '(signed content)'}"
+        inner = attachment or name
+        yield File(unsigned, inner_path, inner, content)
+        yield from self.inside(unsigned, content, depth + 1, inner_path, inner)
+        if mime or smime.mime_content(content):
+            yield from self.entities(walk_entity(content, depth + 1, inner_path, self.limits.max_depth,
+                                                 self.walk_budget), attachment)
+        else:
+            yield from self.uuencoded(content, depth + 1, inner_path, inner)
 
     def uuencoded(self, text: Body, depth: int, path: str, attachment: str) -> Iterator[Item]:
         blocks = uuencoded(text, limit=self.limits.max_members + 1, budget=self.uu_budget)
@@ -1303,10 +1493,16 @@ class _Walker:
             yield from self.inside((name,), data, depth + 1, block_path, attachment)
 
     def inside(self, names: tuple[str, ...], data: Body, depth: int, path: str, attachment: str,
-               at_start: bool = True) -> Iterator[Item]:
+               at_start: bool = True, content_type: str = "", smime_mime: bool = False,
+               number: str | None = None) -> Iterator[Item]:
         """What a file held whole in memory contains, by the signatures of every format we know,
         wherever each format puts its own (containers.py). Text read as the message's text
-        (`at_start` False) is no file to a recipient: what its first bytes look like is moot."""
+        (`at_start` False) is no file to a recipient: what its first bytes look like is moot.
+        A signed file (S/MIME, ".p7m": by its type, its name or its content) is opened instead:
+        its content is what a reader shows."""
+        if smime.declared(content_type, names) or (at_start and smime.looks_like_cms(data[:SNIFF_BYTES])):
+            yield from self.smime(names, data, depth, path, attachment, smime_mime, number)
+            return
         head = bytes(data[:SNIFF_BYTES])
         kind = container_of(head) if at_start else None
         name = names[0] if names else ""
@@ -1537,6 +1733,11 @@ class _Walker:
                 raise _Uninspectable(f"MZ header points past {MAX_PE_HEADER_OFFSET} bytes")
             head += _read_up_to(source, offset + 4 - len(head))
         yield File(names, path, attachment, head)
+        if smime.declared("", names) or smime.looks_like_cms(head):
+            # A signed file: asn1crypto reads it whole (what is read is metered, and capped).
+            whole = head + _read_up_to(source, self.limits.max_expanded + 1 - len(head))
+            yield from self.smime(names, whole, depth, path, attachment)
+            return
         kind = container_of(head)
         if kind is None:
             search = containers.Search()

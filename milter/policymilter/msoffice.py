@@ -91,8 +91,10 @@ def tnef_attachments(tnef: TNEF) -> Iterator[Attachment]:
 def _ole_object(data: bytes) -> bytes:
     """An attachment by OLE (PidTagAttachMethod 6, MS-OXTNEF §2.1.3.4.1): PidTagAttachDataObject
     is the IStorage interface id, then the compound file Outlook opens. tnefparse leaves the id
-    on and strips trailing NULs (the last sectors of the file): take the id off, pad the sectors."""
-    if data[:16] != _ISTORAGE and data[16:24] != _OLE_MAGIC:
+    on and strips trailing NULs (the last sectors of the file): take the id off, pad the sectors.
+    Only the id followed by a compound file is that: any other data (a PE whose bytes 16-24
+    happen to be the OLE signature) is an attachment by value and judged whole."""
+    if data[:16] != _ISTORAGE or data[16:24] != _OLE_MAGIC:
         return data
     compound = data[16:]
     return compound + bytes(-len(compound) % 512)

@@ -126,6 +126,24 @@ def test_a_nested_multipart_reusing_its_parents_boundary_is_refused_on_25(stack)
                            "parent's)")
 
 
+# A signed file signed again ("firma matrioska"): signature tools open both layers and save a PE.
+DOUBLE_P7M = corpus.cms_signed(corpus.cms_signed(PE * 8))
+
+
+def test_a_pe_signed_twice_as_p7m_is_refused_on_25(stack):
+    code, text = send(stack, "smtp", with_attachment("invoice.pdf.p7m.p7m", DOUBLE_P7M, "double p7m 25"), LOCAL)
+    assert code == 550
+    assert text.startswith('5.7.1 Attachment "invoice.pdf" in "invoice.pdf.p7m.p7m" is blocked (content is a '
+                           "Windows executable (PE))")
+
+
+def test_a_signed_fatturapa_invoice_is_delivered_on_25(stack):
+    # Its first line ("<ns2:FatturaElettronica ...") has the shape of a header field: still a file.
+    raw = with_attachment("IT01234567890_FPR01.xml.p7m", corpus.cms_signed(corpus.fattura_xml()), "fattura 25")
+    assert send(stack, "smtp", raw, LOCAL)[0] == 250
+    delivered(stack, "fattura 25")
+
+
 @pytest.mark.parametrize(
     ("case", "raw"),
     [("plain", with_attachment("eicar.com.txt", EICAR, "eicar plain")),
