@@ -4,9 +4,12 @@ the other (the check sits above the walk)."""
 
 from __future__ import annotations
 
-import functools
 import re
 import unicodedata
+
+from policymilter.readable import INVISIBLE_PLANES, invisible_characters
+
+__all__ = ["INVISIBLE_PLANES", "TRAILING", "extension", "normalise_name"]
 
 # Dots and every Unicode white space character (all below U+3001): str.rstrip takes them in
 # one linear pass, where a regex like [\s.]+$ is quadratic on a long run that does not end the name.
@@ -14,24 +17,9 @@ TRAILING = "." + "".join(char for char in map(chr, range(0x3001)) if char.isspac
 _SEPARATORS = re.compile(r"[/\\]")
 
 
-# Where Unicode puts format and control characters: the Basic and Supplementary Multilingual
-# planes and plane 14 (tags, variation selectors). A test checks this Python's database agrees.
-INVISIBLE_PLANES = (range(0x20000), range(0xE0000, 0xF0000))
-
-
-@functools.cache
 def _invisible() -> re.Pattern[str]:
-    """Format (Cf) and control (Cc) characters, as one character class: removed in C. Built on
-    first use from this Python's Unicode database (about 20 ms, once)."""
-    ranges: list[list[int]] = []
-    for code in (code for plane in INVISIBLE_PLANES for code in plane):
-        if unicodedata.category(chr(code)) in ("Cf", "Cc"):
-            if ranges and ranges[-1][1] == code - 1:
-                ranges[-1][1] = code
-            else:
-                ranges.append([code, code])
-    return re.compile("[" + "".join(re.escape(chr(low)) + (f"-{re.escape(chr(high))}" if high > low else "")
-                                    for low, high in ranges) + "]")
+    """Format (Cf) and control (Cc) characters, as one character class: removed in C."""
+    return invisible_characters("Cf", "Cc")
 
 
 def normalise_name(name: str) -> str:
