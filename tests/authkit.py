@@ -13,6 +13,10 @@ import nacl.signing
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from policymilter.checks.dkim import DkimFindings
+from policymilter.checks.spf import SpfFindings
+from policymilter.outcome import CheckResult, Outcome
+
 SIGNED_HEADERS = [b"from", b"to", b"subject", b"date", b"message-id"]
 
 
@@ -92,3 +96,10 @@ def arc_chain(message: bytes, key: DkimKey, authserv_id: str, sets: int, vouched
                        hop.encode(), include_headers=SIGNED_HEADERS)
         message = b"".join(headers) + message
     return message
+
+
+def nothing_found() -> tuple[CheckResult, ...]:
+    """SPF and DKIM results that found nothing (no identity, no signature): what DMARC reads
+    when it is run alone in a unit test; without them it would see checks that never ran."""
+    return (CheckResult("spf", Outcome.NONE, findings=SpfFindings()),
+            CheckResult("dkim", Outcome.NONE, findings=DkimFindings()))

@@ -22,7 +22,7 @@ from policymilter.message import Message
 from policymilter.outcome import AddHeader, ChangeHeader, Disposition, RemoveHeader, Verdict
 from policymilter.policy import PolicyError, load_policy
 from policymilter.privileges import MILTER_USER, Identity, acting_as, milter_identity
-from policymilter.service import Service, load_snapshot, snapshot_for, unusable_keys
+from policymilter.service import Service, load_checked, load_snapshot, snapshot_for, unusable_keys
 
 DEFAULT_POLICY = "/etc/policy-milter"
 DEFAULT_SOCKET = "unix:/run/policy-milter/milter.sock"
@@ -128,7 +128,7 @@ def cmd_check_policy(args: argparse.Namespace) -> int:
     if identity is None:
         return EXIT_INVALID
     try:
-        loaded = load_policy(args.policy, args.overrides)  # as `run` reads it: before dropping privileges
+        loaded = load_checked(args.policy, args.overrides)  # as `run` reads it: before dropping privileges
         # The policy's resources as the daemon reads them, after dropping privileges: as that user.
         with acting_as(identity):
             snapshot = snapshot_for(loaded.policy, loaded.files)
@@ -167,7 +167,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         # Validated now, so FILE:LINE errors come before anything is bound; its resources are
         # read by start(), after the privilege drop.
-        loaded = load_policy(args.policy, args.overrides)
+        loaded = load_checked(args.policy, args.overrides)
     except PolicyError as error:
         _print_issues(error)
         print(f"{args.policy}: the policy is not valid; not starting", file=sys.stderr)

@@ -19,6 +19,7 @@ from publicsuffixlist import PublicSuffixList
 
 from policymilter import domains
 from policymilter.dns import Budget, DnsError
+from policymilter.outcome import Findings
 
 # The one global: loaded once at import (~40 ms, offline), read-only afterwards, so libmilter's
 # worker threads share it safely.
@@ -95,7 +96,7 @@ class DmarcRecord:
 
 
 @dataclass(frozen=True)
-class DmarcResult:
+class DmarcResult(Findings):
     result: Status
     from_domain: str
     # p, sp or np as applies. np is only tested (DNS existence lookups) for a failing message:

@@ -106,6 +106,12 @@ class ChangeHeader:
 Action = AddHeader | RemoveHeader | ChangeHeader
 
 
+class Findings:
+    """What a check found, typed, for the checks that read it (`requires`). A check that ran
+    and found nothing still hands over its (empty) findings: "did not run" and "errored" are
+    told apart by the reader (pipeline.Missing), never taken for "nothing"."""
+
+
 @dataclass(frozen=True)
 class CheckResult:
     """One check's finding and its proposal."""
@@ -122,8 +128,8 @@ class CheckResult:
     would: Disposition | None = None
     # authres result objects for our Authentication-Results header (RFC 8601).
     authres: tuple[Any, ...] = ()
-    # Structured findings a later check reads (DMARC reads SPF's and DKIM's identities).
-    facts: Any = None
+    # What later checks read (DMARC reads SPF's and DKIM's identities, ARC's chain).
+    findings: Findings | None = None
 
     @property
     def log_value(self) -> str:

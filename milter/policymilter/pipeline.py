@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from policymilter.dns import Budget, Resolver
 from policymilter.facts import Envelope, Session
@@ -25,11 +25,21 @@ from policymilter.outcome import (
     CheckResult,
     Disposition,
     ErrorAction,
+    Findings,
     Outcome,
     Verdict,
     decide,
 )
 from policymilter.policy.model import CheckName, Policy
+
+F = TypeVar("F", bound=Findings)
+
+
+class Missing(StrEnum):
+    """Why a check's findings are not there: never to be read as "it found nothing"."""
+
+    NOT_RUN = "did not run"  # not listed, disabled, or an earlier check ended the stage
+    ERRORED = "errored"  # it could not answer (scanner down, DNS gone, a bug)
 
 
 class Stage(StrEnum):
@@ -57,6 +67,16 @@ class CheckContext:
     def result_of(self, check: str) -> CheckResult | None:
         return next((result for result in self.results if result.check == check), None)
 
+    def findings(self, check: str, kind: type[F]) -> F | Missing:
+        """What an earlier check (one this check `requires`) found, or why it is not there."""
+        result = self.result_of(check)
+        if result is None:
+            return Missing.NOT_RUN
+        if result.outcome is Outcome.ERROR or not isinstance(result.findings, kind):
+            # An answer without its findings is a check that failed somewhere: not "nothing".
+            return Missing.ERRORED
+        return result.findings
+
     def dns(self) -> tuple[Resolver, Budget]:
         """The policy's resolver and this check's lookup budget (checks that need DNS)."""
         resolver = self.resolver or Resolver()
@@ -64,8 +84,13 @@ class CheckContext:
 
 
 class Check(Protocol):
+    """A check: its one word, the stage it runs at, and the checks whose findings it reads
+    (they must run before it: checks/__init__.py orders them, and the policy loader refuses a
+    listener that runs it without them)."""
+
     name: str
     stage: Stage
+    requires: tuple[str, ...]
 
     def run(self, context: CheckContext) -> CheckResult: ...
 

@@ -11,35 +11,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from policymilter import keytool, sendermap
-from policymilter.checks.antivirus import Antivirus
-from policymilter.checks.arc import Arc
-from policymilter.checks.attachments import Attachments
-from policymilter.checks.dkim import Dkim
-from policymilter.checks.dmarc import Dmarc
-from policymilter.checks.origin import Origin
-from policymilter.checks.sender import SenderEnvelope, SenderFrom
-from policymilter.checks.signing import Signing
-from policymilter.checks.sizelimit import SizeDeclared, SizeReceived
-from policymilter.checks.spam import Spam
-from policymilter.checks.spf import Spf
+from policymilter.checks import ALWAYS, REGISTRY, build_pipeline, requirement_issues
+
+__all__ = ["ALWAYS", "REGISTRY", "Service", "load_checked", "load_snapshot", "snapshot_for"]
 from policymilter.conversation import Conversation, Snapshot
 from policymilter.dns import Resolver
 from policymilter.facts import Session
 from policymilter.logs import LOGGER, SessionLog, WarnOnce, event
-from policymilter.pipeline import Check, Pipeline
+from policymilter.pipeline import Pipeline
 from policymilter.policy import LoadedPolicy, PolicyError, load_policy
 from policymilter.policy.model import Policy, SigningKey
 from policymilter.sendermap import SenderMap
-
-# The checks this version implements, in pipeline order (cheap before expensive).
-CHECKS: tuple[Check, ...] = (SenderEnvelope(), Spf(), SenderFrom(), Attachments(), Antivirus(), Spam(), Dkim(),
-                              Arc(), Dmarc(), Signing())
-ALWAYS: tuple[Check, ...] = (Origin(), SizeDeclared(), SizeReceived())
-
-
-def build_pipeline() -> Pipeline:
-    return Pipeline(CHECKS, ALWAYS)
-
 
 # domain -> [(key, private key bytes, problem)]; a key that cannot be used keeps its problem,
 # and the signing check applies signing.on_missing_key to it.
@@ -80,8 +62,13 @@ def snapshot_for(policy: Policy, files: Sequence[str] = (), generation: int = 1,
                     load_resources(policy))
 
 
+def load_checked(path: str | Path, overrides: Sequence[str] = ()) -> LoadedPolicy:
+    """The policy, validated with the rules the checks bring (what each requires)."""
+    return load_policy(path, overrides, rules=(requirement_issues,))
+
+
 def load_snapshot(path: str | Path, overrides: Sequence[str] = (), generation: int = 1) -> Snapshot:
-    loaded = load_policy(path, overrides)
+    loaded = load_checked(path, overrides)
     return snapshot_for(loaded.policy, loaded.files, generation)
 
 

@@ -358,3 +358,26 @@ def test_a_crash_at_end_of_message_accepted_by_policy_still_removes_forged_resul
     assert len([c for c in mta.ctx.changed if c[0] == "Authentication-Results"]) == 1
     [summary] = logwatch.fields("summary")
     assert (summary["verdict"], summary["decided_by"]) == ("accept", "milter")
+
+
+def test_the_adapter_tempfails_a_dkim_aligned_message_when_dkim_errors(logwatch):
+    """Issue 9: DMARC read "DKIM errored" as "no signature" and refused legitimate mail."""
+    from dataclasses import replace
+
+    from policymilter.checks import REGISTRY
+    from tests.unit.test_dmarc import SIGNED, SIGNER, Broken
+    from tests.zonefake import ZoneResolver
+
+    logwatch.expect("check_crashed")
+    service = make_service(overrides=("spf.enabled=true", "dkim.enabled=true", "arc.enabled=true",
+                                      "dmarc.enabled=true",
+                                      'listeners.smtp.unauthenticated.on_error={spam = "accept", dkim = "accept"}'))
+    zone = (ZoneResolver().txt_record("pass.test", "v=spf1 -all").txt_record("_dmarc.pass.test", "v=DMARC1; p=reject")
+            .txt_record(f"{SIGNER.owner}.pass.test", SIGNER.record))
+    checks = tuple(Broken() if c.name == "dkim" else c for c in REGISTRY)
+    service.snapshot = replace(snapshot_for(service.snapshot.policy, pipeline=Pipeline(checks, ALWAYS)), resolver=zone)
+    mta = FakeMTA(service, SmtpState(daemon_name="smtp", daemon_port=25))
+    mta.connect("192.0.2.66")
+    mta.helo("mail.pass.test")
+    assert mta.send("<alice@pass.test>", message=SIGNED) == Milter.TEMPFAIL
+    assert mta.reply.startswith("451 4.7.1") and "DKIM check could not answer" in mta.reply

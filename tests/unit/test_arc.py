@@ -84,7 +84,7 @@ def test_a_long_chain_cannot_override_dmarc():
         ctx = context(chain(sets))
         arc = Arc().run(ctx)
         dmarc = Dmarc().run(CheckContext(ctx.policy, ctx.door, ctx.session, ctx.envelope, ctx.message, ctx.resolver,
-                                         ctx.budget, (arc,)))
+                                         ctx.budget, (*authkit.nothing_found(), arc)))
         assert dmarc.outcome is Outcome.FAIL and dmarc.disposition is disposition, (sets, dmarc)
 
 
@@ -94,9 +94,9 @@ def test_a_sealer_vouches_only_for_the_author_domain_it_evaluated():
                             "mx.list.test", 2, vouched="evil.test")
     ctx = context(raw)
     arc = Arc().run(ctx)
-    assert arc.outcome is Outcome.PASS and not arc.facts.sealer_saw_dmarc_pass
+    assert arc.outcome is Outcome.PASS and not arc.findings.sealer_saw_dmarc_pass
     dmarc = Dmarc().run(CheckContext(ctx.policy, ctx.door, ctx.session, ctx.envelope, ctx.message, ctx.resolver,
-                                     ctx.budget, (arc,)))
+                                     ctx.budget, (*authkit.nothing_found(), arc)))
     assert dmarc.disposition is Disposition.REJECT
 
 

@@ -754,7 +754,7 @@ def test_blocked(case, default_policy):
     result = run(case.build(), default_policy)
     print(result.reply)
     assert (result.outcome, result.disposition, result.detail) == (Outcome.BLOCKED, Disposition.REJECT, case.rule)
-    finding = result.facts.findings[-1] if case.rule is not Rule.UNINSPECTABLE else result.facts.uninspectable[0]
+    finding = result.findings.findings[-1] if case.rule is not Rule.UNINSPECTABLE else result.findings.uninspectable[0]
     assert case.detail in finding.describe()
     _check_reply(result, case)
 
@@ -764,7 +764,7 @@ def test_clean(case, default_policy):
     result = run(case.build(), default_policy)
     assert (result.outcome, result.disposition, result.reply) == (Outcome.CLEAN, Disposition.CONTINUE, None), \
         result.reason
-    assert not result.facts.findings
+    assert not result.findings.findings
     assert int(result.detail) >= 1
 
 
@@ -779,7 +779,7 @@ def test_the_reply_names_file_rule_and_the_way_out(default_policy):
 def test_a_member_is_named_with_its_archive(default_policy):
     result = run(with_attachment(attachment(corpus.zip_of({"setup.exe": b"x"}), "files.zip")), default_policy)
     assert str(result.reply).startswith('550 5.7.1 Attachment "setup.exe" in "files.zip" is blocked (extension .exe)')
-    assert result.facts.findings[-1].path == "2/setup.exe"
+    assert result.findings.findings[-1].path == "2/setup.exe"
 
 
 def test_a_hostile_name_is_sanitised_and_short(default_policy):
@@ -1110,7 +1110,7 @@ def test_big_text_costs_what_plain_text_costs(build, ratio, default_policy):
     result, elapsed = _fastest(raw, default_policy)
     _, baseline = _fastest(plain, default_policy)
     print(f"\n{result.reason[:60]} in {elapsed * 1000:.0f} ms CPU, plain text {baseline * 1000:.0f} ms")
-    assert result.outcome is Outcome.CLEAN and not result.facts.findings, result.reason
+    assert result.outcome is Outcome.CLEAN and not result.findings.findings, result.reason
     assert elapsed < CHEAP
     assert elapsed < ratio * baseline
 
@@ -1163,14 +1163,14 @@ def test_a_msg_with_many_attachments_within_the_limit_is_cheap(default_policy):
     result, elapsed = _timed(with_attachment(attachment(corpus.outlook_msg_with_storages(900), "mail.msg")),
                              default_policy)
     print(f"\n{result.reason[:100]} in {elapsed * 1000:.0f} ms CPU")
-    assert result.outcome is Outcome.CLEAN and not result.facts.findings, result.reason
+    assert result.outcome is Outcome.CLEAN and not result.findings.findings, result.reason
     assert elapsed < CHEAP / 4  # linear: tens of milliseconds (quadratic: half a second)
 
 
 def test_many_header_fields_within_the_limits_are_clean(default_policy):
     raw = corpus.many_header_fields(20, 200)
     result, elapsed = _timed(raw, default_policy)
-    assert result.outcome is Outcome.CLEAN and not result.facts.findings, result.reason
+    assert result.outcome is Outcome.CLEAN and not result.findings.findings, result.reason
     assert elapsed < CHEAP
 
 
@@ -1201,7 +1201,7 @@ def test_a_top_level_field_with_space_before_its_colon_does_not_hide_the_structu
 
 def test_mixed_rfc2231_sections_still_show_every_name(default_policy):
     raw = with_attachment(attachment(b"x", disposition="attachment; filename*=utf-8''a.txt; filename*0=b.exe"))
-    assert run(raw, default_policy).facts.findings[0].filename == "b.exe"
+    assert run(raw, default_policy).findings.findings[0].filename == "b.exe"
 
 
 # --- cost ------------------------------------------------------------------------------------------
@@ -1348,8 +1348,8 @@ def test_big_streamed_smime_is_cheap(build, files, default_policy):
     raw = with_attachment(attachment(build(), "contract.pdf.p7m"))
     result, elapsed = _fastest(raw, default_policy)
     print(f"\n{len(raw)} bytes: {result.reason[:60]} in {elapsed * 1000:.0f} ms CPU")
-    assert result.outcome is Outcome.CLEAN and not result.facts.findings, result.reason
-    assert result.facts.inspected >= files  # the message's text, the .p7m, and what it carries (each level)
+    assert result.outcome is Outcome.CLEAN and not result.findings.findings, result.reason
+    assert result.findings.inspected >= files  # the message's text, the .p7m, and what it carries (each level)
     assert elapsed < CHEAP / 2
 
 

@@ -31,6 +31,7 @@ from policymilter.outcome import Disposition, Outcome
 from policymilter.pipeline import CheckContext
 from policymilter.policy import load_policy
 from policymilter.policy.model import Policy
+from tests import authkit
 from tests.conftest import DEFAULT_POLICY, OFFLINE
 from tests.unit.test_dmarc_policy import FakeResolver
 
@@ -167,7 +168,8 @@ def _context(raw: bytes, login: str | None, resolver: object = None) -> CheckCon
     session = Session(conn_id="t", client_ip="192.0.2.9", auth_login=login, auth_mech="PLAIN" if login else None,
                       tls_version="TLSv1.3" if login else None)
     return CheckContext(policy, door_by_name(policy, "submission" if login else "smtp"), session, Envelope(),
-                        Message.from_bytes(raw), resolver, Budget(time.monotonic() + 60))  # type: ignore[arg-type]
+                        Message.from_bytes(raw), resolver, Budget(time.monotonic() + 60),  # type: ignore[arg-type]
+                        authkit.nothing_found())
 
 
 def _views(value: str) -> tuple[str | None, str | None, str | None]:
@@ -186,7 +188,7 @@ def _views(value: str) -> tuple[str | None, str | None, str | None]:
         return None, None, None
     judged = sender.reason.partition(" owns ")[2] or sender.reason.partition(" may not use From ")[2]
     domain = signing_domain(_context(raw, "service"), _context(raw, "service").message.author())  # type: ignore[union-attr]
-    return dmarc.facts.from_domain, judged, domain
+    return dmarc.findings.from_domain, judged, domain
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[row.value[:40] or "(empty)" for row in ROWS])

@@ -8,19 +8,25 @@ from __future__ import annotations
 
 import functools
 import time
+from dataclasses import replace
 
 import pytest
 
+from policymilter.checks import ALWAYS, REGISTRY
+from policymilter.checks.dkim import DkimFindings
 from policymilter.checks.dmarc import Dmarc
-from policymilter.checks.spf import SpfResult
+from policymilter.checks.spf import SpfFindings, SpfResult
+from policymilter.cli import explain
 from policymilter.dns import Budget
 from policymilter.facts import Envelope, Session
 from policymilter.listeners import door_by_name
 from policymilter.message import Message
 from policymilter.outcome import CheckResult, Disposition, Outcome
-from policymilter.pipeline import CheckContext
-from policymilter.policy import load_policy
+from policymilter.pipeline import CheckContext, Pipeline, Stage
+from policymilter.policy import PolicyError, load_policy
 from policymilter.policy.model import Policy
+from policymilter.service import load_checked, snapshot_for
+from tests import authkit
 from tests.conftest import DEFAULT_POLICY, OFFLINE
 from tests.zonefake import ZoneResolver
 
@@ -41,10 +47,11 @@ def run(header_from: str, spf_domain: str, *extra: str) -> CheckResult:
     """DMARC for a message whose MAIL FROM domain (`spf_domain`) passed SPF."""
     policy = _policy(*extra)
     raw = f"From: {header_from}\nTo: bob@example.test\nSubject: s\n\nbody\n".encode()
-    spf = CheckResult("spf", Outcome.PASS, facts=SpfResult("mailfrom", spf_domain, "pass"))
+    spf = CheckResult("spf", Outcome.PASS, findings=SpfFindings(SpfResult("mailfrom", spf_domain, "pass")))
+    dkim = CheckResult("dkim", Outcome.NONE, findings=DkimFindings())
     context = CheckContext(policy, door_by_name(policy, "smtp"), Session(conn_id="t", client_ip="192.0.2.66"),
                            Envelope(f"x@{spf_domain}"), Message.from_bytes(raw), ZONE, Budget(time.monotonic() + 9),
-                           (spf,))
+                           (spf, dkim))
     return Dmarc().run(context)
 
 
@@ -87,3 +94,55 @@ def test_idna2008_judges_the_domain_the_reader_sees():
 def test_a_from_domain_that_changes_under_mapping_is_a_bad_from():
     result = run("ceo@\uff42ank.example", "bank.example")  # full-width b: shown as bank, looked up as bank
     assert result.outcome is Outcome.PERMERROR and result.detail == "from-domain"
+
+
+# --- issue 9: DMARC never reads "DKIM did not run" or "DKIM errored" as "no signature" --------
+
+class Broken:
+    """A DKIM check that cannot answer (a library bug, say)."""
+
+    name = "dkim"
+    stage = Stage.EOM
+    requires: tuple[str, ...] = ()
+
+    def run(self, context: CheckContext) -> CheckResult:
+        raise RuntimeError("dkim library bug")
+
+
+SIGNER = authkit.rsa_key("pass.test", "s1")
+SIGNED = authkit.sign(authkit.message("Alice <alice@pass.test>", "bob@example.test", "aligned"), SIGNER)
+
+
+def _explain(*overrides: str, dkim_check: object = None) -> dict:
+    zone = (ZoneResolver().txt_record("pass.test", "v=spf1 -all").txt_record("_dmarc.pass.test", "v=DMARC1; p=reject")
+            .txt_record(f"{SIGNER.owner}.pass.test", SIGNER.record))
+    policy = load_policy(DEFAULT_POLICY, ["antivirus.enabled=false", "spam.enabled=false", *overrides]).policy
+    checks = tuple(dkim_check if dkim_check is not None and c.name == "dkim" else c for c in REGISTRY)
+    snapshot = replace(snapshot_for(policy, pipeline=Pipeline(checks, ALWAYS)), resolver=zone)
+    session = Session(conn_id="t", client_ip="192.0.2.66", helo="mail.pass.test", daemon_name="smtp", daemon_port=25)
+    return explain(snapshot, session, door_by_name(policy, "smtp"), SIGNED, "alice@pass.test", ["bob@example.test"])
+
+
+def test_an_aligned_dkim_signature_passes_dmarc_although_spf_fails():
+    report = _explain()
+    assert report["verdict"] == "accept"
+    assert {c["check"]: c["outcome"] for c in report["checks"]}["dmarc"] == "pass"
+
+
+def test_dkim_errored_is_a_temporary_failure_never_a_rejection(logwatch):
+    logwatch.expect("check_crashed")
+    report = _explain('listeners.smtp.unauthenticated.on_error={spam = "accept", dkim = "accept"}',
+                      dkim_check=Broken())
+    assert report["verdict"] == "tempfail", report["smtp_reply"]
+    assert report["smtp_reply"].startswith("451 4.7.1 Temporary problem checking the sender's DMARC policy")
+    assert "the DKIM check could not answer" in report["smtp_reply"]
+
+
+@pytest.mark.parametrize("override", ['listeners.smtp.unauthenticated.checks=["spf","dmarc"]', "dkim.enabled=false"])
+def test_a_policy_running_dmarc_without_dkim_is_refused_at_load(override):
+    """The issue's example: with checks = ["spf","dmarc"] DMARC refused DKIM-aligned mail."""
+    with pytest.raises(PolicyError) as caught:
+        load_checked(DEFAULT_POLICY, [override])
+    text = "\n".join(str(issue) for issue in caught.value.issues)
+    assert text.startswith("-o:1: ")
+    assert "dmarc reads what dkim found" in text or "dkim is disabled, but listeners.smtp runs dmarc" in text

@@ -13,6 +13,7 @@ RETRY = SmtpReply("451", "4.7.1", "Temporary problem scanning this message for v
 class Antivirus:
     name = NAME
     stage = Stage.EOM
+    requires: tuple[str, ...] = ()
 
     def run(self, context: CheckContext) -> CheckResult:
         message, policy = context.message, context.policy.antivirus

@@ -18,7 +18,7 @@ from policymilter.checks.dkim import _QUIET, MAX_SIGNATURE_LENGTH, Hashing, KeyL
 from policymilter.dns import DnsError
 from policymilter.domains import normalize
 from policymilter.message import Message
-from policymilter.outcome import CheckResult, Outcome
+from policymilter.outcome import CheckResult, Findings, Outcome
 from policymilter.pipeline import CheckContext, Stage
 
 NAME = "arc"
@@ -26,7 +26,7 @@ MAX_AAR_LENGTH = 8192
 
 
 @dataclass(frozen=True)
-class Chain:
+class Chain(Findings):
     result: str  # pass fail none temperror
     sealer: str  # d= of the most recent ARC-Seal ("" if none)
     reason: str = ""
@@ -125,6 +125,7 @@ def verify_chain(context: CheckContext) -> Chain:
 class Arc:
     name = NAME
     stage = Stage.EOM
+    requires: tuple[str, ...] = ()
 
     def run(self, context: CheckContext) -> CheckResult:
         if context.message is None:
@@ -133,4 +134,4 @@ class Arc:
         entry = authres.arc.ARCAuthenticationResult(result=chain.result,
                                                     smtp_remote_ip=context.session.client_ip)
         return CheckResult(NAME, Outcome(chain.result), reason=f"{chain.reason} (sealer {chain.sealer or '-'})",
-                           detail=chain.sealer, authres=(entry,), facts=chain)
+                           detail=chain.sealer, authres=(entry,), findings=chain)

@@ -45,7 +45,7 @@ import filetype
 from policymilter import mimewalk
 from policymilter.filenames import INVISIBLE_PLANES, extension, normalise_name  # noqa: F401  (re-exported)
 from policymilter.message import Message
-from policymilter.outcome import CheckResult, Disposition, Outcome, SmtpReply
+from policymilter.outcome import CheckResult, Disposition, Findings, Outcome, SmtpReply
 from policymilter.pipeline import CheckContext, Stage
 from policymilter.policy.model import Attachments as AttachmentsTable
 from policymilter.policy.model import CheckName, Policy
@@ -125,7 +125,7 @@ class Limits:
 
 
 @dataclass(frozen=True)
-class Scan:
+class Scan(Findings):
     findings: tuple[Finding, ...]
     inspected: int  # files whose content was looked at
 
@@ -324,6 +324,7 @@ def _reason(findings: tuple[Finding, ...]) -> str:
 class Attachments:
     name = NAME
     stage = Stage.EOM
+    requires: tuple[str, ...] = ()
 
     def run(self, context: CheckContext) -> CheckResult:
         if context.message is None:
@@ -335,9 +336,9 @@ class Attachments:
             decisive = blocking[0]
             answer = reply(decisive, submission_port(context.policy))
             return CheckResult(NAME, Outcome.BLOCKED, Disposition.REJECT, answer, reason=_reason(scan.findings),
-                               detail=str(decisive.rule), facts=scan)
+                               detail=str(decisive.rule), findings=scan)
         if scan.uninspectable:
             return CheckResult(NAME, Outcome.CLEAN, reason=f"accepted without inspection: {_reason(scan.findings)}",
-                               detail="uninspectable", facts=scan)
+                               detail="uninspectable", findings=scan)
         return CheckResult(NAME, Outcome.CLEAN, reason=f"{scan.inspected} files inspected",
-                           detail=str(scan.inspected), facts=scan)
+                           detail=str(scan.inspected), findings=scan)

@@ -27,7 +27,7 @@ from policymilter.author import Author
 from policymilter.dmarc_policy import organizational_domain
 from policymilter.dns import Budget, DnsError, Resolver
 from policymilter.message import Message
-from policymilter.outcome import CheckResult, Outcome
+from policymilter.outcome import CheckResult, Findings, Outcome
 from policymilter.pipeline import CheckContext, Stage
 
 NAME = "dkim"
@@ -47,6 +47,13 @@ class Signature:
     result: str  # pass fail policy neutral temperror permerror
     b: str = ""
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class DkimFindings(Findings):
+    """Every signature verified (empty: the message had none)."""
+
+    signatures: tuple[Signature, ...] = ()
 
 
 _SAFE = re.compile(r"^[A-Za-z0-9._-]{1,253}$", re.ASCII)
@@ -361,6 +368,7 @@ def _entry(signature: Signature) -> object:
 class Dkim:
     name = NAME
     stage = Stage.EOM
+    requires: tuple[str, ...] = ()
 
     def run(self, context: CheckContext) -> CheckResult:
         if context.message is None:
@@ -369,9 +377,9 @@ class Dkim:
         signatures = verify(context.message, resolver, budget, context.policy.dkim.max_signatures)
         if not signatures:
             return CheckResult(NAME, Outcome.NONE, reason="no DKIM-Signature",
-                               authres=(authres.DKIMAuthenticationResult(result="none"),), facts=())
+                               authres=(authres.DKIMAuthenticationResult(result="none"),), findings=DkimFindings())
         outcome = _overall(signatures)
         passed = [s.domain for s in signatures if s.result == "pass"]
         reason = "; ".join(f"d={s.domain} s={s.selector}: {s.result}" for s in signatures)
         return CheckResult(NAME, outcome, reason=reason, detail=passed[0] if passed else "",
-                           authres=tuple(_entry(s) for s in signatures), facts=tuple(signatures))
+                           authres=tuple(_entry(s) for s in signatures), findings=DkimFindings(tuple(signatures)))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import authres
 import authres.dmarc
@@ -17,28 +17,42 @@ import authres.dmarc
 from policymilter import dmarc_policy as dp
 from policymilter.author import BadFrom
 from policymilter.checks.arc import Chain
-from policymilter.checks.dkim import Signature
-from policymilter.checks.spf import SpfResult
+from policymilter.checks.dkim import DkimFindings
+from policymilter.checks.spf import SpfFindings
 from policymilter.outcome import CheckResult, Disposition, ErrorAction, Outcome, SmtpReply, reply_safe
-from policymilter.pipeline import CheckContext, Stage
+from policymilter.pipeline import CheckContext, Missing, Stage
 
 NAME = "dmarc"
 _SAFE = re.compile(r"^[A-Za-z0-9._-]{1,253}$", re.ASCII)
 
 
-def _identities(context: CheckContext, author: str) -> tuple[dp.SpfIdentity | None, list[dp.DkimIdentity], bool]:
-    """SPF and DKIM identities from the earlier checks, and whether one that could align with
-    the From domain had a temperror (only those could have turned the failure into a pass)."""
-    spf_result = context.result_of("spf")
-    dkim_result = context.result_of("dkim")
-    spf = spf_result.facts if spf_result and isinstance(spf_result.facts, SpfResult) else None
-    signatures: tuple[Signature, ...] = dkim_result.facts if dkim_result and dkim_result.facts else ()
-    identity = dp.SpfIdentity(spf.domain, spf.result) if spf else None
-    dkim = [dp.DkimIdentity(s.domain, s.selector, s.result) for s in signatures]
-    relevant = [(spf.domain, spf.result)] if spf else []
+@dataclass(frozen=True)
+class Inputs:
+    """What SPF and DKIM found for DMARC, and what could not be known."""
+
+    spf: dp.SpfIdentity | None
+    dkim: list[dp.DkimIdentity]
+    temperror: bool  # an identity that could align with the From domain had a temperror
+    unknown: tuple[str, ...]  # the checks that errored or never ran: their answer may have been a pass
+
+
+def _inputs(context: CheckContext, author: str) -> Inputs:
+    spf = context.findings("spf", SpfFindings)
+    dkim = context.findings("dkim", DkimFindings)
+    unknown = tuple(name for name, found in (("spf", spf), ("dkim", dkim)) if isinstance(found, Missing))
+    main = spf.main if isinstance(spf, SpfFindings) else None
+    signatures = dkim.signatures if isinstance(dkim, DkimFindings) else ()
+    relevant = [(main.domain, main.result)] if main else []
     relevant += [(s.domain, s.result) for s in signatures]
-    temperror = any(result == "temperror" and _could_align(author, domain) for domain, result in relevant)
-    return identity, dkim, temperror
+    return Inputs(dp.SpfIdentity(main.domain, main.result) if main else None,
+                  [dp.DkimIdentity(s.domain, s.selector, s.result) for s in signatures],
+                  any(result == "temperror" and _could_align(author, domain) for domain, result in relevant),
+                  unknown)
+
+
+def _arc_unknown(context: CheckContext) -> bool:
+    """ARC errored where a trusted sealer could have vouched for the message."""
+    return context.findings("arc", Chain) is Missing.ERRORED and bool(context.policy.arc.trusted_sealers)
 
 
 def _could_align(author: str, domain: str) -> bool:
@@ -67,10 +81,9 @@ def _override(context: CheckContext, result: dp.DmarcResult) -> str:
     if ip and any(ipaddress.ip_address(ip) in ipaddress.ip_network(net, strict=False)
                   for net in policy.trusted_forwarders):
         return "trusted_forwarder"
-    arc = context.result_of("arc")
-    chain = arc.facts if arc and isinstance(arc.facts, Chain) else None
+    chain = context.findings("arc", Chain)  # not required: without ARC, no sealer vouches
     # A trusted sealer only vouches for what it saw: DMARC must have passed when it got the message.
-    if chain and chain.result == "pass" and chain.sealer_saw_dmarc_pass \
+    if isinstance(chain, Chain) and chain.result == "pass" and chain.sealer_saw_dmarc_pass \
             and chain.sealer in context.policy.arc.trusted_sealers:
         return f"arc:{chain.sealer}"
     return ""
@@ -83,6 +96,9 @@ def _ours(context: CheckContext, domain: str) -> bool:
 class Dmarc:
     name = NAME
     stage = Stage.EOM
+    # ARC is read when it ran (a trusted sealer's override), not required: without it no sealer
+    # vouches, which is the strict answer.
+    requires: tuple[str, ...] = ("spf", "dkim")
 
     def run(self, context: CheckContext) -> CheckResult:
         if context.message is None:
@@ -91,22 +107,23 @@ class Dmarc:
         if isinstance(written_by, BadFrom):
             return self._bad_from(context, written_by)
         author = written_by.domain
-        spf, dkim, temperror = _identities(context, author)
+        inputs = _inputs(context, author)
         resolver, budget = context.dns()
-        result = dp.evaluate(author, spf, dkim, resolver, budget, discovery=context.policy.dmarc.discovery)
+        result = dp.evaluate(author, inputs.spf, inputs.dkim, resolver, budget,
+                             discovery=context.policy.dmarc.discovery)
         if result.result is dp.Status.TEMPERROR:
             if _override(context, result):
                 return CheckResult(NAME, Outcome.TEMPERROR, reason=f"{result.reason}; locally exempt",
-                                   detail=author, authres=(_entry(result),), facts=result)
+                                   detail=author, authres=(_entry(result),), findings=result)
             return self._temporary(context, result, f"DMARC record of {author} could not be looked up")
         if result.result is dp.Status.FAIL:
-            return self._enforce(context, result, temperror)
-        if result.result is not dp.Status.PASS and self._spoofs_site(context, author, spf, dkim):
+            return self._enforce(context, result, inputs)
+        if result.result is not dp.Status.PASS and self._spoofs_site(context, author, inputs.spf, inputs.dkim):
             # Our own domain without a usable DMARC record: still spoofing, and the site may refuse it.
             return self._enforce(context, replace(result, result=dp.Status.FAIL, policy=dp.Policy.NONE,
-                                                  disposition=dp.Policy.NONE), temperror)
+                                                  disposition=dp.Policy.NONE), inputs)
         return CheckResult(NAME, Outcome(str(result.result)), reason=result.reason, detail=author,
-                           authres=(_entry(result),), facts=result)
+                           authres=(_entry(result),), findings=result)
 
     def _spoofs_site(self, context: CheckContext, author: str, spf: dp.SpfIdentity | None,
                      dkim: list[dp.DkimIdentity]) -> bool:
@@ -115,7 +132,7 @@ class Dmarc:
         passes = [d.domain for d in dkim if d.result == "pass"] + ([spf.domain] if spf and spf.result == "pass" else [])
         return not any(_could_align(author, domain) for domain in passes)
 
-    def _enforce(self, context: CheckContext, result: dp.DmarcResult, temperror: bool = False) -> CheckResult:
+    def _enforce(self, context: CheckContext, result: dp.DmarcResult, inputs: Inputs) -> CheckResult:
         author, policy = result.from_domain, context.policy.dmarc
         spoofed_site = _ours(context, author) and not context.session.authenticated
         override = _override(context, result)
@@ -129,7 +146,18 @@ class Dmarc:
                   + ("; spoofing one of our own domains" if spoofed_site else "")
                   + (f"; policy.override={override}" if override else ""))
         disposition, reply = Disposition.CONTINUE, None
-        if action == "reject" and temperror:
+        if action in ("reject", "quarantine") and inputs.unknown:
+            # A check that could not answer may have held the aligned pass: never refuse (or hold)
+            # mail for authentication that was not checked. The sender retries.
+            done = "refused" if action == "reject" else "held"
+            return self._temporary(context, result, f"{author} would be {done}, but the "
+                                                    f"{' and '.join(inputs.unknown).upper()} check could not answer",
+                                   dns=False)
+        if action in ("reject", "quarantine") and _arc_unknown(context):
+            done = "refused" if action == "reject" else "held"
+            return self._temporary(context, result, f"{author} would be {done}, but the ARC check, which a trusted "
+                                                    "sealer's chain could have passed, could not answer", dns=False)
+        if action == "reject" and inputs.temperror:
             # The failure may be DNS trouble with an identity that could have aligned: retry.
             return self._temporary(context, result, f"{author} would be refused, but an SPF or DKIM lookup for it "
                                                     "failed temporarily")
@@ -141,20 +169,21 @@ class Dmarc:
             disposition = Disposition.QUARANTINE
         detail = "spoofed-site-domain" if spoofed_site else (f"override:{override}" if override else author)
         return CheckResult(NAME, Outcome.FAIL, disposition, reply, reason=reason, detail=detail,
-                           authres=(_entry(result, override),), facts=result)
+                           authres=(_entry(result, override),), findings=result)
 
-    def _temporary(self, context: CheckContext, result: dp.DmarcResult, why: str) -> CheckResult:
+    def _temporary(self, context: CheckContext, result: dp.DmarcResult, why: str, dns: bool = True) -> CheckResult:
         action = context.door.listener.error_action(NAME, context.session.authenticated)
         disposition = {ErrorAction.TEMPFAIL: Disposition.TEMPFAIL, ErrorAction.REJECT: Disposition.REJECT}.get(
             action, Disposition.CONTINUE)
         reply = None
         if disposition is Disposition.TEMPFAIL:
-            reply = SmtpReply("451", "4.7.1", f"Temporary DNS failure checking the sender's DMARC policy ({why}): "
+            trouble = "Temporary DNS failure" if dns else "Temporary problem"
+            reply = SmtpReply("451", "4.7.1", f"{trouble} checking the sender's DMARC policy ({why}): "
                                               "please try again later")
         elif disposition is Disposition.REJECT:
             reply = SmtpReply("550", "5.7.1", f"Sender authentication could not be completed ({why})")
         return CheckResult(NAME, Outcome.TEMPERROR, disposition, reply, reason=why, detail=result.from_domain,
-                           authres=(_entry(result),), facts=result)
+                           authres=(_entry(result),), findings=result)
 
     def _bad_from(self, context: CheckContext, bad: BadFrom) -> CheckResult:
         reason = f"{bad.reason}; DMARC needs exactly one unambiguous author domain (RFC 7489 §6.6.1)"

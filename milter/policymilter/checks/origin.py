@@ -73,6 +73,7 @@ class Origin:
 
     name = NAME
     stage = Stage.MAIL
+    requires: tuple[str, ...] = ()
 
     def run(self, context: CheckContext) -> CheckResult:
         return check(context.door, context.session)

@@ -38,6 +38,7 @@ def _judge(context: CheckContext, addresses: list[str], what: str) -> CheckResul
 class SenderEnvelope:
     name = NAME
     stage = Stage.MAIL
+    requires: tuple[str, ...] = ()
 
     def run(self, context: CheckContext) -> CheckResult:
         sender = context.envelope.mail_from
@@ -48,6 +49,7 @@ class SenderEnvelope:
 class SenderFrom:
     name = NAME
     stage = Stage.EOM
+    requires: tuple[str, ...] = ()
 
     def run(self, context: CheckContext) -> CheckResult:
         if context.message is None:

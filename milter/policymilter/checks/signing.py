@@ -67,6 +67,7 @@ def signing_domain(context: CheckContext, written_by: Author | BadFrom) -> str |
 class Signing:
     name = NAME
     stage = Stage.EOM
+    requires: tuple[str, ...] = ()
 
     def run(self, context: CheckContext) -> CheckResult:
         message = context.message

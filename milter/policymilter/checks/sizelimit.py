@@ -30,6 +30,7 @@ def declared_size(params: tuple[str, ...]) -> int | None:
 class SizeDeclared:
     name = NAME
     stage = Stage.MAIL
+    requires: tuple[str, ...] = ()
 
     def run(self, context: CheckContext) -> CheckResult:
         limit = context.policy.site.max_message_size
@@ -42,6 +43,7 @@ class SizeDeclared:
 class SizeReceived:
     name = NAME
     stage = Stage.EOM
+    requires: tuple[str, ...] = ()
 
     def run(self, context: CheckContext) -> CheckResult:
         limit = context.policy.site.max_message_size

@@ -59,6 +59,7 @@ def _headers(message: Message, policy: SpamPolicy, result: spamd.SpamResult, spa
 class Spam:
     name = NAME
     stage = Stage.EOM
+    requires: tuple[str, ...] = ()
 
     def run(self, context: CheckContext) -> CheckResult:
         message, policy = context.message, context.policy.spam

@@ -14,7 +14,7 @@ import spf as pyspf
 
 from policymilter import domains
 from policymilter.dns import Budget, Resolver, for_pyspf
-from policymilter.outcome import CheckResult, Disposition, Outcome, SmtpReply, reply_safe
+from policymilter.outcome import CheckResult, Disposition, Findings, Outcome, SmtpReply, reply_safe
 from policymilter.pipeline import CheckContext, Stage
 
 NAME = "spf"
@@ -36,6 +36,19 @@ class SpfResult:
     domain: str
     result: str  # pass fail softfail neutral none temperror permerror
     explanation: str = ""
+
+
+@dataclass(frozen=True)
+class SpfFindings(Findings):
+    """Both identities' results (None: that identity was not checked: no IP, no HELO name)."""
+
+    mailfrom: SpfResult | None = None
+    helo: SpfResult | None = None
+
+    @property
+    def main(self) -> SpfResult | None:
+        """The identity DMARC aligns (RFC 7489 §4.1): MAIL FROM, or HELO for the null sender."""
+        return self.mailfrom or self.helo
 
 
 def evaluate(ip: str, sender: str, helo: str, resolver: Resolver, budget: Budget | None) -> tuple[str, str]:
@@ -78,17 +91,20 @@ def _entries(mailfrom: SpfResult | None, helo: SpfResult | None) -> tuple[object
 class Spf:
     name = NAME
     stage = Stage.MAIL
+    requires: tuple[str, ...] = ()
 
     def run(self, context: CheckContext) -> CheckResult:
         ip = context.session.client_ip
         if ip is None:
-            return CheckResult(NAME, Outcome.NONE, reason="client address unknown", detail="no-ip")
+            return CheckResult(NAME, Outcome.NONE, reason="client address unknown", detail="no-ip",
+                               findings=SpfFindings())
         resolver, budget = context.dns()
         mailfrom, helo = check_identities(ip, context.envelope.mail_from, context.session.helo or "",
                                           resolver, budget)
         main = mailfrom or helo
         if main is None:
-            return CheckResult(NAME, Outcome.NONE, reason="no identity to check", detail="no-identity")
+            return CheckResult(NAME, Outcome.NONE, reason="no identity to check", detail="no-identity",
+                               findings=SpfFindings())
         outcome = Outcome(main.result)
         disposition, reply = Disposition.CONTINUE, None
         if outcome is Outcome.FAIL and context.policy.spf.on_fail == "reject":
@@ -100,4 +116,4 @@ class Spf:
                                                f"its mail ({explanation})")
         reason = f"{main.identity} {main.domain}: {main.result}"
         return CheckResult(NAME, outcome, disposition, reply, reason=reason, detail=main.identity,
-                           authres=_entries(mailfrom, helo), facts=main)
+                           authres=_entries(mailfrom, helo), findings=SpfFindings(mailfrom, helo))

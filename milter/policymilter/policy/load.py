@@ -13,7 +13,7 @@ import re
 import tomllib
 import types
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -220,8 +220,12 @@ def _validation_issues(
     return issues
 
 
-def _semantic_issues(policy: Policy, sources: _Sources, fallback: str) -> list[PolicyIssue]:
-    """Rules that span keys: every session must find exactly one listener."""
+Rule = Callable[[Policy], Iterable[tuple[KeyPath, str]]]
+
+
+def _semantic_issues(policy: Policy, sources: _Sources, fallback: str, rules: Sequence[Rule] = ()) -> list[PolicyIssue]:
+    """Rules that span keys: every session must find exactly one listener; and the rules the
+    caller brings (the checks' requirements: the policy layer does not know the checks)."""
     issues = []
 
     def issue(path: KeyPath, message: str) -> None:
@@ -240,6 +244,9 @@ def _semantic_issues(policy: Policy, sources: _Sources, fallback: str) -> list[P
         issue(("listeners",), "no listener is defined: every session would get the strictest profile")
     for path, message in too_slow(policy):
         issue(path, message)
+    for rule in rules:
+        for path, message in rule(policy):
+            issue(path, message)
     names: dict[str, str] = {}
     ports: dict[int, str] = {}
     for key, listener in policy.listeners.items():
@@ -273,8 +280,9 @@ def _read(file: Path, sources: _Sources) -> tuple[dict[str, Any] | None, PolicyI
     return data, None
 
 
-def load_policy(path: str | Path, overrides: Sequence[str] = ()) -> LoadedPolicy:
-    """Load, merge and validate; raise PolicyError listing every problem."""
+def load_policy(path: str | Path, overrides: Sequence[str] = (), rules: Sequence[Rule] = ()) -> LoadedPolicy:
+    """Load, merge and validate; raise PolicyError listing every problem. `rules` add checks that
+    span keys (service.load_checked passes the checks' requirements)."""
     path = Path(path)
     issues: list[PolicyIssue] = []
     sources = _Sources()
@@ -310,7 +318,7 @@ def load_policy(path: str | Path, overrides: Sequence[str] = ()) -> LoadedPolicy
     except ValidationError as error:
         issues = _validation_issues(error, sources, fallback)
         raise PolicyError(sorted(issues, key=lambda i: (i.file, i.line or 0))) from None
-    issues = _semantic_issues(policy, sources, fallback)
+    issues = _semantic_issues(policy, sources, fallback, rules)
     if issues:
         raise PolicyError(issues)
     return LoadedPolicy(policy, tuple(str(file) for file in files))
