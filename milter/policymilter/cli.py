@@ -282,7 +282,6 @@ def describe(conversation: Conversation, verdict: Verdict, stage: str) -> dict[s
                             if isinstance(a, RemoveHeader)],
         "headers_changed": [{"name": a.name, "index": a.index, "value": a.value} for a in verdict.actions
                             if isinstance(a, ChangeHeader)],
-        "not_available": list(conversation.snapshot.pipeline.unavailable),
     }
 
 
@@ -304,8 +303,6 @@ def print_explanation(report: dict[str, Any]) -> None:
         print("headers removed:")
         for header in report["headers_removed"]:
             print(f"  {header['name']} #{header['index']}")
-    if report["not_available"]:
-        print(f"not in this version: {', '.join(report['not_available'])}")
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from email.message import EmailMessage
 from typing import BinaryIO
 
 from policymilter.author import Author, BadFrom, parse_from
@@ -36,16 +33,14 @@ class Header:
 
 
 class Message:
-    """Headers in arrival order and a spooled body; the parsed view is built once, on demand."""
+    """Headers in arrival order and a spooled body."""
 
     def __init__(self, spool_threshold: int = SPOOL_THRESHOLD, cap: int | None = None) -> None:
         self.cap = cap
-        self.truncated = False
         self.headers: list[Header] = []
         # Owned by the message for its whole life; closed by close() at end of transaction.
         self._body: BinaryIO = tempfile.SpooledTemporaryFile(max_size=spool_threshold)  # noqa: SIM115
         self.body_size = 0
-        self._parsed: EmailMessage | None = None
         self._author: Author | BadFrom | None = None
 
     @classmethod
@@ -80,7 +75,6 @@ class Message:
 
     def add_header(self, name: str, value: bytes) -> None:
         self.headers.append(Header(name, value))
-        self._parsed = None
         self._author = None
 
     def write_body(self, chunk: bytes) -> None:
@@ -88,10 +82,7 @@ class Message:
         # and must not fill the disk first.
         if self.cap is None or self.body_size + len(chunk) <= self.cap:
             self._body.write(chunk)
-        else:
-            self.truncated = True
         self.body_size += len(chunk)
-        self._parsed = None
 
     def iter_raw(self, chunk_size: int = 65536) -> Iterator[bytes]:
         """The whole message (CRLF line ends) in chunks, straight from the spool."""
@@ -128,14 +119,6 @@ class Message:
     def raw_bytes(self) -> bytes:
         """The whole message with CRLF line ends (for checks that need it all)."""
         return b"".join(h.raw() for h in self.headers) + b"\r\n" + self.body_bytes()
-
-    def parsed(self) -> EmailMessage:
-        if self._parsed is None:
-            parser = email.parser.BytesParser(policy=email.policy.default)
-            parsed = parser.parsebytes(self.raw_bytes())
-            assert isinstance(parsed, EmailMessage)
-            self._parsed = parsed
-        return self._parsed
 
     def close(self) -> None:
         self._body.close()

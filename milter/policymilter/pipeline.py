@@ -30,7 +30,7 @@ from policymilter.outcome import (
     Verdict,
     decide,
 )
-from policymilter.policy.model import CheckName, Policy
+from policymilter.policy.model import Policy
 
 F = TypeVar("F", bound=Findings)
 
@@ -44,7 +44,6 @@ class Missing(StrEnum):
 
 class Stage(StrEnum):
     MAIL = "mail"
-    RCPT = "rcpt"
     EOM = "eom"
 
 
@@ -66,6 +65,14 @@ class CheckContext:
 
     def result_of(self, check: str) -> CheckResult | None:
         return next((result for result in self.results if result.check == check), None)
+
+    @property
+    def content(self) -> Message:
+        """The message, for checks at end of message: the Conversation always has one then (an
+        empty one for a client that sent nothing)."""
+        if self.message is None:
+            raise RuntimeError("an end-of-message check ran without the message")
+        return self.message
 
     def findings(self, check: str, kind: type[F]) -> F | Missing:
         """What an earlier check (one this check `requires`) found, or why it is not there."""
@@ -114,8 +121,6 @@ class Pipeline:
         clash = {c.name for c in (*self.checks, *self.always)} & {*SUMMARY_KEYS, *SUMMARY_TAIL}
         if clash:
             raise ValueError(f"check names {sorted(clash)} collide with summary line keys")
-        known = {check.name for check in self.checks}
-        self.unavailable = tuple(name for name in CheckName if name.value not in known)
 
     def selected(self, stage: Stage, context: CheckContext) -> list[Check]:
         wanted = set(context.door.listener.traffic(context.session.authenticated).checks)

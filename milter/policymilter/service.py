@@ -99,11 +99,6 @@ class Service:
         self.transactions = 0
         # Set on a graceful stop: new transactions get 451 4.3.2, open ones finish.
         self.draining = threading.Event()
-        unavailable = self.snapshot.pipeline.unavailable
-        if unavailable:
-            event(self.log, logging.INFO, "checks_unavailable",
-                  "policy names checks this version does not implement yet; they do not run",
-                  checks=",".join(unavailable))
         self._report_unusable_keys()
 
     def _report_unusable_keys(self) -> None:

@@ -19,7 +19,7 @@ import urllib.parse
 import zipfile
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -828,10 +828,14 @@ def test_limits_come_from_the_policy(default_policy):
     assert [f.detail for f in scan.findings] == ["more than 3 archive members"]
 
 
-def test_no_message_is_skipped(default_policy):
+def test_an_empty_message_is_clean_and_no_message_is_a_bug(default_policy):
     context = CheckContext(policy=default_policy, door=door_by_name(default_policy, "smtp"),
                            session=Session(conn_id="t"), envelope=Envelope())
-    assert CHECK.run(context).outcome is Outcome.SKIPPED
+    # The Conversation always hands end-of-message checks a message (an empty one if the client
+    # sent nothing): a check run without one is a bug, which the pipeline logs and answers.
+    with pytest.raises(RuntimeError, match="without the message"):
+        CHECK.run(context)
+    assert CHECK.run(replace(context, message=Message())).outcome is Outcome.CLEAN
     assert (CHECK.name, CHECK.stage) == ("attachments", Stage.EOM)
 
 

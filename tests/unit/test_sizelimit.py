@@ -28,7 +28,8 @@ def test_a_received_message_over_the_limit_is_refused_and_not_kept_in_full():
     talk.header("Subject", b" big")
     for _ in range(10):
         talk.body(b"x" * 998 + b"\r\n")
-    assert talk.message is not None and talk.message.truncated  # counted, not spooled past the cap
+    assert talk.message is not None and talk.message.body_size == 10_000  # counted ...
+    assert len(talk.message.body_bytes()) <= talk.message.cap  # ... but not spooled past the cap
     verdict = talk.end_of_message("Q1")
     assert verdict.name == "reject" and str(verdict.reply).startswith("552 5.3.4")
 

@@ -16,9 +16,7 @@ class Antivirus:
     requires: tuple[str, ...] = ()
 
     def run(self, context: CheckContext) -> CheckResult:
-        message, policy = context.message, context.policy.antivirus
-        if message is None:
-            return CheckResult(NAME, Outcome.SKIPPED, reason="no message", detail="empty")
+        message, policy = context.content, context.policy.antivirus
         if message.size > policy.max_size:
             reason = f"{message.size} bytes is over antivirus.max_size ({policy.max_size})"
             if policy.on_oversize == "reject":

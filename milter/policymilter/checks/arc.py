@@ -102,15 +102,15 @@ def _structure_error(message: Message) -> str:
 
 
 def verify_chain(context: CheckContext) -> Chain:
-    assert context.message is not None
-    if not any(h.name.lower() == "arc-seal" for h in context.message.headers):
+    message = context.content
+    if not any(h.name.lower() == "arc-seal" for h in message.headers):
         return Chain("none", "", "no ARC headers")
-    broken = _structure_error(context.message)
+    broken = _structure_error(message)
     if broken:
         return Chain("fail", "", broken)
     resolver, budget = context.dns()
     try:
-        verdict, sets, comment = ArcVerifier(context.message.raw_bytes(), logger=_QUIET, minkey=1024).verify(
+        verdict, sets, comment = ArcVerifier(message.raw_bytes(), logger=_QUIET, minkey=1024).verify(
             dnsfunc=KeyLookup(resolver, budget))
     except DnsError as error:
         return Chain("temperror", "", f"key lookup failed: {error}")
@@ -118,7 +118,7 @@ def verify_chain(context: CheckContext) -> Chain:
         return Chain("fail", "", f"chain could not be verified ({type(error).__name__})")
     sealer = sets[0].get("as-domain", b"").decode("ascii", "replace").lower() if sets else ""
     result = {dkimpy.CV_Pass: "pass", dkimpy.CV_None: "none"}.get(verdict, "fail")
-    saw_pass = result == "pass" and _sealer_saw_dmarc_pass(context.message, int(sets[0].get("instance", 0)))
+    saw_pass = result == "pass" and _sealer_saw_dmarc_pass(message, int(sets[0].get("instance", 0)))
     return Chain(result, sealer, str(comment), saw_pass)
 
 
@@ -128,8 +128,6 @@ class Arc:
     requires: tuple[str, ...] = ()
 
     def run(self, context: CheckContext) -> CheckResult:
-        if context.message is None:
-            return CheckResult(NAME, Outcome.NONE, reason="no message")
         chain = verify_chain(context)
         entry = authres.arc.ARCAuthenticationResult(result=chain.result,
                                                     smtp_remote_ip=context.session.client_ip)

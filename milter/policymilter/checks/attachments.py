@@ -55,9 +55,6 @@ MAX_FINDINGS = 20  # uninspectable places recorded before the walk gives up
 REPLY_NAME_LENGTH = 48
 REPLY_LENGTH = 240  # the reply text after "550 5.7.1 ": one line under 250 characters
 
-# Proposed policy keys, with these defaults until the model has them.
-DEFAULT_BLOCKED_CONTENT = ("pe", "elf", "macho", "macro")
-DEFAULT_MAX_PARTS = 1000
 
 EXECUTABLE_KINDS = {
     "pe": "a Windows executable (PE)",
@@ -107,7 +104,7 @@ class Finding:
 @dataclass(frozen=True)
 class Limits:
     blocked_extensions: frozenset[str]
-    blocked_content: frozenset[str] = frozenset(DEFAULT_BLOCKED_CONTENT)
+    blocked_content: frozenset[str] = frozenset(AttachmentsTable().blocked_content)
     walk: mimewalk.WalkLimits = field(default_factory=mimewalk.WalkLimits)
 
     @classmethod
@@ -327,10 +324,8 @@ class Attachments:
     requires: tuple[str, ...] = ()
 
     def run(self, context: CheckContext) -> CheckResult:
-        if context.message is None:
-            return CheckResult(NAME, Outcome.SKIPPED, reason="no message", detail="empty")
         table = context.policy.attachments
-        scan = scan_message(context.message, Limits.from_policy(table))
+        scan = scan_message(context.content, Limits.from_policy(table))
         blocking = scan.executables or (scan.uninspectable if table.uninspectable == "block" else ())
         if blocking:
             decisive = blocking[0]

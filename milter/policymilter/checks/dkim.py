@@ -371,10 +371,8 @@ class Dkim:
     requires: tuple[str, ...] = ()
 
     def run(self, context: CheckContext) -> CheckResult:
-        if context.message is None:
-            return CheckResult(NAME, Outcome.NONE, reason="no message")
         resolver, budget = context.dns()
-        signatures = verify(context.message, resolver, budget, context.policy.dkim.max_signatures)
+        signatures = verify(context.content, resolver, budget, context.policy.dkim.max_signatures)
         if not signatures:
             return CheckResult(NAME, Outcome.NONE, reason="no DKIM-Signature",
                                authres=(authres.DKIMAuthenticationResult(result="none"),), findings=DkimFindings())

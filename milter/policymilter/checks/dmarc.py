@@ -101,9 +101,7 @@ class Dmarc:
     requires: tuple[str, ...] = ("spf", "dkim")
 
     def run(self, context: CheckContext) -> CheckResult:
-        if context.message is None:
-            return CheckResult(NAME, Outcome.NONE, reason="no message")
-        written_by = context.message.author()
+        written_by = context.content.author()
         if isinstance(written_by, BadFrom):
             return self._bad_from(context, written_by)
         author = written_by.domain

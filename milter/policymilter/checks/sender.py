@@ -52,16 +52,15 @@ class SenderFrom:
     requires: tuple[str, ...] = ()
 
     def run(self, context: CheckContext) -> CheckResult:
-        if context.message is None:
-            return CheckResult(NAME, Outcome.SKIPPED, reason="no message", detail="empty")
-        written_by = context.message.author()
+        message = context.content
+        written_by = message.author()
         if isinstance(written_by, BadFrom):
             return _bad_from(context, written_by)
         claimed = [written_by.address]
         # Outlook shows Sender as "SENDER on behalf of FROM", and Resent-* as who forwarded it:
         # addresses a login may put there are its own too (RFC 5322 §3.6.2, §3.6.6).
         for field in OTHER_AUTHOR_FIELDS:
-            values = [h.value for h in context.message.headers if h.name.strip().lower() == field.lower()]
+            values = [h.value for h in message.headers if h.name.strip().lower() == field.lower()]
             if not values:
                 continue
             found = parse_from(values, field)

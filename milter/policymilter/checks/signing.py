@@ -70,8 +70,8 @@ class Signing:
     requires: tuple[str, ...] = ()
 
     def run(self, context: CheckContext) -> CheckResult:
-        message = context.message
-        if message is None or not context.session.authenticated:
+        message = context.content
+        if not context.session.authenticated:
             return CheckResult(NAME, Outcome.SKIPPED, reason="not an authenticated message", detail="anonymous")
         if not context.policy.signing.keys:
             # No keys at all: the admin has not set signing up yet (the shipped default).

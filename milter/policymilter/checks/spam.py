@@ -62,9 +62,7 @@ class Spam:
     requires: tuple[str, ...] = ()
 
     def run(self, context: CheckContext) -> CheckResult:
-        message, policy = context.message, context.policy.spam
-        if message is None:
-            return CheckResult(NAME, Outcome.SKIPPED, reason="no message", detail="empty")
+        message, policy = context.content, context.policy.spam
         if message.size > policy.max_size:
             # Not scanned, but a sender's own "X-Spam-Status: No" must not survive either.
             return CheckResult(NAME, Outcome.SKIPPED, reason=f"{message.size} bytes is over spam.max_size",
