@@ -459,7 +459,7 @@ def serve(start: Callable[[], Service], socket_spec: str, *, identity: Identity 
     when it works at reload. Its PolicyError comes out of serve() (the socket is removed first).
     """
     log = logging.getLogger(LOGGER)
-    import milter as libmilter  # pymilter's C extension
+    libmilter: Any = Milter.milter  # pymilter's C extension (the module named "milter")
 
     # Block these in every thread before any starts (threads and the child inherit the mask):
     # they are taken with sigwait by the parent, by our control thread and by libmilter's own

@@ -46,7 +46,7 @@ def connect(endpoint: str, timeout: float) -> socket.socket:
     """`unix:/path` or `HOST:PORT` (IPv6 as `[::1]:PORT`)."""
     if endpoint.startswith("unix:"):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        address: object = endpoint[5:]
+        address: str | tuple[str, int] = endpoint[5:]
     else:
         host, _, port = endpoint.rpartition(":")
         host = host.strip("[]")

@@ -121,9 +121,9 @@ def at_start(head: bytes) -> str | None:
         if plausible(head):
             return kind
     for offset in _VOLUME_OFFSETS:
-        kind = _VOLUME_IDS.get(head[offset:offset + 5])
-        if kind is not None:
-            return kind
+        volume = _VOLUME_IDS.get(head[offset:offset + 5])
+        if volume is not None:
+            return volume
     return None
 
 
@@ -190,7 +190,7 @@ def _is_cpio(head: bytes) -> bool:
     for order in ("<", ">"):
         if len(head) >= 26 and struct.unpack_from(f"{order}H", head)[0] == 0o70707:
             name_size = struct.unpack_from(f"{order}H", head, 20)[0]
-            return 1 <= name_size <= 4096 and len(head) >= 26 + name_size and head[26 + name_size - 1] == 0
+            return bool(1 <= name_size <= 4096 and len(head) >= 26 + name_size and head[26 + name_size - 1] == 0)
     return False
 
 
@@ -204,8 +204,8 @@ def _is_squashfs(head: bytes) -> bool:
         block_size, _, compression, block_log = struct.unpack_from("<IIHH", head, 12)
         major, minor = struct.unpack_from("<HH", head, 28)
         if (major, minor) == (4, 0):
-            return 12 <= block_log <= 20 and block_size == 1 << block_log and 1 <= compression <= 6
-    return 1 <= struct.unpack_from(f"{order}H", head, 28)[0] <= 3
+            return bool(12 <= block_log <= 20 and block_size == 1 << block_log and 1 <= compression <= 6)
+    return bool(1 <= struct.unpack_from(f"{order}H", head, 28)[0] <= 3)
 
 
 def _is_xar(head: bytes) -> bool:
@@ -213,7 +213,7 @@ def _is_xar(head: bytes) -> bool:
     if len(head) < 8 or head[:4] != b"xar!":
         return False
     size, version = struct.unpack_from(">HH", head, 4)
-    return size >= 28 and version == 1
+    return bool(size >= 28 and version == 1)
 
 
 def _is_ace(head: bytes) -> bool:

@@ -31,6 +31,6 @@ def sign(message: bytes, domain: str, selector: str, private_key: bytes, algorit
     signed = dkim.sign(message, selector.encode(), domain.encode(), private_key,
                        canonicalize=(header_c.encode(), body_c.encode()), include_headers=signed_headers(message),
                        signature_algorithm=algorithm.encode())
-    name, _, value = signed.decode("ascii").partition(":")
+    name, _, value = bytes(signed).decode("ascii").partition(":")
     assert name.lower() == "dkim-signature"
     return value.strip().replace("\r\n", "\n")

@@ -294,8 +294,8 @@ def evaluate(
     treewalk = discovery == "treewalk"
     try:
         where, record, reason = (_discover_treewalk if treewalk else _discover_rfc7489)(author, lookups)
-    except DnsError as error:
-        return DmarcResult(Status.TEMPERROR, author, reason=f"DMARC record lookup failed: {error}")
+    except DnsError as failed:
+        return DmarcResult(Status.TEMPERROR, author, reason=f"DMARC record lookup failed: {failed}")
     org_of = lookups.tree_org if treewalk else organizational_domain
     base = DmarcResult(Status.NONE, author, record_domain=where, record=record,
                        org_domain=None if treewalk else org_of(author))
@@ -307,24 +307,24 @@ def evaluate(
     # RFC 7489 §3.1, §6.6.2; RFC 9989 §4.10.2, §5.3.5: pass if any pass result is aligned.
     aligned_dkim: str | None = None
     aligned_spf = False
-    error: DnsError | None = None
+    lookup_error: DnsError | None = None
     for identity in dkim:
         if identity.result.lower() == "pass" and aligned_dkim is None:
             try:
                 if _aligns(author, identity.domain, record.adkim, org_of):
                     aligned_dkim = normalize_domain(identity.domain)
             except DnsError as failure:
-                error = failure
+                lookup_error = failure
     if spf is not None and spf.result.lower() == "pass":
         try:
             aligned_spf = _aligns(author, spf.domain, record.aspf, org_of)
         except DnsError as failure:
-            error = failure
+            lookup_error = failure
     status = Status.PASS if aligned_dkim or aligned_spf else Status.FAIL
     base = replace(base, aligned_dkim=aligned_dkim, aligned_spf=aligned_spf,
                    org_domain=lookups.orgs.get(author) if treewalk else base.org_domain)
-    if status is Status.FAIL and error is not None:
-        return replace(base, result=Status.TEMPERROR, reason=f"alignment lookup failed: {error}")
+    if status is Status.FAIL and lookup_error is not None:
+        return replace(base, result=Status.TEMPERROR, reason=f"alignment lookup failed: {lookup_error}")
 
     # RFC 7489 §6.3 p/sp, RFC 9091 np, RFC 9989 §4.10.1: p at the From domain itself,
     # else sp for an existing subdomain, np for a non-existent one.

@@ -13,13 +13,17 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import dns.exception
 import dns.name
 import dns.rdata
 import dns.rdatatype
 import dns.resolver
+from dns.rdtypes.ANY.MX import MX
+from dns.rdtypes.ANY.PTR import PTR
+from dns.rdtypes.ANY.TXT import TXT
+from dns.rdtypes.IN.A import A
 
 
 class DnsError(Exception):
@@ -104,7 +108,7 @@ class Resolver:
 
     def txt(self, name: str, budget: Budget | None = None) -> list[str]:
         """TXT records, each joined from its strings (RFC 7208 §3.3), decoded leniently."""
-        return [b"".join(record.strings).decode("utf-8", errors="replace")
+        return [b"".join(cast(TXT, record).strings).decode("utf-8", errors="replace")
                 for record in self.query(name, "TXT", budget)]
 
 
@@ -129,13 +133,13 @@ def _pyspf_lookup(name: str, qtype: str, strict: bool = True, timeout: float = 2
     key = (name, qtype)
     match qtype:
         case "A" | "AAAA":
-            return [(key, record.address) for record in records]
+            return [(key, cast(A, record).address) for record in records]
         case "MX":
-            return [(key, (record.preference, record.exchange)) for record in records]
+            return [(key, (cast(MX, record).preference, cast(MX, record).exchange)) for record in records]
         case "PTR":
-            return [(key, record.target.to_text(True)) for record in records]
+            return [(key, cast(PTR, record).target.to_text(True)) for record in records]
         case "TXT" | "SPF":
-            return [(key, record.strings) for record in records]
+            return [(key, cast(TXT, record).strings) for record in records]
     return []
 
 

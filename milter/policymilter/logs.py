@@ -119,10 +119,11 @@ def setup_logging(
     if syslog:
         if not Path(SYSLOG_SOCKET).is_socket():
             raise FileNotFoundError(f"{SYSLOG_SOCKET} is not a socket")
-        handler: logging.Handler = logging.handlers.SysLogHandler(
+        syslog_handler = logging.handlers.SysLogHandler(
             address=SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_MAIL
         )
-        handler.ident = "policy-milter: "
+        syslog_handler.ident = "policy-milter: "
+        handler: logging.Handler = syslog_handler
     else:
         handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(_Formatter(json_lines=log_format == "json", with_time=not syslog))

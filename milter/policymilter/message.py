@@ -5,7 +5,6 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
 
 from policymilter.author import Author, BadFrom, parse_from
 
@@ -39,7 +38,8 @@ class Message:
         self.cap = cap
         self.headers: list[Header] = []
         # Owned by the message for its whole life; closed by close() at end of transaction.
-        self._body: BinaryIO = tempfile.SpooledTemporaryFile(max_size=spool_threshold)  # noqa: SIM115
+        self._body: tempfile.SpooledTemporaryFile[bytes] = tempfile.SpooledTemporaryFile(  # noqa: SIM115
+            max_size=spool_threshold)
         self.body_size = 0
         self._author: Author | BadFrom | None = None
 

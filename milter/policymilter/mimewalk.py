@@ -64,10 +64,10 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import IO, Protocol, cast
+from typing import IO, Any, Protocol, cast
 
 from policymilter import containers, msoffice, smime, ziplayout
 
@@ -335,7 +335,7 @@ def _multipart_children(span: _Span, headers: Headers, limit: int) -> tuple[list
     if raw is None:
         return [], ()
     boundary = raw.rstrip()
-    problems = ()
+    problems: tuple[str, ...] = ()
     if boundary != raw:
         # RFC 2046 §5.1.1 bcharsnospace: the stdlib strips it, Thunderbird compares with it.
         problems += ("multipart boundary ends in white space",)
@@ -588,7 +588,7 @@ def _has_inner_padding(buf: bytes, start: int, end: int) -> bool:
     return padding >= 0 and _B64_DATA.search(buf, padding, end) is not None
 
 
-def base64_readings(buf: bytes, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+def base64_readings(buf: bytes, start: int = 0, end: int | None = None) -> Generator[bytes, None, None]:
     """Every way clients decode buf[start:end] as base64 (RFC 2045 §6.8: characters outside the
     alphabet are ignored), one at a time: the caller judges each and lets it go before asking
     for the next (each is as large as the body). A reading the same as an earlier one is not
@@ -878,7 +878,7 @@ def _thunderbird_sections(params: list[tuple[str, str]], base: str) -> list[tupl
     for number, index in _sections(params)[base]:
         if _valid_section(number):
             chosen.setdefault(int(number), index)
-    kept = []
+    kept: list[tuple[str, str]] = []
     while len(kept) in chosen:
         kept.append(params[chosen[len(kept)]])
     return kept
@@ -1133,7 +1133,7 @@ def _complaint(error: BaseException) -> str:
 Item = File | Unreadable
 
 
-def files(header: bytes, body: bytes, limits: WalkLimits) -> Iterator[Item]:
+def files(header: bytes, body: bytes, limits: WalkLimits) -> Generator[Item, None, None]:
     """Every file in the message, in document order, and every place that could not be read.
 
     Stop iterating (and close the generator) as soon as you have your answer: nothing past
@@ -1226,7 +1226,7 @@ def unpacked_names(names: tuple[str, ...], stored: str = "") -> tuple[str, ...]:
 
 # Bounded readers: their read(n) passes n to the decompressor as max_length. Each is given the
 # memory it may use (liblzma's limit; the others need no more than _DECODER_MEMORY).
-_OPENERS: dict[str, Callable[[IO[bytes], int], _Readable]] = {
+_OPENERS: dict[str, Callable[[IO[bytes], int], _Stream]] = {
     GZIP: lambda source, _: gzip.GzipFile(fileobj=source, mode="rb"),
     BZIP2: lambda source, _: bz2.BZ2File(source),
     # lzma.LZMAFile takes no memory limit, and liblzma allocates the dictionary a header asks
@@ -1264,6 +1264,14 @@ _UNREADABLE = (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, zlib.
 
 class _Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
+
+
+class _Stream(_Readable, Protocol):
+    """A decompressing reader, closed when done."""
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, *exc_info: Any) -> Any: ...
 
 
 class _Allowance:
@@ -1355,9 +1363,9 @@ class _GuardedTarInfo(tarfile.TarInfo):
 
     @classmethod
     def frombuf(cls, buf: bytes, encoding: str, errors: str) -> _GuardedTarInfo:  # type: ignore[override]
-        info = cast(_GuardedTarInfo, super().frombuf(buf, encoding, errors))
-        name = tarfile.nts(buf[0:100], encoding, errors)
-        prefix = tarfile.nts(buf[345:500], encoding, errors)
+        info = super().frombuf(buf, encoding, errors)
+        name = tarfile.nts(buf[0:100], encoding, errors)  # type: ignore[attr-defined]  # stdlib helper
+        prefix = tarfile.nts(buf[345:500], encoding, errors)  # type: ignore[attr-defined]
         info.header_names = tuple(dict.fromkeys(names for names in (name, f"{prefix}/{name}" if prefix else "")
                                                 if names))
         return info
@@ -1367,7 +1375,7 @@ class _GuardedTarInfo(tarfile.TarInfo):
             raise tarfile.HeaderError(f"extended header of {self.size} bytes")
         if self.type == tarfile.GNUTYPE_SPARSE:
             raise _Uninspectable("sparse tar member (not inspected)")
-        return super()._proc_member(archive)  # type: ignore[misc]  # private, stable since 2.x
+        return super()._proc_member(archive)  # type: ignore[misc,no-any-return]  # private, stable since 2.x
 
     def _proc_gnusparse_00(self, *_: object) -> None:
         raise _Uninspectable("sparse tar member (not inspected)")
@@ -1390,7 +1398,7 @@ class _Walker:
         self.walk_budget = WalkBudget(limits.max_parts)
         self.der_budget = smime.Budget()
 
-    def message(self, header: bytes, body: bytes) -> Iterator[Item]:
+    def message(self, header: bytes, body: bytes) -> Generator[Item, None, None]:
         yield from self.entities(walk(header, body, self.limits.max_depth, self.limits.max_parts, self.walk_budget))
 
     def entities(self, walked: Iterator[Entity | Overflow], attachment: str = "") -> Iterator[Item]:

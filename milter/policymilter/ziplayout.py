@@ -152,7 +152,8 @@ def _read_at(source: IO[bytes], offset: int, size: int) -> bytes:
 
 def _central_directory(source: IO[bytes], start: int, size: int, count: int, layout: Layout) -> list[_Entry]:
     directory = _read_at(source, start, size)
-    entries, pos = [], 0
+    entries: list[_Entry] = []
+    pos = 0
     while pos + 46 <= len(directory) and directory[pos:pos + 4] == _CENTRAL:
         (flags, method, crc, compressed, plain, name_length, extra_length, comment_length, disk,
          offset) = struct.unpack_from("<8xHH4xIIIHHHH6xI", directory, pos)

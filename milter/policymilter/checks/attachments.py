@@ -193,11 +193,11 @@ def is_macho(data: bytes | memoryview) -> bool:
         return False
     if (order := _MACHO_THIN.get(head[:4])) is not None:
         # <mach-o/loader.h> filetype: MH_OBJECT (1) .. MH_FILESET (12)
-        return 1 <= struct.unpack_from(f"{order}I", head, 12)[0] <= 12
+        return 1 <= int(struct.unpack_from(f"{order}I", head, 12)[0]) <= 12
     if (order := _MACHO_FAT.get(head[:4])) is not None:
         # <mach-o/fat.h> nfat_arch. 0xCAFEBABE also starts Java class files, where this word is
         # the class version (major >= 45); a universal binary has a handful of slices.
-        return 1 <= struct.unpack_from(f"{order}I", head, 4)[0] < 45
+        return 1 <= int(struct.unpack_from(f"{order}I", head, 4)[0]) < 45
     return False
 
 
@@ -238,9 +238,9 @@ def judge(file: mimewalk.File, limits: Limits) -> Finding | None:
         if matched is not None:
             return Finding(name, *matched, file.path, file.attachment if file.attachment != name else "")
     if file.content is not None:
-        kind = executable_kind(file.content, limits.blocked_content)
-        if kind is not None:
-            return Finding(file.name, Rule.CONTENT, kind, file.path, file.attachment)
+        sniffed = executable_kind(file.content, limits.blocked_content)
+        if sniffed is not None:
+            return Finding(file.name, Rule.CONTENT, sniffed, file.path, file.attachment)
     return None
 
 

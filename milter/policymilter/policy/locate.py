@@ -134,13 +134,13 @@ def locate(text: str) -> dict[KeyPath, int]:
         parts, pos = parsed
         if pos >= len(line) or line[pos] != "=":
             continue
-        path = (*table, *parts)
-        for length in range(len(table) + 1, len(path) + 1):
-            out.setdefault(path[:length], number)
+        key_path: KeyPath = (*table, *parts)
+        for length in range(len(table) + 1, len(key_path) + 1):
+            out.setdefault(key_path[:length], number)
         value_start = pos + 1
         rest = line[value_start:].lstrip()
         if rest.startswith("{"):
-            _inline_keys(line, value_start, path, number, out)
+            _inline_keys(line, value_start, key_path, number, out)
         depth, in_string = _scan_value(line, value_start, 0, None)
     return out
 

@@ -96,7 +96,7 @@ class Dns(Strict):
 
 def _valid_host_port(server: str) -> bool:
     match = _HOST_PORT.match(server)
-    return bool(match) and (not match["port"] or 0 < int(match["port"]) < 65536)
+    return match is not None and (not match["port"] or 0 < int(match["port"]) < 65536)
 
 
 def _endpoints(value: tuple[str, ...]) -> tuple[str, ...]:

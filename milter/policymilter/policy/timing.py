@@ -64,9 +64,9 @@ def stage_times(policy: Policy, listener: Listener, authenticated: bool) -> tupl
             StageTime("eom", "milter_content_timeout", policy.postfix.milter_content_timeout, eom))
 
 
-def too_slow(policy: Policy) -> list[tuple[tuple[str, ...], str]]:
+def too_slow(policy: Policy) -> list[tuple[tuple[str | int, ...], str]]:
     """(key path, message) for every listener and traffic class whose worst case does not fit."""
-    problems = []
+    problems: list[tuple[tuple[str | int, ...], str]] = []
     doors = [*((("listeners", name), name, listener) for name, listener in policy.listeners.items()),
              ((), "unknown (the strictest profile, for sessions no listener matches)", STRICTEST)]
     for path, name, listener in doors:
