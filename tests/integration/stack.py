@@ -983,12 +983,25 @@ def _milter_env() -> dict[str, str]:
     return {"PYTHONPATH": path}
 
 
-def _print_instructions(stack: MailStack) -> None:
+def example_script(stack: MailStack, sender_domain: str) -> str:
+    """A Python script that submits one message on 587 as the first user, from an address that
+    user owns under the policy (`{login}@{a site domain}`): what the try-it stack prints."""
+    user, password = next(iter(stack.users.items()))
+    return f"""import smtplib, ssl
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+with smtplib.SMTP("127.0.0.1", {stack.ports["submission"]}) as s:
+    s.starttls(context=ctx)
+    s.login("{user}", "{password}")
+    s.sendmail("{user}@{sender_domain}", ["friend@elsewhere.test"],
+               b"From: {user}@{sender_domain}\\r\\nTo: friend@elsewhere.test\\r\\nSubject: hi\\r\\n\\r\\nhello\\r\\n")
+"""
+
+
+def instructions(stack: MailStack, sender_domain: str) -> str:
     sub, smtp = stack.ports["submission"], stack.ports["smtp"]
     user, password = next(iter(stack.users.items()))
     users = ", ".join(f"{name} / {secret}" for name, secret in stack.users.items())
-    print(
-        f"""
+    return f"""
 Mail stack running in {stack.directory}
   ports:  smtp (port-25 door) {smtp}   submission (587, STARTTLS) {sub}
           submissions (465, implicit TLS) {stack.ports["submissions"]}
@@ -996,6 +1009,7 @@ Mail stack running in {stack.directory}
           sink (next hop, aiosmtpd) {stack.ports["sink"]}
   users:  {users}   (realm {stack.sasl_realm}; log in with the bare name)
   domain: {LOCAL_DOMAIN} is accepted on the smtp door; other domains only after AUTH
+  senders: a login sends as LOGIN@{sender_domain} (the policy's site.domains)
   logs:   {stack.maillog_path}
           {stack.milter_log_path}
   milter socket: {stack.milter_socket}
@@ -1003,25 +1017,27 @@ Mail stack running in {stack.directory}
 Send through submission with Python:
 
 python3 - <<'EOF'
-import smtplib, ssl
-ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
-with smtplib.SMTP("127.0.0.1", {sub}) as s:
-    s.starttls(context=ctx)
-    s.login("{user}", "{password}")
-    s.sendmail("{user}@{LOCAL_DOMAIN}", ["friend@elsewhere.test"],
-               b"From: {user}@{LOCAL_DOMAIN}\\r\\nTo: friend@elsewhere.test\\r\\nSubject: hi\\r\\n\\r\\nhello\\r\\n")
-EOF
+{example_script(stack, sender_domain)}EOF
 
 or with swaks (STARTTLS needs libnet-ssleay-perl):
 
 swaks --server 127.0.0.1:{sub} --tls --auth PLAIN --auth-user {user} --auth-password {password} \\
-      --from {user}@{LOCAL_DOMAIN} --to friend@elsewhere.test
+      --from {user}@{sender_domain} --to friend@elsewhere.test
 
 Inbound on the smtp door:  swaks --server 127.0.0.1:{smtp} --from someone@elsewhere.test --to postmaster@{LOCAL_DOMAIN}
 
-Ctrl-C stops everything.""",
-        flush=True,
-    )
+Ctrl-C stops everything."""
+
+
+def site_domain(policy: Path) -> str:
+    """The first of the policy's site.domains (what logins own addresses in), else the stack's."""
+    from policymilter.policy import PolicyError, load_policy
+
+    try:
+        domains = load_policy(policy).policy.site.domains
+    except PolicyError:
+        return LOCAL_DOMAIN
+    return domains[0] if domains else LOCAL_DOMAIN
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -1063,7 +1079,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stack.start_milter([*command, *(part for option in options for part in ("-o", option))],
                                env=_milter_env())
         print(f"started in {time.monotonic() - started:.1f}s")
-        _print_instructions(stack)
+        print(instructions(stack, site_domain(args.policy)), flush=True)
         if not args.no_milter:
             print(f"  dns:    nsd on {dns_server.nameserver} (zones: {', '.join(z.origin for z in zones)})")
             print(f"  clamd:  {clamd.endpoint} (EICAR is its one signature); spamd: {spamd.endpoint} (try GTUBE)")

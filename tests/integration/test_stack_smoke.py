@@ -8,13 +8,25 @@ end-to-end tests rely on.
 from __future__ import annotations
 
 import smtplib
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from email.message import EmailMessage
 
 import pytest
 
-from tests.integration.stack import LOOPBACK, MailStack, unverified_tls_context
+from tests.conftest import OFFLINE
+from tests.integration.stack import (
+    LOOPBACK,
+    REPO_ROOT,
+    MailStack,
+    example_script,
+    instructions,
+    milter_command,
+    site_domain,
+    unverified_tls_context,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -159,3 +171,19 @@ def test_files_and_logs_are_where_the_stack_says(stack: MailStack) -> None:
     assert (stack.config_dir / "main.cf").is_file()
     assert "daemon started" in stack.maillog()
     assert "Mail queue is empty" in stack.postqueue() or stack.queue()
+
+
+def test_the_try_it_example_works_as_printed(tmp_path):
+    """Issue 9: the try-it stack printed an example the shipped policy refused (alice may not
+    send as alice@example.test). The printed script, run as printed, is delivered."""
+    policy = REPO_ROOT / "policies"
+    with MailStack(tmp_path / "stack") as running:
+        running.start_milter([*milter_command(policy, running.milter_socket),
+                              *(part for option in OFFLINE for part in ("-o", option))])
+        text = instructions(running, site_domain(policy))
+        script = text.split("python3 - <<'EOF'\n", 1)[1].split("EOF\n", 1)[0]
+        assert script == example_script(running, site_domain(policy))
+        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        delivered = running.wait_delivered(lambda d: b"Subject: hi" in d.data)
+        assert delivered.mail_from == "alice@example.org" and delivered.rcpts == ["friend@elsewhere.test"]
