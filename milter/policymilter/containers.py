@@ -26,6 +26,8 @@ import struct
 
 import filetype
 
+from policymilter.sniff import SIGNATURE_BYTES
+
 ZIP, TAR, GZIP, BZIP2, XZ, LZMA, OLE, TNEF = "zip", "tar", "gzip", "bzip2", "xz", "lzma", "ole", "tnef"
 STREAMS = (GZIP, BZIP2, XZ, LZMA)  # single-file compressors we unpack
 OPENED = (ZIP, TAR, OLE, TNEF, *STREAMS)
@@ -38,9 +40,6 @@ _LABELS = {"ole": "OLE file", "tnef": "TNEF file", "onenote": "OneNote document"
            "vhd": "vhd disk image", "vhdx": "vhdx disk image", "wim": "wim disk image",
            "squashfs": "squashfs image"}
 
-# filetype's zstd matcher recurses once per 8-byte skippable frame: give matchers no more than
-# they need.
-SIGNATURE_BYTES = 4096
 # Matched by filetype: binary magics of 4 bytes or more (its cab, ar and lz matchers test four to
 # seven printable bytes: ours below check the header).
 _FILETYPE_KINDS = ("rar", "7z", "deb", "rpm", "lz4", "lzo", "zst")

@@ -69,7 +69,8 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import IO, Any, Protocol, cast
 
-from policymilter import containers, msoffice, smime, ziplayout
+from policymilter import containers, msoffice, smime, sniff, ziplayout
+from policymilter.sniff import pe_header_offset
 
 # A part whose header block is larger than this is not parsed (Postfix's own
 # header_size_limit is 100 KiB per header).
@@ -1163,7 +1164,7 @@ MAX_NAME_LENGTH = 1024
 
 ZIP, TAR, GZIP, BZIP2, XZ, LZMA, OLE, TNEF = (containers.ZIP, containers.TAR, containers.GZIP, containers.BZIP2,
                                              containers.XZ, containers.LZMA, containers.OLE, containers.TNEF)
-SIGNATURE_BYTES = containers.SIGNATURE_BYTES
+SIGNATURE_BYTES = sniff.SIGNATURE_BYTES
 container_of = containers.at_start
 
 
@@ -1181,13 +1182,6 @@ def _yenc_begins(text: Body) -> bool:
     """Whether a yEnc header line starts a line of `text`: one search in C, however often the
     marker occurs elsewhere in a line."""
     return bytes(text[:len(_YENC_BEGIN)]) == _YENC_BEGIN or _YENC_LINE.search(text) is not None
-
-
-def pe_header_offset(data: bytes | memoryview) -> int | None:
-    """e_lfanew of a DOS "MZ" header (where a PE header would be), else None."""
-    if len(data) < 0x40 or bytes(data[:2]) != b"MZ":
-        return None
-    return int.from_bytes(data[0x3C:0x40], "little")
 
 
 def _gzip_name(head: bytes) -> str:

@@ -34,13 +34,10 @@ libmagic's C parser on hostile input inside the milter.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import dataclass, field
 from enum import StrEnum
-
-import filetype
 
 from policymilter import mimewalk
 from policymilter.filenames import INVISIBLE_PLANES, extension, normalise_name  # noqa: F401  (re-exported)
@@ -49,6 +46,14 @@ from policymilter.outcome import CheckResult, Disposition, Findings, Outcome, Sm
 from policymilter.pipeline import CheckContext, Stage
 from policymilter.policy.model import Attachments as AttachmentsTable
 from policymilter.policy.model import CheckName, Policy
+from policymilter.sniff import (  # noqa: F401  (re-exported)
+    STRUCTURAL_KINDS,
+    executable_kind,
+    is_elf,
+    is_macho,
+    is_pe,
+    known_content_kinds,
+)
 
 NAME = "attachments"
 MAX_FINDINGS = 20  # uninspectable places recorded before the walk gives up
@@ -64,7 +69,6 @@ EXECUTABLE_KINDS = {
 }
 # Kinds the walk establishes from a container's structure rather than from a file's first
 # bytes (mimewalk.File.kinds).
-STRUCTURAL_KINDS = ("macro",)
 
 
 class Rule(StrEnum):
@@ -167,61 +171,6 @@ def name_rule(name: str, blocked: Iterable[str]) -> tuple[Rule, str] | None:
         if real and real in blocked:
             return Rule.EXTENSION, real
     return None
-
-
-# --- content ---------------------------------------------------------------------------------
-
-_MACHO_THIN = {b"\xfe\xed\xfa\xce": ">", b"\xce\xfa\xed\xfe": "<", b"\xfe\xed\xfa\xcf": ">", b"\xcf\xfa\xed\xfe": "<"}
-_MACHO_FAT = {b"\xca\xfe\xba\xbe": ">", b"\xca\xfe\xba\xbf": ">", b"\xbe\xba\xfe\xca": "<", b"\xbf\xba\xfe\xca": "<"}
-
-
-def is_pe(data: bytes | memoryview) -> bool:
-    # PE/COFF specification §2: the MS-DOS stub's e_lfanew (offset 0x3C) points at "PE\0\0".
-    offset = mimewalk.pe_header_offset(data)
-    return offset is not None and bytes(data[offset:offset + 4]) == b"PE\0\0"
-
-
-def is_elf(data: bytes | memoryview) -> bool:
-    # System V ABI: magic, EI_CLASS 32/64-bit, EI_DATA little/big endian, EI_VERSION current.
-    head = bytes(data[:7])
-    return len(head) == 7 and head[:4] == b"\x7fELF" and head[4] in (1, 2) and head[5] in (1, 2) and head[6] == 1
-
-
-def is_macho(data: bytes | memoryview) -> bool:
-    head = bytes(data[:16])
-    if len(head) < 16:
-        return False
-    if (order := _MACHO_THIN.get(head[:4])) is not None:
-        # <mach-o/loader.h> filetype: MH_OBJECT (1) .. MH_FILESET (12)
-        return 1 <= int(struct.unpack_from(f"{order}I", head, 12)[0]) <= 12
-    if (order := _MACHO_FAT.get(head[:4])) is not None:
-        # <mach-o/fat.h> nfat_arch. 0xCAFEBABE also starts Java class files, where this word is
-        # the class version (major >= 45); a universal binary has a handful of slices.
-        return 1 <= int(struct.unpack_from(f"{order}I", head, 4)[0]) < 45
-    return False
-
-
-_EXACT = {"pe": is_pe, "elf": is_elf, "macho": is_macho}
-
-
-def executable_kind(data: bytes | memoryview, wanted: Iterable[str]) -> str | None:
-    """The first kind in `wanted` that `data` is: pe, elf and macho by our exact checks, any
-    other by filetype's matcher of that name ("swf", "crx", "wasm"...)."""
-    for kind in sorted(wanted):
-        exact = _EXACT.get(kind)
-        if exact is not None:
-            if exact(data):
-                return kind
-            continue
-        matcher = filetype.get_type(ext=kind)
-        if matcher is not None and matcher.match(bytes(data[:mimewalk.SIGNATURE_BYTES])):
-            return kind
-    return None
-
-
-def known_content_kinds() -> frozenset[str]:
-    """What `blocked_content` may list (for the policy validator)."""
-    return frozenset(_EXACT) | frozenset(STRUCTURAL_KINDS) | frozenset(kind.extension for kind in filetype.types)
 
 
 # --- the scan --------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from policymilter.policy.locate import KeyPath, locate
 from policymilter.policy.model import Policy
 from policymilter.policy.timing import too_slow
+from policymilter.sniff import known_content_kinds
 
 OVERRIDE_FILE = "-o"
 
@@ -233,7 +234,6 @@ def _semantic_issues(policy: Policy, sources: _Sources, fallback: str, rules: Se
         file, line = sources.find(path, fallback)
         issues.append(PolicyIssue(file, line, key_text(path), message))
 
-    from policymilter.checks.attachments import known_content_kinds  # the sniffers own this list
 
     known = known_content_kinds()
     for index, kind in enumerate(policy.attachments.blocked_content):
