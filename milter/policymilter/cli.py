@@ -14,7 +14,7 @@ from typing import Any
 
 from policymilter import __version__
 from policymilter.author import Author
-from policymilter.conversation import Conversation, Snapshot
+from policymilter.conversation import Conversation
 from policymilter.facts import Session
 from policymilter.listeners import UNKNOWN_LISTENER, Door, door_by_name
 from policymilter.logs import setup_logging
@@ -22,7 +22,8 @@ from policymilter.message import Message
 from policymilter.outcome import AddHeader, ChangeHeader, Disposition, RemoveHeader, Verdict
 from policymilter.policy import PolicyError, load_policy
 from policymilter.privileges import MILTER_USER, Identity, acting_as, milter_identity
-from policymilter.service import Service, load_checked, load_snapshot, snapshot_for, unusable_keys
+from policymilter.service import Service, load_checked, load_snapshot, unusable_keys
+from policymilter.snapshot import Snapshot, snapshot_for
 
 DEFAULT_POLICY = "/etc/policy-milter"
 DEFAULT_SOCKET = "unix:/run/policy-milter/milter.sock"

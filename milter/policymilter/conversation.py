@@ -9,35 +9,23 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from policymilter import authresults, listeners
-from policymilter.dns import Resolver
 from policymilter.facts import MACRO_SOURCES, Envelope, Session, strip_brackets
 from policymilter.listeners import Door
 from policymilter.logs import SUMMARY_KEYS, SUMMARY_TAIL, SessionLog, WarnOnce, event
 from policymilter.message import Message
 from policymilter.outcome import Action, CheckResult, Disposition, ErrorAction, SmtpReply, Verdict, decide
-from policymilter.pipeline import CheckContext, Pipeline, Stage, error_verdict
-from policymilter.policy.model import CHECK_NAMES, Policy
+from policymilter.pipeline import CheckContext, Stage, error_verdict
+from policymilter.policy.model import CHECK_NAMES
+from policymilter.snapshot import Snapshot
 
 # RFC 3463 4.3.2: system not accepting network messages (we are stopping; the sender retries).
 SHUTTING_DOWN = Verdict(Disposition.TEMPFAIL, SmtpReply("451", "4.3.2", "Mail filter restarting: please try again "
                                                                        "in a minute"),
                         decided_by="milter", reason="shutting down")
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """The policy in force and the pipeline built for it; swapped whole on reload."""
-
-    policy: Policy
-    pipeline: Pipeline
-    files: tuple[str, ...] = ()
-    generation: int = 1
-    resolver: Resolver = field(default_factory=Resolver)
-    resources: Any = None  # what the policy refers to, loaded with it (service.Resources)
 
 
 class Conversation:

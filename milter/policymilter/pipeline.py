@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
@@ -31,6 +31,7 @@ from policymilter.outcome import (
     decide,
 )
 from policymilter.policy.model import Policy
+from policymilter.resources import Resources
 
 F = TypeVar("F", bound=Findings)
 
@@ -61,7 +62,7 @@ class CheckContext:
     # What earlier checks of this transaction found (MAIL stage ones included).
     results: tuple[CheckResult, ...] = ()
     # Loaded with the policy: the sender map, the signing keys.
-    resources: Any = None
+    resources: Resources = field(default_factory=Resources)
 
     def result_of(self, check: str) -> CheckResult | None:
         return next((result for result in self.results if result.check == check), None)

@@ -7,59 +7,18 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from policymilter import keytool, sendermap
-from policymilter.checks import ALWAYS, REGISTRY, build_pipeline, requirement_issues
-
-__all__ = ["ALWAYS", "REGISTRY", "Service", "load_checked", "load_snapshot", "snapshot_for"]
-from policymilter.conversation import Conversation, Snapshot
-from policymilter.dns import Resolver
+from policymilter.checks import ALWAYS, REGISTRY, requirement_issues
+from policymilter.conversation import Conversation
 from policymilter.facts import Session
 from policymilter.logs import LOGGER, SessionLog, WarnOnce, event
-from policymilter.pipeline import Pipeline
 from policymilter.policy import LoadedPolicy, PolicyError, load_policy
-from policymilter.policy.model import Policy, SigningKey
-from policymilter.sendermap import SenderMap
+from policymilter.policy.model import SigningKey
+from policymilter.snapshot import Snapshot, snapshot_for
 
-# domain -> [(key, private key bytes, problem)]; a key that cannot be used keeps its problem,
-# and the signing check applies signing.on_missing_key to it.
-Keys = dict[str, list[tuple[SigningKey, bytes, str]]]
-
-
-@dataclass(frozen=True)
-class Resources:
-    """Files the policy refers to, read when the policy is (re)loaded."""
-
-    senders: SenderMap = field(default_factory=SenderMap)
-    keys: Keys = field(default_factory=dict)
-
-
-def load_keys(policy: Policy) -> Keys:
-    """Every signing key, read as this process's user, which must own it (see load_private_key)."""
-    keys: Keys = {}
-    for domain, entries in policy.signing.keys.items():
-        for key in entries:
-            try:
-                keys.setdefault(domain, []).append((key, keytool.load_private_key(key.key_file, key.algorithm), ""))
-            except keytool.KeyFileError as error:
-                keys.setdefault(domain, []).append((key, b"", str(error)))
-    return keys
-
-
-def load_resources(policy: Policy) -> Resources:
-    senders, issues = sendermap.load(policy)
-    if issues:
-        raise PolicyError(issues)
-    return Resources(senders, load_keys(policy))
-
-
-def snapshot_for(policy: Policy, files: Sequence[str] = (), generation: int = 1,
-                 pipeline: Pipeline | None = None) -> Snapshot:
-    resolver = Resolver(policy.dns.nameservers, policy.dns.timeout, policy.dns.lifetime)
-    return Snapshot(policy, pipeline or build_pipeline(), tuple(files), generation, resolver,
-                    load_resources(policy))
+# The registry and snapshots are re-exported: tests and tools build services from them.
+__all__ = ["ALWAYS", "REGISTRY", "Service", "Snapshot", "load_checked", "load_snapshot", "snapshot_for"]
 
 
 def load_checked(path: str | Path, overrides: Sequence[str] = ()) -> LoadedPolicy:

@@ -20,7 +20,7 @@ def _judge(context: CheckContext, addresses: list[str], what: str) -> CheckResul
     login = context.session.auth_login
     if not login:
         return CheckResult(NAME, Outcome.SKIPPED, reason="not authenticated", detail="anonymous")
-    senders = context.resources.senders if context.resources else sendermap.SenderMap()
+    senders = context.resources.senders
     foreign = [a for a in addresses if not sendermap.owns(context.policy, senders, login, a)]
     if not foreign:
         return CheckResult(NAME, Outcome.PASS, reason=f"{login} owns {', '.join(addresses) or 'the null sender'}",

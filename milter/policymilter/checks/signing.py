@@ -82,7 +82,7 @@ class Signing:
         domain = signing_domain(context, written_by)
         if domain is None:
             return CheckResult(NAME, Outcome.SKIPPED, reason="From is not one of site.domains", detail="not-ours")
-        keys = context.resources.keys.get(domain, []) if context.resources else []
+        keys = context.resources.keys.get(domain, [])
         problems = [problem for _, _, problem in keys if problem]
         usable = [(key, private) for key, private, problem in keys if not problem]
         if not usable or problems:

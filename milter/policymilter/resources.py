@@ -1,0 +1,45 @@
+"""The files a policy refers to, read when it is (re)loaded: the sender map and the signing keys.
+
+Read by the milter's user, at start as at every reload (privileges.py); checks get them from
+their context, typed, and never read a file themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from policymilter import keytool, sendermap
+from policymilter.policy import PolicyError
+from policymilter.policy.model import Policy, SigningKey
+from policymilter.sendermap import SenderMap
+
+# domain -> [(key, private key bytes, problem)]; a key that cannot be used keeps its problem,
+# and the signing check applies signing.on_missing_key to it.
+Keys = dict[str, list[tuple[SigningKey, bytes, str]]]
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Files the policy refers to, read when the policy is (re)loaded."""
+
+    senders: SenderMap = field(default_factory=SenderMap)
+    keys: Keys = field(default_factory=dict)
+
+
+def load_keys(policy: Policy) -> Keys:
+    """Every signing key, read as this process's user, which must own it (see load_private_key)."""
+    keys: Keys = {}
+    for domain, entries in policy.signing.keys.items():
+        for key in entries:
+            try:
+                keys.setdefault(domain, []).append((key, keytool.load_private_key(key.key_file, key.algorithm), ""))
+            except keytool.KeyFileError as error:
+                keys.setdefault(domain, []).append((key, b"", str(error)))
+    return keys
+
+
+def load_resources(policy: Policy) -> Resources:
+    senders, issues = sendermap.load(policy)
+    if issues:
+        raise PolicyError(issues)
+    return Resources(senders, load_keys(policy))
