@@ -173,7 +173,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _print_issues(error)
         print(f"{args.policy}: the policy is not valid; not starting", file=sys.stderr)
         return EXIT_INVALID
-    from policymilter.adapter import serve  # imports pymilter only for the daemon
+    from policymilter.daemon import serve  # imports pymilter only for the daemon
     from policymilter.privileges import resolve_identity
 
     try:

@@ -168,8 +168,21 @@ class Conversation:
 
     # --- failures ---------------------------------------------------------------------------
 
-    def crashed(self, where: str, error: BaseException, *, deferred: bool) -> Verdict:
-        """An unexpected exception outside the checks: log it once, answer the error action."""
+    def crashed(self, where: str, error: BaseException, *, replies: bool, mail_from: str | None = None) -> Verdict:
+        """An unexpected exception in a callback (`where`), outside the checks: log it once, and
+        the listener's error action. A callback that cannot reply keeps it for the next that can;
+        MAIL FROM and end of message log their summary line (an accept at MAIL FROM lets the
+        transaction go on, and its end of message logs it)."""
+        if mail_from is not None and self.envelope is None:
+            self.begin(mail_from)
+        verdict = self._crash_verdict(where, error, deferred=not replies)
+        stage = {"envfrom": Stage.MAIL, "eom": Stage.EOM}.get(where)
+        refused_at_mail = stage is Stage.MAIL and verdict.disposition is not Disposition.CONTINUE
+        if replies and stage is not None and (stage is Stage.EOM or refused_at_mail):
+            return self._finish(verdict, stage)
+        return verdict
+
+    def _crash_verdict(self, where: str, error: BaseException, *, deferred: bool) -> Verdict:
         if deferred and self.failure is not None:
             return self.failure  # this transaction already failed and was logged
         event(self.log, logging.ERROR, "callback_crashed", f"{where} raised {error!r}", exc_info=True,
@@ -197,9 +210,6 @@ class Conversation:
             disposition, reply = error_verdict(ErrorAction.TEMPFAIL)
             return Verdict(disposition, reply, decided_by="milter", reason=f"{verdict.reason}; forged results")
         return replace(verdict, actions=removals)
-
-    def finish_crash(self, verdict: Verdict, stage: str) -> Verdict:
-        return self._finish(verdict, stage)
 
     # --- internals --------------------------------------------------------------------------
 
