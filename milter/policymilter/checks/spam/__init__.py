@@ -7,8 +7,7 @@ arrived with the message are removed first (a sender could forge "No").
 
 from __future__ import annotations
 
-from policymilter import spamd
-from policymilter.clamav import ScannerError
+from policymilter.checks.spam import spamd
 from policymilter.message import Message
 from policymilter.outcome import (
     Action,
@@ -22,6 +21,7 @@ from policymilter.outcome import (
 )
 from policymilter.pipeline import CheckContext, Stage
 from policymilter.policy.model import Spam as SpamPolicy
+from policymilter.scanning import ScannerError
 
 NAME = "spam"
 OUR_HEADERS = ("X-Spam-Status", "X-Spam-Score", "X-Spam-Flag")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from policymilter import clamav
+from policymilter.checks.antivirus import clamd
 from policymilter.outcome import CheckResult, Disposition, Outcome, SmtpReply, reply_safe
 from policymilter.pipeline import CheckContext, Stage
+from policymilter.scanning import ScannerError
 
 NAME = "antivirus"
 RETRY = SmtpReply("451", "4.7.1", "Temporary problem scanning this message for viruses: please try again later")
@@ -27,8 +28,8 @@ class Antivirus:
                 return CheckResult(NAME, Outcome.SKIPPED, Disposition.TEMPFAIL, RETRY, reason=reason, detail="size")
             return CheckResult(NAME, Outcome.SKIPPED, reason=reason, detail="size")
         try:
-            result = clamav.scan(policy.servers, message.iter_raw, policy.timeout)
-        except clamav.ScannerError as error:
+            result = clamd.scan(policy.servers, message.iter_raw, policy.timeout)
+        except ScannerError as error:
             # The pipeline applies the listener's on_error (default tempfail) with this reply.
             return CheckResult(NAME, Outcome.ERROR, reply=RETRY, reason=str(error), detail="clamd")
         if not result.infected:

@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from policymilter.clamav import Deadline, ScannerError, connect, failover, shown
+from policymilter.scanning import Deadline, ScannerError, connect, failover, shown
 
 _NUMBER = r"(-?\d+(?:\.\d+)?)"
 _SPAM_LINE = re.compile(rf"^Spam:\s*(True|False|Yes|No)\s*;\s*{_NUMBER}\s*/\s*{_NUMBER}\s*$",

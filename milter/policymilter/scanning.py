@@ -1,0 +1,74 @@
+"""What the clamd and spamd clients share: one deadline per scan, connecting, failing over.
+
+Each scanner client lives with its check (checks/antivirus/clamd.py, checks/spam/spamd.py);
+this is the plumbing both use, under a neutral name.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class ScannerError(Exception):
+    """A scanner could not give an answer (unreachable, timed out, protocol or size error)."""
+
+
+class Deadline:
+    """One time limit for a whole scan: a server that trickles bytes cannot stretch it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+
+    def arm(self, sock: socket.socket) -> None:
+        """Give the next socket call only the time that is left."""
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise ScannerError("scan time limit reached")
+        sock.settimeout(left)
+
+
+def connect(endpoint: str, timeout: float) -> socket.socket:
+    """`unix:/path` or `HOST:PORT` (IPv6 as `[::1]:PORT`)."""
+    if endpoint.startswith("unix:"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        address: str | tuple[str, int] = endpoint[5:]
+    else:
+        host, _, port = endpoint.rpartition(":")
+        host = host.strip("[]")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        address = (host, int(port))
+    sock.settimeout(timeout)
+    try:
+        sock.connect(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def shown(text: str, limit: int = 200) -> str:
+    """A server's words, fit for a log line."""
+    return "".join(char if char.isprintable() else "?" for char in text)[:limit]
+
+
+def failover(endpoints: Sequence[str], timeout: float, attempt: Callable[[str, float], T], what: str) -> T:
+    """The first endpoint's answer that comes, trying them in order, all within one `timeout`
+    (Postfix gives up on the milter after milter_content_timeout)."""
+    errors = []
+    overall = Deadline(timeout)
+    for endpoint in endpoints:
+        left = overall.end - time.monotonic()
+        if left <= 0:
+            errors.append("scan time limit reached")
+            break
+        try:
+            return attempt(endpoint, left)
+        except (OSError, ScannerError) as error:  # unreachable or broken: the next one may answer
+            errors.append(f"{endpoint}: {error}")
+    raise ScannerError("; ".join(errors) or f"no {what} server configured")
