@@ -26,14 +26,14 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import dkim
+from tests import authkit
+from tests.conftest import DEFAULT_POLICY
+from tests.zonefake import ZoneResolver
 
 from policymilter.cli import explain
 from policymilter.facts import Session
 from policymilter.listeners import door_by_name
 from policymilter.service import load_snapshot
-from tests import authkit
-from tests.conftest import DEFAULT_POLICY
-from tests.zonefake import ZoneResolver
 
 AUTHSERV_ID = "mx.example.test"
 CLIENT = "192.0.2.25"

@@ -22,7 +22,7 @@ from pathlib import Path
 from tests.integration.dns_server import DnsServer, Zone
 from tests.integration.stack import MailStack, unverified_tls_context
 
-from policymilter import keytool
+from policymilter import signing_keys
 
 REPO = Path(__file__).resolve().parent.parent
 BODY = ("x" * 76 + "\r\n") * 64  # ~5 KB
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         # measured by benchmarks/content_scan.py.
         # Submission signs with an RSA-2048 key (dkimpy, pure Python: the largest cost there).
         key_file = Path(root) / "keys" / "example.org.bench.key"
-        keytool.write_key_file(key_file, keytool.generate_private_key(keytool.KeyType.RSA, 2048))
+        signing_keys.write_key_file(key_file, signing_keys.generate_private_key(signing_keys.KeyType.RSA, 2048))
         milter.start_milter([sys.executable, "-m", "policymilter", "run", "--policy", str(REPO / "policies"),
                              "--socket", f"unix:{milter.milter_socket}", "--log-level", "warning",
                              "-o", f'dns.nameservers=["{dns_server.nameserver}"]',

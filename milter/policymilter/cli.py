@@ -329,35 +329,35 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_dkim_keygen(args: argparse.Namespace) -> int:
-    from policymilter import keytool
+    from policymilter import publish, signing_keys
 
-    kind = keytool.KeyType(args.key_type)
+    kind = signing_keys.KeyType(args.key_type)
     try:
-        domain = keytool.valid_domain(args.domain)
-        selector = keytool.valid_selector(args.selector, domain)
-        bits = keytool.rsa_bits(kind, args.bits)
+        domain = signing_keys.valid_domain(args.domain)
+        selector = signing_keys.valid_selector(args.selector, domain)
+        bits = signing_keys.rsa_bits(kind, args.bits)
     except ValueError as error:
         print(f"dkim-keygen: {error}", file=sys.stderr)
         return EXIT_INVALID
-    key_file = Path(args.out).absolute() / keytool.key_file_name(domain, selector)
+    key_file = Path(args.out).absolute() / signing_keys.key_file_name(domain, selector)
     replaced = key_file.exists() or key_file.is_symlink()
     if replaced and not args.force:
         print(f"dkim-keygen: {key_file} exists; not replacing it, as DNS may publish its record. To rotate "
               "keys use a new --selector; to replace this key anyway, --force", file=sys.stderr)
         return 1
-    private = keytool.generate_private_key(kind, bits)
+    private = signing_keys.generate_private_key(kind, bits)
     try:
-        keytool.write_key_file(key_file, private, force=args.force)
+        signing_keys.write_key_file(key_file, private, force=args.force)
     except OSError as error:
         print(f"dkim-keygen: cannot write {key_file}: {error.strerror or error}", file=sys.stderr)
         return 1
-    print(keytool.txt_line(keytool.dkim_owner(selector, domain), keytool.public_record(private, kind.algorithm)))
-    print(keytool.next_steps(domain, selector, key_file, kind, replaced), file=sys.stderr)
+    print(publish.txt_line(publish.dkim_owner(selector, domain), signing_keys.public_record(private, kind.algorithm)))
+    print(signing_keys.next_steps(domain, selector, key_file, kind, replaced), file=sys.stderr)
     return 0
 
 
 def cmd_dns_records(args: argparse.Namespace) -> int:
-    from policymilter import keytool
+    from policymilter import publish
 
     # Read as whoever runs it (root reads any key: only the public half is printed), but a key
     # is judged against the milter's user, who must own it for the milter to sign with it.
@@ -373,7 +373,7 @@ def cmd_dns_records(args: argparse.Namespace) -> int:
     if not policy.site.domains:
         print(f"dns-records: {args.policy}: site.domains is empty; there is nothing to publish", file=sys.stderr)
         return EXIT_INVALID
-    zone = keytool.zone_text(policy, str(args.policy), key_owner=identity.uid)
+    zone = publish.zone_text(policy, str(args.policy), key_owner=identity.uid)
     sys.stdout.write(zone.text)
     if zone.problems:
         print(f"dns-records: {len(zone.problems)} DKIM record(s) missing; see the ; lines:", file=sys.stderr)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from policymilter import keytool, sendermap
+from policymilter import sendermap, signing_keys
 from policymilter.policy import PolicyError
 from policymilter.policy.model import Policy, SigningKey
 from policymilter.sendermap import SenderMap
@@ -32,9 +32,11 @@ def load_keys(policy: Policy) -> Keys:
     for domain, entries in policy.signing.keys.items():
         for key in entries:
             try:
-                keys.setdefault(domain, []).append((key, keytool.load_private_key(key.key_file, key.algorithm), ""))
-            except keytool.KeyFileError as error:
+                private = signing_keys.load_private_key(key.key_file, key.algorithm)
+            except signing_keys.KeyFileError as error:
                 keys.setdefault(domain, []).append((key, b"", str(error)))
+            else:
+                keys.setdefault(domain, []).append((key, private, ""))
     return keys
 
 

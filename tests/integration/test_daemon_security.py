@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from policymilter import keytool
+from policymilter import signing_keys
 from tests.conftest import DEFAULT_POLICY, OFFLINE
 from tests.integration.stack import MailStack, transaction, unverified_tls_context
 
@@ -65,7 +65,7 @@ class World:
 
     def key(self, name: str, owner: pwd.struct_passwd, directory: Path | None = None) -> Path:
         path = (directory or self.directory / "keys") / name
-        keytool.write_key_file(path, keytool.generate_private_key(keytool.KeyType.RSA))
+        signing_keys.write_key_file(path, signing_keys.generate_private_key(signing_keys.KeyType.RSA))
         return give(path, owner)
 
     def write_policy(self, keys: dict[str, Path]) -> Path:

@@ -33,7 +33,7 @@ from policymilter.policy import load_policy
 from policymilter.policy.model import Policy
 from tests import authkit
 from tests.conftest import DEFAULT_POLICY, OFFLINE
-from tests.unit.test_dmarc_policy import FakeResolver
+from tests.unit.test_dmarc_evaluate import FakeResolver
 
 
 @dataclass(frozen=True)

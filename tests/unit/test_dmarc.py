@@ -1,6 +1,6 @@
 """dmarc (the check): which author domain is judged, and what a bad From gets.
 
-The evaluation itself is tested in test_dmarc_policy.py; here, on an in-memory zone, the
+The evaluation itself is tested in test_dmarc_evaluate.py; here, on an in-memory zone, the
 tricks that made the check judge a domain other than the one a mail client shows.
 """
 

@@ -68,7 +68,7 @@ def test_a_mismatch_names_the_address_and_the_login(tmp_path):
 
 def test_an_ambiguous_from_is_refused_and_never_signed(tmp_path):
     key = tmp_path / "k.key"
-    from policymilter.keytool import KeyType, generate_private_key, write_key_file
+    from policymilter.signing_keys import KeyType, generate_private_key, write_key_file
 
     write_key_file(key, generate_private_key(KeyType.ED25519))
     result = report(tmp_path, "alice", "alice@example.org", "alice@example.org <ceo@example.org>",

@@ -12,9 +12,9 @@ from pathlib import Path
 import dkim
 import pytest
 
-from policymilter import keytool
+from policymilter import signing_keys
+from policymilter.checks.signing.sign import signed_headers
 from policymilter.cli import explain
-from policymilter.dkimsign import signed_headers
 from policymilter.facts import Session
 from policymilter.listeners import door_by_name
 from policymilter.service import load_snapshot
@@ -28,8 +28,8 @@ RAW = (b"From: Alice <alice@example.org>\r\nTo: bob@elsewhere.test\r\nSubject: i
 def sign(tmp_path: Path, raw: bytes = RAW) -> tuple[bytes, ZoneResolver]:
     """The message as it leaves: our DKIM-Signature on top; and the zone with our key."""
     key = tmp_path / "example.org.s1.key"
-    private = keytool.generate_private_key(keytool.KeyType.RSA, 2048)
-    keytool.write_key_file(key, private)
+    private = signing_keys.generate_private_key(signing_keys.KeyType.RSA, 2048)
+    signing_keys.write_key_file(key, private)
     snapshot = load_snapshot(DEFAULT_POLICY, [*OFFLINE, 'site.domains=["example.org"]',
                                               f'signing.keys={{"example.org" = [{{selector = "s1", '
                                               f'key_file = "{key}"}}]}}'])
@@ -39,7 +39,7 @@ def sign(tmp_path: Path, raw: bytes = RAW) -> tuple[bytes, ZoneResolver]:
                      ["bob@elsewhere.test"])
     [value] = [h["value"] for h in report["headers_added"] if h["name"] == "DKIM-Signature"]
     signature = b"DKIM-Signature: " + value.replace("\n", "\r\n").encode() + b"\r\n"
-    zone = ZoneResolver().txt_record("s1._domainkey.example.org", keytool.public_record(private, "rsa-sha256"))
+    zone = ZoneResolver().txt_record("s1._domainkey.example.org", signing_keys.public_record(private, "rsa-sha256"))
     return signature + raw, zone
 
 

@@ -24,8 +24,8 @@ from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizatio
 from dkim.crypto import HASH_ALGORITHMS
 
 from policymilter.author import Author
-from policymilter.dmarc_policy import organizational_domain
 from policymilter.dns import Budget, DnsError, Resolver
+from policymilter.domains import organizational_domain
 from policymilter.message import Message
 from policymilter.outcome import CheckResult, Findings, Outcome
 from policymilter.pipeline import CheckContext, Stage

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import pytest
 
-from policymilter.dmarc_policy import (
+from policymilter.checks.dmarc.evaluate import (
     Alignment,
     DkimIdentity,
     SpfIdentity,

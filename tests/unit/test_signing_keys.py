@@ -18,7 +18,8 @@ import dns.zone
 import pytest
 
 from policymilter.cli import main
-from policymilter.keytool import KeyFileError, load_private_key, public_record, txt_line, txt_strings
+from policymilter.publish import txt_line, txt_strings
+from policymilter.signing_keys import KeyFileError, load_private_key, public_record
 from tests.authkit import SIGNED_HEADERS, message
 from tests.conftest import DEFAULT_POLICY
 

@@ -15,17 +15,10 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Literal, Protocol, TypeVar
 
-from publicsuffixlist import PublicSuffixList
-
 from policymilter import domains
 from policymilter.dns import Budget, DnsError
 from policymilter.outcome import Findings
 
-# The one global: loaded once at import (~40 ms, offline), read-only afterwards, so libmilter's
-# worker threads share it safely.
-_PSL = PublicSuffixList()
-
-_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 _TAG_NAME = re.compile(r"[a-z]+")
 # RFC 7489 §6.4 dmarc-uri: a URI, optionally followed by the obsolete "!size" limit.
 _URI = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*:[^\s,!]+)(![0-9]+[kmgtKMGT]?)?")
@@ -118,16 +111,8 @@ def normalize_domain(domain: str) -> str:
     return domains.normalize(domain)
 
 
-def _valid_domain(name: str) -> bool:
-    return 0 < len(name) <= 253 and all(_LABEL.fullmatch(label) for label in name.split("."))
-
-
-def organizational_domain(domain: str) -> str:
-    """RFC 7489 §3.2 via the PSL: a public suffix, or a name under none, is its own."""
-    name = normalize_domain(domain)
-    if not _valid_domain(name):
-        return name
-    return _PSL.privatesuffix(name) or name
+_valid_domain = domains.valid_ldh
+organizational_domain = domains.organizational_domain  # the checks' and dns-records' one PSL reading
 
 
 def aligned(from_domain: str, auth_domain: str, mode: Alignment | str) -> bool:

@@ -1,6 +1,6 @@
 """dmarc: evaluate the RFC5322.From domain's DMARC policy against SPF, DKIM and ARC, and enforce it.
 
-The evaluation itself is `dmarc_policy`; this check turns its result into what the site wants:
+The evaluation itself is `checks/dmarc/evaluate.py`; this check turns its result into what the site wants:
 the policy's `on_reject`/`on_quarantine`, local exceptions (never-reject domains, trusted
 forwarders, trusted ARC sealers), spoofing of our own domains, and DNS trouble.
 """
@@ -14,10 +14,10 @@ from dataclasses import dataclass, replace
 import authres
 import authres.dmarc
 
-from policymilter import dmarc_policy as dp
 from policymilter.author import BadFrom
 from policymilter.checks.arc import Chain
 from policymilter.checks.dkim import DkimFindings
+from policymilter.checks.dmarc import evaluate as dp
 from policymilter.checks.spf import SpfFindings
 from policymilter.outcome import CheckResult, Disposition, ErrorAction, Outcome, SmtpReply, reply_safe
 from policymilter.pipeline import CheckContext, Missing, Stage

@@ -7,8 +7,8 @@ log line naming the domain): the site asked for signing, so unsigned mail never 
 
 from __future__ import annotations
 
-from policymilter import dkimsign
 from policymilter.author import Author, BadFrom
+from policymilter.checks.signing import sign
 from policymilter.message import Message
 from policymilter.outcome import (
     Action,
@@ -98,7 +98,7 @@ class Signing:
                         + b"\r\n" for name, value in final_headers(message, earlier))
         raw = head + b"\r\n" + message.body_bytes()
         actions = tuple(
-            AddHeader("DKIM-Signature", dkimsign.sign(raw, domain, key.selector, private, key.algorithm,
+            AddHeader("DKIM-Signature", sign.sign(raw, domain, key.selector, private, key.algorithm,
                                                       context.policy.signing.canonicalization))
             for key, private in usable)
         selectors = ",".join(key.selector for key, _ in usable)
