@@ -20,7 +20,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from policymilter import readable
+from policymilter import readable, safetext
 from policymilter.domains import DomainError, ascii_lower, to_ascii
 
 _REGISTRY = email.policy.default.header_factory
@@ -186,4 +186,4 @@ def _comparable(address: str) -> str:
 
 
 def _shown(text: str) -> str:
-    return ascii(text)[1:-1][:80]
+    return safetext.for_log(text, 80)

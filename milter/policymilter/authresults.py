@@ -13,7 +13,7 @@ from typing import Any
 
 import authres
 
-from policymilter import readable
+from policymilter import readable, safetext
 from policymilter.facts import Session
 from policymilter.message import Message
 from policymilter.outcome import AddHeader, RemoveHeader
@@ -27,7 +27,6 @@ _ID_TOKEN = re.compile(r'[^\s;()"\\]+')
 # Anything else (attacker text that would need quoting, 8-bit bytes) is left out, so the
 # header always parses and stays ASCII.
 _PROPERTY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+=:/-]{0,252}", re.ASCII)
-_COMMENT_UNSAFE = re.compile(r'[^ -~]|[()\\"]', re.ASCII)
 # Longer than any Authentication-Results a real server writes: not worth reading closely.
 MAX_PARSED_LENGTH = 8192
 MAX_COMMENT_NESTING = 10
@@ -118,7 +117,7 @@ def _clean(entry: Any) -> Any:
         text = getattr(entry, attribute, None)
         if text:
             # authres keeps these as its own str subclasses (they know how to quote themselves)
-            setattr(entry, attribute, type(text)(_COMMENT_UNSAFE.sub("?", str(text))[:200]))
+            setattr(entry, attribute, type(text)(safetext.for_header(str(text))))
     return entry
 
 

@@ -71,10 +71,6 @@ class SmtpReply:
         return " ".join(part for part in (self.code, self.xcode, self.text) if part)
 
 
-def reply_safe(text: str, limit: int = 120) -> str:
-    """Text from a message or a remote server, fit for an SMTP reply: printable ASCII, bounded."""
-    return "".join(char if char.isprintable() and char.isascii() else "?" for char in text)[:limit]
-
 
 TEMPFAIL_ERROR = SmtpReply("451", "4.3.0", "Temporary local problem checking this message: please try again later")
 REJECT_ERROR = SmtpReply("550", "5.3.0", "This message could not be checked and is refused by local policy")

@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from policymilter import safetext
+
 T = TypeVar("T")
 
 
@@ -54,7 +56,7 @@ def connect(endpoint: str, timeout: float) -> socket.socket:
 
 def shown(text: str, limit: int = 200) -> str:
     """A server's words, fit for a log line."""
-    return "".join(char if char.isprintable() else "?" for char in text)[:limit]
+    return safetext.for_log(text, limit)
 
 
 def failover(endpoints: Sequence[str], timeout: float, attempt: Callable[[str, float], T], what: str) -> T:

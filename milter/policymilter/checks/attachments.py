@@ -39,7 +39,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from policymilter import mimewalk
+from policymilter import mimewalk, safetext
 from policymilter.filenames import INVISIBLE_PLANES, extension, normalise_name  # noqa: F401  (re-exported)
 from policymilter.message import Message
 from policymilter.outcome import CheckResult, Disposition, Findings, Outcome, SmtpReply
@@ -229,9 +229,8 @@ def scan_message(message: Message, limits: Limits) -> Scan:
 
 
 def printable(text: str, limit: int = REPLY_NAME_LENGTH) -> str:
-    """Text from the message made safe for an SMTP reply: printable ASCII, no quotes, short."""
-    safe = "".join(char if " " <= char <= "~" and char not in '"\\' else "?" for char in text)
-    return safe if len(safe) <= limit else safe[: limit - 3] + "..."
+    """A file name or path in our reply, between quotes: no quotes or backslashes in it, short."""
+    return safetext.for_reply(text, limit, forbid='"\\', shorten=True)
 
 
 def submission_port(policy: Policy) -> int | None:

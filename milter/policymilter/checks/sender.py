@@ -7,9 +7,9 @@ message. A mismatch is refused naming the address and the login (or only logged)
 
 from __future__ import annotations
 
-from policymilter import sendermap
+from policymilter import safetext, sendermap
 from policymilter.author import BadFrom, parse_from
-from policymilter.outcome import CheckResult, Disposition, Outcome, SmtpReply, reply_safe
+from policymilter.outcome import CheckResult, Disposition, Outcome, SmtpReply
 from policymilter.pipeline import CheckContext, Stage
 
 NAME = "sender"
@@ -29,7 +29,7 @@ def _judge(context: CheckContext, addresses: list[str], what: str) -> CheckResul
     reason = f"login {login} may not use {what} {address}"
     if context.policy.sender.on_mismatch == "log":
         return CheckResult(NAME, Outcome.FAIL, reason=reason + " (logged only)", detail=f"{what}-mismatch")
-    shown = reply_safe(address)
+    shown = safetext.for_reply(address)
     reply = SmtpReply("550", "5.7.1", f"You are logged in as {login}, which may not send as {shown}: use one of "
                                       "your own addresses, or ask the postmaster to add this one to your account")
     return CheckResult(NAME, Outcome.FAIL, Disposition.REJECT, reply, reason=reason, detail=f"{what}-mismatch")
@@ -78,6 +78,7 @@ def _bad_from(context: CheckContext, bad: BadFrom) -> CheckResult:
     reason = f"login {login}: {bad.reason}"
     if context.policy.sender.on_mismatch == "log":
         return CheckResult(NAME, Outcome.FAIL, reason=reason + " (logged only)", detail=f"from-{bad.detail}")
-    reply = SmtpReply("550", "5.7.1", f"Your message's From header is not acceptable ({reply_safe(bad.reason, 140)}): "
+    shown = safetext.for_reply(bad.reason, 140)
+    reply = SmtpReply("550", "5.7.1", f"Your message's From header is not acceptable ({shown}): "
                                       "write exactly one From address, one of your own")
     return CheckResult(NAME, Outcome.FAIL, Disposition.REJECT, reply, reason=reason, detail=f"from-{bad.detail}")

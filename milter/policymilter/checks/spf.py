@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import authres
 import spf as pyspf
 
-from policymilter import domains
+from policymilter import domains, safetext
 from policymilter.dns import Budget, Resolver, for_pyspf
-from policymilter.outcome import CheckResult, Disposition, Findings, Outcome, SmtpReply, reply_safe
+from policymilter.outcome import CheckResult, Disposition, Findings, Outcome, SmtpReply
 from policymilter.pipeline import CheckContext, Stage
 
 NAME = "spf"
@@ -111,7 +111,7 @@ class Spf:
             disposition = Disposition.REJECT
             # RFC 7372 §3.2: 5.7.23 SPF validation failed
             # The domain's exp= text goes into our reply: printable ASCII, bounded.
-            explanation = reply_safe(main.explanation, 160) or "see its SPF record"
+            explanation = safetext.for_reply(main.explanation, 160) or "see its SPF record"
             reply = SmtpReply("550", "5.7.23", f"SPF check failed: {main.domain} does not allow {ip} to send "
                                                f"its mail ({explanation})")
         reason = f"{main.identity} {main.domain}: {main.result}"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from policymilter import safetext
 from policymilter.checks.antivirus import clamd
-from policymilter.outcome import CheckResult, Disposition, Outcome, SmtpReply, reply_safe
+from policymilter.outcome import CheckResult, Disposition, Outcome, SmtpReply
 from policymilter.pipeline import CheckContext, Stage
 from policymilter.scanning import ScannerError
 
@@ -34,7 +35,7 @@ class Antivirus:
             return CheckResult(NAME, Outcome.ERROR, reply=RETRY, reason=str(error), detail="clamd")
         if not result.infected:
             return CheckResult(NAME, Outcome.CLEAN, reason=f"scanned by {result.server}")
-        signature = reply_safe(result.signature)
+        signature = safetext.for_reply(result.signature)
         reason = f"virus {signature} found by {result.server}"
         match policy.on_infected:
             case "quarantine":

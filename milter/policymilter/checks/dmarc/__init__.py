@@ -14,12 +14,13 @@ from dataclasses import dataclass, replace
 import authres
 import authres.dmarc
 
+from policymilter import safetext
 from policymilter.author import BadFrom
 from policymilter.checks.arc import Chain
 from policymilter.checks.dkim import DkimFindings
 from policymilter.checks.dmarc import evaluate as dp
 from policymilter.checks.spf import SpfFindings
-from policymilter.outcome import CheckResult, Disposition, ErrorAction, Outcome, SmtpReply, reply_safe
+from policymilter.outcome import CheckResult, Disposition, ErrorAction, Outcome, SmtpReply
 from policymilter.pipeline import CheckContext, Missing, Stage
 
 NAME = "dmarc"
@@ -189,8 +190,9 @@ class Dmarc:
         entry = authres.dmarc.DMARCAuthenticationResult(result="permerror", result_comment=f"bad From: {bad.detail}")
         if context.policy.dmarc.on_bad_from == "accept":
             return CheckResult(NAME, Outcome.PERMERROR, reason=reason, detail=f"from-{bad.detail}", authres=(entry,))
+        shown = safetext.for_reply(bad.reason, 160)
         return CheckResult(NAME, Outcome.PERMERROR, Disposition.REJECT,
-                           SmtpReply("550", "5.7.1", f"Message refused: {reply_safe(bad.reason, 160)}; a message "
+                           SmtpReply("550", "5.7.1", f"Message refused: {shown}; a message "
                                                      "must have exactly one From address, written so that every "
                                                      "reader sees the same one (RFC 5322 section 3.6.2)"),
                            reason=reason, detail=f"from-{bad.detail}", authres=(entry,))
