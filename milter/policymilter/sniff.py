@@ -20,7 +20,7 @@ import filetype
 # they need.
 SIGNATURE_BYTES = 4096
 # Kinds the walk establishes from a container's structure rather than from a file's first
-# bytes (mimewalk.File.kinds).
+# bytes (checks/attachments/walk.py: File.kinds).
 STRUCTURAL_KINDS = ("macro",)
 
 _MACHO_THIN = {b"\xfe\xed\xfa\xce": ">", b"\xce\xfa\xed\xfe": "<", b"\xfe\xed\xfa\xcf": ">", b"\xcf\xfa\xed\xfe": "<"}

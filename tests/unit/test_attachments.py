@@ -26,9 +26,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policymilter import mimewalk, ziplayout
 from policymilter.checks import attachments
-from policymilter.checks.attachments import Attachments, Rule
+from policymilter.checks.attachments import Attachments, Rule, archives, mimeparts, ziplayout
+from policymilter.checks.attachments.names import decode_words
 from policymilter.facts import Envelope, Session
 from policymilter.listeners import door_by_name
 from policymilter.message import Message
@@ -948,8 +948,8 @@ def test_walk_sees_the_parts_the_stdlib_sees(case):
     raw = case.build()
     head, _, body = raw.partition(b"\r\n\r\n")
     ours = [(entity.number, entity.content_type, entity.names)
-            for entity in mimewalk.walk(head + b"\r\n", body, max_depth=100, max_parts=10_000)
-            if isinstance(entity, mimewalk.Entity) and entity.body is not None]
+            for entity in mimeparts.walk(head + b"\r\n", body, max_depth=100, max_parts=10_000)
+            if isinstance(entity, mimeparts.Entity) and entity.body is not None]
     parsed = email.message_from_bytes(raw, policy=email.policy.compat32)
     leaves = [part for part in parsed.walk() if not part.is_multipart()]
     assert [content_type for _, content_type, _ in ours] == [
@@ -957,14 +957,14 @@ def test_walk_sees_the_parts_the_stdlib_sees(case):
     theirs = [part.get_filename() for part in leaves]
     for (_, _, names), their in zip(ours, theirs, strict=True):
         if their is None or "\ufffd" not in their:  # compat32 turns raw 8-bit bytes into U+FFFD; we decode them
-            decoded = mimewalk.decode_words(their) if their and "=?" in their else their
+            decoded = decode_words(their) if their and "=?" in their else their
             assert (names[0].strip() if names else None) == decoded
 
 
 def test_walk_decodes_each_part_like_the_stdlib():
     raw = with_attachment(attachment(corpus.pe(), "a.bin"))
     head, _, body = raw.partition(b"\r\n\r\n")
-    ours = [bytes(e.body) for e in mimewalk.walk(head + b"\r\n", body, 10, 100) if getattr(e, "body", None)]
+    ours = [bytes(e.body) for e in mimeparts.walk(head + b"\r\n", body, 10, 100) if getattr(e, "body", None)]
     theirs = [p.get_payload(decode=True) for p in email.message_from_bytes(raw).walk() if not p.is_multipart()]
     assert ours == theirs
 
@@ -981,8 +981,8 @@ def test_walk_decodes_each_part_like_the_stdlib():
 ])
 def test_multipart_bodies_split_like_the_stdlib(body):
     header = b"Content-Type: multipart/mixed; boundary=b\r\n"
-    ours = [bytes(e.body) for e in mimewalk.walk(header, body, 10, 100)
-            if isinstance(e, mimewalk.Entity) and e.body is not None]
+    ours = [bytes(e.body) for e in mimeparts.walk(header, body, 10, 100)
+            if isinstance(e, mimeparts.Entity) and e.body is not None]
     parsed = email.message_from_bytes(header + b"\r\n" + body, policy=email.policy.compat32)
     theirs = [part.get_payload(decode=True) for part in parsed.walk() if not part.is_multipart()]
     assert ours == theirs
@@ -1155,7 +1155,7 @@ def test_nested_xz_streams_share_one_decompressor_memory_budget(tmp_path):
                                             tmp_path)
     print(f"\nnested xz, 8 levels: address space +{grown / 2**20:.0f} MiB: {findings}")
     assert "need over 128 MiB" in findings
-    assert grown < mimewalk.MAX_DECOMPRESSOR_MEMORY + 64 * 2**20
+    assert grown < archives.MAX_DECOMPRESSOR_MEMORY + 64 * 2**20
 
 
 def test_one_xz_stream_with_a_big_dictionary_is_inspected(tmp_path):

@@ -1,6 +1,6 @@
 """attachments: refuse executables anywhere in the message, by name and by content, at end of message.
 
-Every file the walk finds (mimewalk.files: MIME parts at any depth, message/* and the content
+Every file the walk finds (walk.py's files(): MIME parts at any depth, message/* and the content
 of opaque-signed S/MIME included, in every decoding a client may make; zip, tar,
 gzip/bzip2/xz/lzma members, TNEF and Outlook .msg attachments, nested; uuencoded blocks in
 text parts) is blocked when
@@ -39,8 +39,9 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from policymilter import mimewalk, safetext
-from policymilter.filenames import INVISIBLE_PLANES, extension, normalise_name  # noqa: F401  (re-exported)
+from policymilter import safetext
+from policymilter.checks.attachments.names import INVISIBLE_PLANES, extension, normalise_name  # noqa: F401  (re-exported)
+from policymilter.checks.attachments.walk import File, Unreadable, WalkLimits, files
 from policymilter.message import Message
 from policymilter.outcome import CheckResult, Disposition, Findings, Outcome, SmtpReply
 from policymilter.pipeline import CheckContext, Stage
@@ -68,7 +69,7 @@ EXECUTABLE_KINDS = {
     "macro": "an Office document with macros (VBA)",
 }
 # Kinds the walk establishes from a container's structure rather than from a file's first
-# bytes (mimewalk.File.kinds).
+# bytes (walk.py: File.kinds).
 
 
 class Rule(StrEnum):
@@ -109,14 +110,14 @@ class Finding:
 class Limits:
     blocked_extensions: frozenset[str]
     blocked_content: frozenset[str] = frozenset(AttachmentsTable().blocked_content)
-    walk: mimewalk.WalkLimits = field(default_factory=mimewalk.WalkLimits)
+    walk: WalkLimits = field(default_factory=WalkLimits)
 
     @classmethod
     def from_policy(cls, table: AttachmentsTable) -> Limits:
         return cls(
             blocked_extensions=frozenset(table.blocked_extensions),
             blocked_content=frozenset(table.blocked_content),
-            walk=mimewalk.WalkLimits(
+            walk=WalkLimits(
                 max_depth=table.max_depth,
                 max_parts=table.max_parts,
                 max_members=table.max_archive_members,
@@ -176,7 +177,7 @@ def name_rule(name: str, blocked: Iterable[str]) -> tuple[Rule, str] | None:
 # --- the scan --------------------------------------------------------------------------------
 
 
-def judge(file: mimewalk.File, limits: Limits) -> Finding | None:
+def judge(file: File, limits: Limits) -> Finding | None:
     """Why one file is blocked, or None."""
     for kind in file.kinds:
         if kind in limits.blocked_content:
@@ -201,9 +202,9 @@ def find_executables(header: bytes, body: bytes, limits: Limits) -> Scan:
     """
     findings: list[Finding] = []
     inspected = 0
-    with closing(mimewalk.files(header, body, limits.walk)) as items:
+    with closing(files(header, body, limits.walk)) as items:
         for item in items:
-            if isinstance(item, mimewalk.Unreadable):
+            if isinstance(item, Unreadable):
                 attachment = item.attachment if item.attachment != item.name else ""
                 findings.append(Finding(item.name, Rule.UNINSPECTABLE, item.reason, item.path, attachment, item.error))
                 if len(findings) >= MAX_FINDINGS:
@@ -215,7 +216,7 @@ def find_executables(header: bytes, body: bytes, limits: Limits) -> Scan:
                 findings.append(finding)
                 break
             # Let the content go before the walk makes the next (a file's other decodings are
-            # each as large as the file: mimewalk.base64_readings).
+            # each as large as the file: base64_decoding.base64_readings).
             del item
     return Scan(tuple(findings), inspected)
 

@@ -28,7 +28,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import IO
 
-from policymilter import containers
+from policymilter.checks.attachments import containers
 
 # Code pages extractors use for names without the UTF-8 flag: cp437 (APPNOTE appendix D, and
 # zipfile), UTF-8 (Info-ZIP on Unix, macOS, 7-Zip when it decodes), the OEM and ANSI pages

@@ -22,7 +22,7 @@ import re
 
 from asn1crypto import cms
 
-from policymilter.filenames import TRAILING, extension, normalise_name
+from policymilter.checks.attachments.names import TRAILING, extension, normalise_name
 
 # What hostile input makes asn1crypto raise: ValueError for malformed encodings (lengths past
 # the data, bad tags), TypeError and OverflowError for absurd values.
