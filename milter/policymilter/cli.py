@@ -16,7 +16,7 @@ from policymilter import __version__
 from policymilter.author import Author
 from policymilter.conversation import Conversation
 from policymilter.facts import Session
-from policymilter.listeners import UNKNOWN_LISTENER, Door, door_by_name
+from policymilter.listeners import UNKNOWN_LISTENER, ListenerMatch, listener_by_name
 from policymilter.logs import setup_logging
 from policymilter.message import Message
 from policymilter.outcome import AddHeader, ChangeHeader, Disposition, RemoveHeader, Verdict
@@ -226,11 +226,11 @@ def explain_session(snapshot: Snapshot, args: argparse.Namespace) -> Session:
     )
 
 
-def explain(snapshot: Snapshot, session: Session, door: Door, raw: bytes, mail_from: str | None,
+def explain(snapshot: Snapshot, session: Session, listener: ListenerMatch, raw: bytes, mail_from: str | None,
             rcpts: Sequence[str]) -> dict[str, Any]:
     """Feed one message through a Conversation as Postfix would; describe what happened."""
     message = Message.from_bytes(raw)
-    conversation = Conversation(snapshot, session, door=door)
+    conversation = Conversation(snapshot, session, listener=listener)
     conversation.connected()
     written_by = message.author()
     # The envelope sender defaults to the author the checks judge (none for a bad From).
@@ -263,8 +263,8 @@ def describe(conversation: Conversation, verdict: Verdict, stage: str) -> dict[s
         "stage": stage,
         "decided_by": verdict.decided_by or None,
         "reason": verdict.reason or None,
-        "listener": conversation.door.name,
-        "matched_by": str(conversation.door.matched_by),
+        "listener": conversation.listener.name,
+        "matched_by": str(conversation.listener.matched_by),
         "checks": [
             {
                 "check": result.check,
@@ -319,7 +319,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as error:
         print(f"explain: {error}", file=sys.stderr)
         return EXIT_INVALID
-    report = explain(snapshot, session, door_by_name(snapshot.policy, args.listener), raw, args.mail_from,
+    report = explain(snapshot, session, listener_by_name(snapshot.policy, args.listener), raw, args.mail_from,
                      args.rcpt)
     if args.json:
         print(json.dumps(report, indent=2))

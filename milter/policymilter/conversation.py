@@ -14,7 +14,7 @@ from typing import Any
 
 from policymilter import authresults, listeners
 from policymilter.facts import MACRO_SOURCES, Envelope, Session, strip_brackets
-from policymilter.listeners import Door
+from policymilter.listeners import ListenerMatch
 from policymilter.logs import SUMMARY_KEYS, SUMMARY_TAIL, SessionLog, WarnOnce, event
 from policymilter.message import Message
 from policymilter.outcome import Action, CheckResult, Disposition, ErrorAction, SmtpReply, Verdict, decide
@@ -32,13 +32,13 @@ class Conversation:
     """Policy state of one SMTP session (one per connection, one thread at a time)."""
 
     def __init__(self, snapshot: Snapshot, session: Session, warn_once: WarnOnce | None = None,
-                 log: SessionLog | None = None, door: Door | None = None) -> None:
+                 log: SessionLog | None = None, listener: ListenerMatch | None = None) -> None:
         # The connection keeps the policy it started with, even across a reload.
         self.snapshot = snapshot
         self.session = session
         self.log = log or SessionLog(session.conn_id)
         self.warn_once = warn_once or WarnOnce()
-        self.door: Door = door or listeners.resolve(snapshot.policy, session)
+        self.listener: ListenerMatch = listener or listeners.resolve(snapshot.policy, session)
         self.envelope: Envelope | None = None
         self.message: Message | None = None
         self.results: list[CheckResult] = []
@@ -50,7 +50,7 @@ class Conversation:
 
     def connected(self) -> None:
         self._warn_missing("connect")
-        if not self.door.known:
+        if not self.listener.known:
             self.warn_once(
                 self.log, ("listener", str(self.session.daemon_name), str(self.session.daemon_port)),
                 "unknown_listener",
@@ -62,11 +62,11 @@ class Conversation:
         elif self.session.daemon_name and self.session.daemon_name == self.session.mta_name:
             # Postfix sends {daemon_name} = $myhostname unless master.cf overrides it.
             self.warn_once(
-                self.log, ("daemon_name_default", self.door.name), "daemon_name_is_hostname",
-                f"{{daemon_name}} is the host name {self.session.daemon_name!r}, so listener {self.door.name} "
+                self.log, ("daemon_name_default", self.listener.name), "daemon_name_is_hostname",
+                f"{{daemon_name}} is the host name {self.session.daemon_name!r}, so listener {self.listener.name} "
                 "was matched by port only: set `-o milter_macro_daemon_name=NAME` on each smtpd service "
                 "in master.cf",
-                listener=self.door.name,
+                listener=self.listener.name,
             )
 
     def update(self, session: Session) -> None:
@@ -86,10 +86,10 @@ class Conversation:
                          "{auth_authen} and {auth_type} may be missing and authenticated clients look "
                          "anonymous)")
             self.warn_once(
-                self.log, ("macro", self.door.name, macro), "macro_missing",
-                f"the MTA did not send macro {macro} at {where} on listener {self.door.name}{extra}: "
+                self.log, ("macro", self.listener.name, macro), "macro_missing",
+                f"the MTA did not send macro {macro} at {where} on listener {self.listener.name}{extra}: "
                 f"add it to {parameter} in Postfix's main.cf",
-                macro=macro, listener=self.door.name, parameter=parameter,
+                macro=macro, listener=self.listener.name, parameter=parameter,
             )
 
     # --- transaction events ---------------------------------------------------------------
@@ -186,8 +186,8 @@ class Conversation:
         if deferred and self.failure is not None:
             return self.failure  # this transaction already failed and was logged
         event(self.log, logging.ERROR, "callback_crashed", f"{where} raised {error!r}", exc_info=True,
-              callback=where, listener=self.door.name)
-        action = self.door.listener.on_error
+              callback=where, listener=self.listener.name)
+        action = self.listener.settings.on_error
         disposition, reply = error_verdict(action)
         verdict = Verdict(disposition, reply, decided_by="milter", reason=f"{where}: {type(error).__name__}")
         if action is ErrorAction.ACCEPT:
@@ -206,7 +206,7 @@ class Conversation:
             removals = authresults.forged(self.message, self.snapshot.policy.site.authserv_id) if self.message else ()
         except Exception as error:  # whatever broke the checks may break this too
             event(self.log, logging.ERROR, "callback_crashed", f"removing forged results raised {error!r}",
-                  exc_info=True, callback="eom", listener=self.door.name)
+                  exc_info=True, callback="eom", listener=self.listener.name)
             disposition, reply = error_verdict(ErrorAction.TEMPFAIL)
             return Verdict(disposition, reply, decided_by="milter", reason=f"{verdict.reason}; forged results")
         return replace(verdict, actions=removals)
@@ -214,7 +214,7 @@ class Conversation:
     # --- internals --------------------------------------------------------------------------
 
     def context(self) -> CheckContext:
-        return CheckContext(self.snapshot.policy, self.door, self.session, self.envelope or Envelope(),
+        return CheckContext(self.snapshot.policy, self.listener, self.session, self.envelope or Envelope(),
                             self.message, self.snapshot.resolver, None, tuple(self.results),
                             self.snapshot.resources)
 
@@ -246,7 +246,7 @@ class Conversation:
         fields: dict[str, Any] = {
             "queue_id": envelope.queue_id,
             "stage": stage,
-            "listener": self.door.name,
+            "listener": self.listener.name,
             "client": session.client_ip,
             "client_name": session.client_name,
             "helo": session.helo,
@@ -259,7 +259,7 @@ class Conversation:
         }
         assert tuple(fields) == SUMMARY_KEYS
         by_check = {result.check: result for result in self.results}
-        listed = self.door.listener.traffic(self.session.authenticated).checks
+        listed = self.listener.settings.traffic(self.session.authenticated).checks
         pipeline = self.snapshot.pipeline
         for check in dict.fromkeys(c.name for c in (*pipeline.always, *pipeline.checks)):
             result = by_check.get(check)

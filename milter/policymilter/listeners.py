@@ -1,4 +1,4 @@
-"""Which door of the MTA a session came through: a policy listener, or the strictest profile."""
+"""Which listener of the MTA a session came through: one of the policy's, or the strictest profile."""
 
 from __future__ import annotations
 
@@ -18,11 +18,12 @@ class MatchedBy(StrEnum):
 
 
 @dataclass(frozen=True)
-class Door:
-    """The listener a session came through."""
+class ListenerMatch:
+    """The listener a session came through: its name in the policy, its settings, how it was
+    matched (by the {daemon_name} macro, by the port, or not at all: the strictest profile)."""
 
     name: str
-    listener: Listener
+    settings: Listener
     matched_by: MatchedBy
 
     @property
@@ -30,7 +31,7 @@ class Door:
         return self.matched_by is not MatchedBy.NOTHING
 
 
-def resolve(policy: Policy, session: Session) -> Door:
+def resolve(policy: Policy, session: Session) -> ListenerMatch:
     """Match by `{daemon_name}` first, then by `{daemon_port}`; else the strictest profile.
 
     The daemon name wins over the port: it is what the admin wrote in master.cf, while the
@@ -40,17 +41,17 @@ def resolve(policy: Policy, session: Session) -> Door:
         for key, listener in policy.listeners.items():
             name = listener.daemon_name if listener.daemon_name is not None else key
             if name == session.daemon_name:
-                return Door(key, listener, MatchedBy.DAEMON_NAME)
+                return ListenerMatch(key, listener, MatchedBy.DAEMON_NAME)
     if session.daemon_port is not None:
         for key, listener in policy.listeners.items():
             if session.daemon_port in listener.ports:
-                return Door(key, listener, MatchedBy.PORT)
-    return Door(UNKNOWN_LISTENER, STRICTEST, MatchedBy.NOTHING)
+                return ListenerMatch(key, listener, MatchedBy.PORT)
+    return ListenerMatch(UNKNOWN_LISTENER, STRICTEST, MatchedBy.NOTHING)
 
 
-def door_by_name(policy: Policy, name: str) -> Door:
+def listener_by_name(policy: Policy, name: str) -> ListenerMatch:
     """The listener a policy calls `name` (for `explain --listener`)."""
     listener = policy.listeners.get(name)
     if listener is None:
-        return Door(UNKNOWN_LISTENER, STRICTEST, MatchedBy.NOTHING)
-    return Door(name, listener, MatchedBy.DAEMON_NAME)
+        return ListenerMatch(UNKNOWN_LISTENER, STRICTEST, MatchedBy.NOTHING)
+    return ListenerMatch(name, listener, MatchedBy.DAEMON_NAME)

@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 from policymilter.dns import Budget, Resolver
 from policymilter.facts import Envelope, Session
-from policymilter.listeners import Door
+from policymilter.listeners import ListenerMatch
 from policymilter.logs import SUMMARY_KEYS, SUMMARY_TAIL, event
 from policymilter.message import Message
 from policymilter.outcome import (
@@ -53,7 +53,7 @@ class CheckContext:
     """Everything a check may look at; checks keep no state of their own."""
 
     policy: Policy
-    door: Door
+    listener: ListenerMatch
     session: Session
     envelope: Envelope
     message: Message | None = None
@@ -124,7 +124,7 @@ class Pipeline:
             raise ValueError(f"check names {sorted(clash)} collide with summary line keys")
 
     def selected(self, stage: Stage, context: CheckContext) -> list[Check]:
-        wanted = set(context.door.listener.traffic(context.session.authenticated).checks)
+        wanted = set(context.listener.settings.traffic(context.session.authenticated).checks)
         chosen = [check for check in self.always if check.stage == stage]
         for check in self.checks:
             if check.stage != stage or check.name not in wanted:
@@ -159,7 +159,7 @@ class Pipeline:
                                  detail=type(error).__name__)
         elapsed = (time.perf_counter() - started) * 1000
         if result.outcome is Outcome.ERROR:
-            action = context.door.listener.error_action(check.name, context.session.authenticated)
+            action = context.listener.settings.error_action(check.name, context.session.authenticated)
             disposition, reply = error_verdict(action)
             if disposition is Disposition.TEMPFAIL and result.reply is not None and result.reply.code.startswith("4"):
                 reply = result.reply  # the check's own words for "try again later"

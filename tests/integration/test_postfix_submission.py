@@ -22,7 +22,7 @@ import pytest
 from policymilter.cli import explain
 from policymilter.dns import Resolver
 from policymilter.facts import Session
-from policymilter.listeners import door_by_name
+from policymilter.listeners import listener_by_name
 from policymilter.service import load_snapshot
 from tests.conftest import DEFAULT_POLICY
 from tests.integration.dns_server import DnsServer, Zone
@@ -125,7 +125,8 @@ def test_the_signed_copy_passes_dmarc_at_a_receiver(stack, world):
     snapshot = load_snapshot(world["policy"])
     session = Session(conn_id="r", client_ip="203.0.113.50", helo="mx.example.org", daemon_name="smtp",
                       daemon_port=25)
-    report = explain(snapshot, session, door_by_name(snapshot.policy, "smtp"), data, "alice@example.org", [EXTERNAL])
+    report = explain(snapshot, session, listener_by_name(snapshot.policy, "smtp"), data, "alice@example.org",
+                     [EXTERNAL])
     outcomes = {c["check"]: c["outcome"] for c in report["checks"]}
     assert outcomes["spf"] == "fail"  # 203.0.113.50 is not in example.org's SPF: DKIM alone carries DMARC
     assert outcomes["dkim"] == "pass" and outcomes["dmarc"] == "pass"

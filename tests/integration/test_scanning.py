@@ -14,7 +14,7 @@ import pytest
 
 from policymilter.cli import explain
 from policymilter.facts import Session
-from policymilter.listeners import door_by_name
+from policymilter.listeners import listener_by_name
 from policymilter.service import load_snapshot
 from tests.conftest import DEFAULT_POLICY
 from tests.integration.scanners import EICAR, GTUBE, Clamd, Spamd
@@ -74,7 +74,7 @@ def run(raw: bytes, listener: str, *overrides: str, auth: bool = False) -> dict:
     session = Session(conn_id="t", client_ip="192.0.2.7", helo="mail.example.net", daemon_name=listener,
                       daemon_port=listener_policy.ports[0], tls_version="TLSv1.3" if auth else None,
                       auth_login="alice" if auth else None, auth_mech="PLAIN" if auth else None)
-    return explain(snapshot, session, door_by_name(snapshot.policy, listener), raw, "a@example.net",
+    return explain(snapshot, session, listener_by_name(snapshot.policy, listener), raw, "a@example.net",
                    ["u@example.test"])
 
 

@@ -18,7 +18,7 @@ import pytest
 from policymilter.cli import explain
 from policymilter.conversation import Conversation
 from policymilter.facts import Session
-from policymilter.listeners import door_by_name
+from policymilter.listeners import listener_by_name
 from policymilter.message import Message
 from policymilter.service import Service, load_snapshot
 from tests import authkit
@@ -45,7 +45,7 @@ def run(server: DnsServer, raw: bytes, mail_from: str, *extra: str, helo: str = 
     snapshot = load_snapshot(DEFAULT_POLICY, overrides(server, *extra))
     session = Session(conn_id="t", client_ip=CLIENT, client_name="unknown", helo=helo, daemon_name="smtp",
                       daemon_port=25)
-    return explain(snapshot, session, door_by_name(snapshot.policy, "smtp"), raw, mail_from,
+    return explain(snapshot, session, listener_by_name(snapshot.policy, "smtp"), raw, mail_from,
                    ["user@example.test"])
 
 
@@ -213,7 +213,7 @@ def test_authenticated_sessions_get_auth_pass_and_no_inbound_checks(dns_server):
     snapshot = load_snapshot(DEFAULT_POLICY, overrides(dns_server))
     session = Session(conn_id="t", client_ip=CLIENT, helo="laptop", daemon_name="submission", daemon_port=587,
                       auth_login="alice", auth_mech="PLAIN", tls_version="TLSv1.3")
-    report = explain(snapshot, session, door_by_name(snapshot.policy, "submission"),
+    report = explain(snapshot, session, listener_by_name(snapshot.policy, "submission"),
                      authkit.message("alice@example.org", "friend@elsewhere.test"), "alice@example.org",
                      ["friend@elsewhere.test"])
     assert not {"spf", "dkim", "arc", "dmarc"} & {c["check"] for c in report["checks"]}  # no inbound checks

@@ -12,7 +12,7 @@ import pytest
 
 from policymilter.checks.antivirus import Antivirus
 from policymilter.facts import Envelope, Session
-from policymilter.listeners import door_by_name
+from policymilter.listeners import listener_by_name
 from policymilter.message import Message
 from policymilter.outcome import Disposition, Outcome
 from policymilter.pipeline import CheckContext
@@ -31,7 +31,7 @@ def _policy(*overrides: str) -> Policy:
 
 def run(endpoint: str, *overrides: str, raw: bytes = RAW):
     policy = _policy(f'antivirus.servers=["{endpoint}"]', "antivirus.timeout=5", *overrides)
-    context = CheckContext(policy, door_by_name(policy, "smtp"), Session(conn_id="t"), Envelope(),
+    context = CheckContext(policy, listener_by_name(policy, "smtp"), Session(conn_id="t"), Envelope(),
                            Message.from_bytes(raw))
     return Antivirus().run(context)
 

@@ -18,7 +18,7 @@ from policymilter.checks.arc import Arc, verify_chain
 from policymilter.checks.dmarc import Dmarc
 from policymilter.dns import Budget
 from policymilter.facts import Envelope, Session
-from policymilter.listeners import door_by_name
+from policymilter.listeners import listener_by_name
 from policymilter.message import Message
 from policymilter.outcome import Disposition, Outcome
 from policymilter.pipeline import CheckContext
@@ -51,7 +51,7 @@ def chain(sets: int) -> bytes:
 
 def context(raw: bytes) -> CheckContext:
     policy = _policy()
-    return CheckContext(policy, door_by_name(policy, "smtp"), Session(conn_id="t", client_ip="192.0.2.7"),
+    return CheckContext(policy, listener_by_name(policy, "smtp"), Session(conn_id="t", client_ip="192.0.2.7"),
                         Envelope("x@elsewhere.test"), Message.from_bytes(raw), zone(), Budget(time.monotonic() + 30))
 
 
@@ -83,7 +83,7 @@ def test_a_long_chain_cannot_override_dmarc():
     for sets, disposition in ((3, Disposition.CONTINUE), (51, Disposition.REJECT)):
         ctx = context(chain(sets))
         arc = Arc().run(ctx)
-        dmarc = Dmarc().run(CheckContext(ctx.policy, ctx.door, ctx.session, ctx.envelope, ctx.message, ctx.resolver,
+        dmarc = Dmarc().run(CheckContext(ctx.policy, ctx.listener, ctx.session, ctx.envelope, ctx.message, ctx.resolver,
                                          ctx.budget, (*authkit.nothing_found(), arc)))
         assert dmarc.outcome is Outcome.FAIL and dmarc.disposition is disposition, (sets, dmarc)
 
@@ -95,7 +95,7 @@ def test_a_sealer_vouches_only_for_the_author_domain_it_evaluated():
     ctx = context(raw)
     arc = Arc().run(ctx)
     assert arc.outcome is Outcome.PASS and not arc.findings.sealer_saw_dmarc_pass
-    dmarc = Dmarc().run(CheckContext(ctx.policy, ctx.door, ctx.session, ctx.envelope, ctx.message, ctx.resolver,
+    dmarc = Dmarc().run(CheckContext(ctx.policy, ctx.listener, ctx.session, ctx.envelope, ctx.message, ctx.resolver,
                                      ctx.budget, (*authkit.nothing_found(), arc)))
     assert dmarc.disposition is Disposition.REJECT
 

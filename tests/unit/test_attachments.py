@@ -30,7 +30,7 @@ from policymilter.checks import attachments
 from policymilter.checks.attachments import Attachments, Rule, archives, mimeparts, ziplayout
 from policymilter.checks.attachments.names import decode_words
 from policymilter.facts import Envelope, Session
-from policymilter.listeners import door_by_name
+from policymilter.listeners import listener_by_name
 from policymilter.message import Message
 from policymilter.outcome import CheckResult, Disposition, Outcome
 from policymilter.pipeline import CheckContext, Stage
@@ -44,7 +44,7 @@ ADVICE = "send them through authenticated submission on port 587"
 
 
 def run(raw: bytes, policy: Policy, listener: str = "smtp") -> CheckResult:
-    context = CheckContext(policy=policy, door=door_by_name(policy, listener), session=Session(conn_id="t"),
+    context = CheckContext(policy=policy, listener=listener_by_name(policy, listener), session=Session(conn_id="t"),
                            envelope=Envelope(), message=Message.from_bytes(raw))
     return CHECK.run(context)
 
@@ -829,7 +829,7 @@ def test_limits_come_from_the_policy(default_policy):
 
 
 def test_an_empty_message_is_clean_and_no_message_is_a_bug(default_policy):
-    context = CheckContext(policy=default_policy, door=door_by_name(default_policy, "smtp"),
+    context = CheckContext(policy=default_policy, listener=listener_by_name(default_policy, "smtp"),
                            session=Session(conn_id="t"), envelope=Envelope())
     # The Conversation always hands end-of-message checks a message (an empty one if the client
     # sent nothing): a check run without one is a bug, which the pipeline logs and answers.
@@ -1230,7 +1230,7 @@ def test_cost_is_bounded(size, wrap, default_policy):
     del data
 
     def context() -> CheckContext:
-        return CheckContext(policy=default_policy, door=door_by_name(default_policy, "smtp"),
+        return CheckContext(policy=default_policy, listener=listener_by_name(default_policy, "smtp"),
                             session=Session(conn_id="t"), envelope=Envelope(), message=Message.from_bytes(raw))
 
     timed, traced = context(), context()

@@ -25,7 +25,7 @@ from policymilter.checks.signing import Signing, signing_domain
 from policymilter.dns import Budget
 from policymilter.domains import normalize
 from policymilter.facts import Envelope, Session
-from policymilter.listeners import door_by_name
+from policymilter.listeners import listener_by_name
 from policymilter.message import Message
 from policymilter.outcome import Disposition, Outcome
 from policymilter.pipeline import CheckContext
@@ -167,7 +167,7 @@ def _context(raw: bytes, login: str | None, resolver: object = None) -> CheckCon
     policy = _policy()
     session = Session(conn_id="t", client_ip="192.0.2.9", auth_login=login, auth_mech="PLAIN" if login else None,
                       tls_version="TLSv1.3" if login else None)
-    return CheckContext(policy, door_by_name(policy, "submission" if login else "smtp"), session, Envelope(),
+    return CheckContext(policy, listener_by_name(policy, "submission" if login else "smtp"), session, Envelope(),
                         Message.from_bytes(raw), resolver, Budget(time.monotonic() + 60),  # type: ignore[arg-type]
                         authkit.nothing_found())
 

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from policymilter.checks.dkim import Dkim, verify, without_b_value
 from policymilter.dns import Budget
 from policymilter.facts import Envelope, Session
-from policymilter.listeners import door_by_name
+from policymilter.listeners import listener_by_name
 from policymilter.message import Message
 from policymilter.outcome import Outcome
 from policymilter.pipeline import CheckContext
@@ -135,7 +135,7 @@ def test_aligned_signatures_are_verified_first_and_the_rest_bounded():
 def test_the_check_reports_policy_and_dmarc_sees_no_pass():
     raw = signed(message(), length=True) + b"appended\r\n"
     policy_ = _policy()
-    context = CheckContext(policy_, door_by_name(policy_, "smtp"), Session(conn_id="t", client_ip="192.0.2.1"),
+    context = CheckContext(policy_, listener_by_name(policy_, "smtp"), Session(conn_id="t", client_ip="192.0.2.1"),
                            Envelope(), Message.from_bytes(raw), zone(), Budget(time.monotonic() + 30))
     result = Dkim().run(context)
     assert result.outcome is Outcome.POLICY and result.detail == ""

@@ -19,7 +19,7 @@ from policymilter.checks.spf import SpfFindings, SpfResult
 from policymilter.cli import explain
 from policymilter.dns import Budget
 from policymilter.facts import Envelope, Session
-from policymilter.listeners import door_by_name
+from policymilter.listeners import listener_by_name
 from policymilter.message import Message
 from policymilter.outcome import CheckResult, Disposition, Outcome
 from policymilter.pipeline import CheckContext, Pipeline, Stage
@@ -49,7 +49,7 @@ def run(header_from: str, spf_domain: str, *extra: str) -> CheckResult:
     raw = f"From: {header_from}\nTo: bob@example.test\nSubject: s\n\nbody\n".encode()
     spf = CheckResult("spf", Outcome.PASS, findings=SpfFindings(SpfResult("mailfrom", spf_domain, "pass")))
     dkim = CheckResult("dkim", Outcome.NONE, findings=DkimFindings())
-    context = CheckContext(policy, door_by_name(policy, "smtp"), Session(conn_id="t", client_ip="192.0.2.66"),
+    context = CheckContext(policy, listener_by_name(policy, "smtp"), Session(conn_id="t", client_ip="192.0.2.66"),
                            Envelope(f"x@{spf_domain}"), Message.from_bytes(raw), ZONE, Budget(time.monotonic() + 9),
                            (spf, dkim))
     return Dmarc().run(context)
@@ -120,7 +120,7 @@ def _explain(*overrides: str, dkim_check: object = None) -> dict:
     checks = tuple(dkim_check if dkim_check is not None and c.name == "dkim" else c for c in REGISTRY)
     snapshot = replace(snapshot_for(policy, pipeline=Pipeline(checks, ALWAYS)), resolver=zone)
     session = Session(conn_id="t", client_ip="192.0.2.66", helo="mail.pass.test", daemon_name="smtp", daemon_port=25)
-    return explain(snapshot, session, door_by_name(policy, "smtp"), SIGNED, "alice@pass.test", ["bob@example.test"])
+    return explain(snapshot, session, listener_by_name(policy, "smtp"), SIGNED, "alice@pass.test", ["bob@example.test"])
 
 
 def test_an_aligned_dkim_signature_passes_dmarc_although_spf_fails():

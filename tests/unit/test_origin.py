@@ -30,15 +30,15 @@ def session(**facts) -> Session:
     ],
 )
 def test_listener_matching(default_policy, daemon_name, port, expected, matched_by):
-    door = listeners.resolve(default_policy, session(daemon_name=daemon_name, daemon_port=port))
-    assert (door.name, door.matched_by.value) == (expected, matched_by)
+    matched = listeners.resolve(default_policy, session(daemon_name=daemon_name, daemon_port=port))
+    assert (matched.name, matched.matched_by.value) == (expected, matched_by)
 
 
 def test_unknown_listener_gets_the_strictest_profile(default_policy):
-    door = listeners.resolve(default_policy, session(daemon_name="weird"))
-    assert not door.known
-    assert door.listener.auth_requires_tls and door.listener.login_forbidden_chars == ".@"
-    assert {c.value for c in door.listener.authenticated.checks} >= {"attachments", "antivirus", "spam"}
+    matched = listeners.resolve(default_policy, session(daemon_name="weird"))
+    assert not matched.known
+    assert matched.settings.auth_requires_tls and matched.settings.login_forbidden_chars == ".@"
+    assert {c.value for c in matched.settings.authenticated.checks} >= {"attachments", "antivirus", "spam"}
 
 
 # (listener, facts, outcome, reply prefix or None)
@@ -64,8 +64,8 @@ RULES = [
 
 @pytest.mark.parametrize(("listener", "facts", "outcome", "reply"), RULES)
 def test_listener_rules(default_policy, listener, facts, outcome, reply):
-    door = listeners.door_by_name(default_policy, listener)
-    result = origin.check(door, session(**facts))
+    matched = listeners.listener_by_name(default_policy, listener)
+    result = origin.check(matched, session(**facts))
     assert result.outcome is Outcome(outcome)
     if reply is None:
         assert result.disposition is Disposition.CONTINUE and result.reply is None
@@ -75,7 +75,7 @@ def test_listener_rules(default_policy, listener, facts, outcome, reply):
 
 
 def test_replies_tell_the_user_what_to_do(default_policy):
-    submission = listeners.door_by_name(default_policy, "submission")
+    submission = listeners.listener_by_name(default_policy, "submission")
     no_auth = origin.check(submission, session())
     assert "log in with your login name and password" in str(no_auth.reply)
     dotted = origin.check(submission, session(auth_login="bob.smith", auth_mech="PLAIN", **TLS))

@@ -9,7 +9,7 @@ import pytest
 
 from policymilter.cli import explain
 from policymilter.facts import Envelope, Session
-from policymilter.listeners import door_by_name
+from policymilter.listeners import listener_by_name
 from policymilter.logs import SessionLog
 from policymilter.outcome import CheckResult, Disposition, Outcome, SmtpReply
 from policymilter.pipeline import CheckContext, Pipeline, Stage
@@ -40,7 +40,7 @@ class Fixed:
 def context(overrides=(), listener="smtp", authenticated=False) -> CheckContext:
     policy = load_policy(DEFAULT_POLICY, overrides).policy
     facts = {"auth_login": "alice", "auth_mech": "PLAIN", "tls_version": "TLSv1.3"} if authenticated else {}
-    return CheckContext(policy, door_by_name(policy, listener), Session(conn_id="t", **facts), Envelope())
+    return CheckContext(policy, listener_by_name(policy, listener), Session(conn_id="t", **facts), Envelope())
 
 
 def run(checks, ctx):
@@ -128,6 +128,6 @@ def test_each_check_gets_its_own_dns_budget_a_slow_scan_cannot_spend_dmarcs():
     snapshot = replace(snapshot_for(policy, pipeline=Pipeline([Slow(seconds=0.4), probe])),
                        resolver=ZoneResolver(lifetime=0.3, timeout=0.3))
     session = Session(conn_id="t", client_ip="192.0.2.1", daemon_name="smtp", daemon_port=25)
-    explain(snapshot, session, door_by_name(policy, "smtp"), b"From: a@b.example\n\nhi\n", "a@b.example",
+    explain(snapshot, session, listener_by_name(policy, "smtp"), b"From: a@b.example\n\nhi\n", "a@b.example",
             ["c@d.example"])
     assert probe.left > 0.25  # all of dns.lifetime, although the scan took longer than that

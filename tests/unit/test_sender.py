@@ -8,7 +8,7 @@ import pytest
 
 from policymilter.cli import explain
 from policymilter.facts import Session
-from policymilter.listeners import door_by_name
+from policymilter.listeners import listener_by_name
 from policymilter.policy import PolicyError
 from policymilter.service import load_snapshot
 from tests.conftest import DEFAULT_POLICY, OFFLINE
@@ -28,7 +28,7 @@ def report(tmp_path: Path, login: str, mail_from: str, header_from: str | None =
     session = Session(conn_id="t", client_ip="192.0.2.9", helo="laptop", daemon_name="submission", daemon_port=587,
                       auth_login=login, auth_mech="PLAIN", tls_version="TLSv1.3")
     raw = f"From: {header_from or mail_from}\nTo: x@elsewhere.test\nSubject: s\n\nbody\n".encode()
-    return explain(snapshot, session, door_by_name(snapshot.policy, "submission"), raw, mail_from,
+    return explain(snapshot, session, listener_by_name(snapshot.policy, "submission"), raw, mail_from,
                    ["x@elsewhere.test"])
 
 
@@ -139,6 +139,6 @@ def test_sender_and_resent_fields_are_the_logins_own_too(tmp_path, extra, verdic
     session = Session(conn_id="t", client_ip="192.0.2.9", daemon_name="submission", daemon_port=587,
                       auth_login="alice", auth_mech="PLAIN", tls_version="TLSv1.3")
     raw = f"From: alice@example.org\n{extra}\nTo: x@elsewhere.test\nSubject: s\n\nbody\n".encode()
-    result = explain(snapshot, session, door_by_name(snapshot.policy, "submission"), raw, "alice@example.org",
+    result = explain(snapshot, session, listener_by_name(snapshot.policy, "submission"), raw, "alice@example.org",
                      ["x@elsewhere.test"])
     assert result["verdict"] == verdict

@@ -16,7 +16,7 @@ from policymilter import signing_keys
 from policymilter.checks.signing.sign import signed_headers
 from policymilter.cli import explain
 from policymilter.facts import Session
-from policymilter.listeners import door_by_name
+from policymilter.listeners import listener_by_name
 from policymilter.service import load_snapshot
 from tests.conftest import DEFAULT_POLICY, OFFLINE
 from tests.zonefake import ZoneResolver
@@ -35,7 +35,7 @@ def sign(tmp_path: Path, raw: bytes = RAW) -> tuple[bytes, ZoneResolver]:
                                               f'key_file = "{key}"}}]}}'])
     session = Session(conn_id="t", client_ip="192.0.2.9", daemon_name="submission", daemon_port=587,
                       auth_login="alice", auth_mech="PLAIN", tls_version="TLSv1.3")
-    report = explain(snapshot, session, door_by_name(snapshot.policy, "submission"), raw, "alice@example.org",
+    report = explain(snapshot, session, listener_by_name(snapshot.policy, "submission"), raw, "alice@example.org",
                      ["bob@elsewhere.test"])
     [value] = [h["value"] for h in report["headers_added"] if h["name"] == "DKIM-Signature"]
     signature = b"DKIM-Signature: " + value.replace("\n", "\r\n").encode() + b"\r\n"

@@ -12,7 +12,7 @@ import pytest
 
 from policymilter.checks.spam import Spam
 from policymilter.facts import Envelope, Session
-from policymilter.listeners import door_by_name
+from policymilter.listeners import listener_by_name
 from policymilter.message import Message
 from policymilter.outcome import AddHeader, ChangeHeader, Disposition, Outcome, RemoveHeader
 from policymilter.pipeline import CheckContext
@@ -31,7 +31,7 @@ def _policy(*overrides: str) -> Policy:
 
 def run(endpoint: str, *overrides: str):
     policy = _policy(f'spam.servers=["{endpoint}"]', "spam.timeout=5", *overrides)
-    context = CheckContext(policy, door_by_name(policy, "smtp"), Session(conn_id="t"), Envelope(),
+    context = CheckContext(policy, listener_by_name(policy, "smtp"), Session(conn_id="t"), Envelope(),
                            Message.from_bytes(RAW))
     return Spam().run(context)
 

@@ -15,7 +15,7 @@ import pytest
 from policymilter.checks.spf import Spf, SpfFindings
 from policymilter.dns import Budget
 from policymilter.facts import Envelope, Session
-from policymilter.listeners import door_by_name
+from policymilter.listeners import listener_by_name
 from policymilter.outcome import Disposition, Outcome
 from policymilter.pipeline import CheckContext
 from policymilter.policy import load_policy
@@ -50,7 +50,7 @@ def _policy(*overrides: str) -> Policy:
 
 def run(mail_from: str, helo: str = "mail.pass.test", ip: str | None = CLIENT, *overrides: str):
     policy = _policy(*overrides)
-    context = CheckContext(policy, door_by_name(policy, "smtp"), Session(conn_id="t", client_ip=ip, helo=helo),
+    context = CheckContext(policy, listener_by_name(policy, "smtp"), Session(conn_id="t", client_ip=ip, helo=helo),
                            Envelope(mail_from), None, zone(), Budget(time.monotonic() + 10))
     return Spf().run(context)
 

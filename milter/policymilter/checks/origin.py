@@ -1,4 +1,4 @@
-"""origin: which door the mail came through, and that door's rules for authentication.
+"""origin: which listener the mail came through, and that listener's rules for authentication.
 
 Runs at MAIL FROM: Postfix sends the SASL macros from MAIL on (never at CONNECT), so
 "authenticated" is decided per transaction.
@@ -7,7 +7,7 @@ Runs at MAIL FROM: Postfix sends the SASL macros from MAIL on (never at CONNECT)
 from __future__ import annotations
 
 from policymilter.facts import Session
-from policymilter.listeners import Door
+from policymilter.listeners import ListenerMatch
 from policymilter.outcome import CheckResult, Disposition, Outcome, SmtpReply
 from policymilter.pipeline import CheckContext, Stage
 from policymilter.policy.model import Listener
@@ -23,9 +23,9 @@ def _mechanisms_text(listener: Listener) -> str:
     return " or ".join(listener.auth_mechanisms)
 
 
-def check(door: Door, session: Session) -> CheckResult:
+def check(matched: ListenerMatch, session: Session) -> CheckResult:
     """The listener's authentication rules for this transaction."""
-    listener = door.listener
+    listener = matched.settings
     if listener.auth == "required" and not session.authenticated:
         how = f"AUTH {_mechanisms_text(listener)}" if listener.auth_mechanisms else "AUTH"
         tls = " over TLS" if listener.auth_requires_tls else ""
@@ -34,7 +34,7 @@ def check(door: Door, session: Session) -> CheckResult:
             # RFC 4954 §6: 530 5.7.0 Authentication required
             SmtpReply("530", "5.7.0", f"Authentication required: log in with your login name and "
                                       f"password ({how}{tls}) before sending mail on this port"),
-            f"listener {door.name} requires authentication",
+            f"listener {matched.name} requires authentication",
         )
     if not session.authenticated:
         return CheckResult(NAME, Outcome.PASS, reason="unauthenticated", detail="anonymous")
@@ -76,4 +76,4 @@ class Origin:
     requires: tuple[str, ...] = ()
 
     def run(self, context: CheckContext) -> CheckResult:
-        return check(context.door, context.session)
+        return check(context.listener, context.session)

@@ -18,7 +18,8 @@ from policymilter import safetext
 from policymilter.author import BadFrom
 from policymilter.checks.arc import Chain
 from policymilter.checks.dkim import DkimFindings
-from policymilter.checks.dmarc import evaluate as dp
+from policymilter.checks.dmarc import evaluate
+from policymilter.checks.dmarc.evaluate import Alignment, DkimIdentity, DmarcResult, DomainPolicy, SpfIdentity, Status
 from policymilter.checks.spf import SpfFindings
 from policymilter.outcome import CheckResult, Disposition, ErrorAction, Outcome, SmtpReply
 from policymilter.pipeline import CheckContext, Missing, Stage
@@ -31,8 +32,8 @@ _SAFE = re.compile(r"^[A-Za-z0-9._-]{1,253}$", re.ASCII)
 class Inputs:
     """What SPF and DKIM found for DMARC, and what could not be known."""
 
-    spf: dp.SpfIdentity | None
-    dkim: list[dp.DkimIdentity]
+    spf: SpfIdentity | None
+    dkim: list[DkimIdentity]
     temperror: bool  # an identity that could align with the From domain had a temperror
     unknown: tuple[str, ...]  # the checks that errored or never ran: their answer may have been a pass
 
@@ -45,8 +46,8 @@ def _inputs(context: CheckContext, author: str) -> Inputs:
     signatures = dkim.signatures if isinstance(dkim, DkimFindings) else ()
     relevant = [(main.domain, main.result)] if main else []
     relevant += [(s.domain, s.result) for s in signatures]
-    return Inputs(dp.SpfIdentity(main.domain, main.result) if main else None,
-                  [dp.DkimIdentity(s.domain, s.selector, s.result) for s in signatures],
+    return Inputs(SpfIdentity(main.domain, main.result) if main else None,
+                  [DkimIdentity(s.domain, s.selector, s.result) for s in signatures],
                   any(result == "temperror" and _could_align(author, domain) for domain, result in relevant),
                   unknown)
 
@@ -58,12 +59,12 @@ def _arc_unknown(context: CheckContext) -> bool:
 
 def _could_align(author: str, domain: str) -> bool:
     try:
-        return dp.aligned(author, domain, dp.Alignment.RELAXED)
+        return evaluate.aligned(author, domain, Alignment.RELAXED)
     except ValueError:
         return False
 
 
-def _entry(result: dp.DmarcResult, override: str = "") -> object:
+def _entry(result: DmarcResult, override: str = "") -> object:
     # policy.dmarc (RFC 7489 §11.2) is the domain's policy that applies to this message (p, sp or
     # np); what was done, and why not, goes in the comment.
     comment = f"dis={result.disposition}" + (f" override={override}" if override else "")
@@ -72,7 +73,7 @@ def _entry(result: dp.DmarcResult, override: str = "") -> object:
                                                    header_from=domain, policy=str(result.policy or "none"))
 
 
-def _override(context: CheckContext, result: dp.DmarcResult) -> str:
+def _override(context: CheckContext, result: DmarcResult) -> str:
     """A local reason not to enforce this failure ("" when there is none)."""
     policy = context.policy.dmarc
     if result.from_domain in policy.never_reject_domains or (
@@ -108,37 +109,38 @@ class Dmarc:
         author = written_by.domain
         inputs = _inputs(context, author)
         resolver, budget = context.dns()
-        result = dp.evaluate(author, inputs.spf, inputs.dkim, resolver, budget,
+        result = evaluate.evaluate(author, inputs.spf, inputs.dkim, resolver, budget,
                              discovery=context.policy.dmarc.discovery)
-        if result.result is dp.Status.TEMPERROR:
+        if result.result is Status.TEMPERROR:
             if _override(context, result):
                 return CheckResult(NAME, Outcome.TEMPERROR, reason=f"{result.reason}; locally exempt",
                                    detail=author, authres=(_entry(result),), findings=result)
             return self._temporary(context, result, f"DMARC record of {author} could not be looked up")
-        if result.result is dp.Status.FAIL:
+        if result.result is Status.FAIL:
             return self._enforce(context, result, inputs)
-        if result.result is not dp.Status.PASS and self._spoofs_site(context, author, inputs.spf, inputs.dkim):
+        if result.result is not Status.PASS and self._spoofs_site(context, author, inputs.spf, inputs.dkim):
             # Our own domain without a usable DMARC record: still spoofing, and the site may refuse it.
-            return self._enforce(context, replace(result, result=dp.Status.FAIL, policy=dp.Policy.NONE,
-                                                  disposition=dp.Policy.NONE), inputs)
+            return self._enforce(context, replace(result, result=Status.FAIL, policy=DomainPolicy.NONE,
+                                                  disposition=DomainPolicy.NONE), inputs)
         return CheckResult(NAME, Outcome(str(result.result)), reason=result.reason, detail=author,
                            authres=(_entry(result),), findings=result)
 
-    def _spoofs_site(self, context: CheckContext, author: str, spf: dp.SpfIdentity | None,
-                     dkim: list[dp.DkimIdentity]) -> bool:
+    def _spoofs_site(self, context: CheckContext, author: str, spf: SpfIdentity | None,
+                     dkim: list[DkimIdentity]) -> bool:
         if context.session.authenticated or not _ours(context, author):
             return False
         passes = [d.domain for d in dkim if d.result == "pass"] + ([spf.domain] if spf and spf.result == "pass" else [])
         return not any(_could_align(author, domain) for domain in passes)
 
-    def _enforce(self, context: CheckContext, result: dp.DmarcResult, inputs: Inputs) -> CheckResult:
+    def _enforce(self, context: CheckContext, result: DmarcResult, inputs: Inputs) -> CheckResult:
         author, policy = result.from_domain, context.policy.dmarc
         spoofed_site = _ours(context, author) and not context.session.authenticated
         override = _override(context, result)
         asked = result.disposition
         if spoofed_site and policy.always_reject_site_domains and not override:
-            asked = dp.Policy.REJECT
-        action = {dp.Policy.REJECT: policy.on_reject, dp.Policy.QUARANTINE: policy.on_quarantine}.get(asked, "tag")
+            asked = DomainPolicy.REJECT
+        actions = {DomainPolicy.REJECT: policy.on_reject, DomainPolicy.QUARANTINE: policy.on_quarantine}
+        action = actions.get(asked, "tag")
         if override:
             action = "tag"
         reason = (f"{author} fails DMARC ({result.reason}); domain asks {result.disposition}"
@@ -170,8 +172,8 @@ class Dmarc:
         return CheckResult(NAME, Outcome.FAIL, disposition, reply, reason=reason, detail=detail,
                            authres=(_entry(result, override),), findings=result)
 
-    def _temporary(self, context: CheckContext, result: dp.DmarcResult, why: str, dns: bool = True) -> CheckResult:
-        action = context.door.listener.error_action(NAME, context.session.authenticated)
+    def _temporary(self, context: CheckContext, result: DmarcResult, why: str, dns: bool = True) -> CheckResult:
+        action = context.listener.settings.error_action(NAME, context.session.authenticated)
         disposition = {ErrorAction.TEMPFAIL: Disposition.TEMPFAIL, ErrorAction.REJECT: Disposition.REJECT}.get(
             action, Disposition.CONTINUE)
         reply = None

@@ -35,16 +35,16 @@ class Status(StrEnum):
     PERMERROR = "permerror"
 
 
-class Policy(StrEnum):
-    """A Domain Owner Assessment Policy (p, sp, np) and the resulting disposition."""
+class DomainPolicy(StrEnum):
+    """A Domain Owner Assessment Policy (p, sp, np; RFC 9989) and the resulting disposition."""
 
     NONE = "none"
     QUARANTINE = "quarantine"
     REJECT = "reject"
 
-    def lowered(self) -> Policy:
+    def lowered(self) -> DomainPolicy:
         """One level less strict: RFC 7489 §6.6.4 (pct sampling), RFC 9989 §4.7 (t=y)."""
-        return Policy.QUARANTINE if self is Policy.REJECT else Policy.NONE
+        return DomainPolicy.QUARANTINE if self is DomainPolicy.REJECT else DomainPolicy.NONE
 
 
 class Alignment(StrEnum):
@@ -75,9 +75,9 @@ class DkimIdentity:
 
 @dataclass(frozen=True)
 class DmarcRecord:
-    p: Policy | None  # None: the record is ignored (RFC 7489 §6.6.3 step 6): evaluate() gives none
-    sp: Policy | None = None
-    np: Policy | None = None  # RFC 9091, RFC 9989 §4.7
+    p: DomainPolicy | None  # None: the record is ignored (RFC 7489 §6.6.3 step 6): evaluate() gives none
+    sp: DomainPolicy | None = None
+    np: DomainPolicy | None = None  # RFC 9091, RFC 9989 §4.7
     adkim: Alignment = Alignment.RELAXED
     aspf: Alignment = Alignment.RELAXED
     pct: int = 100
@@ -94,8 +94,8 @@ class DmarcResult(Findings):
     from_domain: str
     # p, sp or np as applies. np is only tested (DNS existence lookups) for a failing message:
     # for any other result this is the policy assuming the From domain exists.
-    policy: Policy | None = None
-    disposition: Policy = Policy.NONE  # what the domain asks for this message, after pct and t=y
+    policy: DomainPolicy | None = None
+    disposition: DomainPolicy = DomainPolicy.NONE  # what the domain asks for this message, after pct and t=y
     record_domain: str | None = None
     org_domain: str | None = None  # None: tree-walk mode never needed it (RFC 9989 §4.10.2 note)
     aligned_dkim: str | None = None
@@ -127,7 +127,7 @@ def _aligns(author: str, auth_domain: str, mode: Alignment, org_of: Callable[[st
     return mode is Alignment.RELAXED and _valid_domain(auth) and org_of(author) == org_of(auth)
 
 
-_E = TypeVar("_E", Policy, Alignment)
+_E = TypeVar("_E", DomainPolicy, Alignment)
 
 
 def _choice(enum: type[_E], value: str | None) -> _E | None:
@@ -157,10 +157,10 @@ def parse_record(text: str) -> DmarcRecord | None:
         if equals and _TAG_NAME.fullmatch(name):  # unknown tags are kept here and never read
             tags.setdefault(name, value.strip(_WSP))
     rua = _uris(tags.get("rua", ""))
-    p, sp, np = (_choice(Policy, tags.get(tag)) for tag in ("p", "sp", "np"))
+    p, sp, np = (_choice(DomainPolicy, tags.get(tag)) for tag in ("p", "sp", "np"))
     if p is None or ("sp" in tags and sp is None) or ("np" in tags and np is None):
         # RFC 7489 §6.6.3 step 6, RFC 9989 §4.10.1: a valid rua means "p=none", else ignore it
-        p, sp, np = (Policy.NONE, None, None) if rua else (None, None, None)
+        p, sp, np = (DomainPolicy.NONE, None, None) if rua else (None, None, None)
     pct = tags.get("pct", "100")
     psd = tags.get("psd", "u").lower()
     return DmarcRecord(
@@ -324,7 +324,7 @@ def evaluate(
     base = replace(base, result=status, policy=policy)
     if status is Status.PASS:
         return replace(base, reason=f"aligned DKIM d={aligned_dkim}" if aligned_dkim else "aligned SPF")
-    if policy is Policy.NONE:
+    if policy is DomainPolicy.NONE:
         return replace(base, reason="no aligned DKIM or SPF pass")
     if record.testing:  # RFC 9989 §4.7 t=y: the policy one level lower (as pct=0 was used)
         return replace(base, disposition=policy.lowered(), reason=f"no aligned pass; t=y: {policy} in test")
