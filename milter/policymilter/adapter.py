@@ -1,7 +1,7 @@
 """The only module that speaks pymilter: callbacks in, Verdicts out (the process around it is
 daemon.py).
 
-Each callback reads the macros of its stage into plain facts, hands them to the session's
+Each callback reads the macros of its stage into the Session (facts.py), hands them to the session's
 Conversation, and turns the Verdict into milter calls in one place (`_apply`). Callbacks that
 cannot decide anything are `@noreply` (half the protocol round trips); an error there is kept
 and answered at the next callback that can reply.
@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import Milter
 
-from policymilter.facts import Session, normalise_ip, parse_port
+from policymilter.facts import Callback, Session, normalise_ip, parse_port
 from policymilter.logs import LOGGER, event
 from policymilter.outcome import AddHeader, ChangeHeader, Disposition, RemoveHeader, Verdict
 from policymilter.service import Service
@@ -33,7 +33,7 @@ QUEUE_ID_MACROS = ("i",)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _guarded(*, replies: bool) -> Callable[[F], F]:
+def _guarded(callback: Callback, *, replies: bool) -> Callable[[F], F]:
     """Turn an exception in a callback into one logged traceback and the error action."""
 
     def decorate(func: F) -> F:
@@ -42,7 +42,7 @@ def _guarded(*, replies: bool) -> Callable[[F], F]:
             try:
                 return func(self, *args)
             except Exception as error:  # the daemon must keep serving, whatever broke
-                return self._crashed(func.__name__, error, args, replies=replies)
+                return self._crashed(callback, error, args, replies=replies)
 
         return wrapper  # type: ignore[return-value]
 
@@ -125,7 +125,7 @@ class PolicyMilter(Milter.Base):
 
     def _apply(self, verdict: Verdict, *, final: bool) -> int:
         """The one place a Verdict becomes milter calls."""
-        if final and verdict.disposition in (Disposition.CONTINUE, Disposition.QUARANTINE):
+        if final and verdict.disposition in (Disposition.ACCEPT, Disposition.QUARANTINE):
             for action in verdict.actions:
                 match action:
                     case RemoveHeader(name=name, index=index):
@@ -150,7 +150,7 @@ class PolicyMilter(Milter.Base):
             case _:
                 return Milter.ACCEPT if final else Milter.CONTINUE
 
-    def _crashed(self, where: str, error: Exception, args: tuple[Any, ...], *, replies: bool) -> int:
+    def _crashed(self, where: Callback, error: Exception, args: tuple[Any, ...], *, replies: bool) -> int:
         if self.conversation is None:
             # Nothing to attach the failure to (connect itself broke): log it once per
             # connection and answer every later command with a temporary failure.
@@ -162,12 +162,12 @@ class PolicyMilter(Milter.Base):
                 return Milter.CONTINUE
             self.setreply("451", "4.3.0", "Temporary local problem: please try again later")
             return Milter.TEMPFAIL
-        mail_from = args[0] if where == "envfrom" and args else None
+        mail_from = args[0] if where is Callback.ENVFROM and args else None
         verdict = self.conversation.crashed(where, error, replies=replies, mail_from=mail_from)
         if not replies:
             return Milter.CONTINUE
-        answer = self._apply(verdict, final=where == "eom")
-        if where == "eom" or verdict.stops:
+        answer = self._apply(verdict, final=where is Callback.EOM)
+        if where is Callback.EOM or verdict.stops:
             self._end_transaction()
         return answer
 
@@ -175,7 +175,7 @@ class PolicyMilter(Milter.Base):
 
     @Milter.symlist(*CONNECT_MACROS)
     @Milter.noreply
-    @_guarded(replies=False)
+    @_guarded(Callback.CONNECT, replies=False)
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
         values, missing = self._read(CONNECT_MACROS)
         self.conversation = self.service.open_conversation(lambda conn_id: Session(
@@ -193,7 +193,7 @@ class PolicyMilter(Milter.Base):
 
     @Milter.symlist(*HELO_MACROS)
     @Milter.noreply
-    @_guarded(replies=False)
+    @_guarded(Callback.HELLO, replies=False)
     def hello(self, hostname: str) -> int:
         values, _ = self._read(HELO_MACROS)
         self.conversation.update(self.conversation.session.evolve(
@@ -201,7 +201,7 @@ class PolicyMilter(Milter.Base):
         return Milter.CONTINUE
 
     @Milter.symlist(*MAIL_MACROS)
-    @_guarded(replies=True)
+    @_guarded(Callback.ENVFROM, replies=True)
     def envfrom(self, mail_from: str, *params: str) -> int:
         self._begin_transaction()
         verdict = self.conversation.mail(self._session_with_mail_macros(), mail_from, params,
@@ -212,52 +212,52 @@ class PolicyMilter(Milter.Base):
 
     @Milter.symlist(*QUEUE_ID_MACROS)
     @Milter.noreply
-    @_guarded(replies=False)
+    @_guarded(Callback.ENVRCPT, replies=False)
     def envrcpt(self, rcpt: str, *params: str) -> int:
         self.conversation.rcpt(rcpt, self._macro("i"))
         return Milter.CONTINUE
 
     @Milter.symlist(*QUEUE_ID_MACROS)
     @Milter.noreply
-    @_guarded(replies=False)
+    @_guarded(Callback.DATA, replies=False)
     def data(self) -> int:
         self.conversation.data(self._macro("i"))
         return Milter.CONTINUE
 
     @Milter.decode("bytes")
     @Milter.noreply
-    @_guarded(replies=False)
+    @_guarded(Callback.HEADER, replies=False)
     def header(self, name: str, value: bytes) -> int:
         self.conversation.header(name, value)
         return Milter.CONTINUE
 
     @Milter.noreply
-    @_guarded(replies=False)
+    @_guarded(Callback.EOH, replies=False)
     def eoh(self) -> int:
         return Milter.CONTINUE
 
     @Milter.noreply
-    @_guarded(replies=False)
+    @_guarded(Callback.BODY, replies=False)
     def body(self, chunk: bytes) -> int:
         self.conversation.body(chunk)
         return Milter.CONTINUE
 
     @Milter.symlist(*QUEUE_ID_MACROS)
-    @_guarded(replies=True)
+    @_guarded(Callback.EOM, replies=True)
     def eom(self) -> int:
         verdict = self.conversation.end_of_message(self._macro("i"))
         answer = self._apply(verdict, final=True)
         self._end_transaction()  # only now may a drain finish: the header changes are made
         return answer
 
-    @_guarded(replies=True)
+    @_guarded(Callback.ABORT, replies=True)
     def abort(self) -> int:
         if self.conversation is not None:
             self.conversation.abort()
         self._end_transaction()
         return Milter.CONTINUE
 
-    @_guarded(replies=True)
+    @_guarded(Callback.CLOSE, replies=True)
     def close(self) -> int:
         self._end_transaction()
         if self.conversation is not None:

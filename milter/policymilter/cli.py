@@ -20,6 +20,7 @@ from policymilter.listeners import UNKNOWN_LISTENER, ListenerMatch, listener_by_
 from policymilter.logs import setup_logging
 from policymilter.message import Message
 from policymilter.outcome import AddHeader, ChangeHeader, Disposition, RemoveHeader, Verdict
+from policymilter.pipeline import Stage
 from policymilter.policy import PolicyError, load_policy
 from policymilter.privileges import MILTER_USER, Identity, acting_as, milter_identity
 from policymilter.service import Service, load_checked, load_snapshot, unusable_keys
@@ -237,7 +238,7 @@ def explain(snapshot: Snapshot, session: Session, listener: ListenerMatch, raw: 
     sender = mail_from if mail_from is not None else (written_by.address if isinstance(written_by, Author) else "")
     recipients = list(rcpts) or _addresses(message, "To", "Cc") or ["postmaster@localhost"]
     verdict = conversation.mail(session, f"<{sender}>")
-    stage = "mail"
+    stage = Stage.MAIL
     if not verdict.stops:
         for rcpt in recipients:
             conversation.rcpt(f"<{rcpt}>")
@@ -246,7 +247,7 @@ def explain(snapshot: Snapshot, session: Session, listener: ListenerMatch, raw: 
             conversation.header(header.name, header.value)
         conversation.body(message.body_bytes())
         verdict = conversation.end_of_message(None)
-        stage = "eom"
+        stage = Stage.EOM
     return describe(conversation, verdict, stage)
 
 
@@ -256,11 +257,11 @@ def smtp_reply_text(verdict: Verdict) -> str:
     return "250 2.0.0 Ok: queued"
 
 
-def describe(conversation: Conversation, verdict: Verdict, stage: str) -> dict[str, Any]:
+def describe(conversation: Conversation, verdict: Verdict, stage: Stage) -> dict[str, Any]:
     return {
         "verdict": verdict.name,
         "smtp_reply": smtp_reply_text(verdict),
-        "stage": stage,
+        "stage": str(stage),
         "decided_by": verdict.decided_by or None,
         "reason": verdict.reason or None,
         "listener": conversation.listener.name,

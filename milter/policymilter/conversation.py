@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from policymilter import authresults, listeners
-from policymilter.facts import MACRO_SOURCES, Envelope, Session, strip_brackets
+from policymilter.facts import MACRO_SOURCES, Callback, Envelope, Session, strip_brackets
 from policymilter.listeners import ListenerMatch
 from policymilter.logs import SUMMARY_KEYS, SUMMARY_TAIL, SessionLog, WarnOnce, event
 from policymilter.message import Message
@@ -26,6 +26,11 @@ from policymilter.snapshot import Snapshot
 SHUTTING_DOWN = Verdict(Disposition.TEMPFAIL, SmtpReply("451", "4.3.2", "Mail filter restarting: please try again "
                                                                        "in a minute"),
                         decided_by="milter", reason="shutting down")
+
+
+# How Postfix names the stage a macro list belongs to (main.cf milter_<stage>_macros).
+STAGE_WORDS = {Callback.CONNECT: "connect", Callback.HELLO: "helo", Callback.ENVFROM: "mail",
+               Callback.EOM: "end of data"}
 
 
 class Conversation:
@@ -49,7 +54,7 @@ class Conversation:
     # --- session events -----------------------------------------------------------------
 
     def connected(self) -> None:
-        self._warn_missing("connect")
+        self._warn_missing(Callback.CONNECT)
         if not self.listener.known:
             self.warn_once(
                 self.log, ("listener", str(self.session.daemon_name), str(self.session.daemon_port)),
@@ -72,14 +77,14 @@ class Conversation:
     def update(self, session: Session) -> None:
         self.session = session
 
-    def _warn_missing(self, stage: str) -> None:
+    def _warn_missing(self, callback: Callback) -> None:
         depends = {"{daemon_name}"}
         if any(listener.ports for listener in self.snapshot.policy.listeners.values()):
             depends.add("{daemon_port}")
-        if stage == "mail":
+        if callback is Callback.ENVFROM:
             depends = {"{mail_addr}"}
         for macro in sorted(self.session.missing_macros & depends):
-            where, parameter = MACRO_SOURCES[macro]
+            source, parameter = MACRO_SOURCES[macro]
             extra = ""
             if macro == "{mail_addr}":
                 extra = (" (the MTA sent none of the MAIL-stage macros the milter asked for, so "
@@ -87,7 +92,7 @@ class Conversation:
                          "anonymous)")
             self.warn_once(
                 self.log, ("macro", self.listener.name, macro), "macro_missing",
-                f"the MTA did not send macro {macro} at {where} on listener {self.listener.name}{extra}: "
+                f"the MTA did not send macro {macro} at {STAGE_WORDS[source]} on listener {self.listener.name}{extra}: "
                 f"add it to {parameter} in Postfix's main.cf",
                 macro=macro, listener=self.listener.name, parameter=parameter,
             )
@@ -98,13 +103,13 @@ class Conversation:
              draining: bool = False) -> Verdict:
         self.session = session
         self.begin(mail_from, params)
-        self._warn_missing("mail")
+        self._warn_missing(Callback.ENVFROM)
         if draining:
             return self._finish(SHUTTING_DOWN, Stage.MAIL)
         if self.session_failure:
             return self._finish(self.session_failure, Stage.MAIL)
         verdict = self._run(Stage.MAIL)
-        return self._finish(verdict, Stage.MAIL) if verdict.stops else verdict
+        return self._finish(decide(self.results), Stage.MAIL) if verdict.stops else verdict
 
     def begin(self, mail_from: str, params: tuple[str, ...] = ()) -> None:
         """A new transaction: forget the last one's envelope, message and results."""
@@ -145,8 +150,8 @@ class Conversation:
             verdict = self.failure or self.session_failure
             assert verdict is not None
             return self._finish(verdict, Stage.EOM)
-        verdict = self._run(Stage.EOM)
-        return self._finish(verdict, Stage.EOM, headers=True)
+        self._run(Stage.EOM)
+        return self._finish(decide(self.results), Stage.EOM, headers=True)
 
     def abort(self) -> None:
         self.reset()
@@ -168,7 +173,8 @@ class Conversation:
 
     # --- failures ---------------------------------------------------------------------------
 
-    def crashed(self, where: str, error: BaseException, *, replies: bool, mail_from: str | None = None) -> Verdict:
+    def crashed(self, where: Callback, error: BaseException, *, replies: bool, mail_from: str | None = None
+                ) -> Verdict:
         """An unexpected exception in a callback (`where`), outside the checks: log it once, and
         the listener's error action. A callback that cannot reply keeps it for the next that can;
         MAIL FROM and end of message log their summary line (an accept at MAIL FROM lets the
@@ -176,13 +182,13 @@ class Conversation:
         if mail_from is not None and self.envelope is None:
             self.begin(mail_from)
         verdict = self._crash_verdict(where, error, deferred=not replies)
-        stage = {"envfrom": Stage.MAIL, "eom": Stage.EOM}.get(where)
-        refused_at_mail = stage is Stage.MAIL and verdict.disposition is not Disposition.CONTINUE
+        stage = {Callback.ENVFROM: Stage.MAIL, Callback.EOM: Stage.EOM}.get(where)
+        refused_at_mail = stage is Stage.MAIL and verdict.disposition is not Disposition.ACCEPT
         if replies and stage is not None and (stage is Stage.EOM or refused_at_mail):
             return self._finish(verdict, stage)
         return verdict
 
-    def _crash_verdict(self, where: str, error: BaseException, *, deferred: bool) -> Verdict:
+    def _crash_verdict(self, where: Callback, error: BaseException, *, deferred: bool) -> Verdict:
         if deferred and self.failure is not None:
             return self.failure  # this transaction already failed and was logged
         event(self.log, logging.ERROR, "callback_crashed", f"{where} raised {error!r}", exc_info=True,
@@ -191,8 +197,8 @@ class Conversation:
         disposition, reply = error_verdict(action)
         verdict = Verdict(disposition, reply, decided_by="milter", reason=f"{where}: {type(error).__name__}")
         if action is ErrorAction.ACCEPT:
-            return self._accepted_unchecked(verdict) if where == "eom" else verdict
-        if where in ("connect", "hello"):
+            return self._accepted_unchecked(verdict) if where is Callback.EOM else verdict
+        if where in (Callback.CONNECT, Callback.HELLO):
             self.session_failure = verdict
         elif deferred:
             self.failure = verdict
@@ -206,7 +212,7 @@ class Conversation:
             removals = authresults.forged(self.message, self.snapshot.policy.site.authserv_id) if self.message else ()
         except Exception as error:  # whatever broke the checks may break this too
             event(self.log, logging.ERROR, "callback_crashed", f"removing forged results raised {error!r}",
-                  exc_info=True, callback="eom", listener=self.listener.name)
+                  exc_info=True, callback=Callback.EOM, listener=self.listener.name)
             disposition, reply = error_verdict(ErrorAction.TEMPFAIL)
             return Verdict(disposition, reply, decided_by="milter", reason=f"{verdict.reason}; forged results")
         return replace(verdict, actions=removals)
@@ -223,9 +229,9 @@ class Conversation:
         self.results.extend(verdict.results)
         return verdict
 
-    def _finish(self, verdict: Verdict, stage: str, headers: bool = False) -> Verdict:
-        """Combine this transaction's results into the final verdict and log the summary."""
-        final = verdict if verdict.decided_by == "milter" else decide(self.results)
+    def _finish(self, final: Verdict, stage: Stage, headers: bool = False) -> Verdict:
+        """The transaction's final verdict (the checks' combined, or the milter's own when it
+        could not run them): our Authentication-Results added when asked, the summary logged."""
         if headers and not final.stops:
             final = replace(final, actions=(*self._authentication_results(), *final.actions))
         self.log_summary(final, stage)
@@ -241,7 +247,7 @@ class Conversation:
         added = (authresults.header(authserv_id, entries),) if entries else ()
         return (*authresults.forged(self.message, authserv_id), *added)
 
-    def summary_fields(self, verdict: Verdict, stage: str) -> dict[str, Any]:
+    def summary_fields(self, verdict: Verdict, stage: Stage) -> dict[str, Any]:
         session, envelope = self.session, self.envelope or Envelope()
         fields: dict[str, Any] = {
             "queue_id": envelope.queue_id,
@@ -272,7 +278,7 @@ class Conversation:
         would = [f"{r.check}:{r.would.verdict_name}" for r in self.results if r.would is not None]
         fields.update({
             "verdict": verdict.name,
-            "reply": str(verdict.reply) if verdict.reply and verdict.disposition is not Disposition.CONTINUE
+            "reply": str(verdict.reply) if verdict.reply and verdict.disposition is not Disposition.ACCEPT
             else None,
             "decided_by": verdict.decided_by,
             "reason": verdict.reason,
@@ -283,5 +289,5 @@ class Conversation:
         assert tuple(fields)[-len(SUMMARY_TAIL):] == SUMMARY_TAIL
         return fields
 
-    def log_summary(self, verdict: Verdict, stage: str) -> None:
+    def log_summary(self, verdict: Verdict, stage: Stage) -> None:
         event(self.log, logging.INFO, "summary", **self.summary_fields(verdict, stage))

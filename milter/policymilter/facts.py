@@ -8,24 +8,42 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any
 
-# Where each macro comes from in Postfix: the stage it is sent at and the parameter that lists
-# it. The milter asks for these itself at negotiation (at most 5 per stage); the parameter is
-# what an admin must set when the MTA ignores the milter's own list.
-MACRO_SOURCES: dict[str, tuple[str, str]] = {
-    "{daemon_name}": ("connect", "milter_connect_macros"),
-    "{daemon_port}": ("connect", "milter_connect_macros"),
-    "{daemon_addr}": ("connect", "milter_connect_macros"),
-    "j": ("connect", "milter_connect_macros"),
-    "_": ("connect", "milter_connect_macros"),
-    "{tls_version}": ("helo", "milter_helo_macros"),
-    "{cipher}": ("helo", "milter_helo_macros"),
-    "{cipher_bits}": ("helo", "milter_helo_macros"),
-    "{auth_type}": ("mail", "milter_mail_macros"),
-    "{auth_authen}": ("mail", "milter_mail_macros"),
-    "{mail_addr}": ("mail", "milter_mail_macros"),
-    "i": ("eom", "milter_end_of_data_macros"),
+
+class Callback(StrEnum):
+    """The milter callbacks, by the names pymilter gives them (and our log's `callback=`)."""
+
+    CONNECT = "connect"
+    HELLO = "hello"
+    ENVFROM = "envfrom"
+    ENVRCPT = "envrcpt"
+    DATA = "data"
+    HEADER = "header"
+    EOH = "eoh"
+    BODY = "body"
+    EOM = "eom"
+    ABORT = "abort"
+    CLOSE = "close"
+
+
+# Where each macro comes from in Postfix: the callback it arrives at and the parameter that
+# lists it. The milter asks for these itself at negotiation (at most 5 per stage); the parameter
+# is what an admin must set when the MTA ignores the milter's own list.
+MACRO_SOURCES: dict[str, tuple[Callback, str]] = {
+    "{daemon_name}": (Callback.CONNECT, "milter_connect_macros"),
+    "{daemon_port}": (Callback.CONNECT, "milter_connect_macros"),
+    "{daemon_addr}": (Callback.CONNECT, "milter_connect_macros"),
+    "j": (Callback.CONNECT, "milter_connect_macros"),
+    "_": (Callback.CONNECT, "milter_connect_macros"),
+    "{tls_version}": (Callback.HELLO, "milter_helo_macros"),
+    "{cipher}": (Callback.HELLO, "milter_helo_macros"),
+    "{cipher_bits}": (Callback.HELLO, "milter_helo_macros"),
+    "{auth_type}": (Callback.ENVFROM, "milter_mail_macros"),
+    "{auth_authen}": (Callback.ENVFROM, "milter_mail_macros"),
+    "{mail_addr}": (Callback.ENVFROM, "milter_mail_macros"),
+    "i": (Callback.EOM, "milter_end_of_data_macros"),
 }
 
 

@@ -32,9 +32,12 @@ class Outcome(StrEnum):
 
 
 class Disposition(IntEnum):
-    """What happens to the transaction; a higher value is stricter and wins."""
+    """What happens to the transaction; a higher value is stricter and wins.
 
-    CONTINUE = 0
+    ACCEPT is "no objection": at end of message the message is accepted; at MAIL FROM the
+    transaction goes on to the checks of the next stage."""
+
+    ACCEPT = 0
     QUARANTINE = 1
     DISCARD = 2
     TEMPFAIL = 3
@@ -42,7 +45,7 @@ class Disposition(IntEnum):
 
     @property
     def verdict_name(self) -> str:
-        return "accept" if self is Disposition.CONTINUE else self.name.lower()
+        return self.name.lower()
 
 
 class ErrorAction(StrEnum):
@@ -114,7 +117,7 @@ class CheckResult:
 
     check: str
     outcome: Outcome
-    disposition: Disposition = Disposition.CONTINUE
+    disposition: Disposition = Disposition.ACCEPT
     reply: SmtpReply | None = None
     reason: str = ""
     detail: str = ""
@@ -137,7 +140,7 @@ class CheckResult:
 class Verdict:
     """The pipeline's decision for one stage or one message."""
 
-    disposition: Disposition = Disposition.CONTINUE
+    disposition: Disposition = Disposition.ACCEPT
     reply: SmtpReply | None = None
     decided_by: str = ""
     reason: str = ""
@@ -155,14 +158,14 @@ class Verdict:
 
 
 def decide(results: tuple[CheckResult, ...] | list[CheckResult]) -> Verdict:
-    """Keep the strictest proposal: reject > tempfail > discard > quarantine > continue.
+    """Keep the strictest proposal: reject > tempfail > discard > quarantine > accept.
 
     Ties go to the earlier check, so the cheaper check that ran first names the reason.
     """
     results = tuple(results)
     winner: CheckResult | None = None
     for result in results:
-        if result.disposition > (winner.disposition if winner else Disposition.CONTINUE):
+        if result.disposition > (winner.disposition if winner else Disposition.ACCEPT):
             winner = result
     actions = tuple(action for result in results for action in result.actions)
     if winner is None:

@@ -110,7 +110,7 @@ def error_verdict(action: ErrorAction) -> tuple[Disposition, Any]:
         case ErrorAction.REJECT:
             return Disposition.REJECT, REJECT_ERROR
         case _:
-            return Disposition.CONTINUE, None
+            return Disposition.ACCEPT, None
 
 
 class Pipeline:
@@ -167,9 +167,9 @@ class Pipeline:
                              reason=result.reason or f"{check.name} failed", detail=result.detail or action.value,
                              # headers an erroring check proposes ("scan skipped") only make sense if
                              # the message is accepted anyway
-                             actions=result.actions if disposition is Disposition.CONTINUE else ())
+                             actions=result.actions if disposition is Disposition.ACCEPT else ())
         table = context.policy.check_table(check.name)
-        if table is not None and table.mode == "report" and result.disposition is not Disposition.CONTINUE:
-            result = replace(result, would=result.disposition, disposition=Disposition.CONTINUE,
+        if table is not None and table.mode == "report" and result.disposition is not Disposition.ACCEPT:
+            result = replace(result, would=result.disposition, disposition=Disposition.ACCEPT,
                              reply=None, actions=())
         return replace(result, elapsed_ms=elapsed)

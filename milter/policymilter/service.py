@@ -92,9 +92,9 @@ class Service:
         self._report_unusable_keys()
         return True
 
-    def open_conversation(self, facts: Callable[[str], Session]) -> Conversation:
-        """Start a session's Conversation; `facts` builds its Session from a new connection id."""
-        session = facts(str(next(self._ids)))
+    def open_conversation(self, new_session: Callable[[str], Session]) -> Conversation:
+        """Start a session's Conversation; `new_session` builds its Session from a new connection id."""
+        session = new_session(str(next(self._ids)))
         with self._lock:
             self.sessions += 1
         return Conversation(self.snapshot, session, self.warn_once, SessionLog(session.conn_id))

@@ -39,7 +39,7 @@ def run(endpoint: str, *overrides: str, raw: bytes = RAW):
 @pytest.mark.parametrize(
     ("answer", "overrides", "outcome", "disposition", "reply"),
     [
-        (b"stream: OK\0", (), Outcome.CLEAN, Disposition.CONTINUE, None),
+        (b"stream: OK\0", (), Outcome.CLEAN, Disposition.ACCEPT, None),
         (b"stream: Eicar-Signature FOUND\0", (), Outcome.INFECTED, Disposition.REJECT,
          "550 5.7.1 Message refused: it contains a virus (Eicar-Signature)"),
         (b"stream: Eicar-Signature FOUND\0", ('antivirus.on_infected="quarantine"',), Outcome.INFECTED,
@@ -48,7 +48,7 @@ def run(endpoint: str, *overrides: str, raw: bytes = RAW):
          Disposition.DISCARD, None),
         (b"stream: Evil\r\n550 x FOUND\0", (), Outcome.INFECTED, Disposition.REJECT,
          "550 5.7.1 Message refused: it contains a virus (Evil??550 x)"),  # a name never breaks the reply
-        (b"INSTREAM size limit exceeded. ERROR\0", (), Outcome.ERROR, Disposition.CONTINUE,
+        (b"INSTREAM size limit exceeded. ERROR\0", (), Outcome.ERROR, Disposition.ACCEPT,
          "451 4.7.1 Temporary problem scanning this message for viruses: please try again later"),
     ],
     ids=["clean", "infected", "quarantine", "discard", "hostile-name", "clamd-error"],
@@ -74,7 +74,7 @@ def test_failover_to_the_next_server():
 
 @pytest.mark.parametrize(
     ("on_oversize", "disposition", "reply"),
-    [("skip", Disposition.CONTINUE, None), ("reject", Disposition.REJECT, "552 5.3.4"),
+    [("skip", Disposition.ACCEPT, None), ("reject", Disposition.REJECT, "552 5.3.4"),
      ("tempfail", Disposition.TEMPFAIL, "451 4.7.1")],
 )
 def test_oversized_messages_follow_on_oversize(on_oversize, disposition, reply):

@@ -762,7 +762,7 @@ def test_blocked(case, default_policy):
 @pytest.mark.parametrize("case", CLEAN, ids=lambda case: case.id)
 def test_clean(case, default_policy):
     result = run(case.build(), default_policy)
-    assert (result.outcome, result.disposition, result.reply) == (Outcome.CLEAN, Disposition.CONTINUE, None), \
+    assert (result.outcome, result.disposition, result.reply) == (Outcome.CLEAN, Disposition.ACCEPT, None), \
         result.reason
     assert not result.findings.findings
     assert int(result.detail) >= 1
@@ -806,7 +806,7 @@ def test_uninspectable_accept(case_id, outcome, default_policy):
     result = run(case.build(), with_table(default_policy, uninspectable="accept"))
     assert result.outcome is outcome
     if outcome is Outcome.CLEAN:
-        assert (result.detail, result.disposition) == ("uninspectable", Disposition.CONTINUE)
+        assert (result.detail, result.disposition) == ("uninspectable", Disposition.ACCEPT)
         assert "accepted without inspection" in result.reason
 
 

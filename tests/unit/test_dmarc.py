@@ -75,7 +75,7 @@ def test_a_from_readers_disagree_on_is_refused_not_passed(header_from):
 
 def test_on_bad_from_accept_only_records_it():
     result = run("attacker@evil.example <service@bank.example>", "evil.example", 'dmarc.on_bad_from="accept"')
-    assert result.outcome is Outcome.PERMERROR and result.disposition is Disposition.CONTINUE
+    assert result.outcome is Outcome.PERMERROR and result.disposition is Disposition.ACCEPT
 
 
 def test_the_benign_control_passes():

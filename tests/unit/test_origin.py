@@ -68,7 +68,7 @@ def test_listener_rules(default_policy, listener, facts, outcome, reply):
     result = origin.check(matched, session(**facts))
     assert result.outcome is Outcome(outcome)
     if reply is None:
-        assert result.disposition is Disposition.CONTINUE and result.reply is None
+        assert result.disposition is Disposition.ACCEPT and result.reply is None
     else:
         assert result.disposition is Disposition.REJECT
         assert str(result.reply).startswith(reply)

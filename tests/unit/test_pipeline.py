@@ -25,7 +25,7 @@ REJECT = SmtpReply("550", "5.7.1", "no")
 class Fixed:
     name: str
     outcome: Outcome
-    disposition: Disposition = Disposition.CONTINUE
+    disposition: Disposition = Disposition.ACCEPT
     stage: Stage = Stage.EOM
     calls: int = 0
 
@@ -58,13 +58,13 @@ def test_strictest_wins_and_later_checks_do_not_run():
 
 def test_checks_not_listed_for_the_traffic_class_do_not_run():
     spam = Fixed("spam", Outcome.SPAM, Disposition.REJECT)
-    assert run([spam], context(listener="submission", authenticated=True)).disposition is Disposition.CONTINUE
+    assert run([spam], context(listener="submission", authenticated=True)).disposition is Disposition.ACCEPT
     assert spam.calls == 0
 
 
 def test_disabled_table_turns_a_check_off_everywhere():
     spam = Fixed("spam", Outcome.SPAM, Disposition.REJECT)
-    assert run([spam], context(["spam.enabled=false"])).disposition is Disposition.CONTINUE
+    assert run([spam], context(["spam.enabled=false"])).disposition is Disposition.ACCEPT
     assert spam.calls == 0
 
 
@@ -72,9 +72,9 @@ def test_disabled_table_turns_a_check_off_everywhere():
     ("overrides", "check", "expected"),
     [
         ((), "antivirus", Disposition.TEMPFAIL),  # listener default: tempfail
-        ((), "spam", Disposition.CONTINUE),  # default policy: spam errors accept on port 25
+        ((), "spam", Disposition.ACCEPT),  # default policy: spam errors accept on port 25
         (('listeners.smtp.unauthenticated.on_error={antivirus="reject"}',), "antivirus", Disposition.REJECT),
-        (('listeners.smtp.on_error="accept"',), "antivirus", Disposition.CONTINUE),
+        (('listeners.smtp.on_error="accept"',), "antivirus", Disposition.ACCEPT),
     ],
 )
 def test_error_matrix(logwatch, overrides, check, expected):
@@ -89,7 +89,7 @@ def test_error_matrix(logwatch, overrides, check, expected):
 def test_report_mode_logs_what_would_happen_and_does_nothing():
     spam = Fixed("spam", Outcome.SPAM, Disposition.REJECT)
     verdict = run([spam], context(['spam.mode="report"']))
-    assert verdict.disposition is Disposition.CONTINUE
+    assert verdict.disposition is Disposition.ACCEPT
     assert verdict.results[0].would is Disposition.REJECT
 
 

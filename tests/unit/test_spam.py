@@ -43,14 +43,14 @@ def added(result) -> dict[str, str]:
 @pytest.mark.parametrize(
     ("score", "overrides", "outcome", "disposition", "flag"),
     [
-        (1.0, (), Outcome.HAM, Disposition.CONTINUE, None),
-        (4.9, (), Outcome.HAM, Disposition.CONTINUE, None),
-        (5.0, (), Outcome.SPAM, Disposition.CONTINUE, "YES"),  # tag_score 5.0: tagged
-        (14.9, (), Outcome.SPAM, Disposition.CONTINUE, "YES"),
+        (1.0, (), Outcome.HAM, Disposition.ACCEPT, None),
+        (4.9, (), Outcome.HAM, Disposition.ACCEPT, None),
+        (5.0, (), Outcome.SPAM, Disposition.ACCEPT, "YES"),  # tag_score 5.0: tagged
+        (14.9, (), Outcome.SPAM, Disposition.ACCEPT, "YES"),
         (15.0, (), Outcome.SPAM, Disposition.REJECT, None),  # reject_score 15.0
         (9.0, ("spam.quarantine_score=8.0",), Outcome.SPAM, Disposition.QUARANTINE, "YES"),
         (1000.0, ("spam.reject_score=1000.0",), Outcome.SPAM, Disposition.REJECT, None),  # GTUBE
-        (-3.5, (), Outcome.HAM, Disposition.CONTINUE, None),
+        (-3.5, (), Outcome.HAM, Disposition.ACCEPT, None),
     ],
 )
 def test_scores_against_the_policys_thresholds(score, overrides, outcome, disposition, flag):

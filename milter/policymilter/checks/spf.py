@@ -106,7 +106,7 @@ class Spf:
             return CheckResult(NAME, Outcome.NONE, reason="no identity to check", detail="no-identity",
                                findings=SpfFindings())
         outcome = Outcome(main.result)
-        disposition, reply = Disposition.CONTINUE, None
+        disposition, reply = Disposition.ACCEPT, None
         if outcome is Outcome.FAIL and context.policy.spf.on_fail == "reject":
             disposition = Disposition.REJECT
             # RFC 7372 §3.2: 5.7.23 SPF validation failed

@@ -146,7 +146,7 @@ class Dmarc:
         reason = (f"{author} fails DMARC ({result.reason}); domain asks {result.disposition}"
                   + ("; spoofing one of our own domains" if spoofed_site else "")
                   + (f"; policy.override={override}" if override else ""))
-        disposition, reply = Disposition.CONTINUE, None
+        disposition, reply = Disposition.ACCEPT, None
         if action in ("reject", "quarantine") and inputs.unknown:
             # A check that could not answer may have held the aligned pass: never refuse (or hold)
             # mail for authentication that was not checked. The sender retries.
@@ -175,7 +175,7 @@ class Dmarc:
     def _temporary(self, context: CheckContext, result: DmarcResult, why: str, dns: bool = True) -> CheckResult:
         action = context.listener.settings.error_action(NAME, context.session.authenticated)
         disposition = {ErrorAction.TEMPFAIL: Disposition.TEMPFAIL, ErrorAction.REJECT: Disposition.REJECT}.get(
-            action, Disposition.CONTINUE)
+            action, Disposition.ACCEPT)
         reply = None
         if disposition is Disposition.TEMPFAIL:
             trouble = "Temporary DNS failure" if dns else "Temporary problem"
