@@ -54,6 +54,21 @@ def connect(endpoint: str, timeout: float) -> socket.socket:
     return sock
 
 
+def receive(sock: socket.socket, deadline: Deadline, limit: int, what: str, until: bytes = b"") -> bytes:
+    """The server's reply: up to the connection's end (or `until` at its end), within the
+    deadline; over `limit` bytes is a ScannerError (`what` names the server)."""
+    reply = bytearray()
+    while not (until and reply.endswith(until)):
+        deadline.arm(sock)
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        reply += chunk
+        if len(reply) > limit:
+            raise ScannerError(f"{what} sent an oversized reply")
+    return bytes(reply)
+
+
 def shown(text: str, limit: int = 200) -> str:
     """A server's words, fit for a log line."""
     return safetext.for_log(text, limit)

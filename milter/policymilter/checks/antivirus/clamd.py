@@ -6,12 +6,11 @@ reads the whole message into memory, so the message is streamed here from the sp
 
 from __future__ import annotations
 
-import socket
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from policymilter.scanning import Deadline, ScannerError, connect, failover, shown
+from policymilter.scanning import Deadline, ScannerError, connect, failover, receive, shown
 
 CHUNK = 64 * 1024
 
@@ -24,19 +23,6 @@ class ScanResult:
 
 
 MAX_REPLY = 4096  # "stream: <signature name> FOUND" is short; anything longer is not clamd
-
-
-def _reply(sock: socket.socket, deadline: Deadline) -> str:
-    data = bytearray()
-    while not data.endswith(b"\0"):
-        deadline.arm(sock)
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-        if len(data) > MAX_REPLY:
-            raise ScannerError("clamd sent an oversized reply")
-    return bytes(data).rstrip(b"\0").decode("utf-8", "replace").strip()
 
 
 def instream(endpoint: str, chunks: Iterable[bytes], timeout: float) -> ScanResult:
@@ -57,9 +43,10 @@ def instream(endpoint: str, chunks: Iterable[bytes], timeout: float) -> ScanResu
             # reply (if it got through) says why.
             pass
         try:
-            reply = _reply(sock, deadline)
+            data = receive(sock, deadline, MAX_REPLY, f"clamd at {endpoint}", until=b"\0")
         except ConnectionResetError:
-            reply = ""
+            data = b""
+    reply = data.rstrip(b"\0").decode("utf-8", "replace").strip()
     if not reply:
         raise ScannerError(f"clamd at {endpoint} closed the connection without an answer")
     # "stream: OK", "stream: Eicar-Signature FOUND", "INSTREAM size limit exceeded. ERROR"

@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from policymilter.scanning import Deadline, ScannerError, connect, failover, shown
+from policymilter.scanning import Deadline, ScannerError, connect, failover, receive, shown
 
 _NUMBER = r"(-?\d+(?:\.\d+)?)"
 _SPAM_LINE = re.compile(rf"^Spam:\s*(True|False|Yes|No)\s*;\s*{_NUMBER}\s*/\s*{_NUMBER}\s*$",
@@ -34,16 +34,8 @@ def check(endpoint: str, chunks: Iterable[bytes], length: int, timeout: float) -
         for chunk in chunks:
             deadline.arm(sock)
             sock.sendall(chunk)
-        reply = bytearray()
-        while True:
-            deadline.arm(sock)
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            reply += chunk
-            if len(reply) > MAX_REPLY:
-                raise ScannerError(f"spamd at {endpoint} sent an oversized reply")
-    text = bytes(reply).decode("utf-8", "replace")
+        reply = receive(sock, deadline, MAX_REPLY, f"spamd at {endpoint}")
+    text = reply.decode("utf-8", "replace")
     status = text.split("\r\n", 1)[0]
     if not status.startswith("SPAMD/") or " 0 " not in f"{status} ":
         raise ScannerError(f"spamd at {endpoint} answered {shown(status)!r}")
