@@ -23,10 +23,10 @@ HEADER = "Authentication-Results"
 # Every token a reader might take for the authserv-id: runs of characters that are not white
 # space, comment or quoting punctuation, or the ";" that ends the id.
 _ID_TOKEN = re.compile(r'[^\s;()"\\]+')
-# What a property value of ours may be: a domain, an address, an IP, a login, a base64 prefix.
-# Anything else (attacker text that would need quoting, 8-bit bytes) is left out, so the
-# header always parses and stays ASCII.
-_PROPERTY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+=:/-]{0,252}", re.ASCII)
+# What a property value of ours may be: a domain, an address, an IP, a login, a base64 prefix
+# (which may start with "+" or "/"; authres quotes a value with "/" in it). Anything else
+# (attacker text, 8-bit bytes) is left out, so the header always parses and stays ASCII.
+_PROPERTY = re.compile(r"[A-Za-z0-9+/][A-Za-z0-9._@+=:/-]{0,252}", re.ASCII)
 # Longer than any Authentication-Results a real server writes: not worth reading closely.
 MAX_PARSED_LENGTH = 8192
 MAX_COMMENT_NESTING = 10

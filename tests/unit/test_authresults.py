@@ -122,6 +122,16 @@ def test_unvalidated_values_never_reach_our_header():
     assert str(parsed.authserv_id) == OURS and len(parsed.results) == 3
 
 
+@pytest.mark.parametrize("b", ["Th32iJab", "+Th32iJa", "/Th32iJa", "Th3/2iJa", "Th32iJ+a"])
+def test_a_signature_prefix_is_kept_whatever_base64_character_it_starts_with(b):
+    # header.b is the first 8 base64 characters of b=: one signature in 32 starts with + or /.
+    entry = authres.DKIMAuthenticationResult(result="pass", header_d="example.org", header_s="s1",
+                                             properties=[authres.AuthenticationResultProperty("header", "b", b)])
+    value = authresults.header(OURS, [entry]).value
+    # A value with "/" is not an RFC 2045 token: quoted, as OpenDKIM writes it too.
+    assert f"header.b={b} " in value if "/" not in b else f'header.b="{b}" ' in value
+
+
 def test_a_login_that_would_need_quoting_is_left_out():
     session = Session(conn_id="t", auth_login="bj\u00f6rn", auth_mech="PLAIN")
     header = authresults.header(OURS, authresults.session_entries(session))
