@@ -1,4 +1,5 @@
-"""Helpers for the daemons the tests start (nsd, clamd, spamd): find them, wait for them, stop them."""
+"""Helpers for the programs the tests start (Postfix's tools, openssl, nsd, clamd, spamd): find them, run them,
+wait for them, stop them."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 # Debian's daemons live in sbin, often not on a venv's PATH.
@@ -22,6 +23,15 @@ def find_program(name: str, package: str) -> str:
     if found is None:
         raise RuntimeError(f"{name} not found: install Debian's {package} (apt-get install -y {package})")
     return found
+
+
+def run_checked(cmd: Sequence[str], *, what: str, input_data: bytes | None = None, timeout: float = 60) -> str:
+    """Run a command and return its stdout; on failure raise RuntimeError with its output."""
+    proc = subprocess.run(list(cmd), input=input_data, capture_output=True, timeout=timeout, check=False)
+    output = (proc.stdout + proc.stderr).decode(errors="replace")
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{output}")
+    return proc.stdout.decode(errors="replace")
 
 
 def session_processes(sid: int) -> dict[int, str]:

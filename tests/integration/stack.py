@@ -1,28 +1,29 @@
-"""A loopback mail stack for end-to-end tests of policy-milter.
+"""The harness that runs a loopback mail stack for end-to-end tests of policy-milter.
 
-``MailStack`` builds, in one directory, a private Postfix instance whose
-main.cf and master.cf are generated from ``contrib/postfix/`` (so the tests
-prove the shipped configuration), Cyrus SASL users in a sasldb file, a
-self-signed certificate, and an aiosmtpd "sink" that plays the next hop and
-keeps every message Postfix relays to it. The milter under test is started
-and stopped by the test with ``start_milter`` / ``stop_milter``.
+One job: start, observe and stop the stack. ``MailStack`` builds, in one
+directory, a private Postfix instance whose main.cf and master.cf
+postfix_config.py generates from ``contrib/postfix/`` (so the tests prove the
+shipped configuration), Cyrus SASL users in a sasldb file (sasl.py), a
+self-signed certificate (certificates.py), and an aiosmtpd "sink" that plays
+the next hop and keeps every message Postfix relays to it. The milter under
+test is started and stopped by the test with ``start_milter`` /
+``stop_milter``; ``transaction`` and ``unverified_tls_context`` are the
+tests' SMTP client helpers.
 
 Needs root (Postfix's master runs as root) and Debian's postfix, sasl2-bin,
 libsasl2-modules and openssl. Anything missing raises RuntimeError: in CI a
 missing service must fail the run, never skip it.
 
-Try it by hand::
+Try it by hand (the CLI is tryit.py)::
 
     python -m tests.integration.stack [--dir DIR] [--policy PATH]
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import atexit
 import grp
-import importlib.util
 import json
 import os
 import pwd
@@ -36,7 +37,6 @@ import ssl
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -46,56 +46,19 @@ from types import TracebackType
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CONTRIB_DIR = REPO_ROOT / "contrib" / "postfix"
+from tests.integration import certificates, postfix_config, sasl
+from tests.integration.postfix_config import HOSTNAME, LISTENERS, LOOPBACK, PostfixInstance
+from tests.integration.processes import run_checked
 
-HOSTNAME = "mx.example.test"
-LOCAL_DOMAIN = "example.test"  # relayed to the sink from anyone, like a gateway
-LOOPBACK = "127.0.0.1"
 DEFAULT_USERS: Mapping[str, str] = {
     "alice": "alice-secret",
     "bob.smith": "bob-secret",
     "carol": "carol-secret",
 }
-# Recipients whose local part starts with "hold" (hold@, hold-x@, hold.x@ any
-# domain) put the message in Postfix's hold queue, where postcat() shows it
-# with the headers milters added.
-HOLD_RECIPIENT_REGEXP = r"/^hold([-+.][^@]*)?@/ HOLD held for inspection by the test"
-
-SERVICES = ("smtp", "submission", "submissions")  # contrib's master.cf doors
 MILTER_USER = "policy-milter"  # the account scripts/install and scripts/test create
 POLL_INTERVAL = 0.05
 SUN_PATH_MAX = 107  # bytes in a unix socket path (sun_path is 108 with the NUL)
 LOG_TAIL_LINES = 40
-
-# Postfix's internal services, as in Debian's master.cf but never chrooted:
-# a private instance must see the same file system as the test.
-INTERNAL_SERVICES = """\
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-tlsmgr    unix  -       -       n       1000?   1       tlsmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-proxywrite unix -       -       n       -       1       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-local     unix  -       n       n       -       -       local
-virtual   unix  -       n       n       -       -       virtual
-lmtp      unix  -       -       n       -       -       lmtp
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-"""
 
 
 @dataclass(frozen=True)
@@ -216,15 +179,6 @@ def _drain_fd(fd: int) -> str:
     return b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
 
 
-def _run(cmd: Sequence[str], *, what: str, input_data: bytes | None = None, timeout: float = 60) -> str:
-    """Run a command; on failure raise RuntimeError with its output."""
-    proc = subprocess.run(list(cmd), input=input_data, capture_output=True, timeout=timeout, check=False)
-    output = (proc.stdout + proc.stderr).decode(errors="replace")
-    if proc.returncode != 0:
-        raise RuntimeError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{output}")
-    return proc.stdout.decode(errors="replace")
-
-
 def _user_can_traverse(path: Path, uid: int, gids: Sequence[int]) -> bool:
     """Whether a user may search every directory from / down to path."""
     for directory in [path, *path.parents]:
@@ -283,68 +237,6 @@ def _probe_unix_socket_as(path: Path, uid: int, gids: Sequence[int]) -> OSError 
         return None
     errno_text, _, message = report.partition(" ")
     return OSError(int(errno_text) if errno_text.isdigit() else 0, message or "probe failed")
-
-
-# ------------------------------------------------------- config generation
-
-
-def parse_main_cf(text: str) -> list[tuple[str, str]]:
-    """`name = value` pairs of a main.cf fragment, in order (no continuations)."""
-    pairs = []
-    for line in text.splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        if line[0].isspace():
-            raise ValueError(f"continuation lines are not supported in the contrib main.cf: {line!r}")
-        name, sep, value = line.partition("=")
-        if not sep:
-            raise ValueError(f"not a 'name = value' line: {line!r}")
-        pairs.append((name.strip(), value.strip()))
-    return pairs
-
-
-def parse_master_cf(text: str) -> list[list[str]]:
-    """master.cf logical entries: [fields of the first line..., '-o', 'x=y', ...]."""
-    entries: list[list[str]] = []
-    for line in text.splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue  # master.cf ignores comment lines even between -o lines
-        if line[0].isspace():
-            if not entries:
-                raise ValueError(f"continuation line before any service: {line!r}")
-            entries[-1].extend(line.split())
-        else:
-            entries.append(line.split())
-    return entries
-
-
-def render_master_entry(fields: Sequence[str]) -> str:
-    head, args = fields[:8], list(fields[8:])
-    lines = ["  ".join(head)]
-    while args:
-        if args[0] == "-o" and len(args) > 1:
-            lines.append(f"  -o {args[1]}")
-            args = args[2:]
-        else:
-            lines.append(f"  {args.pop(0)}")
-    return "\n".join(lines)
-
-
-def adapt_sasl_conf(text: str, sasldb_path: Path, mech_list: str | None = None) -> str:
-    """The contrib smtpd.conf with the stack's sasldb (and optionally mechanisms)."""
-    out, seen = [], set()
-    for line in text.splitlines():
-        key = line.split(":", 1)[0].strip() if ":" in line and not line.lstrip().startswith("#") else ""
-        if key == "sasldb_path":
-            line = f"sasldb_path: {sasldb_path}"
-        elif key == "mech_list" and mech_list is not None:
-            line = f"mech_list: {mech_list}"
-        seen.add(key)
-        out.append(line)
-    missing = {"sasldb_path", "mech_list"} - seen
-    if missing:
-        raise RuntimeError(f"contrib/postfix/sasl/smtpd.conf lacks {sorted(missing)}")
-    return "\n".join(out) + "\n"
 
 
 # ---------------------------------------------------------------- the stack
@@ -412,8 +304,7 @@ class MailStack:
         try:
             self._make_directories()
             self._start_sink()
-            listeners = ("smtp", "submission", "submissions", "loose")
-            self.ports.update(zip(listeners, _free_ports(len(listeners)), strict=True))
+            self.ports.update(zip(LISTENERS, _free_ports(len(LISTENERS)), strict=True))
             self._make_certificate()
             self._write_postfix_config()
             self._make_sasl()
@@ -507,20 +398,20 @@ class MailStack:
 
     def postqueue(self) -> str:
         """`postqueue -p`: the queue listing ("Mail queue is empty" when empty)."""
-        return _run([self._tools["postqueue"], "-c", str(self.config_dir), "-p"], what="postqueue -p")
+        return run_checked([self._tools["postqueue"], "-c", str(self.config_dir), "-p"], what="postqueue -p")
 
     def queue(self) -> list[dict[str, object]]:
         """`postqueue -j`: one dict per queued message (queue_name, queue_id, sender, recipients...)."""
-        out = _run([self._tools["postqueue"], "-c", str(self.config_dir), "-j"], what="postqueue -j")
+        out = run_checked([self._tools["postqueue"], "-c", str(self.config_dir), "-j"], what="postqueue -j")
         return [json.loads(line) for line in out.splitlines() if line.strip()]
 
     def flush(self) -> None:
         """`postqueue -f`: retry deferred mail now instead of after the backoff."""
-        _run([self._tools["postqueue"], "-c", str(self.config_dir), "-f"], what="postqueue -f")
+        run_checked([self._tools["postqueue"], "-c", str(self.config_dir), "-f"], what="postqueue -f")
 
     def postcat(self, queue_id: str) -> str:
         """`postcat -q ID`: a queued (e.g. held) message, headers as milters left them."""
-        return _run(
+        return run_checked(
             [self._tools["postcat"], "-c", str(self.config_dir), "-q", queue_id],
             what=f"postcat -q {queue_id}",
         )
@@ -610,10 +501,7 @@ class MailStack:
             grp.getgrnam("postdrop")
         except KeyError:
             raise RuntimeError("no 'postdrop' group: install Debian's postfix package") from None
-        # Without the plugins Postfix only logs "no mechanism available" at AUTH time.
-        for plugin in ("libplain.so", "liblogin.so", "libcrammd5.so", "libsasldb.so"):
-            if not any(Path("/usr/lib").glob(f"*/sasl2/{plugin}")) and not Path(f"/usr/lib/sasl2/{plugin}").exists():
-                raise RuntimeError(f"Cyrus SASL plugin {plugin} missing: apt-get install libsasl2-modules sasl2-bin")
+        sasl.check_plugins()
 
     def _check_path_lengths(self) -> None:
         # Postfix connects to $queue_directory/public/postlog by absolute path:
@@ -659,17 +547,7 @@ class MailStack:
         self.ports["sink"] = self._sink.port
 
     def _make_certificate(self) -> None:
-        _run(
-            [
-                self._tools["openssl"], "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                "-subj", f"/CN={HOSTNAME}", "-addext", f"subjectAltName=DNS:{HOSTNAME}",
-                "-keyout", str(self.key_path), "-out", str(self.cert_path),
-            ],
-            what="openssl req (self-signed certificate)",
-        )  # fmt: skip
-        # smtpd loads both as root before dropping privileges: the key stays 0600.
-        os.chmod(self.key_path, 0o600)
-        os.chmod(self.cert_path, 0o644)
+        certificates.make_self_signed(self._tools["openssl"], HOSTNAME, self.cert_path, self.key_path)
 
     def _make_sasl(self) -> None:
         """sasldb users and the two Cyrus app configs (strict and loose)."""
@@ -677,141 +555,28 @@ class MailStack:
         # that is empty (contrib's choice: {auth_authen} stays "alice"), in
         # $myhostname, which Postfix hands it as the server name.
         self.sasl_realm = self._postconf_expanded("smtpd_sasl_local_domain") or self._postconf_expanded("myhostname")
-        self.sasldb_path.unlink(missing_ok=True)
-        for user, password in self.users.items():
-            # -p: password from stdin, no newline; saslpasswd2 keeps it in clear
-            # (userPassword), which CRAM-MD5 on the loose listener needs.
-            _run(
-                [self._tools["saslpasswd2"], "-p", "-c", "-f", str(self.sasldb_path), "-u", self.sasl_realm, user],
-                what=f"saslpasswd2 for {user}",
-                input_data=password.encode(),
-            )
-        # smtpd opens the sasldb at AUTH time, after dropping to the postfix user.
-        os.chown(self.sasldb_path, 0, grp.getgrnam("postfix").gr_gid)
-        os.chmod(self.sasldb_path, 0o640)
-
-        contrib = (CONTRIB_DIR / "sasl" / "smtpd.conf").read_text()
-        (self.sasl_dir / "smtpd.conf").write_text(adapt_sasl_conf(contrib, self.sasldb_path))
-        loose = adapt_sasl_conf(contrib, self.sasldb_path, mech_list="PLAIN LOGIN CRAM-MD5")
-        (self.sasl_dir / "smtpd-loose.conf").write_text(loose)
+        sasl.write_sasldb(self._tools["saslpasswd2"], self.sasldb_path, self.sasl_realm, self.users)
+        sasl.write_app_configs(self.sasl_dir, self.sasldb_path)
 
     def _postconf_expanded(self, name: str) -> str:
-        out = _run([self._tools["postconf"], "-c", str(self.config_dir), "-x", "-h", name], what=f"postconf {name}")
+        out = run_checked(
+            [self._tools["postconf"], "-c", str(self.config_dir), "-x", "-h", name], what=f"postconf {name}"
+        )
         return out.strip()
 
-    # -- internals: Postfix configuration -----------------------------------
-
-    def _base_main_cf(self) -> list[str]:
-        """Settings of the private test instance itself (not part of contrib)."""
-        sink = f"smtp:[{LOOPBACK}]:{self.ports['sink']}"
-        return [
-            "compatibility_level = 3.6",
-            # config_directory comes from `postfix -c DIR`; setting it here too
-            # only earns an "overriding earlier entry" warning from every command.
-            f"queue_directory = {self.queue_dir}",
-            f"data_directory = {self.data_dir}",
-            # No syslog on these machines: postlogd writes the file. Its path
-            # must start with one of maillog_file_prefixes (default /var, /dev/stdout).
-            f"maillog_file = {self.maillog_path}",
-            f"maillog_file_prefixes = {self.directory}",
-            f"myhostname = {HOSTNAME}",
-            f"mydomain = {LOCAL_DOMAIN}",
-            "inet_interfaces = 127.0.0.1",
-            "inet_protocols = ipv4",
-            # Loopback clients must be strangers, or port 25 would relay for them.
-            "mynetworks =",
-            "mydestination =",
-            f"relay_domains = {LOCAL_DOMAIN}",
-            "alias_maps =",
-            "alias_database =",
-            "local_recipient_maps =",
-            # Every message goes to the sink, by IP: no DNS anywhere.
-            f"default_transport = {sink}",
-            f"relay_transport = {sink}",
-            "smtp_tls_security_level = none",
-            "smtp_dns_support_level = disabled",
-            "smtpd_peername_lookup = no",
-            "in_flow_delay = 0",
-            "biff = no",
-            "smtpd_relay_restrictions = permit_sasl_authenticated, reject_unauth_destination",
-            f"smtpd_recipient_restrictions = check_recipient_access regexp:{self.config_dir / 'hold_recipients'}",
-            # Deferred mail comes back soon; tests use flush() to retry at once.
-            "queue_run_delay = 10s",
-            "minimal_backoff_time = 10s",
-            "maximal_backoff_time = 20s",
-            "delay_warning_time = 0",
-            "smtpd_tls_session_cache_database =",
-        ]
-
-    def _contrib_main_cf(self) -> list[str]:
-        """contrib/postfix/main.cf with the stack's socket and file paths."""
-        overrides = {
-            "smtpd_milters": f"unix:{self.milter_socket}" if self.use_milter else "",
-            "smtpd_tls_cert_file": str(self.cert_path),
-            "smtpd_tls_key_file": str(self.key_path),
-        }
-        pairs = parse_main_cf((CONTRIB_DIR / "main.cf").read_text())
-        missing = set(overrides) - {name for name, _ in pairs}
-        if missing:
-            raise RuntimeError(f"contrib/postfix/main.cf lacks {sorted(missing)}; the stack adapts those")
-        return [f"{name} = {overrides.get(name, value)}".rstrip() for name, value in pairs]
-
-    def _contrib_master_cf(self) -> list[str]:
-        """contrib's three smtpd services on loopback ports, unchrooted."""
-        entries = {(e[0], e[1]): e for e in parse_master_cf((CONTRIB_DIR / "master.cf").read_text())}
-        blocks = []
-        for service in SERVICES:
-            entry = entries.get((service, "inet"))
-            if entry is None:
-                raise RuntimeError(f"contrib/postfix/master.cf has no '{service} inet' service")
-            # Name -> host:port; 5th column (chroot) -> n: a chrooted smtpd would
-            # look for the socket and sasldb inside the queue directory.
-            adapted = [f"{LOOPBACK}:{self.ports[service]}", entry[1], entry[2], entry[3], "n", *entry[5:]]
-            blocks.append(render_master_entry(adapted))
-        return blocks
-
-    def _loose_master_entry(self) -> str:
-        """Test-only door looser than contrib allows: AUTH without TLS, CRAM-MD5
-        offered. Proves the milter enforces "TLS before AUTH" and "PLAIN/LOGIN
-        only" by itself. Presents itself to the milter as the submission port."""
-        fields = [
-            f"{LOOPBACK}:{self.ports['loose']}", "inet", "n", "-", "n", "-", "-", "smtpd",
-            "-o", "syslog_name=postfix/loose",
-            "-o", "smtpd_tls_security_level=may",
-            "-o", "smtpd_tls_auth_only=no",
-            "-o", "smtpd_sasl_auth_enable=yes",
-            "-o", "smtpd_sasl_path=smtpd-loose",
-            "-o", "smtpd_relay_restrictions=permit_sasl_authenticated,reject",
-            "-o", "milter_macro_daemon_name=submission",
-        ]  # fmt: skip
-        return render_master_entry(fields)
-
     def _write_postfix_config(self) -> None:
-        main_cf = [
-            "# Generated by tests/integration/stack.py - do not edit.",
-            "# --- private test instance ---",
-            *self._base_main_cf(),
-            "# --- contrib/postfix/main.cf (adapted) ---",
-            *self._contrib_main_cf(),
-        ]
-        main_cf_path = self.config_dir / "main.cf"
-        main_cf_path.write_text("\n".join(main_cf) + "\n")
-        # Postfix rereads a main.cf modified within the last ~2 seconds in
-        # 300 ms steps until it is "settled" (it might be mid-edit): every
-        # postconf/postfix call would stall ~2 s. Backdate it.
-        settled = time.time() - 60
-        os.utime(main_cf_path, (settled, settled))
-        master_cf = [
-            "# Generated by tests/integration/stack.py - do not edit.",
-            "# --- contrib/postfix/master.cf (adapted) ---",
-            *self._contrib_master_cf(),
-            "# --- test-only listener ---",
-            self._loose_master_entry(),
-            "# --- Postfix internal services (unchrooted) ---",
-            INTERNAL_SERVICES,
-        ]
-        (self.config_dir / "master.cf").write_text("\n".join(master_cf) + "\n")
-        (self.config_dir / "hold_recipients").write_text(HOLD_RECIPIENT_REGEXP + "\n")
+        instance = PostfixInstance(
+            directory=self.directory,
+            config_dir=self.config_dir,
+            queue_dir=self.queue_dir,
+            data_dir=self.data_dir,
+            maillog_path=self.maillog_path,
+            cert_path=self.cert_path,
+            key_path=self.key_path,
+            milter_socket=self.milter_socket if self.use_milter else None,
+            ports=dict(self.ports),
+        )
+        postfix_config.write_config(instance)
 
     # -- internals: running Postfix -----------------------------------------
 
@@ -863,7 +628,7 @@ class MailStack:
     def _wait_postfix_ready(self) -> None:
         """Poll every listener until it greets with 220 (465: after the TLS handshake)."""
         deadline = time.monotonic() + self.start_timeout
-        for name in ("smtp", "submission", "submissions", "loose"):
+        for name in LISTENERS:
             wrap_tls = name == "submissions"
             while True:
                 error = _smtp_greeting_error(self.ports[name], wrap_tls)
@@ -966,138 +731,15 @@ def unverified_tls_context() -> ssl.SSLContext:
     return context
 
 
-# ---------------------------------------------------------------- the CLI
-
-
 def milter_command(policy: Path, socket_path: Path) -> list[str]:
-    """The command the tests and the CLI use to run the milter under test."""
+    """The command the tests and the try-it CLI use to run the milter under test."""
     return [sys.executable, "-m", "policymilter", "run", "--policy", str(policy), "--socket", f"unix:{socket_path}"]
 
 
-def _milter_env() -> dict[str, str]:
-    """Make `python -m policymilter` work from a checkout that is not pip-installed."""
-    if importlib.util.find_spec("policymilter") is not None:
-        return {}
-    source = REPO_ROOT / "milter"
-    path = os.pathsep.join(p for p in (str(source), os.environ.get("PYTHONPATH", "")) if p)
-    return {"PYTHONPATH": path}
-
-
-def example_script(stack: MailStack, sender_domain: str) -> str:
-    """A Python script that submits one message on 587 as the first user, from an address that
-    user owns under the policy (`{login}@{a site domain}`): what the try-it stack prints."""
-    user, password = next(iter(stack.users.items()))
-    return f"""import smtplib, ssl
-ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
-with smtplib.SMTP("127.0.0.1", {stack.ports["submission"]}) as s:
-    s.starttls(context=ctx)
-    s.login("{user}", "{password}")
-    s.sendmail("{user}@{sender_domain}", ["friend@elsewhere.test"],
-               b"From: {user}@{sender_domain}\\r\\nTo: friend@elsewhere.test\\r\\nSubject: hi\\r\\n\\r\\nhello\\r\\n")
-"""
-
-
-def instructions(stack: MailStack, sender_domain: str) -> str:
-    sub, smtp = stack.ports["submission"], stack.ports["smtp"]
-    user, password = next(iter(stack.users.items()))
-    users = ", ".join(f"{name} / {secret}" for name, secret in stack.users.items())
-    return f"""
-Mail stack running in {stack.directory}
-  ports:  smtp (port-25 door) {smtp}   submission (587, STARTTLS) {sub}
-          submissions (465, implicit TLS) {stack.ports["submissions"]}
-          loose (AUTH without TLS, CRAM-MD5; reported as submission) {stack.ports["loose"]}
-          sink (next hop, aiosmtpd) {stack.ports["sink"]}
-  users:  {users}   (realm {stack.sasl_realm}; log in with the bare name)
-  domain: {LOCAL_DOMAIN} is accepted on the smtp door; other domains only after AUTH
-  senders: a login sends as LOGIN@{sender_domain} (the policy's site.domains)
-  logs:   {stack.maillog_path}
-          {stack.milter_log_path}
-  milter socket: {stack.milter_socket}
-
-Send through submission with Python:
-
-python3 - <<'EOF'
-{example_script(stack, sender_domain)}EOF
-
-or with swaks (STARTTLS needs libnet-ssleay-perl):
-
-swaks --server 127.0.0.1:{sub} --tls --auth PLAIN --auth-user {user} --auth-password {password} \\
-      --from {user}@{sender_domain} --to friend@elsewhere.test
-
-Inbound on the smtp door:  swaks --server 127.0.0.1:{smtp} --from someone@elsewhere.test --to postmaster@{LOCAL_DOMAIN}
-
-Ctrl-C stops everything."""
-
-
-def site_domain(policy: Path) -> str:
-    """The first of the policy's site.domains (what logins own addresses in), else the stack's."""
-    from policymilter.policy import PolicyError, load_policy
-
-    try:
-        domains = load_policy(policy).policy.site.domains
-    except PolicyError:
-        return LOCAL_DOMAIN
-    return domains[0] if domains else LOCAL_DOMAIN
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run Postfix + SASL + TLS + sink + policy-milter on loopback.")
-    parser.add_argument("--dir", type=Path, help="stack directory (default: a new one under /tmp)")
-    parser.add_argument("--policy", type=Path, default=REPO_ROOT / "policies", help="policy path for the milter")
-    parser.add_argument("--no-milter", action="store_true", help="Postfix without the milter")
-    args = parser.parse_args(argv)
-
-    # Imported here: the harness modules import this one.
-    from tests.integration.dns_server import DnsServer, Zone
-    from tests.integration.scanners import Clamd, Spamd
-
-    directory = args.dir or Path(tempfile.mkdtemp(prefix="policy-milter-stack-"))
-    stack = MailStack(directory, milter=not args.no_milter)
-    # A real DNS server for the inbound checks (example.org publishes SPF for 192.0.2.10 only
-    # and DMARC p=reject, so mail claiming it sent to port 25 from here is refused as a
-    # forgery), clamd and spamd for scanning.
-    zones = [Zone("example.org").txt("@", "v=spf1 ip4:192.0.2.10 -all").txt("_dmarc", "v=DMARC1; p=reject"),
-             Zone(LOCAL_DOMAIN), Zone("elsewhere.test"), Zone("example.net")]
-    dns_server = DnsServer(directory / "dns", zones)
-    clamd, spamd = Clamd(directory / "clamd"), Spamd(directory / "spamd")
-    # SIGTERM behaves like Ctrl-C so the stack is always stopped cleanly.
-    signal.signal(signal.SIGTERM, _interrupt)
-    started = time.monotonic()
-    try:
-        stack.start()
-        if not args.no_milter:
-            dns_server.start()
-            clamd.start()
-            spamd.start()
-            options = [f'dns.nameservers=["{dns_server.nameserver}"]', f'antivirus.servers=["{clamd.endpoint}"]',
-                       f'spam.servers=["{spamd.endpoint}"]']
-            command = milter_command(args.policy.resolve(), stack.milter_socket)
-            stack.start_milter([*command, *(part for option in options for part in ("-o", option))],
-                               env=_milter_env())
-        print(f"started in {time.monotonic() - started:.1f}s")
-        print(instructions(stack, site_domain(args.policy)), flush=True)
-        if not args.no_milter:
-            print(f"  dns:    nsd on {dns_server.nameserver} (zones: {', '.join(z.origin for z in zones)})")
-            print(f"  clamd:  {clamd.endpoint} (EICAR is its one signature); spamd: {spamd.endpoint} (try GTUBE)")
-            print("  try a forgery on the smtp door: From: ceo@example.org (DMARC p=reject) is refused")
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        print("\nstopping...", flush=True)
-    finally:
-        # A second Ctrl-C or SIGTERM must not cut the cleanup short: the daemons run in
-        # sessions of their own and would outlive us.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        stack.stop()
-        for daemon in (spamd, clamd, dns_server):
-            daemon.stop()
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m tests.integration.stack` (as both READMEs document) runs the try-it CLI. This
+    # file then runs as __main__ while tryit imports tests.integration.stack afresh: tryit uses
+    # that module's MailStack only, never this copy's.
+    from tests.integration import tryit
+
+    raise SystemExit(tryit.main())

@@ -16,17 +16,10 @@ from email.message import EmailMessage
 
 import pytest
 
-from tests.conftest import OFFLINE
-from tests.integration.stack import (
-    LOOPBACK,
-    REPO_ROOT,
-    MailStack,
-    example_script,
-    instructions,
-    milter_command,
-    site_domain,
-    unverified_tls_context,
-)
+from tests.conftest import DEFAULT_POLICY, OFFLINE
+from tests.integration.postfix_config import LOOPBACK
+from tests.integration.stack import MailStack, milter_command, unverified_tls_context
+from tests.integration.tryit import example_script, instructions, site_domain
 
 pytestmark = pytest.mark.integration
 
@@ -176,7 +169,7 @@ def test_files_and_logs_are_where_the_stack_says(stack: MailStack) -> None:
 def test_the_try_it_example_works_as_printed(tmp_path):
     """Issue 9: the try-it stack printed an example the shipped policy refused (alice may not
     send as alice@example.test). The printed script, run as printed, is delivered."""
-    policy = REPO_ROOT / "policies"
+    policy = DEFAULT_POLICY
     with MailStack(tmp_path / "stack") as running:
         running.start_milter([*milter_command(policy, running.milter_socket),
                               *(part for option in OFFLINE for part in ("-o", option))])
