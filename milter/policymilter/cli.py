@@ -33,6 +33,16 @@ EXIT_UNUSABLE_KEYS = 1  # check-policy: valid, but a signing key the milter cann
 SOCKET_SPEC = re.compile(r"^(unix|local):/\S+$|^inet6?:(?P<port>\d{1,5})(@\S+)?$", re.ASCII)
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
 def _common(parser: argparse.ArgumentParser, policy_required: bool = False) -> None:
     parser.add_argument("--policy", required=policy_required, default=None if policy_required else DEFAULT_POLICY,
                         help="policy file, or directory of *.toml files read in name order "
@@ -66,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seconds libmilter waits for the MTA before dropping a connection")
     run.add_argument("--drain-timeout", type=float, default=30.0,
                      help="on SIGTERM, seconds to let open transactions finish (default 30)")
+    run.add_argument("--workers", type=_positive, default=None, metavar="N",
+                     help="worker processes serving the socket (default: one per CPU)")
+    run.add_argument("--recycle-after", type=_positive, default=0, metavar="M",
+                     help="replace a worker after it has handled M messages, to bound slow leaks (default: never)")
 
     check = commands.add_parser("check-policy", help="validate a policy; exit 0, or 2 with FILE:LINE errors, "
                                                      "or 1 when a signing key cannot be used")
@@ -188,7 +202,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         return serve(start, args.socket, identity=identity, timeout=args.timeout,
-                     drain_timeout=args.drain_timeout)
+                     drain_timeout=args.drain_timeout, workers=args.workers, recycle_after=args.recycle_after)
     except PolicyError as error:
         _print_issues(error)
         print(f"{args.policy}: the policy is not valid; not starting", file=sys.stderr)

@@ -1,10 +1,13 @@
-"""The process: bind the socket as the milter's user, drop privileges, fork, supervise, signals.
+"""The process: bind the socket as the milter's user, drop privileges, fork workers, supervise, signals.
 
-`run` is two processes: a small supervisor parent (the PID systemd and admins signal) and the
-libmilter child it forks after binding the socket and dropping privileges. libmilter's own
-signal thread stops a milter at once on SIGTERM and then no longer serves the sessions it has
-open; the parent turns SIGTERM/SIGINT/SIGHUP into a drain of the child instead (SIGUSR2), and
-passes reloads on (SIGUSR1). libmilter itself is reached only through adapter.Libmilter.
+`run` is a small supervisor parent (the PID systemd and admins signal) and N worker processes
+(default: one per CPU) that it forks after binding the socket and dropping privileges; each
+runs libmilter on the inherited listening socket (Python runs one thread at a time per
+process: CPU-bound checks scale across processes only). libmilter's own signal thread stops a
+milter at once on SIGTERM and then no longer serves the sessions it has open; the parent turns
+SIGTERM/SIGINT/SIGHUP into a drain of every worker instead (SIGUSR2), validates a reload once
+and passes it on (SIGUSR1), replaces a worker that dies, and one that retires after
+`--recycle-after` messages. libmilter itself is reached only through adapter.Libmilter.
 """
 
 from __future__ import annotations
@@ -14,20 +17,28 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import stat
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from policymilter.adapter import Libmilter, install
-from policymilter.logs import LOGGER, event
+from policymilter.logs import LOGGER, event, set_worker
 from policymilter.privileges import Identity, acting_as, drop_privileges, group_name, user_name
 from policymilter.service import Service
 
 RELOAD_SIGNAL = signal.SIGUSR1  # libmilter's own thread takes SIGHUP/SIGTERM/SIGINT
-DRAIN_SIGNAL = signal.SIGUSR2  # parent -> child: stop gracefully
+DRAIN_SIGNAL = signal.SIGUSR2  # parent -> worker: stop gracefully; worker -> parent: I am retiring
+RETIRE_SIGNAL = signal.SIGALRM  # within a worker: its message count is reached (nothing here uses alarm())
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGHUP, signal.SIGINT}
+SUPERVISED = {*STOP_SIGNALS, RELOAD_SIGNAL, DRAIN_SIGNAL, signal.SIGCHLD}
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+QUICK_DEATH = 10.0  # seconds: a worker that dies sooner is restarted with a growing delay
+GIVE_UP_AFTER = 5  # quick deaths in a row of one worker: the milter stops (exit 1)
 
 
 @dataclass(frozen=True)
@@ -104,19 +115,29 @@ def _socket_problem(path: Path, info: os.stat_result, identity: Identity | None)
     return None
 
 
-def _open_socket(libmilter: Libmilter, socket_spec: str, identity: Identity | None) -> SocketFile | None:
-    """Bind the listening socket; a unix socket is created by the user the milter runs as.
+def _open_socket(libmilter: Libmilter, socket_spec: str, identity: Identity | None, timeout: int
+                 ) -> SocketFile | None:
+    """Configure libmilter and bind the listening socket; a unix socket is created by the user
+    the milter runs as.
 
     With the effective uid, gid and groups of `identity` and a umask giving 0660, the socket is
     born with its final owner, group and mode: nothing is chowned or chmodded afterwards, and
     root never acts by path in the socket directory, which that user controls (it could swap
     the socket for a link to any file between creation and a chown). libmilter's own checks run
     as that user too: an existing socket is stat()ed and unlinked before bind().
+
+    libmilter binds a temporary name, which is then renamed to the path (replacing a stale
+    socket atomically): at exit libmilter unlinks whatever socket sits at the name it bound
+    (listener.c, mi_closener), and a worker that exits must not take the path the others still
+    serve on with it. Only the parent removes the path, at the very end (SocketFile.remove).
     """
     path = _unix_path(socket_spec)
     if path is None:
+        libmilter.configure(socket_spec, timeout)
         libmilter.opensocket(socket_spec)  # inet: nothing in the file system; ports < 1024 need root
         return None
+    bound = f".{os.getpid()}"  # short: sun_path holds 107 bytes
+    libmilter.configure(f"unix:{path.parent / bound}", timeout)
     with acting_as(identity):
         _check_socket_path(path, identity)
         previous = os.umask(0o117)
@@ -125,6 +146,12 @@ def _open_socket(libmilter: Libmilter, socket_spec: str, identity: Identity | No
         finally:
             os.umask(previous)
         directory_fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.rename(bound, path.name, src_dir_fd=directory_fd, dst_dir_fd=directory_fd)
+        except OSError:
+            os.unlink(bound, dir_fd=directory_fd)
+            os.close(directory_fd)
+            raise
         info = os.stat(path.name, dir_fd=directory_fd, follow_symlinks=False)
         created = SocketFile(path, directory_fd, info.st_dev, info.st_ino)
         problem = _socket_problem(path, info, identity)
@@ -134,59 +161,244 @@ def _open_socket(libmilter: Libmilter, socket_spec: str, identity: Identity | No
     return created
 
 
+def _listening_fds() -> set[int]:
+    """This process's listening sockets, by descriptor."""
+    found = set()
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            probe = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue  # the directory listing's own descriptor, gone by now
+        with probe:
+            if probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                found.add(fd)
+    return found
+
+
+def _stop_accepting(listen_fd: int) -> socket.socket:
+    """Put a socket that never becomes readable where libmilter listens, in this process only.
+
+    libmilter polls its listening descriptor and accepts when it is readable; after this, this
+    worker is given no new connection (the other workers take them) while its open sessions go
+    on. One end of a socket pair, its peer kept open and silent (returned: keep it): nobody can
+    connect to it, and it never polls readable or hung up. Non-blocking, should anything call
+    accept() on it anyway."""
+    quiet, peer = socket.socketpair()
+    quiet.setblocking(False)
+    os.dup2(quiet.fileno(), listen_fd, inheritable=False)
+    quiet.close()
+    return peer
+
+
 def _die_with_parent(parent: int) -> None:
-    """If the supervisor dies (even by SIGKILL), the kernel asks this child to drain."""
+    """If the supervisor dies (even by SIGKILL), the kernel asks this worker to drain."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, int(DRAIN_SIGNAL), 0, 0, 0)
     if os.getppid() != parent:  # it died before prctl took effect
         os.kill(os.getpid(), DRAIN_SIGNAL)
 
 
-def _supervise(child: int, log: logging.Logger) -> int:
-    """The parent: turn SIGTERM/SIGHUP/SIGINT into a graceful stop of the child; pass on reloads.
+def _drain(service: Service, drain_timeout: float, log: logging.Logger) -> None:
+    service.draining.set()
+    event(log, logging.INFO, "stopping", "new transactions get 451 4.3.2; waiting for open ones",
+          transactions=service.transactions, sessions=service.sessions)
+    drained = service.drain(drain_timeout)
+    event(log, logging.INFO if drained else logging.WARNING, "stopped",
+          "all transactions finished" if drained else "drain timeout: open transactions will be "
+          "retried by their senders (Postfix answers them with milter_default_action)",
+          transactions=service.transactions)
 
-    libmilter's own signal thread stops the milter at once on SIGTERM, and from then on it no
-    longer serves the sessions it has open. So the process that receives the service manager's
-    SIGTERM is this small parent, and the child (libmilter) is asked to drain with SIGUSR2.
-    """
+
+def _retire(service: Service, drain_timeout: float, listen_fd: int, parent: int, log: logging.Logger) -> None:
+    """Recycling: the parent starts a replacement, this worker takes no new connection, and its
+    open sessions end as their clients finish (up to drain_timeout, or until told to stop)."""
+    event(log, logging.INFO, "worker_retiring", f"recycled after {service.messages} messages: taking no new "
+          "connections, finishing open sessions", messages=service.messages, sessions=service.sessions)
+    os.kill(parent, DRAIN_SIGNAL)
+    peer = _stop_accepting(listen_fd)
+    deadline = time.monotonic() + drain_timeout
+    while service.sessions > 0 and time.monotonic() < deadline:
+        if signal.sigtimedwait({DRAIN_SIGNAL}, 0.2) is not None:
+            break  # the whole milter stops: drain now
+    _drain(service, max(deadline - time.monotonic(), 1.0), log)
+    peer.close()
+
+
+def _control_loop(service: Service, drain_timeout: float, stop: Callable[[], None], listen_fd: int,
+                  parent: int, log: logging.Logger) -> None:
+    """A worker's control thread: reload on SIGUSR1, drain and stop on SIGUSR2, retire when its
+    message count is reached. Never dies."""
     while True:
-        sig = signal.sigwait({signal.SIGTERM, signal.SIGHUP, signal.SIGINT, RELOAD_SIGNAL, signal.SIGCHLD})
-        if sig == signal.SIGCHLD:
-            pid, status = os.waitpid(child, os.WNOHANG)
-            if pid == child:
-                code = os.waitstatus_to_exitcode(status)
-                if code != 0:
-                    event(log, logging.ERROR, "child_exited", f"milter process exited with {code}", code=code)
-                return code if code >= 0 else 128 - code
-            continue
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child, RELOAD_SIGNAL if sig == RELOAD_SIGNAL else DRAIN_SIGNAL)
-
-
-def _control_loop(service: Service, drain_timeout: float, stop: Callable[[], None], log: logging.Logger) -> None:
-    """The child's control thread: reload on SIGUSR1, drain and stop on SIGUSR2. Never dies."""
-    while True:
-        sig = signal.sigwait({RELOAD_SIGNAL, DRAIN_SIGNAL})
+        sig = signal.sigwait({RELOAD_SIGNAL, DRAIN_SIGNAL, RETIRE_SIGNAL})
         if sig == RELOAD_SIGNAL:
-            service.reload()
+            service.reload(announce=False)  # the parent announced it (and validated it first)
             continue
         try:
-            service.draining.set()
-            event(log, logging.INFO, "stopping", "new transactions get 451 4.3.2; waiting for open ones",
-                  transactions=service.transactions, sessions=service.sessions)
-            drained = service.drain(drain_timeout)
-            event(log, logging.INFO if drained else logging.WARNING, "stopped",
-                  "all transactions finished" if drained else "drain timeout: open transactions will be "
-                  "retried by their senders (Postfix answers them with milter_default_action)",
-                  transactions=service.transactions)
+            if sig == RETIRE_SIGNAL:
+                _retire(service, drain_timeout, listen_fd, parent, log)
+            else:
+                _drain(service, drain_timeout, log)
         finally:
             stop()
         return
 
 
+def _worker(number: int, service: Service, libmilter: Libmilter, listen_fd: int, parent: int,
+            drain_timeout: float, recycle_after: int, log: logging.Logger) -> NoReturn:
+    """One worker process: libmilter on the inherited listening socket, until told to stop."""
+    # Own process group: a Ctrl-C in a terminal reaches the parent only, which drains us.
+    os.setpgid(0, 0)
+    _die_with_parent(parent)
+    set_worker(number)
+    service.worker = number
+    if recycle_after:
+        me = os.getpid()
+        service.on_transaction_end = lambda count: os.kill(me, RETIRE_SIGNAL) if count == recycle_after else None
+    threading.Thread(target=_control_loop, args=(service, drain_timeout, libmilter.stop, listen_fd, parent, log),
+                     name="control", daemon=True).start()
+    event(log, logging.DEBUG, "worker_started", f"worker {number} serving", pid=os.getpid())
+    code = libmilter.main(log)
+    logging.shutdown()
+    os._exit(code)  # never back into the parent's code (atexit, CLI)
+
+
+@dataclass
+class _Child:
+    number: int
+    started: float
+    retiring: bool = False
+
+
+class _Supervisor:
+    """The parent: N workers kept running; stop, reload and recycling passed on to them.
+
+    libmilter's own signal thread stops a milter at once on SIGTERM, and from then on it no
+    longer serves the sessions it has open. So the process that receives the service manager's
+    SIGTERM is this small parent, which asks each worker to drain (SIGUSR2)."""
+
+    def __init__(self, spawn: Callable[[int], int], count: int, service: Service, drain_timeout: float,
+                 log: logging.Logger) -> None:
+        self.spawn, self.count, self.service, self.drain_timeout, self.log = spawn, count, service, drain_timeout, log
+        self.children: dict[int, _Child] = {}
+        self.due: dict[int, float] = {}  # worker number -> when to start it again
+        self.failures: dict[int, int] = {}  # worker number -> quick deaths in a row
+
+    def start(self, number: int) -> None:
+        pid = self.spawn(number)
+        self.children[pid] = _Child(number, time.monotonic())
+        self.due.pop(number, None)
+
+    def run(self) -> int:
+        for number in range(1, self.count + 1):
+            self.start(number)
+        while True:
+            wait = min(self.due.values()) - time.monotonic() if self.due else None
+            info = (signal.sigtimedwait(SUPERVISED, max(wait, 0.0)) if wait is not None
+                    else signal.sigwaitinfo(SUPERVISED))
+            if info is None:
+                for number, when in list(self.due.items()):
+                    if when <= time.monotonic():
+                        self.start(number)
+                continue
+            sig = info.si_signo
+            if sig in STOP_SIGNALS:
+                return self.stop(0)
+            if sig == RELOAD_SIGNAL:
+                self.reload()
+            elif sig == DRAIN_SIGNAL and info.si_pid in self.children:
+                retiring = self.children[info.si_pid]
+                if not retiring.retiring:
+                    retiring.retiring = True
+                    self.start(retiring.number)  # its replacement takes new connections now
+            elif sig == signal.SIGCHLD and not self.reap():
+                event(self.log, logging.ERROR, "workers_failing", f"workers died {GIVE_UP_AFTER} times in a row within "
+                      f"{QUICK_DEATH} s of starting: stopping (the service manager may restart the milter)")
+                return self.stop(1)
+
+    def reload(self) -> None:
+        """Validated once, here; only a policy that loaded is passed on to every worker."""
+        if not self.service.reload():
+            return
+        for pid, child in self.children.items():
+            if not child.retiring:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, RELOAD_SIGNAL)
+
+    def reap(self) -> bool:
+        """Collect exited workers and schedule replacements; False when they keep dying."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return True
+            if pid == 0:
+                return True
+            child = self.children.pop(pid, None)
+            if child is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            if child.retiring and code == 0:
+                event(self.log, logging.INFO, "worker_recycled", f"worker {child.number} (pid {pid}) exited after "
+                      "recycling", worker=child.number, pid=pid)
+                continue
+            lived = time.monotonic() - child.started
+            quick = self.failures.get(child.number, 0) + 1 if lived < QUICK_DEATH else 1
+            self.failures[child.number] = quick
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with {code}"
+            event(self.log, logging.ERROR, "worker_exited", f"worker {child.number} (pid {pid}) {how} after "
+                  f"{lived:.1f} s: starting another; mail in its open sessions is tempfailed by Postfix and retried",
+                  worker=child.number, pid=pid, code=code)
+            if child.retiring:
+                continue  # its replacement runs already
+            if quick >= GIVE_UP_AFTER:
+                return False
+            self.due[child.number] = time.monotonic() + (0.0 if quick == 1 else min(2.0 ** (quick - 2), 30.0))
+
+    def stop(self, code: int) -> int:
+        """Every worker drains; whatever is still running after its time is killed."""
+        self.due.clear()
+        for pid in self.children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, DRAIN_SIGNAL)
+        deadline = time.monotonic() + 2 * self.drain_timeout + 5  # a retiring worker may wait twice
+        while self.children:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                for pid in self.children:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                left = 10.0
+                deadline = time.monotonic() + left
+            signal.sigtimedwait({signal.SIGCHLD}, left)
+            while True:
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    self.children.clear()
+                    break
+                if pid == 0:
+                    break
+                child = self.children.pop(pid, None)
+                exit_code = os.waitstatus_to_exitcode(status)
+                if child is not None and exit_code != 0:
+                    event(self.log, logging.ERROR, "worker_exited", f"worker {child.number} (pid {pid}) exited "
+                          f"with {exit_code} while stopping", worker=child.number, pid=pid, code=exit_code)
+                    code = code or 1
+        return code
+
+
+def default_workers() -> int:
+    """One worker per CPU this process may run on."""
+    return max(len(os.sched_getaffinity(0)), 1)
+
+
 def serve(start: Callable[[], Service], socket_spec: str, *, identity: Identity | None = None,
-          timeout: int = 600, drain_timeout: float = 30.0) -> int:
-    """Bind, drop privileges, then build the Service with `start` and serve until SIGTERM.
+          timeout: int = 600, drain_timeout: float = 30.0, workers: int | None = None,
+          recycle_after: int = 0) -> int:
+    """Bind, drop privileges, build the Service with `start`, fork the workers, serve until SIGTERM.
 
     `start` runs after the drop, so the resources of the policy (signing keys, the sender map)
     are read by the user that reads them again on every SIGUSR1: a file works at start exactly
@@ -194,15 +406,20 @@ def serve(start: Callable[[], Service], socket_spec: str, *, identity: Identity 
     """
     log = logging.getLogger(LOGGER)
     libmilter = Libmilter()
+    count = workers or default_workers()
 
-    # Block these in every thread before any starts (threads and the child inherit the mask):
-    # they are taken with sigwait by the parent, by our control thread and by libmilter's own
-    # signal thread. A thread that left one unblocked would die of its default action.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {RELOAD_SIGNAL, DRAIN_SIGNAL, signal.SIGHUP, signal.SIGTERM,
-                                              signal.SIGINT, signal.SIGCHLD})
-    libmilter.configure(socket_spec, timeout)
-    socket_file = _open_socket(libmilter, socket_spec, identity)
+    # Block these in every thread before any starts (threads and the workers inherit the mask):
+    # they are taken with sigwait by the parent, by each worker's control thread and by
+    # libmilter's own signal thread. A thread that left one unblocked would die of its default action.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {*SUPERVISED, RETIRE_SIGNAL})
+    before = _listening_fds()
+    socket_file = _open_socket(libmilter, socket_spec, identity, timeout)
     try:
+        [listen_fd] = _listening_fds() - before
+        # Every worker polls the one socket and all wake for a connection that only one gets:
+        # the others' accept() must return EAGAIN (libmilter then polls again), not block
+        # holding the lock that libmilter's stop needs. (Accepted sockets stay blocking.)
+        os.set_blocking(listen_fd, False)
         drop_privileges(identity)
         service = start()
     except BaseException:
@@ -211,22 +428,20 @@ def serve(start: Callable[[], Service], socket_spec: str, *, identity: Identity 
         raise
     install(service)
 
-    # No thread exists yet, so forking is safe; the child inherits the bound socket.
     parent = os.getpid()
-    child = os.fork()
-    if child:
-        code = _supervise(child, log)
-        if socket_file is not None:
-            # libmilter removes it only when not root (and by path); this covers the rest.
-            socket_file.remove()
-        return code
-    # Own process group: a Ctrl-C in a terminal reaches the parent only, which drains us.
-    os.setpgid(0, 0)
-    _die_with_parent(parent)
-    threading.Thread(target=_control_loop, args=(service, drain_timeout, libmilter.stop, log),
-                     name="control", daemon=True).start()
-    event(log, logging.INFO, "started", f"listening on {socket_spec}", socket=socket_spec,
-          uid=os.getuid(), gid=os.getgid(), policy=str(service.path), pid=os.getppid())
-    code = libmilter.main(log)
-    logging.shutdown()
-    os._exit(code)  # the child never returns into the parent's code (atexit, CLI)
+
+    def spawn(number: int) -> int:
+        # The parent never starts a thread, so forking is safe; each worker inherits the bound socket.
+        pid = os.fork()
+        if pid == 0:
+            _worker(number, service, libmilter, listen_fd, parent, drain_timeout, recycle_after, log)
+        return pid
+
+    supervisor = _Supervisor(spawn, count, service, drain_timeout, log)
+    event(log, logging.INFO, "started", f"listening on {socket_spec} with {count} worker(s)", socket=socket_spec,
+          uid=os.getuid(), gid=os.getgid(), policy=str(service.path), pid=parent, workers=count)
+    code = supervisor.run()
+    if socket_file is not None:
+        # The workers' libmilter only knows the name it bound (see _open_socket): the path is ours.
+        socket_file.remove()
+    return code

@@ -29,6 +29,15 @@ SUMMARY_TAIL = ("verdict", "reply", "decided_by", "reason", "mode", "ms", "check
 
 _NEEDS_QUOTES = re.compile(r'[\s"=\\]')
 
+# The worker process this is (daemon.py), named in every line it logs (as `worker=N`, or in a
+# session's connection id, WORKER.N); None in the parent and in one-process tools.
+_worker: int | None = None
+
+
+def set_worker(number: int | None) -> None:
+    global _worker
+    _worker = number
+
 
 def kv_value(value: Any) -> str:
     if value is None or value == "":
@@ -60,6 +69,8 @@ class _Formatter(logging.Formatter):
         extra = getattr(record, "fields", None)
         if isinstance(extra, Mapping):
             fields.update(extra)
+        if conn is None and _worker is not None:
+            fields.setdefault("worker", _worker)  # a session's lines name it in their conn id (WORKER.N)
         return fields
 
     def format(self, record: logging.LogRecord) -> str:

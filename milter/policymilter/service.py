@@ -56,8 +56,13 @@ class Service:
         self._lock = threading.Condition()
         self.sessions = 0
         self.transactions = 0
+        self.messages = 0  # transactions ended in this process
         # Set on a graceful stop: new transactions get 451 4.3.2, open ones finish.
         self.draining = threading.Event()
+        # In a worker process (daemon.py): its number, which prefixes connection ids so they
+        # stay unique across workers, and what to call after each transaction (recycling).
+        self.worker: int | None = None
+        self.on_transaction_end: Callable[[int], None] | None = None
         self._report_unusable_keys()
 
     def _report_unusable_keys(self) -> None:
@@ -70,8 +75,11 @@ class Service:
                   f"{domain} gets signing.on_missing_key = {on_missing}",
                   domain=domain, selector=key.selector, key_file=key.key_file)
 
-    def reload(self) -> bool:
-        """Load the policy again; on any error keep the old one and log every problem."""
+    def reload(self, announce: bool = True) -> bool:
+        """Load the policy again; on any error keep the old one and log every problem.
+
+        `announce` False (a worker following its parent's reload): success is logged at debug
+        level only, so an operator reads one `reloaded` line per reload, not one per worker."""
         try:
             snapshot = load_snapshot(self.path, self.overrides, self.snapshot.generation + 1)
         except PolicyError as error:
@@ -87,14 +95,16 @@ class Service:
             return False
         # One reference swap: a connection that already started keeps its own snapshot.
         self.snapshot = snapshot
-        event(self.log, logging.INFO, "reloaded", f"policy {self.path} loaded",
+        event(self.log, logging.INFO if announce else logging.DEBUG, "reloaded", f"policy {self.path} loaded",
               generation=snapshot.generation, files=",".join(snapshot.files))
-        self._report_unusable_keys()
+        if announce:
+            self._report_unusable_keys()
         return True
 
     def open_conversation(self, new_session: Callable[[str], Session]) -> Conversation:
         """Start a session's Conversation; `new_session` builds its Session from a new connection id."""
-        session = new_session(str(next(self._ids)))
+        number = next(self._ids)
+        session = new_session(f"{self.worker}.{number}" if self.worker is not None else str(number))
         with self._lock:
             self.sessions += 1
         return Conversation(self.snapshot, session, self.warn_once, SessionLog(session.conn_id))
@@ -111,7 +121,22 @@ class Service:
     def transaction_ended(self) -> None:
         with self._lock:
             self.transactions -= 1
+            self.messages += 1
+            messages = self.messages
             self._lock.notify_all()
+        if self.on_transaction_end is not None:
+            self.on_transaction_end(messages)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no session is open; True if it happened within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self.sessions > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._lock.wait(remaining)
+        return True
 
     def drain(self, timeout: float) -> bool:
         """Wait until no transaction is in flight; True if drained within `timeout` seconds.

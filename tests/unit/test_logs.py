@@ -6,7 +6,7 @@ import io
 import json
 import logging
 
-from policymilter.logs import SessionLog, event, kv_value, setup_logging
+from policymilter.logs import SessionLog, event, kv_value, set_worker, setup_logging
 
 
 def release_handlers() -> None:
@@ -84,3 +84,31 @@ def test_syslog_lines_go_to_the_mail_facility(tmp_path, monkeypatch):
         server.close()
     # <22> = facility mail (2) * 8 + severity info (6); no timestamp: syslog adds its own
     assert datagram.startswith("<22>policy-milter: info conn=9 summary verdict=accept")
+
+
+def test_a_workers_lines_name_it_and_session_lines_keep_their_conn_first():
+    stream = io.StringIO()
+    setup_logging("kv", "info", stream=stream)
+    set_worker(3)
+    try:
+        event(logging.getLogger("policymilter"), logging.INFO, "stopped", transactions=0)
+        event(SessionLog("3.9"), logging.INFO, "summary", verdict="accept")
+    finally:
+        set_worker(None)
+        release_handlers()
+    first, second = (line.split(" ", 1)[1] for line in stream.getvalue().splitlines())
+    assert first == "info stopped transactions=0 worker=3"
+    assert second == "info conn=3.9 summary verdict=accept"
+
+
+def test_json_lines_of_a_worker_carry_it():
+    stream = io.StringIO()
+    setup_logging("json", "info", stream=stream)
+    set_worker(2)
+    try:
+        event(logging.getLogger("policymilter"), logging.INFO, "reloaded", generation=4)
+    finally:
+        set_worker(None)
+        release_handlers()
+    document = json.loads(stream.getvalue())
+    assert (document["event"], document["generation"], document["worker"]) == ("reloaded", 4, 2)
