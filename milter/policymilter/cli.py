@@ -366,7 +366,8 @@ def cmd_dkim_keygen(args: argparse.Namespace) -> int:
     except OSError as error:
         print(f"dkim-keygen: cannot write {key_file}: {error.strerror or error}", file=sys.stderr)
         return 1
-    print(publish.txt_line(publish.dkim_owner(selector, domain), signing_keys.public_record(private, kind.algorithm)))
+    record = signing_keys.public_record(signing_keys.parse_private_key(private, kind.algorithm))
+    print(publish.txt_line(publish.dkim_owner(selector, domain), record))
     print(signing_keys.next_steps(domain, selector, key_file, kind, replaced), file=sys.stderr)
     return 0
 

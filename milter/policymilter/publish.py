@@ -154,7 +154,7 @@ def _dkim_lines(domain: str, keys: Sequence[SigningKey], key_owner: int | None) 
             owner = dkim_owner(selector, domain)
             try:
                 private = load_private_key(key.key_file, key.algorithm, owner=key_owner)
-                lines.append(txt_line(owner, public_record(private, key.algorithm)))
+                lines.append(txt_line(owner, public_record(private)))
                 continue
             except KeyFileError as error:
                 problem = f"{owner}: no record: {error}"

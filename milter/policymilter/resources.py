@@ -13,9 +13,10 @@ from policymilter.policy import PolicyError
 from policymilter.policy.model import Policy, SigningKey
 from policymilter.sendermap import SenderMap
 
-# domain -> [(key, private key bytes, problem)]; a key that cannot be used keeps its problem,
-# and the signing check applies signing.on_missing_key to it.
-Keys = dict[str, list[tuple[SigningKey, bytes, str]]]
+# domain -> [(key, private key, problem)]: the private key parsed once per policy load, ready to
+# sign; a key that cannot be used has None and its problem, and the signing check applies
+# signing.on_missing_key to it.
+Keys = dict[str, list[tuple[SigningKey, signing_keys.PrivateKey | None, str]]]
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ def load_keys(policy: Policy) -> Keys:
             try:
                 private = signing_keys.load_private_key(key.key_file, key.algorithm)
             except signing_keys.KeyFileError as error:
-                keys.setdefault(domain, []).append((key, b"", str(error)))
+                keys.setdefault(domain, []).append((key, None, str(error)))
             else:
                 keys.setdefault(domain, []).append((key, private, ""))
     return keys

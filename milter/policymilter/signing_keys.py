@@ -1,8 +1,10 @@
 """DKIM key files: what `dkim-keygen` makes and the daemon signs with.
 
-A key file holds what dkimpy's `dkim.sign(privkey=...)` takes:
+A key file holds what dkimpy's `dkim.sign(privkey=...)` takes, so keys move freely between us
+and dkimpy's tools:
 - RSA: PEM, PKCS#1 (`-----BEGIN RSA PRIVATE KEY-----`), unencrypted;
 - Ed25519: one line, base64 of the raw 32-byte private seed (what `dknewkey --ktype ed25519` writes).
+Read, a key is a `cryptography` private key (OpenSSL's), which checks/signing/sign.py signs with.
 The DNS records a site publishes for them are publish.py's.
 """
 
@@ -16,6 +18,7 @@ import re
 import stat
 from enum import StrEnum
 from pathlib import Path
+from typing import TypeAlias
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -32,6 +35,9 @@ MILTER_USER = "policy-milter"
 SOCKET_GROUP = "postfix"  # the group the shipped unit gives the daemon (--group)
 # Group/other bits a key file must not have: group may read (0640), nothing else.
 FORBIDDEN_MODE_BITS = 0o037
+
+# A key read from its file, ready to sign.
+PrivateKey: TypeAlias = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
 _LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$", re.ASCII)
 
@@ -106,9 +112,7 @@ def rsa_bits(kind: KeyType, bits: int | None) -> int | None:
 def generate_private_key(kind: KeyType, bits: int | None = None) -> bytes:
     """A new key, as the bytes of its key file."""
     if kind is KeyType.ED25519:
-        seed = ed25519.Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
-        return base64.b64encode(seed) + b"\n"
+        return _ed25519_seed(ed25519.Ed25519PrivateKey.generate()) + b"\n"
     key = rsa.generate_private_key(public_exponent=65537, key_size=bits or DEFAULT_RSA_BITS)
     return _pkcs1(key)
 
@@ -169,19 +173,20 @@ def _ed25519_seed(key: ed25519.Ed25519PrivateKey) -> bytes:
                                               serialization.NoEncryption()))
 
 
-def parse_private_key(data: bytes, algorithm: str = "rsa-sha256") -> bytes:
-    """The key as dkimpy's sign() takes it (PKCS#1 PEM, or the base64 seed); ValueError if it is not one."""
+def parse_private_key(data: bytes, algorithm: str = "rsa-sha256") -> PrivateKey:
+    """The key a key file's bytes hold, of the type `algorithm` names; ValueError if they hold none."""
     if key_type(algorithm) is KeyType.RSA:
-        return _pkcs1(_parse_rsa(data))
-    return _ed25519_seed(_parse_ed25519(data))
+        return _parse_rsa(data)
+    return _parse_ed25519(data)
 
 
-def load_private_key(path: str | Path, algorithm: str = "rsa-sha256", *, owner: int | None = None) -> bytes:
+def load_private_key(path: str | Path, algorithm: str = "rsa-sha256", *,
+                     owner: int | None = None) -> PrivateKey:
     """Read a key file for signing, refusing one other users could read or swap.
 
     The file must belong to `owner`, the uid the milter runs as (default: this process's
     effective uid): whoever owns a key file can replace the key or open it to others. Returns
-    what dkimpy's sign() takes (see parse_private_key); raises KeyFileError.
+    the key, parsed (see parse_private_key); raises KeyFileError.
     """
     kind = key_type(algorithm)
     uid = os.geteuid() if owner is None else owner
@@ -236,14 +241,13 @@ def _check_owner(path: str | Path, info: os.stat_result, uid: int, fix: str) -> 
                            f"run {fix}")
 
 
-def public_record(private: bytes, algorithm: str) -> str:
-    """The DKIM TXT value for a private key (RFC 6376 §3.6.1; Ed25519: RFC 8463 §4.2); ValueError if unparsable."""
-    if key_type(algorithm) is KeyType.RSA:
-        public = _parse_rsa(private).public_key().public_bytes(serialization.Encoding.DER,
-                                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+def public_record(private: PrivateKey) -> str:
+    """The DKIM TXT value for a private key (RFC 6376 §3.6.1; Ed25519: RFC 8463 §4.2)."""
+    if isinstance(private, rsa.RSAPrivateKey):
+        public = private.public_key().public_bytes(serialization.Encoding.DER,
+                                                   serialization.PublicFormat.SubjectPublicKeyInfo)
         return f"v=DKIM1; k=rsa; p={base64.b64encode(public).decode()}"
-    raw = _parse_ed25519(private).public_key().public_bytes(serialization.Encoding.Raw,
-                                                            serialization.PublicFormat.Raw)
+    raw = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return f"v=DKIM1; k=ed25519; p={base64.b64encode(raw).decode()}"
 
 

@@ -17,9 +17,10 @@ import dns.rdatatype
 import dns.zone
 import pytest
 
+from policymilter.checks.signing.sign import dkim_signature
 from policymilter.cli import main
 from policymilter.publish import txt_line, txt_strings
-from policymilter.signing_keys import KeyFileError, load_private_key, public_record
+from policymilter.signing_keys import KeyFileError, PrivateKey, load_private_key, parse_private_key, public_record
 from tests.authkit import SIGNED_HEADERS, message
 from tests.conftest import DEFAULT_POLICY
 
@@ -48,11 +49,24 @@ def keygen(capsys, out: Path, domain: str, selector: str, *extra: str) -> tuple[
     return code, captured.out, captured.err
 
 
-def signs_and_verifies(private: bytes, algorithm: str, domain: str, selector: str, record: str) -> bool:
+def record_of(content: bytes, algorithm: str) -> str:
+    """The DKIM record for a key file's bytes."""
+    return public_record(parse_private_key(content, algorithm))
+
+
+def signs_and_verifies(private: bytes | PrivateKey, algorithm: str, domain: str, selector: str, record: str) -> bool:
+    """`private`: a key file's bytes, which dkimpy's sign() signs with; or a loaded key, which ours does."""
     raw = message(f"alice@{domain}", "bob@elsewhere.test").replace(b"\n", b"\r\n")
-    header = dkim.sign(raw, selector.encode(), domain.encode(), private, include_headers=SIGNED_HEADERS,
-                       signature_algorithm=algorithm.encode())
+    if isinstance(private, bytes):
+        header = dkim.sign(raw, selector.encode(), domain.encode(), private, include_headers=SIGNED_HEADERS,
+                           signature_algorithm=algorithm.encode())
+    else:
+        header = dkim_signature(raw, domain.encode(), selector.encode(), private, b"relaxed/relaxed", SIGNED_HEADERS)
     return dkim.verify(header + raw, dnsfunc=lambda name, timeout=5: record.encode())
+
+
+def same_key(loaded: PrivateKey, key_file: Path) -> bool:
+    return loaded.private_numbers() == parse_private_key(key_file.read_bytes()).private_numbers()
 
 
 # --- dkim-keygen -----------------------------------------------------------------------------
@@ -73,7 +87,7 @@ def test_keygen_writes_a_private_key_and_prints_its_record(tmp_path, capsys, key
     assert list(records) == ["s2026._domainkey.example.org."]
     [record] = records["s2026._domainkey.example.org."]
     content = key_file.read_bytes()
-    assert record == public_record(content, algorithm)
+    assert record == record_of(content, algorithm)
     assert record.startswith(f"v=DKIM1; {k_tag}; p=")
     assert signs_and_verifies(content, algorithm, "example.org", "s2026", record)
     assert signs_and_verifies(load_private_key(key_file, algorithm), algorithm, "example.org", "s2026", record)
@@ -95,7 +109,7 @@ def test_keygen_bits_4096_splits_the_record_into_255_byte_strings(tmp_path, caps
     code, stdout, _ = keygen(capsys, tmp_path, "example.org", "big", "--bits", "4096")
     assert code == 0 and stdout.count('" "') >= 3
     [record] = zone_of(stdout)["big._domainkey.example.org."]
-    assert record == public_record((tmp_path / "example.org.big.key").read_bytes(), RSA)
+    assert record == record_of((tmp_path / "example.org.big.key").read_bytes(), RSA)
 
 
 def test_key_file_is_0600_whatever_the_umask(tmp_path, capsys):
@@ -139,7 +153,7 @@ def test_keygen_never_overwrites_without_force(tmp_path, capsys):
     assert code == 0 and "replaced" in stderr
     assert key_file.read_bytes() != first
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    assert zone_of(stdout)["s1._domainkey.example.org."] == [public_record(key_file.read_bytes(), RSA)]
+    assert zone_of(stdout)["s1._domainkey.example.org."] == [record_of(key_file.read_bytes(), RSA)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["example.org.s1.key"]
 
 
@@ -170,7 +184,7 @@ def rsa_file(tmp_path, capsys) -> Path:
 def test_load_private_key_mode(rsa_file, mode, accepted):
     os.chmod(rsa_file, mode)
     if accepted:
-        assert load_private_key(rsa_file) == rsa_file.read_bytes()
+        assert same_key(load_private_key(rsa_file), rsa_file)
     else:
         with pytest.raises(KeyFileError, match=rf"mode 0{mode:o} .*run chmod 600 {rsa_file} \(or 640 with group"):
             load_private_key(rsa_file)
@@ -241,7 +255,7 @@ def test_load_private_key_owner(rsa_file, owner, milter, accepted):
     give(rsa_file, owner)
     uid = None if milter is None else milter.pw_uid
     if accepted:
-        assert load_private_key(rsa_file, owner=uid) == rsa_file.read_bytes()
+        assert same_key(load_private_key(rsa_file, owner=uid), rsa_file)
         return
     expected = (milter or ROOT).pw_name
     with pytest.raises(KeyFileError) as refused:
@@ -407,12 +421,12 @@ def test_dns_records_for_two_domains(tmp_path, capsys):
     dmarc = "v=DMARC1; p=reject; rua=mailto:dmarc-reports@example.org; adkim=r; aspf=r"
     assert records == {
         "example.org.": [spf],
-        "s2026._domainkey.example.org.": [public_record((keys / "example.org.s2026.key").read_bytes(), RSA)],
+        "s2026._domainkey.example.org.": [record_of((keys / "example.org.s2026.key").read_bytes(), RSA)],
         "_dmarc.example.org.": [dmarc],
         # RFC 7489 §7.1: example.org accepts example.net's reports
         "example.net._report._dmarc.example.org.": ["v=DMARC1"],
         "example.net.": [spf],
-        "ed1._domainkey.example.net.": [public_record((keys / "example.net.ed1.key").read_bytes(), ED25519)],
+        "ed1._domainkey.example.net.": [record_of((keys / "example.net.ed1.key").read_bytes(), ED25519)],
         "_dmarc.example.net.": [dmarc],
     }
     head = captured.out.split("\n\n")[0]

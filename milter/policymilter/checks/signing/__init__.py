@@ -84,7 +84,7 @@ class Signing:
             return CheckResult(NAME, Outcome.SKIPPED, reason="From is not one of site.domains", detail="not-ours")
         keys = context.resources.keys.get(domain, [])
         problems = [problem for _, _, problem in keys if problem]
-        usable = [(key, private) for key, private, problem in keys if not problem]
+        usable = [(key, private) for key, private, _ in keys if private is not None]
         if not usable or problems:
             why = "; ".join(problems) or f"no key for {domain} in signing.keys"
             if context.policy.signing.on_missing_key == "accept":
@@ -98,8 +98,8 @@ class Signing:
                         + b"\r\n" for name, value in final_headers(message, earlier))
         raw = head + b"\r\n" + message.body_bytes()
         actions = tuple(
-            AddHeader("DKIM-Signature", sign.sign(raw, domain, key.selector, private, key.algorithm,
-                                                      context.policy.signing.canonicalization))
+            AddHeader("DKIM-Signature", sign.sign(raw, domain, key.selector, private,
+                                                  context.policy.signing.canonicalization))
             for key, private in usable)
         selectors = ",".join(key.selector for key, _ in usable)
         return CheckResult(NAME, Outcome.PASS, reason=f"signed d={domain} s={selectors}", detail=domain,
