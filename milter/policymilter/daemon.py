@@ -287,7 +287,13 @@ class _Supervisor:
         self.failures: dict[int, int] = {}  # worker number -> quick deaths in a row
 
     def start(self, number: int) -> None:
-        pid = self.spawn(number)
+        try:
+            pid = self.spawn(number)
+        except OSError as error:  # out of processes or memory: try again shortly
+            event(self.log, logging.ERROR, "worker_not_started", f"cannot start worker {number}: {error}; "
+                  "trying again in 5 s", worker=number)
+            self.due[number] = time.monotonic() + 5.0
+            return
         self.children[pid] = _Child(number, time.monotonic())
         self.due.pop(number, None)
 
@@ -415,7 +421,10 @@ def serve(start: Callable[[], Service], socket_spec: str, *, identity: Identity 
     before = _listening_fds()
     socket_file = _open_socket(libmilter, socket_spec, identity, timeout)
     try:
-        [listen_fd] = _listening_fds() - before
+        opened = _listening_fds() - before
+        if len(opened) != 1:
+            raise OSError(f"libmilter opened {len(opened)} listening sockets, expected one")
+        [listen_fd] = opened
         # Every worker polls the one socket and all wake for a connection that only one gets:
         # the others' accept() must return EAGAIN (libmilter then polls again), not block
         # holding the lock that libmilter's stop needs. (Accepted sockets stay blocking.)
