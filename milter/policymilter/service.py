@@ -26,9 +26,10 @@ def load_checked(path: str | Path, overrides: Sequence[str] = ()) -> LoadedPolic
     return load_policy(path, overrides, rules=(requirement_issues,))
 
 
-def load_snapshot(path: str | Path, overrides: Sequence[str] = (), generation: int = 1) -> Snapshot:
+def load_snapshot(path: str | Path, overrides: Sequence[str] = (), generation: int = 1,
+                  previous: Snapshot | None = None) -> Snapshot:
     loaded = load_checked(path, overrides)
-    return snapshot_for(loaded.policy, loaded.files, generation)
+    return snapshot_for(loaded.policy, loaded.files, generation, previous=previous)
 
 
 def unusable_keys(snapshot: Snapshot) -> list[tuple[str, SigningKey, str]]:
@@ -73,7 +74,8 @@ class Service:
     def reload(self) -> bool:
         """Load the policy again; on any error keep the old one and log every problem."""
         try:
-            snapshot = load_snapshot(self.path, self.overrides, self.snapshot.generation + 1)
+            # The DNS cache survives the reload when the servers and cache settings stay the same.
+            snapshot = load_snapshot(self.path, self.overrides, self.snapshot.generation + 1, previous=self.snapshot)
         except PolicyError as error:
             for issue in error.issues:
                 event(self.log, logging.ERROR, "reload_error", str(issue))
