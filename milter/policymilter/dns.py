@@ -1,9 +1,29 @@
-"""One resolver for every check, built from the policy's [dns] table.
+"""One resolver for every check, built from the policy's [dns] table, and its answer cache.
 
 pyspf, dkimpy and the DMARC lookups all go through a `Resolver`, so a site (or a test) points
 every lookup at its own server with `dns.nameservers`. A lookup that cannot be answered
 (timeout, SERVFAIL, no server reachable, the message's time budget spent) raises `DnsError`:
 checks turn it into `temperror`, never a crash. NXDOMAIN and NODATA are answers: empty.
+
+The cache (`DnsCache`, policy `dns.cache_size`, `dns.cache_max_ttl`) is our own, kept above
+dnspython, and not dnspython's `LRUCache`. Checked against nsd, `LRUCache` does cache answers,
+NODATA (with `raise_on_no_answer=False`) and NXDOMAIN (for the whole name) for the right TTL
+(RFC 2308 §5: min(SOA TTL, SOA MINIMUM) for negatives) and never caches errors; but
+- it has no TTL cap, and it times entries by the wall clock (`time.time()`: a clock step
+  changes every lifetime, and tests cannot inject a clock);
+- it keeps a negative answer without an SOA for 300 s (`dns.message.NEGATIVE_TTL_WITHOUT_SOA`;
+  nsd always sends the SOA, so this is read from dnspython, not seen), where RFC 2308 §5 says
+  such answers SHOULD NOT be cached;
+- its hit/miss counts are per internal lookup, not per query: a query it has to send counts two
+  misses (the type, then the name's NXDOMAIN), a cached NXDOMAIN a miss and a hit; and it
+  counts no evictions.
+Keeping it right would mean overriding its `get` and `put`, which is all of it. `DnsCache`
+keeps what `Resolver.query` returns (the records, `()` for NXDOMAIN/NODATA) in an LRU bounded
+by entries, on the monotonic clock, for the answer's TTL capped at `max_ttl` (a TTL of 0 is
+not kept); a negative answer without an SOA is not kept at all (a stub has no loop to fear,
+but nothing tells it how long the answer holds, and the recursive resolver behind it caches
+anyway). Errors are never kept. One cache serves every check of a worker process (SPF, DKIM,
+ARC, DMARC, on every connection thread) and outlives a reload that keeps the same servers.
 """
 
 from __future__ import annotations
@@ -11,19 +31,24 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import dns.exception
+import dns.message
 import dns.name
 import dns.rdata
 import dns.rdatatype
 import dns.resolver
 from dns.rdtypes.ANY.MX import MX
 from dns.rdtypes.ANY.PTR import PTR
+from dns.rdtypes.ANY.SOA import SOA
 from dns.rdtypes.ANY.TXT import TXT
 from dns.rdtypes.IN.A import A
+
+DEFAULT_CACHE_MAX_TTL = 3600.0
 
 
 class DnsError(Exception):
@@ -50,13 +75,132 @@ def parse_nameserver(text: str) -> tuple[str, int]:
     return (host, int(port)) if sep and host and ":" not in host else (text, 53)
 
 
-class Resolver:
-    """A stub resolver with a per-query timeout and a per-message lifetime budget."""
+@dataclass(frozen=True)
+class CacheStats:
+    """What a cache did since it was made: one hit or one miss per query."""
 
-    def __init__(self, nameservers: Sequence[str] = (), timeout: float = 5.0, lifetime: float = 20.0) -> None:
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0  # pushed out by newer entries (the size bound)
+    expired: int = 0  # found past their TTL and dropped
+    entries: int = 0
+
+
+# The key of a name's NXDOMAIN: it holds for every type at the name (RFC 2308 §5).
+_NAME = None
+
+
+@dataclass(frozen=True)
+class _Entry:
+    records: tuple[dns.rdata.Rdata, ...]
+    expires: float
+
+
+class DnsCache:
+    """Answers by (name, type), LRU-bounded by entries, each kept for its TTL (at most `max_ttl`).
+
+    Thread-safe: one lock around every lookup and insert (both are a few dict operations).
+    Two threads missing the same name at once both ask the server; the later answer stays.
+    """
+
+    def __init__(self, max_entries: int, max_ttl: float = DEFAULT_CACHE_MAX_TTL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if max_entries < 1:
+            raise ValueError("a DnsCache holds at least one entry (no cache: cache_size 0, no DnsCache)")
+        self.max_entries = max_entries
+        self.max_ttl = max_ttl
+        self._clock = clock
+        self._entries: OrderedDict[tuple[dns.name.Name, int | None], _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+        self._hits = self._misses = self._evictions = self._expired = 0
+
+    def get(self, qname: dns.name.Name, rdtype: int) -> tuple[dns.rdata.Rdata, ...] | None:
+        """The cached records (`()`: NXDOMAIN or NODATA), or None: ask the server."""
+        with self._lock:
+            now = self._clock()
+            for key in ((qname, rdtype), (qname, _NAME)):
+                entry = self._entries.get(key)
+                if entry is None:
+                    continue
+                if entry.expires <= now:
+                    del self._entries[key]
+                    self._expired += 1
+                    continue
+                self._entries.move_to_end(key)
+                self._hits += 1
+                return entry.records
+            self._misses += 1
+            return None
+
+    def put(self, qname: dns.name.Name, rdtype: int | None, records: Sequence[dns.rdata.Rdata], ttl: float) -> None:
+        """Keep an answer for `ttl` seconds, capped at `max_ttl`; rdtype None: NXDOMAIN (any type)."""
+        ttl = min(max(ttl, 0.0), self.max_ttl)
+        if ttl <= 0:
+            return  # RFC 1035 §3.2.1: TTL 0 is for this transaction only
+        key = (qname, rdtype)
+        with self._lock:
+            self._entries[key] = _Entry(tuple(records), self._clock() + ttl)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+                self._evictions += 1
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def stats(self) -> CacheStats:
+        with self._lock:
+            return CacheStats(self._hits, self._misses, self._evictions, self._expired, len(self._entries))
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the server said: the records, and for how long that holds (None: do not cache)."""
+
+    records: tuple[dns.rdata.Rdata, ...]
+    ttl: float | None
+    nxdomain: bool = False
+
+
+def negative_ttl(response: dns.message.Message, chained_ttl: float) -> float | None:
+    """RFC 2308 §5: a negative answer holds for min(SOA TTL, SOA MINIMUM) of the SOA in its
+    authority section (and no longer than a CNAME that led there); None without an SOA."""
+    for rrset in response.authority:
+        if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
+            return min(chained_ttl, rrset.ttl, cast(SOA, rrset[0]).minimum)
+    return None
+
+
+class Resolver:
+    """A stub resolver with a per-query timeout, a per-message lifetime budget and an optional
+    answer cache (`cache_size` entries; 0: none).
+
+    `previous`: the resolver of the policy this one replaces (a reload). Its cache is kept when
+    it asks the same servers with the same cache settings: a reload does not start cold.
+    """
+
+    def __init__(self, nameservers: Sequence[str] = (), timeout: float = 5.0, lifetime: float = 20.0,
+                 cache_size: int = 0, cache_max_ttl: float = DEFAULT_CACHE_MAX_TTL,
+                 previous: Resolver | None = None) -> None:
         self.timeout = timeout
         self.lifetime = lifetime
         self._resolvers = self._build(nameservers)
+        self.cache = self._cache(cache_size, cache_max_ttl, previous)
+
+    def _cache(self, size: int, max_ttl: float, previous: Resolver | None) -> DnsCache | None:
+        if size == 0:
+            return None
+        if (previous is not None and previous.cache is not None and previous.servers == self.servers
+                and (previous.cache.max_entries, previous.cache.max_ttl) == (size, max_ttl)):
+            return previous.cache  # what these servers said still holds; the old snapshot shares it
+        return DnsCache(size, max_ttl)
+
+    @property
+    def servers(self) -> tuple[tuple[str, int], ...]:
+        """(address, port) of every server asked, in order (from /etc/resolv.conf when the policy
+        names none)."""
+        return tuple((str(host), resolver.port) for resolver in self._resolvers for host in resolver.nameservers)
 
     def _build(self, nameservers: Sequence[str]) -> list[dns.resolver.Resolver]:
         if not nameservers:
@@ -88,23 +232,46 @@ class Resolver:
         return min(self.timeout, left)
 
     def query(self, name: str, rdtype: str, budget: Budget | None = None) -> list[dns.rdata.Rdata]:
-        """Records of `rdtype` at `name`; [] for NXDOMAIN/NODATA; DnsError when unanswered."""
+        """Records of `rdtype` at `name`; [] for NXDOMAIN/NODATA; DnsError when unanswered.
+
+        A cached answer is served even when the budget is spent: it costs no waiting.
+        """
         try:
             qname = dns.name.from_text(name)
+            qtype = dns.rdatatype.from_text(rdtype)
         except dns.exception.DNSException:
             return []  # not a valid name: nothing can be published there
+        if self.cache is not None:
+            cached = self.cache.get(qname, qtype)
+            if cached is not None:
+                return list(cached)
+        reply = self.send(qname, qtype, budget, f"{name}/{rdtype}")
+        if self.cache is not None and reply.ttl is not None:
+            self.cache.put(qname, _NAME if reply.nxdomain else qtype, reply.records, reply.ttl)
+        return list(reply.records)
+
+    def send(self, qname: dns.name.Name, qtype: dns.rdatatype.RdataType, budget: Budget | None,
+             label: str) -> Reply:
+        """Ask the servers, past the cache; `label` ("name/TYPE" as asked) names a DnsError."""
         last: Exception | None = None
         for resolver in self._resolvers:
             try:
-                answer = resolver.resolve(qname, rdtype, lifetime=self._lifetime(budget), search=False,
+                answer = resolver.resolve(qname, qtype, lifetime=self._lifetime(budget), search=False,
                                           raise_on_no_answer=False)
-            except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-                return []
+            except dns.resolver.NXDOMAIN as error:
+                response = error.kwargs.get("responses", {}).get(qname)
+                ttl = (negative_ttl(response, response.resolve_chaining().minimum_ttl)
+                       if isinstance(response, dns.message.QueryMessage) else None)
+                return Reply((), ttl, nxdomain=True)
+            except dns.resolver.NoAnswer:  # not raised with raise_on_no_answer=False: not cached either
+                return Reply((), None)
             except (dns.resolver.NoNameservers, dns.exception.Timeout, dns.resolver.YXDOMAIN) as error:
                 last = error
                 continue
-            return list(answer.rrset or [])
-        raise DnsError(f"{name}/{rdtype}: {last}")
+            if answer.rrset is None:  # NODATA
+                return Reply((), negative_ttl(answer.response, answer.chaining_result.minimum_ttl))
+            return Reply(tuple(answer.rrset), answer.chaining_result.minimum_ttl)
+        raise DnsError(f"{label}: {last}")
 
     def txt(self, name: str, budget: Budget | None = None) -> list[str]:
         """TXT records, each joined from its strings (RFC 7208 §3.3), decoded leniently."""

@@ -26,9 +26,10 @@ def load_checked(path: str | Path, overrides: Sequence[str] = ()) -> LoadedPolic
     return load_policy(path, overrides, rules=(requirement_issues,))
 
 
-def load_snapshot(path: str | Path, overrides: Sequence[str] = (), generation: int = 1) -> Snapshot:
+def load_snapshot(path: str | Path, overrides: Sequence[str] = (), generation: int = 1,
+                  previous: Snapshot | None = None) -> Snapshot:
     loaded = load_checked(path, overrides)
-    return snapshot_for(loaded.policy, loaded.files, generation)
+    return snapshot_for(loaded.policy, loaded.files, generation, previous=previous)
 
 
 def unusable_keys(snapshot: Snapshot) -> list[tuple[str, SigningKey, str]]:
@@ -81,7 +82,8 @@ class Service:
         `announce` False (a worker following its parent's reload): success is logged at debug
         level only, so an operator reads one `reloaded` line per reload, not one per worker."""
         try:
-            snapshot = load_snapshot(self.path, self.overrides, self.snapshot.generation + 1)
+            # The DNS cache survives the reload when the servers and cache settings stay the same.
+            snapshot = load_snapshot(self.path, self.overrides, self.snapshot.generation + 1, previous=self.snapshot)
         except PolicyError as error:
             for issue in error.issues:
                 event(self.log, logging.ERROR, "reload_error", str(issue))

@@ -28,7 +28,10 @@ class Snapshot:
 
 
 def snapshot_for(policy: Policy, files: Sequence[str] = (), generation: int = 1,
-                 pipeline: Pipeline | None = None) -> Snapshot:
-    resolver = Resolver(policy.dns.nameservers, policy.dns.timeout, policy.dns.lifetime)
+                 pipeline: Pipeline | None = None, previous: Snapshot | None = None) -> Snapshot:
+    """`previous`: the snapshot this one replaces; its DNS cache carries over if it still fits."""
+    settings = policy.dns
+    resolver = Resolver(settings.nameservers, settings.timeout, settings.lifetime, settings.cache_size,
+                        settings.cache_max_ttl, previous.resolver if previous is not None else None)
     return Snapshot(policy, pipeline or build_pipeline(), tuple(files), generation, resolver,
                     load_resources(policy))

@@ -11,7 +11,8 @@ exited (it keeps answering old data for a few ms). A change in the *set* of zone
 nsd.conf re-read, which SIGHUP does not do, so nsd is restarted on the same port.
 
 `Blackhole` is a small forwarding front for timeout tests: it relays every query to nsd
-except those for names at or under a "silent" suffix, which it reads and never answers.
+except those for names at or under a "silent" suffix, which it reads and never answers. It
+records every query it reads (`asked`): a cache test counts what really reached the server.
 """
 
 from __future__ import annotations
@@ -72,11 +73,15 @@ class Zone:
     """One zone: records are (owner relative to origin or "@" or absolute, type, rdata).
 
     SOA and NS (ns.<origin>, with an A record 127.0.0.1 unless the zone defines "ns" itself)
-    are added when the zone file is written.
+    are added when the zone file is written. `ttl` is every record's TTL (the SOA's too);
+    `soa_minimum` is the SOA MINIMUM field (default: `ttl`), so a negative answer is cacheable
+    for min(ttl, soa_minimum) seconds (RFC 2308 §5).
     """
 
     origin: str
     records: list[tuple[str, str, str]] = field(default_factory=list)
+    ttl: int = TTL
+    soa_minimum: int | None = None
 
     def __post_init__(self) -> None:
         self.origin = self.origin.rstrip(".")
@@ -95,10 +100,11 @@ class Zone:
 
     def render(self, serial: int) -> str:
         origin = f"{self.origin}."
+        minimum = self.ttl if self.soa_minimum is None else self.soa_minimum
         lines = [
             f"$ORIGIN {origin}",
-            f"$TTL {TTL}",
-            f"@ IN SOA ns.{origin} hostmaster.{origin} {serial} 3600 600 86400 {TTL}",
+            f"$TTL {self.ttl}",
+            f"@ IN SOA ns.{origin} hostmaster.{origin} {serial} 3600 600 86400 {minimum}",
             f"@ IN NS ns.{origin}",
         ]
         if not any(owner.lower() in ("ns", f"ns.{origin}".lower()) for owner, _, _ in self.records):
@@ -190,6 +196,12 @@ class DnsServer:
     def swallowed(self) -> list[str]:
         """Query names the front read and left unanswered, in order."""
         return list(self.front.swallowed) if self.front else []
+
+    @property
+    def asked(self) -> list[str]:
+        """Every query the front read, as "name/TYPE" in order (what a resolver pointed at
+        `front_nameserver` really asked, cache misses only)."""
+        return list(self.front.asked) if self.front else []
 
     def resolver(self, *, front: bool = False, lifetime: float = 5.0) -> dns.resolver.Resolver:
         """A dnspython resolver that asks only this server (or its front)."""
@@ -434,6 +446,7 @@ class Blackhole:
         self.silent = silent
         self.port = 0
         self.swallowed: list[str] = []
+        self.asked: list[str] = []  # "name/TYPE" of every query read, answered or not
         self._servers: list[socketserver.BaseServer] = []
         self._threads: list[threading.Thread] = []
         self._connections: set[socket.socket] = set()
@@ -483,7 +496,8 @@ class Blackhole:
         raise RuntimeError("no loopback port free for both TCP and UDP")
 
     def is_silent(self, wire: bytes) -> bool:
-        """True if the query asks about a silent name (and records it as swallowed)."""
+        """True if the query asks about a silent name (recorded as swallowed); every query read
+        is recorded in `asked`."""
         try:
             question = dns.message.from_wire(wire).question
         except (dns.exception.DNSException, ValueError):
@@ -491,9 +505,12 @@ class Blackhole:
         if not question:
             return False
         name = question[0].name
+        text = name.to_text(omit_final_dot=True)
+        with self._lock:
+            self.asked.append(f"{text}/{dns.rdatatype.to_text(question[0].rdtype)}")
         if any(name.is_subdomain(dns.name.from_text(suffix)) for suffix in self.silent()):
             with self._lock:
-                self.swallowed.append(name.to_text(omit_final_dot=True))
+                self.swallowed.append(text)
             return True
         return False
 

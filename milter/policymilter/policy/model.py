@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from policymilter.dns import DEFAULT_CACHE_MAX_TTL
 from policymilter.outcome import ErrorAction
 
 
@@ -78,6 +79,10 @@ class Dns(Strict):
     # message). Their sum per stage must stay under Postfix's milter timeouts ([postfix]), so
     # Postfix never gives up on the milter first: policy/timing.py checks it at load.
     lifetime: Seconds = 20.0
+    # Answers kept by each worker process for all checks (LRU by entries); 0 turns the cache off.
+    cache_size: Annotated[int, Field(ge=0, le=1_000_000)] = 10_000
+    # No answer is kept longer than this, whatever its TTL (BIND's max-cache-ttl: one week at most).
+    cache_max_ttl: Annotated[float, Field(gt=0, le=604_800)] = DEFAULT_CACHE_MAX_TTL
 
     @model_validator(mode="after")
     def _timeout_within_lifetime(self) -> Dns:
