@@ -7,9 +7,11 @@ the MTA never told us (unknown) — never "trusted" and never "no".
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from policymilter.frozen import evolve
 
 
 class Callback(StrEnum):
@@ -110,7 +112,7 @@ class Session:
         return f"{self.tls_version}/{self.tls_cipher}" if self.tls_cipher else str(self.tls_version)
 
     def evolve(self, **changes: Any) -> Session:
-        return replace(self, **changes)
+        return evolve(self, **changes)
 
 
 @dataclass(frozen=True)
@@ -123,10 +125,10 @@ class Envelope:
     queue_id: str | None = None
 
     def with_rcpt(self, rcpt: str) -> Envelope:
-        return replace(self, rcpts=(*self.rcpts, rcpt))
+        return evolve(self, rcpts=(*self.rcpts, rcpt))
 
     def with_queue_id(self, queue_id: str | None) -> Envelope:
-        return replace(self, queue_id=queue_id) if queue_id else self
+        return evolve(self, queue_id=queue_id) if queue_id else self
 
 
 def strip_brackets(address: str) -> str:

@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 from policymilter.dns import Budget, Resolver
 from policymilter.facts import Envelope, Session
+from policymilter.frozen import evolve
 from policymilter.listeners import ListenerMatch
 from policymilter.logs import SUMMARY_KEYS, SUMMARY_TAIL, event
 from policymilter.message import Message
@@ -137,7 +138,7 @@ class Pipeline:
     def run(self, stage: Stage, context: CheckContext, log: logging.LoggerAdapter[Any]) -> Verdict:
         results: list[CheckResult] = []
         for check in self.selected(stage, context):
-            result = self._run_one(check, replace(context, results=(*context.results, *results)), log)
+            result = self._run_one(check, evolve(context, results=(*context.results, *results)), log)
             results.append(result)
             if result.disposition in (Disposition.REJECT, Disposition.TEMPFAIL):
                 break  # cheap checks run first: no need to pay for the rest
@@ -149,7 +150,7 @@ class Pipeline:
             # Each check's DNS lookups get their own dns.lifetime, from when the check starts: a
             # slow virus scan must not spend DMARC's time (policy/timing.py adds the budgets up
             # against Postfix's milter timeouts when the policy loads).
-            context = replace(context, budget=context.resolver.budget())
+            context = evolve(context, budget=context.resolver.budget())
         try:
             result = check.run(context)
         except Exception as error:  # any bug in a check becomes `error`, never a crash
@@ -172,4 +173,4 @@ class Pipeline:
         if table is not None and table.mode == "report" and result.disposition is not Disposition.ACCEPT:
             result = replace(result, would=result.disposition, disposition=Disposition.ACCEPT,
                              reply=None, actions=())
-        return replace(result, elapsed_ms=elapsed)
+        return evolve(result, elapsed_ms=elapsed)

@@ -63,18 +63,32 @@ def is_macho(data: bytes | memoryview) -> bool:
 _EXACT = {"pe": is_pe, "elf": is_elf, "macho": is_macho}
 
 
+def matcher(kind: str) -> filetype.Type | None:
+    """filetype's matcher of that name (its own get_type() searches every type each call)."""
+    return _MATCHERS.get(kind)
+
+
+_MATCHERS: dict[str, filetype.Type] = {}
+for _type in filetype.types:
+    _MATCHERS.setdefault(_type.extension, _type)  # first wins, as filetype.get_type(ext=) picks
+
+
 def executable_kind(data: bytes | memoryview, wanted: Iterable[str]) -> str | None:
     """The first kind in `wanted` that `data` is: pe, elf and macho by our exact checks, any
     other by filetype's matcher of that name ("swf", "crx", "wasm"...)."""
+    head: bytes | None = None
     for kind in sorted(wanted):
         exact = _EXACT.get(kind)
         if exact is not None:
             if exact(data):
                 return kind
             continue
-        matcher = filetype.get_type(ext=kind)
-        if matcher is not None and matcher.match(bytes(data[:SIGNATURE_BYTES])):
-            return kind
+        found = _MATCHERS.get(kind)
+        if found is not None:
+            if head is None:
+                head = bytes(data[:SIGNATURE_BYTES])
+            if found.match(head):
+                return kind
     return None
 
 

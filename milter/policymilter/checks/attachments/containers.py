@@ -24,8 +24,7 @@ from __future__ import annotations
 import re
 import struct
 
-import filetype
-
+from policymilter import sniff
 from policymilter.sniff import SIGNATURE_BYTES
 
 ZIP, TAR, GZIP, BZIP2, XZ, LZMA, OLE, TNEF = "zip", "tar", "gzip", "bzip2", "xz", "lzma", "ole", "tnef"
@@ -110,8 +109,8 @@ def at_start(head: bytes) -> str | None:
         return "lzh"
     signature = head[:SIGNATURE_BYTES]
     for kind in _FILETYPE_KINDS:
-        matcher = filetype.get_type(ext=kind)
-        if matcher is not None and matcher.match(signature):
+        found = sniff.matcher(kind)
+        if found is not None and found.match(signature):
             return kind
     for offset, magic, kind in _START_MAGICS:
         if head.startswith(magic, offset):
