@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -441,6 +442,9 @@ def serve(start: Callable[[], Service], socket_spec: str, *, identity: Identity 
 
     def spawn(number: int) -> int:
         # The parent never starts a thread, so forking is safe; each worker inherits the bound socket.
+        # What the parent has loaded (the policy, the libraries) goes to the permanent generation:
+        # the workers' collections never walk it, so its pages stay shared and cost no CPU.
+        gc.freeze()
         pid = os.fork()
         if pid == 0:
             _worker(number, service, libmilter, listen_fd, parent, drain_timeout, recycle_after, log)
