@@ -84,6 +84,7 @@ class CacheStats:
     evictions: int = 0  # pushed out by newer entries (the size bound)
     expired: int = 0  # found past their TTL and dropped
     entries: int = 0
+    bytes: int = 0  # what the entries cost, roughly (answer_size)
 
 
 # The key of a name's NXDOMAIN: it holds for every type at the name (RFC 2308 §5).
@@ -94,21 +95,40 @@ _NAME = None
 class _Entry:
     records: tuple[dns.rdata.Rdata, ...]
     expires: float
+    size: int  # bytes, roughly (answer_size)
+
+
+# An answer may be 64 KiB (TCP), and whoever runs a sender's DNS chooses the names a message
+# makes us look up: entries alone do not bound the memory (10,000 x 64 KiB is 640 MiB).
+DEFAULT_CACHE_MAX_BYTES = 16 * 1024 * 1024
+_RECORD_OVERHEAD = 200  # a dnspython rdata object, its name and the tuple slot, roughly
+
+
+def answer_size(records: Sequence[dns.rdata.Rdata]) -> int:
+    """What keeping these records costs, roughly: their text data plus a per-record overhead."""
+    size = _RECORD_OVERHEAD
+    for record in records:
+        strings = getattr(record, "strings", None)
+        size += _RECORD_OVERHEAD + (sum(len(part) for part in strings) if strings else 0)
+    return size
 
 
 class DnsCache:
-    """Answers by (name, type), LRU-bounded by entries, each kept for its TTL (at most `max_ttl`).
+    """Answers by (name, type), LRU-bounded by entries and by bytes, each kept for its TTL (at
+    most `max_ttl`).
 
     Thread-safe: one lock around every lookup and insert (both are a few dict operations).
     Two threads missing the same name at once both ask the server; the later answer stays.
     """
 
     def __init__(self, max_entries: int, max_ttl: float = DEFAULT_CACHE_MAX_TTL,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, max_bytes: int = DEFAULT_CACHE_MAX_BYTES) -> None:
         if max_entries < 1:
             raise ValueError("a DnsCache holds at least one entry (no cache: cache_size 0, no DnsCache)")
         self.max_entries = max_entries
         self.max_ttl = max_ttl
+        self.max_bytes = max_bytes
+        self._bytes = 0
         self._clock = clock
         self._entries: OrderedDict[tuple[dns.name.Name, int | None], _Entry] = OrderedDict()
         self._lock = threading.Lock()
@@ -124,6 +144,7 @@ class DnsCache:
                     continue
                 if entry.expires <= now:
                     del self._entries[key]
+                    self._bytes -= entry.size
                     self._expired += 1
                     continue
                 self._entries.move_to_end(key)
@@ -138,20 +159,28 @@ class DnsCache:
         if ttl <= 0:
             return  # RFC 1035 §3.2.1: TTL 0 is for this transaction only
         key = (qname, rdtype)
+        entry = _Entry(tuple(records), self._clock() + ttl, answer_size(records))
+        if entry.size > self.max_bytes:
+            return
         with self._lock:
-            self._entries[key] = _Entry(tuple(records), self._clock() + ttl)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old.size
+            self._entries[key] = entry
+            self._bytes += entry.size
+            while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
+                _, evicted = self._entries.popitem(last=False)
+                self._bytes -= evicted.size
                 self._evictions += 1
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._bytes = 0
 
     def stats(self) -> CacheStats:
         with self._lock:
-            return CacheStats(self._hits, self._misses, self._evictions, self._expired, len(self._entries))
+            return CacheStats(self._hits, self._misses, self._evictions, self._expired, len(self._entries), self._bytes)
 
 
 @dataclass(frozen=True)

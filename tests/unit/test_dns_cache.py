@@ -103,7 +103,7 @@ def test_one_hit_or_one_miss_per_lookup_and_expiries_counted(clock: Clock) -> No
     assert cache.get(name("a.test"), TXT) == (SPF,)  # hit
     clock.now += 5
     assert cache.get(name("a.test"), TXT) is None  # expired: a miss
-    assert cache.stats() == CacheStats(hits=2, misses=2, evictions=0, expired=1, entries=1)
+    assert cache.stats() == CacheStats(hits=2, misses=2, evictions=0, expired=1, entries=1, bytes=200)
 
 
 def test_the_least_recently_used_entry_goes_first(clock: Clock) -> None:
@@ -338,3 +338,22 @@ def test_cache_settings_default_and_load(tmp_path: Path) -> None:
     assert (load_policy(path).policy.dns.cache_size, load_policy(path).policy.dns.cache_max_ttl) == (10_000, 3600.0)
     path.write_text("[dns]\ncache_size = 0\ncache_max_ttl = 60\n[listeners.smtp]\nports = [25]\n")
     assert (load_policy(path).policy.dns.cache_size, load_policy(path).policy.dns.cache_max_ttl) == (0, 60.0)
+
+
+def test_memory_is_bounded_by_bytes_not_only_entries():
+    # A sender's DNS picks the names we look up, and each answer may be 64 KiB.
+    import dns.rdata
+    import dns.rdataclass
+    import dns.rdatatype
+
+    big = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.TXT, " ".join(['"' + "x" * 255 + '"'] * 200))
+    cache = DnsCache(10_000, max_bytes=1_000_000)
+    for index in range(100):
+        cache.put(dns.name.from_text(f"n{index}.example.net"), dns.rdatatype.TXT, [big], 3600)
+    stats = cache.stats()
+    assert stats.bytes <= 1_000_000 and stats.entries < 100 and stats.evictions > 0
+    assert cache.get(dns.name.from_text("n99.example.net"), dns.rdatatype.TXT) == (big,)  # the newest stay
+    assert cache.get(dns.name.from_text("n0.example.net"), dns.rdatatype.TXT) is None
+    huge = DnsCache(10, max_bytes=1000)
+    huge.put(dns.name.from_text("a.example.net"), dns.rdatatype.TXT, [big], 3600)
+    assert huge.stats().entries == 0  # larger than the whole cache: not kept
