@@ -101,15 +101,28 @@ class _Entry:
 # An answer may be 64 KiB (TCP), and whoever runs a sender's DNS chooses the names a message
 # makes us look up: entries alone do not bound the memory (10,000 x 64 KiB is 640 MiB).
 DEFAULT_CACHE_MAX_BYTES = 16 * 1024 * 1024
-_RECORD_OVERHEAD = 200  # a dnspython rdata object, its name and the tuple slot, roughly
+# What Python objects cost beyond their data, measured with tracemalloc (tests/unit/test_dns_cache.py):
+_ENTRY_OVERHEAD = 300  # the entry, its key tuple, the dict slot
+_RECORD_OVERHEAD = 200  # one rdata object and its tuple slot
+_OBJECT_OVERHEAD = 60  # one bytes object (a TXT string, a name label) and its tuple slot
 
 
-def answer_size(records: Sequence[dns.rdata.Rdata]) -> int:
-    """What keeping these records costs, roughly: their text data plus a per-record overhead."""
-    size = _RECORD_OVERHEAD
+def _name_size(name: dns.name.Name) -> int:
+    return sum(_OBJECT_OVERHEAD + len(label) for label in name.labels)
+
+
+def answer_size(qname: dns.name.Name, records: Sequence[dns.rdata.Rdata]) -> int:
+    """What keeping these records under `qname` costs, roughly (Python objects included: a TXT
+    record of 2-byte strings costs twenty times its data)."""
+    size = _ENTRY_OVERHEAD + _name_size(qname)
     for record in records:
-        strings = getattr(record, "strings", None)
-        size += _RECORD_OVERHEAD + (sum(len(part) for part in strings) if strings else 0)
+        size += _RECORD_OVERHEAD
+        for part in getattr(record, "strings", ()):
+            size += _OBJECT_OVERHEAD + len(part)
+        for attribute in ("target", "exchange"):  # names inside MX, PTR, CNAME... records
+            inner = getattr(record, attribute, None)
+            if isinstance(inner, dns.name.Name):
+                size += _name_size(inner)
     return size
 
 
@@ -159,7 +172,7 @@ class DnsCache:
         if ttl <= 0:
             return  # RFC 1035 §3.2.1: TTL 0 is for this transaction only
         key = (qname, rdtype)
-        entry = _Entry(tuple(records), self._clock() + ttl, answer_size(records))
+        entry = _Entry(tuple(records), self._clock() + ttl, answer_size(qname, records))
         if entry.size > self.max_bytes:
             return
         with self._lock:
@@ -289,9 +302,12 @@ class Resolver:
                                           raise_on_no_answer=False)
             except dns.resolver.NXDOMAIN as error:
                 response = error.kwargs.get("responses", {}).get(qname)
-                ttl = (negative_ttl(response, response.resolve_chaining().minimum_ttl)
-                       if isinstance(response, dns.message.QueryMessage) else None)
-                return Reply((), ttl, nxdomain=True)
+                if not isinstance(response, dns.message.QueryMessage):
+                    return Reply((), None)
+                chain = response.resolve_chaining()
+                # Through a CNAME, it is the target that does not exist, not the name asked
+                # (its CNAME record does): held for this type only.
+                return Reply((), negative_ttl(response, chain.minimum_ttl), nxdomain=not chain.cnames)
             except dns.resolver.NoAnswer:  # not raised with raise_on_no_answer=False: not cached either
                 return Reply((), None)
             except (dns.resolver.NoNameservers, dns.exception.Timeout, dns.resolver.YXDOMAIN) as error:

@@ -103,7 +103,9 @@ def test_one_hit_or_one_miss_per_lookup_and_expiries_counted(clock: Clock) -> No
     assert cache.get(name("a.test"), TXT) == (SPF,)  # hit
     clock.now += 5
     assert cache.get(name("a.test"), TXT) is None  # expired: a miss
-    assert cache.stats() == CacheStats(hits=2, misses=2, evictions=0, expired=1, entries=1, bytes=200)
+    stats = cache.stats()
+    assert stats == CacheStats(hits=2, misses=2, evictions=0, expired=1, entries=1, bytes=stats.bytes)
+    assert stats.bytes > 0
 
 
 def test_the_least_recently_used_entry_goes_first(clock: Clock) -> None:
@@ -357,3 +359,44 @@ def test_memory_is_bounded_by_bytes_not_only_entries():
     huge = DnsCache(10, max_bytes=1000)
     huge.put(dns.name.from_text("a.example.net"), dns.rdatatype.TXT, [big], 3600)
     assert huge.stats().entries == 0  # larger than the whole cache: not kept
+
+
+def _real_and_estimated(make, count: int) -> tuple[float, float]:
+    import gc
+    import tracemalloc
+
+    from policymilter.dns import answer_size
+
+    gc.collect()
+    cache = DnsCache(100_000, max_bytes=10**10)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        estimated = 0
+        for index in range(count):
+            name, records = make(index)
+            estimated += answer_size(name, records)
+            cache.put(name, dns.rdatatype.TXT, records, 3600)
+        real = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    return real / count, estimated / count
+
+
+def _txt(text: str) -> dns.rdata.Rdata:
+    return dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.TXT, text)
+
+
+@pytest.mark.parametrize(("shape", "make", "count"), [
+    # 20,000 two-byte strings: each its own Python object, twenty times the data
+    ("tiny strings", lambda i: (dns.name.from_text(f"n{i}.example.net"), [_txt(" ".join(['"ab"'] * 20_000))]), 20),
+    ("a long name, negative", lambda i: (dns.name.from_text(".".join(["ab"] * 70) + f".x{i}.example.net"), []), 300),
+    ("1,000 A records", lambda i: (dns.name.from_text(f"n{i}.example.net"), [
+        dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.A, f"10.0.{j // 250}.{j % 250}")
+        for j in range(1000)]), 30),
+    ("an ordinary SPF record", lambda i: (dns.name.from_text(f"n{i}.example.net"), [
+        _txt('"v=spf1 ip4:192.0.2.0/24 include:_spf.example.com -all"')]), 300),
+])
+def test_the_byte_bound_counts_what_python_really_holds(shape, make, count):
+    real, estimated = _real_and_estimated(make, count)
+    assert real <= estimated * 1.25, f"{shape}: {real:.0f} bytes held, {estimated:.0f} counted"
