@@ -273,7 +273,7 @@ def install(service: Service) -> None:
 
 
 class Libmilter:
-    """libmilter, as pymilter's C extension offers it: configure, bind, serve, stop."""
+    """libmilter, as pymilter's C extension offers it: configure, bind, serve."""
 
     def __init__(self) -> None:
         self._milter: Any = Milter.milter  # the C extension (the module named "milter")
@@ -307,13 +307,11 @@ class Libmilter:
             raise OSError(f"libmilter cannot open {socket_spec}: {error} (is the address in use?)") from None
 
     def main(self, log: logging.Logger) -> int:
-        """Serve until stop(); 0, or 1 after logging why libmilter stopped by itself."""
+        """Serve; 0 when libmilter was stopped by a signal, or 1 after logging why it gave up."""
         try:
-            self._milter.main()  # returns after stop(), or at once on a SIGTERM sent to this process
+            self._milter.main()  # returns when libmilter stops by itself (a SIGTERM sent to this process)
         except self._milter.error as error:
             event(log, logging.ERROR, "milter_failed", f"libmilter stopped: {error}")
             return 1
         return 0
 
-    def stop(self) -> None:
-        self._milter.stop()

@@ -17,6 +17,7 @@ import ctypes
 import gc
 import logging
 import os
+import secrets
 import signal
 import socket
 import stat
@@ -33,10 +34,14 @@ from policymilter.privileges import Identity, acting_as, drop_privileges, group_
 from policymilter.service import Service
 
 RELOAD_SIGNAL = signal.SIGUSR1  # libmilter's own thread takes SIGHUP/SIGTERM/SIGINT
-DRAIN_SIGNAL = signal.SIGUSR2  # parent -> worker: stop gracefully; worker -> parent: I am retiring
+DRAIN_SIGNAL = signal.SIGUSR2  # parent -> worker: stop gracefully
 RETIRE_SIGNAL = signal.SIGALRM  # within a worker: its message count is reached (nothing here uses alarm())
+# worker -> parent: "I am retiring, start my replacement". A real-time signal: two workers
+# retiring at once queue two, each with its sender's pid (two SIGUSR2 would merge into one).
+RETIRING_SIGNAL = signal.SIGRTMIN + 1
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGHUP, signal.SIGINT}
-SUPERVISED = {*STOP_SIGNALS, RELOAD_SIGNAL, DRAIN_SIGNAL, signal.SIGCHLD}
+SUPERVISED = {*STOP_SIGNALS, RELOAD_SIGNAL, RETIRING_SIGNAL, signal.SIGCHLD}
+FINAL_REPLY_GRACE = 0.5  # seconds: libmilter sends a callback's reply after the callback returns
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 QUICK_DEATH = 10.0  # seconds: a worker that dies sooner is restarted with a growing delay
 GIVE_UP_AFTER = 5  # quick deaths in a row of one worker: the milter stops (exit 1)
@@ -137,7 +142,7 @@ def _open_socket(libmilter: Libmilter, socket_spec: str, identity: Identity | No
         libmilter.configure(socket_spec, timeout)
         libmilter.opensocket(socket_spec)  # inet: nothing in the file system; ports < 1024 need root
         return None
-    bound = f".{os.getpid()}"  # short: sun_path holds 107 bytes
+    bound = f".{secrets.token_hex(4)}"  # unpredictable, and short: sun_path holds 107 bytes
     libmilter.configure(f"unix:{path.parent / bound}", timeout)
     with acting_as(identity):
         _check_socket_path(path, identity)
@@ -218,33 +223,45 @@ def _retire(service: Service, drain_timeout: float, listen_fd: int, parent: int,
     open sessions end as their clients finish (up to drain_timeout, or until told to stop)."""
     event(log, logging.INFO, "worker_retiring", f"recycled after {service.messages} messages: taking no new "
           "connections, finishing open sessions", messages=service.messages, sessions=service.sessions)
-    os.kill(parent, DRAIN_SIGNAL)
-    peer = _stop_accepting(listen_fd)
+    if os.getppid() == parent:  # else the parent is gone (and its pid may be someone else's)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(parent, RETIRING_SIGNAL)
+    _stop_accepting(listen_fd)  # its silent peer stays open until the process exits
     deadline = time.monotonic() + drain_timeout
     while service.sessions > 0 and time.monotonic() < deadline:
         if signal.sigtimedwait({DRAIN_SIGNAL}, 0.2) is not None:
             break  # the whole milter stops: drain now
-    _drain(service, max(deadline - time.monotonic(), 1.0), log)
-    peer.close()
+    _drain(service, drain_timeout, log)  # a transaction still open gets its full drain time
 
 
-def _control_loop(service: Service, drain_timeout: float, stop: Callable[[], None], listen_fd: int,
-                  parent: int, log: logging.Logger) -> None:
-    """A worker's control thread: reload on SIGUSR1, drain and stop on SIGUSR2, retire when its
-    message count is reached. Never dies."""
+def _exit_worker(code: int) -> NoReturn:
+    """End this worker from its control thread, libmilter's threads and all. Not through
+    smfi_stop(): that closes the listening descriptor, and a libmilter whose main loop has not
+    opened it yet would bind a second socket; nor through libmilter's exit path at all."""
+    time.sleep(FINAL_REPLY_GRACE)  # the last transactions' replies leave after their callbacks
+    logging.shutdown()
+    os._exit(code)
+
+
+def _control_loop(service: Service, drain_timeout: float, listen_fd: int, parent: int,
+                  log: logging.Logger) -> None:
+    """A worker's control thread: reload on SIGUSR1, drain and exit on SIGUSR2, retire when its
+    message count is reached."""
     while True:
         sig = signal.sigwait({RELOAD_SIGNAL, DRAIN_SIGNAL, RETIRE_SIGNAL})
         if sig == RELOAD_SIGNAL:
             service.reload(announce=False)  # the parent announced it (and validated it first)
             continue
+        code = 0
         try:
             if sig == RETIRE_SIGNAL:
                 _retire(service, drain_timeout, listen_fd, parent, log)
             else:
                 _drain(service, drain_timeout, log)
-        finally:
-            stop()
-        return
+        except BaseException:
+            event(log, logging.ERROR, "worker_failed", "the control thread failed while stopping", exc_info=True)
+            code = 70
+        _exit_worker(code)
 
 
 def _worker(number: int, service: Service, libmilter: Libmilter, listen_fd: int, parent: int,
@@ -258,12 +275,14 @@ def _worker(number: int, service: Service, libmilter: Libmilter, listen_fd: int,
     if recycle_after:
         me = os.getpid()
         service.on_transaction_end = lambda count: os.kill(me, RETIRE_SIGNAL) if count == recycle_after else None
-    threading.Thread(target=_control_loop, args=(service, drain_timeout, libmilter.stop, listen_fd, parent, log),
+    threading.Thread(target=_control_loop, args=(service, drain_timeout, listen_fd, parent, log),
                      name="control", daemon=True).start()
     event(log, logging.DEBUG, "worker_started", f"worker {number} serving", pid=os.getpid())
+    # Returns only when libmilter stopped by itself (its own signal thread got SIGTERM/SIGHUP/SIGINT,
+    # or it gave up on the socket): the parent replaces this worker.
     code = libmilter.main(log)
     logging.shutdown()
-    os._exit(code)  # never back into the parent's code (atexit, CLI)
+    os._exit(code)
 
 
 @dataclass
@@ -315,7 +334,7 @@ class _Supervisor:
                 return self.stop(0)
             if sig == RELOAD_SIGNAL:
                 self.reload()
-            elif sig == DRAIN_SIGNAL and info.si_pid in self.children:
+            elif sig == RETIRING_SIGNAL and info.si_pid in self.children:
                 retiring = self.children[info.si_pid]
                 if not retiring.retiring:
                     retiring.retiring = True
@@ -418,7 +437,7 @@ def serve(start: Callable[[], Service], socket_spec: str, *, identity: Identity 
     # Block these in every thread before any starts (threads and the workers inherit the mask):
     # they are taken with sigwait by the parent, by each worker's control thread and by
     # libmilter's own signal thread. A thread that left one unblocked would die of its default action.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {*SUPERVISED, RETIRE_SIGNAL})
+    signal.pthread_sigmask(signal.SIG_BLOCK, {*SUPERVISED, DRAIN_SIGNAL, RETIRE_SIGNAL})
     before = _listening_fds()
     socket_file = _open_socket(libmilter, socket_spec, identity, timeout)
     try:
@@ -447,7 +466,12 @@ def serve(start: Callable[[], Service], socket_spec: str, *, identity: Identity 
         gc.freeze()
         pid = os.fork()
         if pid == 0:
-            _worker(number, service, libmilter, listen_fd, parent, drain_timeout, recycle_after, log)
+            try:
+                _worker(number, service, libmilter, listen_fd, parent, drain_timeout, recycle_after, log)
+            except BaseException:
+                event(log, logging.ERROR, "worker_failed", f"worker {number} could not start", exc_info=True)
+            finally:
+                os._exit(70)  # never back into the parent's code (its loop, the CLI, atexit)
         return pid
 
     supervisor = _Supervisor(spawn, count, service, drain_timeout, log)
