@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
 from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
 from dkim.crypto import HASH_ALGORITHMS
 
+from policymilter import canonical
 from policymilter.author import Author
 from policymilter.dns import Budget, DnsError, Resolver
 from policymilter.domains import organizational_domain
@@ -131,7 +132,7 @@ class Hashing:
         bodies, _, _ = self._caches()
         name = policy.body_algorithm.name
         if name not in bodies:
-            bodies[name] = policy.canonicalize_body(self.body)
+            bodies[name] = canonical.body(policy, self.body)
         return bodies[name]
 
     def body_digest(self, policy: CanonicalizationPolicy, algorithm: bytes) -> bytes:

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
 from dkim.canonicalization import CanonicalizationPolicy
 from dkim.crypto import HASH_ALGORITHMS
 
+from policymilter import canonical
 from policymilter.signing_keys import PrivateKey
 
 # RFC 6376 §5.4.1 recommends these. Every one is over-signed: listed once more than the message
@@ -80,7 +81,7 @@ def dkim_signature(message: bytes, domain: bytes, selector: bytes, private_key: 
         (b"s", selector),
         (b"t", str(int(time.time())).encode("ascii")),
         (b"h", b" : ".join(include)),
-        (b"bh", base64.b64encode(hasher(policy.canonicalize_body(body)).digest())),
+        (b"bh", base64.b64encode(hasher(canonical.body(policy, body)).digest())),
         # As dkimpy: a placeholder as long as a folded line puts b= on a line of its own, so
         # folding again with the real value moves none of the tags before it.
         (b"b", b"0" * 60),
