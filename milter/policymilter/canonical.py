@@ -1,4 +1,9 @@
-"""DKIM canonicalisation (RFC 6376 §3.4), dkimpy's, at the cost of a few byte scans.
+"""What dkimpy computes before it hashes — the message split into header fields and body, the
+relaxed body canonicalisation (RFC 6376 §3.4.4) — the same bytes at the cost of a few scans.
+
+`rfc822_parse` is dkimpy's own function without its regex split of the whole message into
+lines (about 70 µs for 5 KB, in proportion to the size): only the header lines are walked;
+the body is the rest, its line ends made CRLF only when it has another kind.
 
 dkimpy's relaxed body canonicalisation is two regular-expression substitutions over the whole
 body with the character class `[\\t ]`, which the regex engine tries at every byte: about 100 µs
@@ -14,9 +19,47 @@ from __future__ import annotations
 
 import re
 
+from dkim import MessageFormatError
 from dkim.canonicalization import CanonicalizationPolicy, Relaxed, correct_empty_body, strip_trailing_lines
 
+_LINE_END = re.compile(rb"\r?\n")
+_FIELD_NAME = re.compile(rb"([\x21-\x7e]+?):")
 _TAB_TO_SPACE = bytes.maketrans(b"\t", b" ")
+
+
+def rfc822_parse(message: bytes) -> tuple[list[list[bytes]], bytes]:
+    """dkim.rfc822_parse: ([name, value + CRLF] per header field, the body with CRLF line ends),
+    the same result and the same exceptions."""
+    headers: list[list[bytes]] = []
+    pos = 0
+    body_start: int | None = None
+    while True:
+        newline = message.find(b"\n", pos)
+        if newline < 0:
+            line, following = message[pos:], None
+        else:
+            line = message[pos:newline - 1] if newline > pos and message[newline - 1] == 13 else message[pos:newline]
+            following = newline + 1
+        if not line:
+            body_start = following  # the empty line ends the header block
+            break
+        if line[0] in (0x09, 0x20):
+            headers[-1][1] += line + b"\r\n"  # an IndexError for a leading continuation, as dkimpy's
+        else:
+            match = _FIELD_NAME.match(line)
+            if match is not None:
+                headers.append([match.group(1), line[match.end(0):] + b"\r\n"])
+            elif not line.startswith(b"From "):
+                raise MessageFormatError(f"Unexpected characters in RFC822 header: {line!r}")
+        if following is None:
+            break
+        pos = following
+    if body_start is None:
+        return headers, b""
+    rest = message[body_start:]
+    if rest.count(b"\n") != rest.count(b"\r\n"):
+        rest = b"\r\n".join(_LINE_END.split(rest))
+    return headers, rest
 _TRAILING_SPACES = re.compile(rb" +\r\n")
 _SPACE_RUNS = re.compile(rb"  +")
 

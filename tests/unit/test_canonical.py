@@ -1,7 +1,8 @@
-"""canonical.relaxed_body: dkimpy's relaxed body canonicalisation, byte for byte, faster."""
+"""canonical: dkimpy's message split and relaxed body canonicalisation, byte for byte, faster."""
 
 from __future__ import annotations
 
+import dkim
 import pytest
 from dkim.canonicalization import CanonicalizationPolicy, Relaxed
 from hypothesis import given, settings
@@ -32,3 +33,30 @@ def test_simple_goes_through_dkimpy():
     policy = CanonicalizationPolicy.from_c_value(b"relaxed/simple")
     assert canonical.body(policy, b"a  b\r\n\r\n") == b"a  b\r\n"
     assert canonical.body(CanonicalizationPolicy.from_c_value(b"simple/relaxed"), b"a  b\r\n\r\n") == b"a b\r\n"
+
+
+HEADER_PIECES = st.sampled_from([b"From: a@b\r\n", b"Subject: x\r\n", b" folded\r\n", b"\tfolded\n", b"To:c\n",
+                                 b"\r\n", b"\n", b"From x\r\n", b"bad line\r\n", b"X-A: \r\r\n", b"Y: v\r",
+                                 b"body text\r\n", b"lone\nlf", b"", b"Z:"])
+MESSAGES = st.lists(HEADER_PIECES, max_size=14).map(b"".join)
+
+
+def _outcome(parse, message):
+    try:
+        return parse(message)
+    except Exception as error:  # the same exceptions count as the same result
+        return type(error)
+
+
+@given(MESSAGES)
+@settings(max_examples=3000)
+def test_rfc822_parse_is_dkimpys(message):
+    assert _outcome(canonical.rfc822_parse, message) == _outcome(dkim.rfc822_parse, message)
+
+
+@pytest.mark.parametrize("message", [
+    b"", b"\r\n", b"A: 1\r\n\r\nbody\r\n", b"A: 1\n\nbody\nline\r\n", b"A: 1\r\n", b"A: 1", b" lead\r\n",
+    b"From someone\r\nA: 1\r\n\r\nb", b"A: 1\r\n B\r\n\tC\r\n\r\n\r\n\r\nb\r\r\nc\rd\n",
+])
+def test_rfc822_parse_fixed_cases(message):
+    assert _outcome(canonical.rfc822_parse, message) == _outcome(dkim.rfc822_parse, message)

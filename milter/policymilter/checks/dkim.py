@@ -121,6 +121,11 @@ class Hashing:
     minkey: int
     signed_headers: list[tuple[bytes, bytes]]
 
+    def set_message(self, message: bytes) -> None:
+        """dkimpy's, with its split of the message made by canonical.rfc822_parse (same result)."""
+        super().set_message(b"")  # type: ignore[misc]  # dkimpy's: resets its per-message state
+        self.headers, self.body = canonical.rfc822_parse(message) if message else ([], b"")  # type: ignore[assignment]
+
     def _caches(self) -> tuple[dict[str, bytes], dict[tuple[str, bytes], bytes], dict[str, list[Any]]]:
         if not hasattr(self, "_bodies"):
             self._bodies: dict[str, bytes] = {}

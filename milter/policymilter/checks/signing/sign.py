@@ -52,7 +52,7 @@ def sign(message: bytes, domain: str, selector: str, private_key: PrivateKey, ca
 # The dkimpy internals this relies on (dkimpy is pinned <1.2). tests/unit/test_sign.py compares
 # our signatures with dkim.sign()'s byte for byte, and fails if the two methods mirrored here
 # change or a function called here takes other parameters:
-# - dkim.rfc822_parse(message) -> (headers as [name, value] pairs, body);
+# - dkim.rfc822_parse(message) -> (headers as [name, value] pairs, body), as canonical.rfc822_parse computes it;
 # - dkim.canonicalization.CanonicalizationPolicy: from_c_value, to_c_value, canonicalize_body,
 #   canonicalize_headers; dkim.crypto.HASH_ALGORITHMS;
 # - dkim.fold(value, namelen=, linesep=), dkim.RE_BTAG (empties b=), and
@@ -69,7 +69,7 @@ def dkim_signature(message: bytes, domain: bytes, selector: bytes, private_key: 
     policy = CanonicalizationPolicy.from_c_value(canonicalization)
     headers: list[list[bytes]]
     body: bytes
-    headers, body = dkim.rfc822_parse(message)
+    headers, body = canonical.rfc822_parse(message)
     include = tuple(name.lower() for name in include_headers)
     fields = [
         (b"v", b"1"),
