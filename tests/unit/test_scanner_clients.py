@@ -107,3 +107,54 @@ def test_a_trickling_spamd_cannot_stretch_the_time_limit(server):
     with pytest.raises(ScannerError):
         spamd.scan([server(trickle), server(trickle)], message, timeout=1.0)
     assert time.monotonic() - started < 10  # one 1 s limit for both servers, not 40 s of trickle
+
+
+# --- a unix socket whose accept queue is full ---------------------------------------------------
+
+
+def _full_queue(path: str) -> tuple[socket.socket, list[socket.socket]]:
+    """A listening unix socket nobody accepts on, its queue filled until a connect gets EAGAIN."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(0)
+    waiting = []
+    while True:
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.setblocking(False)
+        try:
+            client.connect(path)
+        except BlockingIOError:
+            client.close()
+            return listener, waiting
+        waiting.append(client)
+
+
+def test_a_full_accept_queue_is_waited_for_not_an_error(tmp_path):
+    from policymilter.scanning import connect
+
+    path = str(tmp_path / "busy.sock")
+    listener, waiting = _full_queue(path)
+    accepted: list[socket.socket] = []
+    # The server takes one waiting connection a moment later: a slot opens.
+    timer = threading.Timer(0.3, lambda: accepted.append(listener.accept()[0]))
+    timer.start()
+    try:
+        with connect(f"unix:{path}", 10.0) as sock:
+            assert sock.getpeername() == path
+    finally:
+        timer.join()
+        for conn in [*waiting, *accepted, listener]:
+            conn.close()
+
+
+def test_a_queue_that_stays_full_ends_with_the_time(tmp_path):
+    from policymilter.scanning import connect
+
+    path = str(tmp_path / "stuck.sock")
+    listener, waiting = _full_queue(path)
+    try:
+        with pytest.raises(TimeoutError, match="accept queue stayed full"):
+            connect(f"unix:{path}", 0.3)
+    finally:
+        for conn in [*waiting, listener]:
+            conn.close()
