@@ -214,6 +214,66 @@ def negative_ttl(response: dns.message.Message, chained_ttl: float) -> float | N
     return None
 
 
+class Breaker:
+    """Fail fast while the servers are not answering at all.
+
+    A DNS server that is down or black-holed answers nothing: every query then waits its full
+    timeout, about 16 s per message with SPF, DKIM and DMARC, each holding a Postfix smtpd
+    process and a milter thread, only to end in the same temperror (and a 4xx: the sender
+    retries). After `threshold` timeouts in a row with no answer between them, queries fail at
+    once for `cooldown` seconds; then one query is let through as a probe (the others still
+    fail fast): an answer closes the breaker, a timeout opens it again for twice as long (up to
+    `max_cooldown`). Any answer counts, NXDOMAIN and SERVFAIL included: only silence opens it.
+    Cached answers are served all along.
+    """
+
+    def __init__(self, threshold: int = 3, cooldown: float = 2.0, max_cooldown: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.threshold, self.cooldown, self.max_cooldown = threshold, cooldown, max_cooldown
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._timeouts = 0
+        self._open_until = 0.0
+        self._wait = cooldown
+        self._probing = False
+        self.opened = 0  # how often it opened (for the metrics)
+
+    def allow(self) -> bool:
+        """Whether a query may go to the servers now."""
+        with self._lock:
+            if self._timeouts < self.threshold:
+                return True
+            if self._probing or self._clock() < self._open_until:
+                return False
+            self._probing = True  # this query is the probe
+            return True
+
+    def released(self) -> None:
+        """A query let through learned nothing about the servers (it never asked them)."""
+        with self._lock:
+            self._probing = False
+
+    def answered(self) -> None:
+        with self._lock:
+            self._timeouts, self._probing, self._wait = 0, False, self.cooldown
+
+    def timed_out(self) -> None:
+        with self._lock:
+            self._timeouts += 1
+            if self._probing:
+                self._wait = min(self._wait * 2, self.max_cooldown)
+            if self._timeouts >= self.threshold:
+                if self._timeouts == self.threshold or self._probing:
+                    self.opened += 1
+                self._open_until = self._clock() + self._wait
+            self._probing = False
+
+    @property
+    def is_open(self) -> bool:
+        with self._lock:
+            return self._timeouts >= self.threshold
+
+
 class Resolver:
     """A stub resolver with a per-query timeout, a per-message lifetime budget and an optional
     answer cache (`cache_size` entries; 0: none).
@@ -229,6 +289,8 @@ class Resolver:
         self.lifetime = lifetime
         self._resolvers = self._build(nameservers)
         self.cache = self._cache(cache_size, cache_max_ttl, previous)
+        same_servers = previous is not None and previous.servers == self.servers
+        self.breaker: Breaker = previous.breaker if previous is not None and same_servers else Breaker()
 
     def _cache(self, size: int, max_ttl: float, previous: Resolver | None) -> DnsCache | None:
         if size == 0:
@@ -295,6 +357,27 @@ class Resolver:
     def send(self, qname: dns.name.Name, qtype: dns.rdatatype.RdataType, budget: Budget | None,
              label: str) -> Reply:
         """Ask the servers, past the cache; `label` ("name/TYPE" as asked) names a DnsError."""
+        if not self.breaker.allow():
+            raise DnsError(f"{label}: the DNS servers have not answered the last {self.breaker.threshold} or "
+                           "more queries; not waiting for them (retried every few seconds)")
+        try:
+            reply = self._send(qname, qtype, budget, label)
+        except DnsError as error:
+            if isinstance(error.__cause__, dns.exception.Timeout):
+                self.breaker.timed_out()
+            elif error.__cause__ is not None:
+                self.breaker.answered()  # SERVFAIL, REFUSED, unreachable: not silence
+            else:
+                self.breaker.released()  # this message's budget was spent before asking: no news
+            raise
+        except BaseException:
+            self.breaker.released()
+            raise
+        self.breaker.answered()
+        return reply
+
+    def _send(self, qname: dns.name.Name, qtype: dns.rdatatype.RdataType, budget: Budget | None,
+              label: str) -> Reply:
         last: Exception | None = None
         for resolver in self._resolvers:
             try:
@@ -316,7 +399,7 @@ class Resolver:
             if answer.rrset is None:  # NODATA
                 return Reply((), negative_ttl(answer.response, answer.chaining_result.minimum_ttl))
             return Reply(tuple(answer.rrset), answer.chaining_result.minimum_ttl)
-        raise DnsError(f"{label}: {last}")
+        raise DnsError(f"{label}: {last}") from last
 
     def txt(self, name: str, budget: Budget | None = None) -> list[str]:
         """TXT records, each joined from its strings (RFC 7208 §3.3), decoded leniently."""
