@@ -34,6 +34,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, cast
 
 import dns.exception
@@ -214,17 +215,25 @@ def negative_ttl(response: dns.message.Message, chained_ttl: float) -> float | N
     return None
 
 
+class Gate(Enum):
+    GO = "go"  # ask the servers
+    CHECK = "check"  # first see whether they answer at all (Resolver.answers)
+    REFUSE = "refuse"  # they did not a moment ago: fail at once
+
+
 class Breaker:
     """Fail fast while the servers are not answering at all.
 
     A DNS server that is down or black-holed answers nothing: every query then waits its full
     timeout, about 16 s per message with SPF, DKIM and DMARC, each holding a Postfix smtpd
     process and a milter thread, only to end in the same temperror (and a 4xx: the sender
-    retries). After `threshold` timeouts in a row with no answer between them, queries fail at
-    once for `cooldown` seconds; then one query is let through as a probe (the others still
-    fail fast): an answer closes the breaker, a timeout opens it again for twice as long (up to
-    `max_cooldown`). Any answer counts, NXDOMAIN and SERVFAIL included: only silence opens it.
-    Cached answers are served all along.
+    retries). But a timeout may also be one slow zone — and a sender chooses which zones we ask
+    (an SPF include, a DKIM selector): a sender's black-holed zone must never make us refuse
+    everyone's lookups. So after `threshold` timeouts in a row the servers are asked something
+    any server answers at once (the root's SOA: an answer, a referral, REFUSED or SERVFAIL all
+    count); only when that goes unanswered too do queries fail at once, for `cooldown` seconds,
+    after which the next query first asks again (silence doubles the wait, up to
+    `max_cooldown`). Cached answers are served all along.
     """
 
     def __init__(self, threshold: int = 3, cooldown: float = 2.0, max_cooldown: float = 30.0,
@@ -233,45 +242,49 @@ class Breaker:
         self._clock = clock
         self._lock = threading.Lock()
         self._timeouts = 0
-        self._open_until = 0.0
+        self._open_until: float | None = None  # None: closed
         self._wait = cooldown
-        self._probing = False
-        self.opened = 0  # how often it opened (for the metrics)
+        self._checking = False
+        self.opened = 0  # how often the servers were found silent (for the metrics)
 
-    def allow(self) -> bool:
-        """Whether a query may go to the servers now."""
+    def gate(self) -> Gate:
+        """Whether a query may go to the servers now (CHECK: the caller asks first, then settle())."""
         with self._lock:
-            if self._timeouts < self.threshold:
+            if self._open_until is None:
+                return Gate.GO
+            if self._checking or self._clock() < self._open_until:
+                return Gate.REFUSE
+            self._checking = True
+            return Gate.CHECK
+
+    def timed_out(self) -> bool:
+        """Count a query the servers did not answer; True: the caller checks them (settle())."""
+        with self._lock:
+            self._timeouts += 1
+            if self._timeouts >= self.threshold and not self._checking and self._open_until is None:
+                self._checking = True
                 return True
-            if self._probing or self._clock() < self._open_until:
-                return False
-            self._probing = True  # this query is the probe
-            return True
-
-    def released(self) -> None:
-        """A query let through learned nothing about the servers (it never asked them)."""
-        with self._lock:
-            self._probing = False
+            return False
 
     def answered(self) -> None:
         with self._lock:
-            self._timeouts, self._probing, self._wait = 0, False, self.cooldown
+            self._timeouts = 0
 
-    def timed_out(self) -> None:
+    def settle(self, answering: bool) -> None:
+        """The result of a check: the servers answer (closed again) or not (open)."""
         with self._lock:
-            self._timeouts += 1
-            if self._probing:
-                self._wait = min(self._wait * 2, self.max_cooldown)
-            if self._timeouts >= self.threshold:
-                if self._timeouts == self.threshold or self._probing:
-                    self.opened += 1
+            self._checking = False
+            if answering:
+                self._timeouts, self._open_until, self._wait = 0, None, self.cooldown
+            else:
+                self.opened += 1
                 self._open_until = self._clock() + self._wait
-            self._probing = False
+                self._wait = min(self._wait * 2, self.max_cooldown)
 
     @property
     def is_open(self) -> bool:
         with self._lock:
-            return self._timeouts >= self.threshold
+            return self._open_until is not None
 
 
 class Resolver:
@@ -357,24 +370,39 @@ class Resolver:
     def send(self, qname: dns.name.Name, qtype: dns.rdatatype.RdataType, budget: Budget | None,
              label: str) -> Reply:
         """Ask the servers, past the cache; `label` ("name/TYPE" as asked) names a DnsError."""
-        if not self.breaker.allow():
-            raise DnsError(f"{label}: the DNS servers have not answered the last {self.breaker.threshold} or "
-                           "more queries; not waiting for them (retried every few seconds)")
+        gate = self.breaker.gate()
+        if gate is Gate.CHECK:
+            answering = self.answers()
+            self.breaker.settle(answering)
+            gate = Gate.GO if answering else Gate.REFUSE
+        if gate is Gate.REFUSE:
+            raise DnsError(f"{label}: the DNS servers are not answering at all; not waiting for them "
+                           "(asked again every few seconds)")
         try:
             reply = self._send(qname, qtype, budget, label)
         except DnsError as error:
             if isinstance(error.__cause__, dns.exception.Timeout):
-                self.breaker.timed_out()
+                if self.breaker.timed_out():
+                    self.breaker.settle(self.answers())
             elif error.__cause__ is not None:
                 self.breaker.answered()  # SERVFAIL, REFUSED, unreachable: not silence
-            else:
-                self.breaker.released()  # this message's budget was spent before asking: no news
-            raise
-        except BaseException:
-            self.breaker.released()
             raise
         self.breaker.answered()
         return reply
+
+    def answers(self) -> bool:
+        """Whether any server answers anything: the root's SOA, which every server answers at
+        once (with the record, a referral, REFUSED or SERVFAIL) unless it is down."""
+        for resolver in self._resolvers:
+            try:
+                resolver.resolve(dns.name.root, dns.rdatatype.SOA, lifetime=min(self.timeout, 2.0), search=False,
+                                 raise_on_no_answer=False)
+            except dns.exception.Timeout:
+                continue
+            except dns.exception.DNSException:
+                return True
+            return True
+        return False
 
     def _send(self, qname: dns.name.Name, qtype: dns.rdatatype.RdataType, budget: Budget | None,
               label: str) -> Reply:

@@ -11,7 +11,7 @@ import dns.message
 import dns.rcode
 import pytest
 
-from policymilter.dns import Breaker, DnsError, Resolver
+from policymilter.dns import Breaker, DnsError, Gate, Resolver
 
 
 class Clock:
@@ -22,62 +22,58 @@ class Clock:
         return self.now
 
 
-def test_it_opens_after_the_threshold_and_lets_one_probe_through_after_the_cooldown():
+def test_the_servers_are_checked_after_the_threshold_and_only_silence_opens_it():
     clock = Clock()
     breaker = Breaker(threshold=3, cooldown=2.0, max_cooldown=8.0, clock=clock)
-    for _ in range(3):
-        assert breaker.allow()
+    assert not breaker.timed_out() and not breaker.timed_out()
+    assert breaker.timed_out()  # the third: the caller checks the servers
+    assert not breaker.timed_out()  # one check at a time
+    breaker.settle(True)  # they answer: it was a slow zone, not a dead server
+    assert not breaker.is_open and breaker.gate() is Gate.GO
+    for _ in range(2):
         breaker.timed_out()
-    assert breaker.is_open and not breaker.allow()
+    assert breaker.timed_out()
+    breaker.settle(False)  # silence
+    assert breaker.is_open and breaker.gate() is Gate.REFUSE
     clock.now += 2.0
-    assert breaker.allow()  # the probe
-    assert not breaker.allow()  # only one at a time
-    breaker.timed_out()  # still silent: open twice as long
+    assert breaker.gate() is Gate.CHECK  # after the cooldown: check again
+    assert breaker.gate() is Gate.REFUSE  # the others still fail fast meanwhile
+    breaker.settle(False)  # still silent: twice as long
     clock.now += 2.0
-    assert not breaker.allow()
+    assert breaker.gate() is Gate.REFUSE
     clock.now += 2.0
-    assert breaker.allow()
-    breaker.answered()
-    assert not breaker.is_open and breaker.allow() and breaker.allow()
-    assert breaker.opened == 2
+    assert breaker.gate() is Gate.CHECK
+    breaker.settle(True)
+    assert breaker.gate() is Gate.GO and breaker.opened == 2
 
 
 def test_an_answer_between_timeouts_keeps_it_closed():
     breaker = Breaker(threshold=3, clock=Clock())
     for _ in range(10):
-        breaker.timed_out()
-        breaker.timed_out()
+        assert not breaker.timed_out() and not breaker.timed_out()
         breaker.answered()
     assert not breaker.is_open
-
-
-def test_a_probe_that_never_asked_does_not_keep_it_open():
-    clock = Clock()
-    breaker = Breaker(threshold=1, cooldown=1.0, clock=clock)
-    breaker.timed_out()
-    clock.now += 1.0
-    assert breaker.allow()
-    breaker.released()  # e.g. the message's budget was spent before the query went out
-    assert breaker.allow()
 
 
 def test_the_cooldown_is_capped():
     clock = Clock()
     breaker = Breaker(threshold=1, cooldown=1.0, max_cooldown=4.0, clock=clock)
-    breaker.timed_out()
+    assert breaker.timed_out()
+    breaker.settle(False)
     for _ in range(6):
         clock.now += 100
-        assert breaker.allow()
-        breaker.timed_out()
+        assert breaker.gate() is Gate.CHECK
+        breaker.settle(False)
     clock.now += 4.0
-    assert breaker.allow()
+    assert breaker.gate() is Gate.CHECK
 
 
 # --- against a UDP server that can go silent ------------------------------------------------------
 
 
 class Server:
-    """A DNS server on loopback UDP: silent (a black hole) or answering NXDOMAIN; counts queries."""
+    """A DNS server on loopback UDP: silent (a black hole), answering NXDOMAIN, or silent only
+    for one zone (a sender's black-holed zone behind a working resolver); counts queries."""
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -85,6 +81,7 @@ class Server:
         self.sock.settimeout(0.05)
         self.port = self.sock.getsockname()[1]
         self.silent = True
+        self.silent_zone: str | None = None
         self.queries = 0
         self.stopping = False
         self.thread = threading.Thread(target=self.serve, daemon=True)
@@ -97,8 +94,10 @@ class Server:
             except TimeoutError:
                 continue
             self.queries += 1
-            if not self.silent:
-                reply = dns.message.make_response(dns.message.from_wire(data))
+            query = dns.message.from_wire(data)
+            name = query.question[0].name.to_text()
+            if not self.silent and not (self.silent_zone and name.endswith(self.silent_zone)):
+                reply = dns.message.make_response(query)
                 reply.set_rcode(dns.rcode.NXDOMAIN)
                 self.sock.sendto(reply.to_wire(), peer)
 
@@ -115,20 +114,33 @@ def server() -> Iterator[Server]:
     running.close()
 
 
-def test_a_black_holed_server_is_asked_three_times_then_not_waited_for(server):
+def test_a_black_holed_server_is_checked_then_not_waited_for(server):
     resolver = Resolver([f"127.0.0.1:{server.port}"], timeout=0.2, lifetime=1.0)
     resolver.breaker = Breaker(threshold=3, cooldown=0.3)
     for index in range(3):
         with pytest.raises(DnsError):
             resolver.query(f"q{index}.example.net", "TXT", resolver.budget())
+    assert resolver.breaker.is_open  # the root SOA went unanswered too
     asked = server.queries
-    assert asked >= 3
     for index in range(5):
-        with pytest.raises(DnsError, match="not waiting for them"):
+        with pytest.raises(DnsError, match="not answering at all"):
             resolver.query(f"fast{index}.example.net", "TXT", resolver.budget())
     assert server.queries == asked  # nothing was sent while open
     server.silent = False  # the server is back
-    time.sleep(0.35)  # past the cooldown: the next query is the probe
+    time.sleep(0.35)  # past the cooldown: the next query checks first
     assert resolver.query("back.example.net", "TXT", resolver.budget()) == []  # NXDOMAIN: an answer
     assert not resolver.breaker.is_open
     assert resolver.query("again.example.net", "TXT", resolver.budget()) == []
+
+
+def test_a_senders_black_holed_zone_never_stops_other_lookups(server):
+    # The attacker's zone times out (an SPF include pointing at a dead server); ours answers.
+    server.silent, server.silent_zone = False, "attacker.example."
+    resolver = Resolver([f"127.0.0.1:{server.port}"], timeout=0.2, lifetime=1.0)
+    resolver.breaker = Breaker(threshold=3, cooldown=30)
+    for round_ in range(3):
+        for index in range(4):
+            with pytest.raises(DnsError):
+                resolver.query(f"x{round_}-{index}.attacker.example", "TXT", resolver.budget())
+        assert not resolver.breaker.is_open
+        assert resolver.query("example.org", "TXT", resolver.budget()) == []  # answered, at once
