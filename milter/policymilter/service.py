@@ -129,17 +129,6 @@ class Service:
         if self.on_transaction_end is not None:
             self.on_transaction_end(messages)
 
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until no session is open; True if it happened within `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while self.sessions > 0:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._lock.wait(remaining)
-        return True
-
     def drain(self, timeout: float) -> bool:
         """Wait until no transaction is in flight; True if drained within `timeout` seconds.
 
