@@ -29,14 +29,18 @@ SUMMARY_TAIL = ("verdict", "reply", "decided_by", "reason", "mode", "ms", "check
 
 _NEEDS_QUOTES = re.compile(r'[\s"=\\]')
 
-# The worker process this is (daemon.py), named in every line it logs (as `worker=N`, or in a
-# session's connection id, WORKER.N); None in the parent and in one-process tools.
-_worker: int | None = None
+class _Process:
+    """The worker process this is (daemon.py), named in every line it logs (as `worker=N`, or in a
+    session's connection id, WORKER.N); None in the parent and in one-process tools."""
+
+    worker: int | None = None
+
+
+_PROCESS = _Process()
 
 
 def set_worker(number: int | None) -> None:
-    global _worker
-    _worker = number
+    _PROCESS.worker = number
 
 
 def kv_value(value: Any) -> str:
@@ -69,8 +73,8 @@ class _Formatter(logging.Formatter):
         extra = getattr(record, "fields", None)
         if isinstance(extra, Mapping):
             fields.update(extra)
-        if conn is None and _worker is not None:
-            fields.setdefault("worker", _worker)  # a session's lines name it in their conn id (WORKER.N)
+        if conn is None and _PROCESS.worker is not None:
+            fields.setdefault("worker", _PROCESS.worker)  # a session's lines name it in their conn id (WORKER.N)
         return fields
 
     def format(self, record: logging.LogRecord) -> str:
