@@ -112,18 +112,36 @@ def _name_size(name: dns.name.Name) -> int:
     return sum(_OBJECT_OVERHEAD + len(label) for label in name.labels)
 
 
+_SLOTS: dict[type, tuple[str, ...]] = {}
+
+
+def _slots(cls: type) -> tuple[str, ...]:
+    """The attributes an rdata class keeps (dnspython's rdata classes use __slots__)."""
+    found = _SLOTS.get(cls)
+    if found is None:
+        found = _SLOTS[cls] = tuple(slot for klass in cls.__mro__ for slot in getattr(klass, "__slots__", ()))
+    return found
+
+
+def _value_size(value: object) -> int:
+    if isinstance(value, dns.name.Name):
+        return _name_size(value)
+    if isinstance(value, (bytes, str)):
+        return _OBJECT_OVERHEAD + len(value)
+    if isinstance(value, tuple):
+        return _OBJECT_OVERHEAD + sum(_value_size(item) for item in value)
+    return 0
+
+
 def answer_size(qname: dns.name.Name, records: Sequence[dns.rdata.Rdata]) -> int:
     """What keeping these records under `qname` costs, roughly (Python objects included: a TXT
-    record of 2-byte strings costs twenty times its data)."""
+    record of 2-byte strings costs twenty times its data). Every bytes, text, name or tuple an
+    rdata keeps is counted, whatever its type."""
     size = _ENTRY_OVERHEAD + _name_size(qname)
     for record in records:
         size += _RECORD_OVERHEAD
-        for part in getattr(record, "strings", ()):
-            size += _OBJECT_OVERHEAD + len(part)
-        for attribute in ("target", "exchange"):  # names inside MX, PTR, CNAME... records
-            inner = getattr(record, attribute, None)
-            if isinstance(inner, dns.name.Name):
-                size += _name_size(inner)
+        for slot in _slots(type(record)):
+            size += _value_size(getattr(record, slot, None))
     return size
 
 
@@ -372,8 +390,7 @@ class Resolver:
         """Ask the servers, past the cache; `label` ("name/TYPE" as asked) names a DnsError."""
         gate = self.breaker.gate()
         if gate is Gate.CHECK:
-            answering = self.answers()
-            self.breaker.settle(answering)
+            answering = self._settled_check()
             gate = Gate.GO if answering else Gate.REFUSE
         if gate is Gate.REFUSE:
             raise DnsError(f"{label}: the DNS servers are not answering at all; not waiting for them "
@@ -383,19 +400,29 @@ class Resolver:
         except DnsError as error:
             if isinstance(error.__cause__, dns.exception.Timeout):
                 if self.breaker.timed_out():
-                    self.breaker.settle(self.answers())
+                    self._settled_check()
             elif error.__cause__ is not None:
                 self.breaker.answered()  # SERVFAIL, REFUSED, unreachable: not silence
             raise
         self.breaker.answered()
         return reply
 
+    def _settled_check(self) -> bool:
+        """answers(), its result always handed to the breaker (whatever goes wrong: not answering)."""
+        answering = False
+        try:
+            answering = self.answers()
+        finally:
+            self.breaker.settle(answering)
+        return answering
+
     def answers(self) -> bool:
         """Whether any server answers anything: the root's SOA, which every server answers at
         once (with the record, a referral, REFUSED or SERVFAIL) unless it is down."""
         for resolver in self._resolvers:
             try:
-                resolver.resolve(dns.name.root, dns.rdatatype.SOA, lifetime=min(self.timeout, 2.0), search=False,
+                # The whole query timeout: a resolver slowed by a flood of lookups is not a dead one.
+                resolver.resolve(dns.name.root, dns.rdatatype.SOA, lifetime=self.timeout, search=False,
                                  raise_on_no_answer=False)
             except dns.exception.Timeout:
                 continue

@@ -144,3 +144,22 @@ def test_a_senders_black_holed_zone_never_stops_other_lookups(server):
                 resolver.query(f"x{round_}-{index}.attacker.example", "TXT", resolver.budget())
         assert not resolver.breaker.is_open
         assert resolver.query("example.org", "TXT", resolver.budget()) == []  # answered, at once
+
+
+def test_a_check_that_fails_unexpectedly_leaves_it_working():
+    clock = Clock()
+    resolver = Resolver(["127.0.0.1:9"], timeout=0.1, lifetime=0.5)
+    resolver.breaker = Breaker(threshold=1, cooldown=1.0, clock=clock)
+    assert resolver.breaker.timed_out()
+    resolver.breaker.settle(False)
+    clock.now += 1.0
+
+    def broken() -> bool:
+        raise RuntimeError("a bug in the check")
+
+    resolver.answers = broken  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        resolver.query("example.net", "TXT", resolver.budget())
+    assert resolver.breaker.gate() is Gate.REFUSE  # counted as silence: open again...
+    clock.now += 2.0
+    assert resolver.breaker.gate() is Gate.CHECK  # ...and checked again later, not stuck

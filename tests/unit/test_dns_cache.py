@@ -396,6 +396,16 @@ def _txt(text: str) -> dns.rdata.Rdata:
         for j in range(1000)]), 30),
     ("an ordinary SPF record", lambda i: (dns.name.from_text(f"n{i}.example.net"), [
         _txt('"v=spf1 ip4:192.0.2.0/24 include:_spf.example.com -all"')]), 300),
+    # types nothing asks for today, counted all the same (every bytes, name and tuple an rdata keeps)
+    ("NAPTR records with long strings", lambda i: (dns.name.from_text(f"n{i}.example.net"), [
+        dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.NAPTR,
+                            f'{j} 10 "{"a" * 200}" "{"b" * 200}" "{"c" * 200}" r{j}.example.net.')
+        for j in range(20)]), 30),
+    ("HINFO records", lambda i: (dns.name.from_text(f"n{i}.example.net"), [
+        dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.HINFO, f'"cpu{j}" "os{j}"') for j in range(50)]), 30),
+    ("CAA records", lambda i: (dns.name.from_text(f"n{i}.example.net"), [
+        dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.CAA, f'0 issue "ca{j}.example.net"')
+        for j in range(50)]), 30),
 ])
 def test_the_byte_bound_counts_what_python_really_holds(shape, make, count):
     real, estimated = _real_and_estimated(make, count)
