@@ -28,7 +28,7 @@ from tests.integration.scanners import Clamd, Spamd
 from policymilter.checks.antivirus import Antivirus
 from policymilter.checks.spam import Spam
 from policymilter.facts import Envelope, Session
-from policymilter.listeners import door_by_name
+from policymilter.listeners import listener_by_name
 from policymilter.message import Message
 from policymilter.pipeline import CheckContext
 from policymilter.policy import load_policy
@@ -75,13 +75,13 @@ def main(argv: list[str] | None = None) -> int:
         overrides = [f'antivirus.servers=["{clamd.endpoint}"]', f'spam.servers=["{spamd.endpoint}"]',
                      "spam.max_size=30000000"]
         policy = load_policy(REPO / "policies", overrides).policy
-        door = door_by_name(policy, "smtp")
+        listener = listener_by_name(policy, "smtp")
         runs = checks()
         table: dict[str, dict[str, float]] = {}
         for label, size in SIZES.items():
             raw = build(size)
             message = Message.from_bytes(raw)
-            context = CheckContext(policy, door, Session(conn_id="b"), Envelope(), message)
+            context = CheckContext(policy, listener, Session(conn_id="b"), Envelope(), message)
             for name, run in runs.items():
                 timings = []
                 for _ in range(args.repeat):
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         raw = build(SIZES["25 MB"])
         tracemalloc.start()
         message = Message.from_bytes(raw)
-        context = CheckContext(policy, door, Session(conn_id="b"), Envelope(), message)
+        context = CheckContext(policy, listener, Session(conn_id="b"), Envelope(), message)
         for run in runs.values():
             run(context)
         _, peak = tracemalloc.get_traced_memory()

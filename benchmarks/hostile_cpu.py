@@ -32,7 +32,7 @@ from tests.zonefake import ZoneResolver
 
 from policymilter.cli import explain
 from policymilter.facts import Session
-from policymilter.listeners import door_by_name
+from policymilter.listeners import listener_by_name
 from policymilter.service import load_snapshot
 
 AUTHSERV_ID = "mx.example.test"
@@ -102,7 +102,7 @@ def main() -> None:
                                               "arc.trusted_sealers=[\"list.test\"]", "dkim.max_signatures=50"])
     snapshot = replace(snapshot, resolver=zone)
     session = Session(conn_id="b", client_ip=CLIENT, helo="mail.sender.test", daemon_name="smtp", daemon_port=25)
-    door = door_by_name(snapshot.policy, "smtp")
+    listener = listener_by_name(snapshot.policy, "smtp")
     print("building messages ...", flush=True)
     cases = [
         ("control: 1 signature, 100 KB body", dkim_many(sender, 1, BODY_100KB)),
@@ -121,7 +121,7 @@ def main() -> None:
     ]
     print(f"{'message':46} {'size':>9} {'CPU ms':>8}  verdict / dkim / arc / dmarc")
     for name, raw in cases:
-        cpu, report = measure(lambda raw=raw: explain(snapshot, session, door, raw, "alice@sender.test",
+        cpu, report = measure(lambda raw=raw: explain(snapshot, session, listener, raw, "alice@sender.test",
                                                       ["bob@example.test"]), args.repeat)
         outcomes = {c["check"]: c["outcome"] + (f":{c['detail']}" if c["detail"] else "") for c in report["checks"]}
         print(f"{name:46} {len(raw):>9} {cpu:>8.1f}  {report['verdict']} / {outcomes.get('dkim')} / "
