@@ -23,7 +23,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -355,17 +355,7 @@ class _Supervisor:
 
     def reap(self) -> bool:
         """Collect exited workers and schedule replacements; False when they keep dying."""
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return True
-            if pid == 0:
-                return True
-            child = self.children.pop(pid, None)
-            if child is None:
-                continue
-            code = os.waitstatus_to_exitcode(status)
+        for pid, child, code in self._exited():
             if child.retiring and code == 0:
                 event(self.log, logging.INFO, "worker_recycled", f"worker {child.number} (pid {pid}) exited after "
                       "recycling", worker=child.number, pid=pid)
@@ -382,6 +372,23 @@ class _Supervisor:
             if quick >= GIVE_UP_AFTER:
                 return False
             self.due[child.number] = time.monotonic() + (0.0 if quick == 1 else min(2.0 ** (quick - 2), 30.0))
+        return True
+
+    def _exited(self, stopping: bool = False) -> Iterator[tuple[int, _Child, int]]:
+        """(pid, worker, exit code) of every worker that has exited since the last call; a
+        worker's code is negative for the signal that killed it."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:  # no child left at all
+                if stopping:
+                    self.children.clear()  # nothing more to wait for
+                return
+            if pid == 0:
+                return
+            child = self.children.pop(pid, None)
+            if child is not None:
+                yield pid, child, os.waitstatus_to_exitcode(status)
 
     def stop(self, code: int) -> int:
         """Every worker drains; whatever is still running after its time is killed."""
@@ -399,17 +406,8 @@ class _Supervisor:
                 left = 10.0
                 deadline = time.monotonic() + left
             signal.sigtimedwait({signal.SIGCHLD}, left)
-            while True:
-                try:
-                    pid, status = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    self.children.clear()
-                    break
-                if pid == 0:
-                    break
-                child = self.children.pop(pid, None)
-                exit_code = os.waitstatus_to_exitcode(status)
-                if child is not None and exit_code != 0:
+            for pid, child, exit_code in self._exited(stopping=True):
+                if exit_code != 0:
                     event(self.log, logging.ERROR, "worker_exited", f"worker {child.number} (pid {pid}) exited "
                           f"with {exit_code} while stopping", worker=child.number, pid=pid, code=exit_code)
                     code = code or 1
