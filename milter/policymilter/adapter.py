@@ -168,6 +168,7 @@ class PolicyMilter(Milter.Base):
             return Milter.CONTINUE
         answer = self._apply(verdict, final=where is Callback.EOM)
         if where is Callback.EOM or verdict.stops:
+            self.conversation.reset()
             self._end_transaction()
         return answer
 
@@ -247,6 +248,7 @@ class PolicyMilter(Milter.Base):
     def eom(self) -> int:
         verdict = self.conversation.end_of_message(self._macro("i"))
         answer = self._apply(verdict, final=True)
+        self.conversation.reset()  # the spool and the results go now, not at the session's next MAIL
         self._end_transaction()  # only now may a drain finish: the header changes are made
         return answer
 

@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from policymilter import authresults, listeners
+from policymilter.admission import Admission
 from policymilter.facts import MACRO_SOURCES, Callback, Envelope, Session, strip_brackets
 from policymilter.listeners import ListenerMatch
 from policymilter.logs import SUMMARY_KEYS, SUMMARY_TAIL, SessionLog, WarnOnce, event
@@ -26,6 +27,8 @@ from policymilter.snapshot import Snapshot
 SHUTTING_DOWN = Verdict(Disposition.TEMPFAIL, SmtpReply("451", "4.3.2", "Mail filter restarting: please try again "
                                                                        "in a minute"),
                         decided_by="milter", reason="shutting down")
+# RFC 3463 4.3.2 as well: this worker has all the messages it can check at once (admission.py).
+BUSY = SmtpReply("451", "4.3.2", "Too busy to check this message now: please try again later")
 
 
 # How Postfix names the stage a macro list belongs to (main.cf milter_<stage>_macros).
@@ -37,12 +40,14 @@ class Conversation:
     """Policy state of one SMTP session (one per connection, one thread at a time)."""
 
     def __init__(self, snapshot: Snapshot, session: Session, warn_once: WarnOnce | None = None,
-                 log: SessionLog | None = None, listener: ListenerMatch | None = None) -> None:
+                 log: SessionLog | None = None, listener: ListenerMatch | None = None,
+                 admission: Admission | None = None) -> None:
         # The connection keeps the policy it started with, even across a reload.
         self.snapshot = snapshot
         self.session = session
         self.log = log or SessionLog(session.conn_id)
         self.warn_once = warn_once or WarnOnce()
+        self.admission = admission or Admission()
         self.listener: ListenerMatch = listener or listeners.resolve(snapshot.policy, session)
         self.envelope: Envelope | None = None
         self.message: Message | None = None
@@ -150,8 +155,15 @@ class Conversation:
             verdict = self.failure or self.session_failure
             assert verdict is not None
             return self._finish(verdict, Stage.EOM)
-        self._run(Stage.EOM)
-        return self._finish(decide(self.results), Stage.EOM, headers=True)
+        site = self.snapshot.policy.site
+        with self.admission.turn(site.max_concurrent_messages, site.queue_timeout) as admitted:
+            if not admitted:
+                return self._finish(Verdict(
+                    Disposition.TEMPFAIL, BUSY, decided_by="milter",
+                    reason=f"busy: {site.max_concurrent_messages} messages in progress in this worker for "
+                           f"{site.queue_timeout:g} s (site.max_concurrent_messages)"), Stage.EOM)
+            self._run(Stage.EOM)
+            return self._finish(decide(self.results), Stage.EOM, headers=True)
 
     def abort(self) -> None:
         self.reset()

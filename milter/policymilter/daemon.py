@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from policymilter import slots
 from policymilter.adapter import Libmilter, install
 from policymilter.logs import LOGGER, event, set_worker
 from policymilter.privileges import Identity, acting_as, drop_privileges, group_name, user_name
@@ -448,6 +449,7 @@ def serve(start: Callable[[], Service], socket_spec: str, *, identity: Identity 
         # holding the lock that libmilter's stop needs. (Accepted sockets stay blocking.)
         os.set_blocking(listen_fd, False)
         drop_privileges(identity)
+        slots.prepare()  # the scanners' slots, shared by the workers forked below
         service = start()
     except BaseException:
         if socket_file is not None:

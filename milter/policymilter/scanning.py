@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from policymilter import safetext
+from policymilter.slots import Scanner, SlotsBusy, pool
 
 T = TypeVar("T")
 
@@ -94,18 +95,33 @@ def shown(text: str, limit: int = 200) -> str:
     return safetext.for_log(text, limit)
 
 
-def failover(endpoints: Sequence[str], timeout: float, attempt: Callable[[str, float], T], what: str) -> T:
+SLOW_TURN = 0.1  # seconds: a wait for a slot this long is named in the error
+
+
+def failover(endpoints: Sequence[str], timeout: float, attempt: Callable[[str, float], T], what: str,
+             scanner: Scanner, in_flight: int) -> T:
     """The first endpoint's answer that comes, trying them in order, all within one `timeout`
-    (Postfix gives up on the milter after milter_content_timeout)."""
+    (Postfix gives up on the milter after milter_content_timeout). At most `in_flight` scans of
+    this scanner run at once across the workers (slots.py); waiting for a turn counts against
+    `timeout`, and a long wait is named in the error."""
     errors = []
     overall = Deadline(timeout)
-    for endpoint in endpoints:
-        left = overall.end - time.monotonic()
-        if left <= 0:
-            errors.append("scan time limit reached")
-            break
-        try:
-            return attempt(endpoint, left)
-        except (OSError, ScannerError) as error:  # unreachable or broken: the next one may answer
-            errors.append(f"{endpoint}: {error}")
-    raise ScannerError("; ".join(errors) or f"no {what} server configured")
+    setting = f"{scanner.name.lower()}.max_in_flight"
+    try:
+        with pool().hold(scanner, in_flight, overall.end):
+            waited = timeout - (overall.end - time.monotonic())
+            for endpoint in endpoints:
+                left = overall.end - time.monotonic()
+                if left <= 0:
+                    errors.append("scan time limit reached")
+                    break
+                try:
+                    return attempt(endpoint, left)
+                except (OSError, ScannerError) as error:  # unreachable or broken: the next one may answer
+                    errors.append(f"{endpoint}: {error}")
+    except SlotsBusy as busy:
+        raise ScannerError(f"{busy} for {timeout:g} s: {what} is slow or hung (the bound is {setting})") from None
+    reason = "; ".join(errors) or f"no {what} server configured"
+    if waited >= SLOW_TURN:
+        reason += f" (after {waited:.1f} s waiting for one of the {in_flight} scans in flight: {setting})"
+    raise ScannerError(reason)

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from policymilter.admission import Admission
 from policymilter.checks import ALWAYS, REGISTRY, requirement_issues
 from policymilter.conversation import Conversation
 from policymilter.facts import Session
@@ -58,6 +59,7 @@ class Service:
         self.sessions = 0
         self.transactions = 0
         self.messages = 0  # transactions ended in this process
+        self.admission = Admission()  # end-of-message turns of this process
         # Set on a graceful stop: new transactions get 451 4.3.2, open ones finish.
         self.draining = threading.Event()
         # In a worker process (daemon.py): its number, which prefixes connection ids so they
@@ -109,7 +111,8 @@ class Service:
         session = new_session(f"{self.worker}.{number}" if self.worker is not None else str(number))
         with self._lock:
             self.sessions += 1
-        return Conversation(self.snapshot, session, self.warn_once, SessionLog(session.conn_id))
+        return Conversation(self.snapshot, session, self.warn_once, SessionLog(session.conn_id),
+                            admission=self.admission)
 
     def session_closed(self) -> None:
         with self._lock:

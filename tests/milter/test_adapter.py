@@ -381,3 +381,31 @@ def test_the_adapter_tempfails_a_dkim_aligned_message_when_dkim_errors(logwatch)
     mta.helo("mail.pass.test")
     assert mta.send("<alice@pass.test>", message=SIGNED) == Milter.TEMPFAIL
     assert mta.reply.startswith("451 4.7.1") and "DKIM check could not answer" in mta.reply
+
+
+def test_a_worker_with_every_turn_taken_answers_busy_and_the_turn_frees_for_the_next(logwatch):
+    """Issue 11 item 4: beyond site.max_concurrent_messages a clean 451 4.3.2 after queue_timeout."""
+    service = make_service(overrides=["site.max_concurrent_messages=1", "site.queue_timeout=0.05"])
+    mta = FakeMTA(service, SmtpState(daemon_name="smtp", daemon_port=25))
+    mta.connect()
+    mta.helo()
+    with service.admission.turn(1, 1.0) as admitted:  # another session's message is being checked
+        assert admitted
+        assert mta.send(message=GOOD_MESSAGE) == Milter.TEMPFAIL
+        assert mta.reply == "451 4.3.2 Too busy to check this message now: please try again later"
+    [summary] = logwatch.fields("summary")
+    assert summary["verdict"] == "tempfail" and summary["decided_by"] == "milter"
+    assert summary["reason"] == ("busy: 1 messages in progress in this worker for 0.05 s "
+                                 "(site.max_concurrent_messages)")
+    assert service.transactions == 0 and service.admission.running == 0
+    assert mta.send(message=GOOD_MESSAGE) == Milter.ACCEPT  # the sender's retry
+
+
+def test_the_transaction_state_is_released_at_end_of_message_not_at_the_next_mail():
+    """Issue 11 item 4: a session kept open after its message holds no spool file and no results."""
+    mta = mta_for("smtp", 25)
+    mta.connect()
+    mta.helo()
+    assert mta.send(message=GOOD_MESSAGE + b"x" * 300_000 + b"\n") == Milter.ACCEPT  # spooled to disk
+    conversation = mta.milter.conversation
+    assert conversation.message is None and conversation.results == [] and conversation.envelope is None

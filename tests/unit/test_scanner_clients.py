@@ -87,25 +87,25 @@ def test_a_trickling_clamd_cannot_stretch_the_time_limit(server):
     endpoint = server(trickle)
     started = time.monotonic()
     with pytest.raises(ScannerError):
-        clamd.scan([endpoint], message, timeout=1.0)
+        clamd.scan([endpoint], message, timeout=1.0, in_flight=4)
     assert time.monotonic() - started < 10  # the 1 s deadline held, not the 20 s of trickle
 
 
 def test_an_endless_clamd_reply_is_cut_short(server):
     with pytest.raises(ScannerError) as caught:
-        clamd.scan([server(flood)], message, timeout=5.0)
+        clamd.scan([server(flood)], message, timeout=5.0, in_flight=4)
     assert len(str(caught.value)) < 400
 
 
 def test_a_malformed_spamd_score_fails_over_to_the_next_server(server):
-    result = spamd.scan([server(bad_score), server(good_spamd)], message, timeout=5.0)
+    result = spamd.scan([server(bad_score), server(good_spamd)], message, timeout=5.0, in_flight=4)
     assert result.score == 7.5 and result.symbols == ("A_RULE", "B_RULE")
 
 
 def test_a_trickling_spamd_cannot_stretch_the_time_limit(server):
     started = time.monotonic()
     with pytest.raises(ScannerError):
-        spamd.scan([server(trickle), server(trickle)], message, timeout=1.0)
+        spamd.scan([server(trickle), server(trickle)], message, timeout=1.0, in_flight=4)
     assert time.monotonic() - started < 10  # one 1 s limit for both servers, not 40 s of trickle
 
 

@@ -59,7 +59,11 @@ class Site(Strict):
     domains: tuple[Domain, ...] = ()
     authserv_id: str = "localhost"
     # Bytes; larger messages are refused with 552 5.3.4 (0: leave it to Postfix's message_size_limit).
-    max_message_size: Annotated[int, Field(ge=0)] = 0
+    max_message_size: Annotated[int, Field(ge=0)] = 25 * 1024 * 1024
+    # Per worker process: messages whose end-of-message checks run at once; the next waits its
+    # turn up to queue_timeout seconds, then gets 451 4.3.2 (admission.py).
+    max_concurrent_messages: Annotated[int, Field(ge=1, le=10_000)] = 20
+    queue_timeout: Seconds = 30.0
 
     @field_validator("domains")
     @classmethod
@@ -192,6 +196,8 @@ class Antivirus(CheckTable):
     max_size: Bytes = 25 * 1024 * 1024
     on_infected: Literal["reject", "quarantine", "discard"] = "reject"
     on_oversize: Literal["skip", "reject", "tempfail"] = "skip"
+    # Scans at once, all workers together (slots.py); more wait for a turn within `timeout`.
+    max_in_flight: Annotated[int, Field(ge=1, le=10_000)] = 12
 
     @field_validator("servers")
     @classmethod
@@ -207,6 +213,7 @@ class Spam(CheckTable):
     quarantine_score: float | None = None
     reject_score: float | None = 15.0
     subject_tag: str = ""  # e.g. "[SPAM]": prefixed to the Subject of tagged spam
+    max_in_flight: Annotated[int, Field(ge=1, le=10_000)] = 5  # as for antivirus: spamd's children
 
     @field_validator("servers")
     @classmethod

@@ -2,7 +2,9 @@
 
 Every check that waits has its own budget: SPF, DKIM, ARC and DMARC `dns.lifetime` each (the
 pipeline starts one per check), clamd `antivirus.timeout`, spamd `spam.timeout` (one deadline
-per scan across all servers). A stage's worst case is the sum of what its checks may wait.
+per scan across all servers, a turn among the scans in flight included); at end of message a
+message may first wait `site.queue_timeout` for its turn (admission.py). A stage's worst case
+is the sum of these waits.
 Postfix gives the milter `milter_command_timeout` for MAIL FROM and `milter_content_timeout`
 for the end of message; a policy whose worst case does not fit would let Postfix give up
 first and apply milter_default_action to mail the milter was still checking.
@@ -59,7 +61,8 @@ def stage_times(policy: Policy, listener: Listener, authenticated: bool) -> tupl
     running = [check for check in listener.traffic(authenticated).checks
                if (table := policy.check_table(check)) is None or table.enabled]
     mail = tuple((str(c), waits(policy, c)) for c in running if c in MAIL_CHECKS and waits(policy, c))
-    eom = tuple((str(c), waits(policy, c)) for c in running if c not in MAIL_CHECKS and waits(policy, c))
+    eom = (("queue", policy.site.queue_timeout),
+           *((str(c), waits(policy, c)) for c in running if c not in MAIL_CHECKS and waits(policy, c)))
     return (StageTime("mail", "milter_command_timeout", policy.postfix.milter_command_timeout, mail),
             StageTime("eom", "milter_content_timeout", policy.postfix.milter_content_timeout, eom))
 
@@ -76,7 +79,7 @@ def too_slow(policy: Policy) -> list[tuple[tuple[str | int, ...], str]]:
                     continue
                 where = "at MAIL FROM" if time.stage == "mail" else "at end of message"
                 problems.append(((*path, traffic, "checks") if path else ("postfix", time.limit_key),
-                                 f"listener {name}, {traffic} mail: {where} the checks may wait up to "
+                                 f"listener {name}, {traffic} mail: {where} the milter may wait up to "
                                  f"{time.explain()}; with {MARGIN:g} s for the milter's own work that is more "
                                  f"than postfix.{time.limit_key} ({time.limit:g} s) allows: lower those timeouts, "
                                  f"or raise {time.limit_key} in Postfix's main.cf and in [postfix] here"))

@@ -29,7 +29,7 @@ class Antivirus:
                 return CheckResult(NAME, Outcome.SKIPPED, Disposition.TEMPFAIL, RETRY, reason=reason, detail="size")
             return CheckResult(NAME, Outcome.SKIPPED, reason=reason, detail="size")
         try:
-            result = clamd.scan(policy.servers, message.iter_raw, policy.timeout)
+            result = clamd.scan(policy.servers, message.iter_raw, policy.timeout, policy.max_in_flight)
         except ScannerError as error:
             # The pipeline applies the listener's on_error (default tempfail) with this reply.
             return CheckResult(NAME, Outcome.ERROR, reply=RETRY, reason=str(error), detail="clamd")

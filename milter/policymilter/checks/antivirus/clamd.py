@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from policymilter.scanning import Deadline, ScannerError, connect, failover, receive, shown
+from policymilter.slots import Scanner
 
 CHUNK = 64 * 1024
 
@@ -58,6 +59,9 @@ def instream(endpoint: str, chunks: Iterable[bytes], timeout: float) -> ScanResu
     raise ScannerError(f"clamd at {endpoint} answered {shown(reply)!r}")
 
 
-def scan(endpoints: Sequence[str], source: Callable[[], Iterable[bytes]], timeout: float) -> ScanResult:
-    """Scan with clamd; `source()` streams the message anew for each server tried."""
-    return failover(endpoints, timeout, lambda endpoint, left: instream(endpoint, source(), left), "clamd")
+def scan(endpoints: Sequence[str], source: Callable[[], Iterable[bytes]], timeout: float,
+         in_flight: int) -> ScanResult:
+    """Scan with clamd; `source()` streams the message anew for each server tried; at most
+    `in_flight` scans at once (all workers together)."""
+    return failover(endpoints, timeout, lambda endpoint, left: instream(endpoint, source(), left), "clamd",
+                    Scanner.ANTIVIRUS, in_flight)

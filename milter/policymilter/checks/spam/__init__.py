@@ -69,7 +69,7 @@ class Spam:
                                detail="size", actions=(*_remove_arrived(message), AddHeader(
                                    "X-Spam-Status", "Unknown, not scanned: too large")))
         try:
-            result = spamd.scan(policy.servers, message.iter_raw, policy.timeout)
+            result = spamd.scan(policy.servers, message.iter_raw, policy.timeout, policy.max_in_flight)
         except ScannerError as error:
             skipped = [*_remove_arrived(message),
                        AddHeader("X-Spam-Status", "Unknown, not scanned: the spam scanner was unavailable")]

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from policymilter.scanning import Deadline, ScannerError, connect, failover, receive, shown
+from policymilter.slots import Scanner
 
 _NUMBER = r"(-?\d+(?:\.\d+)?)"
 _SPAM_LINE = re.compile(rf"^Spam:\s*(True|False|Yes|No)\s*;\s*{_NUMBER}\s*/\s*{_NUMBER}\s*$",
@@ -47,7 +48,10 @@ def check(endpoint: str, chunks: Iterable[bytes], length: int, timeout: float) -
     return SpamResult(float(match.group(2)), float(match.group(3)), symbols, endpoint)
 
 
-def scan(endpoints: Sequence[str], source: Callable[[], Iterable[bytes]], timeout: float) -> SpamResult:
-    """Ask spamd; `source()` streams the message anew for each server tried."""
+def scan(endpoints: Sequence[str], source: Callable[[], Iterable[bytes]], timeout: float,
+         in_flight: int) -> SpamResult:
+    """Ask spamd; `source()` streams the message anew for each server tried; at most
+    `in_flight` scans at once (all workers together)."""
     length = sum(len(chunk) for chunk in source())
-    return failover(endpoints, timeout, lambda endpoint, left: check(endpoint, source(), length, left), "spamd")
+    return failover(endpoints, timeout, lambda endpoint, left: check(endpoint, source(), length, left), "spamd",
+                    Scanner.SPAM, in_flight)
