@@ -18,6 +18,7 @@ Headers go through dkimpy unchanged (they are short), and so does simple canonic
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 
 from dkim import MessageFormatError
 from dkim.canonicalization import CanonicalizationPolicy, Relaxed, correct_empty_body, strip_trailing_lines
@@ -62,6 +63,42 @@ def rfc822_parse(message: bytes) -> tuple[list[list[bytes]], bytes]:
     if rest.count(b"\n") != rest.count(b"\r\n"):
         rest = b"\r\n".join(_LINE_END.split(rest))
     return headers, rest
+
+
+@dataclass
+class Split:
+    """A message as rfc822_parse splits it, with its canonical bodies and their digests made
+    once: DKIM and ARC verify the same message, and each would otherwise keep its own copy."""
+
+    headers: list[list[bytes]]
+    body: bytes
+    bodies: dict[str, bytes] = field(default_factory=dict)  # body algorithm name -> canonical body
+    digests: dict[tuple[str, bytes], bytes] = field(default_factory=dict)  # (algorithm, hash) -> digest
+
+
+def split(head: bytes, body: bytes) -> Split:
+    """rfc822_parse(head + body), the same result and exceptions, for a header block `head`
+    (ending with its empty line) and the body after it, without joining the two: the body the
+    result holds is `body` itself when its line ends are all CRLF (as Postfix hands it over).
+
+    The header walk stops at the first empty line. When `head` ends with an empty line, the
+    walk over `head` alone is the walk over the whole (same lines, same errors); when that
+    first empty line is the last (nothing after it: an earlier one would leave at least the
+    last after it), the body is exactly `body`, its
+    line ends made CRLF as rfc822_parse makes them; otherwise the two are joined and parsed
+    as one."""
+    if not _ends_with_empty_line(head):
+        return Split(*rfc822_parse(head + body))
+    headers, rest = rfc822_parse(head)  # the walk ends in `head`: its errors are the whole's
+    if rest:
+        return Split(*rfc822_parse(head + body))
+    if body.count(b"\n") != body.count(b"\r\n"):
+        body = b"\r\n".join(_LINE_END.split(body))
+    return Split(headers, body)
+
+
+def _ends_with_empty_line(head: bytes) -> bool:
+    return (head.endswith(b"\n") and head[:-1].removesuffix(b"\r").endswith(b"\n")) or head in (b"\n", b"\r\n")
 
 
 def relaxed_body(body: bytes) -> bytes:

@@ -1,4 +1,9 @@
-"""The message of one transaction: headers as received and a body spooled to disk."""
+"""The message of one transaction: headers as received and a body spooled to disk.
+
+The checks that need the body whole (attachments, DKIM, ARC, signing) share one copy of it,
+read from the spool on first use and dropped with the transaction (close); the scanners
+stream the spool instead. A 25 MiB message costs one 25 MiB copy, not one per check.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from policymilter import canonical
 from policymilter.author import Author, BadFrom, parse_from
 
 # Bodies up to this size stay in memory; larger ones go to a temporary file.
@@ -42,6 +48,8 @@ class Message:
             max_size=spool_threshold)
         self.body_size = 0
         self._author: Author | BadFrom | None = None
+        self._body_copy: bytes | None = None  # body_bytes(), once per transaction
+        self._split: canonical.Split | None = None  # split(), once per transaction
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Message:
@@ -76,6 +84,7 @@ class Message:
     def add_header(self, name: str, value: bytes) -> None:
         self.headers.append(Header(name, value))
         self._author = None
+        self._split = None
 
     def write_body(self, chunk: bytes) -> None:
         # Past the cap the bytes are counted, not kept: an oversized message is refused anyway,
@@ -83,6 +92,7 @@ class Message:
         if self.cap is None or self.body_size + len(chunk) <= self.cap:
             self._body.write(chunk)
         self.body_size += len(chunk)
+        self._body_copy = self._split = None
 
     def iter_raw(self, chunk_size: int = 65536) -> Iterator[bytes]:
         """The whole message (CRLF line ends) in chunks, straight from the spool."""
@@ -110,15 +120,29 @@ class Message:
         wanted = name.lower()
         return [h.text for h in self.headers if h.name.lower() == wanted]
 
+    def head_bytes(self) -> bytes:
+        """The header block as on the wire, its empty line included."""
+        return b"".join(h.raw() for h in self.headers) + b"\r\n"
+
     def body_bytes(self) -> bytes:
-        self._body.seek(0)
-        body = self._body.read()
-        self._body.seek(0, 2)
-        return body
+        """The body, the one copy every check shares (read from the spool on first use)."""
+        if self._body_copy is None:
+            self._body.seek(0)
+            self._body_copy = self._body.read()
+            self._body.seek(0, 2)
+        return self._body_copy
+
+    def split(self) -> canonical.Split:
+        """The message as DKIM reads it (canonical.split), made once: DKIM and ARC share it,
+        and its body is body_bytes() itself (Postfix's line ends are CRLF)."""
+        if self._split is None:
+            self._split = canonical.split(self.head_bytes(), self.body_bytes())
+        return self._split
 
     def raw_bytes(self) -> bytes:
-        """The whole message with CRLF line ends (for checks that need it all)."""
-        return b"".join(h.raw() for h in self.headers) + b"\r\n" + self.body_bytes()
+        """The whole message with CRLF line ends (a new copy: for tools, not for checks)."""
+        return self.head_bytes() + self.body_bytes()
 
     def close(self) -> None:
         self._body.close()
+        self._body_copy = self._split = None

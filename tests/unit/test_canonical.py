@@ -80,3 +80,35 @@ def test_bytes_like_input_is_read_as_bytes():
     assert canonical.rfc822_parse(memoryview(message)) == dkim.rfc822_parse(message)  # type: ignore[arg-type]
     headers, _ = canonical.rfc822_parse(bytearray(message))  # type: ignore[arg-type]
     assert all(type(value) is bytes for _, value in headers)
+
+
+def _split_outcome(head, body):
+    try:
+        parts = canonical.split(head, body)
+    except Exception as error:
+        return type(error)
+    return parts.headers, parts.body
+
+
+BODY_PIECES = st.sampled_from([b"line\r\n", b"lf only\n", b"\r\n", b"\n", b"cr\r", b"A: 1\r\n", b" \t\r\n", b""])
+
+
+@given(MESSAGES, st.lists(BODY_PIECES, max_size=8).map(b"".join))
+@settings(max_examples=3000)
+def test_split_is_rfc822_parse_of_the_joined_message(head, body):
+    """Issue 11 item 4: DKIM and ARC take the header block and the spooled body apart, never
+    joined; the result must be dkimpy's for the joined message, whatever the header block holds."""
+    assert _split_outcome(head, body) == _outcome(dkim.rfc822_parse, head + body)
+
+
+@pytest.mark.parametrize(("head", "body"), [
+    (b"A: 1\r\n\r\n", b"body\r\n"), (b"\r\n", b"x\r\n"), (b"A: 1\r\n\r\nB: 2\r\n\r\n", b"tail\r\n"),
+    (b"A: 1\r\n", b"\r\nbody\r\n"), (b"A: 1\r\n\r\n", b"bare\nlf\r\n"), (b"A: 1\r\r\n", b"\r\nb"),
+])
+def test_split_fixed_cases(head, body):
+    assert _split_outcome(head, body) == _outcome(dkim.rfc822_parse, head + body)
+
+
+def test_split_keeps_a_crlf_body_itself_no_copy():
+    body = b"line one\r\nline two\r\n" * 1000
+    assert canonical.split(b"From: a@b\r\n\r\n", body).body is body

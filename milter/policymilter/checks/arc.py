@@ -110,7 +110,7 @@ def verify_chain(context: CheckContext) -> Chain:
         return Chain("fail", "", broken)
     resolver, budget = context.dns()
     try:
-        verdict, sets, comment = ArcVerifier(message.raw_bytes(), logger=_QUIET, minkey=1024).verify(
+        verdict, sets, comment = ArcVerifier.of(message, logger=_QUIET, minkey=1024).verify(
             dnsfunc=KeyLookup(resolver, budget))
     except DnsError as error:
         return Chain("temperror", "", f"key lookup failed: {error}")

@@ -12,7 +12,7 @@ import functools
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import authres
 import dkim as dkimpy
@@ -123,15 +123,26 @@ class Hashing:
 
     def set_message(self, message: bytes) -> None:
         """dkimpy's, with its split of the message made by canonical.rfc822_parse (same result)."""
+        self.share(canonical.Split(*canonical.rfc822_parse(message)) if message else canonical.Split([], b""))
+
+    def share(self, split: canonical.Split) -> None:
+        """Verify the message `split` holds, sharing its body and canonical bodies with every
+        other verifier given it (the header list is this verifier's own: dkimpy may edit it)."""
         super().set_message(b"")  # type: ignore[misc]  # dkimpy's: resets its per-message state
-        self.headers, self.body = canonical.rfc822_parse(message) if message else ([], b"")  # type: ignore[assignment]
+        self.headers = [(name, value) for name, value in split.headers]
+        self.body = split.body
+        self._split = split
+        self._heads: dict[str, list[Any]] = {}
+
+    @classmethod
+    def of(cls, message: Message, **options: Any) -> Self:
+        """A verifier of `message`, made from the transaction's one split of it (Message.split)."""
+        verifier = cls(b"", **options)  # type: ignore[call-arg]  # dkimpy's __init__, in the subclasses
+        verifier.share(message.split())
+        return verifier
 
     def _caches(self) -> tuple[dict[str, bytes], dict[tuple[str, bytes], bytes], dict[str, list[Any]]]:
-        if not hasattr(self, "_bodies"):
-            self._bodies: dict[str, bytes] = {}
-            self._digests: dict[tuple[str, bytes], bytes] = {}
-            self._heads: dict[str, list[Any]] = {}
-        return self._bodies, self._digests, self._heads
+        return self._split.bodies, self._split.digests, self._heads
 
     def canonical_body(self, policy: CanonicalizationPolicy) -> bytes:
         bodies, _, _ = self._caches()
@@ -341,7 +352,7 @@ def verify(message: Message, resolver: Resolver, budget: Budget | None, limit: i
     if not values:
         return []
     values.sort(key=lambda item: organizational_domain(_tag(item[1], b"d").lower() or "-") not in authors)
-    verifier = Verifier(message.raw_bytes(), logger=_QUIET, minkey=1024, timeout=resolver.timeout)
+    verifier = Verifier.of(message, logger=_QUIET, minkey=1024, timeout=resolver.timeout)
     lookup = KeyLookup(resolver, budget)
     results = []
     for index, value in values[:limit]:

@@ -96,10 +96,10 @@ class Signing:
         earlier = [action for result in context.results for action in result.actions]
         head = b"".join(name.encode("ascii", "replace") + b":" + value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
                         + b"\r\n" for name, value in final_headers(message, earlier))
-        raw = head + b"\r\n" + message.body_bytes()
+        body = message.body_bytes()
         actions = tuple(
-            AddHeader("DKIM-Signature", sign.sign(raw, domain, key.selector, private,
-                                                  context.policy.signing.canonicalization))
+            AddHeader("DKIM-Signature", sign.sign_parts(head + b"\r\n", body, domain, key.selector, private,
+                                                        context.policy.signing.canonicalization))
             for key, private in usable)
         selectors = ",".join(key.selector for key, _ in usable)
         return CheckResult(NAME, Outcome.PASS, reason=f"signed d={domain} s={selectors}", detail=domain,

@@ -44,8 +44,19 @@ def signed_headers(message: bytes) -> list[bytes]:
 
 def sign(message: bytes, domain: str, selector: str, private_key: PrivateKey, canonicalization: str) -> str:
     """The value of a DKIM-Signature header for `message` (CRLF line ends), folded with LF+space."""
-    header = dkim_signature(message, domain.encode(), selector.encode(), private_key,
-                            canonicalization.encode(), signed_headers(message))
+    return _value(dkim_signature(message, domain.encode(), selector.encode(), private_key, canonicalization.encode(),
+                                 signed_headers(message)))
+
+
+def sign_parts(head: bytes, body: bytes, domain: str, selector: str, private_key: PrivateKey,
+               canonicalization: str) -> str:
+    """sign(head + body), for a header block ending with its empty line and the body after it,
+    without joining them (canonical.split): the body is the transaction's one copy."""
+    return _value(dkim_signature(canonical.split(head, body), domain.encode(), selector.encode(), private_key,
+                                 canonicalization.encode(), signed_headers(head)))
+
+
+def _value(header: bytes) -> str:
     return header.decode("ascii").partition(":")[2].strip().replace("\r\n", "\n")
 
 
@@ -60,16 +71,15 @@ def sign(message: bytes, domain: str, selector: str, private_key: PrivateKey, ca
 # - the steps and tag order of DKIM.sign and DomainSigner.gen_header (1.1.x), mirrored below:
 #   neither can be handed a parsed key (sign() parses the PEM; gen_header computes RSA in
 #   Python through a module function), so their few lines of glue are repeated here.
-def dkim_signature(message: bytes, domain: bytes, selector: bytes, private_key: PrivateKey, canonicalization: bytes,
-                   include_headers: Sequence[bytes]) -> bytes:
+def dkim_signature(message: bytes | canonical.Split, domain: bytes, selector: bytes, private_key: PrivateKey,
+                   canonicalization: bytes, include_headers: Sequence[bytes]) -> bytes:
     """The DKIM-Signature header line, CRLF-terminated, exactly as dkimpy's dkim.sign() makes it
     for the same arguments (identity "@domain", no l=), the time included."""
     algorithm = b"rsa-sha256" if isinstance(private_key, rsa.RSAPrivateKey) else b"ed25519-sha256"
     hasher = HASH_ALGORITHMS[algorithm]
     policy = CanonicalizationPolicy.from_c_value(canonicalization)
-    headers: list[list[bytes]]
-    body: bytes
-    headers, body = canonical.rfc822_parse(message)
+    split = message if isinstance(message, canonical.Split) else canonical.Split(*canonical.rfc822_parse(message))
+    headers, body = split.headers, split.body
     include = tuple(name.lower() for name in include_headers)
     fields = [
         (b"v", b"1"),
