@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -49,6 +50,9 @@ def _guarded(callback: Callback, *, replies: bool) -> Callable[[F], F]:
     return decorate
 
 
+_UNFOLDED_BREAK = re.compile(r"\r|\n(?![ \t])|\x00")
+
+
 def _escape(text: str) -> str:
     # libmilter treats % in a reply as a format character.
     return text.replace("%", "%%")
@@ -85,6 +89,10 @@ class PolicyMilter(Milter.Base):
         return answer
 
     def _header_value(self, value: str) -> str:
+        # The last guard of every header we write: a line break that does not fold (or a CR or
+        # NUL) would end our header and start one the sender chose. Each check sanitises its
+        # own values (safetext); this holds if one forgets.
+        value = _UNFOLDED_BREAK.sub(" ", value)
         # With SMFIP_HDR_LEADSPC negotiated Postfix writes "Name:" + value exactly as given.
         return " " + value if value and self._protocol & Milter.P_HDR_LEADSPC else value
 

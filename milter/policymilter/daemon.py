@@ -415,6 +415,21 @@ class _Supervisor:
         return code
 
 
+def _warn_exposed(socket_spec: str, log: logging.Logger) -> None:
+    """Say so when the milter runs as root or listens beyond this host: who can talk to the
+    socket can have mail signed as the site's domains (SECURITY.md, "Who may connect")."""
+    if os.getuid() == 0:
+        event(log, logging.WARNING, "running_as_root", "the milter runs as root: start it with --user "
+              "policy-milter (and --group postfix), so that a fault in a parser is not a fault as root")
+    if socket_spec.startswith(("inet:", "inet6:")):
+        host = socket_spec.partition("@")[2].strip("[]")
+        if host.lower() not in ("localhost", "::1") and not host.startswith("127."):
+            event(log, logging.WARNING, "socket_exposed",
+                  f"the milter listens on {socket_spec}, which other hosts can reach: anyone who connects can "
+                  "have mail signed for the site's domains; bind it to 127.0.0.1 (inet:PORT@127.0.0.1) or use "
+                  "a unix socket", socket=socket_spec)
+
+
 def default_workers() -> int:
     """One worker per CPU this process may run on."""
     return max(len(os.sched_getaffinity(0)), 1)
@@ -474,6 +489,7 @@ def serve(start: Callable[[], Service], socket_spec: str, *, identity: Identity 
                 os._exit(70)  # never back into the parent's code (its loop, the CLI, atexit)
         return pid
 
+    _warn_exposed(socket_spec, log)
     supervisor = _Supervisor(spawn, count, service, drain_timeout, log)
     event(log, logging.INFO, "started", f"listening on {socket_spec} with {count} worker(s)", socket=socket_spec,
           uid=os.getuid(), gid=os.getgid(), policy=str(service.path), pid=parent, workers=count)

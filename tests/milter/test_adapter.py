@@ -409,3 +409,21 @@ def test_the_transaction_state_is_released_at_end_of_message_not_at_the_next_mai
     assert mta.send(message=GOOD_MESSAGE + b"x" * 300_000 + b"\n") == Milter.ACCEPT  # spooled to disk
     conversation = mta.milter.conversation
     assert conversation.message is None and conversation.results == [] and conversation.envelope is None
+
+
+class Injecting:
+    name = "attachments"
+    stage = Stage.EOM
+
+    def run(self, context: CheckContext) -> CheckResult:
+        return CheckResult(self.name, Outcome.CLEAN, actions=(
+            AddHeader("X-Checked", "a\nX-Injected: yes\r\n\tfolded\x00end\n continued"),))
+
+
+def test_a_header_value_cannot_start_a_header_of_its_own_whatever_a_check_proposes():
+    """The adapter's last guard: line breaks that do not fold, CR and NUL become spaces."""
+    mta = FakeMTA(make_service(checks=(Injecting(),)), SmtpState(daemon_name="smtp", daemon_port=25))
+    mta.connect()
+    mta.helo()
+    assert mta.send(message=GOOD_MESSAGE) == Milter.ACCEPT
+    assert mta.ctx.added == [("X-Checked", " a X-Injected: yes \n\tfolded end\n continued")]

@@ -82,3 +82,9 @@ def test_replies_tell_the_user_what_to_do(default_policy):
     assert str(dotted.reply) == '550 5.7.1 Use your login name (without "." or "@") to log in, not "bob.smith"'
     plain = origin.check(submission, session(auth_login="alice", auth_mech="PLAIN"))
     assert "STARTTLS" in str(plain.reply)
+
+
+def test_a_login_in_a_reply_is_printable_ascii_and_cannot_close_its_quotes(default_policy):
+    submission = listeners.listener_by_name(default_policy, "submission")
+    odd = origin.check(submission, session(auth_login='j\u00f6rg".x\r\n250 ok', auth_mech="PLAIN", **TLS))
+    assert str(odd.reply) == '550 5.7.1 Use your login name (without "." or "@") to log in, not "j?rg?.x??250 ok"'

@@ -92,3 +92,12 @@ def test_a_message_over_max_size_is_not_scanned_and_forged_headers_go():
 def test_a_malformed_answer_is_an_error(answer):
     with serving("spamd", answer) as endpoint:
         assert run(endpoint).outcome is Outcome.ERROR
+
+
+def test_only_rule_names_from_spamd_reach_our_header():
+    """What answers at spam.servers cannot write into X-Spam-Status (a line break would start a
+    header of its choosing): symbols that are not SpamAssassin rule names are dropped."""
+    answer = spamd_answer(1.0, symbols="BAYES_00,X\nX-Injected: yes,\u00dcBER,URIBL_BLOCKED")
+    with serving("spamd", answer) as endpoint:
+        result = run(endpoint)
+    assert added(result)["X-Spam-Status"] == "No, score=1.0 required=5.0 tests=BAYES_00,URIBL_BLOCKED"

@@ -6,6 +6,7 @@ Runs at MAIL FROM: Postfix sends the SASL macros from MAIL on (never at CONNECT)
 
 from __future__ import annotations
 
+from policymilter import safetext
 from policymilter.facts import Session
 from policymilter.listeners import ListenerMatch
 from policymilter.outcome import CheckResult, Disposition, Outcome, SmtpReply
@@ -62,7 +63,8 @@ def check(matched: ListenerMatch, session: Session) -> CheckResult:
         rule = " or ".join(f'"{char}"' for char in listener.login_forbidden_chars)
         return _refuse(
             "login-name",
-            SmtpReply("550", "5.7.1", f'Use your login name (without {rule}) to log in, not "{login}"'),
+            SmtpReply("550", "5.7.1", f'Use your login name (without {rule}) to log in, not '
+                                      f'"{safetext.for_reply(login, 64, forbid=chr(34))}"'),
             f"login {login} contains {''.join(bad)}",
         )
     return CheckResult(NAME, Outcome.PASS, reason="authenticated", detail="auth")

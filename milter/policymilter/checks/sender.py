@@ -29,8 +29,8 @@ def _judge(context: CheckContext, addresses: list[str], what: str) -> CheckResul
     reason = f"login {login} may not use {what} {address}"
     if context.policy.sender.on_mismatch == "log":
         return CheckResult(NAME, Outcome.FAIL, reason=reason + " (logged only)", detail=f"{what}-mismatch")
-    shown = safetext.for_reply(address)
-    reply = SmtpReply("550", "5.7.1", f"You are logged in as {login}, which may not send as {shown}: use one of "
+    shown, who = safetext.for_reply(address), safetext.for_reply(login, 64)
+    reply = SmtpReply("550", "5.7.1", f"You are logged in as {who}, which may not send as {shown}: use one of "
                                       "your own addresses, or ask the postmaster to add this one to your account")
     return CheckResult(NAME, Outcome.FAIL, Disposition.REJECT, reply, reason=reason, detail=f"{what}-mismatch")
 

@@ -14,6 +14,7 @@ from policymilter.scanning import Deadline, ScannerError, connect, failover, rec
 from policymilter.slots import Scanner
 
 _NUMBER = r"(-?\d+(?:\.\d+)?)"
+_SYMBOL = re.compile(r"[A-Za-z0-9_]{1,64}", re.ASCII)
 _SPAM_LINE = re.compile(rf"^Spam:\s*(True|False|Yes|No)\s*;\s*{_NUMBER}\s*/\s*{_NUMBER}\s*$",
                         re.IGNORECASE | re.MULTILINE | re.ASCII)
 MAX_REPLY = 65536
@@ -44,7 +45,9 @@ def check(endpoint: str, chunks: Iterable[bytes], length: int, timeout: float) -
     if not match:
         raise ScannerError(f"spamd at {endpoint} sent no Spam: line")
     body = text.split("\r\n\r\n", 1)[1] if "\r\n\r\n" in text else ""
-    symbols = tuple(symbol.strip() for symbol in body.replace("\r\n", "").split(",") if symbol.strip())
+    # Rule names are identifiers: anything else a server sends is not one, and would reach our header.
+    symbols = tuple(symbol for part in body.replace("\r\n", "").split(",")
+                    if _SYMBOL.fullmatch(symbol := part.strip()))
     return SpamResult(float(match.group(2)), float(match.group(3)), symbols, endpoint)
 
 
