@@ -6,6 +6,12 @@ timeouts together. So at most `site.max_concurrent_messages` run their end-of-me
 at once in one worker; a message beyond it waits its turn (first come, first served) for up
 to `site.queue_timeout` seconds, then is answered 451 4.3.2: the sender retries later, while
 the messages that are running finish at full speed.
+
+A turn bounds the CPU, not the waiting: a message that waits for the network (a DNS query,
+a scan) gives its turn up meanwhile (`off_turn`, used by dns.py and scanning.py), and takes
+one again, before any message not yet admitted, when the answer comes. Otherwise a sender
+whose DKIM selectors sit in a zone that never answers could hold every turn with a few
+connections, and the site's mail would be told "busy".
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+_held = threading.local()  # .turn: (Admission, limit) while this thread holds a turn
 
 
 class Admission:
@@ -29,10 +37,13 @@ class Admission:
         """True inside the block when this message got its turn within `timeout` seconds,
         False when it did not (the caller answers busy); the turn ends with the block."""
         admitted = self._enter(limit, timeout)
+        if admitted:
+            _held.turn = (self, limit)
         try:
             yield admitted
         finally:
             if admitted:
+                _held.turn = None
                 self._leave(limit)
 
     def _enter(self, limit: int, timeout: float) -> bool:
@@ -50,6 +61,17 @@ class Admission:
             self._waiting.remove(handed)
             return False
 
+    def _resume(self, limit: int) -> None:
+        """Take a turn again after a wait for the network: ahead of every message not yet
+        admitted, and without a time limit (this message was admitted once)."""
+        with self._lock:
+            if self.running < limit and not self._waiting:
+                self.running += 1
+                return
+            handed = threading.Event()
+            self._waiting.appendleft(handed)
+        handed.wait()
+
     def _leave(self, limit: int) -> None:
         with self._lock:
             self.running -= 1
@@ -61,3 +83,21 @@ class Admission:
     def waiting(self) -> int:
         with self._lock:
             return len(self._waiting)
+
+
+@contextmanager
+def off_turn() -> Iterator[None]:
+    """Around a wait for the network: the thread's turn, if it holds one, is given up for the
+    wait and taken back after it."""
+    held = getattr(_held, "turn", None)
+    if held is None:
+        yield
+        return
+    admission, limit = held
+    _held.turn = None
+    admission._leave(limit)
+    try:
+        yield
+    finally:
+        admission._resume(limit)
+        _held.turn = held

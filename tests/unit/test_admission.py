@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from policymilter.admission import Admission
+from policymilter.admission import Admission, off_turn
 
 
 def hold(admission: Admission, limit: int, timeout: float, release: threading.Event, got: list[bool],
@@ -115,3 +115,43 @@ def test_a_raised_limit_lets_several_waiting_messages_in_at_the_next_release():
     for thread in waiting:
         thread.join()
     assert admission.running == 0
+
+
+def test_a_message_waiting_for_the_network_gives_its_turn_up_and_takes_it_back_first():
+    admission = Admission()
+    on_network, answered, back, got = threading.Event(), threading.Event(), [], []
+
+    def dns_waiter() -> None:
+        with admission.turn(1, 1.0) as admitted:
+            assert admitted
+            with off_turn():
+                on_network.set()
+                answered.wait(10)
+            back.append(admission.running)
+
+    waiter = threading.Thread(target=dns_waiter)
+    waiter.start()
+    on_network.wait(5)
+    release = threading.Event()
+    other = hold(admission, 1, 0.05, release, got)  # the turn is free while the first waits
+    wait_for(lambda: got == [True])
+    done = threading.Event()
+    later = hold(admission, 1, 5.0, done, got)  # a new message queues behind...
+    wait_for(lambda: admission.waiting == 1)
+    answered.set()  # ...but the answer's return goes first
+    wait_for(lambda: admission.waiting == 2)
+    release.set()
+    waiter.join()
+    assert back == [1]
+    other.join()
+    wait_for(lambda: len(got) == 2)  # the new message got its turn last
+    assert got == [True, True]
+    done.set()
+    later.join()
+    assert admission.running == 0
+
+
+def test_off_turn_outside_a_turn_changes_nothing():
+    admission = Admission()
+    with off_turn():
+        assert admission.running == 0
