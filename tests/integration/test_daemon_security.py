@@ -104,7 +104,7 @@ def world(stack: MailStack) -> Iterator[World]:
     directory.mkdir(mode=0o755)
     world = World(directory)
     world.policy.mkdir(mode=0o755)
-    shutil.copy(DEFAULT_POLICY / "default.toml", world.policy / "00-default.toml")
+    shutil.copy(DEFAULT_POLICY / "00-default.toml", world.policy / "00-default.toml")
     (directory / "senders").write_text("alice @example.org @example.net\n")
     keys = directory / "keys"
     keys.mkdir(mode=0o700)

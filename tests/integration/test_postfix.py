@@ -56,7 +56,7 @@ def dns_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DnsServer]:
 def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the shipped policy that reload tests may change (and restore)."""
     directory = tmp_path_factory.mktemp("policy")
-    shutil.copy(DEFAULT_POLICY / "default.toml", directory / "default.toml")
+    shutil.copy(DEFAULT_POLICY / "00-default.toml", directory / "00-default.toml")
     # These tests send from unique addresses (to find their summary lines): the test users own
     # all of example.org. Sender ownership itself is tested in test_postfix_submission.py.
     (directory / "senders").write_text("alice @example.org\ncarol @example.org\n")
@@ -286,7 +286,7 @@ def test_socket_is_not_world_writable(stack):
 
 
 def test_reload_keeps_the_old_policy_on_errors_and_applies_a_good_one(stack, policy_dir):
-    policy_file = policy_dir / "default.toml"
+    policy_file = policy_dir / "00-default.toml"
     original = policy_file.read_text()
 
     def port25_reply() -> int:

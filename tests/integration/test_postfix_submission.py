@@ -51,7 +51,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     zone = (Zone("example.org").txt("@", "v=spf1 ip4:192.0.2.10 -all").txt("_dmarc", "v=DMARC1; p=reject")
             .txt("s2026._domainkey", rsa_record).txt("ed2026._domainkey", ed_record))
     policy = tmp_path_factory.mktemp("policy")
-    shutil.copy(DEFAULT_POLICY / "default.toml", policy / "00-default.toml")
+    shutil.copy(DEFAULT_POLICY / "00-default.toml", policy / "00-default.toml")
     senders = policy / "senders"
     senders.write_text(MAP)
     with DnsServer(tmp_path_factory.mktemp("dns"), [zone, Zone("example.test"), Zone("elsewhere.test")]) as server:

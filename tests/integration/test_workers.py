@@ -42,7 +42,7 @@ def dns_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DnsServer]:
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("policy")
-    shutil.copy(DEFAULT_POLICY / "default.toml", directory / "default.toml")
+    shutil.copy(DEFAULT_POLICY / "00-default.toml", directory / "00-default.toml")
     return directory
 
 
@@ -135,7 +135,7 @@ def test_workers_share_the_sessions(stack, milter):
 
 
 def test_a_reload_reaches_every_worker(stack, milter, policy_dir):
-    local = policy_dir / "50-local.toml"  # read after default.toml: its keys win
+    local = policy_dir / "50-local.toml"  # read after 00-default.toml: its keys win
     milter("--workers", "2")
     worker_pids(stack, 2)
     announced = this_run(stack).count(" info reloaded ")

@@ -1261,7 +1261,7 @@ def test_default_toml_lists_exactly_the_models_default_extensions():
 
     from policymilter.policy.model import DEFAULT_BLOCKED_EXTENSIONS
 
-    with (DEFAULT_POLICY / "default.toml").open("rb") as shipped:
+    with (DEFAULT_POLICY / "00-default.toml").open("rb") as shipped:
         table = tomllib.load(shipped)["attachments"]
     assert table["blocked_extensions"] == list(DEFAULT_BLOCKED_EXTENSIONS)
     assert len(set(DEFAULT_BLOCKED_EXTENSIONS)) == len(DEFAULT_BLOCKED_EXTENSIONS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -187,7 +188,7 @@ def test_default_policy_directory_checks_clean():
 
 
 def test_a_later_file_replaces_a_map_value_but_merges_sections(tmp_path):
-    (tmp_path / "00-default.toml").write_text((DEFAULT_POLICY / "default.toml").read_text())
+    (tmp_path / "00-default.toml").write_text((DEFAULT_POLICY / "00-default.toml").read_text())
     write(tmp_path, "[listeners.smtp.unauthenticated]\non_error = {}\n", "50-local.toml")
     smtp = load_policy(tmp_path).policy.listeners["smtp"]
     assert smtp.unauthenticated.on_error == {}  # cleared, as with -o
@@ -247,7 +248,7 @@ def test_stage_time_budgets_must_fit_postfixs_milter_timeouts(tmp_path):
     """Issue 8 item 10: each check waits on its own budget; their sum per stage must fit."""
     local = tmp_path / "policy"
     local.mkdir()
-    shipped = (DEFAULT_POLICY / "default.toml").read_text()
+    shipped = (DEFAULT_POLICY / "00-default.toml").read_text()
     (local / "00-default.toml").write_text(shipped)
     line = next(number for number, text in enumerate(shipped.splitlines(), 1) if text.startswith('checks = ["spf"'))
     (local / "50-local.toml").write_text("[postfix]\nmilter_content_timeout = 120\n\n[dns]\nlifetime = 10.0\n")
@@ -266,3 +267,12 @@ def test_stage_time_budgets_must_fit_postfixs_milter_timeouts(tmp_path):
     assert any("at MAIL FROM the milter may wait up to 29 s (spf 29)" in str(i) for i in caught.value.issues)
     # lowering the scanners' timeouts makes it fit (30 + 25 + 25 + 3 x 10 = 110, with 2 s under 120)
     load_policy(local, ["antivirus.timeout=25", "spam.timeout=25"])
+
+
+def test_a_local_file_beside_the_shipped_one_overrides_it(tmp_path):
+    """The shipped file is read first (00-default.toml sorts before 50-local.toml, which the
+    header of the shipped file tells admins to use), so a local key wins over a shipped one."""
+    shutil.copy(DEFAULT_POLICY / "00-default.toml", tmp_path / "00-default.toml")
+    (tmp_path / "50-local.toml").write_text("[site]\nmax_message_size = 2000\n")
+    assert sorted(p.name for p in DEFAULT_POLICY.glob("*.toml"))[0] == "00-default.toml"
+    assert load_policy(tmp_path).policy.site.max_message_size == 2000

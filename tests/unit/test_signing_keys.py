@@ -382,7 +382,7 @@ def test_txt_line_quotes_what_zone_files_need():
 def policy_dir(tmp_path: Path, local: str) -> Path:
     directory = tmp_path / "policy"
     directory.mkdir()
-    shutil.copy(DEFAULT_POLICY / "default.toml", directory / "00-default.toml")
+    shutil.copy(DEFAULT_POLICY / "00-default.toml", directory / "00-default.toml")
     (directory / "50-local.toml").write_text(local)
     return directory
 

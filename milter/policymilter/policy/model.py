@@ -133,7 +133,7 @@ class CheckTable(Strict):
 
 
 # Final extensions refused on the doors that run the attachments check, in groups; the same
-# list, with a comment per group, is written out in policies/default.toml (a test keeps them equal).
+# list, with a comment per group, is written out in policies/00-default.toml (a test keeps them equal).
 DEFAULT_BLOCKED_EXTENSIONS = (
     # Microsoft Outlook's Level-1 list (support.microsoft.com "Blocked attachments in Outlook"):
     # programs, scripts, installers, shortcuts and documents that run code when opened.
