@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import Milter
 
+from policymilter import safetext
 from policymilter.facts import Callback, Session, normalise_ip, parse_port
 from policymilter.logs import LOGGER, event
 from policymilter.outcome import AddHeader, ChangeHeader, Disposition, RemoveHeader, Verdict
@@ -48,9 +48,6 @@ def _guarded(callback: Callback, *, replies: bool) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
-
-
-_UNFOLDED_BREAK = re.compile(r"\r|\n(?![ \t])|\x00")
 
 
 def _escape(text: str) -> str:
@@ -89,10 +86,9 @@ class PolicyMilter(Milter.Base):
         return answer
 
     def _header_value(self, value: str) -> str:
-        # The last guard of every header we write: a line break that does not fold (or a CR or
-        # NUL) would end our header and start one the sender chose. Each check sanitises its
-        # own values (safetext); this holds if one forgets.
-        value = _UNFOLDED_BREAK.sub(" ", value)
+        # Actions clean their values when made (safetext.header_value: what signing hashes is
+        # what is written); again here, the last guard before Postfix.
+        value = safetext.header_value(value)
         # With SMFIP_HDR_LEADSPC negotiated Postfix writes "Name:" + value exactly as given.
         return " " + value if value and self._protocol & Milter.P_HDR_LEADSPC else value
 

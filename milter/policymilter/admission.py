@@ -2,16 +2,15 @@
 
 libmilter gives every SMTP session a thread, and Python runs one thread at a time: with 50
 messages checked at once, each gets a fiftieth of the CPU and all of them pass Postfix's
-timeouts together. So at most `site.max_concurrent_messages` run their end-of-message checks
-at once in one worker; a message beyond it waits its turn (first come, first served) for up
-to `site.queue_timeout` seconds, then is answered 451 4.3.2: the sender retries later, while
-the messages that are running finish at full speed.
+timeouts together; and each message being checked holds its body in memory once. So at most
+`site.max_concurrent_messages` run their end-of-message checks at once in one worker; a
+message beyond it waits its turn (first come, first served) for up to `site.queue_timeout`
+seconds, then is answered 451 4.3.2: the sender retries later, while the messages that are
+running finish at full speed.
 
-A turn bounds the CPU, not the waiting: a message that waits for the network (a DNS query,
-a scan) gives its turn up meanwhile (`off_turn`, used by dns.py and scanning.py), and takes
-one again, before any message not yet admitted, when the answer comes. Otherwise a sender
-whose DKIM selectors sit in a zone that never answers could hold every turn with a few
-connections, and the site's mail would be told "busy".
+A message keeps its turn while it waits for DNS or a scanner: the bound is on messages in
+progress (their memory), not only on the CPU. The limit is the policy in force (a reload
+sets it, `limit`), whatever policy a connection started with.
 """
 
 from __future__ import annotations
@@ -21,34 +20,41 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-_held = threading.local()  # .turn: (Admission, limit) while this thread holds a turn
-
 
 class Admission:
     """The turns of one worker process (one per Service, shared by its sessions)."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int) -> None:
         self._lock = threading.Lock()
+        self._limit = limit
         self.running = 0
         self._waiting: deque[threading.Event] = deque()  # handed a turn in arrival order
 
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @limit.setter
+    def limit(self, value: int) -> None:
+        """A reload's new limit: a raised one admits waiting messages at once."""
+        with self._lock:
+            self._limit = value
+            self._hand_out()
+
     @contextmanager
-    def turn(self, limit: int, timeout: float) -> Iterator[bool]:
+    def turn(self, timeout: float) -> Iterator[bool]:
         """True inside the block when this message got its turn within `timeout` seconds,
         False when it did not (the caller answers busy); the turn ends with the block."""
-        admitted = self._enter(limit, timeout)
-        if admitted:
-            _held.turn = (self, limit)
+        admitted = self._enter(timeout)
         try:
             yield admitted
         finally:
             if admitted:
-                _held.turn = None
-                self._leave(limit)
+                self._leave()
 
-    def _enter(self, limit: int, timeout: float) -> bool:
+    def _enter(self, timeout: float) -> bool:
         with self._lock:
-            if self.running < limit and not self._waiting:
+            if self.running < self._limit and not self._waiting:
                 self.running += 1
                 return True
             handed = threading.Event()
@@ -61,43 +67,18 @@ class Admission:
             self._waiting.remove(handed)
             return False
 
-    def _resume(self, limit: int) -> None:
-        """Take a turn again after a wait for the network: ahead of every message not yet
-        admitted, and without a time limit (this message was admitted once)."""
-        with self._lock:
-            if self.running < limit and not self._waiting:
-                self.running += 1
-                return
-            handed = threading.Event()
-            self._waiting.appendleft(handed)
-        handed.wait()
-
-    def _leave(self, limit: int) -> None:
+    def _leave(self) -> None:
         with self._lock:
             self.running -= 1
-            while self._waiting and self.running < limit:  # more than one if the limit was raised
-                self.running += 1
-                self._waiting.popleft().set()
+            self._hand_out()
+
+    def _hand_out(self) -> None:
+        """Turns that fit go to the waiting messages, oldest first (the lock is held)."""
+        while self._waiting and self.running < self._limit:
+            self.running += 1
+            self._waiting.popleft().set()
 
     @property
     def waiting(self) -> int:
         with self._lock:
             return len(self._waiting)
-
-
-@contextmanager
-def off_turn() -> Iterator[None]:
-    """Around a wait for the network: the thread's turn, if it holds one, is given up for the
-    wait and taken back after it."""
-    held = getattr(_held, "turn", None)
-    if held is None:
-        yield
-        return
-    admission, limit = held
-    _held.turn = None
-    admission._leave(limit)
-    try:
-        yield
-    finally:
-        admission._resume(limit)
-        _held.turn = held

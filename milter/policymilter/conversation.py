@@ -47,7 +47,7 @@ class Conversation:
         self.session = session
         self.log = log or SessionLog(session.conn_id)
         self.warn_once = warn_once or WarnOnce()
-        self.admission = admission or Admission()
+        self.admission = admission or Admission(snapshot.policy.site.max_concurrent_messages)
         self.listener: ListenerMatch = listener or listeners.resolve(snapshot.policy, session)
         self.envelope: Envelope | None = None
         self.message: Message | None = None
@@ -156,11 +156,11 @@ class Conversation:
             assert verdict is not None
             return self._finish(verdict, Stage.EOM)
         site = self.snapshot.policy.site
-        with self.admission.turn(site.max_concurrent_messages, site.queue_timeout) as admitted:
+        with self.admission.turn(site.queue_timeout) as admitted:
             if not admitted:
                 return self._finish(Verdict(
                     Disposition.TEMPFAIL, BUSY, decided_by="milter",
-                    reason=f"busy: {site.max_concurrent_messages} messages in progress in this worker for "
+                    reason=f"busy: {self.admission.limit} messages in progress in this worker for "
                            f"{site.queue_timeout:g} s (site.max_concurrent_messages)"), Stage.EOM)
             self._run(Stage.EOM)
             return self._finish(decide(self.results), Stage.EOM, headers=True)

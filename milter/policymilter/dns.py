@@ -49,8 +49,6 @@ from dns.rdtypes.ANY.SOA import SOA
 from dns.rdtypes.ANY.TXT import TXT
 from dns.rdtypes.IN.A import A
 
-from policymilter.admission import off_turn
-
 DEFAULT_CACHE_MAX_TTL = 3600.0
 
 
@@ -390,11 +388,6 @@ class Resolver:
     def send(self, qname: dns.name.Name, qtype: dns.rdatatype.RdataType, budget: Budget | None,
              label: str) -> Reply:
         """Ask the servers, past the cache; `label` ("name/TYPE" as asked) names a DnsError."""
-        with off_turn():  # the wait for the servers holds no end-of-message turn (admission.py)
-            return self._send_checked(qname, qtype, budget, label)
-
-    def _send_checked(self, qname: dns.name.Name, qtype: dns.rdatatype.RdataType, budget: Budget | None,
-                      label: str) -> Reply:
         gate = self.breaker.gate()
         if gate is Gate.CHECK:
             answering = self._settled_check()

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import Any
 
+from policymilter import safetext
+
 
 class Outcome(StrEnum):
     """What a check found (never what to do about it)."""
@@ -84,6 +86,9 @@ class AddHeader:
     name: str
     value: str
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "value", safetext.header_value(self.value))
+
 
 @dataclass(frozen=True)
 class RemoveHeader:
@@ -100,6 +105,9 @@ class ChangeHeader:
     name: str
     index: int
     value: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "value", safetext.header_value(self.value))
 
 
 Action = AddHeader | RemoveHeader | ChangeHeader

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 _NOT_PRINTABLE_ASCII = re.compile(r"[^ -~]")
+_UNFOLDED_BREAK = re.compile(r"\r|\n(?![ \t])|\x00")
 
 
 def for_reply(text: str, limit: int = 120, *, forbid: str = "", shorten: bool = False) -> str:
@@ -34,3 +35,10 @@ def for_header(text: str, limit: int = 200) -> str:
 def for_log(text: str, limit: int = 200) -> str:
     """For a log line: printable text (Unicode kept), control and format characters as "?"."""
     return "".join(char if char.isprintable() else "?" for char in text[:limit])
+
+
+def header_value(value: str) -> str:
+    """A value for a header we add or change: a line break that does not fold, a CR or a NUL
+    would end the header and start one the sender chose; each becomes a space. Applied where
+    the action is made (outcome.AddHeader/ChangeHeader), so what is signed is what is written."""
+    return _UNFOLDED_BREAK.sub(" ", value)

@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from policymilter import safetext
-from policymilter.admission import off_turn
 from policymilter.slots import Scanner, SlotsBusy, pool
 
 T = TypeVar("T")
@@ -109,8 +108,7 @@ def failover(endpoints: Sequence[str], timeout: float, attempt: Callable[[str, f
     overall = Deadline(timeout)
     setting = f"{scanner.name.lower()}.max_in_flight"
     try:
-        # Waiting for a slot and for the scanner holds no end-of-message turn (admission.py).
-        with off_turn(), pool().hold(scanner, in_flight, overall.end):
+        with pool().hold(scanner, in_flight, overall.end):
             waited = timeout - (overall.end - time.monotonic())
             for endpoint in endpoints:
                 left = overall.end - time.monotonic()

@@ -59,7 +59,7 @@ class Service:
         self.sessions = 0
         self.transactions = 0
         self.messages = 0  # transactions ended in this process
-        self.admission = Admission()  # end-of-message turns of this process
+        self.admission = Admission(snapshot.policy.site.max_concurrent_messages)  # this process's turns
         # Set on a graceful stop: new transactions get 451 4.3.2, open ones finish.
         self.draining = threading.Event()
         # In a worker process (daemon.py): its number, which prefixes connection ids so they
@@ -99,6 +99,7 @@ class Service:
             return False
         # One reference swap: a connection that already started keeps its own snapshot.
         self.snapshot = snapshot
+        self.admission.limit = snapshot.policy.site.max_concurrent_messages
         event(self.log, logging.INFO if announce else logging.DEBUG, "reloaded", f"policy {self.path} loaded",
               generation=snapshot.generation, files=",".join(snapshot.files))
         if announce:

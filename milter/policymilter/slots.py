@@ -7,8 +7,14 @@ forks (an unlinked temporary file, shared by inheritance); a scan holds a slot w
 open-file-description lock (F_OFD_SETLK) on its byte, taken through its own descriptor
 (opened again through /proc/self/fd, so every scan, in any thread of any worker, is its own
 lock owner). The kernel drops the lock when that descriptor is closed, including by the death
-of the process: a worker killed mid-scan leaves no slot taken. A scan that finds every slot
-taken waits, polling, until a slot is free or its deadline passes.
+of the process: a worker killed mid-scan leaves no slot taken.
+
+Waiting is fair: every scan first takes its scanner's "door" (one more locked byte), and only
+the door's holder looks for a free slot, every SLOT_POLL seconds, until one is free or its
+deadline passes; it then lets the door go and scans. So a freed slot goes to the scan that
+was waiting at the door, never to a newcomer (a sender's stream of cheap scans, each asking
+again the moment it ends, would otherwise take every freed slot while the site's scan backs
+off to its deadline). Scans waiting for the door try it every DOOR_POLL seconds, all alike.
 """
 
 from __future__ import annotations
@@ -21,12 +27,13 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import IntEnum
 from typing import IO
 
-MAX_WAIT_STEP = 0.05  # seconds between tries while every slot is taken
+SLOT_POLL = 0.002  # seconds between the door holder's looks for a free slot
+DOOR_POLL = 0.005  # seconds between tries for the door, the same for every waiting scan
 _LOCK_FORMAT = "hhqqi4x"  # struct flock on Linux: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks)
 
 
@@ -72,17 +79,25 @@ class SlotPool:
         fd = self._descriptor()
         try:
             base = int(scanner) * _RANGE
-            start = random.randrange(count)  # spread the tries: the first slots are not the busiest
-            pause = 0.001
-            while not any(_lock(fd, base + (start + i) % count, fcntl.F_WRLCK) for i in range(count)):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise SlotsBusy(f"all {count} scans in flight stayed busy")
-                time.sleep(min(pause, left))
-                pause = min(pause * 2, MAX_WAIT_STEP)
+            door = base + _RANGE - 1
+            self._wait(lambda: _lock(fd, door, fcntl.F_WRLCK), DOOR_POLL, deadline, count)
+            try:
+                start = random.randrange(count)  # spread the tries: the first slots are not the busiest
+                self._wait(lambda: any(_lock(fd, base + (start + i) % count, fcntl.F_WRLCK) for i in range(count)),
+                           SLOT_POLL, deadline, count)
+            finally:
+                _lock(fd, door, fcntl.F_UNLCK)
             yield
         finally:
-            os.close(fd)  # releases the lock
+            os.close(fd)  # releases the slot
+
+    @staticmethod
+    def _wait(taken: Callable[[], bool], pause: float, deadline: float, count: int) -> None:
+        while not taken():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SlotsBusy(f"all {count} scans in flight stayed busy")
+            time.sleep(min(pause * random.uniform(0.5, 1.5), left))
 
     def taken(self, scanner: Scanner, count: int) -> int:
         """How many of the first `count` slots are held now (for tests and diagnostics)."""

@@ -389,7 +389,7 @@ def test_a_worker_with_every_turn_taken_answers_busy_and_the_turn_frees_for_the_
     mta = FakeMTA(service, SmtpState(daemon_name="smtp", daemon_port=25))
     mta.connect()
     mta.helo()
-    with service.admission.turn(1, 1.0) as admitted:  # another session's message is being checked
+    with service.admission.turn(1.0) as admitted:  # another session's message is being checked
         assert admitted
         assert mta.send(message=GOOD_MESSAGE) == Milter.TEMPFAIL
         assert mta.reply == "451 4.3.2 Too busy to check this message now: please try again later"

@@ -97,3 +97,19 @@ def test_every_signed_header_is_listed_once_more_than_present():
     names = signed_headers(RAW.replace(b"To: bob", b"To: a@x.test\r\nTo: bob"))
     assert names.count(b"to") == 3 and names.count(b"from") == 2 and names.count(b"subject") == 2
     assert names.count(b"cc") == 1 and names.count(b"reply-to") == 1  # absent: signed as absent
+
+
+def test_a_rewritten_subject_is_signed_as_postfix_writes_it():
+    """Attack review F5: a header value is cleaned where the action is made (a bare CR becomes a
+    space), so what signing hashes is what the adapter hands Postfix."""
+    from policymilter.checks.signing import final_headers
+    from policymilter.message import Message
+    from policymilter.outcome import AddHeader, ChangeHeader
+
+    message = Message()
+    message.add_header("From", b" user@site.test")
+    message.add_header("Subject", b" cheap\rpills")
+    tagged = ChangeHeader("Subject", 1, "[SPAM] cheap\rpills")
+    assert tagged.value == "[SPAM] cheap pills" and AddHeader("X", "a\nB: c").value == "a B: c"
+    signed = dict(final_headers(message, [tagged]))["Subject"]
+    assert signed.strip() == b"[SPAM] cheap pills"

@@ -101,3 +101,55 @@ def test_failover_reports_a_busy_scanner_naming_the_setting():
                                               r"\(the bound is antivirus.max_in_flight\)"):
         failover(["unix:/nonexistent"], 0.05, attempt, "clamd", Scanner.ANTIVIRUS, 1)
     assert failover(["unix:/x"], 1.0, attempt, "clamd", Scanner.ANTIVIRUS, 1) == "unix:/x"
+
+
+def _fork(body) -> int:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            body()
+        finally:
+            os._exit(0)
+    return pid
+
+
+def _churn(slots: SlotPool, count: int, until: float) -> None:
+    """A sender's stream of short scans: each a new hold, asking again the moment it ends."""
+    while time.monotonic() < until:
+        try:
+            with slots.hold(Scanner.SPAM, count, later(5)):
+                time.sleep(0.03)
+        except SlotsBusy:
+            pass
+
+
+@pytest.mark.parametrize("trial", range(2))
+def test_a_waiting_scan_gets_a_freed_slot_before_newcomers(trial):
+    """Attack review F4: two slots, six workers' worth of 30 ms scans asking again at once; the
+    site's scan, given 3 s, must get a slot (served in order it waits about 100 ms). With a
+    backoff that grew while newcomers polled at once, it lost 5 trials of 5."""
+    slots = SlotPool()
+    until = later(3.5)
+    churners = [_fork(lambda: _churn(slots, 2, until)) for _ in range(6)]
+    time.sleep(0.2)
+    try:
+        with slots.hold(Scanner.SPAM, 2, later(3)):
+            got = True
+    except SlotsBusy:
+        got = False
+    for pid in churners:
+        os.waitpid(pid, 0)
+    assert got
+
+
+def test_a_worker_killed_while_waiting_for_a_slot_or_the_door_takes_nothing_with_it():
+    slots = SlotPool()
+    holder = _child_holding(slots, 1)
+    waiters = [_fork(lambda: slots.hold(Scanner.ANTIVIRUS, 1, later(30)).__enter__()) for _ in range(2)]
+    time.sleep(0.2)  # one waits at the door's far side for the slot, one for the door
+    for pid in (*waiters, holder):
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert slots.taken(Scanner.ANTIVIRUS, 1) == 0
+    with slots.hold(Scanner.ANTIVIRUS, 1, later(0.5)):
+        pass
