@@ -245,7 +245,7 @@ class Exporter:
                 os._exit(70)
         self.pid, self.started = pid, time.monotonic()
         event(self.log, logging.INFO, "metrics_serving", f"metrics on http://{self.listen}/metrics",
-              listen=str(self.listen), pid=pid)
+              listen=str(self.listen), pid=pid, directory=str(self.directory))
 
     def exited(self, pid: int, code: int, restart: bool = True) -> None:
         """The parent reaped a child that is not a worker: if it is the exporter, start another."""
@@ -389,10 +389,40 @@ def policy_loaded(snapshot: Snapshot) -> None:
     directory = _ACTIVE.directory
     if _ACTIVE.recorder is None or directory is None:
         return
+    _known_labels(_ACTIVE.recorder, snapshot)
     state = {"hash": policy_hash(snapshot), "loaded": time.time(), "generation": snapshot.generation}
     temporary = directory / f".{POLICY_STATE}.{os.getpid()}"
     temporary.write_text(json.dumps(state))
     temporary.replace(directory / POLICY_STATE)  # a scrape reads the old file or the new, never half
+
+
+VERDICTS = tuple(disposition.verdict_name for disposition in Disposition)
+SCANNER_ERRORS = ("timeout", "error", "busy")
+DNS_ERRORS = ("timeout", "error", "fast_fail")
+UNKNOWN_LISTENER = "unknown"  # listeners.UNKNOWN_LISTENER
+
+
+def _known_labels(recorder: Recorder, snapshot: Snapshot) -> None:
+    """The label sets this policy can produce, at 0: a dashboard shows "none yet", not "no
+    data", and a scrape names every metric from the start. All of them bounded by the policy."""
+    policy = snapshot.policy
+    for listener in (*policy.listeners, UNKNOWN_LISTENER):
+        for traffic in ("authenticated", "unauthenticated"):
+            for verdict in VERDICTS:
+                recorder.messages.labels(listener, traffic, verdict)
+    for check in {check.name for check in (*snapshot.pipeline.always, *snapshot.pipeline.checks)} | {"milter"}:
+        for reply in ("4xx", "5xx"):
+            recorder.refused.labels(name_label(check), reply)
+    for scanner, servers in (("antivirus", policy.antivirus.servers), ("spam", policy.spam.servers)):
+        for server in servers:
+            for kind in SCANNER_ERRORS:
+                recorder.scanner_errors.labels(scanner, server, kind)
+        recorder.scanner_errors.labels(scanner, "none", "busy")
+    for kind in DNS_ERRORS:
+        recorder.dns_errors.labels(kind)
+    for domain, keys in policy.signing.keys.items():
+        for key in keys:
+            recorder.signatures.labels(domain, key.selector)
 
 
 def reloaded(ok: bool) -> None:
