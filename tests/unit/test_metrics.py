@@ -59,7 +59,7 @@ def test_labels_take_names_only(value, expected):
 def test_the_policy_key_is_checked(tmp_path):
     assert load_policy(DEFAULT_POLICY).policy.metrics.listen == ""  # off by default
     assert load_policy(DEFAULT_POLICY, ['metrics.listen="127.0.0.1:9101"']).policy.metrics.listen == "127.0.0.1:9101"
-    with pytest.raises(PolicyError, match="metrics.listen"):
+    with pytest.raises(PolicyError, match=r"metrics\.listen"):
         load_policy(DEFAULT_POLICY, ['metrics.listen="9101"'])
 
 
@@ -113,7 +113,8 @@ def test_workers_sum_and_a_dead_workers_live_gauges_go():
         url = f"http://127.0.0.1:{sock.getsockname()[1]}/metrics"
         for _ in range(200):
             try:
-                with urllib.request.urlopen(urllib.request.Request(url, headers={"Accept": "application/openmetrics-text; version=1.0.0"})) as r:
+                accept = {"Accept": "application/openmetrics-text; version=1.0.0"}
+                with urllib.request.urlopen(urllib.request.Request(url, headers=accept)) as r:
                     om = r.read().decode()
                 with urllib.request.urlopen(url) as r:
                     text = r.read().decode()
