@@ -54,7 +54,7 @@ from tests import authkit
 from tests.integration.dns_server import DnsServer, Zone
 from tests.integration.processes import find_program, run_checked, wait_until
 from tests.integration.scanners import Clamd, free_port
-from tests.integration.stack import MILTER_USER, MailStack, transaction, unverified_tls_context
+from tests.integration.stack import MILTER_USER, MailStack, _free_ports, transaction, unverified_tls_context
 
 from policymilter import signing_keys
 
@@ -80,8 +80,9 @@ CONFIG_LABELS = {
     "null": "do-nothing milter",
     "pm1": "policy-milter --workers 1",
     "pm": "policy-milter (default workers)",
+    "pmm": "policy-milter, --metrics on",
 }
-MILTER_CONFIGS = ("null", "pm1", "pm")
+MILTER_CONFIGS = ("null", "pm1", "pm", "pmm")
 SIZES = {"100 KB": 100_000, "1 MB": MB, "10 MB": 10 * MB}
 SIZE_MESSAGES = {"100 KB": 40, "1 MB": 12, "10 MB": 4}
 QUICK_SIZE_MESSAGES = {"100 KB": 1, "1 MB": 1, "10 MB": 1}
@@ -512,6 +513,8 @@ def milter_command(config: str, stack: MailStack, overrides: Sequence[str]) -> l
                *identity]
     if config == "pm1":
         command += ["--workers", "1"]
+    if config == "pmm":  # the metrics' cost: pm with /metrics served (not scraped during the batches)
+        command += ["--metrics", f"127.0.0.1:{_free_ports(1)[0]}"]
     for override in overrides:
         command += ["-o", override]
     return command
@@ -788,7 +791,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int,
                         help=f"unmeasured messages per path and configuration (default {DEFAULTS['warmup']})")
     parser.add_argument("--paths", default="a,b,c,d", help="comma-separated, of a,b,c,d")
-    parser.add_argument("--configs", default="postfix,null,pm1,pm", help="comma-separated, of postfix,null,pm1,pm")
+    parser.add_argument("--configs", default="postfix,null,pm1,pm",
+                        help="comma-separated, of postfix,null,pm1,pm,pmm (pmm: pm with --metrics)")
     parser.add_argument("--no-sizes", dest="sizes", action="store_false", help="skip the size-growth table")
     parser.add_argument("--no-dns-cache", dest="dns_cache", action="store_false",
                         help="policy-milter with dns.cache_size=0: every message is from one sender, so with "

@@ -19,6 +19,7 @@ from policymilter.facts import Session
 from policymilter.listeners import UNKNOWN_LISTENER, ListenerMatch, listener_by_name
 from policymilter.logs import setup_logging
 from policymilter.message import Message
+from policymilter.metrics import Listen
 from policymilter.outcome import AddHeader, ChangeHeader, Disposition, RemoveHeader, Verdict
 from policymilter.pipeline import Stage
 from policymilter.policy import PolicyError, load_policy
@@ -78,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="on SIGTERM, seconds to let open transactions finish (default 30)")
     run.add_argument("--workers", type=_positive, default=None, metavar="N",
                      help="worker processes serving the socket (default: one per CPU)")
+    run.add_argument("--metrics", metavar="HOST:PORT", default=None,
+                     help="serve Prometheus metrics at http://HOST:PORT/metrics (default: the policy's "
+                          "metrics.listen; \"\": off)")
     run.add_argument("--recycle-after", type=_positive, default=0, metavar="M",
                      help="replace a worker after it has handled M messages, to bound slow leaks (default: never)")
 
@@ -188,6 +192,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         _print_issues(error)
         print(f"{args.policy}: the policy is not valid; not starting", file=sys.stderr)
         return EXIT_INVALID
+    listen = args.metrics if args.metrics is not None else loaded.policy.metrics.listen  # "": off
+    try:
+        metrics_listen = Listen.parse(listen) if listen else None
+    except ValueError as error:
+        print(f"--metrics: {error}", file=sys.stderr)
+        return EXIT_INVALID
     from policymilter.daemon import serve  # imports pymilter only for the daemon
     from policymilter.privileges import resolve_identity
 
@@ -202,7 +212,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         return serve(start, args.socket, identity=identity, timeout=args.timeout,
-                     drain_timeout=args.drain_timeout, workers=args.workers, recycle_after=args.recycle_after)
+                     drain_timeout=args.drain_timeout, workers=args.workers, recycle_after=args.recycle_after,
+                     metrics_listen=metrics_listen)
     except PolicyError as error:
         _print_issues(error)
         print(f"{args.policy}: the policy is not valid; not starting", file=sys.stderr)

@@ -12,7 +12,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from policymilter import authresults, listeners
+from policymilter import authresults, listeners, metrics
 from policymilter.admission import Admission
 from policymilter.facts import MACRO_SOURCES, Callback, Envelope, Session, strip_brackets
 from policymilter.listeners import ListenerMatch
@@ -303,3 +303,4 @@ class Conversation:
 
     def log_summary(self, verdict: Verdict, stage: Stage) -> None:
         event(self.log, logging.INFO, "summary", **self.summary_fields(verdict, stage))
+        metrics.message_done(self.listener.name, self.session.authenticated, verdict, self.results)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from policymilter import slots
+from policymilter import metrics, slots
 from policymilter.adapter import Libmilter, install
 from policymilter.logs import LOGGER, event, set_worker
 from policymilter.privileges import Identity, acting_as, drop_privileges, group_name, user_name
@@ -301,8 +301,9 @@ class _Supervisor:
     SIGTERM is this small parent, which asks each worker to drain (SIGUSR2)."""
 
     def __init__(self, spawn: Callable[[int], int], count: int, service: Service, drain_timeout: float,
-                 log: logging.Logger) -> None:
+                 log: logging.Logger, exporter: metrics.Exporter | None = None) -> None:
         self.spawn, self.count, self.service, self.drain_timeout, self.log = spawn, count, service, drain_timeout, log
+        self.exporter = exporter  # the metrics process: not a worker, restarted by its own rules
         self.children: dict[int, _Child] = {}
         self.due: dict[int, float] = {}  # worker number -> when to start it again
         self.failures: dict[int, int] = {}  # worker number -> quick deaths in a row
@@ -317,6 +318,7 @@ class _Supervisor:
             return
         self.children[pid] = _Child(number, time.monotonic())
         self.due.pop(number, None)
+        metrics.workers_alive(len(self.children))
 
     def run(self) -> int:
         for number in range(1, self.count + 1):
@@ -357,6 +359,8 @@ class _Supervisor:
     def reap(self) -> bool:
         """Collect exited workers and schedule replacements; False when they keep dying."""
         for pid, child, code in self._exited():
+            metrics.worker_exited(pid, recycled=child.retiring and code == 0)
+            metrics.workers_alive(len(self.children))
             if child.retiring and code == 0:
                 event(self.log, logging.INFO, "worker_recycled", f"worker {child.number} (pid {pid}) exited after "
                       "recycling", worker=child.number, pid=pid)
@@ -390,6 +394,8 @@ class _Supervisor:
             child = self.children.pop(pid, None)
             if child is not None:
                 yield pid, child, os.waitstatus_to_exitcode(status)
+            elif self.exporter is not None:
+                self.exporter.exited(pid, os.waitstatus_to_exitcode(status), restart=not stopping)
 
     def stop(self, code: int) -> int:
         """Every worker drains; whatever is still running after its time is killed."""
@@ -437,8 +443,11 @@ def default_workers() -> int:
 
 def serve(start: Callable[[], Service], socket_spec: str, *, identity: Identity | None = None,
           timeout: int = 600, drain_timeout: float = 30.0, workers: int | None = None,
-          recycle_after: int = 0) -> int:
+          recycle_after: int = 0, metrics_listen: metrics.Listen | None = None) -> int:
     """Bind, drop privileges, build the Service with `start`, fork the workers, serve until SIGTERM.
+
+    `metrics_listen`: serve /metrics there (metrics.py). Its port is bound as the milter's user,
+    after the drop, unless only root may bind it: then before, like a privileged milter port.
 
     `start` runs after the drop, so the resources of the policy (signing keys, the sender map)
     are read by the user that reads them again on every SIGUSR1: a file works at start exactly
@@ -454,6 +463,7 @@ def serve(start: Callable[[], Service], socket_spec: str, *, identity: Identity 
     signal.pthread_sigmask(signal.SIG_BLOCK, {*SUPERVISED, DRAIN_SIGNAL, RETIRE_SIGNAL})
     before = _listening_fds()
     socket_file = _open_socket(libmilter, socket_spec, identity, timeout)
+    exporter: metrics.Exporter | None = None
     try:
         opened = _listening_fds() - before
         if len(opened) != 1:
@@ -463,12 +473,17 @@ def serve(start: Callable[[], Service], socket_spec: str, *, identity: Identity 
         # the others' accept() must return EAGAIN (libmilter then polls again), not block
         # holding the lock that libmilter's stop needs. (Accepted sockets stay blocking.)
         os.set_blocking(listen_fd, False)
+        early = metrics.bind_early(metrics_listen)
         drop_privileges(identity)
+        # Before any fork and before the Service (which records the policy it loads).
+        exporter = metrics.enable(metrics_listen, early) if metrics_listen is not None else None
         slots.prepare()  # the scanners' slots, shared by the workers forked below
         service = start()
     except BaseException:
         if socket_file is not None:
             socket_file.remove()
+        if exporter is not None:
+            exporter.close()
         raise
     install(service)
 
@@ -482,6 +497,8 @@ def serve(start: Callable[[], Service], socket_spec: str, *, identity: Identity 
         pid = os.fork()
         if pid == 0:
             try:
+                if exporter is not None:
+                    exporter.forget()
                 _worker(number, service, libmilter, listen_fd, parent, drain_timeout, recycle_after, log)
             except BaseException:
                 event(log, logging.ERROR, "worker_failed", f"worker {number} could not start", exc_info=True)
@@ -490,10 +507,16 @@ def serve(start: Callable[[], Service], socket_spec: str, *, identity: Identity 
         return pid
 
     _warn_exposed(socket_spec, log)
-    supervisor = _Supervisor(spawn, count, service, drain_timeout, log)
+    supervisor = _Supervisor(spawn, count, service, drain_timeout, log, exporter)
+    if exporter is not None:
+        exporter.start()
     event(log, logging.INFO, "started", f"listening on {socket_spec} with {count} worker(s)", socket=socket_spec,
           uid=os.getuid(), gid=os.getgid(), policy=str(service.path), pid=parent, workers=count)
-    code = supervisor.run()
+    try:
+        code = supervisor.run()
+    finally:
+        if exporter is not None:
+            exporter.stop()
     if socket_file is not None:
         # The workers' libmilter only knows the name it bound (see _open_socket): the path is ours.
         socket_file.remove()

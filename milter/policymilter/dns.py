@@ -49,6 +49,8 @@ from dns.rdtypes.ANY.SOA import SOA
 from dns.rdtypes.ANY.TXT import TXT
 from dns.rdtypes.IN.A import A
 
+from policymilter import metrics
+
 DEFAULT_CACHE_MAX_TTL = 3600.0
 
 
@@ -378,6 +380,7 @@ class Resolver:
             return []  # not a valid name: nothing can be published there
         if self.cache is not None:
             cached = self.cache.get(qname, qtype)
+            metrics.dns_cache(hit=cached is not None)
             if cached is not None:
                 return list(cached)
         reply = self.send(qname, qtype, budget, f"{name}/{rdtype}")
@@ -393,11 +396,13 @@ class Resolver:
             answering = self._settled_check()
             gate = Gate.GO if answering else Gate.REFUSE
         if gate is Gate.REFUSE:
+            metrics.dns_error("fast_fail")
             raise DnsError(f"{label}: the DNS servers are not answering at all; not waiting for them "
                            "(asked again every few seconds)")
         try:
             reply = self._send(qname, qtype, budget, label)
         except DnsError as error:
+            metrics.dns_error("timeout" if isinstance(error.__cause__, dns.exception.Timeout) else "error")
             if isinstance(error.__cause__, dns.exception.Timeout):
                 if self.breaker.timed_out():
                     self._settled_check()

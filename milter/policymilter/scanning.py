@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from policymilter import safetext
+from policymilter import metrics, safetext
 from policymilter.slots import Scanner, SlotsBusy, pool
 
 T = TypeVar("T")
@@ -114,12 +114,16 @@ def failover(endpoints: Sequence[str], timeout: float, attempt: Callable[[str, f
                 left = overall.end - time.monotonic()
                 if left <= 0:
                     errors.append("scan time limit reached")
+                    metrics.scanner_error(scanner.name.lower(), endpoint, "timeout")
                     break
                 try:
                     return attempt(endpoint, left)
                 except (OSError, ScannerError) as error:  # unreachable or broken: the next one may answer
                     errors.append(f"{endpoint}: {error}")
+                    timed_out = isinstance(error, TimeoutError) or time.monotonic() >= overall.end
+                    metrics.scanner_error(scanner.name.lower(), endpoint, "timeout" if timed_out else "error")
     except SlotsBusy as busy:
+        metrics.scanner_error(scanner.name.lower(), "none", "busy")
         raise ScannerError(f"{busy} for {timeout:g} s: {what} is slow or hung (the bound is {setting})") from None
     reason = "; ".join(errors) or f"no {what} server configured"
     if waited >= SLOW_TURN:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from policymilter import metrics
 from policymilter.admission import Admission
 from policymilter.checks import ALWAYS, REGISTRY, requirement_issues
 from policymilter.conversation import Conversation
@@ -67,6 +68,7 @@ class Service:
         self.worker: int | None = None
         self.on_transaction_end: Callable[[int], None] | None = None
         self._report_unusable_keys()
+        metrics.policy_loaded(self.snapshot)
 
     def _report_unusable_keys(self) -> None:
         # Logged when the policy is put in force, not only when a message from the domain
@@ -92,10 +94,14 @@ class Service:
             event(self.log, logging.ERROR, "reload_failed",
                   f"policy {self.path} has {len(error.issues)} error(s): keeping generation "
                   f"{self.snapshot.generation} in force", errors=len(error.issues))
+            if announce:
+                metrics.reloaded(False)
             return False
         except Exception:  # a bug in loading must never take the control thread down
             event(self.log, logging.ERROR, "reload_failed", f"reloading {self.path} failed unexpectedly: keeping "
                   f"generation {self.snapshot.generation} in force", exc_info=True)
+            if announce:
+                metrics.reloaded(False)
             return False
         # One reference swap: a connection that already started keeps its own snapshot.
         self.snapshot = snapshot
@@ -104,6 +110,8 @@ class Service:
               generation=snapshot.generation, files=",".join(snapshot.files))
         if announce:
             self._report_unusable_keys()
+            metrics.reloaded(True)
+            metrics.policy_loaded(snapshot)
         return True
 
     def open_conversation(self, new_session: Callable[[str], Session]) -> Conversation:
@@ -112,6 +120,7 @@ class Service:
         session = new_session(f"{self.worker}.{number}" if self.worker is not None else str(number))
         with self._lock:
             self.sessions += 1
+        metrics.session_opened()
         return Conversation(self.snapshot, session, self.warn_once, SessionLog(session.conn_id),
                             admission=self.admission)
 
@@ -119,10 +128,12 @@ class Service:
         with self._lock:
             self.sessions -= 1
             self._lock.notify_all()
+        metrics.session_closed()
 
     def transaction_started(self) -> None:
         with self._lock:
             self.transactions += 1
+        metrics.transaction_started()
 
     def transaction_ended(self) -> None:
         with self._lock:
@@ -130,6 +141,7 @@ class Service:
             self.messages += 1
             messages = self.messages
             self._lock.notify_all()
+        metrics.transaction_ended()
         if self.on_transaction_end is not None:
             self.on_transaction_end(messages)
 

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from policymilter.dns import DEFAULT_CACHE_MAX_TTL
+from policymilter.metrics import Listen
 from policymilter.outcome import ErrorAction
 
 
@@ -122,6 +123,20 @@ class Postfix(Strict):
 
     milter_command_timeout: Seconds = 30.0  # per SMTP command: connect, HELO, MAIL FROM, RCPT
     milter_content_timeout: Seconds = 300.0  # per piece of content, end of message included
+
+
+class Metrics(Strict):
+    """Prometheus metrics (metrics.py): where `run` serves /metrics; empty: off. `run --metrics`
+    wins over it. Read at start only: a reload does not move the listener."""
+
+    listen: str = ""
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        if value:
+            Listen.parse(value)  # its ValueError says what is expected
+        return value
 
 
 class CheckTable(Strict):
@@ -424,6 +439,7 @@ class Policy(Strict):
     publish: Publish = Publish()
     dns: Dns = Dns()
     postfix: Postfix = Postfix()
+    metrics: Metrics = Metrics()
     listeners: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")], Listener] = Field(
         default_factory=dict
     )

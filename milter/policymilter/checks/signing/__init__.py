@@ -7,6 +7,7 @@ log line naming the domain): the site asked for signing, so unsigned mail never 
 
 from __future__ import annotations
 
+from policymilter import metrics
 from policymilter.author import Author, BadFrom
 from policymilter.checks.signing import sign
 from policymilter.message import Message
@@ -102,5 +103,7 @@ class Signing:
                                                         context.policy.signing.canonicalization))
             for key, private in usable)
         selectors = ",".join(key.selector for key, _ in usable)
+        for key, _ in usable:
+            metrics.signed(domain, key.selector)
         return CheckResult(NAME, Outcome.PASS, reason=f"signed d={domain} s={selectors}", detail=domain,
                            actions=actions)
