@@ -1,0 +1,228 @@
+"""The hostile messages: each built with the stdlib, or byte by byte where the stdlib would repair it.
+
+Every case is a complete session from a stranger on port 25: an envelope (EHLO name, MAIL FROM
+and its parameters, one recipient), all bytes, and a message builder. Builders are functions, so
+the list costs nothing until a case runs (the zip bomb takes a few seconds to deflate).
+README.md beside this file says, for each case, why it is hostile.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tests import attachment_corpus as corpus
+from tests.hostile.smtp import Envelope
+
+SENDER_DOMAIN = "sender.test"
+# site.max_message_size as the policy is about to ship it (25 MiB), and Postfix's
+# message_size_limit to match (contrib/postfix/main.cf).
+MAX_MESSAGE_SIZE = 26214400
+CRLF = b"\r\n"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    what: str  # one line for the table's legend
+    build: Callable[[], bytes] = field(repr=False)
+    envelope: Envelope = Envelope()
+
+
+# --------------------------------------------------------------- building blocks
+
+
+def head(name: str, *extra: bytes, sender: bytes = b"Alice <alice@sender.test>") -> bytes:
+    """The usual header block of a case (no blank line): From, To, Subject, Date, Message-ID."""
+    lines = [b"From: " + sender, b"To: <user@example.test>", b"Subject: hostile " + name.encode(),
+             b"Date: Tue, 01 Dec 2026 10:00:00 +0000", b"Message-ID: <" + name.encode() + b"@sender.test>",
+             b"MIME-Version: 1.0", *extra]
+    return CRLF.join(lines) + CRLF
+
+
+def plain(name: str, body: bytes = b"hello\r\n", *extra: bytes) -> bytes:
+    return head(name, b"Content-Type: text/plain; charset=utf-8", *extra) + CRLF + body
+
+
+def with_attachment(name: str, filename: str, data: bytes) -> bytes:
+    """A text part and one base64 attachment (attachment_corpus's usual shape, our header block)."""
+    top = corpus.multipart(corpus.text("see the attachment\n"), corpus.attachment(data, filename))
+    return head(name) + top.render()
+
+
+def zip_attachment(name: str, filename: str, archive: Callable[[], bytes]) -> Callable[[], bytes]:
+    return lambda: with_attachment(name, filename, archive())
+
+
+# --------------------------------------------------------------- structure
+
+
+def many_headers(count: int = 10_000) -> bytes:
+    fields = b"".join(b"X-Filler-%05d: value %05d of a long run of header fields\r\n" % (i, i) for i in range(count))
+    return head("headers-10k") + fields + CRLF + b"hello\r\n"
+
+
+def deep_nesting(levels: int = 1000) -> bytes:
+    """`levels` multiparts, each the only part of its parent, a text part at the bottom.
+
+    Fixed-width boundaries: none is a prefix of another (b1 would be a prefix of b10)."""
+    def boundary(level: int) -> bytes:
+        return b"nest-%04d-x" % level
+
+    opening = b"".join(b"--" + boundary(level) + CRLF + b'Content-Type: multipart/mixed; boundary="'
+                       + boundary(level + 1) + b'"' + CRLF + CRLF for level in range(levels - 1))
+    innermost = (b"--" + boundary(levels - 1) + CRLF + b"Content-Type: text/plain" + CRLF + CRLF + b"bottom"
+                 + CRLF + b"--" + boundary(levels - 1) + b"--" + CRLF)
+    closing = b"".join(b"--" + boundary(level) + b"--" + CRLF for level in range(levels - 2, -1, -1))
+    top = b'Content-Type: multipart/mixed; boundary="' + boundary(0) + b'"'
+    return head("nesting-1000", top) + CRLF + opening + innermost + closing
+
+
+def many_parts(count: int = 5000) -> bytes:
+    parts = b"".join(b"--p" + CRLF + b"Content-Type: text/plain" + CRLF + CRLF + b"%d" % i + CRLF for i in range(count))
+    return head("parts-5000", b'Content-Type: multipart/mixed; boundary="p"') + CRLF + parts + b"--p--" + CRLF
+
+
+def unterminated_boundary() -> bytes:
+    """A multipart whose closing delimiter never comes: the last part runs to the end."""
+    attachment = corpus.attachment(corpus.pdf() * 20, "report.pdf", content_type="application/pdf").render()
+    body = (b"--open" + CRLF + b"Content-Type: text/plain" + CRLF + CRLF + b"see the report" + CRLF
+            + b"--open" + CRLF + attachment + CRLF)
+    return head("unterminated-boundary", b'Content-Type: multipart/mixed; boundary="open"') + CRLF + body
+
+
+def single_line(size: int = 20_000_000) -> bytes:
+    """20 MB of body without a single line break (the session ends it with CRLF . CRLF)."""
+    pattern = b"NoLineBreaksAnywhere0123456789+/"
+    body = (pattern * (size // len(pattern) + 1))[:size]
+    return plain("single-line-20mb", body)
+
+
+# --------------------------------------------------------------- bytes in headers and macros
+
+
+def nul_in_headers() -> bytes:
+    return head("header-nul", b"X-Nul: before\x00after", b"Content-Type: text/plain") + CRLF + b"hello\r\n"
+
+
+def nul_in_from() -> bytes:
+    """A From that is one mailbox up to the NUL and two after it."""
+    return (head("header-nul-from", b"Content-Type: text/plain",
+                 sender=b"<alice@sender.test>\x00, <ceo@example.org>") + CRLF + b"hello\r\n")
+
+
+def eight_bit_headers() -> bytes:
+    """Latin-1 bytes (invalid UTF-8) in Subject and in the From display name, raw UTF-8 elsewhere."""
+    return (head("header-8bit", b"X-Latin1: caf\xe9 cr\xe8me \xff\xfe", "X-Utf8: café crème".encode(),
+                 b"Content-Type: text/plain", sender=b"\xc3\x28Al\xe9ce <alice@sender.test>")
+            + CRLF + b"hello\r\n")
+
+
+def utf8_message(name: str, sender: str) -> Callable[[], bytes]:
+    return lambda: head(name, b"Content-Type: text/plain; charset=utf-8", sender=b"<" + sender.encode() + b">") \
+        + CRLF + b"hello\r\n"
+
+
+# --------------------------------------------------------------- archives
+
+
+def _zip_stored(members: list[str]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for member in members:
+            archive.writestr(member, b"")
+    return buffer.getvalue()
+
+
+@functools.cache
+def zip_ratio_bomb() -> bytes:
+    """1 GiB of zeros, deflated: about 1 MB (deflate's best ratio is about 1:1000)."""
+    return corpus.zip_bomb(1024 * 1024 * 1024)
+
+
+def zip_many_members(count: int = 100_000) -> bytes:
+    return _zip_stored([f"{index:05x}" for index in range(count)])
+
+
+def zip_named(name: str) -> Callable[[], bytes]:
+    return lambda: corpus.zip_of({name: b"hello"})
+
+
+def zip_raw_name(raw: bytes, local_raw: bytes | None = None) -> Callable[[], bytes]:
+    return lambda: corpus.zip_with_raw_name(raw, b"hello", local_raw)
+
+
+# --------------------------------------------------------------- sizes
+
+
+def sized(name: str, total: int) -> bytes:
+    """A text message of exactly `total` bytes as sent: 78-byte lines filling the body."""
+    start = plain(name, b"")
+    line = b"x" * 76 + CRLF
+    remaining = total - len(start)
+    lines, rest = divmod(remaining, len(line))
+    tail = b"y" * max(rest - 2, 0) + CRLF if rest >= 2 else b""
+    body = line * lines + tail
+    if len(start) + len(body) < total:  # rest == 1: lengthen one line by a byte
+        body = b"x" + body
+    message = start + body
+    assert len(message) == total, (len(message), total)
+    return message
+
+
+CASES: list[Case] = [
+    Case("headers-10k", "10,000 header fields", many_headers),
+    Case("nesting-1000", "multipart nested 1,000 deep", deep_nesting),
+    Case("parts-5000", "5,000 MIME parts", many_parts),
+    Case("unterminated-boundary", "multipart without its closing delimiter", unterminated_boundary),
+    Case("single-line-20mb", "20 MB body, no line break", single_line),
+    Case("header-nul", "NUL in a header value", nul_in_headers),
+    Case("header-nul-from", "From: one mailbox before a NUL, two after", nul_in_from),
+    Case("header-8bit", "Latin-1 and raw UTF-8 in header values", eight_bit_headers),
+    Case("helo-8bit", "EHLO name in Latin-1 (invalid UTF-8)", lambda: plain("helo-8bit"),
+         Envelope(helo=b"h\xe9lo.sender.test")),
+    Case("helo-utf8", "EHLO name in UTF-8", lambda: plain("helo-utf8"),
+         Envelope(helo="hélo.sender.test".encode())),
+    Case("helo-nul", "NUL in the EHLO name", lambda: plain("helo-nul"), Envelope(helo=b"mail\x00.sender.test")),
+    Case("mailfrom-utf8", "MAIL FROM UTF-8 local part, SMTPUTF8", utf8_message("mailfrom-utf8", "jösé@sender.test"),
+         Envelope(mail_from="jösé@sender.test".encode(), mail_params=b" SMTPUTF8")),
+    Case("mailfrom-8bit", "MAIL FROM Latin-1 local part, SMTPUTF8", lambda: plain("mailfrom-8bit"),
+         Envelope(mail_from=b"j\xf6s\xe9@sender.test", mail_params=b" SMTPUTF8")),
+    Case("mailfrom-nul", "NUL in MAIL FROM", lambda: plain("mailfrom-nul"),
+         Envelope(mail_from=b"alice\x00evil@sender.test")),
+    Case("zip-ratio-1gib", "zip: 1 GiB of zeros deflated to ~1 MB",
+         zip_attachment("zip-ratio-1gib", "zeros.zip", zip_ratio_bomb)),
+    Case("zip-nested-20", "zip in zip ... 20 deep",
+         zip_attachment("zip-nested-20", "nested.zip", lambda: corpus.nested_zip("readme.txt", b"hello", 20))),
+    Case("zip-members-100k", "zip of 100,000 empty members",
+         zip_attachment("zip-members-100k", "many.zip", zip_many_members)),
+    Case("zipname-dotdot", "member ../../../../tmp/readme.txt",
+         zip_attachment("zipname-dotdot", "a.zip", zip_named("../../../../tmp/readme.txt"))),
+    Case("zipname-absolute", "member /etc/cron.d/readme.txt",
+         zip_attachment("zipname-absolute", "a.zip", zip_named("/etc/cron.d/readme.txt"))),
+    Case("zipname-backslash", "member ..\\..\\Startup\\update.exe",
+         zip_attachment("zipname-backslash", "a.zip", zip_named("..\\..\\Startup\\update.exe"))),
+    Case("zipname-nul", "member evil.exe<NUL>.txt",
+         zip_attachment("zipname-nul", "a.zip", zip_raw_name(b"evil.exe\x00.txt"))),
+    Case("zipname-rlo", "member invoice<RLO>txt.exe (shows invoiceexe.txt)",
+         zip_attachment("zipname-rlo", "a.zip", zip_named("invoice\u202etxt.exe"))),
+    Case("zipname-trailing", "member 'evil.exe. . ' (Windows drops the dots and spaces)",
+         zip_attachment("zipname-trailing", "a.zip", zip_named("evil.exe. . "))),
+    Case("zipname-mismatch", "local header evilxx.exe, central directory readme.txt",
+         zip_attachment("zipname-mismatch", "a.zip", zip_raw_name(b"readme.txt", b"evilxx.exe"))),
+    Case("size-at-max", f"{MAX_MESSAGE_SIZE} bytes (site.max_message_size)",
+         lambda: sized("size-at-max", MAX_MESSAGE_SIZE)),
+    Case("size-over-max", f"{MAX_MESSAGE_SIZE + 1} bytes", lambda: sized("size-over-max", MAX_MESSAGE_SIZE + 1)),
+    Case("size-declared-over", f"MAIL FROM SIZE={MAX_MESSAGE_SIZE + 1}, small message",
+         lambda: plain("size-declared-over"), Envelope(mail_params=b" SIZE=%d" % (MAX_MESSAGE_SIZE + 1))),
+]
+
+
+def by_name(name: str) -> Case:
+    for case in CASES:
+        if case.name == name:
+            return case
+    raise KeyError(name)
