@@ -175,9 +175,9 @@ class HostileStack:
         self.spamd = self._exit.enter_context(Spamd(self.directory / "spamd"))
         self.dns = self._exit.enter_context(DnsServer(self.directory / "dns", zones()))
         self.stack = self._exit.enter_context(MailStack(self.directory / "stack"))
-        self._set_postfix_size_limit()
         self.stack.start_milter(self.milter_command())
         self._exit.callback(self._stop_milter)
+        self._set_postfix_size_limit()  # after the milter: without it Postfix answers EHLO with 451
         self.worker_pids()
 
     def _stop_milter(self) -> None:
@@ -339,4 +339,6 @@ def _decided_by(outcome: smtp.Outcome, summary: dict[str, object]) -> str:
         return f"milter:{summary.get('decided_by')}"
     if 200 <= outcome.code < 300:
         return "accepted" if verdict == "accept" else f"accepted ({verdict or 'no milter summary'})"
+    if verdict == "accept":
+        return "postfix (after milter accept)"  # e.g. the milter's header edits broke a Postfix limit
     return "postfix"

@@ -8,6 +8,7 @@ outcome of its own, not an exception.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 from dataclasses import dataclass
@@ -127,10 +128,8 @@ def send(port: int, envelope: Envelope, message: bytes) -> Outcome:
             return _outcome(stage, code, text)
         code, text = conversation.reply()
         outcome = _outcome(stage, code, text)
-        try:
+        with contextlib.suppress(OSError, _Closed):
             conversation.command(b"QUIT")
-        except (OSError, _Closed):
-            pass
         return outcome
     except _Closed as closed:
         return Outcome(stage, None, str(closed))
