@@ -130,6 +130,13 @@ def long_header(size: int = 200_000) -> bytes:
                                                         b"Subject: hostile header-200kb " + b"s" * size)
 
 
+def eight_bit_elsewhere() -> bytes:
+    """The same bytes in Subject and an X- header only: the From is plain ASCII."""
+    return head("header-8bit-other", b"X-Latin1: caf\xe9 cr\xe8me \xff\xfe", "X-Utf8: café crème".encode(),
+                b"Content-Type: text/plain").replace(b"Subject: hostile header-8bit-other",
+                                                    b"Subject: hostile header-8bit-other caf\xe9") + CRLF + b"hi\r\n"
+
+
 def utf8_message(name: str, sender: str) -> Callable[[], bytes]:
     return lambda: head(name, b"Content-Type: text/plain; charset=utf-8", sender=b"<" + sender.encode() + b">") \
         + CRLF + b"hello\r\n"
@@ -195,6 +202,8 @@ CASES: list[Case] = [
     Case("header-nul-from", "From: one mailbox before a NUL, two after", nul_in_from, expect=(250, OK)),
     Case("header-8bit", "Latin-1 in the From display name and a header, raw UTF-8 in another", eight_bit_headers,
          expect=(550, DMARC)),
+    Case("header-8bit-other", "Latin-1 in Subject and an X- header, From plain ASCII", eight_bit_elsewhere,
+         expect=(250, OK)),
     Case("helo-8bit", "EHLO name in Latin-1 (invalid UTF-8)", lambda: plain("helo-8bit"),
          Envelope(helo=b"h\xe9lo.sender.test"), expect=(500, POSTFIX)),
     Case("helo-utf8", "EHLO name in UTF-8", lambda: plain("helo-utf8"),

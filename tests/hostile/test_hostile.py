@@ -1,13 +1,13 @@
 """Every hostile case through the real Postfix, clamd, spamd, nsd and the milter: a clear answer,
 the same workers alive, bounded memory and CPU. One stack for the whole module (cases.py, runner.py).
 
-Bounds, from the dated run in README.md (largest figures there: peak worker RSS 68.5 MiB with a
-base of 43 MiB, growth 1.6 x the message for the 100,000-member zip, 1.0 x for the 25 MiB text;
-CPU at most 0.3 s per message):
+Bounds, from the dated run in README.md (largest figures there: peak worker RSS 86 MiB, on a
+base of 62 MiB; growth 1.6 x the message for the 100,000-member zip, 1.0 x for the 25 MiB text;
+CPU at most 0.16 s per message):
 
 - RSS: a worker's peak during a message at most its RSS before it + 2 x the message size +
   32 MiB (the body is held in memory once for the content walk, a decoded attachment once
-  more; the rest is allocator slack), and never above 160 MiB (2.3 x the largest peak measured).
+  more; the rest is allocator slack), and never above 160 MiB (about 2 x the largest peak measured).
   A check that copied the whole message three times, or an archive expanded into memory, fails.
 - CPU: 30 s per message, two orders of magnitude above the measurement: this catches
   quadratic blowups (a 20 MB line walked per byte, 10,000 headers each compared with all the
