@@ -224,7 +224,7 @@ class HostileStack:
         wanted = f"250-SIZE {MAX_MESSAGE_SIZE}"
         while True:
             with contextlib.suppress(OSError):
-                conversation = smtp._Conversation(self.stack.ports["smtp"])
+                conversation = smtp.Conversation(self.stack.ports["smtp"])
                 try:
                     conversation.reply()
                     conversation.sock.sendall(b"EHLO probe.sender.test\r\n")

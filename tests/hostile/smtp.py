@@ -49,11 +49,13 @@ class Outcome:
         return " ".join(part for part in (str(self.code), self.enhanced, self.text) if part)
 
 
-class _Closed(Exception):
-    pass
+class Closed(Exception):
+    """The server hung up, or sent something that is not an SMTP reply."""
 
 
-class _Conversation:
+class Conversation:
+    """One connection: bytes out, (code, text) replies in."""
+
     def __init__(self, port: int) -> None:
         self.sock = socket.create_connection((LOOPBACK, port), timeout=IO_TIMEOUT)
         self.reader = self.sock.makefile("rb")
@@ -67,13 +69,13 @@ class _Conversation:
         while True:
             line = self.reader.readline(65536)
             if not line:
-                raise _Closed("connection closed by the server")
+                raise Closed("connection closed by the server")
             lines.append(line.rstrip(b"\r\n"))
             if len(line) < 4 or line[3:4] != b"-":
                 break
         first = lines[0]
         if not first[:3].isdigit():
-            raise _Closed(f"not an SMTP reply: {first[:80]!r}")
+            raise Closed(f"not an SMTP reply: {first[:80]!r}")
         text = " ".join(line[4:].decode("utf-8", "replace") for line in lines)
         return int(first[:3]), text
 
@@ -101,7 +103,7 @@ def send(port: int, envelope: Envelope, message: bytes) -> Outcome:
     """One session: EHLO, MAIL, RCPT, DATA, the message, QUIT; the decisive Outcome."""
     stage = "CONNECT"
     try:
-        conversation = _Conversation(port)
+        conversation = Conversation(port)
     except OSError as error:
         return Outcome(stage, None, f"connect failed: {error}")
     try:
@@ -123,15 +125,15 @@ def send(port: int, envelope: Envelope, message: bytes) -> Outcome:
         except OSError as error:  # Postfix may answer and hang up before it read everything
             try:
                 code, text = conversation.reply()
-            except (OSError, _Closed):
+            except (OSError, Closed):
                 return Outcome(stage, None, f"connection lost while sending the message: {error}")
             return _outcome(stage, code, text)
         code, text = conversation.reply()
         outcome = _outcome(stage, code, text)
-        with contextlib.suppress(OSError, _Closed):
+        with contextlib.suppress(OSError, Closed):
             conversation.command(b"QUIT")
         return outcome
-    except _Closed as closed:
+    except Closed as closed:
         return Outcome(stage, None, str(closed))
     except OSError as error:
         return Outcome(stage, None, f"{type(error).__name__}: {error}")
