@@ -16,7 +16,7 @@ from pathlib import Path
 from tests.hostile.cases import CASES, by_name
 from tests.hostile.runner import CaseResult, HostileStack, postfix_version
 
-COLUMNS = ("case", "size", "SMTP result", "decided by", "peak worker RSS MB", "CPU s", "workers")
+COLUMNS = ("case", "size", "SMTP result", "decided by", "peak worker RSS MB (growth)", "CPU s", "workers")
 
 
 def row(result: CaseResult) -> tuple[str, ...]:
@@ -27,8 +27,9 @@ def row(result: CaseResult) -> tuple[str, ...]:
     text = result.outcome.describe()
     if len(text) > 110:
         text = text[:107] + "..."
-    return (result.case.name, f"{result.size:,}", text, result.decided_by, f"{result.peak_rss_kib / 1024:.1f}",
-            f"{result.cpu_seconds:.2f}", workers)
+    growth = max(result.peak_rss_kib - result.base_rss_kib, 0) / 1024
+    return (result.case.name, f"{result.size:,}", text, result.decided_by,
+            f"{result.peak_rss_kib / 1024:.1f} (+{growth:.1f})", f"{result.cpu_seconds:.2f}", workers)
 
 
 def render(rows: list[tuple[str, ...]], markdown: bool) -> str:

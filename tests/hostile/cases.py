@@ -8,8 +8,10 @@ README.md beside this file says, for each case, why it is hostile.
 
 from __future__ import annotations
 
+import base64
 import functools
 import io
+import random
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -104,7 +106,36 @@ def single_line(size: int = 20_000_000) -> bytes:
     return plain("single-line-20mb", body)
 
 
+def base64_one_line(size: int = 15_000_000) -> bytes:
+    """A 15 MB attachment in base64 without line breaks (20 MB on one line)."""
+    data = random.Random(11).randbytes(size)
+    part = corpus.Part(['Content-Type: application/octet-stream; name="data.bin"',
+                        'Content-Disposition: attachment; filename="data.bin"', "Content-Transfer-Encoding: base64"],
+                       base64.b64encode(data) + CRLF)
+    return head("base64-one-line-20mb") + corpus.multipart(corpus.text("data attached\n"), part).render()
+
+
+def uuencoded_block(size: int = 10_000_000) -> bytes:
+    """A text part carrying a 10 MB uuencoded file (14 MB of uuencode lines)."""
+    data = random.Random(12).randbytes(size)
+    return plain("uuencode-10mb", b"the file follows" + CRLF + corpus.uuencode(data, "data.bin"))
+
+
+def nul_in_body() -> bytes:
+    return plain("body-nul", (b"text with\x00NUL bytes\x00\x00 and \x80\xff 8-bit ones" + CRLF) * 1000)
+
+
+def header_flood(name: str, field: bytes, count: int) -> Callable[[], bytes]:
+    """`count` copies of one header field (under the 1,000 fields a part may have)."""
+    return lambda: plain(name, b"hello\r\n", *[field % index for index in range(count)])
+
+
 # --------------------------------------------------------------- bytes in headers and macros
+
+
+def eight_bit_header_name() -> bytes:
+    """A field name with an 8-bit byte: not a header line at all (RFC 5322 2.2: printable ASCII)."""
+    return plain("header-name-8bit", b"hello\r\n", b"X-Caf\xe9: value", b"X-After: still a header?")
 
 
 def nul_in_headers() -> bytes:
@@ -198,6 +229,19 @@ CASES: list[Case] = [
     Case("parts-5000", "5,000 MIME parts", many_parts, expect=(550, ATT)),
     Case("unterminated-boundary", "multipart without its closing delimiter", unterminated_boundary, expect=(250, OK)),
     Case("single-line-20mb", "20 MB body, no line break", single_line, expect=(250, OK)),
+    Case("base64-one-line-20mb", "15 MB attachment, base64 on one 20 MB line", base64_one_line, expect=(250, OK)),
+    Case("uuencode-10mb", "10 MB uuencoded in a text part", uuencoded_block, expect=(250, OK)),
+    Case("body-nul", "NUL and 8-bit bytes in a text body", nul_in_body, expect=(250, OK)),
+    Case("dkim-signatures-900", "900 DKIM-Signature fields (dkim.max_signatures is 5)",
+         header_flood("dkim-signatures-900", b"DKIM-Signature: v=1; a=rsa-sha256; d=sender.test; s=s%d; "
+                      b"h=from; bh=AAAA; b=AAAA", 900), expect=(250, OK)),
+    Case("authresults-900", "900 Authentication-Results claiming our authserv-id",
+         header_flood("authresults-900", b"Authentication-Results: mail.example.org; spf=pass (%d)", 900),
+         expect=(250, OK)),
+    Case("received-60", "60 Received fields (Postfix's hopcount_limit is 50)",
+         header_flood("received-60", b"Received: from hop%d.sender.test by relay.sender.test; "
+                      b"Tue, 01 Dec 2026 09:00:00 +0000", 60), expect=(554, POSTFIX)),
+    Case("header-name-8bit", "a field name with an 8-bit byte", eight_bit_header_name, expect=(250, OK)),
     Case("header-nul", "NUL in a header value", nul_in_headers, expect=(250, OK)),
     Case("header-nul-from", "From: one mailbox before a NUL, two after", nul_in_from, expect=(250, OK)),
     Case("header-8bit", "Latin-1 in the From display name and a header, raw UTF-8 in another", eight_bit_headers,
