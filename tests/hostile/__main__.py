@@ -27,7 +27,7 @@ def row(result: CaseResult) -> tuple[str, ...]:
     text = result.outcome.describe()
     if len(text) > 110:
         text = text[:107] + "..."
-    growth = max(result.peak_rss_kib - result.base_rss_kib, 0) / 1024
+    growth = result.growth_kib / 1024
     return (result.case.name, f"{result.size:,}", text, result.decided_by,
             f"{result.peak_rss_kib / 1024:.1f} (+{growth:.1f})", f"{result.cpu_seconds:.2f}", workers)
 

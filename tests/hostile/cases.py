@@ -115,10 +115,12 @@ def base64_one_line(size: int = 15_000_000) -> bytes:
     return head("base64-one-line-20mb") + corpus.multipart(corpus.text("data attached\n"), part).render()
 
 
-def uuencoded_block(size: int = 10_000_000) -> bytes:
-    """A text part carrying a 10 MB uuencoded file (14 MB of uuencode lines)."""
-    data = random.Random(12).randbytes(size)
-    return plain("uuencode-10mb", b"the file follows" + CRLF + corpus.uuencode(data, "data.bin"))
+def uuencoded_block(name: str, size: int) -> Callable[[], bytes]:
+    """A text part carrying a uuencoded file of `size` bytes (63 bytes of lines per 45)."""
+    def build() -> bytes:
+        data = random.Random(12).randbytes(size)
+        return plain(name, b"the file follows" + CRLF + corpus.uuencode(data, "data.bin"))
+    return build
 
 
 def nul_in_body() -> bytes:
@@ -230,7 +232,10 @@ CASES: list[Case] = [
     Case("unterminated-boundary", "multipart without its closing delimiter", unterminated_boundary, expect=(250, OK)),
     Case("single-line-20mb", "20 MB body, no line break", single_line, expect=(250, OK)),
     Case("base64-one-line-20mb", "15 MB attachment, base64 on one 20 MB line", base64_one_line, expect=(250, OK)),
-    Case("uuencode-10mb", "10 MB uuencoded in a text part", uuencoded_block, expect=(250, OK)),
+    Case("uuencode-10mb", "10 MB uuencoded in a text part", uuencoded_block("uuencode-10mb", 10_000_000),
+         expect=(250, OK)),
+    Case("uuencode-near-max", "18.6 MB uuencoded: a 25 MiB - 64 KiB message",
+         uuencoded_block("uuencode-near-max", (MAX_MESSAGE_SIZE - 65536) // 63 * 45), expect=(250, OK)),
     Case("body-nul", "NUL and 8-bit bytes in a text body", nul_in_body, expect=(250, OK)),
     Case("dkim-signatures-900", "900 DKIM-Signature fields (dkim.max_signatures is 5)",
          header_flood("dkim-signatures-900", b"DKIM-Signature: v=1; a=rsa-sha256; d=sender.test; s=s%d; "

@@ -56,7 +56,7 @@ class CaseResult:
     workers_after: tuple[int, ...]
     workers_alive: bool
     peak_rss_kib: int  # highest VmHWM of a worker during the message
-    base_rss_kib: int  # highest VmRSS of a worker before it
+    growth_kib: int  # the most any one worker's peak rose above its RSS before the message
     cpu_seconds: float  # parent + workers
 
     @property
@@ -288,7 +288,7 @@ class HostileStack:
         workers = self.worker_pids()
         processes = [self.parent, *workers]
         self._settle(processes)
-        base_rss = max(_status_kib(pid, "VmRSS") for pid in workers)
+        base_rss = {pid: _status_kib(pid, "VmRSS") for pid in workers}
         for pid in workers:
             reset_peak(pid)
         offset = self._log_size()
@@ -296,7 +296,7 @@ class HostileStack:
         outcome = smtp.send(self.stack.ports["smtp"], case.envelope, message)
         self._settle(processes)
         cpu = cpu_seconds(processes) - cpu_before
-        peak = max(_status_kib(pid, "VmHWM") for pid in workers)
+        peaks = {pid: _status_kib(pid, "VmHWM") for pid in workers}
         lines = self._log_since(offset)
         after = children(self.parent)
         summary = _last_summary(lines)
@@ -307,7 +307,8 @@ class HostileStack:
             crash_events=tuple(line for line in lines if any(f'"event": "{name}"' in line for name in CRASH_EVENTS)
                                or line.startswith("Traceback")),
             workers_before=tuple(workers), workers_after=tuple(after),
-            workers_alive=all(alive(pid) for pid in workers), peak_rss_kib=peak, base_rss_kib=base_rss,
+            workers_alive=all(alive(pid) for pid in workers), peak_rss_kib=max(peaks.values()),
+            growth_kib=max(max(peaks[pid] - base_rss[pid], 0) for pid in workers),
             cpu_seconds=cpu,
         )
 

@@ -15,7 +15,7 @@ def result(outcome: Outcome, summary: dict[str, object], crashes: tuple[str, ...
     return CaseResult(case=CASE, size=1, outcome=outcome, decided_by=_decided_by(outcome, summary),
                       verdict=str(summary.get("verdict") or ""), milter_reason="", crash_events=crashes,
                       workers_before=(1, 2), workers_after=(1, 2), workers_alive=True, peak_rss_kib=0,
-                      base_rss_kib=0, cpu_seconds=0.0)
+                      growth_kib=0, cpu_seconds=0.0)
 
 
 @pytest.mark.parametrize(("outcome", "summary", "decided_by", "deliberate"), [
