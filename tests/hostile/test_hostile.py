@@ -1,15 +1,16 @@
 """Every hostile case through the real Postfix, clamd, spamd, nsd and the milter: a clear answer,
 the same workers alive, bounded memory and CPU. One stack for the whole module (cases.py, runner.py).
 
-Bounds, from the dated run in README.md (largest figures there: peak worker RSS 170 MiB, for the
-25 MiB uuencoded message; growth up to 4.4 x the message on the uuencode path, 1.7 x for a
+Bounds, from the dated run in README.md (largest figures there: peak worker RSS 193 MiB, for the
+25 MiB uuencoded message; growth up to 5.6 x the message on the uuencode path, 1.7 x for a
 base64 attachment, 1.6 x for the 100,000-member zip, 1.0 x for 25 MiB of text; CPU at most
 0.65 s per message):
 
-- RSS: no worker's peak during a message more than 5 x the message size + 32 MiB above its RSS
-  before it (5 x covers the uuencode path with 30 % to spare, three times what every other path
-  needs; 32 MiB is allocator slack), and no worker above 340 MiB (2 x the largest peak
-  measured). An archive expanded into memory, or a copy of the message per check, fails.
+- RSS: no worker's peak during a message more than `case.rss_per_byte` x the message size +
+  32 MiB above its RSS before it: 2 x for every case (the paths measured at 1.7 x or less), 6 x
+  for the uuencoded ones (measured 4.7 x, and up to 5.6 x for the 10 MB block: the fixed part of its
+  cost); 32 MiB is allocator slack. No worker above 384 MiB (2 x the largest peak measured).
+  An archive expanded into memory, or one more copy of the message in a check, fails.
 - CPU: 30 s per message, 40 x the largest measurement: this catches quadratic blowups (a 20 MB
   line walked per byte, 10,000 headers each compared with all the others), not speed, and
   cannot flake on a loaded machine.
@@ -27,8 +28,7 @@ from tests.hostile.runner import CaseResult, HostileStack
 pytestmark = pytest.mark.integration
 
 MIB = 1024 * 1024
-RSS_CEILING_KIB = 340 * 1024
-RSS_PER_BYTE = 5
+RSS_CEILING_KIB = 384 * 1024
 RSS_SLACK_KIB = 32 * 1024
 CPU_SECONDS = 30.0
 
@@ -63,7 +63,7 @@ def test_a_hostile_message_gets_a_clear_answer_and_costs_a_bounded_amount(hostil
     assert not result.crash_events, explain(result)
     assert result.deliberate, explain(result)  # never the 451 of the crash path or of Postfix's default action
     assert result.workers_unchanged, f"workers {result.workers_before} -> {result.workers_after}: {explain(result)}"
-    assert result.growth_kib <= RSS_PER_BYTE * result.size // 1024 + RSS_SLACK_KIB, (
+    assert result.growth_kib <= case.rss_per_byte * result.size / 1024 + RSS_SLACK_KIB, (
         f"a worker grew {result.growth_kib} KiB for a message of {result.size} bytes")
     assert result.peak_rss_kib <= RSS_CEILING_KIB, f"peak worker RSS {result.peak_rss_kib} KiB"
     assert result.cpu_seconds <= CPU_SECONDS, f"{result.cpu_seconds:.1f} s of CPU: {explain(result)}"
