@@ -12,9 +12,12 @@ Each example goes through what the milter does with a message at end of message:
 (its header and body split, the raw header and body readers), the attachments check itself
 (checks/attachments: Attachments.run -> scan_message -> find_executables -> walk.files), the
 one-author rule (author.parse_from through Message.author) and the removal of forged
-Authentication-Results (authresults.forged). Asserted per example: no exception, the check's
-reply one printable line, at most 2 s of CPU and 64 MiB of traced memory (both far above what
-any example costs: they catch blowups, not speed). Fixed seed (derandomize) and a fixed
+Authentication-Results (authresults.forged). And whole sessions through the adapter (pymilter
+callbacks driven by tests/milter/fakemta.py, the shipped policy without its network checks):
+no crash event (the logwatch fixture fails the test on any error logged), never a tempfail,
+and header edits Postfix can apply. Asserted per example: no exception, the check's reply one
+printable line, at most 2 s of CPU and 64 MiB of traced memory (both far above what any
+example costs: they catch blowups, not speed). Fixed seed (derandomize) and a fixed
 number of examples: the same inputs on every run, under a minute together.
 """
 
@@ -31,6 +34,7 @@ import zipfile
 from collections.abc import Callable
 from typing import Any
 
+import Milter
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -44,7 +48,10 @@ from policymilter.message import Message
 from policymilter.outcome import CheckResult, Outcome
 from policymilter.pipeline import CheckContext
 from policymilter.policy.model import Policy
+from policymilter.service import Service
 from tests import attachment_corpus as corpus
+from tests.conftest import DEFAULT_POLICY, OFFLINE
+from tests.milter.fakemta import FakeMTA
 
 # zipfile warns when a name is written twice: two members with one name are one of the tricks.
 pytestmark = pytest.mark.filterwarnings("ignore:Duplicate name:UserWarning")
@@ -59,6 +66,7 @@ FUZZ = settings(max_examples=1000, deadline=None, derandomize=True, database=Non
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.large_base_example, HealthCheck.function_scoped_fixture])
 FUZZ_HEADERS = settings(FUZZ, max_examples=1500)
+FUZZ_SESSIONS = settings(FUZZ, max_examples=400)
 CRLF = b"\r\n"
 
 
@@ -412,3 +420,64 @@ def test_the_fuzzer_s_forged_results_are_ones_the_milter_removes(value):
         assert [r.index for r in authresults.forged(message, AUTHSERV_ID)] == [1]
     finally:
         message.close()
+
+
+@pytest.fixture(scope="module")
+def offline_service() -> Service:
+    return Service(DEFAULT_POLICY, OFFLINE)
+
+
+def transaction(mta: FakeMTA, raw: bytes) -> int:
+    """MAIL, RCPT and the message, its header block split as Postfix splits it (Message.from_bytes:
+    the first line that is not a header starts the body), one header callback per field; the
+    fake MTA's own data() takes every line of the block for a field."""
+    for answer in (mta.mail("<alice@sender.test>"), mta.rcpt("<user@example.test>"), mta._call(Milter.M_DATA, "data")):
+        if answer != Milter.CONTINUE:
+            return answer
+    message = Message.from_bytes(raw)
+    try:
+        calls = [(None, "header_bytes", h.name, h.value) for h in message.headers]
+        calls += [(Milter.M_EOH, "eoh"), (None, "body", message.body_bytes()), (Milter.M_EOM, "eom")]
+    finally:
+        message.close()
+    for stage, callback, *args in calls:
+        answer = mta._call(stage, callback, *args)
+        if answer != Milter.CONTINUE:
+            return answer
+    return answer
+
+
+def assert_postfix_can_apply(mta: FakeMTA, raw: bytes) -> None:
+    for name, value in mta.ctx.added:
+        assert name.isascii() and name.isprintable() and ":" not in name, name
+        # folded lines only: a bare line break would start a header of the milter's choosing
+        assert all(line[:1] in (" ", "\t") for line in value.split("\n")[1:]), repr(value)
+        assert "\r" not in value and "\0" not in value and value.isascii(), repr(value)
+    fields = Message.from_bytes(raw)
+    try:
+        for name, index, _ in mta.ctx.changed:
+            assert 1 <= index <= len(fields.header_values(name)), (name, index)
+    finally:
+        fields.close()
+
+
+@FUZZ_SESSIONS
+@given(raw=messages())
+def test_a_whole_session_with_any_message_ends_in_a_verdict(raw, offline_service, logwatch):
+    mta = FakeMTA(offline_service)
+
+    def session() -> int:
+        mta.connect()
+        mta.helo("mail.sender.test")
+        return transaction(mta, raw)
+
+    answer, elapsed, peak = measured(session)
+    mta.close()
+    event(f"session: {'accept' if answer == Milter.ACCEPT else 'reject' if answer == Milter.REJECT else answer}")
+    assert answer in (Milter.ACCEPT, Milter.REJECT), (answer, mta.reply)
+    if answer == Milter.REJECT:
+        assert mta.reply is not None and mta.reply.startswith("550 5.7.1 "), mta.reply
+        assert_one_printable_line(mta.reply)
+    assert_postfix_can_apply(mta, raw)
+    assert not logwatch.events("callback_crashed") and not logwatch.events("check_crashed")
+    assert elapsed < CPU_LIMIT and peak < MEMORY_LIMIT, (elapsed, peak)
