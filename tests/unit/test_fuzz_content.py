@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.base64mime
+import importlib.util
 import io
 import quopri
 import time
 import tracemalloc
 import urllib.parse
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import Milter
@@ -42,6 +44,7 @@ from hypothesis import strategies as st
 from policymilter import authresults
 from policymilter.author import Author, BadFrom, parse_from
 from policymilter.checks.attachments import Attachments
+from policymilter.checks.attachments.names import decode_words
 from policymilter.facts import Envelope, Session
 from policymilter.listeners import listener_by_name
 from policymilter.message import Message
@@ -52,6 +55,28 @@ from policymilter.service import Service
 from tests import attachment_corpus as corpus
 from tests.conftest import DEFAULT_POLICY, OFFLINE
 from tests.milter.fakemta import FakeMTA
+
+
+@pytest.fixture(autouse=True, scope="module")
+def stdlib_base64mime() -> Iterator[None]:
+    """Run the walk with the stdlib's email.base64mime.decode, as the daemon does.
+
+    pymilter's Milter.utils (imported by Milter.testctx, so by tests/milter/fakemta.py: in a
+    full test run, before tests/unit) replaces email.base64mime.decode for the whole process
+    with one that raises ValueError on a non-ASCII str, where the stdlib's encodes it first:
+    email.header.decode_header then lets that ValueError out (it only catches binascii.Error).
+    The daemon never imports Milter.utils; see test_decode_words_survives_pymilters_decode."""
+    spec = importlib.util.find_spec("email.base64mime")
+    assert spec is not None and spec.loader is not None
+    stdlib = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stdlib)
+    installed = email.base64mime.decode
+    email.base64mime.decode = stdlib.decode
+    try:
+        yield
+    finally:
+        email.base64mime.decode = installed
+
 
 # zipfile warns when a name is written twice: two members with one name are one of the tricks.
 pytestmark = pytest.mark.filterwarnings("ignore:Duplicate name:UserWarning")
@@ -481,3 +506,19 @@ def test_a_whole_session_with_any_message_ends_in_a_verdict(raw, offline_service
     assert_postfix_can_apply(mta, raw)
     assert not logwatch.events("callback_crashed") and not logwatch.events("check_crashed")
     assert elapsed < CPU_LIMIT and peak < MEMORY_LIMIT, (elapsed, peak)
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError, reason="product: names.decode_words catches only "
+                   "HeaderParseError; with pymilter's Milter.utils imported, an 8-bit byte in a B-word raises "
+                   "ValueError and the attachments check crashes (check_crashed, then on_error: 451)")
+def test_decode_words_survives_pymilters_decode():
+    """Latent today (the daemon does not import Milter.utils), one import away from a 451 for
+    every retry of `name="=?utf-8?B?<0x80>aW52b2ljZQ==?="`. Strict: passes once fixed."""
+    from Milter import utils  # its import replaces email.base64mime.decode with utils.decode
+
+    installed = email.base64mime.decode
+    email.base64mime.decode = utils.decode  # as after that import (this module put the stdlib's back)
+    try:
+        assert decode_words("=?utf-8?B?\x80aW52b2ljZQ==?=")
+    finally:
+        email.base64mime.decode = installed
