@@ -2,7 +2,7 @@
 
 The stack: MailStack's private Postfix (port 25 door), clamd and spamd from
 tests/integration/scanners.py, nsd from tests/integration/dns_server.py serving the sender's
-domain, and the milter with the shipped policies/default.toml, every check on, its default
+domain, and the milter with the shipped policy (policies/), every check on, its default
 worker count (one per CPU), `-o` pointing the checks at those servers and
 `site.max_message_size` at 25 MiB. Postfix's message_size_limit is set to the same value.
 
@@ -188,7 +188,7 @@ class HostileStack:
         assert self.stack and self.clamd and self.spamd and self.dns
         options = [f'antivirus.servers=["{self.clamd.endpoint}"]', f'spam.servers=["{self.spamd.endpoint}"]',
                    f'dns.nameservers=["{self.dns.nameserver}"]', f"site.max_message_size={MAX_MESSAGE_SIZE}"]
-        command = [sys.executable, "-m", "policymilter", "run", "--policy", str(DEFAULT_POLICY / "default.toml"),
+        command = [sys.executable, "-m", "policymilter", "run", "--policy", str(DEFAULT_POLICY),
                    "--socket", f"unix:{self.stack.milter_socket}", "--log-format", "json",
                    *(part for option in options for part in ("-o", option))]
         if self.workers is not None:

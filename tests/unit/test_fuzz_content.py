@@ -82,7 +82,7 @@ def stdlib_base64mime() -> Iterator[None]:
 pytestmark = pytest.mark.filterwarnings("ignore:Duplicate name:UserWarning")
 
 CHECK = Attachments()
-AUTHSERV_ID = "mail.example.org"  # policies/default.toml's site.authserv_id
+AUTHSERV_ID = "mail.example.org"  # the shipped policy's site.authserv_id
 CPU_LIMIT = 2.0  # seconds per example (time.process_time)
 MEMORY_LIMIT = 64 * 1024 * 1024  # bytes per example (tracemalloc peak)
 # About 15 s of CPU for both on this machine (2 cores, shared): the fixed counts are what fits
