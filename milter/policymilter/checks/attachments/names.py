@@ -211,8 +211,8 @@ def decode_words(text: str) -> str:
     """RFC 2047 encoded-words; unknown charsets fall back to UTF-8 with replacement."""
     try:
         chunks = email.header.decode_header(text)
-    except email.errors.HeaderParseError:
-        return text
+    except (email.errors.HeaderParseError, ValueError):  # ValueError: pymilter's Milter.utils replaces
+        return text  # email.base64mime.decode process-wide with one that raises it for bad base64
     decoded = []
     for chunk, charset in chunks:
         if isinstance(chunk, str):
