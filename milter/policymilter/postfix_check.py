@@ -31,7 +31,7 @@ from policymilter.listeners import ListenerMatch, MatchedBy, resolve
 from policymilter.logs import event
 from policymilter.policy import PolicyError, load_policy
 from policymilter.policy.model import STRICTEST, Policy
-from policymilter.policy.timing import MARGIN, StageTime, stage_times
+from policymilter.policy.timing import MARGIN, stage_times
 
 # Any milter whose unix socket path ends so is taken for ours when no --socket says which.
 DEFAULT_SOCKET_SUFFIX = "/policy-milter/milter.sock"
@@ -311,6 +311,7 @@ class ServiceReport:
     port: int | None
     notes: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    live: dict[str, tuple[float, bool]] = field(default_factory=dict)  # timeout -> (seconds, fits)
 
     def line(self) -> str:
         how = {MatchedBy.DAEMON_NAME: f"by {{daemon_name}} = {self.daemon_name}",
@@ -391,6 +392,7 @@ class ServiceCheck:
     def __init__(self, config: PostfixConfig, policy: Policy, ours: OurSocket, service: MasterService) -> None:
         self.config, self.policy, self.ours, self.service = config, policy, ours, service
         self.queue_directory = config.main.get("queue_directory", "/var/spool/postfix")
+        self.live: dict[str, tuple[float, bool]] = {}  # timeout -> (seconds, fits the worst case)
 
     def value(self, name: str, entry: MilterEntry | None = None) -> tuple[str, Where]:
         short = next((key for key, long in ENTRY_SETTINGS.items() if long == name), None)
@@ -431,6 +433,7 @@ class ServiceCheck:
         notes, findings = self.timeout_findings(attached, listener)
         report.notes.extend(notes)
         report.findings.extend(findings)
+        report.live = dict(self.live)
         return report
 
     def listener_findings(self, listener: ListenerMatch, daemon_name: str, port: int | None,
@@ -471,8 +474,8 @@ class ServiceCheck:
             note = f" ({'; '.join(elsewhere)})" if elsewhere else ""
             findings.append(self.finding(
                 MACRO_LIST_SEVERITY, parameter,
-                f"{parameter} lacks {' '.join(macros)}{note}; the milter asks Postfix for them at negotiation, "
-                "and this list is what Postfix sends if that fails (the milter then logs macro_missing)",
+                f"{parameter} lacks {' '.join(macros)}{note}; the milter asks Postfix for its macros itself at "
+                "negotiation, and this list is what Postfix sends if that fails (the milter then logs macro_missing)",
                 _fix(where, self.service, parameter, _with_macros(current.replace(",", " ").split(), macros))))
         return findings
 
@@ -524,23 +527,16 @@ class ServiceCheck:
             if stage is not None:
                 notes.append(f"worst case {words} {needed:g} s of {live:g} s")
             if live < needed:
+                # The policy's own value when it covers the worst case: both then say the same.
+                value = f"{stage.limit:g}s" if stage is not None and stage.limit >= needed else f"{math.ceil(needed)}s"
                 findings.append(self.finding(
                     Severity.ERROR, name,
                     f"{name} = {raw} is shorter than the milter's worst case {words} for listener {listener.name}: "
                     f"{waits} for its own work, so Postfix would give up first and apply milter_default_action",
-                    _fix(where, self.service, name, f"{math.ceil(needed)}s", entry)))
+                    _fix(where, self.service, name, value, entry)))
             if stage is not None:
-                findings.extend(self.policy_value_finding(stage, live))
+                self.live[name] = (live, live >= needed)
         return notes, findings
-
-    def policy_value_finding(self, stage: StageTime, live: float) -> list[Finding]:
-        if math.isclose(stage.limit, live):
-            return []
-        return [self.finding(
-            Severity.WARNING, f"postfix.{stage.limit_key}",
-            f"the policy's postfix.{stage.limit_key} = {stage.limit:g} differs from Postfix's {stage.limit_key} "
-            f"({live:g} s): the policy's time budgets are validated against the wrong value",
-            _fix(Where.POLICY, self.service, f"postfix.{stage.limit_key}", f"{live:g}"))]
 
 
 def check(config: PostfixConfig, policy: Policy, socket_spec: str | None = None) -> Report:
@@ -564,7 +560,31 @@ def check(config: PostfixConfig, policy: Policy, socket_spec: str | None = None)
             f"no smtpd service has the policy-milter ({ours.describe()}) in smtpd_milters (milters found: "
             f"{', '.join(found) or 'none'}; doors of the policy not checked: {', '.join(doors) or 'none'})",
             f"set smtpd_milters = {endpoint} in main.cf, or give --socket as the milter runs"))
+    findings.extend(policy_value_findings(policy, reports))
     return Report(config, ours, reports, findings)
+
+
+def policy_value_findings(policy: Policy, reports: Sequence[ServiceReport]) -> list[Finding]:
+    """The policy's [postfix] values against the live ones: one value for the whole policy, so the
+    smallest any attached service has (once every service's own value fits its worst case)."""
+    findings = []
+    for key in ("milter_command_timeout", "milter_content_timeout"):
+        stated = float(getattr(policy.postfix, key))
+        live = [(report, *report.live[key]) for report in reports if key in report.live]
+        if not live or not all(fits for _, _, fits in live):
+            continue  # the error already says to raise Postfix's value first
+        smallest = min(seconds for _, seconds, _ in live)
+        differ = [report for report, seconds, _ in live if not math.isclose(seconds, stated)]
+        if math.isclose(smallest, stated) and not differ:
+            continue
+        services = ", ".join(_label(report.service) for report in differ) or _label(live[0][0].service)
+        values = ", ".join(sorted({f"{seconds:g} s" for _, seconds, _ in live}))
+        findings.append(Finding(
+            Severity.WARNING, services, f"postfix.{key}",
+            f"the policy's postfix.{key} = {stated:g} is not Postfix's {key} ({values}): check-policy validates "
+            "the policy's time budgets against the policy's value",
+            f"set postfix.{key} = {smallest:g} in the policy"))
+    return findings
 
 
 # ---------------------------------------------------------------- entry points
