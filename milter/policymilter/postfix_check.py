@@ -302,6 +302,16 @@ class Finding:
         return self.severity, self.parameter, self.problem, self.fix
 
 
+@dataclass(frozen=True)
+class LiveTimeout:
+    """One service's milter_command/content_timeout: its value, whether it covers the worst case,
+    and how to make it the policy's [postfix] value."""
+
+    seconds: float
+    fits: bool
+    fix_to_policy: str
+
+
 @dataclass
 class ServiceReport:
     service: MasterService
@@ -311,7 +321,7 @@ class ServiceReport:
     port: int | None
     notes: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
-    live: dict[str, tuple[float, bool]] = field(default_factory=dict)  # timeout -> (seconds, fits)
+    live: dict[str, LiveTimeout] = field(default_factory=dict)
 
     def line(self) -> str:
         how = {MatchedBy.DAEMON_NAME: f"by {{daemon_name}} = {self.daemon_name}",
@@ -380,10 +390,17 @@ def _label(service: MasterService) -> str:
 
 
 def _with_macros(current: Sequence[str], missing: Sequence[str]) -> str:
-    """The list with the missing macros after the last {named} one (so `v _` stay last)."""
-    named = [i for i, macro in enumerate(current) if macro.startswith("{")]
-    at = named[-1] + 1 if named else len(current)
+    """The list with the missing macros added before a trailing `v _` (as Postfix's default ends)."""
+    at = len(current)
+    while at > 0 and current[at - 1] in ("v", "_"):
+        at -= 1
     return " ".join([*current[:at], *missing, *current[at:]])
+
+
+def _our_entry(config: PostfixConfig, ours: OurSocket, service: MasterService) -> MilterEntry | None:
+    queue_directory = config.main.get("queue_directory", "/var/spool/postfix")
+    return next((entry for entry in parse_milters(config.value(service, "smtpd_milters")[0])
+                 if ours.matches(entry.endpoint, service.chroot, queue_directory)), None)
 
 
 class ServiceCheck:
@@ -392,7 +409,7 @@ class ServiceCheck:
     def __init__(self, config: PostfixConfig, policy: Policy, ours: OurSocket, service: MasterService) -> None:
         self.config, self.policy, self.ours, self.service = config, policy, ours, service
         self.queue_directory = config.main.get("queue_directory", "/var/spool/postfix")
-        self.live: dict[str, tuple[float, bool]] = {}  # timeout -> (seconds, fits the worst case)
+        self.live: dict[str, LiveTimeout] = {}
 
     def value(self, name: str, entry: MilterEntry | None = None) -> tuple[str, Where]:
         short = next((key for key, long in ENTRY_SETTINGS.items() if long == name), None)
@@ -406,8 +423,7 @@ class ServiceCheck:
     def run(self) -> ServiceReport:
         milters_value, milters_where = self.value("smtpd_milters")
         entries = parse_milters(milters_value)
-        attached = next((entry for entry in entries
-                         if self.ours.matches(entry.endpoint, self.service.chroot, self.queue_directory)), None)
+        attached = _our_entry(self.config, self.ours, self.service)
         daemon_name, _ = self.value("milter_macro_daemon_name")
         myhostname = self.config.main.get("myhostname", "")
         port = service_port(self.service, self.config)
@@ -417,7 +433,12 @@ class ServiceCheck:
         report = ServiceReport(self.service, attached, listener, daemon_name, port)
         if attached is None:
             if listener.known:
-                ours = self.ours.postfix_endpoint(self.service.chroot, self.queue_directory)
+                # As another service of the same chroot setting names it, else from the socket.
+                known = (_our_entry(self.config, self.ours, other) for other in self.config.services
+                         if other.command == "smtpd" and other.chroot == self.service.chroot)
+                found = next((entry for entry in known if entry is not None), None)
+                ours = found.endpoint if found else self.ours.postfix_endpoint(self.service.chroot,
+                                                                               self.queue_directory)
                 value = ", ".join([*(entry.text() for entry in entries), ours])
                 report.findings.append(self.finding(
                     Severity.ERROR, "smtpd_milters",
@@ -535,7 +556,8 @@ class ServiceCheck:
                     f"{waits} for its own work, so Postfix would give up first and apply milter_default_action",
                     _fix(where, self.service, name, value, entry)))
             if stage is not None:
-                self.live[name] = (live, live >= needed)
+                self.live[name] = LiveTimeout(live, live >= needed,
+                                              _fix(where, self.service, name, f"{stage.limit:g}s", entry))
         return notes, findings
 
 
@@ -565,25 +587,30 @@ def check(config: PostfixConfig, policy: Policy, socket_spec: str | None = None)
 
 
 def policy_value_findings(policy: Policy, reports: Sequence[ServiceReport]) -> list[Finding]:
-    """The policy's [postfix] values against the live ones: one value for the whole policy, so the
-    smallest any attached service has (once every service's own value fits its worst case)."""
+    """The policy's [postfix] values against the live ones (once every service's own value covers
+    its worst case: the errors say to raise those first). The policy states one value: when all
+    services agree on another, the policy is what to change; when they differ, the odd services."""
     findings = []
     for key in ("milter_command_timeout", "milter_content_timeout"):
         stated = float(getattr(policy.postfix, key))
-        live = [(report, *report.live[key]) for report in reports if key in report.live]
-        if not live or not all(fits for _, _, fits in live):
-            continue  # the error already says to raise Postfix's value first
-        smallest = min(seconds for _, seconds, _ in live)
-        differ = [report for report, seconds, _ in live if not math.isclose(seconds, stated)]
-        if math.isclose(smallest, stated) and not differ:
+        live = [(report, report.live[key]) for report in reports if key in report.live]
+        if not live or not all(timeout.fits for _, timeout in live):
             continue
-        services = ", ".join(_label(report.service) for report in differ) or _label(live[0][0].service)
-        values = ", ".join(sorted({f"{seconds:g} s" for _, seconds, _ in live}))
-        findings.append(Finding(
-            Severity.WARNING, services, f"postfix.{key}",
-            f"the policy's postfix.{key} = {stated:g} is not Postfix's {key} ({values}): check-policy validates "
-            "the policy's time budgets against the policy's value",
-            f"set postfix.{key} = {smallest:g} in the policy"))
+        values = sorted({timeout.seconds for _, timeout in live})
+        if len(values) == 1 and not math.isclose(values[0], stated):
+            findings.append(Finding(
+                Severity.WARNING, ", ".join(_label(report.service) for report, _ in live), f"postfix.{key}",
+                f"the policy's postfix.{key} = {stated:g} is not Postfix's {key} ({values[0]:g} s): check-policy "
+                "validates the policy's time budgets against the policy's value",
+                f"set postfix.{key} = {values[0]:g} in the policy"))
+        elif len(values) > 1:
+            findings.extend(
+                Finding(Severity.WARNING, _label(report.service), key,
+                        f"{key} = {timeout.seconds:g} s here, but the policy's postfix.{key} = {stated:g}, which "
+                        "check-policy validates the time budgets against, and other services have "
+                        f"{', '.join(f'{value:g} s' for value in values if value != timeout.seconds)}",
+                        timeout.fix_to_policy)
+                for report, timeout in live if not math.isclose(timeout.seconds, stated))
     return findings
 
 
