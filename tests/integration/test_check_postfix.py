@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import smtplib
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ import pytest
 
 from policymilter import postfix_check
 from policymilter.policy import load_policy
-from tests.conftest import DEFAULT_POLICY, LogWatch
+from tests.conftest import DEFAULT_POLICY, OFFLINE, LogWatch
 from tests.integration.stack import MailStack
 
 pytestmark = pytest.mark.integration
@@ -175,3 +176,45 @@ def test_warn_at_start_is_quiet_for_another_postfix(stack: MailStack, config_dir
     postfix_check.warn_at_start(policy, log, None, str(tmp_path / "nowhere"))  # postconf fails
     assert len(logwatch.events("postfix_check_skipped")) == 2
     assert logwatch.events("postfix_config") == []
+
+
+
+def _banner(port: int) -> bytes:
+    client = smtplib.SMTP(timeout=10)
+    try:
+        _, banner = client.connect("127.0.0.1", port)
+        client.quit()
+    finally:
+        client.close()
+    return banner
+
+
+def test_postfix_sends_the_milters_own_macro_list(tmp_path: Path) -> None:
+    """Why a gap in milter_*_macros is a warning: with Postfix's lists stripped of what the milter
+    needs, it still gets {daemon_port} (its listener matched by port alone) and the MAIL-stage
+    macros (no macro_missing), because Postfix takes the lists the milter sends at negotiation."""
+    with MailStack(tmp_path / "s") as own:
+        postconf(own.config_dir, "-e", "milter_connect_macros = j v _", "milter_mail_macros = i",
+                 "smtpd_banner = $myhostname ESMTP macros-stripped")
+        subprocess.run(["postfix", "-c", str(own.config_dir), "reload"], check=True, capture_output=True, timeout=60)
+        port = own.ports["smtp"]
+        deadline = time.monotonic() + 30
+        while b"macros-stripped" not in _banner(port):  # new smtpd processes: the reload is in force
+            assert time.monotonic() < deadline, "postfix reload did not take effect"
+            time.sleep(0.1)
+        run = check_postfix(own, own.config_dir)
+        assert run.code == 1
+        run.finding("milter_connect_macros lacks {daemon_name} {daemon_port} {daemon_addr}")
+        # The listener is found by {daemon_port} only: its name matches nothing the session sends.
+        overrides = [argument for option in OFFLINE for argument in ("-o", option)]
+        own.start_milter([sys.executable, "-m", "policymilter", "run", "--policy", str(DEFAULT_POLICY),
+                          "--socket", f"unix:{own.milter_socket}", *overrides,
+                          "-o", 'listeners.smtp.daemon_name="no-such-name"', "-o", f"listeners.smtp.ports=[{port}]"])
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            client.sendmail("someone@elsewhere.test", ["friend@example.test"],
+                            b"From: someone@elsewhere.test\r\nTo: friend@example.test\r\nSubject: macros\r\n\r\nhi\r\n")
+        own.wait_delivered(lambda message: "friend@example.test" in message.rcpts)
+        own.stop_milter()
+        log = own.milter_log()
+        assert " listener=smtp " in log, log
+        assert "macro_missing" not in log and "unknown_listener" not in log, log
