@@ -54,12 +54,6 @@ MAIN_PARAMETERS = ("smtpd_milters", "milter_default_action", "milter_protocol", 
                    "milter_macro_daemon_name", "myhostname", "queue_directory", "smtpd_sasl_auth_enable",
                    *STAGE_PARAMETERS)
 
-# Postfix takes the milter's own macro lists at negotiation (milter8.c, "override lists of macro
-# names", whatever milter_protocol says), and this milter always sends them: milter_*_macros
-# only matter if that negotiation fails (the milter then logs negotiation_failed and
-# macro_missing). A gap there is a weakness, not a failure.
-MACRO_LIST_SEVERITY_NAME = "warning"
-
 DEFAULT_ACTION_RISK = {
     "accept": "mail passes unchecked (unscanned, unsigned, senders not verified) whenever the milter is down, "
               "crashed or too slow",
@@ -76,7 +70,11 @@ class Severity(IntEnum):
     ERROR = 2
 
 
-MACRO_LIST_SEVERITY = Severity[MACRO_LIST_SEVERITY_NAME.upper()]
+# Postfix takes the milter's own macro lists at negotiation (milter8.c, "override lists of macro
+# names", whatever milter_protocol says), and this milter always sends them: milter_*_macros
+# only matter if that negotiation fails (the milter then logs negotiation_failed and
+# macro_missing). A gap there is a weakness, not a failure (test_check_postfix.py shows it).
+MACRO_LIST_SEVERITY = Severity.WARNING
 
 
 class Where(StrEnum):
