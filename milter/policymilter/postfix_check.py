@@ -345,17 +345,18 @@ class Report:
     def attached(self) -> list[ServiceReport]:
         return [report for report in self.services if report.attached]
 
-    def finding_lines(self) -> list[tuple[Finding, str]]:
-        """One line per finding; the same finding on several services is one line naming them all."""
-        grouped: dict[tuple[Severity, str, str, str], list[Finding]] = {}
+    def grouped(self) -> list[tuple[Finding, str]]:
+        """(finding, the services it concerns): the same finding on several services once."""
+        groups: dict[tuple[Severity, str, str, str], list[Finding]] = {}
         for finding in self.findings:
-            grouped.setdefault(finding.key(), []).append(finding)
-        lines = []
-        for same in sorted(grouped.values(), key=lambda group: -group[0].severity):
-            first = same[0]
-            services = ", ".join(dict.fromkeys(finding.service for finding in same))
-            lines.append((first, f"{first.severity.name.lower()}: {services}: {first.problem}: {first.fix}"))
-        return lines
+            groups.setdefault(finding.key(), []).append(finding)
+        return [(same[0], ", ".join(dict.fromkeys(finding.service for finding in same)))
+                for same in sorted(groups.values(), key=lambda group: -group[0].severity)]
+
+    def finding_lines(self) -> list[tuple[Finding, str]]:
+        """One line per finding, naming every service it concerns."""
+        return [(finding, f"{finding.severity.name.lower()}: {services}: {finding.problem}: {finding.fix}")
+                for finding, services in self.grouped()]
 
     def summary(self) -> str:
         errors = sum(1 for finding, _ in self.finding_lines() if finding.severity is Severity.ERROR)
@@ -651,8 +652,8 @@ def warn_at_start(policy: Policy, log: logging.Logger, socket_spec: str | None =
               f"no smtpd service of the Postfix in {config.where} uses {report.socket.describe()}: not checked",
               config=config.where)
         return report
-    for finding, text in report.finding_lines():
+    for finding, services in report.grouped():
         level = logging.ERROR if finding.severity is Severity.ERROR else logging.WARNING
-        event(log, level, "postfix_config", text, service=finding.service, parameter=finding.parameter,
-              severity=finding.severity.name.lower())
+        event(log, level, "postfix_config", f"Postfix's {services}: {finding.problem}: {finding.fix}",
+              service=services, parameter=finding.parameter)
     return report
