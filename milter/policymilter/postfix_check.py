@@ -336,6 +336,7 @@ class Report:
     socket: OurSocket
     services: list[ServiceReport]
     findings: list[Finding]
+    listeners: tuple[str, ...] = ()  # the policy's
 
     @property
     def severity(self) -> Severity:
@@ -365,8 +366,16 @@ class Report:
         return (f"check-postfix: {self.config.where}: {len(self.services)} smtpd service(s), "
                 f"{len(self.attached)} with the milter; {errors} error(s), {warnings} warning(s): {verdict}")
 
+    def unused_listeners(self) -> list[str]:
+        """The policy's listeners no smtpd service maps to (a door the site may not run)."""
+        used = {report.listener.name for report in self.services}
+        return [name for name in self.listeners if name not in used]
+
     def lines(self) -> list[str]:
-        return [*(report.line() for report in self.services), *(text for _, text in self.finding_lines()),
+        unused = self.unused_listeners()
+        note = ([f"listeners of the policy no smtpd service maps to: {', '.join(unused)}"]
+                if unused and self.attached else [])
+        return [*(report.line() for report in self.services), *note, *(text for _, text in self.finding_lines()),
                 self.summary()]
 
 
@@ -582,7 +591,7 @@ def check(config: PostfixConfig, policy: Policy, socket_spec: str | None = None)
             f"{', '.join(found) or 'none'}; doors of the policy not checked: {', '.join(doors) or 'none'})",
             f"set smtpd_milters = {endpoint} in main.cf, or give --socket as the milter runs"))
     findings.extend(policy_value_findings(policy, reports))
-    return Report(config, ours, reports, findings)
+    return Report(config, ours, reports, findings, tuple(policy.listeners))
 
 
 def policy_value_findings(policy: Policy, reports: Sequence[ServiceReport]) -> list[Finding]:

@@ -249,6 +249,13 @@ def test_a_door_no_listener_matches_is_an_error(policy: Policy) -> None:
     assert "worst case at end of message 212 s of 300 s" in door.line()
 
 
+def test_listeners_no_service_serves_are_listed(policy: Policy) -> None:
+    services = {key: value for key, value in SERVICES.items() if key[0] != "submissions"}
+    report = check(config(services=services), policy)
+    assert report.severity is Severity.OK
+    assert "listeners of the policy no smtpd service maps to: submissions" in report.lines()
+
+
 def test_smtpd_behind_postscreen_gets_its_port(policy: Policy) -> None:
     services = {("smtp", "inet"): ("y", "postscreen", {}),
                 ("smtpd", "pass"): ("y", "smtpd", {"milter_macro_daemon_name": "mx.example.org"})}
