@@ -121,6 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "in zone-file form")
     _common(records, policy_required=True)
     _milter_user(records, "a key it would refuse gets no record")
+
+    postfix = commands.add_parser("check-postfix", help="check Postfix's live configuration (postconf) against "
+                                                        "the policy: exit 0, 1 (warnings) or 2 (errors)")
+    _common(postfix)
+    postfix.add_argument("-c", dest="postfix_config", metavar="POSTFIX_CONFIG_DIR", default=None,
+                         help="Postfix's configuration directory (default: postconf's, $MAIL_CONFIG or /etc/postfix)")
+    postfix.add_argument("--socket", default=None, help="the milter's socket as given to `run --socket` (default: "
+                                                        "any milter whose path ends in policy-milter/milter.sock)")
     return parser
 
 
@@ -423,4 +431,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_dkim_keygen(args)
         case "dns-records":
             return cmd_dns_records(args)
+        case "check-postfix":
+            from policymilter.postfix_check import cmd_check_postfix  # imports pymilter (the macro lists)
+
+            return cmd_check_postfix(args)
     return EXIT_INVALID
