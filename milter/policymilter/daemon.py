@@ -31,6 +31,7 @@ from typing import NoReturn
 from policymilter import metrics, slots
 from policymilter.adapter import Libmilter, install
 from policymilter.logs import LOGGER, event, set_worker
+from policymilter.postfix_check import warn_at_start
 from policymilter.privileges import Identity, acting_as, drop_privileges, group_name, user_name
 from policymilter.service import Service
 
@@ -507,6 +508,7 @@ def serve(start: Callable[[], Service], socket_spec: str, *, identity: Identity 
         return pid
 
     _warn_exposed(socket_spec, log)
+    warn_at_start(service.snapshot.policy, log, socket_spec)  # check-postfix's findings, once
     supervisor = _Supervisor(spawn, count, service, drain_timeout, log, exporter)
     if exporter is not None:
         exporter.start()
