@@ -39,9 +39,9 @@ def _spamd_request(conn: socket.socket) -> bytes:
 
 
 @contextmanager
-def serving(kind: str, answer: bytes) -> Iterator[str]:
+def serving(kind: str, answer: bytes, seen: list[bytes] | None = None) -> Iterator[str]:
     """A loopback server for `kind` ("clamd" or "spamd") answering every request with `answer`;
-    yields its endpoint ("127.0.0.1:PORT")."""
+    yields its endpoint ("127.0.0.1:PORT"). Each request's content is appended to `seen`."""
     listener = socket.create_server(("127.0.0.1", 0))
     read = _clamd_request if kind == "clamd" else _spamd_request
 
@@ -53,7 +53,9 @@ def serving(kind: str, answer: bytes) -> Iterator[str]:
                 return
             with conn:
                 try:
-                    read(conn)
+                    content = read(conn)
+                    if seen is not None:
+                        seen.append(content)
                     conn.sendall(answer)
                 except OSError:
                     pass

@@ -186,3 +186,13 @@ def test_clamd_killed_means_tempfail_and_the_retry_is_delivered(stack, scanners)
         clamd.restart()
     assert send(stack, "smtp", raw, LOCAL)[0] == 250
     delivered(stack, "retry after clamd")
+
+
+
+def test_spamd_sees_the_client_as_postfix_received_it(stack):
+    """Postfix does not hand a milter its own Received header; the milter writes one for spamd
+    (hostile-suite finding: every message was scored NO_RECEIVED,NO_RELAYS)."""
+    code, _ = send(stack, "smtp", message("received for spamd", b"hello\n"), LOCAL)
+    assert code == 250
+    status = delivered(stack, "received for spamd")["X-Spam-Status"]
+    assert status.startswith("No, score=") and "NO_RECEIVED" not in status and "NO_RELAYS" not in status, status

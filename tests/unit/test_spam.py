@@ -29,10 +29,10 @@ def _policy(*overrides: str) -> Policy:
     return load_policy(DEFAULT_POLICY, [*OFFLINE, *overrides]).policy
 
 
-def run(endpoint: str, *overrides: str):
+def run(endpoint: str, *overrides: str, session: Session | None = None):
     policy = _policy(f'spam.servers=["{endpoint}"]', "spam.timeout=5", *overrides)
-    context = CheckContext(policy, listener_by_name(policy, "smtp"), Session(conn_id="t"), Envelope(),
-                           Message.from_bytes(RAW))
+    context = CheckContext(policy, listener_by_name(policy, "smtp"), session or Session(conn_id="t"),
+                           Envelope(queue_id="4Q1234"), Message.from_bytes(RAW))
     return Spam().run(context)
 
 
@@ -101,3 +101,18 @@ def test_only_rule_names_from_spamd_reach_our_header():
     with serving("spamd", answer) as endpoint:
         result = run(endpoint)
     assert added(result)["X-Spam-Status"] == "No, score=1.0 required=5.0 tests=BAYES_00,URIBL_BLOCKED"
+
+
+def test_spamd_sees_the_received_header_postfix_adds_but_does_not_pass_to_milters():
+    """Hostile-suite finding: without it spamd's network rules never see the client."""
+    seen: list[bytes] = []
+    session = Session(conn_id="t", client_ip="203.0.113.7", client_name="client.example.net",
+                      helo="mail (evil) [x]\r\nX-Injected: 1", mta_name="mx.example.org", tls_version="TLSv1.3")
+    with serving("spamd", spamd_answer(1.0), seen) as endpoint:
+        result = run(endpoint, session=session)
+    assert result.outcome is Outcome.HAM
+    [request] = seen
+    head, _, rest = request.partition(b"\r\n\t")
+    assert head == b"Received: from mail__evil__[x]__X-Injected:_1 (client.example.net [203.0.113.7])"
+    assert rest.startswith(b"by mx.example.org (Postfix) with ESMTPS id 4Q1234;\r\n\t")
+    assert request.split(b"\r\n", 3)[3].startswith(b"From: a@example.net\r\n")  # then the message itself

@@ -3,11 +3,22 @@
 tag_score: X-Spam-Status/X-Spam-Score headers (and the optional subject tag);
 quarantine_score: Postfix's hold queue; reject_score: 550 5.7.1. Headers of these names that
 arrived with the message are removed first (a sender could forge "No").
+
+Postfix hands a milter the message without the Received header it adds itself, so spamd would
+never see the connecting client: its network rules (DNS blocklists on the last relay, trusted
+networks, NO_RELAYS) need that line. spamd gets one written from the session as Postfix writes
+it, in front of the message (only in what is streamed to spamd: the message is not changed).
 """
 
 from __future__ import annotations
 
+import itertools
+import re
+from collections.abc import Iterator
+from email.utils import formatdate
+
 from policymilter.checks.spam import spamd
+from policymilter.facts import Envelope, Session
 from policymilter.message import Message
 from policymilter.outcome import (
     Action,
@@ -25,6 +36,28 @@ from policymilter.scanning import ScannerError
 
 NAME = "spam"
 OUR_HEADERS = ("X-Spam-Status", "X-Spam-Score", "X-Spam-Flag")
+
+
+_TOKEN = re.compile(r"[^A-Za-z0-9.:\[\]_-]")
+
+
+def _token(text: str | None, default: str) -> str:
+    """A host name, address or id from the session, as a Received token (a HELO is the client's
+    words: only the characters a host name or address literal has, at most 255)."""
+    return _TOKEN.sub("_", text[:255]) if text else default
+
+
+def received(session: Session, envelope: Envelope) -> bytes:
+    """The Received header Postfix adds for this session (RFC 5321 §4.4), for spamd."""
+    protocol = "ESMTP" + ("S" if session.tls else "") + ("A" if session.authenticated else "")
+    client = f"{_token(session.client_name, 'unknown')} [{_token(session.client_ip, 'unknown')}]"
+    return (f"Received: from {_token(session.helo, 'unknown')} ({client})\r\n"
+            f"\tby {_token(session.mta_name, 'localhost')} (Postfix) with {protocol} id "
+            f"{_token(envelope.queue_id, 'unknown')};\r\n\t{formatdate(localtime=True)}\r\n").encode("ascii")
+
+
+def _with_received(message: Message, line: bytes) -> Iterator[bytes]:
+    return itertools.chain((line,), message.iter_raw())
 
 
 def _remove_arrived(message: Message) -> list[Action]:
@@ -69,7 +102,9 @@ class Spam:
                                detail="size", actions=(*_remove_arrived(message), AddHeader(
                                    "X-Spam-Status", "Unknown, not scanned: too large")))
         try:
-            result = spamd.scan(policy.servers, message.iter_raw, policy.timeout, policy.max_in_flight)
+            line = received(context.session, context.envelope)
+            result = spamd.scan(policy.servers, lambda: _with_received(message, line), policy.timeout,
+                                policy.max_in_flight)
         except ScannerError as error:
             skipped = [*_remove_arrived(message),
                        AddHeader("X-Spam-Status", "Unknown, not scanned: the spam scanner was unavailable")]
