@@ -1,4 +1,4 @@
-"""policy-milter run | check-policy | explain | dkim-keygen | dns-records."""
+"""policy-milter run | check-policy | explain | dkim-keygen | dns-records | report."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from policymilter.outcome import AddHeader, ChangeHeader, Disposition, RemoveHea
 from policymilter.pipeline import Stage
 from policymilter.policy import PolicyError, load_policy
 from policymilter.privileges import MILTER_USER, Identity, acting_as, milter_identity
+from policymilter.report import add_report_command, cmd_report
 from policymilter.service import Service, load_checked, load_snapshot, unusable_keys
 from policymilter.snapshot import Snapshot, snapshot_for
 
@@ -117,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "in zone-file form")
     _common(records, policy_required=True)
     _milter_user(records, "a key it would refuse gets no record")
+
+    add_report_command(commands)
     return parser
 
 
@@ -412,4 +415,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_dkim_keygen(args)
         case "dns-records":
             return cmd_dns_records(args)
+        case "report":
+            return cmd_report(args)
     return EXIT_INVALID
