@@ -175,6 +175,7 @@ def _hour(when: datetime) -> datetime:
 @dataclass
 class _Login:
     messages: int = 0
+    refused: int = 0
     hours: Counter[datetime] = field(default_factory=Counter)
     untimed: int = 0
     senders: TopCounter = field(default_factory=lambda: TopCounter(100))
@@ -257,6 +258,7 @@ class Report:
         if summary.auth:
             login = self.logins[summary.auth]
             login.messages += 1
+            login.refused += summary.verdict in REFUSALS
             login.senders.add(summary.sender or "-")
             if summary.time is None:
                 login.untimed += 1
@@ -316,7 +318,7 @@ class Report:
                     spikes.append({"login": name, "hour": _iso(hour), "messages": count,
                                    "median_other_hours": baseline})
             rows.append({
-                "login": name, "messages": login.messages, "active_hours": len(counts),
+                "login": name, "messages": login.messages, "refused": login.refused, "active_hours": len(counts),
                 "median_per_hour": statistics.median(counts) if counts else None,
                 "peak_per_hour": peak, "peak_hour": _iso(peak_hour), "without_time": login.untimed,
                 "top_senders": login.senders.top(3),
@@ -415,13 +417,14 @@ def render_text(result: dict[str, Any]) -> str:
     out += ["", f"Authenticated logins ({logins['total']}; messages per hour, UTC)"]
     if logins["top"]:
         width = max([len("login"), *(len(row["login"]) for row in logins["top"])])
-        out.append(f"  {'login':<{width}} {'messages':>8} {'hours':>5} {'median/h':>8} {'peak/h':>6}  "
+        out.append(f"  {'login':<{width}} {'messages':>8} {'refused':>7} {'hours':>5} {'median/h':>8} {'peak/h':>6}  "
                    f"{'peak hour':<20} top senders")
         for row in logins["top"]:
             senders = ", ".join(f"{_show(s['key'])} {_count(s)}" for s in row["top_senders"])
             median = "-" if row["median_per_hour"] is None else f"{row['median_per_hour']:g}"
-            out.append(f"  {_show(row['login'], width)} {row['messages']:>8} {row['active_hours']:>5} {median:>8} "
-                       f"{row['peak_per_hour']:>6}  {row['peak_hour'] or '-':<20} {senders}")
+            out.append(f"  {_show(row['login'], width)} {row['messages']:>8} {row['refused']:>7} "
+                       f"{row['active_hours']:>5} {median:>8} {row['peak_per_hour']:>6}  "
+                       f"{row['peak_hour'] or '-':<20} {senders}")
     else:
         out.append("  none")
     out.append(f"  spike rule: {logins['spike_rule']}")
