@@ -37,6 +37,7 @@ _KV_HEAD = re.compile(
     rf"(?P<level>{'|'.join(LEVELS)}) (?:conn=(?P<conn>\S+) )?(?P<event>[a-z_]+)(?: |$)"
 )
 _KEY = re.compile(r"([A-Za-z0-9_.-]+)=")
+_FIELD = re.compile(r'([A-Za-z0-9_.-]+)=(?:"((?:[^"\\]|\\.)*)"|([^\s"=\\]*))(?: (?=\S)|$)')
 _BARE = re.compile(r'[^\s"=\\]*')
 # syslog: RFC 3339 (rsyslog, journalctl -o short-iso) or BSD (`Dec  1 21:58:29`) time, host, ident.
 _SYSLOG = re.compile(
@@ -112,6 +113,25 @@ def _parse_json(line: str, stamp: datetime | None) -> Summary | None:
 def _kv_fields(line: str, pos: int) -> dict[str, Any]:
     """The key=value fields from `pos` on, decoded as logs.kv_value wrote them."""
     fields: dict[str, Any] = {}
+    end = len(line)
+    while pos < end:  # the common case in one regex per field; anything odd: the careful reader
+        field = _FIELD.match(line, pos)
+        if field is None or field[1] in fields:
+            return _kv_fields_carefully(line, pos, fields)
+        key, quoted, bare = field.groups()
+        if quoted is not None:
+            try:
+                fields[key] = json.loads(f'"{quoted}"')
+            except ValueError:
+                return _kv_fields_carefully(line, pos, fields)
+        else:
+            fields[key] = None if bare in ("-", "") else bare
+        pos = field.end()
+    return fields
+
+
+def _kv_fields_carefully(line: str, pos: int, fields: dict[str, Any]) -> dict[str, Any]:
+    """_kv_fields one character at a time, to say what is wrong where."""
     end = len(line)
     while pos < end:
         key = _KEY.match(line, pos)

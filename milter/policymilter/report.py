@@ -316,7 +316,7 @@ class Report:
                 baseline = _median_without(counts, bisect.bisect_left(counts, count))
                 if count > self.spike.minimum and count > self.spike.factor * baseline:
                     spikes.append({"login": name, "hour": _iso(hour), "messages": count,
-                                   "median_other_hours": baseline})
+                                   "other_active_hours": len(counts) - 1, "median_other_hours": baseline})
             rows.append({
                 "login": name, "messages": login.messages, "refused": login.refused, "active_hours": len(counts),
                 "median_per_hour": statistics.median(counts) if counts else None,
@@ -431,8 +431,9 @@ def render_text(result: dict[str, Any]) -> str:
     if logins["spikes"]:
         out.append(f"  SPIKES ({len(logins['spikes'])}): check these accounts")
         for spike in logins["spikes"]:
-            out.append(f"    {_show(spike['login'])} {spike['hour']}: {spike['messages']} messages "
-                       f"(median of its other active hours: {spike['median_other_hours']:g})")
+            baseline = (f"median of its {spike['other_active_hours']} other active hours: "
+                        f"{spike['median_other_hours']:g}" if spike["other_active_hours"] else "no other active hour")
+            out.append(f"    {_show(spike['login'])} {spike['hour']}: {spike['messages']} messages ({baseline})")
     else:
         out.append("  spikes: none")
     return "\n".join(out) + "\n"

@@ -16,7 +16,17 @@ import pytest
 from policymilter.cli import build_parser
 from policymilter.logread import MAX_LINE, Malformed, Summary, open_lines, parse_line
 from policymilter.logs import LOGGER, SUMMARY_KEYS, SUMMARY_TAIL, setup_logging
-from policymilter.report import Quantiles, Report, SpikeRule, TopCounter, Window, cmd_report, parse_when, summarise
+from policymilter.report import (
+    Quantiles,
+    Report,
+    SpikeRule,
+    TopCounter,
+    Window,
+    cmd_report,
+    parse_when,
+    render_text,
+    summarise,
+)
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 CHECKS = {"origin": "pass:auth", "spf": "skipped:listener", "antivirus": "clean", "signing": None}
@@ -269,6 +279,8 @@ def test_the_spike_rule_has_knobs_and_says_what_it_is():
         report.add(summary)
     logins = report.result()["logins"]
     assert [(s["login"], s["hour"], s["messages"]) for s in logins["spikes"]] == [("bob", "2026-12-01T14:00:00Z", 7)]
+    assert "    bob 2026-12-01T14:00:00Z: 7 messages (median of its 2 other active hours: 2)\n" in render_text(
+        report.result())
     assert logins["spike_rule"] == ("an hour with more than 5 messages and more than 3 x the median of the "
                                     "login's other active hours")
     assert logins["top"][0] | {"hours": None, "top_senders": None} == {
@@ -396,3 +408,22 @@ def test_client_data_cannot_move_the_terminal():
 def test_a_bad_window_is_exit_2(capsys):
     assert run_report(["--since", "last tuesday"])[0] == 2
     assert "report: 'last tuesday': expected an ISO time" in capsys.readouterr().err
+
+
+def test_memory_stays_bounded_on_many_distinct_refused_senders():
+    report = Report(capacity=50)
+    for n in range(5000):
+        report.add(Summary(time=NOW, listener="smtp", verdict="reject", client=f"10.0.{n // 250}.{n % 250}",
+                           sender=f"<s{n}@spam.test>", reason="no", decided_by="spf", ms=float(n)))
+    for _ in range(30):
+        report.add(Summary(time=NOW, listener="smtp", verdict="reject", client="192.0.2.1",
+                           sender="<top@spam.test>", reason="no", decided_by="spf", ms=1.0))
+    tables = report.refused["reject"]
+    assert all(len(table.counts) <= 100 for table in tables.values())
+    result = report.result(top=1)
+    reject = result["refused"]["reject"]
+    assert (reject["total"], reject["exact"]) == (5030, False)
+    top = reject["senders"][0]
+    assert top["key"] == "<top@spam.test>" and top["count"] - top["error"] <= 30 <= top["count"]
+    assert reject["reasons"] == [{"key": "spf: no", "count": 5030, "error": 0}]  # one key: exact
+    assert "(counts marked (-E) may be over by up to E: the table was pruned)" in render_text(result)
