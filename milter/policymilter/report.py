@@ -27,6 +27,8 @@ from policymilter.logread import Malformed, SourceError, Summary, open_lines, pa
 from policymilter.safetext import for_log
 
 REFUSALS = ("reject", "tempfail")
+# what decided (a check, or `milter`) is few keys; reasons may name logins and addresses: many
+REFUSED_TABLES = ("deciders", "reasons", "senders", "clients")
 VERDICTS = ("accept", "reject", "tempfail", "discard", "quarantine")
 EXACT_SAMPLES = 10_000
 HISTOGRAM_RATIO = 1.02  # bucket width of the time histogram: a percentile read from it is within 2%
@@ -199,7 +201,7 @@ class Report:
         self.last: datetime | None = None
         self.by_listener: dict[str, Counter[str]] = defaultdict(Counter)
         self.refused: dict[str, dict[str, TopCounter]] = {
-            verdict: {what: TopCounter(capacity) for what in ("senders", "clients", "reasons")}
+            verdict: {what: TopCounter(capacity) for what in REFUSED_TABLES}
             for verdict in REFUSALS
         }
         self.checks: dict[str, Counter[str]] = defaultdict(Counter)
@@ -250,6 +252,7 @@ class Report:
             tables["senders"].add(summary.sender or "-")
             tables["clients"].add(summary.client or "-")
             tables["reasons"].add(f"{summary.decided_by or '-'}: {summary.reason or '-'}")
+            tables["deciders"].add(summary.decided_by or "-")
         for check, value in summary.checks:
             self.checks[check][value.partition(":")[0] if value else "not-run"] += 1
         for kind, elapsed in (("ms", summary.ms), ("check_ms", summary.check_ms)):
@@ -390,8 +393,8 @@ def render_text(result: dict[str, Any]) -> str:
         if not refused["total"]:
             out.append("  none")
             continue
-        for what in ("senders", "clients", "reasons"):
-            out.append(f"  top {what}:")
+        for what in REFUSED_TABLES:
+            out.append(f"  top {what}:" if what != "deciders" else "  decided by:")
             out += [f"    {_count(entry):>7}  {_show(entry['key'])}" for entry in refused[what]]
 
     out += ["", "Check outcomes (OUTCOME of OUTCOME:DETAIL; not-run: `-`)"]

@@ -101,6 +101,7 @@ def test_the_report_counts_the_messages_sent(milter_log: Path):
     }
     reject = result["refused"]["reject"]
     assert counted(reject["senders"]) == {"<nobody@example.net>": UNAUTHENTICATED, "<bob@example.org>": 1}
+    assert counted(reject["deciders"]) == {"origin": UNAUTHENTICATED, "sender": 1}
     assert counted(reject["clients"]) == {"127.0.0.1": UNAUTHENTICATED + 1}
     assert counted(reject["reasons"]) == {
         "origin: listener submission requires authentication": UNAUTHENTICATED,

@@ -188,6 +188,7 @@ def test_counts_of_a_crafted_log():
     assert [(e["key"], e["count"]) for e in reject["clients"]] == [("203.0.113.5", 2), ("198.51.100.7", 1)]
     assert [(e["key"], e["count"]) for e in reject["reasons"]] == [("spf: SPF fail for bad.test", 2),
                                                                   ("antivirus: infected", 1)]
+    assert [(e["key"], e["count"]) for e in reject["deciders"]] == [("spf", 2), ("antivirus", 1)]
     assert [(e["key"], e["count"]) for e in tempfail["reasons"]] == [("antivirus: clamd unreachable", 1)]
     assert result["checks"] == {
         "antivirus": {"clean": 7, "infected": 1, "error": 1},
