@@ -1,4 +1,4 @@
-"""policy-milter run | check-policy | explain | dkim-keygen | dns-records | report."""
+"""policy-milter run | check-policy | explain | dkim-keygen | dns-records."""
 
 from __future__ import annotations
 
