@@ -24,6 +24,7 @@ from policymilter.outcome import AddHeader, ChangeHeader, Disposition, RemoveHea
 from policymilter.pipeline import Stage
 from policymilter.policy import PolicyError, load_policy
 from policymilter.privileges import MILTER_USER, Identity, acting_as, milter_identity
+from policymilter.report import add_report_command, cmd_report
 from policymilter.service import Service, load_checked, load_snapshot, unusable_keys
 from policymilter.snapshot import Snapshot, snapshot_for
 
@@ -129,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="Postfix's configuration directory (default: postconf's, $MAIL_CONFIG or /etc/postfix)")
     postfix.add_argument("--socket", default=None, help="the milter's socket as given to `run --socket` (default: "
                                                         "any milter whose path ends in policy-milter/milter.sock)")
+    add_report_command(commands)
     return parser
 
 
@@ -435,4 +437,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             from policymilter.postfix_check import cmd_check_postfix  # imports pymilter (the macro lists)
 
             return cmd_check_postfix(args)
+        case "report":
+            return cmd_report(args)
     return EXIT_INVALID
