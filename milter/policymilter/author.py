@@ -12,6 +12,7 @@ reading: the attacker chooses which reading a victim's client makes.
 
 from __future__ import annotations
 
+import email.errors
 import email.policy
 import email.utils
 import inspect
@@ -116,7 +117,11 @@ def _single(text: str, field: str) -> Author | BadFrom:
         header = _REGISTRY("from", text)
         mailboxes = list(getattr(header, "addresses", ()))
         groups = list(getattr(header, "groups", ()))
-        defects = list(getattr(header, "defects", ()))
+        # A UTF-8 local part is RFC 6532's (SMTPUTF8 mail), not a defect in what readers agree on:
+        # the parsers below must still read the same address, and _SWALLOWED has refused an
+        # 8-bit character next to @ (where a GBK or Shift_JIS reader would join them).
+        defects = [defect for defect in getattr(header, "defects", ())
+                   if not isinstance(defect, email.errors.NonASCIILocalPartDefect)]
     except (ValueError, IndexError, TypeError, AttributeError, RecursionError):  # its parser on hostile input
         return BadFrom(f"the {field} header cannot be parsed", "unparsable")
     try:

@@ -280,7 +280,7 @@ CASES: list[Case] = [
          Envelope(mail_from="jösé@sender.test".encode(), mail_params=b" SMTPUTF8"), expect=(550, DMARC)),
     Case("mailfrom-utf8-inner", "MAIL FROM and From jöse@ (UTF-8 not before @), SMTPUTF8",
          utf8_message("mailfrom-utf8-inner", "jöse@sender.test"),
-         Envelope(mail_from="jöse@sender.test".encode(), mail_params=b" SMTPUTF8"), expect=(550, DMARC)),
+         Envelope(mail_from="jöse@sender.test".encode(), mail_params=b" SMTPUTF8"), expect=(250, OK)),
     Case("mailfrom-8bit", "MAIL FROM Latin-1 local part, SMTPUTF8", lambda: plain("mailfrom-8bit"),
          Envelope(mail_from=b"j\xf6s\xe9@sender.test", mail_params=b" SMTPUTF8"), expect=(500, POSTFIX)),
     Case("mailfrom-nul", "NUL in MAIL FROM", lambda: plain("mailfrom-nul"),

@@ -268,3 +268,11 @@ def test_the_interpreter_is_debians_as_deployed():
     from policymilter import author
 
     assert sys.base_prefix == "/usr" and author._HAS_STRICT
+
+
+def test_a_utf8_local_part_is_an_address_rfc_6532_allows():
+    """Hostile-suite finding: SMTPUTF8 mail from jöse@ was refused as "ambiguous" because the
+    header registry flags a non-ASCII local part; every parser reads the same address."""
+    assert parse_from(["Jö <jöse@sender.test>".encode()]) == Author("jöse@sender.test", "jöse", "sender.test", "Jö")
+    # but an 8-bit character next to @ stays refused: a GBK or Shift_JIS reader would join them
+    assert isinstance(parse_from(["jösé@sender.test".encode()]), BadFrom)

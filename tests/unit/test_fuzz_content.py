@@ -508,12 +508,10 @@ def test_a_whole_session_with_any_message_ends_in_a_verdict(raw, offline_service
     assert elapsed < CPU_LIMIT and peak < MEMORY_LIMIT, (elapsed, peak)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="product: names.decode_words catches only "
-                   "HeaderParseError; with pymilter's Milter.utils imported, an 8-bit byte in a B-word raises "
-                   "ValueError and the attachments check crashes (check_crashed, then on_error: 451)")
 def test_decode_words_survives_pymilters_decode():
-    """Latent today (the daemon does not import Milter.utils), one import away from a 451 for
-    every retry of `name="=?utf-8?B?<0x80>aW52b2ljZQ==?="`. Strict: passes once fixed."""
+    """Found by this fuzzing: with pymilter's Milter.utils imported, an 8-bit byte in a B-word
+    raised ValueError out of names.decode_words and the attachments check crashed (a 451 for
+    every retry of `name="=?utf-8?B?<0x80>aW52b2ljZQ==?="`). The daemon does not import it."""
     from Milter import utils  # its import replaces email.base64mime.decode with utils.decode
 
     installed = email.base64mime.decode
