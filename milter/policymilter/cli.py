@@ -223,7 +223,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         return serve(start, args.socket, identity=identity, timeout=args.timeout,
                      drain_timeout=args.drain_timeout, workers=args.workers, recycle_after=args.recycle_after,
-                     metrics_listen=metrics_listen)
+                     metrics_listen=metrics_listen, metrics_directory=loaded.policy.metrics.directory)
     except PolicyError as error:
         _print_issues(error)
         print(f"{args.policy}: the policy is not valid; not starting", file=sys.stderr)

@@ -444,7 +444,7 @@ def default_workers() -> int:
 
 def serve(start: Callable[[], Service], socket_spec: str, *, identity: Identity | None = None,
           timeout: int = 600, drain_timeout: float = 30.0, workers: int | None = None,
-          recycle_after: int = 0, metrics_listen: metrics.Listen | None = None) -> int:
+          recycle_after: int = 0, metrics_listen: metrics.Listen | None = None, metrics_directory: str = "") -> int:
     """Bind, drop privileges, build the Service with `start`, fork the workers, serve until SIGTERM.
 
     `metrics_listen`: serve /metrics there (metrics.py). Its port is bound as the milter's user,
@@ -477,7 +477,8 @@ def serve(start: Callable[[], Service], socket_spec: str, *, identity: Identity 
         early = metrics.bind_early(metrics_listen)
         drop_privileges(identity)
         # Before any fork and before the Service (which records the policy it loads).
-        exporter = metrics.enable(metrics_listen, early) if metrics_listen is not None else None
+        exporter = (metrics.enable(metrics_listen, early, metrics_directory) if metrics_listen is not None
+                    else None)
         slots.prepare()  # the scanners' slots, shared by the workers forked below
         service = start()
     except BaseException:
@@ -508,7 +509,10 @@ def serve(start: Callable[[], Service], socket_spec: str, *, identity: Identity 
         return pid
 
     _warn_exposed(socket_spec, log)
-    warn_at_start(service.snapshot.policy, log, socket_spec)  # check-postfix's findings, once
+    try:
+        warn_at_start(service.snapshot.policy, log, socket_spec)  # check-postfix's findings, once
+    except Exception as error:  # a check of Postfix's set-up never stops the milter's start
+        event(log, logging.WARNING, "postfix_check_skipped", f"checking Postfix's configuration failed: {error!r}")
     supervisor = _Supervisor(spawn, count, service, drain_timeout, log, exporter)
     if exporter is not None:
         exporter.start()

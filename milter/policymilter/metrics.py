@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
+import functools
 import hashlib
 import json
 import logging
@@ -34,12 +36,13 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from socketserver import ThreadingMixIn
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from policymilter.logs import LOGGER, event
@@ -186,13 +189,52 @@ class _PolicyCollector:
                                 value=float(state["generation"]))
 
 
+MAX_SCRAPES = 4  # connections served at once; the exporter closes any more at once
+SCRAPE_TIMEOUT = 10.0  # seconds a connection may stay silent
+
+
 class _QuietHandler(WSGIRequestHandler):
+    timeout = SCRAPE_TIMEOUT  # StreamRequestHandler sets it on the connection
+
     def log_message(self, format: str, *args: Any) -> None:
         """A scrape every few seconds is not news."""
 
 
 class _Server(ThreadingMixIn, WSGIServer):
+    """Anyone who reaches the port may connect: at most MAX_SCRAPES threads, each connection
+    cut after SCRAPE_TIMEOUT of silence, and an accept that fails for want of descriptors or
+    memory waits before the next (the listening socket stays readable: serve_forever would
+    spin a CPU the milter needs)."""
+
     daemon_threads = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._scrapes = threading.BoundedSemaphore(MAX_SCRAPES)
+        super().__init__(*args, **kwargs)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        try:
+            return super().get_request()
+        except OSError as error:
+            if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                time.sleep(0.1)
+            raise
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._scrapes.acquire(blocking=False):
+            self.shutdown_request(request)  # too many at once: this one is closed, unanswered
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._scrapes.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._scrapes.release()
 
 
 def _serve(sock: socket.socket, directory: Path) -> NoReturn:
@@ -305,10 +347,11 @@ def bind_early(listen: Listen | None) -> socket.socket | None:
     return listen.bind()
 
 
-def enable(listen: Listen, sock: socket.socket | None = None) -> Exporter:
+def enable(listen: Listen, sock: socket.socket | None = None, base: str = "") -> Exporter:
     """Turn the metrics on in this process (the parent, after the privilege drop, before any
-    fork): the private directory, then prometheus_client, then the metrics."""
-    directory = Path(tempfile.mkdtemp(prefix="policy-milter-metrics-"))  # 0700, the milter user's
+    fork): the private directory (in `base`, else the system's temporary directory), then
+    prometheus_client, then the metrics."""
+    directory = Path(tempfile.mkdtemp(prefix="policy-milter-metrics-", dir=base or None))  # 0700, ours
     try:
         if "prometheus_client" in sys.modules:
             raise RuntimeError("prometheus_client was imported before its multi-process directory was set")
@@ -324,7 +367,28 @@ def enable(listen: Listen, sock: socket.socket | None = None) -> Exporter:
 
 # --- what the product records (each returns at once while the metrics are off) ---------------
 
+P = ParamSpec("P")
+_failed = threading.Event()  # a recording failed once (logged once)
 
+
+def _never_affects_mail(record: Callable[P, None]) -> Callable[P, None]:
+    """A recording that fails (a full or removed directory, a prometheus_client error) is
+    logged once and otherwise ignored: metrics never change what happens to a message."""
+
+    @functools.wraps(record)
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            record(*args, **kwargs)
+        except Exception as error:
+            if not _failed.is_set():
+                _failed.set()
+                event(logging.getLogger(LOGGER), logging.WARNING, "metrics_failed",
+                      f"recording a metric failed ({error!r}); mail is not affected, the metrics may be incomplete")
+
+    return guarded
+
+
+@_never_affects_mail
 def message_done(listener: str, authenticated: bool, verdict: Verdict, results: Iterable[CheckResult]) -> None:
     """One summary line: the message, its checks' outcomes and times, a refusal's reason."""
     recorder = _ACTIVE.recorder
@@ -340,37 +404,44 @@ def message_done(listener: str, authenticated: bool, verdict: Verdict, results: 
         recorder.check_seconds.labels(check).observe(result.elapsed_ms / 1000)
 
 
+@_never_affects_mail
 def session_opened() -> None:
     if _ACTIVE.recorder is not None:
         _ACTIVE.recorder.sessions.inc()
 
 
+@_never_affects_mail
 def session_closed() -> None:
     if _ACTIVE.recorder is not None:
         _ACTIVE.recorder.sessions.dec()
 
 
+@_never_affects_mail
 def transaction_started() -> None:
     if _ACTIVE.recorder is not None:
         _ACTIVE.recorder.transactions.inc()
 
 
+@_never_affects_mail
 def transaction_ended() -> None:
     if _ACTIVE.recorder is not None:
         _ACTIVE.recorder.transactions.dec()
 
 
+@_never_affects_mail
 def dns_cache(hit: bool) -> None:
     if _ACTIVE.recorder is not None:
         _ACTIVE.recorder.dns_cache.labels("hit" if hit else "miss").inc()
 
 
+@_never_affects_mail
 def dns_error(kind: str) -> None:
     """kind: timeout, error, fast_fail."""
     if _ACTIVE.recorder is not None:
         _ACTIVE.recorder.dns_errors.labels(kind).inc()
 
 
+@_never_affects_mail
 def scanner_error(scanner: str, server: str, kind: str) -> None:
     """scanner: clamd, spamd; server: an endpoint of the policy ("none" when none was tried);
     kind: timeout, error, busy."""
@@ -378,12 +449,14 @@ def scanner_error(scanner: str, server: str, kind: str) -> None:
         _ACTIVE.recorder.scanner_errors.labels(scanner, server, kind).inc()
 
 
+@_never_affects_mail
 def signed(domain: str, selector: str) -> None:
     """A DKIM signature made (domain and selector are signing.keys entries)."""
     if _ACTIVE.recorder is not None:
         _ACTIVE.recorder.signatures.labels(domain, selector).inc()
 
 
+@_never_affects_mail
 def policy_loaded(snapshot: Snapshot) -> None:
     """In the parent: the policy now in force (the exporter reads it at each scrape)."""
     directory = _ACTIVE.directory
@@ -425,16 +498,19 @@ def _known_labels(recorder: Recorder, snapshot: Snapshot) -> None:
             recorder.signatures.labels(domain, key.selector)
 
 
+@_never_affects_mail
 def reloaded(ok: bool) -> None:
     if _ACTIVE.recorder is not None:
         _ACTIVE.recorder.reloads.labels("success" if ok else "failure").inc()
 
 
+@_never_affects_mail
 def workers_alive(count: int) -> None:
     if _ACTIVE.recorder is not None:
         _ACTIVE.recorder.workers.set(count)
 
 
+@_never_affects_mail
 def worker_exited(pid: int, recycled: bool) -> None:
     """In the parent, for a worker it reaped: its live gauges go (its counters stay)."""
     recorder, directory = _ACTIVE.recorder, _ACTIVE.directory

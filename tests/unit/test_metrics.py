@@ -5,15 +5,22 @@ new Python process (the way the daemon's parent runs it: directory first, then t
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+from pathlib import Path
 
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families as text_families
 
+from policymilter import metrics
 from policymilter.metrics import Listen, name_label, reply_class
 from policymilter.outcome import Disposition, SmtpReply, Verdict
 from policymilter.policy import PolicyError, load_policy
@@ -141,3 +148,64 @@ def test_workers_sum_and_a_dead_workers_live_gauges_go():
         assert found[("policy_milter_check_results_total", (("check", "sizelimit"), ("outcome", "pass")))] == 8
         assert found[("policy_milter_sessions_in_progress", ())] == 1  # the survivor's only
         assert found[("policy_milter_worker_restarts_total", (("reason", "exited"),))] == 1
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_idle_connections_to_the_exporter_neither_pile_up_nor_spin_it(tmp_path):
+    """Attack review: anyone who reaches the port opened connections and sent nothing; each held
+    a thread for ever, and once out of descriptors accept() failed with EMFILE while the socket
+    stayed readable: serve_forever spun a CPU. RLIMIT_NOFILE 64 stands for systemd's 1024."""
+    code = (
+        "import os, resource, socket, sys\n"
+        f"os.environ['PROMETHEUS_MULTIPROC_DIR'] = {str(tmp_path)!r}\n"
+        "from policymilter import metrics\n"
+        "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(16)\n"
+        "print(s.getsockname()[1], flush=True)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))\n"
+        "metrics._serve(s, __import__('pathlib').Path(sys.argv[1]))\n"
+    )
+    exporter = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONPATH": str(REPO / "milter")})
+    connections: list[socket.socket] = []
+    try:
+        assert exporter.stdout is not None
+        port = int(exporter.stdout.readline())
+        for _ in range(80):
+            with contextlib.suppress(OSError):
+                connections.append(socket.create_connection(("127.0.0.1", port), timeout=0.5))
+        threads = len(os.listdir(f"/proc/{exporter.pid}/task"))
+        before = _cpu_seconds(exporter.pid)
+        time.sleep(2)
+        spent = _cpu_seconds(exporter.pid) - before
+        assert threads <= 1 + metrics.MAX_SCRAPES and spent < 0.5, f"{threads} threads; {spent:.2f} s of CPU"
+        for connection in connections:
+            connection.close()
+        connections.clear()
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as scrape:  # still serving
+            scrape.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            assert scrape.recv(12).startswith(b"HTTP/1.0 200")
+    finally:
+        for connection in connections:
+            connection.close()
+        exporter.kill()
+        exporter.wait()
+
+
+def test_a_failing_recording_is_logged_once_and_never_reaches_the_mail(logwatch, monkeypatch):
+    logwatch.expect("metrics_failed")
+
+    class Broken:
+        def __getattr__(self, name: str) -> object:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(metrics._ACTIVE, "recorder", Broken())
+    monkeypatch.setattr(metrics, "_failed", threading.Event())
+    metrics.session_opened()
+    metrics.dns_cache(hit=True)
+    metrics.message_done("smtp", False, Verdict(Disposition.ACCEPT), [])
+    [failed] = logwatch.events("metrics_failed")
+    assert "No space left on device" in failed.getMessage()

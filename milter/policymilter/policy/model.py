@@ -130,6 +130,10 @@ class Metrics(Strict):
     wins over it. Read at start only: a reload does not move the listener."""
 
     listen: str = ""
+    # Where the worker processes keep their values (mmap files): "" is the system's temporary
+    # directory. A full file system kills a process writing a new page there (SIGBUS), so put
+    # it where other users cannot fill it, e.g. the unit's RuntimeDirectory (/run/policy-milter).
+    directory: str = ""
 
     @field_validator("listen")
     @classmethod
