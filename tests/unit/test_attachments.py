@@ -1391,3 +1391,20 @@ def test_base64_readings_are_judged_one_at_a_time(default_policy):
     # now 2.6x: the first decoding (kept by the walk's entity), the digits of the one being made
     # and its pieces
     assert peak < 3 * len(raw)
+
+
+def test_a_uuencoded_block_longer_than_one_decoding_step_is_read_whole(default_policy):
+    """uuencode decodes runs of full lines RUN_LINES at a time (memory: a whole 25 MiB block in
+    one step cost 4-6 times its size); a zip whose directory lies past the first step is read."""
+    import io
+    import zipfile
+
+    from policymilter.checks.attachments import uuencode
+
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as bundle:
+        bundle.writestr("data.bin", os.urandom(45 * (uuencode.RUN_LINES + 10)))  # more lines than one step
+        bundle.writestr("run.cmd", b"x")
+    found = run(corpus.message(text(b"Notes:\n" + corpus.uuencode(archive.getvalue(), "files.zip") + b"\n")),
+                default_policy)
+    assert found.disposition is Disposition.REJECT and '"run.cmd"' in str(found.reply), found.reply

@@ -60,10 +60,13 @@ def uuencoded(text: bytes | memoryview, limit: int = 1000, budget: LineBudget | 
 # Runs of the lines encoders write for 45 bytes ("M" and 60 characters), and of base64 lines
 # without padding: decoded a run at a time, in C. uuencode is base64 with another alphabet
 # (each character is 32 + six bits, "`" for zero).
-_UU_FULL_LINES = re.compile(rb"(?:M[\x20-\x60]{60}(?:\r\n|\r|\n))+")
+# Runs of full lines are decoded at most RUN_LINES at a time: each step makes a few copies of its
+# run, and a whole 25 MiB block in one run cost 4-6 times its size (hostile suite).
+RUN_LINES = 16384
+_UU_FULL_LINES = re.compile(rb"(?:M[\x20-\x60]{60}(?:\r\n|\r|\n)){1,%d}" % RUN_LINES)
 _UU_TO_BASE64 = bytes.maketrans(bytes(range(0x20, 0x61)), b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
                                                        b"0123456789+/A")
-_BASE64_FULL_LINES = re.compile(rb"(?:(?:[A-Za-z0-9+/]{4})+(?:\r\n|\r|\n))+")
+_BASE64_FULL_LINES = re.compile(rb"(?:(?:[A-Za-z0-9+/]{4})+(?:\r\n|\r|\n)){1,%d}" % RUN_LINES)
 
 
 def _uu_block(text: bytes | memoryview, pos: int, base64: bool, budget: LineBudget) -> tuple[bytes, int, bool]:
