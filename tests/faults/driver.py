@@ -77,6 +77,7 @@ def reason(attempt: Attempt) -> str:
     """A deferral's reply as one stable line (its queue id or address, if any, left out)."""
     text = " ".join(attempt.text.split())
     text = re.sub(r"<[^>]*>", "<...>", text)
+    text = re.sub(r"(?<=[a-z])\d+(?=\.)", "N", text)  # the sender's host (h17.fault.test -> hN.fault.test)
     prefix = f"{attempt.code} " if attempt.code else "no reply: "
     return f"{attempt.stage}: {prefix}{text}"[:140]
 

@@ -38,6 +38,8 @@ def details(result: Result) -> list[str]:
         lines.append(f"refused x{count}: {text}")
     for text, count in result.unchecked_why.most_common():
         lines.append(f"unchecked x{count}: {text}")
+    for text, count in result.degraded.most_common():
+        lines.append(f"delivered x{count} with {text}")
     if result.lost_acknowledged:
         lines.append(f"lost after Postfix said 250: {result.lost_acknowledged}")
     if result.events:

@@ -67,12 +67,17 @@ def headers(data: bytes) -> list[tuple[str, str]]:
     return result
 
 
+def _queue_id(data: bytes) -> str:
+    found = QUEUE_ID.search(data.split(b"\r\n\r\n", 1)[0])
+    return found.group(1).decode() if found else ""
+
+
 def evidence(data: bytes, door: str, lines: dict[str, dict[str, str]]) -> str:
     """'checked', 'not-spam-scanned' (accepted under spam's on_error=accept), or 'unchecked: why'."""
-    queue_id = QUEUE_ID.search(data.split(b"\r\n\r\n", 1)[0])
-    if queue_id is None:
+    queue_id = _queue_id(data)
+    if not queue_id:
         return "unchecked: no Received header from our Postfix"
-    fields = lines.get(queue_id.group(1).decode())
+    fields = lines.get(queue_id)
     if fields is None:
         return "unchecked: no summary line for its queue id"
     if fields.get("verdict") != "accept":
@@ -88,9 +93,15 @@ def evidence(data: bytes, door: str, lines: dict[str, dict[str, str]]) -> str:
         if not (fields.get("sender", "").startswith("pass") and fields.get("signing", "").startswith("pass")):
             return f"unchecked: sender={fields.get('sender')} signing={fields.get('signing')}"
         return "checked"
+    # DMARC passes on an aligned SPF pass or an aligned DKIM pass (RFC 7489 §4.2): with DNS down at
+    # MAIL FROM, SPF may be temperror and the message still pass DMARC on its DKIM signature.
     for check in ("spf", "dkim", "dmarc"):
-        if f"{check}=pass" not in ours[0] or not fields.get(check, "").startswith("pass"):
-            return f"unchecked: {check} did not pass ({fields.get(check)})"
+        if f"{check}=" not in ours[0] or not fields.get(check):
+            return f"unchecked: no {check} result"
+    if "dmarc=pass" not in ours[0] or not fields["dmarc"].startswith("pass"):
+        return f"unchecked: dmarc={fields['dmarc']}"
+    if not any(f"{check}=pass" in ours[0] and fields[check].startswith("pass") for check in ("spf", "dkim")):
+        return "unchecked: DMARC pass without an SPF or DKIM pass"
     if fields.get("antivirus") != "clean" or not fields.get("attachments", "").startswith("clean"):
         return f"unchecked: antivirus={fields.get('antivirus')} attachments={fields.get('attachments')}"
     status = [v for n, v in found if n == "x-spam-status"]
@@ -123,6 +134,7 @@ class Result:
     unchecked: int = 0
     unchecked_why: Counter[str] = field(default_factory=Counter)
     not_spam_scanned: int = 0
+    degraded: Counter[str] = field(default_factory=Counter)  # checked copies with an SPF or DKIM temperror
     p50: float = 0.0
     p99: float = 0.0
     longest_wait: float = 0.0
@@ -167,6 +179,10 @@ def account(result: Result, tracked: list[Tracked], watch: SinkWatch, log: str) 
             result.delivered += 1
         for _, copy in copies:
             verdict = evidence(copy.data, message.door, lines)
+            fields = lines.get(_queue_id(copy.data), {})
+            for check in ("spf", "dkim"):
+                if message.door == "smtp" and fields and not fields.get(check, "").startswith("pass"):
+                    result.degraded[f"{check}={fields.get(check)} (DMARC passed on the other)"] += 1
             if verdict == "not-spam-scanned":
                 result.not_spam_scanned += 1
             elif verdict != "checked":
