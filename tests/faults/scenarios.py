@@ -29,6 +29,7 @@ RETRY_WINDOW = 90.0  # seconds after the fault is cleared for the driver's queue
 DELIVERY_WINDOW = 60.0  # seconds after the flush for Postfix to hand everything to the sink
 TRIGGER = 0.25  # the fault is injected once this share of the burst is acknowledged
 SOAK_SECONDS = 3600.0
+WARMUP = 20
 POSTFIX_DEFAULT_TIMEOUTS = (30.0, 300.0)  # contrib/postfix/main.cf (Postfix's own defaults)
 # The tight case: Postfix's limits low, the policy's budgets just inside them. At MAIL FROM SPF may
 # wait dns.lifetime (5) + 2 s of the milter's own <= 8; at end of message antivirus 6 + spam 6 +
@@ -36,6 +37,8 @@ POSTFIX_DEFAULT_TIMEOUTS = (30.0, 300.0)  # contrib/postfix/main.cf (Postfix's o
 TIGHT_POSTFIX = (8.0, 30.0)
 TIGHT_DNS = (2.0, 5.0)
 TIGHT_SCANNER = 6.0
+SHIPPED_DNS = (5.0, 20.0)  # policies/default.toml
+SHIPPED_SCANNER = 60.0
 
 SUMMARY = re.compile(r" info conn=\S+ summary (.*)$", re.MULTILINE)
 FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
@@ -257,6 +260,10 @@ def run_scenario(world: World, scenario: Scenario, long: bool = False) -> Result
         overrides = world.overrides(dns_front=scenario.dns_front, dns_timeout=TIGHT_DNS[0],
                                     dns_lifetime=TIGHT_DNS[1], scanner_timeout=TIGHT_SCANNER,
                                     postfix_timeouts=TIGHT_POSTFIX)
+    elif scenario.load:
+        # The shipped budgets: under load a scan waits its turn in the scanner's queue (see README).
+        overrides = world.overrides(dns_timeout=SHIPPED_DNS[0], dns_lifetime=SHIPPED_DNS[1],
+                                    scanner_timeout=SHIPPED_SCANNER)
     else:
         overrides = world.overrides(dns_front=scenario.dns_front)
     maillog_offset = len(world.stack.maillog())
@@ -312,12 +319,18 @@ def _run_load(world: World, scenario: Scenario, result: Result, long: bool) -> N
     offset = len(world.stack.milter_log())
     parent = world.stack.milter_pid
     assert parent is not None
+    watch = SinkWatch(world.stack).start()
+    # A warm-up round first: the workers' threads, DNS cache and spamd connections that exist once
+    # mail has flowed are not what "start" should be compared with.
+    warmup = Driver(world.stack, world.messages(f"{scenario.name}-warmup", WARMUP), SESSIONS).start()
+    warmup.finish(RETRY_WINDOW)
+    tracked: list[Tracked] = list(warmup.tracked)
+    if not _wait(lambda: all(watch.count(t.message.msgid) for t in tracked) and not world.stack.queue(), 30):
+        result.notes.append("warm-up not delivered within 30 s")
     sampler = Sampler(parent)
     deadline = time.monotonic() + SOAK_SECONDS
     rounds = 0
-    tracked: list[Tracked] = []
-    watch = SinkWatch(world.stack).start()
-    longest = (0.0, "")
+    longest = (warmup.longest_wait, warmup.longest_stage)
     while True:
         driver = Driver(world.stack, world.messages(scenario.name, scenario.messages), scenario.sessions).start()
         driver.finish(RETRY_WINDOW + 600.0)
@@ -336,7 +349,7 @@ def _run_load(world: World, scenario: Scenario, result: Result, long: bool) -> N
     result.tree = (sampler.start, sampler.peak, end)
     result.longest_wait, result.longest_stage = longest
     if long:
-        result.notes.append(f"{rounds} rounds of {scenario.messages}")
+        result.notes.append(f"{rounds} rounds of {scenario.messages} after a warm-up of {WARMUP}")
     account(result, tracked, watch, world.milter_log_since(offset))
 
 
@@ -494,6 +507,6 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("broken-policy", "a TOML syntax error written into the policy and reloaded under load, then fixed",
              broken_policy),
     Scenario("load", f"{LOAD_SESSIONS} concurrent sessions, no fault (--long: rounds for an hour)",
-             messages=800, sessions=LOAD_SESSIONS, load=True),
+             messages=500, sessions=LOAD_SESSIONS, load=True),
 )
 BY_NAME = {s.name: s for s in SCENARIOS}

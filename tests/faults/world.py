@@ -53,6 +53,7 @@ ATTACHMENT_EVERY = 4  # one in four carries a (harmless) attachment: the content
 DNS_TIMEOUT = 1.0
 DNS_LIFETIME = 3.0
 SCANNER_TIMEOUT = 10.0
+LOAD_LIMITS = {"smtpd_client_connection_count_limit": "0", "default_process_limit": "250"}
 
 
 @dataclass
@@ -151,6 +152,10 @@ class World:
             self.clamd.start()
             self.spamd.start()
             self.stack.start()
+            # Every test sender is 127.0.0.1, where the Internet's would be many addresses: Postfix's
+            # per-client limit (50 sessions) and its 100 processes per service would cap the load
+            # scenario's 100 sessions before the milter sees them.
+            self.postconf(LOAD_LIMITS)
             self.policy_dir.mkdir(exist_ok=True)
             os.chmod(self.policy_dir, 0o755)
             shutil.copy(DEFAULT_POLICY / "default.toml", self.policy_dir / "00-default.toml")
@@ -250,19 +255,22 @@ class World:
     # -- Postfix's milter timeouts -----------------------------------------------------------
 
     def set_postfix_milter_timeouts(self, command: float, content: float) -> None:
-        """Change main.cf (as an admin would, with postconf -e) and reload Postfix."""
+        self.postconf({"milter_command_timeout": f"{command:g}s", "milter_content_timeout": f"{content:g}s"})
+
+    def postconf(self, settings: dict[str, str]) -> None:
+        """Change main.cf as an admin would (postconf -e) and reload Postfix."""
         config = str(self.stack.config_dir)
         postconf, postfix = find_program("postconf", "postfix"), find_program("postfix", "postfix")
-        subprocess.run([postconf, "-c", config, "-e", f"milter_command_timeout={command:g}s",
-                        f"milter_content_timeout={content:g}s"], check=True, capture_output=True)
+        subprocess.run([postconf, "-c", config, "-e", *(f"{k}={v}" for k, v in settings.items())], check=True,
+                       capture_output=True)
         main_cf = self.stack.config_dir / "main.cf"
         settled = time.time() - 60  # Postfix stalls ~2 s on a main.cf younger than that (postfix_config.py)
         os.utime(main_cf, (settled, settled))
         subprocess.run([postfix, "-c", config, "reload"], check=True, capture_output=True)
-        shown = subprocess.run([postconf, "-c", config, "-h", "milter_command_timeout", "milter_content_timeout"],
-                               check=True, capture_output=True, text=True).stdout.split()
-        if shown != [f"{command:g}s", f"{content:g}s"]:
-            raise RuntimeError(f"main.cf says {shown} after postconf -e")
+        shown = subprocess.run([postconf, "-c", config, "-h", *settings], check=True, capture_output=True,
+                               text=True).stdout.split()
+        if shown != list(settings.values()):
+            raise RuntimeError(f"main.cf says {shown} after postconf -e {settings}")
 
     def milter_log_since(self, offset: int) -> str:
         return self.stack.milter_log()[offset:]
