@@ -40,6 +40,7 @@ TIGHT_SCANNER = 6.0
 SHIPPED_DNS = (5.0, 20.0)  # policies/default.toml
 SHIPPED_SCANNER = 60.0
 
+EVENT = re.compile(r"^\S+ (warning|error|critical) (?:conn=\S+ )?(\w+) ", re.MULTILINE)
 SUMMARY = re.compile(r" info conn=\S+ summary (.*)$", re.MULTILINE)
 FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
 HEADER = re.compile(r"^([!-9;-~]+):[ \t]*(.*)$")
@@ -195,10 +196,10 @@ def account(result: Result, tracked: list[Tracked], watch: SinkWatch, log: str) 
             latencies.append(copies[0][0] - item.first_try)
     result.p50 = _percentile(latencies, 0.50)
     result.p99 = _percentile(latencies, 0.99)
-    for name in ("worker_exited", "reloaded", "reload_failed", "reload_error", "workers_failing", "error"):
-        count = len(re.findall(rf" (?:info|warning|error|debug) (?:conn=\S+ )?{name} ", log))
-        if count:
-            result.events[name] = count
+    result.events.update(f"{level} {name}" for level, name in EVENT.findall(log))
+    result.events["info reloaded"] += log.count(" info reloaded ")
+    if not result.events["info reloaded"]:
+        del result.events["info reloaded"]
 
 
 # ---------------------------------------------------------------- running one scenario
@@ -249,6 +250,7 @@ class Scenario:
     expect_reasons: tuple[str, ...] = ()  # a deferral reason containing each must appear
     expect_deferrals: bool = False  # False: any deferral is unexpected
     expect_not_scanned: bool = False
+    expect_events: tuple[str, ...] = ()  # warning/error events of the milter log this fault causes
     load: bool = False
 
 
