@@ -489,7 +489,7 @@ def broken_policy(run: Run) -> None:
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("baseline", "no fault"),
     Scenario("worker-kill", "one worker SIGKILLed mid-burst; the parent replaces it", kill_worker,
-             expect_reasons=("Service unavailable",), expect_deferrals=True),
+             expect_reasons=("Service unavailable",), expect_deferrals=True, expect_events=("error worker_exited",)),
     Scenario("milter-kill", "parent and workers SIGKILLed mid-burst, restarted 3 s later", kill_milter,
              expect_reasons=("Service unavailable",), expect_deferrals=True),
     Scenario("clamd-stop", "clamd stopped for 6 s, then started again", stop_clamd,
@@ -507,7 +507,7 @@ SCENARIOS: tuple[Scenario, ...] = (
              "black-holed together for 15 s", tight_timeouts, dns_front=True, tight=True, expect_deferrals=True),
     Scenario("reload-storm", "20 SIGUSR1 to the parent during the burst", reload_storm),
     Scenario("broken-policy", "a TOML syntax error written into the policy and reloaded under load, then fixed",
-             broken_policy),
+             broken_policy, expect_events=("error reload_error", "error reload_failed")),
     Scenario("load", f"{LOAD_SESSIONS} concurrent sessions, no fault (--long: rounds for an hour)",
              messages=500, sessions=LOAD_SESSIONS, load=True),
 )
