@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from tests.faults import report
-from tests.faults.scenarios import BY_NAME, SCENARIOS, Result, run_scenario
+from tests.faults.scenarios import BY_NAME, SCENARIOS, SHIPPED_SCANNER, SOAK_SECONDS, Options, Result, run_scenario
 from tests.faults.world import World
 
 
@@ -23,17 +23,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown too")
     parser.add_argument("--scenario", action="append", choices=sorted(BY_NAME), metavar="NAME",
                         help=f"run only these (repeatable): {', '.join(BY_NAME)}")
+    parser.add_argument("--soak-seconds", type=float, default=SOAK_SECONDS,
+                        help=f"how long --long runs the load (default {SOAK_SECONDS:.0f})")
+    parser.add_argument("--load-scanner-timeout", type=float, default=SHIPPED_SCANNER,
+                        help=f"antivirus.timeout and spam.timeout of the load (default {SHIPPED_SCANNER:.0f}, shipped)")
     parser.add_argument("--dir", type=Path, help="work directory (default: a new one under /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, maillog)")
     args = parser.parse_args(argv)
     chosen = [BY_NAME[name] for name in args.scenario] if args.scenario else list(SCENARIOS)
+    options = Options(long=args.long, soak_seconds=args.soak_seconds, load_scanner_timeout=args.load_scanner_timeout)
     directory = args.dir or Path(tempfile.mkdtemp(prefix="faults-"))
     results: list[Result] = []
     try:
         with World(directory) as world:
             for scenario in chosen:
                 print(f"running {scenario.name}: {scenario.what}", file=sys.stderr, flush=True)
-                results.append(run_scenario(world, scenario, long=args.long))
+                results.append(run_scenario(world, scenario, options))
     finally:
         if results:
             print(report.text(results))

@@ -254,7 +254,14 @@ class Scenario:
     load: bool = False
 
 
-def run_scenario(world: World, scenario: Scenario, long: bool = False) -> Result:
+@dataclass(frozen=True)
+class Options:
+    long: bool = False  # 4x the bursts; the load repeated for soak_seconds
+    soak_seconds: float = SOAK_SECONDS
+    load_scanner_timeout: float = SHIPPED_SCANNER  # the load's antivirus.timeout and spam.timeout
+
+
+def run_scenario(world: World, scenario: Scenario, options: Options = Options()) -> Result:
     result = Result(scenario.name)
     started = time.monotonic()
     if scenario.tight:
@@ -265,7 +272,7 @@ def run_scenario(world: World, scenario: Scenario, long: bool = False) -> Result
     elif scenario.load:
         # The shipped budgets: under load a scan waits its turn in the scanner's queue (see README).
         overrides = world.overrides(dns_timeout=SHIPPED_DNS[0], dns_lifetime=SHIPPED_DNS[1],
-                                    scanner_timeout=SHIPPED_SCANNER)
+                                    scanner_timeout=options.load_scanner_timeout)
     else:
         overrides = world.overrides(dns_front=scenario.dns_front)
     maillog_offset = len(world.stack.maillog())
@@ -273,9 +280,9 @@ def run_scenario(world: World, scenario: Scenario, long: bool = False) -> Result
     try:
         world.start_milter(overrides)
         if scenario.load:
-            _run_load(world, scenario, result, long)
+            _run_load(world, scenario, result, options)
         else:
-            count = scenario.messages * (4 if long else 1)
+            count = scenario.messages * (4 if options.long else 1)
             _run_burst(world, scenario, result, world.messages(scenario.name, count), offset)
     finally:
         if world.stack.milter_running:
@@ -316,7 +323,7 @@ def _run_burst(world: World, scenario: Scenario, result: Result, messages: list,
     account(result, driver.tracked, watch, world.milter_log_since(offset))
 
 
-def _run_load(world: World, scenario: Scenario, result: Result, long: bool) -> None:
+def _run_load(world: World, scenario: Scenario, result: Result, options: Options) -> None:
     """Rounds of `messages` over LOAD_SESSIONS sessions: one round, or rounds for an hour (--long)."""
     offset = len(world.stack.milter_log())
     parent = world.stack.milter_pid
@@ -330,7 +337,7 @@ def _run_load(world: World, scenario: Scenario, result: Result, long: bool) -> N
     if not _wait(lambda: all(watch.count(t.message.msgid) for t in tracked) and not world.stack.queue(), 30):
         result.notes.append("warm-up not delivered within 30 s")
     sampler = Sampler(parent)
-    deadline = time.monotonic() + SOAK_SECONDS
+    deadline = time.monotonic() + options.soak_seconds
     rounds = 0
     longest = (warmup.longest_wait, warmup.longest_stage)
     while True:
@@ -339,7 +346,7 @@ def _run_load(world: World, scenario: Scenario, result: Result, long: bool) -> N
         tracked += driver.tracked
         longest = max(longest, (driver.longest_wait, driver.longest_stage))
         rounds += 1
-        if not long or time.monotonic() > deadline:
+        if not options.long or time.monotonic() > deadline:
             break
     world.stack.flush()
     acknowledged = [t.message.msgid for t in tracked if t.acknowledged is not None]
@@ -350,7 +357,7 @@ def _run_load(world: World, scenario: Scenario, result: Result, long: bool) -> N
     end = sampler.stop()
     result.tree = (sampler.start, sampler.peak, end)
     result.longest_wait, result.longest_stage = longest
-    if long:
+    if options.long:
         result.notes.append(f"{rounds} rounds of {scenario.messages} after a warm-up of {WARMUP}")
     account(result, tracked, watch, world.milter_log_since(offset))
 
