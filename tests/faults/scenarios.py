@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tests.faults.driver import Driver, SinkWatch, Tracked, reason
-from tests.faults.proctree import Sample, Sampler
+from tests.faults.proctree import Sample, Sampler, sample
 from tests.faults.world import AUTHSERV_ID, QUEUE_ID, SITE_DOMAIN, World
 
 SESSIONS = 20
@@ -346,6 +346,8 @@ def _run_load(world: World, scenario: Scenario, result: Result, options: Options
         tracked += driver.tracked
         longest = max(longest, (driver.longest_wait, driver.longest_stage))
         rounds += 1
+        if options.long and rounds % 10 == 1:  # a plateau or a leak: the tree every 10 rounds
+            result.notes.append(f"after round {rounds}: {sample(parent)}")
         if not options.long or time.monotonic() > deadline:
             break
     world.stack.flush()
