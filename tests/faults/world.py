@@ -53,6 +53,8 @@ ATTACHMENT_EVERY = 4  # one in four carries a (harmless) attachment: the content
 DNS_TIMEOUT = 1.0
 DNS_LIFETIME = 3.0
 SCANNER_TIMEOUT = 10.0
+CLAMD_THREADS = 10  # clamd's MaxThreads default (scanners.Clamd sets none)
+SPAMD_CHILDREN = 2  # scanners.Spamd: --max-children=2
 LOAD_LIMITS = {"smtpd_client_connection_count_limit": "0", "default_process_limit": "250"}
 
 
@@ -158,7 +160,8 @@ class World:
             self.postconf(LOAD_LIMITS)
             self.policy_dir.mkdir(exist_ok=True)
             os.chmod(self.policy_dir, 0o755)
-            shutil.copy(DEFAULT_POLICY / "default.toml", self.policy_dir / "00-default.toml")
+            for shipped in sorted(DEFAULT_POLICY.glob("*.toml")):  # the shipped policy, as shipped
+                shutil.copy(shipped, self.policy_dir / shipped.name)
             self.keys_dir.mkdir(exist_ok=True)
             self.signing_key = keygen(self.keys_dir, MILTER_USER)
         except BaseException:
@@ -192,7 +195,8 @@ class World:
 
     def overrides(self, *, dns_front: bool = False, dns_timeout: float = DNS_TIMEOUT,
                   dns_lifetime: float = DNS_LIFETIME, scanner_timeout: float = SCANNER_TIMEOUT,
-                  postfix_timeouts: tuple[float, float] | None = None) -> list[str]:
+                  postfix_timeouts: tuple[float, float] | None = None,
+                  queue_timeout: float | None = None) -> list[str]:
         """The -o list: the shipped policy pointed at this world's services, every check on."""
         nameserver = self.dns.front_nameserver if dns_front else self.dns.nameserver
         keys = f'{{ "{SITE_DOMAIN}" = [{{ selector = "{SIGNING_SELECTOR}", key_file = "{self.signing_key}" }}] }}'
@@ -201,7 +205,12 @@ class World:
                    f"dns.lifetime={dns_lifetime}",
                    f'antivirus.servers=["{self.clamd.endpoint}"]', f"antivirus.timeout={scanner_timeout}",
                    f'spam.servers=["{self.spamd.endpoint}"]', f"spam.timeout={scanner_timeout}",
-                   f"signing.keys={keys}"]
+                   f"signing.keys={keys}",
+                   # What these daemons take at once, as the shipped comments ask: clamd's default
+                   # MaxThreads, and the --max-children the harness gives spamd.
+                   f"antivirus.max_in_flight={CLAMD_THREADS}", f"spam.max_in_flight={SPAMD_CHILDREN}"]
+        if queue_timeout is not None:
+            options.append(f"site.queue_timeout={queue_timeout}")
         if postfix_timeouts is not None:
             command, content = postfix_timeouts
             options += [f"postfix.milter_command_timeout={command}", f"postfix.milter_content_timeout={content}"]
