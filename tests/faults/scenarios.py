@@ -38,7 +38,7 @@ TIGHT_POSTFIX = (8.0, 30.0)
 TIGHT_DNS = (2.0, 5.0)
 TIGHT_SCANNER = 6.0
 TIGHT_QUEUE = 1.0  # site.queue_timeout, counted in the end-of-message budget too
-SHIPPED_DNS = (5.0, 20.0)  # policies/default.toml
+SHIPPED_DNS = (5.0, 20.0)  # the shipped [dns] timeout and lifetime
 SHIPPED_SCANNER = 60.0
 
 EVENT = re.compile(r"^\S+ (warning|error|critical) (?:conn=\S+ )?(\w+) ", re.MULTILINE)
