@@ -237,6 +237,16 @@ class DnsServer:
     ) -> None:
         self.stop()
 
+    def stop_server(self) -> None:
+        """Stop nsd alone (the front stays up, its forwards then go unanswered): a DNS outage."""
+        self._stop_nsd()
+
+    def start_server(self) -> None:
+        """Start nsd again after stop_server(), on the same port with the same zones."""
+        if self._process is None:
+            self._launch()
+            self._wait_serving()
+
     def set_zones(self, zones: Iterable[Zone]) -> None:
         """Serve `zones` instead; returns once nsd answers every zone with the new serial."""
         zones = list(zones)

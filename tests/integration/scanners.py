@@ -396,7 +396,8 @@ class Spamd(_Daemon):
         # start-up temp HOME must be somewhere debian-spamd can write.
         env["TMPDIR"] = str(self.runtime_dir / "tmp")
         for attempt in range(START_ATTEMPTS):
-            self.port = free_port()
+            if attempt > 0 or not self.port:  # a restart keeps its port: clients point at it
+                self.port = free_port()
             self._launch(
                 [
                     spamd,
@@ -423,6 +424,14 @@ class Spamd(_Daemon):
                 if attempt == START_ATTEMPTS - 1 or "address already in use" not in self.log_tail().lower():
                     raise
         raise AssertionError("unreachable")
+
+    def restart(self) -> None:
+        """Stop and start again on the same port (RuntimeError if that port was taken meanwhile)."""
+        port = self.port
+        self.stop()
+        self.start()
+        if self.port != port:
+            raise RuntimeError(f"spamd restarted on port {self.port}, not {port}")
 
     def ping(self) -> str:
         return self.request(b"PING SPAMC/1.5\r\n\r\n", timeout=PROBE_TIMEOUT).strip()
