@@ -177,7 +177,11 @@ def decide(results: tuple[CheckResult, ...] | list[CheckResult]) -> Verdict:
             winner = result
     actions = tuple(action for result in results for action in result.actions)
     if winner is None:
-        return Verdict(results=results, actions=actions)
+        # Accepted although a check could not answer (its on_error said accept): the summary
+        # line says why it could not, or an operator sees only "spam=error:spamd".
+        unanswered = "; ".join(f"{r.check} not answered: {r.reason}" for r in results
+                               if r.outcome is Outcome.ERROR and r.reason)
+        return Verdict(reason=unanswered, results=results, actions=actions)
     return Verdict(
         disposition=winner.disposition,
         reply=winner.reply,
