@@ -1,11 +1,12 @@
 """Read the milter's summary lines back: key=value or JSON, plain or gzip, files or stdin.
 
 The reader follows the writer in logs.py: a kv line is `[TIME ]LEVEL [conn=ID ]EVENT key=value...`
-where a value is either a bare word (no space, quote, `=` or backslash; `-` is "absent") or a
-JSON string; a JSON line is one object with `ts`, `level`, `event` and the same keys. A syslog
-prefix (`TIME HOST policy-milter[PID]: `) is taken off first. Nothing is evaluated: values are
-decoded with the JSON decoder only. A line that is not a summary is skipped; a summary line that
-does not decode, or lacks what every summary carries, is *malformed*: counted, never raised.
+where a value is either a bare word (no space, quote, `=` or backslash; a bare `-` is "absent")
+or a JSON string (a literal `-` is written `"-"`); a JSON line is one object with `ts`, `level`,
+`event` and the same keys. A syslog prefix (`TIME HOST policy-milter[PID]: `) is taken off
+first. Nothing is evaluated: values are decoded with the JSON decoder only. A line that is not a
+summary is skipped; a summary line that does not decode, or lacks what every summary carries, is
+*malformed*: counted, never raised.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import math
 import re
 import sys
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import MINYEAR, UTC, datetime, timedelta
 from typing import IO, Any, cast
 
 from policymilter.logs import SUMMARY_KEYS, SUMMARY_TAIL
@@ -71,7 +73,18 @@ class Summary:
 
 
 def parse_line(line: str, now: datetime | None = None) -> Summary | None:
-    """The summary on this line; None when it is not a summary line. Raises Malformed."""
+    """The summary on this line; None when it is not a summary line. Raises Malformed, and only
+    Malformed: whatever else a crafted line makes the decoders raise (RecursionError on deep JSON,
+    OverflowError on a number or a time out of range, ValueError) is a malformed line too."""
+    try:
+        return _parse_line(line, now)
+    except Malformed:
+        raise
+    except (RecursionError, OverflowError, ValueError) as error:
+        raise Malformed(f"does not decode: {type(error).__name__}: {str(error)[:80]}") from None
+
+
+def _parse_line(line: str, now: datetime | None) -> Summary | None:
     cut = len(line) >= MAX_LINE and not line.endswith("\n")
     line = line.rstrip("\r\n")
     stamp: datetime | None = None
@@ -176,13 +189,20 @@ def _number(fields: dict[str, Any], key: str, kind: type[int] | type[float]) -> 
     if isinstance(value, bool):
         raise Malformed(f"{key} is not a number")
     if isinstance(value, str):
+        text = value
         try:
-            value = kind(value)
+            value = kind(text)
         except ValueError:
-            raise Malformed(f"{key}={value!r} is not a number") from None
-    if not isinstance(value, int | float) or value != value or value < 0:  # NaN, negative
+            raise Malformed(f"{key}={text[:40]!r} is not a number") from None
+    if not isinstance(value, int | float):
         raise Malformed(f"{key} is not a number")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        raise Malformed(f"{key} is out of range") from None
+    if not math.isfinite(number) or number < 0:  # NaN, infinity (1e999, JSON Infinity), negative
+        raise Malformed(f"{key} is not a number")
+    return number
 
 
 def _summary(fields: dict[str, Any], stamp: datetime | None) -> Summary:
@@ -208,7 +228,10 @@ def _iso_time(text: str) -> datetime:
         stamp = datetime.fromisoformat(text)
     except ValueError:
         raise Malformed(f"time {text[:40]!r} is not ISO 8601") from None
-    return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
+    try:
+        return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00: before datetime.min in UTC
+        raise Malformed(f"time {text[:40]!r} is out of range") from None
 
 
 def _syslog_time(prefix: re.Match[str], now: datetime | None) -> datetime | None:
@@ -217,17 +240,22 @@ def _syslog_time(prefix: re.Match[str], now: datetime | None) -> datetime | None
             return _iso_time(prefix["iso"])
         except Malformed:
             return None
-    # A BSD stamp has no year and is local time: the latest year that does not put it in the future.
+    # A BSD stamp has no year and is local time: the latest year that does not put it in the future
+    # (a day's grace for clocks). Feb 29 looks back to the last leap year (at most 8 years).
     now = now or datetime.now(UTC)
-    local_now = now.astimezone()
     try:
-        stamp = datetime.strptime(f"{local_now.year} {prefix['bsd']}", "%Y %b %d %H:%M:%S")
-    except ValueError:
+        local_now = now.astimezone()
+        stamp = datetime.strptime(f"2000 {prefix['bsd']}", "%Y %b %d %H:%M:%S")  # 2000: a leap year
+    except (ValueError, OverflowError):
         return None
-    stamp = stamp.replace(tzinfo=local_now.tzinfo)
-    if stamp > local_now + timedelta(days=1):
-        stamp = stamp.replace(year=stamp.year - 1)
-    return stamp.astimezone(UTC)
+    for year in range(local_now.year, max(local_now.year - 8, MINYEAR - 1), -1):
+        try:
+            candidate = stamp.replace(year=year, tzinfo=local_now.tzinfo)
+            if candidate <= local_now + timedelta(days=1):
+                return candidate.astimezone(UTC)
+        except (ValueError, OverflowError):  # no Feb 29 that year; a time at the edge of datetime's range
+            continue
+    return None
 
 
 # --- sources -------------------------------------------------------------------------------------

@@ -46,6 +46,8 @@ def set_worker(number: int | None) -> None:
 def kv_value(value: Any) -> str:
     if value is None or value == "":
         return "-"
+    if value == "-":
+        return '"-"'  # a bare `-` reads back as absent: a literal one (a login named "-") is quoted
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):

@@ -1,11 +1,14 @@
 """`policy-milter report`: what the summary lines say about a time window.
 
 Streaming: each line is read, judged and folded into counters, never kept. What can grow with
-the log is bounded: the top-N tables (senders, clients, reasons, a login's senders) keep at most
-`capacity` keys each (Space-Saving with batched eviction: a count may then be over by at most
-its shown error, and the report says whether every count is exact); the time percentiles are
-exact on up to EXACT_SAMPLES values per listener, then read from a log histogram (2% relative
-error). Per-login hourly counts grow with logins × hours in which they sent.
+the log is bounded: the tables keyed by names from the lines (listener x verdict, check x
+outcome, senders, clients, reasons, a login's senders) keep at most `capacity` keys each
+(Space-Saving with batched eviction: a count may then be over by at most its shown error, and
+the report says whether every count is exact); the time percentiles are exact on up to
+EXACT_SAMPLES values per listener, then read from a log histogram (2% relative error), kept for
+the listeners the listener table keeps. Per-login hourly counts grow with logins × hours in
+which they sent. The text is bounded too: a name is shown cut to SHOWN characters, and no
+column is wider than that.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import IO, Any
+from typing import IO, Any, Generic, TypeVar
 
 from policymilter.logread import Malformed, SourceError, Summary, open_lines, parse_line
 from policymilter.safetext import for_log
@@ -33,6 +36,7 @@ VERDICTS = ("accept", "reject", "tempfail", "discard", "quarantine")
 EXACT_SAMPLES = 10_000
 HISTOGRAM_RATIO = 1.02  # bucket width of the time histogram: a percentile read from it is within 2%
 MALFORMED_EXAMPLES = 5
+SHOWN = 200  # characters of a name from the log shown in the text report (and the widest column)
 _RELATIVE = re.compile(r"^(\d+)\s*([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -40,7 +44,10 @@ _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 # --- bounded structures --------------------------------------------------------------------------
 
 
-class TopCounter:
+K = TypeVar("K", str, tuple[str, str])
+
+
+class TopCounter(Generic[K]):
     """Counts per key, keeping at most `capacity` keys (2 × capacity between prunes). A pruned
     key that comes back starts at the largest count ever dropped (`floor`) plus one, so its
     count is an upper bound over by at most its `error` (Space-Saving, Metwally et al. 2005)."""
@@ -48,10 +55,11 @@ class TopCounter:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.floor = 0
-        self.counts: dict[str, int] = {}
-        self.errors: dict[str, int] = {}
+        self.prunes = 0
+        self.counts: dict[K, int] = {}
+        self.errors: dict[K, int] = {}
 
-    def add(self, key: str) -> None:
+    def add(self, key: K) -> None:
         if key in self.counts:
             self.counts[key] += 1
             return
@@ -60,6 +68,7 @@ class TopCounter:
             self.errors[key] = self.floor
         if len(self.counts) > 2 * self.capacity:
             ranked = sorted(self.counts.items(), key=lambda item: -item[1])
+            self.prunes += 1
             self.floor = max(self.floor, ranked[self.capacity][1])
             self.counts = dict(ranked[: self.capacity])
             self.errors = {key: error for key, error in self.errors.items() if key in self.counts}
@@ -67,6 +76,10 @@ class TopCounter:
     @property
     def exact(self) -> bool:
         return self.floor == 0
+
+    def ranked(self) -> list[tuple[K, int]]:
+        """Every key kept, highest count first (ties: first seen first)."""
+        return sorted(self.counts.items(), key=lambda item: -item[1])
 
     def top(self, n: int) -> list[dict[str, Any]]:
         ranked = sorted(self.counts.items(), key=lambda item: (-item[1], item[0]))[:n]
@@ -116,7 +129,12 @@ class Quantiles:
             seen += self.buckets[bucket]
             if seen >= rank:
                 # the bucket's upper edge, never above the largest value seen
-                return 0.0 if bucket < 0 else min(self.maximum, round(HISTOGRAM_RATIO ** (bucket + 1), 1))
+                if bucket < 0:
+                    return 0.0
+                try:
+                    return min(self.maximum, round(HISTOGRAM_RATIO ** (bucket + 1), 1))
+                except OverflowError:  # the bucket of a value near the largest float
+                    return self.maximum
         return self.maximum  # pragma: no cover - the ranks add up to count
 
 
@@ -125,16 +143,19 @@ class Quantiles:
 
 def parse_when(text: str, now: datetime) -> datetime:
     """`--since`/`--until`: an ISO 8601 time (no zone: UTC, as the log is) or `N` m/h/d/w ago."""
+    shown = for_log(text, 60)
     relative = _RELATIVE.match(text.strip())
-    if relative:
-        return now - timedelta(**{_UNITS[relative[2]]: int(relative[1])})
     try:
+        if relative:
+            return now - timedelta(**{_UNITS[relative[2]]: int(relative[1])})
         when = datetime.fromisoformat(text.strip())
+        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    except OverflowError:
+        raise argparse.ArgumentTypeError(f"{shown!r}: out of the range of times") from None
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{text!r}: expected an ISO time (2026-12-01, 2026-12-01T10:00, ...Z) or an age like 30m, 24h, 7d, 2w"
+            f"{shown!r}: expected an ISO time (2026-12-01, 2026-12-01T10:00, ...Z) or an age like 30m, 24h, 7d, 2w"
         ) from None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -180,7 +201,7 @@ class _Login:
     refused: int = 0
     hours: Counter[datetime] = field(default_factory=Counter)
     untimed: int = 0
-    senders: TopCounter = field(default_factory=lambda: TopCounter(100))
+    senders: TopCounter[str] = field(default_factory=lambda: TopCounter[str](100))
 
 
 class Report:
@@ -199,12 +220,15 @@ class Report:
         self.malformed_examples: list[dict[str, Any]] = []
         self.first: datetime | None = None
         self.last: datetime | None = None
-        self.by_listener: dict[str, Counter[str]] = defaultdict(Counter)
-        self.refused: dict[str, dict[str, TopCounter]] = {
-            verdict: {what: TopCounter(capacity) for what in REFUSED_TABLES}
+        self.counted = 0  # messages in the window
+        self.verdicts: Counter[str] = Counter()  # the writer's VERDICTS: exact
+        self.other_verdicts = TopCounter[str](capacity)  # any other word a line may carry
+        self.by_listener = TopCounter[tuple[str, str]](capacity)  # (listener, verdict)
+        self.refused: dict[str, dict[str, TopCounter[str]]] = {
+            verdict: {what: TopCounter[str](capacity) for what in REFUSED_TABLES}
             for verdict in REFUSALS
         }
-        self.checks: dict[str, Counter[str]] = defaultdict(Counter)
+        self.checks = TopCounter[tuple[str, str]](capacity)  # (check, OUTCOME)
         self.times: dict[str, dict[str, Quantiles]] = defaultdict(lambda: {"ms": Quantiles(), "check_ms": Quantiles()})
         self.logins: dict[str, _Login] = defaultdict(_Login)
 
@@ -228,7 +252,8 @@ class Report:
         except Malformed as error:
             self.malformed += 1
             if len(self.malformed_examples) < MALFORMED_EXAMPLES:
-                self.malformed_examples.append({"file": source, "line": number, "problem": str(error),
+                self.malformed_examples.append({"file": for_log(source, SHOWN), "line": number,
+                                                "problem": for_log(str(error), SHOWN),
                                                 "text": for_log(line.rstrip("\r\n"), 120)})
             return
         if summary is not None:
@@ -246,7 +271,17 @@ class Report:
         else:
             self.first = min(self.first or summary.time, summary.time)
             self.last = max(self.last or summary.time, summary.time)
-        self.by_listener[summary.listener][summary.verdict] += 1
+        self.counted += 1
+        if summary.verdict in VERDICTS:
+            self.verdicts[summary.verdict] += 1
+        else:
+            self.other_verdicts.add(summary.verdict)
+        prunes = self.by_listener.prunes
+        self.by_listener.add((summary.listener, summary.verdict))
+        if self.by_listener.prunes != prunes:  # the times of listeners no longer kept go too
+            kept = {listener for listener, _ in self.by_listener.counts}
+            for listener in [name for name in self.times if name not in kept]:
+                del self.times[listener]
         if summary.verdict in self.refused:
             tables = self.refused[summary.verdict]
             tables["senders"].add(summary.sender or "-")
@@ -254,7 +289,7 @@ class Report:
             tables["reasons"].add(f"{summary.decided_by or '-'}: {summary.reason or '-'}")
             tables["deciders"].add(summary.decided_by or "-")
         for check, value in summary.checks:
-            self.checks[check][value.partition(":")[0] if value else "not-run"] += 1
+            self.checks.add((check, value.partition(":")[0] if value else "not-run"))
         for kind, elapsed in (("ms", summary.ms), ("check_ms", summary.check_ms)):
             if elapsed is not None:
                 self.times[summary.listener][kind].add(elapsed)
@@ -271,9 +306,14 @@ class Report:
     # the result
 
     def result(self, top: int = 10) -> dict[str, Any]:
-        totals: Counter[str] = Counter()
-        for verdicts in self.by_listener.values():
-            totals.update(verdicts)
+        totals: Counter[str] = Counter(self.verdicts)
+        totals.update(dict(self.other_verdicts.counts))
+        listeners: dict[str, Counter[str]] = defaultdict(Counter)
+        for (listener, verdict), count in self.by_listener.counts.items():
+            listeners[listener][verdict] += count
+        checks: dict[str, dict[str, int]] = defaultdict(dict)
+        for (check, outcome), count in self.checks.ranked():
+            checks[check][outcome] = count
         return {
             "input": {
                 "files": self.files, "lines": self.lines, "summaries": self.summaries,
@@ -283,18 +323,22 @@ class Report:
             "window": {"since": _iso(self.window.since), "until": _iso(self.window.until),
                        "first": _iso(self.first), "last": _iso(self.last)},
             "messages": {
-                "total": sum(totals.values()),
+                "total": self.counted,
                 "by_verdict": dict(sorted(totals.items())),
                 "by_listener": {listener: {"total": sum(verdicts.values()), **dict(sorted(verdicts.items()))}
-                                for listener, verdicts in sorted(self.by_listener.items())},
+                                for listener, verdicts in sorted(listeners.items())},
             },
+            # False: more distinct names than `capacity` (a crafted log): a table was pruned, its
+            # counts may be over (Space-Saving) and a pruned listener's times are partial
+            "exact": {"verdicts": self.other_verdicts.exact, "listeners": self.by_listener.exact,
+                      "checks": self.checks.exact},
             "refused": {
                 verdict: {"total": totals[verdict],
                           **{what: table.top(top) for what, table in tables.items()},
                           "exact": all(table.exact for table in tables.values())}
                 for verdict, tables in self.refused.items()
             },
-            "checks": {check: dict(outcomes.most_common()) for check, outcomes in sorted(self.checks.items())},
+            "checks": dict(sorted(checks.items())),
             "times": {
                 "per_check": None,
                 "per_check_note": "the summary line carries only ms and check_ms per message; per-check "
@@ -348,9 +392,14 @@ def _median_without(ordered: Sequence[int], index: int) -> float:
 
 
 def _show(text: str | None, width: int = 0) -> str:
-    """A value from the log (client data) made printable for a terminal."""
-    shown = for_log(text if text is not None else "-", 200)
+    """A value from the log (client data) made printable for a terminal, cut to SHOWN characters."""
+    shown = for_log(text if text is not None else "-", SHOWN)
     return f"{shown:<{width}}" if width else shown
+
+
+def _width(heading: str, names: Iterable[str]) -> int:
+    """A column as wide as the widest name *as shown* (so never wider than SHOWN)."""
+    return max([len(heading), *(len(_show(name)) for name in names)])
 
 
 def _count(entry: dict[str, Any]) -> str:
@@ -372,20 +421,31 @@ def render_text(result: dict[str, Any]) -> str:
     for entry in errors:
         out.append(f"  unreadable: {_show(entry['error'])} (after {entry['lines']} lines)")
     for example in source["malformed_examples"]:
-        out.append(f"  malformed: {_show(example['file'])}:{example['line']}: {example['problem']}: {example['text']}")
+        out.append(f"  malformed: {_show(example['file'])}:{example['line']}: {_show(example['problem'])}: "
+                   f"{_show(example['text'])}")
     out.append(f"window: {window['since'] or 'start'} .. {window['until'] or 'end'}; "
                f"messages from {window['first'] or '-'} to {window['last'] or '-'}")
 
     messages = result["messages"]
     out += ["", f"Messages by listener and verdict ({messages['total']})"]
     verdicts = [v for v in VERDICTS if v in messages["by_verdict"]] or ["accept"]
-    verdicts += sorted(set(messages["by_verdict"]) - set(VERDICTS))
-    width = max([len("listener"), *(len(name) for name in messages["by_listener"])])
-    out.append(f"  {'listener':<{width}} {'total':>7}" + "".join(f" {v:>10}" for v in verdicts))
+    others = sorted(set(messages["by_verdict"]) - set(VERDICTS))  # not the writer's: one column (see --json)
+    exact = result["exact"]
+    notes = [what for what in ("verdicts", "listeners", "checks") if not exact[what]]
+    if notes:
+        out.append(f"  more distinct {', '.join(notes)} than the report keeps: those tables were pruned, "
+                   "their counts may be over")
+    width = _width("listener", messages["by_listener"])
+    out.append(f"  {'listener':<{width}} {'total':>7}" + "".join(f" {v:>10}" for v in verdicts)
+               + (f" {'other':>10}" if others else ""))
     rows = [*messages["by_listener"].items(), ("all", {"total": messages["total"], **messages["by_verdict"]})]
     for listener, counts in rows:
+        other = f" {sum(counts.get(v, 0) for v in others):>10}" if others else ""
         out.append(f"  {_show(listener, width)} {counts['total']:>7}" + "".join(f" {counts.get(v, 0):>10}"
-                                                                               for v in verdicts))
+                                                                               for v in verdicts) + other)
+    if others:
+        out.append(f"  other verdicts: {', '.join(_show(v) for v in others[:10])}"
+                   + (f" and {len(others) - 10} more" if len(others) > 10 else ""))
 
     for verdict, refused in result["refused"].items():
         note = "" if refused["exact"] else " (counts marked (-E) may be over by up to E: the table was pruned)"
@@ -398,14 +458,14 @@ def render_text(result: dict[str, Any]) -> str:
             out += [f"    {_count(entry):>7}  {_show(entry['key'])}" for entry in refused[what]]
 
     out += ["", "Check outcomes (OUTCOME of OUTCOME:DETAIL; not-run: `-`)"]
-    width = max([5, *(len(name) for name in result["checks"])])
+    width = _width("check", result["checks"])
     for check, outcomes in result["checks"].items():
         out.append(f"  {_show(check, width)} " + ", ".join(f"{_show(o)} {n}" for o, n in outcomes.items()))
 
     times = result["times"]
     out += ["", "Time per message, ms (p50 / p99 / max; * = from the histogram, within 2%)",
             "  per-check times are not in the summary line: they need the metrics (issue 12 item 1)"]
-    width = max([len("listener"), *(len(name) for name in times["by_listener"])])
+    width = _width("listener", times["by_listener"])
     out.append(f"  {'listener':<{width}} {'messages':>8}  {'ms p50':>8} {'p99':>8} {'max':>8}   "
                f"{'check_ms p50':>12} {'p99':>8} {'max':>8}")
     for listener, kinds in times["by_listener"].items():
@@ -419,7 +479,7 @@ def render_text(result: dict[str, Any]) -> str:
     logins = result["logins"]
     out += ["", f"Authenticated logins ({logins['total']}; messages per hour, UTC)"]
     if logins["top"]:
-        width = max([len("login"), *(len(row["login"]) for row in logins["top"])])
+        width = _width("login", (row["login"] for row in logins["top"]))
         out.append(f"  {'login':<{width}} {'messages':>8} {'refused':>7} {'hours':>5} {'median/h':>8} {'peak/h':>6}  "
                    f"{'peak hour':<20} top senders")
         for row in logins["top"]:
@@ -481,7 +541,7 @@ def cmd_report(args: argparse.Namespace, stdin: IO[bytes] | None = None, stdout:
         window = Window(parse_when(args.since, now) if args.since else None,
                         parse_when(args.until, now) if args.until else None)
     except argparse.ArgumentTypeError as error:
-        print(f"report: {error}", file=sys.stderr)
+        print(f"report: {for_log(str(error), 300)}", file=sys.stderr)
         return 2
     report = Report(window, spike=SpikeRule(args.spike_factor, args.spike_min))
     report.read(args.logs, stdin, now)
@@ -489,7 +549,7 @@ def cmd_report(args: argparse.Namespace, stdin: IO[bytes] | None = None, stdout:
     out.write(json.dumps(result, indent=2) + "\n" if args.json else render_text(result))
     failed = [entry for entry in report.files if entry["error"]]
     for entry in failed:
-        print(f"report: {entry['error']}", file=sys.stderr)
+        print(f"report: {for_log(entry['error'], 300)}", file=sys.stderr)
     return 1 if failed else 0
 
 
