@@ -7,7 +7,8 @@ facts.MACRO_SOURCES, timing.stage_times). One finding per line, each naming the 
 parameter and the value to set. `warn_at_start` logs the same findings once when the daemon starts.
 
 Postfix is read only through `postconf` (main.cf with -x expansion, master.cf with -F and its
--o overrides with -P), run without a shell.
+-o overrides with -P), run without a shell. Its output is decoded as UTF-8 with errors replaced
+(master.cf may hold any byte), and numbers are read as ASCII digits only.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
@@ -32,11 +34,15 @@ from policymilter.logs import event
 from policymilter.policy import PolicyError, load_policy
 from policymilter.policy.model import STRICTEST, Policy
 from policymilter.policy.timing import MARGIN, stage_times
+from policymilter.safetext import for_log
 
 # Any milter whose unix socket path ends so is taken for ours when no --socket says which.
 DEFAULT_SOCKET_SUFFIX = "/policy-milter/milter.sock"
 SUGGESTED_SOCKET = "unix:/run/policy-milter/milter.sock"  # `run`'s default, for a fix to print
-POSTCONF_TIMEOUT = 30.0
+POSTCONF_TIMEOUT = 30.0  # per postconf run, for the CLI
+# All of warn_at_start's postconf runs together: a hanging postconf (main.cf a FIFO, a stuck NFS
+# mount) must not hold up the daemon's start.
+START_DEADLINE = 5.0
 
 # What the milter asks for at negotiation, whatever the stage it asks at; MACRO_SOURCES says at
 # which stage each must arrive and which parameter lists it.
@@ -52,7 +58,11 @@ ENTRY_SETTINGS = {"connect_timeout": "milter_connect_timeout", "command_timeout"
                   "protocol": "milter_protocol"}
 MAIN_PARAMETERS = ("smtpd_milters", "milter_default_action", "milter_protocol", *TIMEOUTS,
                    "milter_macro_daemon_name", "myhostname", "queue_directory", "smtpd_sasl_auth_enable",
-                   *STAGE_PARAMETERS)
+                   "receive_override_options", "smtpd_milter_maps", *STAGE_PARAMETERS)
+# receive_override_options' word that turns every milter of the service off (Postfix: "no_milters:
+# disable mail inspection by Milter applications"); smtpd_milter_maps (Postfix >= 3.2) chooses the
+# milters per client, DISABLE for none.
+NO_MILTERS = "no_milters"
 
 DEFAULT_ACTION_RISK = {
     "accept": "mail passes unchecked (unscanned, unsigned, senders not verified) whenever the milter is down, "
@@ -100,8 +110,13 @@ class MasterService:
     name: str
     type: str
     chroot: bool
-    command: str  # the program: smtpd, postscreen, ...
+    command: str  # the program as master.cf names it: smtpd, postscreen, ./smtpd, /usr/lib/postfix/sbin/smtpd
     overrides: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def program(self) -> str:
+        """What master(8) runs: daemon_directory/COMMAND, so `./smtpd` and a full path are smtpd too."""
+        return os.path.basename(os.path.normpath(self.command)) if self.command else ""
 
     @property
     def label(self) -> str:
@@ -201,12 +216,17 @@ def postconf_binary() -> str:
     return found
 
 
-def postconf(directory: str | None, *args: str) -> str:
-    """One postconf run: an argument list, never a shell."""
+def postconf(directory: str | None, *args: str, timeout: float = POSTCONF_TIMEOUT) -> str:
+    """One postconf run: an argument list, never a shell; killed after `timeout` seconds."""
     command = [postconf_binary(), *(("-c", directory) if directory else ()), *args]
+    if timeout <= 0:
+        raise PostconfError(f"{' '.join(command)}: not run, no time left")
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=POSTCONF_TIMEOUT, check=False)
-    except (OSError, subprocess.TimeoutExpired) as error:
+        done = subprocess.run(command, capture_output=True, encoding="utf-8", errors="replace", timeout=timeout,
+                              check=False)
+    except subprocess.TimeoutExpired:
+        raise PostconfError(f"{' '.join(command)}: timed out after {timeout:.3g} s (killed)") from None
+    except OSError as error:
         raise PostconfError(f"{' '.join(command)}: {error}") from None
     if done.returncode != 0:
         detail = done.stderr.strip().splitlines()
@@ -214,9 +234,18 @@ def postconf(directory: str | None, *args: str) -> str:
     return done.stdout
 
 
-def read_config(directory: str | None) -> PostfixConfig:
-    return PostfixConfig.from_postconf(directory, postconf(directory, "-x", *MAIN_PARAMETERS),
-                                       postconf(directory, "-F"), postconf(directory, "-P", "-x"))
+def read_config(directory: str | None, deadline: float | None = None) -> PostfixConfig:
+    """The three postconf runs; with `deadline` (time.monotonic()), all of them must end by then."""
+    def run(*args: str) -> str:
+        left = POSTCONF_TIMEOUT if deadline is None else min(POSTCONF_TIMEOUT, deadline - time.monotonic())
+        return postconf(directory, *args, timeout=left)
+
+    return PostfixConfig.from_postconf(directory, run("-x", *MAIN_PARAMETERS), run("-F"), run("-P", "-x"))
+
+
+def _is_number(text: str) -> bool:
+    """ASCII digits only: "²".isdigit() is true, but int("²") raises."""
+    return text.isascii() and text.isdigit()
 
 
 # ---------------------------------------------------------------- values
@@ -224,7 +253,7 @@ def read_config(directory: str | None) -> PostfixConfig:
 
 def seconds(value: str) -> float | None:
     """A Postfix time value (`30s`, `5m`, `300`: seconds by default for the milter timeouts)."""
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw]?)", value.strip())
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw]?)", value.strip(), re.ASCII)
     if match is None:
         return None
     unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[match[2]]
@@ -235,14 +264,14 @@ def service_port(service: MasterService, config: PostfixConfig) -> int | None:
     """The port an inet service listens on (`smtp`, `2525`, `127.0.0.1:2525`, `[::1]:smtp`); for a
     pass service behind postscreen, the port of the one postscreen service."""
     if service.type != "inet":
-        screens = [s for s in config.services if s.type == "inet" and s.command == "postscreen"]
+        screens = [s for s in config.services if s.type == "inet" and s.program == "postscreen"]
         return service_port(screens[0], config) if len(screens) == 1 else None
     port = service.name.rpartition(":")[2]
-    if port.isdigit():
+    if _is_number(port):
         return int(port)
     try:
         return socket.getservbyname(port, "tcp")
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in the name
         return None
 
 
@@ -313,10 +342,12 @@ class LiveTimeout:
 @dataclass
 class ServiceReport:
     service: MasterService
-    attached: MilterEntry | None
+    attached: MilterEntry | None  # ours, in smtpd_milters and not turned off
     listener: ListenerMatch
     daemon_name: str
     port: int | None
+    named: MilterEntry | None = None  # ours, in smtpd_milters (attached unless `disabled` says otherwise)
+    disabled: str = ""  # what turns the milters off here: "receive_override_options = no_milters"
     notes: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     live: dict[str, LiveTimeout] = field(default_factory=dict)
@@ -326,7 +357,8 @@ class ServiceReport:
                MatchedBy.PORT: f"by port {self.port}",
                MatchedBy.NOTHING: "no listener matches: the strictest profile"}[self.listener.matched_by]
         head = f"{self.service.label} (master.cf, {self.service.type}, {self.service.command})"
-        attached = f"milter attached ({self.attached.endpoint})" if self.attached else "milter not attached"
+        attached = (f"milter attached ({self.attached.endpoint})" if self.attached
+                    else f"milter not attached ({self.disabled})" if self.disabled else "milter not attached")
         return "; ".join([f"{head}: {attached}", f"listener {self.listener.name} ({how})", *self.notes])
 
 
@@ -390,7 +422,7 @@ def _fix(where: Where, service: MasterService, name: str, value: str, entry: Mil
         case Where.POLICY:
             return f"set {name} = {value} in the policy"
         case _:
-            return f"set {name} = {value} in main.cf"
+            return f"set {name} = {value} in main.cf" if value else f"set {name} = (empty) in main.cf"
 
 
 def _label(service: MasterService) -> str:
@@ -431,19 +463,33 @@ class ServiceCheck:
     def run(self) -> ServiceReport:
         milters_value, milters_where = self.value("smtpd_milters")
         entries = parse_milters(milters_value)
-        attached = _our_entry(self.config, self.ours, self.service)
+        named = _our_entry(self.config, self.ours, self.service)
+        overrides, overrides_where = self.value("receive_override_options")
+        words = overrides.lower().replace(",", " ").split()
+        disabled = f"receive_override_options = {overrides}" if NO_MILTERS in words else ""
+        attached = None if disabled else named
         daemon_name, _ = self.value("milter_macro_daemon_name")
         myhostname = self.config.main.get("myhostname", "")
         port = service_port(self.service, self.config)
         # What the milter will be sent: it asks for {daemon_name} and {daemon_port} itself.
         listener = resolve(self.policy, Session(conn_id="check-postfix", daemon_name=daemon_name or None,
                                                 daemon_port=port, mta_name=myhostname or None))
-        report = ServiceReport(self.service, attached, listener, daemon_name, port)
+        report = ServiceReport(self.service, attached, listener, daemon_name, port, named, disabled)
         if attached is None:
-            if listener.known:
+            if listener.known and disabled:
+                rest = ",".join(word for word in words if word != NO_MILTERS)
+                fix = _fix(overrides_where, self.service, "receive_override_options", rest)
+                if overrides_where is Where.MAIN:
+                    fix += f", or override it with -o receive_override_options={rest} on each door in master.cf"
+                report.findings.append(self.finding(
+                    Severity.ERROR, "receive_override_options",
+                    f"receive_override_options = {overrides} turns every milter off on this service (no_milters), "
+                    f"but this is the policy's listener {listener.name}: milter not attached, its mail is not "
+                    "checked", fix))
+            if listener.known and named is None:
                 # As another service of the same chroot setting names it, else from the socket.
                 known = (_our_entry(self.config, self.ours, other) for other in self.config.services
-                         if other.command == "smtpd" and other.chroot == self.service.chroot)
+                         if other.program == "smtpd" and other.chroot == self.service.chroot)
                 found = next((entry for entry in known if entry is not None), None)
                 ours = found.endpoint if found else self.ours.postfix_endpoint(self.service.chroot,
                                                                                self.queue_directory)
@@ -453,9 +499,18 @@ class ServiceCheck:
                     f"smtpd_milters = {milters_value or '(empty)'} does not include the policy-milter "
                     f"({self.ours.describe()}), but this is the policy's listener {listener.name}: its mail is "
                     "not checked", _fix(milters_where, self.service, "smtpd_milters", value)))
-            else:
+            if not listener.known:
                 report.notes.append("not a door of the policy: not checked further")
             return report
+        maps, maps_where = self.value("smtpd_milter_maps")
+        if maps:
+            report.findings.append(self.finding(
+                Severity.WARNING, "smtpd_milter_maps",
+                f"smtpd_milter_maps = {maps}: for a client that matches, Postfix uses the milters the map returns "
+                "instead of smtpd_milters (DISABLE: none at all); this check cannot know which clients match, so "
+                "for them the policy-milter may not be attached",
+                f"make sure every entry of {maps} that a client can match includes "
+                f"{attached.endpoint}, or " + _fix(maps_where, self.service, "smtpd_milter_maps", "")))
         report.findings.extend(self.listener_findings(listener, daemon_name, port, myhostname))
         report.findings.extend(self.macro_findings())
         report.findings.extend(self.action_findings(attached))
@@ -527,7 +582,7 @@ class ServiceCheck:
                                          f"milter_default_action = {action}: {risk}",
                                          _fix(where, self.service, "milter_default_action", "tempfail", entry)))
         protocol, where = self.value("milter_protocol", entry)
-        versions = [int(token) for token in re.split(r"[\s,]+", protocol) if token.isdigit()]
+        versions = [int(token) for token in re.split(r"[\s,]+", protocol) if _is_number(token)]
         if versions and versions[0] < 6:
             findings.append(self.finding(
                 Severity.WARNING, "milter_protocol",
@@ -571,13 +626,13 @@ class ServiceCheck:
 
 def check(config: PostfixConfig, policy: Policy, socket_spec: str | None = None) -> Report:
     ours = OurSocket(socket_spec)
-    smtpd = [service for service in config.services if service.command == "smtpd"]
+    smtpd = [service for service in config.services if service.program == "smtpd"]
     reports = [ServiceCheck(config, policy, ours, service).run() for service in smtpd]
     findings = [finding for report in reports for finding in report.findings]
     if not smtpd:
         findings.append(Finding(Severity.ERROR, "master.cf", "master.cf", "no service runs smtpd",
                                 "add the smtpd services of contrib/postfix/master.cf"))
-    elif not any(report.attached for report in reports):
+    elif not any(report.named for report in reports):
         # Most likely the socket is named otherwise: one line that says what was found, not one per door.
         found = sorted({entry.endpoint for service in smtpd
                         for entry in parse_milters(config.value(service, "smtpd_milters")[0])})
@@ -648,15 +703,27 @@ def cmd_check_postfix(args: argparse.Namespace) -> int:
 def warn_at_start(policy: Policy, log: logging.Logger, socket_spec: str | None = None,
                   config_dir: str | None = None) -> Report | None:
     """Log check-postfix's findings once (the daemon, at start). Quiet when postconf cannot run or
-    no smtpd service uses this socket: that Postfix is then not the one this milter serves."""
+    no smtpd service names this socket: that Postfix is then not the one this milter serves.
+    Never raises, and returns within about START_DEADLINE seconds (every postconf run together):
+    anything that goes wrong is logged as postfix_check_skipped and the daemon starts anyway."""
     try:
-        config = read_config(config_dir)
+        return _warn_at_start(policy, log, socket_spec, config_dir)
     except PostconfError as error:
-        event(log, logging.INFO, "postfix_check_skipped", f"Postfix's configuration not checked: {error}",
-              reason=str(error))
-        return None
+        reason = for_log(str(error), 500)
+        event(log, logging.INFO, "postfix_check_skipped", f"Postfix's configuration not checked: {reason}",
+              reason=reason)
+    except Exception as error:  # a check at start must never stop the start
+        reason = for_log(f"{type(error).__name__}: {error}", 500)
+        event(log, logging.WARNING, "postfix_check_skipped",
+              f"Postfix's configuration not checked, the check failed: {reason}", reason=reason, exc_info=True)
+    return None
+
+
+def _warn_at_start(policy: Policy, log: logging.Logger, socket_spec: str | None,
+                   config_dir: str | None) -> Report:
+    config = read_config(config_dir, deadline=time.monotonic() + START_DEADLINE)
     report = check(config, policy, socket_spec)
-    if not report.attached:
+    if not any(service.named for service in report.services):
         event(log, logging.INFO, "postfix_check_skipped",
               f"no smtpd service of the Postfix in {config.where} uses {report.socket.describe()}: not checked",
               config=config.where)

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import subprocess
+import time
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 
 from policymilter import postfix_check
 from policymilter.listeners import MatchedBy
+from policymilter.logs import LOGGER
 from policymilter.policy import load_policy
 from policymilter.policy.model import Policy
 from policymilter.postfix_check import (
+    MasterService,
     MilterEntry,
     OurSocket,
     PostfixConfig,
@@ -18,9 +25,12 @@ from policymilter.postfix_check import (
     Severity,
     check,
     parse_milters,
+    read_config,
     seconds,
+    service_port,
+    warn_at_start,
 )
-from tests.conftest import DEFAULT_POLICY
+from tests.conftest import DEFAULT_POLICY, LogWatch
 
 # What `postconf -x NAME...` prints on a Debian set-up from contrib/postfix (chrooted smtpd).
 MAIN = {
@@ -270,3 +280,187 @@ def test_a_macro_only_sasl_fills_is_not_asked_for_without_sasl(policy: Policy) -
     services = {key: value for key, value in services.items() if key[0] in ("smtp", "127.0.0.1:10025")}
     report = check(config(services=services, milter_mail_macros="i {mail_addr}"), policy)
     assert report.severity is Severity.OK, lines(report)
+
+
+# --- found by the attack review (tests/unit/test_attack12.py on branch attack12) ----------------------------
+
+
+@pytest.mark.parametrize(("where", "options"), [
+    ("master.cf", {"receive_override_options": "no_milters"}),
+    ("master.cf", {"receive_override_options": "no_header_body_checks, NO_MILTERS"}),
+    ("main.cf", {}),
+])
+def test_no_milters_on_a_door_is_not_attached(policy: Policy, where: str, options: dict[str, str]) -> None:
+    """receive_override_options = no_milters turns every milter of the service off."""
+    main = {"receive_override_options": "no_milters"} if where == "main.cf" else {}
+    report = check(config(main, services=with_option("smtp", **options)), policy)
+    assert report.severity is Severity.ERROR
+    [smtp] = [service for service in report.services if service.service.name == "smtp"]
+    assert smtp.attached is None and smtp.named is not None
+    assert "smtp (master.cf, inet, smtpd): milter not attached (receive_override_options = " in smtp.line()
+    errors = [line for line in lines(report) if line.startswith("error: ") and "receive_override_options" in line]
+    assert errors and "milter not attached, its mail is not checked" in errors[0], lines(report)
+    if where == "master.cf":
+        rest = "no_header_body_checks" if "NO_MILTERS" in options["receive_override_options"] else ""
+        assert errors[0].endswith(f"set -o receive_override_options={rest} on smtp in master.cf"), errors
+    else:  # every smtpd inherits it: each door has the error, the fix in main.cf
+        assert [line.split(" (master.cf)")[0] for line in errors] == [
+            "error: smtp", "error: submission", "error: submissions"], errors
+        assert all("set receive_override_options = (empty) in main.cf, or override it with "
+                   "-o receive_override_options= on each door in master.cf" in line for line in errors), errors
+    # the milter is named in smtpd_milters: no "not in smtpd_milters" error on top
+    assert not any("does not include the policy-milter" in line or "no smtpd service has" in line
+                   for line in lines(report)), lines(report)
+
+
+def test_no_milters_on_a_content_filters_way_back_is_right(policy: Policy) -> None:
+    """The usual content-filter return path (-o receive_override_options=...,no_milters) is no door."""
+    services = with_option("127.0.0.1:10025", receive_override_options="no_unknown_recipient_checks,no_milters",
+                           smtpd_milters="unix:/policy-milter/milter.sock")
+    report = check(config(services=services), policy)
+    assert report.severity is Severity.OK, lines(report)
+
+
+@pytest.mark.parametrize(("main", "options", "fix"), [
+    ({"smtpd_milter_maps": "cidr:/etc/postfix/smtpd_milter_map"}, {},
+     "set smtpd_milter_maps = (empty) in main.cf"),
+    ({}, {"smtpd_milter_maps": "cidr:/etc/postfix/smtpd_milter_map"}, "set -o smtpd_milter_maps= on smtp in master.cf"),
+])
+def test_smtpd_milter_maps_is_a_warning(policy: Policy, main: dict[str, str], options: dict[str, str],
+                                        fix: str) -> None:
+    """smtpd_milter_maps (Postfix >= 3.2) replaces or disables (DISABLE) the milters per client."""
+    report = check(config(main, services=with_option("smtp", **options)), policy)
+    assert report.severity is Severity.WARNING, lines(report)
+    [line] = [line for line in lines(report) if "smtpd_milter_maps =" in line]
+    assert line.startswith("warning: smtp (master.cf)" if options else
+                           "warning: smtp (master.cf), submission (master.cf), submissions (master.cf)"), line
+    assert "this check cannot know which clients match" in line and line.endswith(fix), line
+
+
+@pytest.mark.parametrize("command", ["./smtpd", "/usr/lib/postfix/sbin/smtpd", "sbin/../smtpd"])
+def test_smtpd_named_by_a_path_is_smtpd(policy: Policy, command: str) -> None:
+    """master(8) runs daemon_directory/COMMAND: any path whose last part is smtpd is smtpd."""
+    services = {**SERVICES, ("submission", "inet"): ("y", command, {"milter_macro_daemon_name": "submission",
+                                                                    "smtpd_milters": ""})}
+    report = check(config(services=services), policy)
+    assert report.severity is Severity.ERROR
+    assert any(line.startswith("error: submission (master.cf): smtpd_milters = (empty) does not include")
+               for line in lines(report)), lines(report)
+    [submission] = [service for service in report.services if service.service.name == "submission"]
+    assert f"(master.cf, inet, {command})" in submission.line()
+
+
+def test_postscreen_named_by_a_path_gives_its_port(policy: Policy) -> None:
+    services = {("smtp", "inet"): ("y", "./postscreen", {}),
+                ("smtpd", "pass"): ("y", "./smtpd", {"milter_macro_daemon_name": "mx.example.org"})}
+    [smtpd] = check(config(services=services), policy).services
+    assert (smtpd.port, smtpd.listener.name) == (25, "smtp")
+
+
+@pytest.mark.parametrize(("name", "port"), [("2525", 2525), ("127.0.0.1:2525", 2525), ("[::1]:smtp", 25),
+                                            ("\u00b2", None), ("127.0.0.1:\u0663", None), ("a\x00b", None)])
+def test_service_ports_are_ascii_numbers(name: str, port: int | None) -> None:
+    service = MasterService(name, "inet", False, "smtpd")
+    assert service_port(service, config(services={})) == port
+
+
+@pytest.mark.parametrize("protocol", ["\u00b2", "\u0663", "6,\u00b2"])
+def test_a_non_ascii_digit_in_milter_protocol_is_no_version(policy: Policy, protocol: str) -> None:
+    report = check(config(milter_protocol=protocol), policy)
+    assert not any("below 6" in line for line in lines(report)), lines(report)
+
+
+def test_a_non_ascii_digit_is_no_time_value() -> None:
+    assert seconds("\u0663\u0660s") is None
+
+
+# The real postconf on a private configuration directory.
+MAIN_CF = """\
+queue_directory = /var/spool/postfix
+myhostname = mx.example.org
+smtpd_milters = unix:/policy-milter/milter.sock
+milter_default_action = tempfail
+milter_protocol = 6
+milter_command_timeout = 30s
+milter_content_timeout = 300s
+milter_connect_macros = j {daemon_name} {daemon_port} {daemon_addr} v _
+compatibility_level = 3.6
+"""
+SUBMISSIONS = b"submissions inet n - y - - smtpd -o milter_macro_daemon_name=submissions\n"
+
+
+def _postfix(tmp_path: Path, master: bytes) -> Path:
+    (tmp_path / "main.cf").write_text(MAIN_CF)
+    (tmp_path / "master.cf").write_bytes(master)
+    subprocess.run(["postconf", "-c", str(tmp_path), "mail_version"], check=True, capture_output=True)
+    return tmp_path
+
+
+def test_receive_override_no_milters_is_not_attached(tmp_path: Path, policy: Policy) -> None:
+    master = b"smtp inet n - y - - smtpd -o milter_macro_daemon_name=smtp -o receive_override_options=no_milters\n"
+    report = check(read_config(str(_postfix(tmp_path, master + SUBMISSIONS))), policy)
+    assert report.severity is Severity.ERROR, "\n".join(report.lines())
+    assert any("smtp (master.cf, inet, smtpd): milter not attached (receive_override_options = no_milters)" in line
+               for line in report.lines()), report.lines()
+
+
+def test_smtpd_named_by_a_relative_path_is_still_a_door(tmp_path: Path, policy: Policy) -> None:
+    master = b"submission inet n - y - - ./smtpd -o smtpd_milters= -o milter_macro_daemon_name=submission\n"
+    report = check(read_config(str(_postfix(tmp_path, master + SUBMISSIONS))), policy)
+    assert report.severity is Severity.ERROR, "\n".join(report.lines())
+    assert any(line.startswith("error: submission (master.cf): smtpd_milters = (empty)") for line in report.lines())
+
+
+def test_a_latin1_byte_in_master_cf_does_not_stop_the_daemon(tmp_path: Path, policy: Policy,
+                                                              logwatch: LogWatch) -> None:
+    master = b"smtp inet n - y - - smtpd -o milter_macro_daemon_name=smtp -o smtpd_banner=caf\xe9\n"
+    directory = _postfix(tmp_path, master + SUBMISSIONS)
+    report = warn_at_start(policy, logging.getLogger(LOGGER), config_dir=str(directory))
+    assert report is not None and not logwatch.events("postfix_check_skipped")
+    [smtp] = [service for service in report.config.services if service.name == "smtp"]
+    assert smtp.overrides["smtpd_banner"] == "caf\ufffd"
+
+
+def test_a_unicode_digit_in_milter_protocol_does_not_crash(tmp_path: Path, policy: Policy,
+                                                           logwatch: LogWatch) -> None:
+    master = b"smtp inet n - y - - smtpd -o milter_macro_daemon_name=smtp -o milter_protocol=\xc2\xb2\n"
+    directory = _postfix(tmp_path, master + SUBMISSIONS)
+    report = warn_at_start(policy, logging.getLogger(LOGGER), config_dir=str(directory))
+    assert report is not None and not logwatch.events("postfix_check_skipped")
+
+
+def test_a_hanging_postconf_does_not_hold_up_the_start(tmp_path: Path, policy: Policy,
+                                                       logwatch: LogWatch) -> None:
+    """main.cf a FIFO: postconf blocks opening it. warn_at_start gives all its postconf runs
+    START_DEADLINE seconds together (not POSTCONF_TIMEOUT each), then logs why it skipped."""
+    (tmp_path / "master.cf").write_bytes(SUBMISSIONS)
+    os.mkfifo(tmp_path / "main.cf")
+    cpu, wall = time.process_time(), time.monotonic()
+    report = warn_at_start(policy, logging.getLogger(LOGGER), config_dir=str(tmp_path))
+    cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+    assert report is None
+    [skipped] = logwatch.fields("postfix_check_skipped")
+    assert "timed out" in skipped["reason"], skipped
+    assert cpu < 2.0  # waited, did not spin
+    assert wall < 20.0  # START_DEADLINE is 5 s; three runs at POSTCONF_TIMEOUT would be 90 s
+
+
+def test_no_time_left_runs_no_postconf(tmp_path: Path) -> None:
+    directory = _postfix(tmp_path, SUBMISSIONS)
+    with pytest.raises(postfix_check.PostconfError, match="no time left"):
+        read_config(str(directory), deadline=time.monotonic() - 1)
+
+
+def test_warn_at_start_never_raises(tmp_path: Path, policy: Policy, logwatch: LogWatch,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever goes wrong in the check (here a bug stood in for by a check that raises), the
+    daemon starts: postfix_check_skipped with the error."""
+    def broken(*args: object, **kwargs: object) -> Report:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(postfix_check, "check", broken)
+    logwatch.expect("postfix_check_skipped")
+    directory = _postfix(tmp_path, SUBMISSIONS)
+    assert warn_at_start(policy, logging.getLogger(LOGGER), config_dir=str(directory)) is None
+    [skipped] = logwatch.fields("postfix_check_skipped")
+    assert skipped["reason"] == "KeyError: 'a bug'"
