@@ -26,6 +26,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
+from pathlib import Path
 
 from policymilter.adapter import CONNECT_MACROS, HELO_MACROS, MAIL_MACROS, QUEUE_ID_MACROS
 from policymilter.facts import MACRO_SOURCES, Callback, Session
@@ -720,7 +721,14 @@ def warn_at_start(policy: Policy, log: logging.Logger, socket_spec: str | None =
 
 
 def _warn_at_start(policy: Policy, log: logging.Logger, socket_spec: str | None,
-                   config_dir: str | None) -> Report:
+                   config_dir: str | None) -> Report | None:
+    where = Path(config_dir or os.environ.get("MAIL_CONFIG") or "/etc/postfix")
+    if not (where / "main.cf").exists():
+        # No Postfix configured here (postconf would take a second to say so: Postfix sleeps
+        # before it exits on a fatal error).
+        event(log, logging.INFO, "postfix_check_skipped", f"Postfix's configuration not checked: no {where}/main.cf",
+              reason="no main.cf", config=str(where))
+        return None
     config = read_config(config_dir, deadline=time.monotonic() + START_DEADLINE)
     report = check(config, policy, socket_spec)
     if not any(service.named for service in report.services):

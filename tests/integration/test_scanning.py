@@ -71,7 +71,10 @@ def run(raw: bytes, listener: str, *overrides: str, auth: bool = False) -> dict:
     # attachments off: these tests are about the scanners (EICAR in a .com would be blocked by name first)
     snapshot = load_snapshot(DEFAULT_POLICY, [*NO_DNS_CHECKS, "attachments.enabled=false", *overrides])
     listener_policy = snapshot.policy.listeners[listener]
-    session = Session(conn_id="t", client_ip="192.0.2.7", helo="mail.example.net", daemon_name=listener,
+    # A loopback client, as the stack's: spamd now sees a Received line for it, and scores a
+    # documentation address (192.0.2.x: RCVD_ILLEGAL_IP) or a client without rDNS as a real relay.
+    session = Session(conn_id="t", client_ip="127.0.0.1", client_name="localhost", helo="mail.example.net",
+                      daemon_name=listener,
                       daemon_port=listener_policy.ports[0], tls_version="TLSv1.3" if auth else None,
                       auth_login="alice" if auth else None, auth_mech="PLAIN" if auth else None)
     return explain(snapshot, session, listener_by_name(snapshot.policy, listener), raw, "a@example.net",
