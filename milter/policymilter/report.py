@@ -505,16 +505,6 @@ def render_text(result: dict[str, Any]) -> str:
 # --- the command ---------------------------------------------------------------------------------
 
 
-def _top(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
 def add_report_command(commands: Any) -> None:
     """The `report` subcommand's arguments (`commands` is build_parser's subparsers)."""
     report = commands.add_parser("report", help="summarise the summary lines of milter logs (kv or JSON, "
@@ -524,7 +514,9 @@ def add_report_command(commands: Any) -> None:
     report.add_argument("--since", help="from this time: ISO 8601 (UTC unless it says otherwise) or an age: "
                                         "30m, 24h, 7d, 2w")
     report.add_argument("--until", help="up to (not including) this time; same forms")
-    report.add_argument("--top", type=_top, default=10, metavar="N", help="rows per top table (default 10)")
+    from policymilter.cli import _positive  # cli imports this module: the function is there by now
+
+    report.add_argument("--top", type=_positive, default=10, metavar="N", help="rows per top table (default 10)")
     report.add_argument("--json", action="store_true", help="print one JSON object")
     report.add_argument("--spike-factor", type=float, default=SpikeRule.factor, metavar="X",
                         help="a login's hour is a spike above X times its median hour (default 10)")
