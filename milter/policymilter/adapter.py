@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 
 import Milter
 
-from policymilter import safetext
 from policymilter.facts import Callback, Session, normalise_ip, parse_port
 from policymilter.logs import LOGGER, event
 from policymilter.outcome import AddHeader, ChangeHeader, Disposition, RemoveHeader, Verdict
@@ -86,9 +85,8 @@ class PolicyMilter(Milter.Base):
         return answer
 
     def _header_value(self, value: str) -> str:
-        # Actions clean their values when made (safetext.header_value: what signing hashes is
-        # what is written); again here, the last guard before Postfix.
-        value = safetext.header_value(value)
+        # The value is clean already: AddHeader/ChangeHeader clean theirs when made
+        # (safetext.header_value), so what signing hashes is what Postfix writes.
         # With SMFIP_HDR_LEADSPC negotiated Postfix writes "Name:" + value exactly as given.
         return " " + value if value and self._protocol & Milter.P_HDR_LEADSPC else value
 

@@ -115,17 +115,23 @@ class SlotPool:
             os.close(fd)
 
 
-_pool: SlotPool | None = None
-_made = threading.Lock()
+class _Made:
+    """This process's pool, made once (under the lock: two threads must not make two)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pool: SlotPool | None = None
+
+
+_made = _Made()
 
 
 def pool() -> SlotPool:
     """This daemon's pool: made by the parent before it forks (prepare), else on first use."""
-    global _pool
-    with _made:
-        if _pool is None:
-            _pool = SlotPool()
-        return _pool
+    with _made.lock:
+        if _made.pool is None:
+            _made.pool = SlotPool()
+        return _made.pool
 
 
 def prepare() -> None:

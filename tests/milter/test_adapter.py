@@ -421,7 +421,7 @@ class Injecting:
 
 
 def test_a_header_value_cannot_start_a_header_of_its_own_whatever_a_check_proposes():
-    """The adapter's last guard: line breaks that do not fold, CR and NUL become spaces."""
+    """Line breaks that do not fold, CR and NUL become spaces (the actions clean their values when made)."""
     mta = FakeMTA(make_service(checks=(Injecting(),)), SmtpState(daemon_name="smtp", daemon_port=25))
     mta.connect()
     mta.helo()
