@@ -1,0 +1,135 @@
+"""What every state store must do (tests/unit/test_state.py runs it on SQLite and on a real Redis)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections.abc import Callable
+
+from policymilter.state import Counter, Dimension, Reservation, Store
+
+M, R, D, C = Dimension.MESSAGES, Dimension.RECIPIENTS, Dimension.DOMAINS, Dimension.CLIENTS
+HOUR = 3600.0
+
+
+def messages(limit: int, per: float = HOUR) -> Counter:
+    return Counter(f"login {per:g}s", M, limit, per)
+
+
+def transaction(txn: str, *rcpts: str, key: str = "login:alice", client: str = "192.0.2.1",
+                counters: tuple[Counter, ...] = ()) -> Reservation:
+    return Reservation(key, txn, {M: (txn,), R: tuple(f"{txn}|{r}" for r in rcpts),
+                                  D: tuple(sorted({r.rsplit("@", 1)[1] for r in rcpts})), C: (client,)},
+                       counters, keep=max((c.per for c in counters), default=HOUR))
+
+
+def limit_exact(store: Store) -> None:
+    counters = (messages(3),)
+    now = 1_000_000.0
+    for n in range(3):
+        assert store.reserve(transaction(f"t{n}", "a@x.test", counters=counters), now) is None
+    refused = store.reserve(transaction("t3", "a@x.test", counters=counters), now)
+    assert refused is not None and refused.counter.dimension is M and refused.count == 3
+    # A second recipient of a reserved transaction adds no message.
+    assert store.reserve(transaction("t0", "a@x.test", "b@y.test", counters=counters), now) is None
+    for n in range(3):
+        assert store.commit(transaction(f"t{n}", "a@x.test", counters=counters), now + 1) is None
+    assert store.reserve(transaction("t4", "a@x.test", counters=counters), now + 2) is not None
+    # The window slides: an hour after the commits there is room again.
+    assert store.reserve(transaction("t5", "a@x.test", counters=counters), now + 1 + HOUR) is None
+
+
+def release_frees(store: Store) -> None:
+    counters = (messages(1),)
+    now = 2_000_000.0
+    assert store.reserve(transaction("a", "a@x.test", counters=counters), now) is None
+    assert store.reserve(transaction("b", "a@x.test", counters=counters), now) is not None
+    store.release("login:alice", "a")
+    assert store.reserve(transaction("b", "a@x.test", counters=counters), now) is None
+
+
+def distinct_domains_and_clients(store: Store) -> None:
+    counters = (Counter("d", D, 2, HOUR), Counter("c", C, 2, HOUR))
+    now = 3_000_000.0
+    for n, (rcpt, client) in enumerate((("a@x.test", "192.0.2.1"), ("b@x.test", "192.0.2.1"),
+                                        ("c@y.test", "192.0.2.2"))):
+        reservation = transaction(f"t{n}", rcpt, client=client, counters=counters)
+        assert store.reserve(reservation, now) is None
+        assert store.commit(reservation, now) is None
+    refused = store.reserve(transaction("t9", "d@z.test", counters=counters), now)
+    assert refused is not None and refused.counter.name == "d" and refused.count == 2
+    refused = store.reserve(transaction("t9", "d@x.test", client="192.0.2.3", counters=counters), now)
+    assert refused is not None and refused.counter.name == "c"
+    assert store.reserve(transaction("t9", "d@y.test", client="192.0.2.2", counters=counters), now) is None
+
+
+def expired_reservation_checked_again(store: Store) -> None:
+    counters = (messages(1),)
+    now = 4_000_000.0
+    late = transaction("late", "a@x.test", counters=counters)
+    assert store.reserve(late, now) is None
+    after = now + 10_000  # the reservation has expired: another transaction got the room
+    other = transaction("other", "a@x.test", counters=counters)
+    assert store.reserve(other, after) is None and store.commit(other, after) is None
+    refused = store.commit(late, after + 1)
+    assert refused is not None and refused.counter.dimension is M
+
+
+def locks_holds_clear(store: Store) -> None:
+    now = 5_000_000.0
+    assert store.lock_info("login:bob") is None
+    store.lock("login:bob", "messages 21 > 20 per 3600s", now)
+    info = store.lock_info("login:bob")
+    assert info is not None and info.reason == "messages 21 > 20 per 3600s" and info.since == now
+    store.hold("login:bob", "held: messages", now, HOUR)
+    reservation = transaction("t", "Zed@x.test", key="login:bob", counters=(messages(5),))
+    assert store.reserve(reservation, now) is None and store.commit(reservation, now) is None
+    usage = store.usage("login:bob", now + 1, (HOUR,))
+    assert usage.lock is not None and [r for r, _ in usage.held] == ["held: messages"]
+    assert usage.counts[(M, HOUR)] == 1 and [r for r, _ in usage.recipients] == ["Zed@x.test"]
+    assert [c for c, _ in usage.clients] == ["192.0.2.1"]
+    assert "login:bob" in store.keys(now + 1)
+    assert store.clear("login:bob") is True
+    assert store.lock_info("login:bob") is None and "login:bob" not in store.keys(now + 1)
+    assert store.clear("login:bob") is False
+
+
+def notify_once(store: Store) -> None:
+    now = 6_000_000.0
+    assert store.notify_once("login:carol", "login 3600s", now, HOUR) is True
+    assert store.notify_once("login:carol", "login 3600s", now + 10, HOUR) is False
+    assert store.notify_once("login:carol", "other", now + 10, HOUR) is True
+    assert store.notify_once("login:carol", "login 3600s", now + HOUR + 1, HOUR) is True
+
+
+CONTRACT: tuple[Callable[[Store], None], ...] = (
+    limit_exact, release_frees, distinct_domains_and_clients, expired_reservation_checked_again,
+    locks_holds_clear, notify_once)
+
+
+def _racer(open_store: Callable[[], Store], worker: int, tries: int, start: float,
+           results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    store = open_store()
+    while time.time() < start:
+        time.sleep(0.001)
+    granted = 0
+    for n in range(tries):
+        txn = f"w{worker}-{n}"
+        reservation = transaction(txn, f"r{n}@x.test", key="login:race", counters=(messages(20),))
+        if store.reserve(reservation, time.time()) is None and store.commit(reservation, time.time()) is None:
+            granted += 1
+    results.put(granted)
+
+
+def race(open_store: Callable[[], Store], processes: int = 4, tries: int = 15) -> int:
+    """Processes reserving and committing at once: how many transactions the limit of 20 let through."""
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    start = time.time() + 0.3
+    workers = [context.Process(target=_racer, args=(open_store, n, tries, start, results)) for n in range(processes)]
+    for worker in workers:
+        worker.start()
+    granted = sum(results.get(timeout=60) for _ in workers)
+    for worker in workers:
+        worker.join(timeout=30)
+    return granted
