@@ -175,7 +175,7 @@ class SqliteStore:
         def work(db: sqlite3.Connection) -> bool:
             removed = 0
             for table in ("locks", "used", "reserved", "held", "notices"):
-                removed += db.execute(f"DELETE FROM {table} WHERE key = ?", (key,)).rowcount  # noqa: S608
+                removed += db.execute(f"DELETE FROM {table} WHERE key = ?", (key,)).rowcount
             return removed > 0
 
         return self._run(work)
