@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from policymilter import resources, state
 from policymilter.logs import LOGGER
 from policymilter.policy import load_policy
 from policymilter.policy.model import Policy
@@ -44,6 +47,32 @@ class LogWatch(logging.Handler):
     def unexpected(self) -> list[logging.LogRecord]:
         return [r for r in self.records
                 if r.levelno >= logging.WARNING and getattr(r, "event", None) not in self.expected]
+
+
+SHIPPED_STORE = "sqlite:/var/lib/policy-milter/"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_state_stores() -> Iterator[None]:
+    """Tests that run the shipped policy in this process (pipelines, the adapter) get a fresh
+    SQLite store per loaded policy in a temporary directory, never the host's
+    /var/lib/policy-milter: counts must not carry from one test (or run) to the next. Milters
+    the integration tests start get theirs from MailStack.start_milter."""
+    directory = tempfile.TemporaryDirectory(prefix="policy-milter-state-")
+    numbers = itertools.count(1)
+    shipped = resources.open_store
+
+    def private(url: str, timeout: float = 2.0) -> state.Store:
+        if url.startswith(SHIPPED_STORE):
+            url = f"sqlite:{directory.name}/state-{next(numbers)}.db"
+        return shipped(url, timeout)
+
+    resources.open_store = private  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        resources.open_store = shipped  # type: ignore[assignment]
+        directory.cleanup()
 
 
 @pytest.fixture(autouse=True)

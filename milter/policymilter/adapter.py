@@ -169,7 +169,8 @@ class PolicyMilter(Milter.Base):
         if not replies:
             return Milter.CONTINUE
         answer = self._apply(verdict, final=where is Callback.EOM)
-        if where is Callback.EOM or verdict.stops:
+        # A refused recipient ends only itself; anything else that stops, stops the transaction.
+        if where is Callback.EOM or (verdict.stops and where is not Callback.ENVRCPT):
             self.conversation.reset()
             self._end_transaction()
         return answer
@@ -214,11 +215,11 @@ class PolicyMilter(Milter.Base):
         return self._apply(verdict, final=False)
 
     @Milter.symlist(*QUEUE_ID_MACROS)
-    @Milter.noreply
-    @_guarded(Callback.ENVRCPT, replies=False)
+    @_guarded(Callback.ENVRCPT, replies=True)
     def envrcpt(self, rcpt: str, *params: str) -> int:
-        self.conversation.rcpt(rcpt, self._macro("i"))
-        return Milter.CONTINUE
+        # Replies (the rate limits refuse a recipient here, before any data is sent): a
+        # refusal refuses this recipient only, and the transaction goes on.
+        return self._apply(self.conversation.rcpt(rcpt, self._macro("i")), final=False)
 
     @Milter.symlist(*QUEUE_ID_MACROS)
     @Milter.noreply

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import replace
 from typing import Any
 
@@ -52,6 +53,8 @@ class Conversation:
         self.envelope: Envelope | None = None
         self.message: Message | None = None
         self.results: list[CheckResult] = []
+        self.refused_rcpt: Verdict | None = None  # the first recipient refused in this transaction
+        self.logged = False  # this transaction's summary line is written
         self.started = 0.0
         self.failure: Verdict | None = None  # an error in a no-reply callback, answered later
         self.session_failure: Verdict | None = None
@@ -120,11 +123,23 @@ class Conversation:
         """A new transaction: forget the last one's envelope, message and results."""
         self.reset()
         self.started = time.perf_counter()
-        self.envelope = Envelope(strip_brackets(mail_from), tuple(params))
+        self.envelope = Envelope(strip_brackets(mail_from), tuple(params), txn_id=uuid.uuid4().hex)
 
-    def rcpt(self, rcpt: str, queue_id: str | None = None) -> None:
-        if self.envelope is not None:
-            self.envelope = self.envelope.with_rcpt(strip_brackets(rcpt)).with_queue_id(queue_id)
+    def rcpt(self, rcpt: str, queue_id: str | None = None) -> Verdict:
+        """One recipient: the RCPT checks (the rate limits) see the envelope with it; a recipient
+        they refuse is refused alone, and is not part of the transaction."""
+        if self.envelope is None or self.failure or self.session_failure:
+            return Verdict()
+        before = self.envelope
+        self.envelope = before.with_rcpt(strip_brackets(rcpt)).with_queue_id(queue_id)
+        verdict = self._run(Stage.RCPT, keep=False)
+        if verdict.stops:
+            # Refused alone: neither the recipient nor its refusal is part of the transaction.
+            self.envelope = before.with_queue_id(queue_id)
+            self.refused_rcpt = self.refused_rcpt or verdict
+        else:
+            self.results.extend(verdict.results)
+        return verdict
 
     def data(self, queue_id: str | None) -> None:
         if self.envelope is not None:
@@ -169,11 +184,20 @@ class Conversation:
         self.reset()
 
     def reset(self) -> None:
+        """The transaction is over (ended, aborted, cut, or a new MAIL FROM)."""
+        if self.envelope is not None:
+            if not self.logged and self.refused_rcpt is not None and not self.envelope.rcpts:
+                # Every recipient was refused: no end of message comes; this is its summary line.
+                self.results.extend(self.refused_rcpt.results)
+                self.log_summary(self.refused_rcpt, Stage.RCPT)
+            self.snapshot.pipeline.finish(self.context(), self.log)
         if self.message is not None:
             self.message.close()
         self.envelope = None
         self.message = None
         self.results = []
+        self.refused_rcpt = None
+        self.logged = False
         self.failure = None
 
     def close(self) -> None:
@@ -236,9 +260,13 @@ class Conversation:
                             self.message, self.snapshot.resolver, None, tuple(self.results),
                             self.snapshot.resources)
 
-    def _run(self, stage: Stage) -> Verdict:
+    def _run(self, stage: Stage, keep: bool = True) -> Verdict:
         verdict = self.snapshot.pipeline.run(stage, self.context(), self.log)
-        self.results.extend(verdict.results)
+        if keep:
+            self.results.extend(verdict.results)
+        for result in verdict.results:
+            for notice in result.notices:
+                event(self.log, notice.level, notice.name, notice.message, **dict(notice.fields))
         return verdict
 
     def _finish(self, final: Verdict, stage: Stage, headers: bool = False) -> Verdict:
@@ -302,5 +330,6 @@ class Conversation:
         return fields
 
     def log_summary(self, verdict: Verdict, stage: Stage) -> None:
+        self.logged = True
         event(self.log, logging.INFO, "summary", **self.summary_fields(verdict, stage))
         metrics.message_done(self.listener.name, self.session.authenticated, verdict, self.results)

@@ -123,6 +123,8 @@ class Envelope:
     mail_params: tuple[str, ...] = ()
     rcpts: tuple[str, ...] = field(default=())
     queue_id: str | None = None
+    # Unique per transaction across processes and hosts (the rate limits' reservations).
+    txn_id: str = ""
 
     def with_rcpt(self, rcpt: str) -> Envelope:
         return evolve(self, rcpts=(*self.rcpts, rcpt))

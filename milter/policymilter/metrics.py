@@ -151,6 +151,10 @@ class Recorder:
         self.dns_cache = counter("dns_cache_lookups", "DNS cache lookups by result (hit, miss)", ("result",))
         self.signatures = counter("dkim_signatures", "DKIM signatures made, by domain and selector",
                                   ("domain", "selector"))
+        self.limits_exceeded = counter("limits_exceeded", "Transactions a rate limit stopped, by limit (its "
+                                       "label in the policy) and action (tempfail, hold, lock, report)",
+                                       ("limit", "action"))
+        self.store_errors = counter("state_store_errors", "State store operations that failed, by check", ("check",))
         self.sessions = gauge("sessions_in_progress", "SMTP sessions open (summed over the live workers)")
         self.transactions = gauge("transactions_in_progress", "Transactions open (summed over the live workers)")
         self.workers = gauge("workers_alive", "Worker processes running")
@@ -457,6 +461,20 @@ def signed(domain: str, selector: str) -> None:
 
 
 @_never_affects_mail
+def limit_exceeded(limit: str, action: str) -> None:
+    """A rate limit stopped a transaction (limit: a label from the policy; action: its action or
+    "report")."""
+    if _ACTIVE.recorder is not None:
+        _ACTIVE.recorder.limits_exceeded.labels(limit, action).inc()
+
+
+@_never_affects_mail
+def store_error(check: str) -> None:
+    if _ACTIVE.recorder is not None:
+        _ACTIVE.recorder.store_errors.labels(check).inc()
+
+
+@_never_affects_mail
 def policy_loaded(snapshot: Snapshot) -> None:
     """In the parent: the policy now in force (the exporter reads it at each scrape)."""
     directory = _ACTIVE.directory
@@ -496,6 +514,9 @@ def _known_labels(recorder: Recorder, snapshot: Snapshot) -> None:
     for domain, keys in policy.signing.keys.items():
         for key in keys:
             recorder.signatures.labels(domain, key.selector)
+    for limit in policy.ratelimit.limits:
+        recorder.limits_exceeded.labels(limit.label, limit.action)
+    recorder.store_errors.labels("ratelimit")
 
 
 @_never_affects_mail

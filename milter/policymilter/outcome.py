@@ -113,6 +113,17 @@ class ChangeHeader:
 Action = AddHeader | RemoveHeader | ChangeHeader
 
 
+@dataclass(frozen=True)
+class Notice:
+    """An event a check asks the session to log (with the connection id), beside its result:
+    `limit_exceeded` is one line an operator greps for, not a field of the summary."""
+
+    name: str
+    level: int
+    message: str
+    fields: tuple[tuple[str, Any], ...] = ()
+
+
 class Findings:
     """What a check found, typed, for the checks that read it (`requires`). A check that ran
     and found nothing still hands over its (empty) findings: "did not run" and "errored" are
@@ -137,6 +148,7 @@ class CheckResult:
     authres: tuple[Any, ...] = ()
     # What later checks read (DMARC reads SPF's and DKIM's identities, ARC's chain).
     findings: Findings | None = None
+    notices: tuple[Notice, ...] = ()
 
     @property
     def log_value(self) -> str:

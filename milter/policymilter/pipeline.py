@@ -46,6 +46,7 @@ class Missing(StrEnum):
 
 class Stage(StrEnum):
     MAIL = "mail"
+    RCPT = "rcpt"  # once per recipient; a refusal refuses that recipient only
     EOM = "eom"
 
 
@@ -143,6 +144,20 @@ class Pipeline:
             if result.disposition in (Disposition.REJECT, Disposition.TEMPFAIL):
                 break  # cheap checks run first: no need to pay for the rest
         return decide(results)
+
+    def finish(self, context: CheckContext, log: logging.LoggerAdapter[Any]) -> None:
+        """The transaction ended (accepted, refused, aborted or cut): each check that ran and has
+        a `finish` tidies up. Never raises: the next transaction must not pay for it."""
+        ran = {result.check for result in context.results}
+        for check in self.checks:
+            finish = getattr(check, "finish", None)
+            if finish is None or check.name not in ran:
+                continue
+            try:
+                finish(context)
+            except Exception as error:
+                event(log, logging.ERROR, "check_crashed", f"check {check.name} raised {error!r} at the end of "
+                      "the transaction", exc_info=True, check=check.name)
 
     def _run_one(self, check: Check, context: CheckContext, log: logging.LoggerAdapter[Any]) -> CheckResult:
         started = time.perf_counter()

@@ -1,4 +1,5 @@
-"""The files a policy refers to, read when it is (re)loaded: the sender map and the signing keys.
+"""The files a policy refers to, read when it is (re)loaded: the sender map and the signing keys;
+and the state store it names (opened by each process at first use).
 
 Read by the milter's user, at start as at every reload (privileges.py); checks get them from
 their context, typed, and never read a file themselves.
@@ -12,6 +13,7 @@ from policymilter import sendermap, signing_keys
 from policymilter.policy import PolicyError
 from policymilter.policy.model import Policy, SigningKey
 from policymilter.sendermap import SenderMap
+from policymilter.state import Store, open_store
 
 # domain -> [(key, private key, problem)]: the private key parsed once per policy load, ready to
 # sign; a key that cannot be used has None and its problem, and the signing check applies
@@ -25,6 +27,7 @@ class Resources:
 
     senders: SenderMap = field(default_factory=SenderMap)
     keys: Keys = field(default_factory=dict)
+    store: Store | None = None  # the rate limits' (None: ratelimit is disabled)
 
 
 def load_keys(policy: Policy) -> Keys:
@@ -41,8 +44,20 @@ def load_keys(policy: Policy) -> Keys:
     return keys
 
 
-def load_resources(policy: Policy) -> Resources:
+def load_resources(policy: Policy, previous: Resources | None = None) -> Resources:
+    """`previous`: the resources of the policy this one replaces; its store (and connections)
+    carries over when the policy names the same one with the same timeout."""
     senders, issues = sendermap.load(policy)
     if issues:
         raise PolicyError(issues)
-    return Resources(senders, load_keys(policy))
+    return Resources(senders, load_keys(policy), _store(policy, previous))
+
+
+def _store(policy: Policy, previous: Resources | None) -> Store | None:
+    settings = policy.ratelimit
+    if not settings.enabled:
+        return None
+    old = previous.store if previous is not None else None
+    if old is not None and old.url == settings.store and old.timeout == settings.timeout:
+        return old
+    return open_store(settings.store, settings.timeout)

@@ -34,4 +34,4 @@ def snapshot_for(policy: Policy, files: Sequence[str] = (), generation: int = 1,
     resolver = Resolver(settings.nameservers, settings.timeout, settings.lifetime, settings.cache_size,
                         settings.cache_max_ttl, previous.resolver if previous is not None else None)
     return Snapshot(policy, pipeline or build_pipeline(), tuple(files), generation, resolver,
-                    load_resources(policy))
+                    load_resources(policy, previous.resources if previous is not None else None))

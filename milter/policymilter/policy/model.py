@@ -22,6 +22,7 @@ class CheckName(StrEnum):
     """Checks a listener can run, in pipeline order (cheap before expensive)."""
 
     SENDER = "sender"
+    RATELIMIT = "ratelimit"
     SPF = "spf"
     ATTACHMENTS = "attachments"
     ANTIVIRUS = "antivirus"
@@ -317,6 +318,89 @@ class Sender(CheckTable):
         return value
 
 
+class Limit(Strict):
+    """One row of [[ratelimit.limits]]: at most so many of each count per `per` seconds, for one
+    login (authenticated transactions) or one client address (unauthenticated ones)."""
+
+    key: Literal["login", "client"] = "login"
+    messages: Annotated[int, Field(ge=1)] | None = None
+    # Recipients of accepted transactions, each counted once per transaction after lower-casing
+    # it and removing the +detail (ratelimit.recipient_delimiter).
+    recipients: Annotated[int, Field(ge=1)] | None = None
+    domains: Annotated[int, Field(ge=1)] | None = None  # distinct recipient domains
+    clients: Annotated[int, Field(ge=1)] | None = None  # distinct client addresses (key = "login")
+    per: Annotated[int, Field(ge=1, le=31 * 86400)] = 3600
+    # tempfail: 451 4.7.1 naming the limit (the client retries later); hold: accepted into
+    # Postfix's hold queue for review; lock: 550 5.7.1 for this and every later transaction of
+    # the login until `policy-milter accounts clear LOGIN`.
+    action: Literal["tempfail", "hold", "lock"] = "tempfail"
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,40}$")] | None = None  # default: "KEY PERs"
+
+    @model_validator(mode="after")
+    def _counts(self) -> Limit:
+        if not any((self.messages, self.recipients, self.domains, self.clients)):
+            raise ValueError("a limit needs at least one of messages, recipients, domains, clients")
+        if self.clients is not None and self.key == "client":
+            raise ValueError("clients counts the client addresses of one login: use it with key = \"login\"")
+        if self.action == "lock" and self.key == "client":
+            raise ValueError("action = \"lock\" locks a login: use it with key = \"login\"")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.key}-{self.per}s"
+
+
+class Ratelimit(CheckTable):
+    # "sqlite:/ABSOLUTE/PATH" (one file per host) or "redis://HOST:PORT/DB" (several hosts).
+    store: str = "sqlite:/var/lib/policy-milter/state.db"
+    # The store cannot be reached: "accept" (logged; the limits do not apply) or "tempfail".
+    on_store_error: Literal["accept", "tempfail"] = "accept"
+    timeout: Annotated[float, Field(gt=0, le=10)] = 2.0  # seconds per store operation
+    # Postfix's recipient_delimiter: user+detail@ and user@ are one recipient ("" for none).
+    recipient_delimiter: Annotated[str, Field(max_length=8)] = "+"
+    limits: tuple[Limit, ...] = ()
+    # Mail an admin when a limit trips (at most once per login and limit per window), through
+    # the local MTA at notify_relay: contrib/postfix/master.cf's 127.0.0.1:10027 service, which
+    # runs no milter (through port 25 our own DMARC check would judge the notice).
+    notify: str = ""
+    notify_relay: str = "127.0.0.1:10027"
+    notify_from: str = ""  # default: postmaster@ the first of site.domains (or the host name)
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, value: str) -> str:
+        from policymilter.state import store_problem
+
+        problem = store_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("notify", "notify_from")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", value):
+            raise ValueError(f"{value!r}: expected one address, like \"postmaster@example.org\"")
+        return value
+
+    @field_validator("notify_relay")
+    @classmethod
+    def _relay(cls, value: str) -> str:
+        if not _valid_host_port(value) or ":" not in value.rsplit("]", 1)[-1]:
+            raise ValueError(f"{value!r}: expected \"HOST:PORT\"")
+        return value
+
+    @field_validator("limits")
+    @classmethod
+    def _unique_names(cls, value: tuple[Limit, ...]) -> tuple[Limit, ...]:
+        labels = [limit.label for limit in value]
+        twice = sorted({label for label in labels if labels.count(label) > 1})
+        if twice:
+            raise ValueError(f"two limits are named {twice[0]!r}: give one a `name`")
+        return value
+
+
 class SigningKey(Strict):
     selector: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")]
     key_file: Annotated[str, Field(min_length=1)]
@@ -396,8 +480,8 @@ STRICTEST = Listener(
     auth_mechanisms=("PLAIN", "LOGIN"),
     login_forbidden_chars=".@",
     on_error=ErrorAction.TEMPFAIL,
-    authenticated=TrafficClass(checks=(CheckName.SENDER, CheckName.ATTACHMENTS, CheckName.ANTIVIRUS,
-                                       CheckName.SPAM, CheckName.SIGNING)),
+    authenticated=TrafficClass(checks=(CheckName.SENDER, CheckName.RATELIMIT, CheckName.ATTACHMENTS,
+                                       CheckName.ANTIVIRUS, CheckName.SPAM, CheckName.SIGNING)),
     unauthenticated=TrafficClass(checks=(CheckName.SPF, CheckName.ATTACHMENTS, CheckName.ANTIVIRUS,
                                          CheckName.SPAM, CheckName.DKIM, CheckName.ARC, CheckName.DMARC)),
 )
@@ -455,6 +539,7 @@ class Policy(Strict):
     dmarc: Dmarc = Dmarc()
     arc: Arc = Arc()
     sender: Sender = Sender()
+    ratelimit: Ratelimit = Ratelimit()
     signing: Signing = Signing()
 
     def check_table(self, check: str) -> CheckTable | None:

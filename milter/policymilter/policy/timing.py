@@ -19,8 +19,10 @@ from policymilter.policy.model import STRICTEST, CheckName, Listener, Policy
 # What the milter needs besides the waiting: CPU for the checks, the reply's round trip.
 MARGIN = 2.0
 
-# The stage each listable check runs at (sender runs at both; it never waits).
+# The stage each listable check runs at (sender runs at both; it never waits; ratelimit waits
+# for its store at MAIL FROM, at each RCPT and at end of message).
 MAIL_CHECKS = frozenset({CheckName.SPF})
+EVERY_STAGE = frozenset({CheckName.RATELIMIT})
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ def waits(policy: Policy, check: CheckName) -> float:
             return policy.antivirus.timeout
         case CheckName.SPAM:
             return policy.spam.timeout
+        case CheckName.RATELIMIT:
+            return policy.ratelimit.timeout
         case _:
             return 0.0
 
@@ -60,7 +64,8 @@ def stage_times(policy: Policy, listener: Listener, authenticated: bool) -> tupl
     """The worst case at MAIL FROM and at end of message for one listener and traffic class."""
     running = [check for check in listener.traffic(authenticated).checks
                if (table := policy.check_table(check)) is None or table.enabled]
-    mail = tuple((str(c), waits(policy, c)) for c in running if c in MAIL_CHECKS and waits(policy, c))
+    mail = tuple((str(c), waits(policy, c)) for c in running
+                 if (c in MAIL_CHECKS or c in EVERY_STAGE) and waits(policy, c))
     eom = (("queue", policy.site.queue_timeout),
            *((str(c), waits(policy, c)) for c in running if c not in MAIL_CHECKS and waits(policy, c)))
     return (StageTime("mail", "milter_command_timeout", policy.postfix.milter_command_timeout, mail),

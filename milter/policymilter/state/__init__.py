@@ -42,7 +42,7 @@ def store_problem(url: str) -> str | None:
 def open_store(url: str, timeout: float = 2.0) -> Store:
     """The store `url` names (already validated by store_problem); connects on first use."""
     if url.startswith("sqlite:"):
-        return SqliteStore(url.removeprefix("sqlite:"), timeout=max(timeout, 1.0))
+        return SqliteStore(url.removeprefix("sqlite:"), timeout=timeout)
     from policymilter.state.redisstore import RedisStore
 
     return RedisStore(url, timeout=timeout)

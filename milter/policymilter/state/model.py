@@ -118,6 +118,7 @@ class Store(Protocol):
     """The state behind the limits: one per process (opened after fork), safe across threads."""
 
     url: str
+    timeout: float
 
     def reserve(self, reservation: Reservation, now: float) -> Exceeded | None:
         """Atomically: refuse if a counter would go past its limit, else reserve the members."""

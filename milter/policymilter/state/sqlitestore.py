@@ -57,7 +57,7 @@ class SqliteStore:
     def __init__(self, path: str, timeout: float = BUSY_TIMEOUT_MS / 1000) -> None:
         self.url = f"sqlite:{path}"
         self.path = Path(path)
-        self._timeout = timeout
+        self.timeout = timeout
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._pid = 0
@@ -69,7 +69,7 @@ class SqliteStore:
         # Opened by the process that uses it: a connection must never cross a fork.
         if self._db is None or self._pid != os.getpid():
             try:
-                db = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None,
+                db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
                                      check_same_thread=False)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")

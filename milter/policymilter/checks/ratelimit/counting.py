@@ -1,0 +1,104 @@
+"""What a transaction counts under its key: the key, the counters of the limits that apply, and
+the members a reservation adds (one message, its normalised recipients, their domains, the
+client). Pure functions of the context and the policy.
+
+Normalised so that one account and one mailbox are counted once whatever the client writes:
+the login is case-folded (most SASL back ends, LDAP and PAM among them, accept any case, and
+each spelling would otherwise get limits of its own); a recipient is lower-cased, unquoted and
+loses its +detail; an IPv6 client counts by its /64 (one host owns a whole /64 and can use a
+new address for every connection).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from policymilter.facts import Envelope, Session
+from policymilter.policy.model import Limit, Policy
+from policymilter.state import Counter, Dimension, Reservation
+from policymilter.state.model import SEPARATOR
+
+DIMENSIONS = (Dimension.MESSAGES, Dimension.RECIPIENTS, Dimension.DOMAINS, Dimension.CLIENTS)
+
+
+@dataclass(frozen=True)
+class Applicable:
+    """The key a transaction counts under and the limits that apply to it."""
+
+    key: str
+    who: str  # the login or the client network, for replies and logs
+    limits: tuple[Limit, ...]
+
+    @property
+    def counters(self) -> tuple[Counter, ...]:
+        return tuple(Counter(limit.label, dimension, value, float(limit.per))
+                     for limit in self.limits for dimension in DIMENSIONS
+                     if (value := getattr(limit, str(dimension))) is not None)
+
+    @property
+    def keep(self) -> float:
+        return float(max((limit.per for limit in self.limits), default=0))
+
+    def limit(self, label: str) -> Limit:
+        return next(limit for limit in self.limits if limit.label == label)
+
+
+def login_key(login: str) -> str:
+    return "login:" + login.casefold()
+
+
+def client_network(address: str | None) -> str:
+    """The address a client counts by: itself (IPv4), its /64 (IPv6), or "unknown"."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return "unknown"
+    if ip.version == 6 and ip.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip.ipv4_mapped if ip.version == 6 and ip.ipv4_mapped else ip)
+
+
+def applicable(policy: Policy, session: Session) -> Applicable | None:
+    """Login limits for an authenticated session, client limits for any other; None if none."""
+    if session.authenticated:
+        limits = tuple(limit for limit in policy.ratelimit.limits if limit.key == "login")
+        login = str(session.auth_login)
+        return Applicable(login_key(login), login, limits)
+    limits = tuple(limit for limit in policy.ratelimit.limits if limit.key == "client")
+    network = client_network(session.client_ip)
+    return Applicable("client:" + network, network, limits) if limits else None
+
+
+def recipient(address: str, delimiters: str) -> str:
+    """`"Alice+news"@Example.ORG.` -> `alice@example.org` (Postfix's recipient_delimiter: any
+    one of `delimiters` starts the detail)."""
+    local, at, domain = address.rpartition("@")
+    if not at:
+        local, domain = address, ""
+    if len(local) >= 2 and local.startswith('"') and local.endswith('"'):
+        inner, unescaped, escaped = local[1:-1], [], False
+        for char in inner:
+            if escaped or char != "\\":
+                unescaped.append(char)
+                escaped = False
+            else:
+                escaped = True
+        local = "".join(unescaped)
+    cut = min((i for i in (local.find(d) for d in delimiters) if i > 0), default=-1)
+    if cut > 0:
+        local = local[:cut]
+    domain = domain.lower().rstrip(".")
+    return f"{local.lower()}@{domain}" if domain else local.lower()
+
+
+def reservation(policy: Policy, session: Session, envelope: Envelope, which: Applicable) -> Reservation:
+    rcpts = sorted({recipient(r, policy.ratelimit.recipient_delimiter) for r in envelope.rcpts})
+    txn = envelope.txn_id
+    members = {
+        Dimension.MESSAGES: (txn,),
+        Dimension.RECIPIENTS: tuple(f"{txn}{SEPARATOR}{r}" for r in rcpts),
+        Dimension.DOMAINS: tuple(sorted({r.rpartition("@")[2] for r in rcpts if "@" in r})),
+        Dimension.CLIENTS: (client_network(session.client_ip),),
+    }
+    return Reservation(which.key, txn, members, which.counters, which.keep)
