@@ -28,7 +28,8 @@ LOOPBACK = "127.0.0.1"
 HOLD_RECIPIENT_REGEXP = r"/^hold([-+.][^@]*)?@/ HOLD held for inspection by the test"
 
 SERVICES = ("smtp", "submission", "submissions")  # contrib's master.cf doors
-LISTENERS = (*SERVICES, "loose")  # every smtpd the instance runs, each on a port of its own
+NOTIFY_SERVICE = "127.0.0.1:10027"  # contrib's milter-free service for the milter's own mail
+LISTENERS = (*SERVICES, "notify", "loose")  # every smtpd the instance runs, each on a port of its own
 
 # Postfix's internal services, as in Debian's master.cf but never chrooted:
 # a private instance must see the same file system as the test.
@@ -199,13 +200,14 @@ def main_cf(instance: PostfixInstance) -> str:
 
 
 def contrib_master_cf(ports: Mapping[str, int]) -> list[str]:
-    """contrib's three smtpd services on loopback ports, unchrooted."""
+    """contrib's smtpd services (three doors and the notification service) on loopback ports,
+    unchrooted."""
     entries = {(e[0], e[1]): e for e in parse_master_cf((CONTRIB_DIR / "master.cf").read_text())}
     blocks = []
-    for service in SERVICES:
-        entry = entries.get((service, "inet"))
+    for service, name in (*((s, s) for s in SERVICES), ("notify", NOTIFY_SERVICE)):
+        entry = entries.get((name, "inet"))
         if entry is None:
-            raise RuntimeError(f"contrib/postfix/master.cf has no '{service} inet' service")
+            raise RuntimeError(f"contrib/postfix/master.cf has no '{name} inet' service")
         # Name -> host:port; 5th column (chroot) -> n: a chrooted smtpd would
         # look for the socket and sasldb inside the queue directory.
         adapted = [f"{LOOPBACK}:{ports[service]}", entry[1], entry[2], entry[3], "n", *entry[5:]]

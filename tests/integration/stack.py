@@ -284,6 +284,7 @@ class MailStack:
         self.maillog_path = self.directory / "maillog"
         self.milter_log_path = self.directory / "milter.log"
         self.milter_socket = self.directory / "milter" / "milter.sock"
+        self.state_dir = self.directory / "state"  # the milter's rate-limit store (state_store)
         self.ports: dict[str, int] = {}
         self.sasl_realm = ""
 
@@ -435,6 +436,7 @@ class MailStack:
         """
         if self._milter is not None and self._milter.poll() is None:
             raise RuntimeError(f"a milter is already running (pid {self._milter.pid})")
+        cmd = self.with_private_state(cmd)
         full_env = {**os.environ, **(env or {})}
         with open(self.milter_log_path, "ab") as log:
             log.write(f"=== {time.strftime('%H:%M:%S')} start: {' '.join(cmd)}\n".encode())
@@ -445,6 +447,23 @@ class MailStack:
                 list(cmd), stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True
             )
         self._wait_milter_socket(timeout)
+
+    @property
+    def state_store(self) -> str:
+        """This stack's rate-limit store: never the host's /var/lib/policy-milter."""
+        return f"sqlite:{self.state_dir}/state.db"
+
+    def with_private_state(self, cmd: Sequence[str]) -> list[str]:
+        """`policymilter run` without a ratelimit.store of its own gets this stack's store, and
+        its admin notices go to this instance's notification service."""
+        cmd = list(cmd)
+        if "policymilter" not in cmd or "run" not in cmd:
+            return cmd
+        if not any("ratelimit.store=" in arg for arg in cmd):
+            cmd += ["-o", f'ratelimit.store="{self.state_store}"']
+        if not any("ratelimit.notify_relay=" in arg for arg in cmd):
+            cmd += ["-o", f'ratelimit.notify_relay="{LOOPBACK}:{self.ports["notify"]}"']
+        return cmd
 
     def signal_milter(self, sig: int) -> None:
         if self._milter is None:
@@ -526,6 +545,11 @@ class MailStack:
             path.mkdir(exist_ok=True)
             os.chmod(path, 0o755)
         self._make_socket_dir()
+        # Like /var/lib/policy-milter: the milter's user writes the SQLite file and its journal.
+        self.state_dir.mkdir(exist_ok=True)
+        if self._has_user(MILTER_USER):
+            os.chown(self.state_dir, pwd.getpwnam(MILTER_USER).pw_uid, -1)
+        os.chmod(self.state_dir, 0o700)
 
     def _make_socket_dir(self) -> None:
         """A directory for the milter socket that the postfix user can enter.

@@ -111,7 +111,7 @@ def test_hold_accepts_into_the_hold_queue_uncounted(tmp_path, logwatch):
     mta = submission(svc)
     assert send(mta, "bob@elsewhere.test")[0] == Milter.ACCEPT and mta.ctx.quarantined is None
     assert send(mta, "bob@elsewhere.test")[0] == Milter.ACCEPT
-    assert mta.ctx.quarantined == "held: limit hold1 reached: 1 messages of 1 messages per 3600 s"
+    assert mta.ctx.quarantined == "held: limit hold1: 1 of 1 messages per 3600 s already used"
     summary = logwatch.fields("summary")[-1]
     assert summary["verdict"] == "quarantine" and summary["decided_by"] == "ratelimit"
     usage = open_store(f"sqlite:{tmp_path}/s.db").usage("login:alice", __import__("time").time(), (3600.0,))

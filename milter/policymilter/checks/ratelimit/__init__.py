@@ -87,9 +87,9 @@ def _exceeded(context: CheckContext, which: Applicable, exceeded: Exceeded, stor
     limit: Limit = which.limit(exceeded.counter.name)
     report = context.policy.ratelimit.mode == "report"
     who = safetext.for_reply(which.who, 64)
-    reason = (f"limit {limit.label} reached: {exceeded.count} {exceeded.counter.dimension} of "
-              f"{_what(exceeded)}")
-    notice = Notice("limit_exceeded", logging.WARNING, f"{which.key} reached limit {limit.label}: {reason}", (
+    reason = f"limit {limit.label}: {exceeded.count} of {_what(exceeded)} already used"
+    notice = Notice("limit_exceeded", logging.WARNING, f"{which.key} is over limit {limit.label} "
+                    f"({_what(exceeded)}): {'report only, would ' if report else ''}{limit.action}", (
         ("login", context.session.auth_login), ("client", context.session.client_ip), ("limit", limit.label),
         ("count", exceeded.count + exceeded.adding), ("max", exceeded.counter.limit),
         ("dimension", str(exceeded.counter.dimension)), ("window", limit.per),
