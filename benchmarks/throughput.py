@@ -11,6 +11,9 @@ attachments path. The configurations:
   null      benchmarks/nullmilter.py: pymilter, no-reply callbacks, one header added at the end
   pm1       policy-milter run --workers 1
   pm        policy-milter run with its default workers (the CPU count)
+  pmm       pm with --metrics (the metrics' cost)
+  pmn       pm with ratelimit.enabled=false (the rate limits' cost: pm counts every message of
+            path d in its SQLite store, under limits no batch reaches)
 
 Every milter runs as the policy-milter user on a unix socket. The paths:
 
@@ -81,8 +84,15 @@ CONFIG_LABELS = {
     "pm1": "policy-milter --workers 1",
     "pm": "policy-milter (default workers)",
     "pmm": "policy-milter, --metrics on",
+    "pmn": "policy-milter, ratelimit off",
 }
-MILTER_CONFIGS = ("null", "pm1", "pm", "pmm")
+MILTER_CONFIGS = ("null", "pm1", "pm", "pmm", "pmn")
+# The shipped limits, raised so that no batch reaches them: every policy-milter configuration but
+# pmn counts each authenticated message (path d) in its store as deployed (SQLite, two limits),
+# and pmn shows what that costs.
+UNREACHABLE_LIMITS = ("ratelimit.limits=[{messages = 100000000, recipients = 100000000, per = 3600}, "
+                      "{messages = 100000000, recipients = 100000000, clients = 100000, per = 86400, "
+                      "action = \"hold\"}]")
 SIZES = {"100 KB": 100_000, "1 MB": MB, "10 MB": 10 * MB}
 SIZE_MESSAGES = {"100 KB": 40, "1 MB": 12, "10 MB": 4}
 QUICK_SIZE_MESSAGES = {"100 KB": 1, "1 MB": 1, "10 MB": 1}
@@ -484,7 +494,7 @@ PATHS = {
                    {"spf": "pass", "attachments": "clean", "antivirus": "clean", "dmarc": "pass",
                     "verdict": "accept"}),
     "d": BenchPath("d", "587 STARTTLS+AUTH: sender + RSA-2048 signing", "submission", False,
-                   {"sender": "pass", "signing": "pass", "verdict": "accept"}),
+                   {"sender": "pass", "ratelimit": "pass", "signing": "pass", "verdict": "accept"}),
 }
 
 
@@ -515,6 +525,8 @@ def milter_command(config: str, stack: MailStack, overrides: Sequence[str]) -> l
         command += ["--workers", "1"]
     if config == "pmm":  # the metrics' cost: pm with /metrics served (not scraped during the batches)
         command += ["--metrics", f"127.0.0.1:{_free_ports(1)[0]}"]
+    if config == "pmn":  # the rate limits' cost: pm without them
+        command += ["-o", "ratelimit.enabled=false"]
     for override in overrides:
         command += ["-o", override]
     return command
@@ -673,7 +685,7 @@ class Bench:
         self.base_overrides = [
             f'dns.nameservers=["{self.dns.nameserver}"]', "spam.enabled=false",
             f'signing.keys={{"{SITE_DOMAIN}" = [{{selector = "{SIGNING_SELECTOR}", key_file = "{key_file}"}}]}}',
-            *([] if args.dns_cache else ["dns.cache_size=0"])]
+            *([] if args.dns_cache else ["dns.cache_size=0"]), UNREACHABLE_LIMITS]
         self.harness_deliveries = {config: 0 for config in self.configs}
 
     def _stack(self, config: str, exits: contextlib.ExitStack) -> MailStack:

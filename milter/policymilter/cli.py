@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Sequence
 from email.utils import getaddresses
 from pathlib import Path
@@ -27,6 +29,7 @@ from policymilter.privileges import MILTER_USER, Identity, acting_as, milter_ide
 from policymilter.report import add_report_command, cmd_report
 from policymilter.service import Service, load_checked, load_snapshot, unusable_keys
 from policymilter.snapshot import Snapshot, snapshot_for
+from policymilter.state import open_store
 
 DEFAULT_POLICY = "/etc/policy-milter"
 DEFAULT_SOCKET = "unix:/run/policy-milter/milter.sock"
@@ -106,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--rcpt", action="append", default=[], help="envelope recipient; repeatable "
                                                                       "(default: the To/Cc addresses)")
     explain.add_argument("--json", action="store_true", help="print one JSON object")
+    explain.epilog = ("ratelimit runs against an empty scratch store: explain never counts in the site's store "
+                      "(policy-milter accounts show LOGIN reads that)")
     explain.add_argument("message", help="the message file (RFC 5322, .eml); - for standard input")
 
     keygen = commands.add_parser("dkim-keygen", help="make a DKIM signing key file; print its DNS record")
@@ -286,6 +291,16 @@ def explain(snapshot: Snapshot, session: Session, listener: ListenerMatch, raw: 
     return describe(conversation, verdict, stage)
 
 
+def scratch_store(snapshot: Snapshot, directory: str) -> Snapshot:
+    """The snapshot with an empty state store in `directory`: explain shows what the rate limits
+    do to one message from a login with nothing sent yet, and never counts in the site's store
+    (`policy-milter accounts show LOGIN` reads that)."""
+    if snapshot.resources.store is None:
+        return snapshot
+    store = open_store(f"sqlite:{directory}/explain.db")
+    return dataclasses.replace(snapshot, resources=dataclasses.replace(snapshot.resources, store=store))
+
+
 def smtp_reply_text(verdict: Verdict) -> str:
     if verdict.reply is not None and verdict.disposition in (Disposition.REJECT, Disposition.TEMPFAIL):
         return str(verdict.reply)
@@ -355,8 +370,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as error:
         print(f"explain: {error}", file=sys.stderr)
         return EXIT_INVALID
-    report = explain(snapshot, session, listener_by_name(snapshot.policy, args.listener), raw, args.mail_from,
-                     args.rcpt)
+    with tempfile.TemporaryDirectory(prefix="policy-milter-explain-") as scratch:
+        report = explain(scratch_store(snapshot, scratch), session, listener_by_name(snapshot.policy, args.listener),
+                         raw, args.mail_from, args.rcpt)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -23,8 +23,8 @@ def limits(*rows: str) -> list[str]:
 
 
 def service(tmp_path: Path, *overrides: str) -> Service:
-    return Service(DEFAULT_POLICY, [*OFFLINE, "site.domains=[\"example.org\"]", f"ratelimit.store=\"sqlite:{tmp_path}/s.db\"",
-                                    *overrides])
+    return Service(DEFAULT_POLICY, [*OFFLINE, "site.domains=[\"example.org\"]",
+                                    f"ratelimit.store=\"sqlite:{tmp_path}/s.db\"", *overrides])
 
 
 def submission(svc: Service, login: str = "alice", ip: str = "198.51.100.7") -> FakeMTA:
@@ -149,7 +149,8 @@ def test_store_unusable_applies_on_store_error(tmp_path, logwatch, on_error, exp
     blocked = tmp_path / "file"
     blocked.write_text("not a directory")
     svc = Service(DEFAULT_POLICY, [*OFFLINE, "site.domains=[\"example.org\"]",
-                                   f"ratelimit.store=\"sqlite:{blocked}/s.db\"", f"ratelimit.on_store_error=\"{on_error}\""])
+                                   f"ratelimit.store=\"sqlite:{blocked}/s.db\"",
+                                   f"ratelimit.on_store_error=\"{on_error}\""])
     mta = submission(svc)
     answer, replies = send(mta, "bob@elsewhere.test")
     assert answer == expected

@@ -34,6 +34,11 @@ class Dimension(StrEnum):
     CLIENTS = "clients"
 
 
+# Members made of the transaction id (the message, its recipients): new in every transaction,
+# never used before it commits. Domains and clients recur and are counted once per window.
+UNIQUE_PER_TRANSACTION = frozenset({Dimension.MESSAGES, Dimension.RECIPIENTS})
+
+
 # How long a reservation lasts without its commit (a worker killed mid-transaction): longer than
 # any transaction Postfix lets run (DATA within smtpd_timeout per read, the milter's 300 s).
 RESERVATION_SECONDS = 900.0

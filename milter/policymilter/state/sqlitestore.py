@@ -3,16 +3,25 @@
 WAL journal, so `accounts` reads while the workers write; every update runs in one
 `BEGIN IMMEDIATE` transaction, which takes the file's write lock first, so a check-and-reserve
 is atomic across every worker process (and every thread: one connection per process, used
-under a lock). Members older than the longest window, expired reservations and old holds are
-deleted as the store is used (`_purge`, at most once a minute per process), so the file stays
-the size of the traffic of one window.
+under a lock).
+
+The cost of a check must not grow with the window (a login allowed 3,000 recipients a day has
+up to 3,000 members in it): members are kept per window length (`per`) with a tally beside
+them. A window's members older than `per` are deleted, and its tally lowered, when the key is
+next used (the index on (key, dim, per, ts) finds just those); then the tally is the window's
+count, each new member is one primary-key lookup, and only reservations (transactions in
+progress: few) are read whole. Expired reservations, old holds and notices, and the windows of
+keys nobody uses any more go in a purge at most once a minute per process, so the file stays
+the size of the traffic of the longest window.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,46 +30,62 @@ from typing import TypeVar
 from policymilter.state.model import (
     RECENT,
     RESERVATION_SECONDS,
+    UNIQUE_PER_TRANSACTION,
+    Counter,
     Dimension,
     Exceeded,
     LockInfo,
     Reservation,
     StoreError,
     Usage,
-    over,
     recipient_of,
 )
 
 T = TypeVar("T")
-BUSY_TIMEOUT_MS = 5000  # waiting for another process's write; beyond it the store "is down"
 PURGE_EVERY = 60.0
+WRITER_POLL = 0.0002  # seconds between tries for the writers' lock
 HOLD_KEEP = 7 * 86400.0  # held-message records: a week, for `accounts list`
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS used (
-    key TEXT NOT NULL, dim TEXT NOT NULL, member TEXT NOT NULL, ts REAL NOT NULL, keep REAL NOT NULL,
-    PRIMARY KEY (key, dim, member)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS used_expiry ON used (ts);
+CREATE TABLE IF NOT EXISTS member (
+    key TEXT NOT NULL, dim TEXT NOT NULL, per REAL NOT NULL, member TEXT NOT NULL, ts REAL NOT NULL,
+    PRIMARY KEY (key, dim, per, member)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS member_age ON member (key, dim, per, ts);
+CREATE INDEX IF NOT EXISTS member_expiry ON member (ts);
+CREATE TABLE IF NOT EXISTS tally (
+    key TEXT NOT NULL, dim TEXT NOT NULL, per REAL NOT NULL, n INTEGER NOT NULL, oldest REAL NOT NULL,
+    PRIMARY KEY (key, dim, per)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS reserved (
     key TEXT NOT NULL, dim TEXT NOT NULL, member TEXT NOT NULL, txn TEXT NOT NULL, expires REAL NOT NULL,
-    keep REAL NOT NULL, PRIMARY KEY (key, txn, dim, member)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS reserved_key ON reserved (key, dim);
+    PRIMARY KEY (key, txn, dim, member)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS reserved_member ON reserved (key, dim, member);
 CREATE TABLE IF NOT EXISTS locks (key TEXT PRIMARY KEY, since REAL NOT NULL, reason TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS held (key TEXT NOT NULL, ts REAL NOT NULL, reason TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS held_key ON held (key, ts);
 CREATE TABLE IF NOT EXISTS notices (key TEXT NOT NULL, name TEXT NOT NULL, until REAL NOT NULL,
     PRIMARY KEY (key, name)) WITHOUT ROWID;
 """
+# `accounts show` and the notification read recipients and clients from this window's members.
+WIDEST = "SELECT MAX(per) FROM tally WHERE key = ? AND dim = ?"
+
+
+def _windows(reservation: Reservation) -> dict[tuple[Dimension, float], list[Counter]]:
+    windows: dict[tuple[Dimension, float], list[Counter]] = {}
+    for counter in reservation.counters:
+        windows.setdefault((counter.dimension, counter.per), []).append(counter)
+    return windows
 
 
 class SqliteStore:
-    def __init__(self, path: str, timeout: float = BUSY_TIMEOUT_MS / 1000) -> None:
+    def __init__(self, path: str, timeout: float = 2.0) -> None:
         self.url = f"sqlite:{path}"
         self.path = Path(path)
         self.timeout = timeout
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._pid = 0
+        self._lockfile: int | None = None  # the writers' lock (a descriptor of this process's own)
+        self._lockfile_pid = 0
         self._purged = 0.0
 
     # --- the connection ---------------------------------------------------------------------
@@ -85,16 +110,45 @@ class SqliteStore:
                 db = self._connection()
                 if not write:
                     return work(db)
-                with _immediate(db):
+                with self._writer(), _immediate(db):
                     return work(db)
             except sqlite3.Error as error:
                 raise StoreError(f"{self.path}: {error}") from None
+
+    @contextmanager
+    def _writer(self) -> Iterator[None]:
+        """The processes' turn to write, taken before SQLite's own lock. SQLite's busy handler
+        sleeps 1, 2, 5, 10... ms between its tries, so two workers writing at once would wait
+        milliseconds for a lock held for a tenth of one; this lock is polled every WRITER_POLL
+        seconds instead, up to the store's timeout."""
+        if self._lockfile is None or self._lockfile_pid != os.getpid():
+            try:
+                self._lockfile = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as error:
+                raise StoreError(f"cannot open {self.path}.lock: {error.strerror}") from None
+            self._lockfile_pid = os.getpid()
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StoreError(f"{self.path}: another process held the write lock for "
+                                     f"{self.timeout:g} s") from None
+                time.sleep(WRITER_POLL)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lockfile, fcntl.LOCK_UN)
 
     def close(self) -> None:
         with self._lock:
             if self._db is not None and self._pid == os.getpid():
                 self._db.close()
-            self._db = None
+            if self._lockfile is not None and self._lockfile_pid == os.getpid():
+                os.close(self._lockfile)
+            self._db, self._lockfile = None, None
 
     # --- the limits -------------------------------------------------------------------------
 
@@ -104,9 +158,9 @@ class SqliteStore:
             exceeded = self._over(db, reservation, now, exclude_txn=None)
             if exceeded is None:
                 db.executemany(
-                    "INSERT OR IGNORE INTO reserved (key, dim, member, txn, expires, keep) VALUES (?, ?, ?, ?, ?, ?)",
-                    [(reservation.key, str(dim), member, reservation.txn, now + RESERVATION_SECONDS,
-                      reservation.keep) for dim, members in reservation.members.items() for member in members])
+                    "INSERT OR IGNORE INTO reserved (key, dim, member, txn, expires) VALUES (?, ?, ?, ?, ?)",
+                    [(reservation.key, str(dim), member, reservation.txn, now + RESERVATION_SECONDS)
+                     for dim, members in reservation.members.items() for member in members])
             return exceeded
 
         return self._run(work)
@@ -114,18 +168,24 @@ class SqliteStore:
     def commit(self, reservation: Reservation, now: float) -> Exceeded | None:
         def work(db: sqlite3.Connection) -> Exceeded | None:
             key, txn = reservation.key, reservation.txn
-            alive = db.execute("SELECT COUNT(*) FROM reserved WHERE key = ? AND txn = ? AND expires > ?",
-                               (key, txn, now)).fetchone()[0]
-            if not alive:
+            alive = db.execute("SELECT 1 FROM reserved WHERE key = ? AND txn = ? AND expires > ? LIMIT 1",
+                               (key, txn, now)).fetchone()
+            if alive is None:
                 db.execute("DELETE FROM reserved WHERE key = ? AND txn = ?", (key, txn))
                 exceeded = self._over(db, reservation, now, exclude_txn=txn)
                 if exceeded is not None:
                     return exceeded
-            rows = [(key, str(dim), member, now, reservation.keep)
-                    for dim, members in reservation.members.items() for member in members]
-            db.executemany("INSERT INTO used (key, dim, member, ts, keep) VALUES (?, ?, ?, ?, ?) "
-                           "ON CONFLICT (key, dim, member) DO UPDATE SET ts = excluded.ts, "
-                           "keep = max(keep, excluded.keep)", rows)
+            # Every window of the key's limits; a dimension no limit counts is kept for
+            # `accounts show` in a window as long as the longest limit's.
+            windows = list(_windows(reservation))
+            windows += [(dim, reservation.keep) for dim in reservation.members if dim not in {d for d, _ in windows}]
+            tallies = []
+            for dim, per in windows:
+                added = self._add(db, key, dim, per, reservation.members.get(dim, ()), now)
+                if added:
+                    tallies.append((key, str(dim), per, added, now))
+            db.executemany("INSERT INTO tally (key, dim, per, n, oldest) VALUES (?, ?, ?, ?, ?) "
+                           "ON CONFLICT (key, dim, per) DO UPDATE SET n = n + excluded.n", tallies)
             db.execute("DELETE FROM reserved WHERE key = ? AND txn = ?", (key, txn))
             return None
 
@@ -134,25 +194,74 @@ class SqliteStore:
     def release(self, key: str, txn: str) -> None:
         self._run(lambda db: db.execute("DELETE FROM reserved WHERE key = ? AND txn = ?", (key, txn)))
 
+    @staticmethod
+    def _expire(db: sqlite3.Connection, key: str, dim: str, per: float, now: float) -> int:
+        """Forget the window's members older than it; its tally and oldest follow. The count left."""
+        db.execute("DELETE FROM member WHERE key = ? AND dim = ? AND per = ? AND ts <= ?", (key, dim, per, now - per))
+        left, oldest = db.execute("SELECT COUNT(*), MIN(ts) FROM member WHERE key = ? AND dim = ? AND per = ?",
+                                  (key, dim, per)).fetchone()
+        db.execute("UPDATE tally SET n = ?, oldest = ? WHERE key = ? AND dim = ? AND per = ?",
+                   (left, oldest if oldest is not None else now, key, dim, per))
+        return int(left)
+
+    @staticmethod
+    def _add(db: sqlite3.Connection, key: str, dimension: Dimension, per: float, members: Sequence[str],
+             now: float) -> int:
+        """Members used now; how many were not in the window yet."""
+        dim = str(dimension)
+        if dimension in UNIQUE_PER_TRANSACTION:
+            db.executemany("INSERT INTO member (key, dim, per, member, ts) VALUES (?, ?, ?, ?, ?)",
+                           [(key, dim, per, member, now) for member in members])
+            return len(members)
+        new = 0
+        for member in members:
+            if db.execute("INSERT OR IGNORE INTO member (key, dim, per, member, ts) VALUES (?, ?, ?, ?, ?)",
+                          (key, dim, per, member, now)).rowcount:
+                new += 1
+            else:
+                db.execute("UPDATE member SET ts = ? WHERE key = ? AND dim = ? AND per = ? AND member = ?",
+                           (now, key, dim, per, member))
+        return new
+
     def _over(self, db: sqlite3.Connection, reservation: Reservation, now: float,
               exclude_txn: str | None) -> Exceeded | None:
-        dims = {counter.dimension for counter in reservation.counters}
-        longest = max((counter.per for counter in reservation.counters), default=0.0)
-        used: dict[Dimension, dict[str, float]] = {}
-        pending: dict[Dimension, set[str]] = {}
-        for dim in dims:
-            used[dim] = dict(db.execute("SELECT member, ts FROM used WHERE key = ? AND dim = ? AND ts > ?",
-                                        (reservation.key, str(dim), now - longest)))
-            pending[dim] = {member for member, txn in db.execute(
-                "SELECT member, txn FROM reserved WHERE key = ? AND dim = ? AND expires > ?",
-                (reservation.key, str(dim), now)) if txn != exclude_txn}
-        return over(reservation.counters, reservation.members, used, pending, now)
+        """model.over's arithmetic, at a cost that does not grow with the window (module doc):
+        a window is expired only when its oldest member has left it."""
+        key, txn = reservation.key, exclude_txn or ""
+        tallies = {(Dimension(dim), per): (n, oldest) for dim, per, n, oldest in db.execute(
+            "SELECT dim, per, n, oldest FROM tally WHERE key = ?", (key,))}
+        reserved: dict[Dimension, set[str]] = {}
+        for dim, member in db.execute("SELECT dim, member FROM reserved WHERE key = ? AND expires > ? AND txn != ?",
+                                      (key, now, txn)):
+            reserved.setdefault(Dimension(dim), set()).add(member)
+        for (dimension, per), counters in _windows(reservation).items():
+            dim = str(dimension)
+            count, oldest = tallies.get((dimension, per), (0, now))
+            if count and oldest <= now - per:
+                count = self._expire(db, key, dim, per, now)
+            pending = reserved.get(dimension, set())
+            if dimension not in UNIQUE_PER_TRANSACTION:  # a pending domain may be in the window already
+                pending = {m for m in pending if not self._in_window(db, key, dim, per, m)}
+            current = count + len(pending)
+            adding = sum(1 for member in set(reservation.members.get(dimension, ())) if member not in pending
+                         and (dimension in UNIQUE_PER_TRANSACTION or not self._in_window(db, key, dim, per, member)))
+            for counter in counters:
+                if adding and current + adding > counter.limit:
+                    return Exceeded(counter, current, adding)
+        return None
+
+    @staticmethod
+    def _in_window(db: sqlite3.Connection, key: str, dim: str, per: float, member: str) -> bool:
+        return db.execute("SELECT 1 FROM member WHERE key = ? AND dim = ? AND per = ? AND member = ?",
+                          (key, dim, per, member)).fetchone() is not None
 
     def _purge(self, db: sqlite3.Connection, now: float) -> None:
         if now - self._purged < PURGE_EVERY:
             return
         self._purged = now
-        db.execute("DELETE FROM used WHERE ts <= ? - keep", (now,))
+        for key, dim, per in db.execute("SELECT key, dim, per FROM tally WHERE oldest <= ? - per", (now,)).fetchall():
+            self._expire(db, key, dim, per, now)
+        db.execute("DELETE FROM tally WHERE n <= 0")
         db.execute("DELETE FROM reserved WHERE expires <= ?", (now,))
         db.execute("DELETE FROM held WHERE ts <= ?", (now - HOLD_KEEP,))
         db.execute("DELETE FROM notices WHERE until <= ?", (now,))
@@ -174,7 +283,7 @@ class SqliteStore:
     def clear(self, key: str) -> bool:
         def work(db: sqlite3.Connection) -> bool:
             removed = 0
-            for table in ("locks", "used", "reserved", "held", "notices"):
+            for table in ("locks", "member", "tally", "reserved", "held", "notices"):
                 removed += db.execute(f"DELETE FROM {table} WHERE key = ?", (key,)).rowcount
             return removed > 0
 
@@ -194,19 +303,23 @@ class SqliteStore:
 
     def usage(self, key: str, now: float, windows: Sequence[float]) -> Usage:
         def work(db: sqlite3.Connection) -> Usage:
+            def widest(dim: Dimension) -> float:
+                row = db.execute(WIDEST, (key, str(dim))).fetchone()
+                return float(row[0]) if row and row[0] is not None else 0.0
+
+            def members(dim: Dimension, since: float) -> list[tuple[str, float]]:
+                return list(db.execute("SELECT member, ts FROM member WHERE key = ? AND dim = ? AND per = ? "
+                                       "AND ts > ? ORDER BY ts DESC", (key, str(dim), widest(dim), since)))
+
             counts: dict[tuple[Dimension, float], int] = {}
             for dim in Dimension:
+                reserved = {m for (m,) in db.execute(
+                    "SELECT member FROM reserved WHERE key = ? AND dim = ? AND expires > ?", (key, str(dim), now))}
                 for per in windows:
-                    used = {m for (m,) in db.execute("SELECT member FROM used WHERE key = ? AND dim = ? AND ts > ?",
-                                                     (key, str(dim), now - per))}
-                    used |= {m for (m,) in db.execute(
-                        "SELECT member FROM reserved WHERE key = ? AND dim = ? AND expires > ?", (key, str(dim), now))}
-                    counts[(dim, per)] = len(used)
-            clients = tuple(db.execute("SELECT member, ts FROM used WHERE key = ? AND dim = ? ORDER BY ts DESC",
-                                       (key, str(Dimension.CLIENTS))))
-            recipients = tuple((recipient_of(m), ts) for m, ts in db.execute(
-                "SELECT member, ts FROM used WHERE key = ? AND dim = ? ORDER BY ts DESC LIMIT ?",
-                (key, str(Dimension.RECIPIENTS), RECENT)))
+                    counts[(dim, per)] = len({m for m, _ in members(dim, now - per)} | reserved)
+            clients = tuple(members(Dimension.CLIENTS, now - widest(Dimension.CLIENTS)))
+            recipients = tuple((recipient_of(m), ts) for m, ts in
+                               members(Dimension.RECIPIENTS, now - widest(Dimension.RECIPIENTS))[:RECENT])
             pending = db.execute("SELECT COUNT(DISTINCT txn) FROM reserved WHERE key = ? AND expires > ?",
                                  (key, now)).fetchone()[0]
             held = tuple(db.execute("SELECT reason, ts FROM held WHERE key = ? ORDER BY ts DESC", (key,)))
@@ -218,7 +331,7 @@ class SqliteStore:
     def keys(self, now: float) -> list[str]:
         def work(db: sqlite3.Connection) -> list[str]:
             rows = db.execute(
-                "SELECT key FROM used WHERE ts > ? - keep UNION SELECT key FROM reserved WHERE expires > ? "
+                "SELECT key FROM member WHERE ts > ? - per UNION SELECT key FROM reserved WHERE expires > ? "
                 "UNION SELECT key FROM held UNION SELECT key FROM locks ORDER BY key", (now, now))
             return [key for (key,) in rows]
 
@@ -234,4 +347,3 @@ def _immediate(db: sqlite3.Connection) -> Iterator[None]:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
-
