@@ -8,8 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from policymilter.state import Store, StoreError, open_store, store_problem
+from policymilter.state import Counter, Dimension, Exceeded, Reservation, Store, StoreError, open_store, store_problem
+from policymilter.state.model import over
 from policymilter.state.sqlitestore import SqliteStore
 from tests.state.contract import CONTRACT, race, transaction
 
@@ -29,14 +32,17 @@ def test_sqlite_exact_across_processes(tmp_path: Path) -> None:
 
 
 def test_sqlite_opened_again_after_fork(tmp_path: Path) -> None:
+    """As in the daemon: the parent makes the store (the policy names it) and never uses it; each
+    forked worker opens its own connection and the writes of both land in one file."""
     store = SqliteStore(str(tmp_path / "state.db"))
-    assert store.reserve(transaction("t", "a@x.test"), 1.0) is None
-    pid = os.fork()
-    if pid == 0:  # the child must not use the parent's connection
-        code = 0 if store.reserve(transaction("u", "a@x.test"), 1.0) is None else 1
-        os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    children = []
+    for name in ("u", "v"):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if store.reserve(transaction(name, "a@x.test"), 1.0) is None else 1)
+        children.append(pid)
+    assert [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children] == [0, 0]
+    assert store.usage("login:alice", 1.0, (3600.0,)).pending == 2
 
 
 def test_sqlite_unwritable_is_a_store_error(tmp_path: Path) -> None:
@@ -57,3 +63,100 @@ def test_sqlite_unwritable_is_a_store_error(tmp_path: Path) -> None:
 def test_store_urls(url: str, problem: str | None) -> None:
     found = store_problem(url)
     assert (found is None) if problem is None else (found is not None and problem in found)
+
+
+# --- the SQLite arithmetic against the reference (model.over on a plain log) ------------------
+
+WINDOWS = (Counter("short", Dimension.MESSAGES, 3, 10.0), Counter("short", Dimension.RECIPIENTS, 5, 10.0),
+           Counter("long", Dimension.MESSAGES, 6, 40.0), Counter("long", Dimension.DOMAINS, 3, 40.0),
+           Counter("long", Dimension.CLIENTS, 2, 40.0))
+steps = st.lists(st.tuples(st.sampled_from(["reserve", "commit", "release"]), st.integers(0, 5),
+                           st.floats(0.0, 15.0), st.lists(st.sampled_from(["a@x", "b@x", "c@y", "d@z", "e@w"]),
+                                                          min_size=1, max_size=3),
+                           st.sampled_from(["192.0.2.1", "192.0.2.2", "192.0.2.3"])), max_size=40)
+
+
+class Reference:
+    """The limits as model.over defines them, on a log kept in memory."""
+
+    def __init__(self) -> None:
+        self.used: dict[Dimension, dict[str, float]] = {d: {} for d in Dimension}
+        self.pending: dict[str, Reservation] = {}
+
+    def _pending(self, exclude: str = "") -> dict[Dimension, set[str]]:
+        members: dict[Dimension, set[str]] = {d: set() for d in Dimension}
+        for txn, reservation in self.pending.items():
+            if txn != exclude:
+                for dim, values in reservation.members.items():
+                    members[dim].update(values)
+        return members
+
+    def reserve(self, reservation: Reservation, now: float) -> Exceeded | None:
+        exceeded = over(reservation.counters, reservation.members, self.used, self._pending(), now)
+        if exceeded is None:
+            merged = dict(self.pending[reservation.txn].members) if reservation.txn in self.pending else {}
+            for dim, values in reservation.members.items():
+                merged[dim] = tuple(sorted({*merged.get(dim, ()), *values}))
+            self.pending[reservation.txn] = Reservation(reservation.key, reservation.txn, merged)
+        return exceeded
+
+    def commit(self, reservation: Reservation, now: float) -> Exceeded | None:
+        if reservation.txn not in self.pending:
+            exceeded = over(reservation.counters, reservation.members, self.used, self._pending(reservation.txn), now)
+            if exceeded is not None:
+                return exceeded
+        for dim, values in reservation.members.items():
+            for value in values:
+                self.used[dim][value] = now
+        self.pending.pop(reservation.txn, None)
+        return None
+
+    def release(self, txn: str) -> None:
+        self.pending.pop(txn, None)
+
+
+OUTCOMES = {True: 0, False: 0}  # admitted, refused: both must happen (test_reference_saw_both)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(steps)
+def test_sqlite_counts_as_the_reference(tmp_path_factory: pytest.TempPathFactory, plan: list) -> None:
+    """Reservations, commits and releases at increasing times: the SQLite store (tallies moved
+    window by window) refuses and admits exactly what model.over says on a plain log."""
+    store = SqliteStore(str(tmp_path_factory.mktemp("ref") / "state.db"))
+    reference = Reference()
+    now = 1_000.0
+    envelopes: dict[str, list[str]] = {}
+    try:
+        for action, txn_number, advance, rcpts, client in plan:
+            now += advance
+            txn = f"t{txn_number}"
+            rcpts = sorted({*envelopes.get(txn, []), *rcpts})
+            reservation = Reservation("login:k", txn, {
+                Dimension.MESSAGES: (txn,), Dimension.RECIPIENTS: tuple(f"{txn}|{r}" for r in rcpts),
+                Dimension.DOMAINS: tuple(sorted({r.split("@")[1] for r in rcpts})), Dimension.CLIENTS: (client,)},
+                WINDOWS, keep=40.0)
+            if action == "reserve":  # a first or a further RCPT of the transaction
+                envelopes[txn] = rcpts
+                expected, got = reference.reserve(reservation, now), store.reserve(reservation, now)
+                assert (expected is None) == (got is None), (expected, got)
+                OUTCOMES[got is None] += 1
+                if got is not None:
+                    assert expected is not None and (got.counter, got.count) == (expected.counter, expected.count)
+            elif action == "commit" and txn in reference.pending:
+                full = Reservation("login:k", txn, reference.pending[txn].members, WINDOWS, keep=40.0)
+                assert store.commit(full, now) is None and reference.commit(full, now) is None
+                envelopes.pop(txn, None)
+            elif action == "release":
+                store.release("login:k", txn)
+                reference.release(txn)
+                envelopes.pop(txn, None)
+    finally:
+        store.close()
+
+
+def test_reference_saw_both(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The comparison above met refusals as well as admissions."""
+    if not any(OUTCOMES.values()):  # run alone (-k): run the comparison first
+        test_sqlite_counts_as_the_reference(tmp_path_factory)
+    assert OUTCOMES[True] > 50 and OUTCOMES[False] > 50, OUTCOMES

@@ -6,13 +6,15 @@ is atomic across every worker process (and every thread: one connection per proc
 under a lock).
 
 The cost of a check must not grow with the window (a login allowed 3,000 recipients a day has
-up to 3,000 members in it): members are kept per window length (`per`) with a tally beside
-them. A window's members older than `per` are deleted, and its tally lowered, when the key is
-next used (the index on (key, dim, per, ts) finds just those); then the tally is the window's
-count, each new member is one primary-key lookup, and only reservations (transactions in
-progress: few) are read whole. Expired reservations, old holds and notices, and the windows of
-keys nobody uses any more go in a purge at most once a minute per process, so the file stays
-the size of the traffic of the longest window.
+up to 3,000 members in it), nor should a commit write much: each member is one row
+(`event`: messages and recipients, new in every transaction, keyed by time; `seen`: domains
+and clients, one row per distinct value with its last use), and each window of a limit has a
+tally beside them: its count, the edge it was counted from, and the time of its next member to
+leave. Moving a window forward subtracts only the members that left since (a range of the time
+index), and only when one did; a new member adds one to each window of its dimension. Only
+reservations (transactions in progress: few) are read whole. Rows older than the widest
+window, expired reservations, old holds and notices go in a purge at most once a minute per
+process, so the file stays the size of the traffic of the widest window.
 """
 
 from __future__ import annotations
@@ -44,29 +46,34 @@ from policymilter.state.model import (
 T = TypeVar("T")
 PURGE_EVERY = 60.0
 WRITER_POLL = 0.0002  # seconds between tries for the writers' lock
+CHECKPOINT_EVERY = 500  # commits of a process between its passive WAL checkpoints
 HOLD_KEEP = 7 * 86400.0  # held-message records: a week, for `accounts list`
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS member (
-    key TEXT NOT NULL, dim TEXT NOT NULL, per REAL NOT NULL, member TEXT NOT NULL, ts REAL NOT NULL,
-    PRIMARY KEY (key, dim, per, member)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS member_age ON member (key, dim, per, ts);
-CREATE INDEX IF NOT EXISTS member_expiry ON member (ts);
+CREATE TABLE IF NOT EXISTS event (
+    key TEXT NOT NULL, dim TEXT NOT NULL, ts REAL NOT NULL, member TEXT NOT NULL,
+    PRIMARY KEY (key, dim, ts, member)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS seen (
+    key TEXT NOT NULL, dim TEXT NOT NULL, member TEXT NOT NULL, ts REAL NOT NULL,
+    PRIMARY KEY (key, dim, member)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_age ON seen (key, dim, ts);
 CREATE TABLE IF NOT EXISTS tally (
-    key TEXT NOT NULL, dim TEXT NOT NULL, per REAL NOT NULL, n INTEGER NOT NULL, oldest REAL NOT NULL,
-    PRIMARY KEY (key, dim, per)) WITHOUT ROWID;
+    key TEXT NOT NULL, dim TEXT NOT NULL, per REAL NOT NULL, n INTEGER NOT NULL, edge REAL NOT NULL,
+    next REAL, PRIMARY KEY (key, dim, per)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS reserved (
     key TEXT NOT NULL, dim TEXT NOT NULL, member TEXT NOT NULL, txn TEXT NOT NULL, expires REAL NOT NULL,
     PRIMARY KEY (key, txn, dim, member)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS reserved_member ON reserved (key, dim, member);
 CREATE TABLE IF NOT EXISTS locks (key TEXT PRIMARY KEY, since REAL NOT NULL, reason TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS held (key TEXT NOT NULL, ts REAL NOT NULL, reason TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS held_key ON held (key, ts);
 CREATE TABLE IF NOT EXISTS notices (key TEXT NOT NULL, name TEXT NOT NULL, until REAL NOT NULL,
     PRIMARY KEY (key, name)) WITHOUT ROWID;
 """
-# `accounts show` and the notification read recipients and clients from this window's members.
-WIDEST = "SELECT MAX(per) FROM tally WHERE key = ? AND dim = ?"
+Tally = tuple[int, float, float | None]  # n, edge, next
+
+
+def _table(dimension: Dimension) -> str:
+    return "event" if dimension in UNIQUE_PER_TRANSACTION else "seen"
 
 
 def _windows(reservation: Reservation) -> dict[tuple[Dimension, float], list[Counter]]:
@@ -86,6 +93,10 @@ class SqliteStore:
         self._pid = 0
         self._lockfile: int | None = None  # the writers' lock (a descriptor of this process's own)
         self._lockfile_pid = 0
+        self._commits = 0
+        self._checkpoint_lock = threading.Lock()
+        self._checkpointer: sqlite3.Connection | None = None
+        self._checkpointer_pid = 0
         self._purged = 0.0
 
     # --- the connection ---------------------------------------------------------------------
@@ -93,16 +104,45 @@ class SqliteStore:
     def _connection(self) -> sqlite3.Connection:
         # Opened by the process that uses it: a connection must never cross a fork.
         if self._db is None or self._pid != os.getpid():
-            try:
-                db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
-                                     check_same_thread=False)
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
-                db.executescript(SCHEMA)
-            except sqlite3.Error as error:
-                raise StoreError(f"cannot open {self.path}: {error}") from None
-            self._db, self._pid = db, os.getpid()
+            # Under the writers' lock: on a new file, journal_mode=WAL and the schema are writes,
+            # and SQLite answers a second process making them at once with "database is locked"
+            # at once, whatever its busy timeout.
+            with self._writer():
+                self._db = self._open()
+                self._pid = os.getpid()
         return self._db
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never corrupted
+            # No checkpoint inside a commit: one copies the WAL back and fsyncs, tens of
+            # milliseconds during which this process's threads and the other workers would wait
+            # for the store. _checkpoint does it after the commit, outside the locks.
+            db.execute("PRAGMA wal_autocheckpoint=0")
+            db.execute("PRAGMA journal_size_limit=67108864")
+            db.executescript(SCHEMA)
+        except sqlite3.Error as error:
+            raise StoreError(f"cannot open {self.path}: {error}") from None
+        return db
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL back into the database, passively (what a reader still needs stays), on
+        a connection of its own and outside the store's locks: the thread that does it waits
+        for the fsync, nobody else does. Another thread already at it, or an error: next time."""
+        if not self._checkpoint_lock.acquire(blocking=False):
+            return
+        try:
+            if self._checkpointer is None or self._checkpointer_pid != os.getpid():
+                self._checkpointer = sqlite3.connect(self.path, timeout=0, isolation_level=None,
+                                                     check_same_thread=False)
+                self._checkpointer_pid = os.getpid()
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error:
+            pass
+        finally:
+            self._checkpoint_lock.release()
 
     def _run(self, work: Callable[[sqlite3.Connection], T], *, write: bool = True) -> T:
         with self._lock:
@@ -111,9 +151,13 @@ class SqliteStore:
                 if not write:
                     return work(db)
                 with self._writer(), _immediate(db):
-                    return work(db)
+                    result = work(db)
+                self._commits += 1
             except sqlite3.Error as error:
                 raise StoreError(f"{self.path}: {error}") from None
+        if self._commits % CHECKPOINT_EVERY == 0:
+            self._checkpoint()
+        return result
 
     @contextmanager
     def _writer(self) -> Iterator[None]:
@@ -149,6 +193,10 @@ class SqliteStore:
             if self._lockfile is not None and self._lockfile_pid == os.getpid():
                 os.close(self._lockfile)
             self._db, self._lockfile = None, None
+        with self._checkpoint_lock:
+            if self._checkpointer is not None and self._checkpointer_pid == os.getpid():
+                self._checkpointer.close()
+            self._checkpointer = None
 
     # --- the limits -------------------------------------------------------------------------
 
@@ -175,17 +223,39 @@ class SqliteStore:
                 exceeded = self._over(db, reservation, now, exclude_txn=txn)
                 if exceeded is not None:
                     return exceeded
+            tallies = self._tallies(db, key)
             # Every window of the key's limits; a dimension no limit counts is kept for
             # `accounts show` in a window as long as the longest limit's.
-            windows = list(_windows(reservation))
-            windows += [(dim, reservation.keep) for dim in reservation.members if dim not in {d for d, _ in windows}]
-            tallies = []
-            for dim, per in windows:
-                added = self._add(db, key, dim, per, reservation.members.get(dim, ()), now)
-                if added:
-                    tallies.append((key, str(dim), per, added, now))
-            db.executemany("INSERT INTO tally (key, dim, per, n, oldest) VALUES (?, ?, ?, ?, ?) "
-                           "ON CONFLICT (key, dim, per) DO UPDATE SET n = n + excluded.n", tallies)
+            windows = {dim: [per for (d, per) in _windows(reservation) if d is dim] or [reservation.keep]
+                       for dim in reservation.members}
+            changed: list[tuple[object, ...]] = []
+            for dimension, members in reservation.members.items():
+                dim = str(dimension)
+                for per in windows[dimension]:
+                    if (dimension, per) not in tallies:
+                        tallies[(dimension, per)] = self._count(db, key, dimension, per, now)
+                        changed.append((key, dim, per, *tallies[(dimension, per)]))
+                added = {per: 0 for per in windows[dimension]}
+                members = tuple(dict.fromkeys(members))  # a member named twice is one
+                if dimension in UNIQUE_PER_TRANSACTION:
+                    db.executemany("INSERT OR IGNORE INTO event (key, dim, ts, member) VALUES (?, ?, ?, ?)",
+                                   [(key, dim, now, member) for member in members])
+                    added = {per: len(members) for per in added}
+                else:
+                    for member in members:
+                        row = db.execute("SELECT ts FROM seen WHERE key = ? AND dim = ? AND member = ?",
+                                         (key, dim, member)).fetchone()
+                        db.execute("INSERT INTO seen (key, dim, member, ts) VALUES (?, ?, ?, ?) ON CONFLICT "
+                                   "(key, dim, member) DO UPDATE SET ts = excluded.ts", (key, dim, member, now))
+                        for per in added:  # counted again if its window had let it go
+                            if row is None or row[0] <= tallies[(dimension, per)][1]:
+                                added[per] += 1
+                for per, count in added.items():
+                    n, edge, following = tallies[(dimension, per)]
+                    if count:
+                        changed.append((key, dim, per, n + count, edge, now if following is None else following))
+            db.executemany("INSERT OR REPLACE INTO tally (key, dim, per, n, edge, next) VALUES (?, ?, ?, ?, ?, ?)",
+                           _last_per_window(changed))
             db.execute("DELETE FROM reserved WHERE key = ? AND txn = ?", (key, txn))
             return None
 
@@ -195,73 +265,78 @@ class SqliteStore:
         self._run(lambda db: db.execute("DELETE FROM reserved WHERE key = ? AND txn = ?", (key, txn)))
 
     @staticmethod
-    def _expire(db: sqlite3.Connection, key: str, dim: str, per: float, now: float) -> int:
-        """Forget the window's members older than it; its tally and oldest follow. The count left."""
-        db.execute("DELETE FROM member WHERE key = ? AND dim = ? AND per = ? AND ts <= ?", (key, dim, per, now - per))
-        left, oldest = db.execute("SELECT COUNT(*), MIN(ts) FROM member WHERE key = ? AND dim = ? AND per = ?",
-                                  (key, dim, per)).fetchone()
-        db.execute("UPDATE tally SET n = ?, oldest = ? WHERE key = ? AND dim = ? AND per = ?",
-                   (left, oldest if oldest is not None else now, key, dim, per))
-        return int(left)
+    def _tallies(db: sqlite3.Connection, key: str) -> dict[tuple[Dimension, float], Tally]:
+        return {(Dimension(dim), per): (n, edge, following) for dim, per, n, edge, following in db.execute(
+            "SELECT dim, per, n, edge, next FROM tally WHERE key = ?", (key,))}
 
     @staticmethod
-    def _add(db: sqlite3.Connection, key: str, dimension: Dimension, per: float, members: Sequence[str],
-             now: float) -> int:
-        """Members used now; how many were not in the window yet."""
-        dim = str(dimension)
-        if dimension in UNIQUE_PER_TRANSACTION:
-            db.executemany("INSERT INTO member (key, dim, per, member, ts) VALUES (?, ?, ?, ?, ?)",
-                           [(key, dim, per, member, now) for member in members])
-            return len(members)
-        new = 0
-        for member in members:
-            if db.execute("INSERT OR IGNORE INTO member (key, dim, per, member, ts) VALUES (?, ?, ?, ?, ?)",
-                          (key, dim, per, member, now)).rowcount:
-                new += 1
-            else:
-                db.execute("UPDATE member SET ts = ? WHERE key = ? AND dim = ? AND per = ? AND member = ?",
-                           (now, key, dim, per, member))
-        return new
+    def _count(db: sqlite3.Connection, key: str, dimension: Dimension, per: float, now: float) -> Tally:
+        """A window no tally kept yet (a limit added by a reload): counted once, from the rows."""
+        start = now - per
+        n, following = db.execute(f"SELECT COUNT(*), MIN(ts) FROM {_table(dimension)} "
+                                  "WHERE key = ? AND dim = ? AND ts > ?", (key, str(dimension), start)).fetchone()
+        return int(n), start, following
+
+    @staticmethod
+    def _expire(db: sqlite3.Connection, key: str, dimension: Dimension, per: float, now: float,
+                tally: Tally) -> Tally:
+        """The window moved to now: subtract the members that left it since its edge."""
+        n, edge, following = tally
+        start = now - per
+        if following is None or following > start:
+            return tally  # nobody left
+        table, dim = _table(dimension), str(dimension)
+        gone = db.execute(f"SELECT COUNT(*) FROM {table} WHERE key = ? AND dim = ? AND ts > ? "
+                          "AND ts <= ?", (key, dim, edge, start)).fetchone()[0]
+        following = db.execute(f"SELECT MIN(ts) FROM {table} WHERE key = ? AND dim = ? AND ts > ?",
+                               (key, dim, start)).fetchone()[0]
+        tally = (n - int(gone), start, following)
+        db.execute("UPDATE tally SET n = ?, edge = ?, next = ? WHERE key = ? AND dim = ? AND per = ?",
+                   (*tally, key, dim, per))
+        return tally
 
     def _over(self, db: sqlite3.Connection, reservation: Reservation, now: float,
               exclude_txn: str | None) -> Exceeded | None:
-        """model.over's arithmetic, at a cost that does not grow with the window (module doc):
-        a window is expired only when its oldest member has left it."""
+        """model.over's arithmetic, at a cost that does not grow with the window (module doc)."""
         key, txn = reservation.key, exclude_txn or ""
-        tallies = {(Dimension(dim), per): (n, oldest) for dim, per, n, oldest in db.execute(
-            "SELECT dim, per, n, oldest FROM tally WHERE key = ?", (key,))}
+        tallies = self._tallies(db, key)
         reserved: dict[Dimension, set[str]] = {}
         for dim, member in db.execute("SELECT dim, member FROM reserved WHERE key = ? AND expires > ? AND txn != ?",
                                       (key, now, txn)):
             reserved.setdefault(Dimension(dim), set()).add(member)
         for (dimension, per), counters in _windows(reservation).items():
-            dim = str(dimension)
-            count, oldest = tallies.get((dimension, per), (0, now))
-            if count and oldest <= now - per:
-                count = self._expire(db, key, dim, per, now)
+            tally = tallies.get((dimension, per))
+            tally = (self._expire(db, key, dimension, per, now, tally) if tally is not None
+                     else self._count(db, key, dimension, per, now))
+            start = now - per
             pending = reserved.get(dimension, set())
             if dimension not in UNIQUE_PER_TRANSACTION:  # a pending domain may be in the window already
-                pending = {m for m in pending if not self._in_window(db, key, dim, per, m)}
-            current = count + len(pending)
+                pending = {m for m in pending if not self._in_window(db, key, dimension, m, start)}
+            current = tally[0] + len(pending)
             adding = sum(1 for member in set(reservation.members.get(dimension, ())) if member not in pending
-                         and (dimension in UNIQUE_PER_TRANSACTION or not self._in_window(db, key, dim, per, member)))
+                         and (dimension in UNIQUE_PER_TRANSACTION
+                              or not self._in_window(db, key, dimension, member, start)))
             for counter in counters:
                 if adding and current + adding > counter.limit:
                     return Exceeded(counter, current, adding)
         return None
 
     @staticmethod
-    def _in_window(db: sqlite3.Connection, key: str, dim: str, per: float, member: str) -> bool:
-        return db.execute("SELECT 1 FROM member WHERE key = ? AND dim = ? AND per = ? AND member = ?",
-                          (key, dim, per, member)).fetchone() is not None
+    def _in_window(db: sqlite3.Connection, key: str, dimension: Dimension, member: str, start: float) -> bool:
+        return db.execute("SELECT 1 FROM seen WHERE key = ? AND dim = ? AND member = ? AND ts > ?",
+                          (key, str(dimension), member, start)).fetchone() is not None
 
     def _purge(self, db: sqlite3.Connection, now: float) -> None:
         if now - self._purged < PURGE_EVERY:
             return
         self._purged = now
-        for key, dim, per in db.execute("SELECT key, dim, per FROM tally WHERE oldest <= ? - per", (now,)).fetchall():
-            self._expire(db, key, dim, per, now)
-        db.execute("DELETE FROM tally WHERE n <= 0")
+        for key, dim, per, n, edge, following in db.execute(
+                "SELECT key, dim, per, n, edge, next FROM tally WHERE next <= ? - per", (now,)).fetchall():
+            self._expire(db, key, Dimension(dim), per, now, (n, edge, following))
+        for key, dim, widest in db.execute("SELECT key, dim, MAX(per) FROM tally GROUP BY key, dim").fetchall():
+            db.execute(f"DELETE FROM {_table(Dimension(dim))} WHERE key = ? AND dim = ? AND ts <= ?",
+                       (key, dim, now - widest))
+        db.execute("DELETE FROM tally WHERE n <= 0 AND next IS NULL")
         db.execute("DELETE FROM reserved WHERE expires <= ?", (now,))
         db.execute("DELETE FROM held WHERE ts <= ?", (now - HOLD_KEEP,))
         db.execute("DELETE FROM notices WHERE until <= ?", (now,))
@@ -283,7 +358,7 @@ class SqliteStore:
     def clear(self, key: str) -> bool:
         def work(db: sqlite3.Connection) -> bool:
             removed = 0
-            for table in ("locks", "member", "tally", "reserved", "held", "notices"):
+            for table in ("locks", "event", "seen", "tally", "reserved", "held", "notices"):
                 removed += db.execute(f"DELETE FROM {table} WHERE key = ?", (key,)).rowcount
             return removed > 0
 
@@ -303,23 +378,20 @@ class SqliteStore:
 
     def usage(self, key: str, now: float, windows: Sequence[float]) -> Usage:
         def work(db: sqlite3.Connection) -> Usage:
-            def widest(dim: Dimension) -> float:
-                row = db.execute(WIDEST, (key, str(dim))).fetchone()
-                return float(row[0]) if row and row[0] is not None else 0.0
-
-            def members(dim: Dimension, since: float) -> list[tuple[str, float]]:
-                return list(db.execute("SELECT member, ts FROM member WHERE key = ? AND dim = ? AND per = ? "
-                                       "AND ts > ? ORDER BY ts DESC", (key, str(dim), widest(dim), since)))
-
             counts: dict[tuple[Dimension, float], int] = {}
-            for dim in Dimension:
+            for dimension in Dimension:
+                dim, table = str(dimension), _table(dimension)
                 reserved = {m for (m,) in db.execute(
-                    "SELECT member FROM reserved WHERE key = ? AND dim = ? AND expires > ?", (key, str(dim), now))}
+                    "SELECT member FROM reserved WHERE key = ? AND dim = ? AND expires > ?", (key, dim, now))}
                 for per in windows:
-                    counts[(dim, per)] = len({m for m, _ in members(dim, now - per)} | reserved)
-            clients = tuple(members(Dimension.CLIENTS, now - widest(Dimension.CLIENTS)))
-            recipients = tuple((recipient_of(m), ts) for m, ts in
-                               members(Dimension.RECIPIENTS, now - widest(Dimension.RECIPIENTS))[:RECENT])
+                    used = {m for (m,) in db.execute(f"SELECT member FROM {table} "
+                                                     "WHERE key = ? AND dim = ? AND ts > ?", (key, dim, now - per))}
+                    counts[(dimension, per)] = len(used | reserved)
+            clients = tuple(db.execute("SELECT member, ts FROM seen WHERE key = ? AND dim = ? ORDER BY ts DESC",
+                                       (key, str(Dimension.CLIENTS))))
+            recipients = tuple((recipient_of(m), ts) for m, ts in db.execute(
+                "SELECT member, ts FROM event WHERE key = ? AND dim = ? ORDER BY ts DESC LIMIT ?",
+                (key, str(Dimension.RECIPIENTS), RECENT)))
             pending = db.execute("SELECT COUNT(DISTINCT txn) FROM reserved WHERE key = ? AND expires > ?",
                                  (key, now)).fetchone()[0]
             held = tuple(db.execute("SELECT reason, ts FROM held WHERE key = ? ORDER BY ts DESC", (key,)))
@@ -331,11 +403,16 @@ class SqliteStore:
     def keys(self, now: float) -> list[str]:
         def work(db: sqlite3.Connection) -> list[str]:
             rows = db.execute(
-                "SELECT key FROM member WHERE ts > ? - per UNION SELECT key FROM reserved WHERE expires > ? "
-                "UNION SELECT key FROM held UNION SELECT key FROM locks ORDER BY key", (now, now))
+                "SELECT key FROM tally WHERE n > 0 UNION SELECT key FROM reserved WHERE expires > ? "
+                "UNION SELECT key FROM held UNION SELECT key FROM locks ORDER BY key", (now,))
             return [key for (key,) in rows]
 
         return self._run(work, write=False)
+
+
+def _last_per_window(rows: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
+    """One row per (key, dim, per): the last written wins."""
+    return list({row[:3]: row for row in rows}.values())
 
 
 @contextmanager

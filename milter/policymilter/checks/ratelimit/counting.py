@@ -11,6 +11,7 @@ new address for every connection).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 
@@ -32,9 +33,7 @@ class Applicable:
 
     @property
     def counters(self) -> tuple[Counter, ...]:
-        return tuple(Counter(limit.label, dimension, value, float(limit.per))
-                     for limit in self.limits for dimension in DIMENSIONS
-                     if (value := getattr(limit, str(dimension))) is not None)
+        return _counters(self.limits)
 
     @property
     def keep(self) -> float:
@@ -42,6 +41,18 @@ class Applicable:
 
     def limit(self, label: str) -> Limit:
         return next(limit for limit in self.limits if limit.label == label)
+
+
+@functools.lru_cache(maxsize=64)  # per policy: its limits are frozen
+def _counters(limits: tuple[Limit, ...]) -> tuple[Counter, ...]:
+    return tuple(Counter(limit.label, dimension, value, float(limit.per))
+                 for limit in limits for dimension in DIMENSIONS
+                 if (value := getattr(limit, str(dimension))) is not None)
+
+
+@functools.lru_cache(maxsize=64)
+def _limits(limits: tuple[Limit, ...], key: str) -> tuple[Limit, ...]:
+    return tuple(limit for limit in limits if limit.key == key)
 
 
 def login_key(login: str) -> str:
@@ -62,10 +73,10 @@ def client_network(address: str | None) -> str:
 def applicable(policy: Policy, session: Session) -> Applicable | None:
     """Login limits for an authenticated session, client limits for any other; None if none."""
     if session.authenticated:
-        limits = tuple(limit for limit in policy.ratelimit.limits if limit.key == "login")
+        limits = _limits(policy.ratelimit.limits, "login")
         login = str(session.auth_login)
         return Applicable(login_key(login), login, limits)
-    limits = tuple(limit for limit in policy.ratelimit.limits if limit.key == "client")
+    limits = _limits(policy.ratelimit.limits, "client")
     network = client_network(session.client_ip)
     return Applicable("client:" + network, network, limits) if limits else None
 
