@@ -5,20 +5,23 @@ the whole store contract (tests/state/contract.py), exactness across processes a
 from __future__ import annotations
 
 import os
+import random
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import redis
 
-from policymilter.state import Dimension, Store, StoreError, open_store, store_problem
+from policymilter.state import Counter, Dimension, Store, StoreError, Usage, open_store, store_problem
 from policymilter.state.redisstore import RedisStore
+from policymilter.state.sqlitestore import SqliteStore
 from tests.integration.redis_server import RedisServer
 from tests.state.contract import CONTRACT, HOUR, messages, race, transaction
 
 TIMEOUT = 1.0  # the store's timeout in the down/hung tests
-M, R, C = Dimension.MESSAGES, Dimension.RECIPIENTS, Dimension.CLIENTS
+M, R, D, C = Dimension.MESSAGES, Dimension.RECIPIENTS, Dimension.DOMAINS, Dimension.CLIENTS
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +71,38 @@ def test_two_hosts_share_one_count(url: str) -> None:
     assert [host.usage("login:alice", 1010.0, (HOUR,)).counts[(M, HOUR)] for host in hosts] == [5, 5]
     for host in hosts:
         host.close()
+
+
+def test_exact_across_threads(url: str) -> None:
+    store = RedisStore(url)  # one client, its pool shared by the threads (the milter's workers)
+
+    def sender(worker: int) -> int:
+        granted = 0
+        for n in range(10):
+            reservation = transaction(f"w{worker}-{n}", "a@x.test", counters=(messages(20),))
+            granted += store.reserve(reservation, 50.0) is None and store.commit(reservation, 50.0) is None
+        return granted
+
+    with ThreadPoolExecutor(8) as pool:
+        assert sum(pool.map(sender, range(8))) == 20
+    store.close()
+
+
+def test_database_out_of_range(server: RedisServer) -> None:
+    store = RedisStore(f"redis://127.0.0.1:{server.port}/99")  # the URL is fine; this server has 16
+    with pytest.raises(StoreError, match="DB index is out of range"):
+        store.lock_info("login:alice")
+
+
+def test_other_keys_in_the_database(url: str, server: RedisServer) -> None:
+    with redis.Redis(port=server.port) as client:
+        client.set("pm:{not hex}:x", "1")
+        client.set("pm:{", "1")
+        client.set("someone:else", "1")
+    store = RedisStore(url)
+    store.lock("login:alice", "r", 1.0)
+    assert store.keys(2.0) == ["login:alice"]
+    store.close()
 
 
 def test_opened_again_after_fork(url: str) -> None:
@@ -204,6 +239,7 @@ def test_reserve_commit_rate(url: str, capsys: pytest.CaptureFixture[str]) -> No
     ("redis://h:port/0", "the port must be a number"),
     ("redis://h:70000/0", "the port must be a number"),
     ("redis://h:6379/0?timeout=1", "not supported"),
+    ("redis://127.0.0.1:6379/99", None),  # the server says how many it has
 ])
 def test_redis_urls(url: str, problem: str | None) -> None:
     found = store_problem(url)
@@ -211,6 +247,8 @@ def test_redis_urls(url: str, problem: str | None) -> None:
 
 
 def test_password_not_in_messages(own_server: RedisServer) -> None:
+    problem = store_problem("redis://:hunter2@h:6379/x")
+    assert problem is not None and "hunter2" not in problem and "redis://h:6379/x" in problem
     with redis.Redis(port=own_server.port) as client:
         client.config_set("requirepass", "right")
     store = RedisStore(own_server.url.replace("redis://", "redis://:hunter2@"), timeout=TIMEOUT)
@@ -221,3 +259,50 @@ def test_password_not_in_messages(own_server: RedisServer) -> None:
     good = RedisStore(own_server.url.replace("redis://", "redis://:right@"), timeout=TIMEOUT)
     assert good.lock_info("login:alice") is None
     good.close()
+
+
+def test_same_answers_as_sqlite(url: str, tmp_path: Path) -> None:
+    """A seeded random run of reserves, commits and releases (time jumping past windows and
+    reservation expiry) gets the same answer from Redis as from the reference SQLite store."""
+    rng = random.Random(13)
+    stores = (SqliteStore(str(tmp_path / "state.db")), RedisStore(url))
+    policies = {  # per key: its counters (so its keep is fixed)
+        "login:a": (messages(3, per=300.0), Counter("rcpt", R, 5, 600.0), Counter("dom", D, 2, 600.0)),
+        "login:b": (messages(2, per=120.0), Counter("clients", C, 2, 900.0)),
+    }
+    rcpts: dict[tuple[str, str], list[str]] = {}
+    now = 10_000.0
+    checked = 0
+    for step in range(1500):
+        now += rng.choice((0.0, 0.5, 3.0, 40.0, 130.0, 950.0)) if step % 7 else 0.0
+        key = rng.choice(tuple(policies))
+        txn = f"t{rng.randrange(12)}"
+        match rng.choices(("reserve", "commit", "release", "usage"), weights=(5, 3, 1, 1))[0]:
+            case "reserve" | "commit" as operation:
+                have = rcpts.setdefault((key, txn), [])
+                if operation == "reserve" or not have:
+                    have.append(f"{rng.choice('abcdef')}@{rng.choice(('x', 'y', 'z'))}.test")
+                reservation = transaction(txn, *have, key=key, client=f"192.0.2.{rng.randrange(4)}",
+                                          counters=policies[key])
+                answers = [getattr(store, operation)(reservation, now) for store in stores]
+                if operation == "commit":
+                    rcpts.pop((key, txn), None)
+            case "release":
+                answers = [store.release(key, txn) for store in stores]
+                rcpts.pop((key, txn), None)
+            case _:
+                keep = max(c.per for c in policies[key])
+                windows = (60.0, *(c.per for c in policies[key]))  # none longer than keep
+                answers = [_comparable(store.usage(key, now, windows), now - keep) for store in stores]
+        assert answers[0] == answers[1], f"step {step}: {key} {txn} at {now}"
+        checked += answers[0] is not None
+    assert checked > 100  # enough refusals and usages compared, not only Nones
+    assert stores[0].keys(now) == stores[1].keys(now)
+    for store in stores:
+        store.close()
+
+
+def _comparable(usage: Usage, oldest: float) -> tuple[object, ...]:
+    # SQLite deletes old members once a minute, Redis at each write: compare what is in the window
+    return (dict(usage.counts), usage.pending, sorted(c for c, ts in usage.clients if ts > oldest),
+            sorted(r for r, ts in usage.recipients if ts > oldest), usage.lock, usage.held)

@@ -212,8 +212,15 @@ def url_problem(url: str) -> str | None:
     try:
         _parse(url)
     except ValueError as error:
-        return f"{url!r}: {error}"
+        return f"{_without_password(url)!r}: {error}"
     return None
+
+
+def _without_password(url: str) -> str:
+    # the password never goes into logs and error messages
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    return scheme + sep + netloc.rpartition("@")[2] + slash + path
 
 
 def _parse(url: str) -> SplitResult:
@@ -283,11 +290,11 @@ class _Connection:
 
 class RedisStore:
     def __init__(self, url: str, timeout: float = 2.0) -> None:
-        parts = _parse(url)
-        self._parts = parts
-        # the password never goes into logs and error messages
-        netloc = parts.netloc.rsplit("@", 1)[1] if "@" in parts.netloc else parts.netloc
-        self.url = parts._replace(netloc=netloc).geturl()
+        problem = url_problem(url)
+        if problem is not None:
+            raise ValueError(problem)  # open_store's callers check store_problem first
+        self._parts = _parse(url)
+        self.url = _without_password(url)
         self._timeout = timeout
         self._connection: _Connection | None = None
 
@@ -336,10 +343,11 @@ class RedisStore:
 
     def _limits(self, reservation: Reservation, now: float, script: Callable[[_Connection], Script]) -> Exceeded | None:
         keys = _Keys(reservation.key)
+        # never trim a member a counter still counts, whatever `keep` says
+        keep = max([reservation.keep, *(counter.per for counter in reservation.counters)])
         args: list[bytes | str | int] = [
-            _f(now), _f(now + RESERVATION_SECONDS), _f(now - reservation.keep),
-            math.ceil(reservation.keep + RESERVATION_SECONDS), _f(reservation.keep), _b(reservation.txn),
-            len(reservation.counters)]
+            _f(now), _f(now + RESERVATION_SECONDS), _f(now - keep), math.ceil(keep + RESERVATION_SECONDS),
+            _f(keep), _b(reservation.txn), len(reservation.counters)]
         for counter in reservation.counters:
             args += [DIMS.index(counter.dimension) + 1, counter.limit, _f(now - counter.per)]
         for dim in DIMS:
@@ -428,17 +436,21 @@ class RedisStore:
 
     def keys(self, now: float) -> list[str]:
         def work(c: _Connection) -> list[str]:
-            tags: set[bytes] = set()
-            for name in c.client.scan_iter(match=PREFIX + b"{*", count=1000):
-                tags.add(name[len(PREFIX) + 1:name.index(b"}")])
-            found = [_s(bytes.fromhex(tag.decode())) for tag in tags]
+            found: set[str] = set()
+            for name in c.client.scan_iter(match=PREFIX + b"{*}:*", count=1000):
+                tag = name[len(PREFIX) + 1:name.find(b"}")]
+                try:
+                    found.add(_s(bytes.fromhex(tag.decode("ascii"))))
+                except ValueError:  # someone else's key in the same database
+                    continue
+            candidates = sorted(found)
             with c.client.pipeline(transaction=False) as pipe:
-                for key in found:
+                for key in candidates:
                     k = _Keys(key)
                     c.alive(keys=[*k.used, *k.resv, k.keep, k.lock, k.held],
                             args=[_f(now), _f(now - HOLD_KEEP)], client=pipe)
                 alive: list[int] = pipe.execute()
-            return sorted(key for key, live in zip(found, alive, strict=True) if live)
+            return [key for key, live in zip(candidates, alive, strict=True) if live]
 
         return self._run(work)
 
