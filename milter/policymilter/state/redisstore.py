@@ -18,11 +18,18 @@ but NUL, braces included, which would break the hash tag; hex cannot):
 DIM is messages, recipients, domains or clients. Every write trims members older than `keep` and
 expired reservations, and sets the keys it wrote to expire `keep` + RESERVATION_SECONDS later,
 so the data stays the size of one window's traffic and an idle key vanishes by itself. There
-is no global index: `keys()` (the `accounts list` command, not the mail path) SCANs `pm:{*`.
+is no global index (it would sit in another slot and cost every write a second key):
+`keys()`, for `accounts list` and not on the mail path, SCANs `pm:{*}:*`.
 
 Times are the caller's clock (`now`), as with SQLite: they travel as full-precision strings
 (Python's repr) and Lua compares them with tonumber; Lua never formats a number back into a
-string (its %.14g would round them). Redis's own expiry only bounds the data.
+string (its %.14g would round them). Redis's own expiry only bounds the data, which is also why
+a notice is "until" in a hash field checked by a script rather than SET NX EX.
+
+For the server: `maxmemory-policy noeviction` (an evicted set is a limit forgotten). A call that
+times out on a hung server may still be carried out when the server resumes (a reservation the
+caller never got back): it expires after RESERVATION_SECONDS, or the transaction's release
+removes it.
 """
 
 from __future__ import annotations
