@@ -92,6 +92,14 @@ class RedisServer:
         except OSError:
             return False
 
+    def flush(self) -> None:
+        """Empty every database (a test's own state, without a restart)."""
+        with socket.create_connection((LOOPBACK, self.port), timeout=PROBE_TIMEOUT * 10) as sock:
+            sock.sendall(b"FLUSHALL\r\n")
+            reply = sock.recv(64)
+        if not reply.startswith(b"+OK"):
+            raise RuntimeError(f"redis-server on {LOOPBACK}:{self.port}: FLUSHALL answered {reply!r}")
+
     def stop(self) -> None:
         """Stop the server (its data is gone: no persistence). Idempotent."""
         atexit.unregister(self.stop)

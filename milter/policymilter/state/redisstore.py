@@ -301,8 +301,9 @@ class RedisStore:
         if problem is not None:
             raise ValueError(problem)  # open_store's callers check store_problem first
         self._parts = _parse(url)
-        self.url = _without_password(url)
-        self._timeout = timeout
+        self.url = url  # as the policy names it (a reload keeps a store whose url is unchanged)
+        self.shown = _without_password(url)  # for messages and logs
+        self.timeout = timeout
         self._connection: _Connection | None = None
 
     # --- the connection ---------------------------------------------------------------------
@@ -320,7 +321,7 @@ class RedisStore:
                 username=unquote(parts.username) if parts.username else None,
                 password=unquote(parts.password) if parts.password else None,
                 ssl=parts.scheme == "rediss",
-                socket_connect_timeout=self._timeout, socket_timeout=self._timeout,
+                socket_connect_timeout=self.timeout, socket_timeout=self.timeout,
                 # A pooled connection the server closed (it restarted) is tried once more on a
                 # new one; a timeout is never repeated: a hung server costs one timeout.
                 retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
@@ -333,7 +334,7 @@ class RedisStore:
         try:
             return work(self._connect())
         except (redis.RedisError, OSError) as error:
-            raise StoreError(f"{self.url}: {error}") from None
+            raise StoreError(f"{self.shown}: {error}") from None
 
     def close(self) -> None:
         connection, self._connection = self._connection, None
