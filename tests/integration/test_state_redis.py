@@ -20,6 +20,8 @@ from policymilter.state.sqlitestore import SqliteStore
 from tests.integration.redis_server import RedisServer
 from tests.state.contract import CONTRACT, HOUR, messages, race, transaction
 
+pytestmark = pytest.mark.integration
+
 TIMEOUT = 1.0  # the store's timeout in the down/hung tests
 M, R, D, C = Dimension.MESSAGES, Dimension.RECIPIENTS, Dimension.DOMAINS, Dimension.CLIENTS
 
@@ -324,3 +326,9 @@ def _comparable(usage: Usage, counters: tuple[Counter, ...], oldest: float) -> t
     counts = {(dim, per): n for (dim, per), n in usage.counts.items() if per <= widest[dim]}
     return (counts, usage.pending, sorted(c for c, ts in usage.clients if ts > oldest),
             sorted(r for r, ts in usage.recipients if ts > oldest), usage.lock, usage.held)
+
+
+def test_missing_redis_server_names_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # /usr/bin/redis-server out of sight
+    with pytest.raises(RuntimeError, match=r"apt-get install -y redis-server"):
+        RedisServer(tmp_path / "redis")
