@@ -46,6 +46,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from policymilter.checks.ratelimit.counting import Applicable, client_network, login_key
 from policymilter.policy import PolicyError
@@ -184,6 +185,18 @@ def account(store: Store, policy: Policy, key: str, now: float) -> Account:
 def shown(text: str, limit: int = SHOWN) -> str:
     """Client-written text for the terminal: printable, at most `limit` characters ("..." if cut)."""
     return for_log(text, limit) + ("..." if len(text) > limit else "")
+
+
+def public(url: str) -> str:
+    """The store's URL without a password (`redis://:SECRET@host/0` -> `redis://:***@host/0`)."""
+    if url.startswith("sqlite:"):
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def iso(when: float) -> str:
@@ -348,9 +361,9 @@ def do_list(store: Store, policy: Policy, args: argparse.Namespace, out: IO[str]
     accounts = sorted((entry for entry in (account(store, policy, key, now) for key in keys)
                        if args.all or entry.listed), key=_order)
     if args.json:
-        out.write(json.dumps(list_json(accounts, store.url, args.all, now), indent=2) + "\n")
+        out.write(json.dumps(list_json(accounts, public(store.url), args.all, now), indent=2) + "\n")
     else:
-        out.write(list_text(accounts, len(keys), store.url, args.all, now))
+        out.write(list_text(accounts, len(keys), public(store.url), args.all, now))
     return 0
 
 
@@ -366,9 +379,9 @@ def _hint(args: argparse.Namespace) -> str:
 def do_show(store: Store, policy: Policy, args: argparse.Namespace, out: IO[str], now: float) -> int:
     entry = account(store, policy, key_for(args.login, args.client), now)
     if args.json:
-        out.write(json.dumps(show_json(entry, store.url, now), indent=2) + "\n")
+        out.write(json.dumps(show_json(entry, public(store.url), now), indent=2) + "\n")
     else:
-        out.write(show_text(entry, store.url, now) + (_hint(args) if entry.empty else ""))
+        out.write(show_text(entry, public(store.url), now) + (_hint(args) if entry.empty else ""))
     return 0
 
 
@@ -478,8 +491,10 @@ def cmd_accounts(args: argparse.Namespace, stdout: IO[str] | None = None, now: f
             finally:
                 store.close()
     except StoreError as error:
-        print(f"{PROG}: cannot {verb} the state store {settings.store}: {for_log(str(error), 400)}: check that it "
-              f"exists and that you may {verb} it (run as root or as {MILTER_USER})", file=sys.stderr)
+        fix = (f"check that it exists and that you may {verb} it (run as root or as {MILTER_USER})"
+               if settings.store.startswith("sqlite:") else "check that the server is up and reachable from here")
+        print(f"{PROG}: cannot {verb} the state store {public(settings.store)}: {for_log(str(error), 400)}: {fix}",
+              file=sys.stderr)
         return EXIT_STORE
     except BrokenPipeError:  # `accounts list | head`
         with contextlib.suppress(OSError):

@@ -15,7 +15,7 @@ from pathlib import Path
 import Milter
 import pytest
 
-from policymilter.accounts import as_store_owner, cmd_accounts
+from policymilter.accounts import as_store_owner, cmd_accounts, public
 from policymilter.checks.ratelimit.counting import login_key
 from policymilter.cli import build_parser, main
 from policymilter.state import Dimension, Reservation, open_store
@@ -332,3 +332,13 @@ def test_root_works_on_the_store_as_its_owner(tmp_path, capsys):
         assert main(["accounts", "--policy", str(DEFAULT_POLICY), "-o", f"ratelimit.store=\"sqlite:{path}\"",
                      "lock", "alice"]) == 0
         assert SqliteStore(str(path)).lock_info("login:alice") is not None
+
+
+@pytest.mark.parametrize(("url", "printed"), [
+    ("redis://:s3cret@10.0.0.5:6379/0", "redis://:***@10.0.0.5:6379/0"),
+    ("rediss://milter:s3cret@redis.example.org/1", "rediss://milter:***@redis.example.org/1"),
+    ("redis://10.0.0.5:6379/0", "redis://10.0.0.5:6379/0"),
+    ("sqlite:/var/lib/policy-milter/state.db", "sqlite:/var/lib/policy-milter/state.db"),
+])
+def test_a_store_password_is_never_printed(url, printed):
+    assert public(url) == printed
