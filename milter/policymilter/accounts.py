@@ -44,7 +44,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -176,7 +176,14 @@ def limits_for(policy: Policy, key: str) -> tuple[Limit, ...]:
 def account(store: Store, policy: Policy, key: str, now: float) -> Account:
     limits = limits_for(policy, key)
     windows = sorted({float(limit.per) for limit in limits})
-    return Account(key, limits, store.usage(key, now, windows))
+    usage = store.usage(key, now, windows)
+    # newest first, as the store gives them; members used at the same time in name order (stable output)
+    return Account(key, limits, replace(usage, clients=_newest_first(usage.clients),
+                                        recipients=_newest_first(usage.recipients)))
+
+
+def _newest_first(members: tuple[tuple[str, float], ...]) -> tuple[tuple[str, float], ...]:
+    return tuple(sorted(members, key=lambda member: (-member[1], member[0])))
 
 
 # --- text ----------------------------------------------------------------------------------------
