@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from policymilter import __version__
+from policymilter.accounts import add_accounts_command, cmd_accounts
 from policymilter.author import Author
 from policymilter.conversation import Conversation
 from policymilter.facts import Session
@@ -136,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     postfix.add_argument("--socket", default=None, help="the milter's socket as given to `run --socket` (default: "
                                                         "any milter whose path ends in policy-milter/milter.sock)")
     add_report_command(commands)
+    add_accounts_command(commands)
     return parser
 
 
@@ -455,4 +457,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_check_postfix(args)
         case "report":
             return cmd_report(args)
+        case "accounts":
+            return cmd_accounts(args)
     return EXIT_INVALID
