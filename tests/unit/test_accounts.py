@@ -319,7 +319,8 @@ def test_root_works_on_the_store_as_its_owner(tmp_path, capsys):
         os.chmod(directory, 0o755)
         path = Path(directory) / "s.db"
         SqliteStore(str(path)).keys(NOW)  # made (and closed: no -wal left) by root
-        os.chown(path, nobody.pw_uid, nobody.pw_gid)
+        for made in (path, Path(f"{path}.lock")):  # the file and the writers' lock beside it
+            os.chown(made, nobody.pw_uid, nobody.pw_gid)
         with as_store_owner(f"sqlite:{path}"):
             assert (os.geteuid(), os.getegid(), os.getgroups()) == (nobody.pw_uid, nobody.pw_gid, [nobody.pw_gid])
         assert os.geteuid() == 0
@@ -327,7 +328,7 @@ def test_root_works_on_the_store_as_its_owner(tmp_path, capsys):
                        "lock", "alice"])
         assert status == 1
         assert "attempt to write a readonly database" in capsys.readouterr().err
-        assert sorted(os.listdir(directory)) == ["s.db"]
+        assert sorted(os.listdir(directory)) == ["s.db", "s.db.lock"]
         os.chown(directory, nobody.pw_uid, nobody.pw_gid)  # as the milter's StateDirectory is
         assert main(["accounts", "--policy", str(DEFAULT_POLICY), "-o", f"ratelimit.store=\"sqlite:{path}\"",
                      "lock", "alice"]) == 0
