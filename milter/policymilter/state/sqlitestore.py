@@ -46,7 +46,7 @@ from policymilter.state.model import (
 T = TypeVar("T")
 PURGE_EVERY = 60.0
 WRITER_POLL = 0.0002  # seconds between tries for the writers' lock
-CHECKPOINT_EVERY = 500  # commits of a process between its passive WAL checkpoints
+CHECKPOINT_EVERY = 200  # commits of a process between its passive WAL checkpoints
 HOLD_KEEP = 7 * 86400.0  # held-message records: a week, for `accounts list`
 
 SCHEMA = """
