@@ -9,6 +9,7 @@ the sink received, what was refused and how, and what waits in the hold queue.
 
 from __future__ import annotations
 
+import re
 import shutil
 import smtplib
 import subprocess
@@ -158,6 +159,29 @@ def test_messages_limit_lets_exactly_twenty_of_thirty_through_then_the_window_sl
     time.sleep(max(finished + 12.5 - time.time(), 0))
     assert send_one(stack, "m-after").accepted == ["m-after"]
     assert stack.milter_log().count("limit_exceeded") >= PARALLEL - LIMIT + 1
+
+
+def test_the_admin_is_mailed_once_per_window_through_the_milter_free_service(stack, policy_dir):
+    milter(stack, policy_dir, fresh_store(stack), '{messages = 5, per = 3600, name = "five"}',
+           extra=("-o", 'ratelimit.notify="postmaster@example.test"'))
+    outcome = burst(stack, "n", count=12)
+    assert len(outcome.accepted) == 5 and len(outcome.refused) == 7
+    notice = stack.wait_delivered(lambda d: b"sending limit reached: alice" in d.data, timeout=30)
+    text = notice.data.decode()
+    assert notice.rcpts == ["postmaster@example.test"] and notice.mail_from == "<>"  # null sender: never bounced
+    assert "Subject: [policy-milter] sending limit reached: alice (five, tempfail)" in text
+    assert "Auto-Submitted: auto-generated" in text
+    assert "limit:  five (limit five: 5 of 5 messages per 3600 s already used)" in text
+    assert "  127.0.0.1  " in text  # the client address
+    assert sum(f"user{n}-0@elsewhere.test" in text for n in range(12)) == 5  # the recipients of the 5 sent
+    assert "policy-milter accounts clear alice" in text
+    # The notice went through the 10027 service (no milter there), not through port 25.
+    assert re.search(r"postfix/policy-milter/smtpd\[\d+\]: connect from", stack.maillog())
+    # One per login and limit per window, however many refusals: a second burst sends none.
+    assert len(burst(stack, "n2", count=3).refused) == 3
+    time.sleep(2)
+    assert sum(b"sending limit reached: alice" in d.data for d in stack.delivered()) == 1
+    assert stack.milter_log().count("limit_notify_sent") == 1
 
 
 def test_recipients_limit_counts_recipients_once_each(stack, policy_dir):

@@ -415,7 +415,7 @@ class RedisStore:
             with c.client.pipeline(transaction=True) as pipe:  # one snapshot
                 for used, resv in zip(keys.used, keys.resv, strict=True):
                     pipe.zrangebyscore(used, "(" + _f(oldest), "+inf", withscores=True)
-                    pipe.zrangebyscore(resv, "(" + _f(now), "+inf")
+                    pipe.zrangebyscore(resv, "(" + _f(now), "+inf", withscores=True)
                 pipe.zrevrange(keys.used[DIMS.index(Dimension.CLIENTS)], 0, -1, withscores=True)
                 pipe.zrevrange(keys.used[DIMS.index(Dimension.RECIPIENTS)], 0, RECENT - 1, withscores=True)
                 pipe.zrevrange(keys.held, 0, -1, withscores=True)
@@ -426,18 +426,22 @@ class RedisStore:
         results = self._run(work)
         counts: dict[tuple[Dimension, float], int] = {}
         txns: set[bytes] = set()
+        reserved: dict[Dimension, list[tuple[bytes, float]]] = {}
         for n, dim in enumerate(DIMS):
             used: list[tuple[bytes, float]] = results[2 * n]
-            entries: list[bytes] = results[2 * n + 1]
-            pending = {entry.split(SEPARATOR.encode(), 1)[-1] for entry in entries}
-            txns |= {entry.split(SEPARATOR.encode(), 1)[0] for entry in entries}
+            entries: list[tuple[bytes, float]] = results[2 * n + 1]
+            pending = {entry.split(SEPARATOR.encode(), 1)[-1] for entry, _ in entries}
+            txns |= {entry.split(SEPARATOR.encode(), 1)[0] for entry, _ in entries}
+            # In progress too, as of their reservation (the score is when it expires).
+            reserved[dim] = [(entry.split(SEPARATOR.encode(), 1)[-1], expires - RESERVATION_SECONDS)
+                             for entry, expires in entries]
             for per in windows:
                 counts[(dim, per)] = len({m for m, ts in used if ts > now - per} | pending)
         clients, recipients, held, lock = results[8:]
         return Usage(
             key, counts,
-            tuple((_s(m), ts) for m, ts in clients),
-            tuple((recipient_of(_s(m)), ts) for m, ts in recipients),
+            _newest([*clients, *reserved[Dimension.CLIENTS]], len(clients) + len(reserved[Dimension.CLIENTS])),
+            tuple((recipient_of(m), ts) for m, ts in _newest([*recipients, *reserved[Dimension.RECIPIENTS]], RECENT)),
             len(txns),
             tuple((_s(m).split(SEPARATOR, 1)[-1], ts) for m, ts in held),
             _lock_info(lock))
@@ -477,3 +481,12 @@ def _lock_info(value: object) -> LockInfo | None:
         return None
     since, _, reason = value.partition(SEPARATOR.encode())
     return LockInfo(float(since), _s(reason))
+
+
+def _newest(members: list[tuple[bytes, float]], count: int) -> tuple[tuple[str, float], ...]:
+    """Each member once, at its latest time, newest first, at most `count`."""
+    latest: dict[bytes, float] = {}
+    for member, ts in members:
+        latest[member] = max(ts, latest.get(member, ts))
+    ranked = sorted(latest.items(), key=lambda item: (-item[1], item[0]))[:count]
+    return tuple((_s(member), ts) for member, ts in ranked)

@@ -45,7 +45,8 @@ from policymilter.state.model import (
 
 T = TypeVar("T")
 PURGE_EVERY = 60.0
-WRITER_POLL = 0.0002  # seconds between tries for the writers' lock
+WRITER_POLL = 0.00005  # seconds before the second try for the writers' lock, doubling each time
+WRITER_POLL_MAX = 0.001
 CHECKPOINT_EVERY = 200  # commits of a process between its passive WAL checkpoints
 HOLD_KEEP = 7 * 86400.0  # held-message records: a week, for `accounts list`
 
@@ -94,6 +95,9 @@ class SqliteStore:
         self._lockfile: int | None = None  # the writers' lock (a descriptor of this process's own)
         self._lockfile_pid = 0
         self._commits = 0
+        self._read_lock = threading.Lock()
+        self._reader: sqlite3.Connection | None = None
+        self._reader_pid = 0
         self._checkpoint_lock = threading.Lock()
         self._checkpointer: sqlite3.Connection | None = None
         self._checkpointer_pid = 0
@@ -145,11 +149,11 @@ class SqliteStore:
             self._checkpoint_lock.release()
 
     def _run(self, work: Callable[[sqlite3.Connection], T], *, write: bool = True) -> T:
+        if not write:
+            return self._read(work)
         with self._lock:
             try:
                 db = self._connection()
-                if not write:
-                    return work(db)
                 with self._writer(), _immediate(db):
                     result = work(db)
                 self._commits += 1
@@ -159,19 +163,39 @@ class SqliteStore:
             self._checkpoint()
         return result
 
+    def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Reads (the lock check at MAIL FROM, `accounts`) on a connection of their own: in WAL
+        mode they see the last commit without waiting for a writer, so they never queue behind
+        this process's writes, nor those behind the other workers'."""
+        with self._read_lock:
+            try:
+                if self._reader is None or self._reader_pid != os.getpid():
+                    self._connection_made()
+                    self._reader = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
+                                                   check_same_thread=False)
+                    self._reader_pid = os.getpid()
+                return work(self._reader)
+            except sqlite3.Error as error:
+                raise StoreError(f"{self.path}: {error}") from None
+
+    def _connection_made(self) -> None:
+        """The file exists in WAL mode with its schema (made by the writer's connection)."""
+        with self._lock:
+            self._connection()
+
     @contextmanager
     def _writer(self) -> Iterator[None]:
         """The processes' turn to write, taken before SQLite's own lock. SQLite's busy handler
         sleeps 1, 2, 5, 10... ms between its tries, so two workers writing at once would wait
-        milliseconds for a lock held for a tenth of one; this lock is polled every WRITER_POLL
-        seconds instead, up to the store's timeout."""
+        milliseconds for a lock held for a tenth of one; this lock is tried again after
+        WRITER_POLL seconds, doubling up to WRITER_POLL_MAX, until the store's timeout."""
         if self._lockfile is None or self._lockfile_pid != os.getpid():
             try:
                 self._lockfile = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             except OSError as error:
                 raise StoreError(f"cannot open {self.path}.lock: {error.strerror}") from None
             self._lockfile_pid = os.getpid()
-        deadline = time.monotonic() + self.timeout
+        deadline, pause = time.monotonic() + self.timeout, WRITER_POLL
         while True:
             try:
                 fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -180,7 +204,8 @@ class SqliteStore:
                 if time.monotonic() > deadline:
                     raise StoreError(f"{self.path}: another process held the write lock for "
                                      f"{self.timeout:g} s") from None
-                time.sleep(WRITER_POLL)
+                time.sleep(pause)
+                pause = min(pause * 2, WRITER_POLL_MAX)
         try:
             yield
         finally:
@@ -197,6 +222,10 @@ class SqliteStore:
             if self._checkpointer is not None and self._checkpointer_pid == os.getpid():
                 self._checkpointer.close()
             self._checkpointer = None
+        with self._read_lock:
+            if self._reader is not None and self._reader_pid == os.getpid():
+                self._reader.close()
+            self._reader = None
 
     # --- the limits -------------------------------------------------------------------------
 
@@ -387,11 +416,17 @@ class SqliteStore:
                     used = {m for (m,) in db.execute(f"SELECT member FROM {table} "
                                                      "WHERE key = ? AND dim = ? AND ts > ?", (key, dim, now - per))}
                     counts[(dimension, per)] = len(used | reserved)
-            clients = tuple(db.execute("SELECT member, ts FROM seen WHERE key = ? AND dim = ? ORDER BY ts DESC",
-                                       (key, str(Dimension.CLIENTS))))
-            recipients = tuple((recipient_of(m), ts) for m, ts in db.execute(
+            def reserved_since(dim: Dimension) -> list[tuple[str, float]]:
+                # In progress too, as of their reservation.
+                return [(m, expires - RESERVATION_SECONDS) for m, expires in db.execute(
+                    "SELECT member, expires FROM reserved WHERE key = ? AND dim = ? AND expires > ?",
+                    (key, str(dim), now))]
+
+            clients = _newest([*db.execute("SELECT member, ts FROM seen WHERE key = ? AND dim = ?",
+                                           (key, str(Dimension.CLIENTS))), *reserved_since(Dimension.CLIENTS)])
+            recipients = tuple((recipient_of(m), ts) for m, ts in _newest([*db.execute(
                 "SELECT member, ts FROM event WHERE key = ? AND dim = ? ORDER BY ts DESC LIMIT ?",
-                (key, str(Dimension.RECIPIENTS), RECENT)))
+                (key, str(Dimension.RECIPIENTS), RECENT)), *reserved_since(Dimension.RECIPIENTS)])[:RECENT])
             pending = db.execute("SELECT COUNT(DISTINCT txn) FROM reserved WHERE key = ? AND expires > ?",
                                  (key, now)).fetchone()[0]
             held = tuple(db.execute("SELECT reason, ts FROM held WHERE key = ? ORDER BY ts DESC", (key,)))
@@ -408,6 +443,14 @@ class SqliteStore:
             return [key for (key,) in rows]
 
         return self._run(work, write=False)
+
+
+def _newest(members: list[tuple[str, float]]) -> tuple[tuple[str, float], ...]:
+    """Each member once, at its latest time, newest first (ties in name order)."""
+    latest: dict[str, float] = {}
+    for member, ts in members:
+        latest[member] = max(ts, latest.get(member, ts))
+    return tuple(sorted(latest.items(), key=lambda item: (-item[1], item[0])))
 
 
 def _last_per_window(rows: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
