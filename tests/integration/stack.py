@@ -290,6 +290,7 @@ class MailStack:
 
         self._sink: _Sink | None = None
         self._milter: subprocess.Popen[bytes] | None = None
+        self._starts = 0  # milters started (each gets its own rate-limit store)
         self._postfix_started = False
         self._tools: dict[str, str] = {}
         pw = pwd.getpwnam("postfix") if self._has_user("postfix") else None
@@ -436,6 +437,7 @@ class MailStack:
         """
         if self._milter is not None and self._milter.poll() is None:
             raise RuntimeError(f"a milter is already running (pid {self._milter.pid})")
+        self._starts += 1
         cmd = self.with_private_state(cmd)
         full_env = {**os.environ, **(env or {})}
         with open(self.milter_log_path, "ab") as log:
@@ -450,8 +452,10 @@ class MailStack:
 
     @property
     def state_store(self) -> str:
-        """This stack's rate-limit store: never the host's /var/lib/policy-milter."""
-        return f"sqlite:{self.state_dir}/state.db"
+        """The rate-limit store of the milter started last: never the host's
+        /var/lib/policy-milter, and a new file for each start (a milter started as root would
+        leave files a later one running as policy-milter could not write)."""
+        return f"sqlite:{self.state_dir}/state-{self._starts}.db"
 
     def with_private_state(self, cmd: Sequence[str]) -> list[str]:
         """`policymilter run` without a ratelimit.store of its own gets this stack's store, and

@@ -128,8 +128,12 @@ class SqliteStore:
             db.execute("PRAGMA journal_size_limit=67108864")
             db.executescript(SCHEMA)
         except sqlite3.Error as error:
-            raise StoreError(f"cannot open {self.path}: {error}") from None
+            raise StoreError(f"cannot open {self.path}: {error}{self._hint()}") from None
         return db
+
+    def _hint(self) -> str:
+        return (f" (the user the milter runs as must own {self.path.parent} and the files in it, e.g. "
+                f"chown -R policy-milter {self.path.parent})")
 
     def _checkpoint(self) -> None:
         """Copy the WAL back into the database, passively (what a reader still needs stays), on
@@ -158,7 +162,8 @@ class SqliteStore:
                     result = work(db)
                 self._commits += 1
             except sqlite3.Error as error:
-                raise StoreError(f"{self.path}: {error}") from None
+                hint = self._hint() if "readonly" in str(error) else ""
+                raise StoreError(f"{self.path}: {error}{hint}") from None
         if self._commits % CHECKPOINT_EVERY == 0:
             self._checkpoint()
         return result
@@ -193,7 +198,7 @@ class SqliteStore:
             try:
                 self._lockfile = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             except OSError as error:
-                raise StoreError(f"cannot open {self.path}.lock: {error.strerror}") from None
+                raise StoreError(f"cannot open {self.path}.lock: {error.strerror}{self._hint()}") from None
             self._lockfile_pid = os.getpid()
         deadline, pause = time.monotonic() + self.timeout, WRITER_POLL
         while True:
