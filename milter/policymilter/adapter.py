@@ -28,6 +28,9 @@ HELO_MACROS = ("{tls_version}", "{cipher}", "{cipher_bits}")
 # TLS again at MAIL: a client may skip EHLO after STARTTLS, and auth exists only from MAIL on.
 MAIL_MACROS = ("{auth_type}", "{auth_authen}", "{mail_addr}", "{tls_version}", "{cipher}")
 QUEUE_ID_MACROS = ("i",)
+# At RCPT also the address as Postfix parsed it (comments, source route and trailing dot gone):
+# what Postfix delivers to, which the rate limits count, not the text the client wrote.
+RCPT_MACROS = ("i", "{rcpt_addr}")
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -214,12 +217,13 @@ class PolicyMilter(Milter.Base):
             self._end_transaction()
         return self._apply(verdict, final=False)
 
-    @Milter.symlist(*QUEUE_ID_MACROS)
+    @Milter.symlist(*RCPT_MACROS)
     @_guarded(Callback.ENVRCPT, replies=True)
     def envrcpt(self, rcpt: str, *params: str) -> int:
         # Replies (the rate limits refuse a recipient here, before any data is sent): a
         # refusal refuses this recipient only, and the transaction goes on.
-        return self._apply(self.conversation.rcpt(rcpt, self._macro("i")), final=False)
+        parsed = self._macro("{rcpt_addr}")
+        return self._apply(self.conversation.rcpt(parsed if parsed else rcpt, self._macro("i")), final=False)
 
     @Milter.symlist(*QUEUE_ID_MACROS)
     @Milter.noreply

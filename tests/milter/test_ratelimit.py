@@ -73,16 +73,21 @@ def test_a_limit_of_three_lets_three_through(tmp_path, logwatch):
 
 
 def test_recipients_counted_once_after_case_and_detail(tmp_path, logwatch):
-    svc = service(tmp_path, *limits('{messages = 100, recipients = 3}'))
+    """A mailbox of the site's domains is one recipient however it is spelt; a remote one loses
+    only its domain's case (Postfix delivers each spelling separately, and the remote site's
+    rules are unknown); an unusual address is never merged with another."""
+    svc = service(tmp_path, *limits('{messages = 100, recipients = 5}'))
     mta = submission(svc)
-    answer, refused = send(mta, "Bob@Elsewhere.test", "bob+news@elsewhere.test", "BOB+x@ELSEWHERE.TEST.",
-                           "\"bob\"@elsewhere.test", "carol@elsewhere.test", "dave@other.test", "erin@other.test")
+    answer, refused = send(mta, "Bob@Example.ORG", "bob+news@example.org", "BOB+x@EXAMPLE.ORG.", "\"bob\"@example.org",
+                           "carol@example.org", "dave@elsewhere.test", "dave@ELSEWHERE.test", "Dave@elsewhere.test",
+                           "dave+x@elsewhere.test", "erin@other.test")
     assert answer == Milter.ACCEPT
-    assert len(refused) == 1 and refused[0].startswith("451 4.7.1 Sending limit reached for alice: 3 recipients")
+    assert len(refused) == 1 and refused[0].startswith("451 4.7.1 Sending limit reached for alice: 5 recipients")
     logwatch.expect("limit_exceeded")
     store = open_store(f"sqlite:{tmp_path}/s.db")
     usage = store.usage("login:alice", __import__("time").time(), (3600.0,))
-    assert sorted(r for r, _ in usage.recipients) == ["bob@elsewhere.test", "carol@elsewhere.test", "dave@other.test"]
+    assert sorted(r for r, _ in usage.recipients) == [
+        "Dave@elsewhere.test", "bob@example.org", "carol@example.org", "dave+x@elsewhere.test", "dave@elsewhere.test"]
 
 
 def test_only_accepted_messages_count(tmp_path, logwatch):
@@ -106,7 +111,7 @@ def test_login_spellings_share_one_count(tmp_path, logwatch):
     logwatch.expect("limit_exceeded")
 
 
-def test_hold_accepts_into_the_hold_queue_uncounted(tmp_path, logwatch):
+def test_hold_accepts_into_the_hold_queue_and_counts_it(tmp_path, logwatch):
     svc = service(tmp_path, *limits('{messages = 1, action = "hold", name = "hold1"}'))
     mta = submission(svc)
     assert send(mta, "bob@elsewhere.test")[0] == Milter.ACCEPT and mta.ctx.quarantined is None
@@ -115,8 +120,9 @@ def test_hold_accepts_into_the_hold_queue_uncounted(tmp_path, logwatch):
     summary = logwatch.fields("summary")[-1]
     assert summary["verdict"] == "quarantine" and summary["decided_by"] == "ratelimit"
     usage = open_store(f"sqlite:{tmp_path}/s.db").usage("login:alice", __import__("time").time(), (3600.0,))
+    # held, and counted: a hold limit never lifts the others, nor lets the hold queue fill faster
     assert len(usage.held) == 1 and usage.counts[(__import__("policymilter.state").state.Dimension.MESSAGES,
-                                                   3600.0)] == 1
+                                                   3600.0)] == 2
     logwatch.expect("limit_exceeded")
 
 
@@ -159,7 +165,8 @@ def test_store_unusable_applies_on_store_error(tmp_path, logwatch, on_error, exp
     summary = logwatch.fields("summary")[-1]
     assert summary["ratelimit"] == "temperror:store"
     logwatch.expect("store_failed")
-    assert len(logwatch.fields("store_failed")) == 1  # once per transaction, not per stage
+    # one warning per transaction; its later steps ask the store again (at debug level)
+    assert len([r for r in logwatch.events("store_failed") if r.levelname == "WARNING"]) == 1
 
 
 def test_unauthenticated_traffic_gets_client_limits_only_where_listed(tmp_path, logwatch):

@@ -160,3 +160,27 @@ def test_reference_saw_both(tmp_path_factory: pytest.TempPathFactory) -> None:
     if not any(OUTCOMES.values()):  # run alone (-k): run the comparison first
         test_sqlite_counts_as_the_reference(tmp_path_factory)
     assert OUTCOMES[True] > 50 and OUTCOMES[False] > 50, OUTCOMES
+
+
+def test_sqlite_purge_works_in_bounded_batches(tmp_path: Path) -> None:
+    """Old windows of many keys are tidied PURGE_BATCH at a time (the writers' lock is never held
+    for time in proportion to the number of keys), and all of them in the end."""
+    from policymilter.state import sqlitestore
+
+    store = SqliteStore(str(tmp_path / "state.db"))
+    counters = (Counter("m", Dimension.MESSAGES, 5, 10.0),)
+    for n in range(3 * sqlitestore.PURGE_BATCH):
+        reservation = transaction(f"t{n}", "a@x.test", key=f"client:192.0.2.{n}", counters=counters)
+        assert store.reserve(reservation, 100.0) is None and store.commit(reservation, 100.0) is None
+
+    def windows_left() -> int:
+        return store._run(lambda db: db.execute("SELECT COUNT(*) FROM tally WHERE n > 0").fetchone()[0])
+
+    start = windows_left()  # 4 a key: the message window, and recipients, domains, clients kept beside it
+    assert start == 4 * 3 * sqlitestore.PURGE_BATCH
+    later = 100.0 + sqlitestore.PURGE_EVERY * 10
+    for step in range(1, 4):  # each purge (one per PURGE_EVERY) takes one batch
+        store.reserve(transaction(f"p{step}", "a@x.test", key="login:other", counters=counters),
+                      later + step * sqlitestore.PURGE_EVERY)
+        assert windows_left() == start - step * sqlitestore.PURGE_BATCH
+    store.close()

@@ -129,9 +129,11 @@ class Store(Protocol):
         """Atomically: refuse if a counter would go past its limit, else reserve the members."""
         ...
 
-    def commit(self, reservation: Reservation, now: float) -> Exceeded | None:
+    def commit(self, reservation: Reservation, now: float, recheck: bool = False) -> Exceeded | None:
         """The transaction was accepted: its reserved members are used now. If its reservation
-        expired meanwhile, the limits are checked again (None: counted; else not counted)."""
+        expired meanwhile, or `recheck` (a step of the transaction could not reach the store, so
+        what it reserved may be short of what it sends), the limits are checked again for the
+        whole transaction (None: counted; else not counted)."""
         ...
 
     def release(self, key: str, txn: str) -> None:

@@ -346,7 +346,9 @@ class RedisStore:
     def reserve(self, reservation: Reservation, now: float) -> Exceeded | None:
         return self._limits(reservation, now, lambda c: c.reserve)
 
-    def commit(self, reservation: Reservation, now: float) -> Exceeded | None:
+    def commit(self, reservation: Reservation, now: float, recheck: bool = False) -> Exceeded | None:
+        if recheck:  # forget the reservation: the commit then checks the whole transaction again
+            self.release(reservation.key, reservation.txn)
         return self._limits(reservation, now, lambda c: c.commit)
 
     def _limits(self, reservation: Reservation, now: float, script: Callable[[_Connection], Script]) -> Exceeded | None:

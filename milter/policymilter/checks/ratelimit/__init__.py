@@ -2,16 +2,19 @@
 
 Three steps of one transaction (state/model.py explains the sliding window):
 - MAIL FROM: a locked login is refused (550 5.7.1) before anything else is counted.
-- each RCPT: the transaction's members so far (one message, its normalised recipients, their
-  domains, the client) are reserved in the store, atomically, if every limit still has room; the
-  recipient that does not fit gets the limit's action: `tempfail` (451 4.7.1 naming the limit,
-  for this recipient: a runaway client is stopped before it sends data), `lock` (the login is
-  locked: 550 5.7.1) or `hold` (accepted, and at end of message the message goes to Postfix's
-  hold queue, not counted).
-- end of message, after every other check: an accepted message's reservation is committed
-  (counted); one refused, held or aborted is released (`finish`), so only accepted
-  transactions count.
-A store that fails applies `ratelimit.on_store_error` to the whole transaction.
+- each RCPT: the login is checked for a lock again (one set meanwhile applies at once), then
+  the transaction's members so far (one message, its recipients as counting.py counts them,
+  their domains, the client) are reserved in the store, atomically, if every limit still has
+  room; the recipient that does not fit gets the limit's action: `tempfail` (451 4.7.1 naming
+  the limit, for this recipient: a runaway client is stopped before it sends data), `lock`
+  (the login is locked: 550 5.7.1) or `hold` (the message will go to Postfix's hold queue; the
+  other limits still apply to it, and it counts against them: a hold limit never lifts the
+  others, and the hold queue fills no faster than they allow).
+- end of message, after every other check: an accepted (or held) message's reservation is
+  committed (counted); one refused, quarantined by another check, aborted or cut is released
+  (`finish`), so only accepted transactions count.
+A store that fails applies `ratelimit.on_store_error`; the next step of the transaction asks it
+again, and a transaction that met a failure is checked again in full when it is committed.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from policymilter.checks.ratelimit.counting import Applicable, applicable, reser
 from policymilter.outcome import CheckResult, Disposition, Findings, Notice, Outcome, SmtpReply
 from policymilter.pipeline import CheckContext, Stage
 from policymilter.policy.model import Limit
-from policymilter.state import Exceeded, Store, StoreError
+from policymilter.state import Exceeded, LockInfo, Reservation, Store, StoreError
 
 NAME = "ratelimit"
 # RFC 3463: 4.7.1 / 5.7.1 delivery not authorized (by local policy).
@@ -40,8 +43,10 @@ class RatelimitFindings(Findings):
     key: str
     reserved: bool = False  # the store holds a reservation for this transaction
     hold: str = ""  # why the message goes to the hold queue (a hold limit tripped)
+    held_limits: tuple[str, ...] = ()  # the hold limits it tripped: not asked again for it
     committed: bool = False
-    store_failed: bool = False  # the store failed earlier in this transaction: not asked again
+    store_failed: bool = False  # the store failed during this transaction: checked in full at commit
+    reported: bool = False  # report mode: a limit would have refused it (logged once, never counted)
 
 
 def _earlier(context: CheckContext) -> RatelimitFindings | None:
@@ -58,13 +63,14 @@ def _store(context: CheckContext) -> Store:
     return store
 
 
-def _store_failed(context: CheckContext, key: str, error: StoreError) -> CheckResult:
+def _store_failed(context: CheckContext, findings: RatelimitFindings, error: StoreError) -> CheckResult:
     metrics.store_error(NAME)
     policy = context.policy.ratelimit
-    notice = Notice("store_failed", logging.WARNING,
+    # One warning per transaction; its later steps ask again, and say so at debug level.
+    notice = Notice("store_failed", logging.DEBUG if findings.store_failed else logging.WARNING,
                     f"rate-limit store {policy.store} failed ({error}); ratelimit.on_store_error = "
                     f"{policy.on_store_error}", (("store", policy.store), ("action", policy.on_store_error)))
-    findings = RatelimitFindings(key, store_failed=True)
+    findings = replace(findings, store_failed=True)
     reason = f"state store unavailable: {error}"[:300]
     if policy.on_store_error == "tempfail":
         reply = SmtpReply("451", "4.3.0", "Temporary local problem checking the sending limits: please try again "
@@ -80,10 +86,18 @@ def _what(exceeded: Exceeded) -> str:
     return f"{counter.limit} {counter.dimension} per {counter.per:g} s"
 
 
+def _locked(which: Applicable, lock: LockInfo, findings: RatelimitFindings) -> CheckResult:
+    who = safetext.for_reply(which.who, 64)
+    since = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(lock.since))
+    reply = SmtpReply("550", "5.7.1", f"Your account {who} is locked since {since}; {HELPDESK}")
+    return CheckResult(NAME, Outcome.FAIL, Disposition.REJECT, reply, reason=f"login locked: {lock.reason}",
+                       detail="locked", findings=findings)
+
+
 def _exceeded(context: CheckContext, which: Applicable, exceeded: Exceeded, store: Store, now: float,
-              reserved: bool) -> CheckResult:
+              findings: RatelimitFindings) -> CheckResult:
     """A limit is reached: its action, the limit_exceeded event, the metric, the admin's mail.
-    `reserved`: earlier recipients of this transaction hold a reservation (it stays theirs)."""
+    `findings`: the transaction's so far (a reservation of earlier recipients stays theirs)."""
     limit: Limit = which.limit(exceeded.counter.name)
     report = context.policy.ratelimit.mode == "report"
     who = safetext.for_reply(which.who, 64)
@@ -96,14 +110,13 @@ def _exceeded(context: CheckContext, which: Applicable, exceeded: Exceeded, stor
         ("action", "report:" + limit.action if report else limit.action)))
     metrics.limit_exceeded(limit.label, "report" if report else limit.action)
     notices = (notice, *notify.maybe_send(context, which, limit, reason, store, now))
-    findings = RatelimitFindings(which.key, reserved=reserved)
+    if report and limit.action != "hold":
+        findings = replace(findings, reported=True)
     match limit.action:
         case "hold":
-            if not report:
-                store.release(which.key, context.envelope.txn_id)
+            held = replace(findings, hold=findings.hold or reason, held_limits=(*findings.held_limits, limit.label))
             return CheckResult(NAME, Outcome.FAIL, reason=reason + ": the message is held for review",
-                               detail=f"hold:{limit.label}", notices=notices,
-                               findings=RatelimitFindings(which.key, hold=reason))
+                               detail=f"hold:{limit.label}", notices=notices, findings=held)
         case "lock":
             if not report:
                 store.lock(which.key, reason, now)
@@ -118,6 +131,44 @@ def _exceeded(context: CheckContext, which: Applicable, exceeded: Exceeded, stor
                                detail=f"tempfail:{limit.label}", notices=notices, findings=findings)
 
 
+def _counted(context: CheckContext, which: Applicable, findings: RatelimitFindings) -> Reservation:
+    """The transaction's reservation, without the counters of the hold limits it tripped."""
+    full = reservation(context.policy, context.session, context.envelope, which)
+    labels = set(findings.held_limits)
+    return replace(full, counters=tuple(c for c in full.counters if c.name not in labels)) if labels else full
+
+
+def _apply(context: CheckContext, which: Applicable, findings: RatelimitFindings, store: Store, now: float,
+           step: str) -> CheckResult:
+    """Reserve (step "reserve") or commit ("commit") the transaction; a hold limit that trips
+    is set aside and the others asked again, until one refuses or all have room."""
+    results: list[CheckResult] = []
+    while True:
+        counted = _counted(context, which, findings)
+        if step == "reserve":
+            exceeded = store.reserve(counted, now)
+        else:
+            exceeded = store.commit(counted, now, recheck=findings.store_failed or not findings.reserved)
+        if exceeded is None:
+            break
+        result = _exceeded(context, which, exceeded, store, now, findings)
+        assert isinstance(result.findings, RatelimitFindings)
+        if result.disposition is not Disposition.ACCEPT or result.findings.held_limits == findings.held_limits:
+            return _merged(results, result)
+        results.append(result)
+        findings = result.findings
+    done = replace(findings, reserved=True, committed=step == "commit")
+    if results:
+        return _merged(results, replace(results[-1], findings=done))
+    return CheckResult(NAME, Outcome.PASS, findings=done)
+
+
+def _merged(earlier: list[CheckResult], last: CheckResult) -> CheckResult:
+    """One result for the step: the last, with the notices of the hold limits set aside before it."""
+    notices = tuple(notice for result in earlier for notice in result.notices)
+    return replace(last, notices=(*notices, *last.notices)) if notices else last
+
+
 class RatelimitMail:
     """MAIL FROM: a locked login is refused; nothing is counted yet."""
 
@@ -129,23 +180,20 @@ class RatelimitMail:
         which = applicable(context.policy, context.session)
         if which is None:
             return CheckResult(NAME, Outcome.SKIPPED, reason="no limit for this traffic", detail="no-limit")
+        findings = RatelimitFindings(which.key)
         if not context.session.authenticated:
-            return CheckResult(NAME, Outcome.PASS, findings=RatelimitFindings(which.key))
+            return CheckResult(NAME, Outcome.PASS, findings=findings)
         try:
             lock = _store(context).lock_info(which.key)
         except StoreError as error:
-            return _store_failed(context, which.key, error)
-        if lock is None:
-            return CheckResult(NAME, Outcome.PASS, findings=RatelimitFindings(which.key))
-        who = safetext.for_reply(which.who, 64)
-        since = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(lock.since))
-        reply = SmtpReply("550", "5.7.1", f"Your account {who} is locked since {since}; {HELPDESK}")
-        return CheckResult(NAME, Outcome.FAIL, Disposition.REJECT, reply, reason=f"login locked: {lock.reason}",
-                           detail="locked", findings=RatelimitFindings(which.key))
+            return _store_failed(context, findings, error)
+        return _locked(which, lock, findings) if lock is not None else CheckResult(NAME, Outcome.PASS,
+                                                                                   findings=findings)
 
 
 class RatelimitRcpt:
-    """Each RCPT: reserve the transaction's members, or apply the limit that has no room."""
+    """Each RCPT: the lock again, then reserve the transaction's members, or apply the limit
+    that has no room."""
 
     name = NAME
     stage = Stage.RCPT
@@ -153,21 +201,22 @@ class RatelimitRcpt:
 
     def run(self, context: CheckContext) -> CheckResult:
         which = applicable(context.policy, context.session)
-        earlier = _earlier(context)
-        if which is None or not which.limits:
+        if which is None:
             return CheckResult(NAME, Outcome.SKIPPED, reason="no limit for this traffic", detail="no-limit")
-        if earlier is not None and (earlier.store_failed or earlier.hold):
-            return CheckResult(NAME, Outcome.SKIPPED, findings=earlier,
-                               detail="store" if earlier.store_failed else "hold")
+        findings = _earlier(context) or RatelimitFindings(which.key)
+        if findings.reported:
+            return CheckResult(NAME, Outcome.SKIPPED, reason="report mode: over a limit already", detail="reported",
+                               findings=findings)
         now = time.time()
         try:
             store = _store(context)
-            exceeded = store.reserve(reservation(context.policy, context.session, context.envelope, which), now)
-            if exceeded is not None:
-                return _exceeded(context, which, exceeded, store, now, bool(earlier and earlier.reserved))
+            if context.session.authenticated and (lock := store.lock_info(which.key)) is not None:
+                return _locked(which, lock, findings)
+            if not which.limits:
+                return CheckResult(NAME, Outcome.PASS, findings=findings)
+            return _apply(context, which, findings, store, now, "reserve")
         except StoreError as error:
-            return _store_failed(context, which.key, error)
-        return CheckResult(NAME, Outcome.PASS, findings=RatelimitFindings(which.key, reserved=True))
+            return _store_failed(context, findings, error)
 
     def finish(self, context: CheckContext) -> None:
         """The transaction ended: what it reserved and did not commit is released."""
@@ -177,12 +226,12 @@ class RatelimitRcpt:
         try:
             _store(context).release(findings.key, context.envelope.txn_id)
         except StoreError:
-            metrics.store_error(NAME)  # the reservation expires by itself (RESERVATION_SECONDS)
+            metrics.store_error(NAME)  # the reservation expires by itself (state.RESERVATION_SECONDS)
 
 
 class RatelimitEom:
-    """End of message, after every other check: count an accepted message, hold one over a
-    hold limit."""
+    """End of message, after every other check: count an accepted message; hold one over a
+    hold limit (counted against the others)."""
 
     name = NAME
     stage = Stage.EOM
@@ -191,33 +240,25 @@ class RatelimitEom:
     def run(self, context: CheckContext) -> CheckResult:
         findings = _earlier(context)
         which = applicable(context.policy, context.session)
-        if findings is None or which is None:
+        if findings is None or which is None or not which.limits:
             return CheckResult(NAME, Outcome.SKIPPED, reason="no limit for this traffic", detail="no-limit")
-        if findings.store_failed:
-            return CheckResult(NAME, Outcome.TEMPERROR, reason="state store unavailable (accepted: "
-                               "ratelimit.on_store_error = accept)", detail="store", findings=findings)
-        now = time.time()
-        if findings.hold:
-            try:
-                _store(context).hold(which.key, findings.hold, now, which.keep)
-            except StoreError:
-                metrics.store_error(NAME)
-            return CheckResult(NAME, Outcome.FAIL, Disposition.QUARANTINE, reason=f"held: {findings.hold}",
-                               detail="hold", findings=findings)
-        if not findings.reserved:
-            return CheckResult(NAME, Outcome.PASS, findings=findings)
-        held_by = [r.check for r in context.results if r.disposition in (Disposition.QUARANTINE, Disposition.DISCARD)]
+        if findings.reported:  # report mode: it would have been refused, so it is not counted
+            return CheckResult(NAME, Outcome.SKIPPED, reason="report mode: not counted", detail="reported",
+                               findings=findings)
+        held_by = [r.check for r in context.results if r.disposition in (Disposition.QUARANTINE, Disposition.DISCARD)
+                   and r.check != NAME]
         if held_by:  # not sent: not counted (finish releases the reservation)
             return CheckResult(NAME, Outcome.SKIPPED, reason=f"not counted: held by {held_by[0]}", detail="not-sent",
                                findings=findings)
+        now = time.time()
         try:
             store = _store(context)
-            exceeded = store.commit(reservation(context.policy, context.session, context.envelope, which), now)
-            if exceeded is not None:  # the reservation expired and the room went to others
-                result = _exceeded(context, which, exceeded, store, now, False)
-                if isinstance(result.findings, RatelimitFindings) and result.findings.hold:
-                    return replace(result, disposition=Disposition.QUARANTINE, reason=f"held: {result.reason}")
-                return result
+            result = _apply(context, which, findings, store, now, "commit")
+            final = result.findings if isinstance(result.findings, RatelimitFindings) else findings
+            if result.disposition is Disposition.ACCEPT and final.hold:
+                store.hold(which.key, final.hold, now, which.keep)
+                return replace(result, outcome=Outcome.FAIL, disposition=Disposition.QUARANTINE,
+                               reason=f"held: {final.hold}", detail="hold")
+            return result
         except StoreError as error:
-            return _store_failed(context, which.key, error)
-        return CheckResult(NAME, Outcome.PASS, findings=RatelimitFindings(which.key, reserved=True, committed=True))
+            return _store_failed(context, findings, error)

@@ -2,17 +2,20 @@
 the members a reservation adds (one message, its normalised recipients, their domains, the
 client). Pure functions of the context and the policy.
 
-Normalised so that one account and one mailbox are counted once whatever the client writes:
-the login is case-folded (most SASL back ends, LDAP and PAM among them, accept any case, and
-each spelling would otherwise get limits of its own); a recipient is lower-cased, unquoted and
-loses its +detail; an IPv6 client counts by its /64 (one host owns a whole /64 and can use a
-new address for every connection).
+Normalised so that one account and one mailbox are counted once whatever the client writes,
+and never two mailboxes as one: the login is lower-cased (most SASL back ends, LDAP and PAM
+among them, accept any case, and each spelling would otherwise get limits of its own); a
+recipient of the site's own domains is lower-cased, unquoted and loses its +detail, any other
+only its domain's case (see `recipient`); the address counted is the one Postfix parsed
+(`{rcpt_addr}`), not the raw RCPT text; an IPv6 client counts by its /64 (one host owns a whole
+/64 and can use a new address for every connection).
 """
 
 from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 from dataclasses import dataclass
 
 from policymilter.facts import Envelope, Session
@@ -56,7 +59,9 @@ def _limits(limits: tuple[Limit, ...], key: str) -> tuple[Limit, ...]:
 
 
 def login_key(login: str) -> str:
-    return "login:" + login.casefold()
+    # lower(), not casefold(): casefold also merges distinct letters ("ſ" and "s"), which a
+    # case-sensitive back end (sasldb) keeps apart as two accounts.
+    return "login:" + login.lower()
 
 
 def client_network(address: str | None) -> str:
@@ -81,35 +86,52 @@ def applicable(policy: Policy, session: Session) -> Applicable | None:
     return Applicable("client:" + network, network, limits) if limits else None
 
 
-def recipient(address: str, delimiters: str) -> str:
-    """`"Alice+news"@Example.ORG.` -> `alice@example.org` (Postfix's recipient_delimiter: any
-    one of `delimiters` starts the detail)."""
+# Outside a quoted local part, these make an address Postfix reads differently from its text
+# (comments, source routes, lists, literals): such a recipient is counted as written, never
+# merged with another (merging is what a sender would abuse: "(+)a@x(@y)" once looked like "(@y)").
+_UNUSUAL = re.compile(r'[()<>,;:\[\]\\\s"]')
+
+
+def recipient(address: str, delimiters: str, local_domains: frozenset[str] = frozenset()) -> str:
+    """How a recipient is counted. A mailbox of one of `local_domains` (site.domains: we know
+    their rules) is counted once however it is spelt: `"Bob+news"@Example.ORG.` is
+    `bob@example.org` (case, quotes, the +detail of Postfix's recipient_delimiter). Any other
+    recipient loses only its domain's case and trailing dot: a remote site's local parts may be
+    case-sensitive and its delimiter is unknown, and Postfix delivers each spelling separately,
+    so each is a recipient. Anything unusual is counted exactly as written."""
     local, at, domain = address.rpartition("@")
-    if not at:
-        local, domain = address, ""
+    if not at or not local or _UNUSUAL.search(domain):
+        return address
+    domain = domain.lower().rstrip(".")
     if len(local) >= 2 and local.startswith('"') and local.endswith('"'):
-        inner, unescaped, escaped = local[1:-1], [], False
-        for char in inner:
-            if escaped or char != "\\":
-                unescaped.append(char)
-                escaped = False
-            else:
-                escaped = True
-        local = "".join(unescaped)
+        inner = local[1:-1]
+        if re.search(r'[\\"\s]', inner):
+            return address  # escapes or spaces inside quotes: as written
+        local = inner
+    elif _UNUSUAL.search(local):
+        return address
+    if domain not in local_domains:
+        return f"{local}@{domain}"
     cut = min((i for i in (local.find(d) for d in delimiters) if i > 0), default=-1)
     if cut > 0:
         local = local[:cut]
-    domain = domain.lower().rstrip(".")
-    return f"{local.lower()}@{domain}" if domain else local.lower()
+    return f"{local.lower()}@{domain}"
+
+
+def recipient_domain(counted: str) -> str:
+    """The domain a counted recipient counts in; an unusual one is a domain of its own."""
+    local, at, domain = counted.rpartition("@")
+    return domain if at and local and not _UNUSUAL.search(counted) else counted
 
 
 def reservation(policy: Policy, session: Session, envelope: Envelope, which: Applicable) -> Reservation:
-    rcpts = sorted({recipient(r, policy.ratelimit.recipient_delimiter) for r in envelope.rcpts})
+    local = frozenset(policy.site.domains)
+    rcpts = sorted({recipient(r, policy.ratelimit.recipient_delimiter, local) for r in envelope.rcpts})
     txn = envelope.txn_id
     members = {
         Dimension.MESSAGES: (txn,),
         Dimension.RECIPIENTS: tuple(f"{txn}{SEPARATOR}{r}" for r in rcpts),
-        Dimension.DOMAINS: tuple(sorted({r.rpartition("@")[2] for r in rcpts if "@" in r})),
+        Dimension.DOMAINS: tuple(sorted({recipient_domain(r) for r in rcpts})),
         Dimension.CLIENTS: (client_network(session.client_ip),),
     }
     return Reservation(which.key, txn, members, which.counters, which.keep)
