@@ -137,6 +137,7 @@ class Driver:
         self.longest_wait = 0.0  # the longest any SMTP command (or connect + banner) waited for its reply
         self.longest_stage = ""
         self.waits: Counter[str] = Counter()  # commands that waited over 1 s, by stage
+        self.longest_by_stage: dict[str, float] = {}
         self._queue: list[tuple[float, int, Tracked]] = [(0.0, n, t) for n, t in enumerate(self.tracked)]
         self._seq = len(self._queue)
         self._lock = threading.Condition()
@@ -251,6 +252,7 @@ class Driver:
                     self.longest_wait, self.longest_stage = waited, stage
                 if waited > 1.0:
                     self.waits[stage] += 1
+                    self.longest_by_stage[stage] = max(waited, self.longest_by_stage.get(stage, 0.0))
 
     def _open(self, door: str, started: float) -> smtplib.SMTP:
         port = self.stack.ports[door]

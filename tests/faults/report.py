@@ -42,6 +42,9 @@ def details(result: Result) -> list[str]:
         lines.append(f"delivered x{count} with {text}")
     if result.lost_acknowledged:
         lines.append(f"lost after Postfix said 250: {result.lost_acknowledged}")
+    if result.slow:
+        lines.append("waited over 1 s: " + ", ".join(f"{stage} x{count} (longest {result.slowest[stage]:.1f} s)"
+                                                     for stage, count in result.slow.most_common()))
     if result.events:
         lines.append("milter log: " + ", ".join(f"{name} x{count}" for name, count in sorted(result.events.items())))
     for text, count in result.postfix_warnings.most_common(5):

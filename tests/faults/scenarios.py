@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from tests.faults.driver import Driver, SinkWatch, Tracked, reason
 from tests.faults.proctree import Sample, Sampler, sample
-from tests.faults.world import AUTHSERV_ID, QUEUE_ID, SITE_DOMAIN, World
+from tests.faults.world import AUTHSERV_ID, QUEUE_ID, SCANNER_TIMEOUT, SITE_DOMAIN, World
 
 SESSIONS = 20
 LOAD_SESSIONS = 100
@@ -40,6 +40,11 @@ TIGHT_SCANNER = 6.0
 TIGHT_QUEUE = 1.0  # site.queue_timeout, counted in the end-of-message budget too
 SHIPPED_DNS = (5.0, 20.0)  # the shipped [dns] timeout and lifetime
 SHIPPED_SCANNER = 60.0
+# The Redis scenarios' burst: 80 messages take about 5 s here, less than the fault plus its
+# clearing, and some 587 messages must still be on their way once the store is back. The scanners
+# are not the fault there: they keep the shipped 60 s, or on a busy machine a scan's wait for one
+# of spamd's 2 children would be charged to a 10 s spam.timeout and the copy go out unscanned.
+STORE_BURST = 320
 
 EVENT = re.compile(r"^\S+ (warning|error|critical) (?:conn=\S+ )?(\w+) ", re.MULTILINE)
 SUMMARY = re.compile(r" info conn=\S+ summary (.*)$", re.MULTILINE)
@@ -148,6 +153,9 @@ class Result:
     events: Counter[str] = field(default_factory=Counter)  # milter log events worth showing
     postfix_warnings: Counter[str] = field(default_factory=Counter)
     tree: tuple[Sample, Sample, Sample] | None = None  # start, peak, end
+    ratelimit: Counter[str] = field(default_factory=Counter)  # 587 summary lines by their ratelimit= value
+    slow: Counter[str] = field(default_factory=Counter)  # SMTP commands that waited over 1 s, by stage
+    slowest: dict[str, float] = field(default_factory=dict)  # the longest of those, by stage
     notes: list[str] = field(default_factory=list)
 
 
@@ -157,6 +165,16 @@ def _percentile(values: list[float], share: float) -> float:
     if len(values) == 1:
         return values[0]
     return statistics.quantiles(values, n=100, method="inclusive")[round(share * 100) - 1]
+
+
+def door_values(log: str, listener: str, check: str) -> Counter[str]:
+    """Every summary line of `listener` (deferred and refused transactions too) by `check`'s value."""
+    values: Counter[str] = Counter()
+    for line in SUMMARY.finditer(log):
+        fields = {key: value.strip('"') for key, value in FIELD.findall(line.group(1))}
+        if fields.get("listener") == listener:
+            values[fields.get(check, "-")] += 1
+    return values
 
 
 def account(result: Result, tracked: list[Tracked], watch: SinkWatch, log: str) -> None:
@@ -198,6 +216,9 @@ def account(result: Result, tracked: list[Tracked], watch: SinkWatch, log: str) 
     result.p50 = _percentile(latencies, 0.50)
     result.p99 = _percentile(latencies, 0.99)
     result.events.update(f"{level} {name}" for level, name in EVENT.findall(log))
+    result.ratelimit = door_values(log, "submission", "ratelimit")
+    shown = ", ".join(f"{value} x{count}" for value, count in sorted(result.ratelimit.items()))
+    result.notes.append(f"587 summary lines by ratelimit=: {shown or 'none'}")
     result.events["info reloaded"] += log.count(" info reloaded ")
     if not result.events["info reloaded"]:
         del result.events["info reloaded"]
@@ -253,6 +274,11 @@ class Scenario:
     expect_not_scanned: bool = False
     expect_events: tuple[str, ...] = ()  # warning/error events of the milter log this fault causes
     load: bool = False
+    # The rate-limit store (world.STORES): "sqlite", the stack's private file (the shipped kind);
+    # "redis", the world's Redis, emptied first; "sqlite-unwritable", a file in a root-owned directory.
+    store: str = "sqlite"
+    scanner_timeout: float = SCANNER_TIMEOUT  # antivirus.timeout and spam.timeout
+    expect_ratelimit: tuple[str, ...] = ()  # if set: the 587 summaries' ratelimit= values, each seen, no other
 
 
 @dataclass(frozen=True)
@@ -275,7 +301,8 @@ def run_scenario(world: World, scenario: Scenario, options: Options = Options())
         overrides = world.overrides(dns_timeout=SHIPPED_DNS[0], dns_lifetime=SHIPPED_DNS[1],
                                     scanner_timeout=options.load_scanner_timeout)
     else:
-        overrides = world.overrides(dns_front=scenario.dns_front)
+        overrides = world.overrides(dns_front=scenario.dns_front, scanner_timeout=scenario.scanner_timeout)
+    overrides += world.store_override(scenario.store)
     maillog_offset = len(world.stack.maillog())
     offset = len(world.stack.milter_log())
     try:
@@ -309,6 +336,7 @@ def _drain(world: World, driver: Driver, watch: SinkWatch, result: Result) -> No
     time.sleep(0.5)  # a duplicate would arrive now, if ever: the queue is empty, the sink is all there is
     watch.stop()
     result.longest_wait, result.longest_stage = driver.longest_wait, driver.longest_stage
+    _note_waits(result, driver)
 
 
 def _run_burst(world: World, scenario: Scenario, result: Result, messages: list, offset: int) -> None:
@@ -346,6 +374,7 @@ def _run_load(world: World, scenario: Scenario, result: Result, options: Options
         driver.finish(RETRY_WINDOW + 600.0)
         tracked += driver.tracked
         longest = max(longest, (driver.longest_wait, driver.longest_stage))
+        _note_waits(result, driver)
         rounds += 1
         if options.long and rounds % 10 == 1:  # a plateau or a leak: the tree every 10 rounds
             result.notes.append(f"after round {rounds}: {sample(parent)}")
@@ -363,6 +392,12 @@ def _run_load(world: World, scenario: Scenario, result: Result, options: Options
     if options.long:
         result.notes.append(f"{rounds} rounds of {scenario.messages} after a warm-up of {WARMUP}")
     account(result, tracked, watch, world.milter_log_since(offset))
+
+
+def _note_waits(result: Result, driver: Driver) -> None:
+    result.slow.update(driver.waits)
+    for stage, waited in driver.longest_by_stage.items():
+        result.slowest[stage] = max(waited, result.slowest.get(stage, 0.0))
 
 
 def _wait(condition: Callable[[], bool], timeout: float) -> bool:
@@ -496,8 +531,37 @@ def broken_policy(run: Run) -> None:
     run.wait_log(" info reloaded ", reloaded + 1)
 
 
+def _submissions_left(run: Run) -> int:
+    return sum(1 for t in run.driver.tracked if t.message.door == "submission" and not t.final)
+
+
+def unwritable_store(run: Run) -> None:
+    run.after()
+    run.wait_log(" store_failed ", 1)  # at least one 587 message went through the failing store
+    run.world.make_store_writable()
+    run.note(f"directory given to the milter's user with {_submissions_left(run)} 587 messages left")
+
+
+def stop_redis(run: Run) -> None:
+    run.after()
+    run.world.redis.stop()
+    run.hold(5.0)
+    run.world.redis.start()  # on its port, empty (no persistence)
+    run.note(f"Redis back with {_submissions_left(run)} 587 messages left")
+
+
+def hang_redis(run: Run) -> None:
+    run.after()
+    run.world.redis.pause()  # connections are accepted by the kernel, nothing answers
+    try:
+        run.hold(6.0)  # three times ratelimit.timeout (2 s)
+    finally:
+        run.world.redis.resume()
+    run.note(f"Redis resumed with {_submissions_left(run)} 587 messages left")
+
+
 SCENARIOS: tuple[Scenario, ...] = (
-    Scenario("baseline", "no fault"),
+    Scenario("baseline", "no fault", expect_ratelimit=("pass",)),
     Scenario("worker-kill", "one worker SIGKILLed mid-burst; the parent replaces it", kill_worker,
              expect_reasons=("Service unavailable",), expect_deferrals=True, expect_events=("error worker_exited",)),
     Scenario("milter-kill", "parent and workers SIGKILLed mid-burst, restarted 3 s later", kill_milter,
@@ -518,7 +582,16 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("reload-storm", "20 SIGUSR1 to the parent during the burst", reload_storm),
     Scenario("broken-policy", "a TOML syntax error written into the policy and reloaded under load, then fixed",
              broken_policy, expect_events=("error reload_error", "error reload_failed")),
+    Scenario("sqlite-unwritable", "the SQLite store's directory root's (0755, no file): every store operation "
+             "fails; mid-burst it is given to the milter's user", unwritable_store, store="sqlite-unwritable",
+             expect_events=("warning store_failed",), expect_ratelimit=("temperror:store", "pass")),
+    Scenario("redis-stop", "the Redis store stopped for 5 s, then started again on its port", stop_redis,
+             messages=STORE_BURST, store="redis", scanner_timeout=SHIPPED_SCANNER,
+             expect_events=("warning store_failed",), expect_ratelimit=("temperror:store", "pass")),
+    Scenario("redis-hang", "the Redis store SIGSTOPped for 6 s, then SIGCONT", hang_redis, messages=STORE_BURST,
+             store="redis", scanner_timeout=SHIPPED_SCANNER, expect_events=("warning store_failed",),
+             expect_ratelimit=("temperror:store", "pass")),
     Scenario("load", f"{LOAD_SESSIONS} concurrent sessions, no fault (--long: rounds for an hour)",
-             messages=500, sessions=LOAD_SESSIONS, load=True),
+             messages=500, sessions=LOAD_SESSIONS, load=True, expect_ratelimit=("pass",)),
 )
 BY_NAME = {s.name: s for s in SCENARIOS}

@@ -46,6 +46,12 @@ def check_counts(scenario: Scenario, result: Result) -> None:
         assert result.not_spam_scanned == 0, shown
     unexpected = {e for e in result.events if not e.startswith("info ")} - set(scenario.expect_events)
     assert not unexpected, shown
+    for event in scenario.expect_events:
+        assert result.events[event] > 0, f"no {event!r} in the milter log\n{shown}"
+    if scenario.expect_ratelimit:
+        # Exactly these ratelimit= values on 587: `pass` only where the store is fine (no run reaches a
+        # limit); `temperror:store` and `pass` where it failed and then answered again.
+        assert set(result.ratelimit) == set(scenario.expect_ratelimit), shown
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])

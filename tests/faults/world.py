@@ -4,7 +4,9 @@ One job: build and run what every scenario shares. `World` starts one nsd (with 
 front), one clamd, one spamd and one MailStack, copies the shipped policy into a directory of its
 own (a scenario may write a broken file beside it), makes the site's signing key, and starts the
 milter as deployed (`--user policy-milter --group postfix`, default worker count) with `-o`
-overrides that point the shipped policy at these services.
+overrides that point the shipped policy at these services. It also runs one Redis (Debian's
+redis-server) for the scenarios whose rate-limit store is Redis; every other scenario keeps the
+stack's private SQLite file, the shipped kind of store.
 
 Senders: every inbound message comes from a host name of its own under `fault.test`
 (`h17.fault.test`), each with an SPF record authorising 127.0.0.1, so SPF really asks DNS for
@@ -33,6 +35,7 @@ from tests.conftest import DEFAULT_POLICY
 from tests.integration.dns_server import DnsServer, Zone
 from tests.integration.postfix_config import HOSTNAME
 from tests.integration.processes import find_program
+from tests.integration.redis_server import RedisServer
 from tests.integration.scanners import Clamd, Spamd
 from tests.integration.stack import MILTER_USER, MailStack
 
@@ -56,6 +59,15 @@ SCANNER_TIMEOUT = 10.0
 CLAMD_THREADS = 10  # clamd's MaxThreads default (scanners.Clamd sets none)
 SPAMD_CHILDREN = 2  # scanners.Spamd: --max-children=2
 LOAD_LIMITS = {"smtpd_client_connection_count_limit": "0", "default_process_limit": "250"}
+# The shipped [[ratelimit.limits]] (200 messages and 1,000 recipients an hour, tempfail; 1,000
+# messages, 3,000 recipients and 20 clients a day, hold) with numbers no run reaches: the load and
+# --long send thousands of 587 messages as one login, and every scenario of a World shares one
+# store. Two limits, the same windows, dimensions and actions: the counting costs what it costs
+# as deployed. (Every test sender is 127.0.0.1: one client address, never 20.)
+RATELIMIT_LIMITS = ('[{ key = "login", messages = 1000000, recipients = 5000000, per = 3600, action = "tempfail" }, '
+                    '{ key = "login", messages = 5000000, recipients = 15000000, clients = 20, per = 86400, '
+                    'action = "hold" }]')
+STORES = ("sqlite", "sqlite-unwritable", "redis")  # what Scenario.store may name (World.store_override)
 
 
 @dataclass
@@ -138,6 +150,8 @@ class World:
         self.clamd = Clamd(directory / "clamd")
         self.spamd = Spamd(directory / "spamd")
         self.stack = MailStack(directory / "stack")
+        self.redis = RedisServer(directory / "redis")
+        self.unwritable_state = directory / "unwritable-state"  # root's, 0755: the milter's user cannot write it
         self.policy_dir = directory / "policy"
         self.keys_dir = directory / "keys"
         self.signing_key: Path | None = None
@@ -153,6 +167,7 @@ class World:
             self.dns.start()
             self.clamd.start()
             self.spamd.start()
+            self.redis.start()
             self.stack.start()
             # Every test sender is 127.0.0.1, where the Internet's would be many addresses: Postfix's
             # per-client limit (50 sessions) and its 100 processes per service would cap the load
@@ -173,6 +188,7 @@ class World:
         if self.stack.milter_running:
             self.stack.stop_milter()
         self.stack.stop()
+        self.redis.stop()
         self.spamd.stop()
         self.clamd.stop()
         self.dns.stop()
@@ -208,13 +224,40 @@ class World:
                    f"signing.keys={keys}",
                    # What these daemons take at once, as the shipped comments ask: clamd's default
                    # MaxThreads, and the --max-children the harness gives spamd.
-                   f"antivirus.max_in_flight={CLAMD_THREADS}", f"spam.max_in_flight={SPAMD_CHILDREN}"]
+                   f"antivirus.max_in_flight={CLAMD_THREADS}", f"spam.max_in_flight={SPAMD_CHILDREN}",
+                   f"ratelimit.limits={RATELIMIT_LIMITS}"]
         if queue_timeout is not None:
             options.append(f"site.queue_timeout={queue_timeout}")
         if postfix_timeouts is not None:
             command, content = postfix_timeouts
             options += [f"postfix.milter_command_timeout={command}", f"postfix.milter_content_timeout={content}"]
         return options
+
+    # -- the rate-limit store -----------------------------------------------------------------
+
+    def store_override(self, kind: str) -> list[str]:
+        """Make the store `kind` ready (empty) and return the -o that names it; [] for "sqlite": the
+        stack's private file (MailStack.with_private_state adds it to a command that names none)."""
+        match kind:
+            case "sqlite":
+                return []
+            case "redis":
+                self.redis.start()  # a scenario may have left it stopped
+                self.redis.flush()
+                return [f'ratelimit.store="{self.redis.url}"']
+            case "sqlite-unwritable":
+                # The state directory as a wrong install leaves it: root's, 0755, no file yet. The
+                # milter's user can open nothing there (neither state.db nor state.db.lock).
+                shutil.rmtree(self.unwritable_state, ignore_errors=True)
+                self.unwritable_state.mkdir()
+                os.chmod(self.unwritable_state, 0o755)
+                return [f'ratelimit.store="sqlite:{self.unwritable_state}/state.db"']
+        raise ValueError(f"unknown store {kind!r}: one of {', '.join(STORES)}")
+
+    def make_store_writable(self) -> None:
+        """What the admin does about the unwritable directory: give it to the milter's user."""
+        user = pwd.getpwnam(MILTER_USER)
+        os.chown(self.unwritable_state, user.pw_uid, user.pw_gid)
 
     def milter_command(self, overrides: list[str]) -> list[str]:
         # As deployed: the unprivileged user, Postfix's group, one worker per CPU (no --workers).
