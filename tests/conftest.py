@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,6 +60,7 @@ def private_state_stores() -> Iterator[None]:
     /var/lib/policy-milter: counts must not carry from one test (or run) to the next. Milters
     the integration tests start get theirs from MailStack.start_milter."""
     directory = tempfile.TemporaryDirectory(prefix="policy-milter-state-")
+    os.chmod(directory.name, 0o1777)  # check-policy --user policy-milter judges it as that user
     numbers = itertools.count(1)
     shipped = resources.open_store
 

@@ -182,6 +182,14 @@ def cmd_check_policy(args: argparse.Namespace) -> int:
               f"{identity.name}: mail from {domains} gets signing.on_missing_key = "
               f'"{snapshot.policy.signing.on_missing_key}"', file=sys.stderr)
         return EXIT_UNUSABLE_KEYS
+    store = snapshot.resources.store
+    with acting_as(identity):
+        unusable_store = store.problem() if store is not None else None
+    if store is not None and unusable_store:
+        print(f"{args.policy}: the policy is valid, but {identity.name} cannot use the rate limits' store "
+              f"{store.url}: {unusable_store}; until it can, the limits do not apply (ratelimit.on_store_error = "
+              f'"{snapshot.policy.ratelimit.on_store_error}")', file=sys.stderr)
+        return EXIT_UNUSABLE_KEYS
     names = ", ".join(snapshot.policy.listeners)
     print(f"{args.policy}: OK ({len(snapshot.policy.listeners)} listeners: {names}; "
           f"files: {', '.join(snapshot.files)})")

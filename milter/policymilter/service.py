@@ -68,6 +68,7 @@ class Service:
         self.worker: int | None = None
         self.on_transaction_end: Callable[[int], None] | None = None
         self._report_unusable_keys()
+        self._report_store()
         metrics.policy_loaded(self.snapshot)
 
     def _report_unusable_keys(self) -> None:
@@ -79,6 +80,17 @@ class Service:
                   f"signing key for {domain} (selector {key.selector}) cannot be used: {problem}; mail from "
                   f"{domain} gets signing.on_missing_key = {on_missing}",
                   domain=domain, selector=key.selector, key_file=key.key_file)
+
+    def _report_store(self) -> None:
+        """Said at start and at each reload, not first when mail arrives: with on_store_error =
+        accept the limits would otherwise be off unnoticed."""
+        store = self.snapshot.resources.store
+        problem = store.problem() if store is not None else None
+        if store is not None and problem:
+            action = self.snapshot.policy.ratelimit.on_store_error
+            event(self.log, logging.WARNING, "store_unusable",
+                  f"the rate limits' store {store.url} cannot be used: {problem}; until it can, every authenticated "
+                  f"message gets ratelimit.on_store_error = {action}", store=store.url, action=action)
 
     def reload(self, announce: bool = True) -> bool:
         """Load the policy again; on any error keep the old one and log every problem.
@@ -110,6 +122,7 @@ class Service:
               generation=snapshot.generation, files=",".join(snapshot.files))
         if announce:
             self._report_unusable_keys()
+            self._report_store()
             metrics.reloaded(True)
             metrics.policy_loaded(snapshot)
         return True

@@ -584,7 +584,9 @@ SCENARIOS: tuple[Scenario, ...] = (
              broken_policy, expect_events=("error reload_error", "error reload_failed")),
     Scenario("sqlite-unwritable", "the SQLite store's directory root's (0755, no file): every store operation "
              "fails; mid-burst it is given to the milter's user", unwritable_store, store="sqlite-unwritable",
-             expect_events=("warning store_failed",), expect_ratelimit=("temperror:store", "pass")),
+             # store_unusable: said at start, before the first message
+             expect_events=("warning store_unusable", "warning store_failed"),
+             expect_ratelimit=("temperror:store", "pass")),
     Scenario("redis-stop", "the Redis store stopped for 5 s, then started again on its port", stop_redis,
              messages=STORE_BURST, store="redis", scanner_timeout=SHIPPED_SCANNER,
              expect_events=("warning store_failed",), expect_ratelimit=("temperror:store", "pass")),

@@ -164,7 +164,9 @@ def test_store_unusable_applies_on_store_error(tmp_path, logwatch, on_error, exp
         assert replies == ["451 4.3.0 Temporary local problem checking the sending limits: please try again later"]
     summary = logwatch.fields("summary")[-1]
     assert summary["ratelimit"] == "temperror:store"
-    logwatch.expect("store_failed")
+    logwatch.expect("store_failed", "store_unusable")
+    [unusable] = logwatch.fields("store_unusable")  # said at start, before any mail
+    assert unusable["action"] == on_error
     # one warning per transaction; its later steps ask the store again (at debug level)
     assert len([r for r in logwatch.events("store_failed") if r.levelname == "WARNING"]) == 1
 
@@ -180,3 +182,22 @@ def test_unauthenticated_traffic_gets_client_limits_only_where_listed(tmp_path, 
         mta.helo()
         assert [send(mta, "user@example.org", sender="<x@sender.test>")[0] for _ in answers] == answers
     logwatch.expect("limit_exceeded")
+
+
+def test_check_policy_names_a_store_the_milters_user_cannot_write(capsys):
+    import tempfile
+
+    from policymilter.cli import main
+
+    directory = Path(tempfile.mkdtemp(dir="/tmp", prefix="ratelimit-ro-"))
+    directory.chmod(0o755)  # root's: policy-milter cannot write there
+    status = main(["check-policy", "--user", "policy-milter", "-o", f'ratelimit.store="sqlite:{directory}/s.db"',
+                   str(DEFAULT_POLICY)])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert f"cannot use the rate limits' store sqlite:{directory}/s.db: {directory} is not writable" in err
+    assert f"chown -R policy-milter {directory}" in err
+    directory.chmod(0o777)
+    assert main(["check-policy", "--user", "policy-milter", "-o", f'ratelimit.store="sqlite:{directory}/s.db"',
+                 str(DEFAULT_POLICY)]) == 0
+    directory.rmdir()

@@ -336,6 +336,17 @@ class RedisStore:
         except (redis.RedisError, OSError) as error:
             raise StoreError(f"{self.shown}: {error}") from None
 
+    def problem(self) -> str | None:
+        """Why the server cannot be used now, or None (a PING; the connection is closed again, so
+        nothing crosses the daemon's fork)."""
+        try:
+            self._run(lambda c: c.client.ping())
+        except StoreError as error:
+            return str(error)
+        finally:
+            self.close()
+        return None
+
     def close(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None and connection.pid == os.getpid():

@@ -223,6 +223,25 @@ class SqliteStore:
         finally:
             fcntl.flock(self._lockfile, fcntl.LOCK_UN)
 
+    def problem(self) -> str | None:
+        """Why this process's user could not use the store, or None; opens nothing (`check-policy`,
+        and the daemon at start, before its workers fork)."""
+        directory = self.path.parent
+        try:
+            exists = directory.is_dir()
+        except OSError as error:
+            return f"cannot reach {directory}: {error.strerror}{self._hint()}"
+        if not exists:
+            return f"{directory} does not exist: make it, owned by the milter's user (install -d -m 0700 -o " \
+                   f"policy-milter -g policy-milter {directory})"
+        if not os.access(directory, os.W_OK | os.X_OK, effective_ids=True):
+            return f"{directory} is not writable by this user{self._hint()}"
+        for name in (self.path.name, f"{self.path.name}-wal", f"{self.path.name}-shm", f"{self.path.name}.lock"):
+            path = directory / name
+            if path.exists() and not os.access(path, os.R_OK | os.W_OK, effective_ids=True):
+                return f"{path} is not writable by this user{self._hint()}"
+        return None
+
     def close(self) -> None:
         with self._lock:
             if self._db is not None and self._pid == os.getpid():
