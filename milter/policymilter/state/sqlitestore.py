@@ -400,7 +400,7 @@ class SqliteStore:
             dimension = Dimension(dim)
             self._expire(db, key, dimension, per, now, (n, edge, following))
             widest = db.execute("SELECT MAX(per) FROM tally WHERE key = ? AND dim = ?", (key, dim)).fetchone()[0]
-            db.execute(f"DELETE FROM {_table(dimension)} WHERE key = ? AND dim = ? AND ts <= ?",  # noqa: S608
+            db.execute(f"DELETE FROM {_table(dimension)} WHERE key = ? AND dim = ? AND ts <= ?",
                        (key, dim, now - widest))
         db.execute("DELETE FROM tally WHERE (key, dim, per) IN (SELECT key, dim, per FROM tally "
                    "WHERE n <= 0 AND next IS NULL LIMIT ?)", (PURGE_BATCH,))
