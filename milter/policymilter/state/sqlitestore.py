@@ -289,31 +289,31 @@ class SqliteStore:
             windows = {dim: [per for (d, per) in _windows(reservation) if d is dim] or [reservation.keep]
                        for dim in reservation.members}
             changed: list[tuple[object, ...]] = []
-            for dimension, members in reservation.members.items():
+            members = {dim: tuple(dict.fromkeys(values)) for dim, values in reservation.members.items()}  # once each
+            last = self._last_uses(db, key, [(dim, m) for dim, values in members.items()
+                                             if dim not in UNIQUE_PER_TRANSACTION for m in values])
+            events, seen = [], []
+            for dimension, values in members.items():
                 dim = str(dimension)
                 for per in windows[dimension]:
                     if (dimension, per) not in tallies:
                         tallies[(dimension, per)] = self._count(db, key, dimension, per, now)
                         changed.append((key, dim, per, *tallies[(dimension, per)]))
-                added = {per: 0 for per in windows[dimension]}
-                members = tuple(dict.fromkeys(members))  # a member named twice is one
                 if dimension in UNIQUE_PER_TRANSACTION:
-                    db.executemany("INSERT OR IGNORE INTO event (key, dim, ts, member) VALUES (?, ?, ?, ?)",
-                                   [(key, dim, now, member) for member in members])
-                    added = {per: len(members) for per in added}
+                    events += [(key, dim, now, member) for member in values]
+                    added = {per: len(values) for per in windows[dimension]}
                 else:
-                    for member in members:
-                        row = db.execute("SELECT ts FROM seen WHERE key = ? AND dim = ? AND member = ?",
-                                         (key, dim, member)).fetchone()
-                        db.execute("INSERT INTO seen (key, dim, member, ts) VALUES (?, ?, ?, ?) ON CONFLICT "
-                                   "(key, dim, member) DO UPDATE SET ts = excluded.ts", (key, dim, member, now))
-                        for per in added:  # counted again if its window had let it go
-                            if row is None or row[0] <= tallies[(dimension, per)][1]:
-                                added[per] += 1
+                    seen += [(key, dim, member, now) for member in values]
+                    # counted again if its window had let it go (or never had it)
+                    added = {per: sum(1 for member in values if (used := last.get((dimension, member))) is None
+                                      or used <= tallies[(dimension, per)][1]) for per in windows[dimension]}
                 for per, count in added.items():
                     n, edge, following = tallies[(dimension, per)]
                     if count:
                         changed.append((key, dim, per, n + count, edge, now if following is None else following))
+            db.executemany("INSERT OR IGNORE INTO event (key, dim, ts, member) VALUES (?, ?, ?, ?)", events)
+            db.executemany("INSERT INTO seen (key, dim, member, ts) VALUES (?, ?, ?, ?) ON CONFLICT (key, dim, member) "
+                           "DO UPDATE SET ts = excluded.ts", seen)
             db.executemany("INSERT OR REPLACE INTO tally (key, dim, per, n, edge, next) VALUES (?, ?, ?, ?, ?, ?)",
                            _last_per_window(changed))
             db.execute("DELETE FROM reserved WHERE key = ? AND txn = ?", (key, txn))
@@ -364,27 +364,42 @@ class SqliteStore:
         for dim, member in db.execute("SELECT dim, member FROM reserved WHERE key = ? AND expires > ? AND txn != ?",
                                       (key, now, txn)):
             reserved.setdefault(Dimension(dim), set()).add(member)
+        distinct = [(dim, m) for dim, values in reservation.members.items() if dim not in UNIQUE_PER_TRANSACTION
+                    for m in values]
+        distinct += [(dim, m) for dim, values in reserved.items() if dim not in UNIQUE_PER_TRANSACTION for m in values]
+        last = self._last_uses(db, key, distinct)
         for (dimension, per), counters in _windows(reservation).items():
             tally = tallies.get((dimension, per))
             tally = (self._expire(db, key, dimension, per, now, tally) if tally is not None
                      else self._count(db, key, dimension, per, now))
             start = now - per
-            pending = reserved.get(dimension, set())
-            if dimension not in UNIQUE_PER_TRANSACTION:  # a pending domain may be in the window already
-                pending = {m for m in pending if not self._in_window(db, key, dimension, m, start)}
+
+            def in_window(member: str, dimension: Dimension = dimension, start: float = start) -> bool:
+                return dimension not in UNIQUE_PER_TRANSACTION and last.get((dimension, member), start) > start
+
+            # a pending domain or client may be in the window already: counted once
+            pending = {m for m in reserved.get(dimension, set()) if not in_window(m)}
             current = tally[0] + len(pending)
-            adding = sum(1 for member in set(reservation.members.get(dimension, ())) if member not in pending
-                         and (dimension in UNIQUE_PER_TRANSACTION
-                              or not self._in_window(db, key, dimension, member, start)))
+            adding = sum(1 for member in set(reservation.members.get(dimension, ()))
+                         if member not in pending and not in_window(member))
             for counter in counters:
                 if adding and current + adding > counter.limit:
                     return Exceeded(counter, current, adding)
         return None
 
     @staticmethod
-    def _in_window(db: sqlite3.Connection, key: str, dimension: Dimension, member: str, start: float) -> bool:
-        return db.execute("SELECT 1 FROM seen WHERE key = ? AND dim = ? AND member = ? AND ts > ?",
-                          (key, str(dimension), member, start)).fetchone() is not None
+    def _last_uses(db: sqlite3.Connection, key: str, pairs: Sequence[tuple[Dimension, str]]
+                   ) -> dict[tuple[Dimension, str], float]:
+        """The latest use of each (dimension, member) of `pairs` that has one: one query."""
+        wanted = list(dict.fromkeys(pairs))
+        found: dict[tuple[Dimension, str], float] = {}
+        for start in range(0, len(wanted), 400):  # SQLite's variables per statement, with room
+            chunk = wanted[start:start + 400]
+            values = ", ".join("(?, ?)" for _ in chunk)
+            rows = db.execute(f"SELECT dim, member, ts FROM seen WHERE key = ? AND (dim, member) IN "
+                              f"(VALUES {values})", (key, *(v for dim, m in chunk for v in (str(dim), m))))
+            found.update({(Dimension(dim), member): ts for dim, member, ts in rows})
+        return found
 
     def _purge(self, db: sqlite3.Connection, now: float) -> None:
         """At most PURGE_BATCH windows and their old rows per call, every PURGE_EVERY seconds per
