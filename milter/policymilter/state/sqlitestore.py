@@ -48,7 +48,8 @@ PURGE_EVERY = 10.0
 PURGE_BATCH = 200  # windows (and rows of each other table) tidied per purge
 WRITER_POLL = 0.00005  # seconds before the second try for the writers' lock, doubling each time
 WRITER_POLL_MAX = 0.001
-CHECKPOINT_EVERY = 200  # commits of a process between its passive WAL checkpoints
+CHECKPOINT_EVERY = 200  # commits of a process between its WAL checkpoints
+CHECKPOINT_WAIT = 0.05  # seconds a checkpoint waits for readers (holding the writers' lock)
 HOLD_KEEP = 7 * 86400.0  # held-message records: a week, for `accounts list`
 HELD_SHOWN = 100  # the newest held-message records `usage` returns
 
@@ -95,7 +96,7 @@ class SqliteStore:
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._pid = 0
-        self._lockfile: int | None = None  # the writers' lock (a descriptor of this process's own)
+        self._lockfiles: dict[str, int] = {}  # the writers' lock: descriptors of this process's own
         self._lockfile_pid = 0
         self._commits = 0
         self._read_lock = threading.Lock()
@@ -139,18 +140,23 @@ class SqliteStore:
                 f"chown -R policy-milter {self.path.parent})")
 
     def _checkpoint(self) -> None:
-        """Copy the WAL back into the database, passively (what a reader still needs stays), on
-        a connection of its own and outside the store's locks: the thread that does it waits
-        for the fsync, nobody else does. Another thread already at it, or an error: next time."""
+        """Copy the WAL back into the database, on a connection of its own, outside this
+        process's store lock (its other threads go on reading) but under the writers' lock: a
+        checkpoint that a writer appends to meanwhile never completes, and a WAL whose
+        checkpoints never complete is never reset (measured: 1.6 GB after 45,000 messages).
+        Another thread already at it, or an error (readers busy for longer): next time."""
         if not self._checkpoint_lock.acquire(blocking=False):
             return
         try:
             if self._checkpointer is None or self._checkpointer_pid != os.getpid():
-                self._checkpointer = sqlite3.connect(self.path, timeout=0, isolation_level=None,
+                self._checkpointer = sqlite3.connect(self.path, timeout=CHECKPOINT_WAIT, isolation_level=None,
                                                      check_same_thread=False)
                 self._checkpointer_pid = os.getpid()
-            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except sqlite3.Error:
+            with self._writer("checkpoint"):
+                # RESTART: waits (CHECKPOINT_WAIT at most) for the readers, so that the next
+                # writer starts the WAL again from its beginning (journal_size_limit trims it).
+                self._checkpointer.execute("PRAGMA wal_checkpoint(RESTART)")
+        except (sqlite3.Error, StoreError):
             pass
         finally:
             self._checkpoint_lock.release()
@@ -196,21 +202,26 @@ class SqliteStore:
             self._connection()
 
     @contextmanager
-    def _writer(self) -> Iterator[None]:
+    def _writer(self, holder: str = "store") -> Iterator[None]:
         """The processes' turn to write, taken before SQLite's own lock. SQLite's busy handler
         sleeps 1, 2, 5, 10... ms between its tries, so two workers writing at once would wait
         milliseconds for a lock held for a tenth of one; this lock is tried again after
-        WRITER_POLL seconds, doubling up to WRITER_POLL_MAX, until the store's timeout."""
-        if self._lockfile is None or self._lockfile_pid != os.getpid():
+        WRITER_POLL seconds, doubling up to WRITER_POLL_MAX, until the store's timeout.
+        An flock belongs to an open file, shared by the threads that use it: `holder` names the
+        descriptor ("store": the threads under self._lock; "checkpoint": the checkpointer's own)."""
+        fd = self._lockfiles.get(holder) if self._lockfile_pid == os.getpid() else None
+        if fd is None:
+            if self._lockfile_pid != os.getpid():
+                self._lockfiles, self._lockfile_pid = {}, os.getpid()  # never the parent's descriptors
             try:
-                self._lockfile = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             except OSError as error:
                 raise StoreError(f"cannot open {self.path}.lock: {error.strerror}{self._hint()}") from None
-            self._lockfile_pid = os.getpid()
+            self._lockfiles[holder] = fd
         deadline, pause = time.monotonic() + self.timeout, WRITER_POLL
         while True:
             try:
-                fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
@@ -221,7 +232,7 @@ class SqliteStore:
         try:
             yield
         finally:
-            fcntl.flock(self._lockfile, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     def problem(self) -> str | None:
         """Why this process's user could not use the store, or None; opens nothing (`check-policy`,
@@ -246,9 +257,10 @@ class SqliteStore:
         with self._lock:
             if self._db is not None and self._pid == os.getpid():
                 self._db.close()
-            if self._lockfile is not None and self._lockfile_pid == os.getpid():
-                os.close(self._lockfile)
-            self._db, self._lockfile = None, None
+            if self._lockfile_pid == os.getpid():
+                for fd in self._lockfiles.values():
+                    os.close(fd)
+            self._db, self._lockfiles = None, {}
         with self._checkpoint_lock:
             if self._checkpointer is not None and self._checkpointer_pid == os.getpid():
                 self._checkpointer.close()
