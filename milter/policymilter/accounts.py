@@ -83,7 +83,7 @@ def add_accounts_command(commands: Any) -> None:
                                            "reservations, held messages and lock")
     _who(show)
     show.add_argument("--json", action="store_true", help="print one JSON object")
-    lock = actions.add_parser("lock", help="lock a login: the milter refuses its mail at MAIL FROM (550 5.7.1)")
+    lock = actions.add_parser("lock", help="lock a login: the milter refuses its mail at every RCPT (550 5.7.1)")
     lock.add_argument("login", help="the SASL login (any case)")
     lock.add_argument("--reason", default=None, help="why (shown by show and list)")
     clear = actions.add_parser("clear", help="unlock a login and forget its counts, reservations and held records")
@@ -408,7 +408,7 @@ def do_lock(store: Store, policy: Policy, args: argparse.Namespace, out: IO[str]
         return 0
     reason = args.reason if args.reason is not None else _default_reason()
     store.lock(key, reason, now)
-    effect = ("the milter refuses its transactions at MAIL FROM with 550 5.7.1" if policy.ratelimit.mode == "enforce"
+    effect = ("the milter refuses its recipients with 550 5.7.1" if policy.ratelimit.mode == "enforce"
               else "ratelimit.mode = \"report\": the milter logs its transactions as refused, and refuses none")
     out.write(f"locked {shown(key)} ({shown(reason)}): {effect}; `{PROG} clear {shown(args.login, 60)}` "
               "unlocks it\n")

@@ -288,9 +288,10 @@ class SqliteStore:
     def commit(self, reservation: Reservation, now: float, recheck: bool = False) -> Exceeded | None:
         def work(db: sqlite3.Connection) -> Exceeded | None:
             key, txn = reservation.key, reservation.txn
-            alive = None if recheck else db.execute(
-                "SELECT 1 FROM reserved WHERE key = ? AND txn = ? AND expires > ? LIMIT 1", (key, txn, now)).fetchone()
-            if alive is None:
+            # The reservation goes either way: counted below, or checked again first.
+            alive = db.execute("DELETE FROM reserved WHERE key = ? AND txn = ? AND expires > ?",
+                               (key, txn, now)).rowcount > 0 and not recheck
+            if not alive:
                 db.execute("DELETE FROM reserved WHERE key = ? AND txn = ?", (key, txn))
                 exceeded = self._over(db, reservation, now, exclude_txn=txn)
                 if exceeded is not None:
@@ -328,7 +329,6 @@ class SqliteStore:
                            "DO UPDATE SET ts = excluded.ts", seen)
             db.executemany("INSERT OR REPLACE INTO tally (key, dim, per, n, edge, next) VALUES (?, ?, ?, ?, ?, ?)",
                            _last_per_window(changed))
-            db.execute("DELETE FROM reserved WHERE key = ? AND txn = ?", (key, txn))
             return None
 
         return self._run(work)
