@@ -202,3 +202,15 @@ def test_check_policy_names_a_store_the_milters_user_cannot_write(capsys):
     assert main(["check-policy", "--user", "policy-milter", "-o", f'ratelimit.store="sqlite:{directory}/s.db"',
                  str(DEFAULT_POLICY)]) == 0
     directory.rmdir()
+
+
+def test_a_store_timeout_postfix_would_not_wait_for_is_refused_at_load():
+    """Each RCPT may wait for the store twice (the lock, the reservation): that must fit Postfix's
+    milter_command_timeout, or Postfix would give up first."""
+    from policymilter.policy import PolicyError
+    from policymilter.service import load_checked
+
+    with pytest.raises(PolicyError) as refused:
+        load_checked(DEFAULT_POLICY, ["postfix.milter_command_timeout=5", "ratelimit.timeout=2"])
+    assert any("at each RCPT the milter may wait up to 4 s (ratelimit lock 2 + ratelimit reservation 2)" in str(issue)
+               for issue in refused.value.issues)

@@ -17,7 +17,7 @@ from policymilter.checks.attachments import Attachments
 from policymilter.checks.dkim import Dkim
 from policymilter.checks.dmarc import Dmarc
 from policymilter.checks.origin import Origin
-from policymilter.checks.ratelimit import RatelimitEom, RatelimitMail, RatelimitRcpt
+from policymilter.checks.ratelimit import RatelimitEom, RatelimitRcpt
 from policymilter.checks.sender import SenderEnvelope, SenderFrom
 from policymilter.checks.signing import Signing
 from policymilter.checks.sizelimit import SizeDeclared, SizeReceived
@@ -28,7 +28,7 @@ from policymilter.policy.model import STRICTEST, CheckName, Listener, Policy
 
 # The listable checks, cheap before expensive; a stage runs those of its stage in this order.
 # ratelimit counts last at end of message: only what every other check accepted is counted.
-REGISTRY: tuple[Check, ...] = (SenderEnvelope(), RatelimitMail(), RatelimitRcpt(), Spf(), SenderFrom(), Attachments(),
+REGISTRY: tuple[Check, ...] = (SenderEnvelope(), RatelimitRcpt(), Spf(), SenderFrom(), Attachments(),
                                Antivirus(), Spam(), Dkim(), Arc(), Dmarc(), Signing(), RatelimitEom())
 # Run on every listener, whatever it lists.
 ALWAYS: tuple[Check, ...] = (Origin(), SizeDeclared(), SizeReceived())

@@ -20,9 +20,10 @@ from policymilter.policy.model import STRICTEST, CheckName, Listener, Policy
 MARGIN = 2.0
 
 # The stage each listable check runs at (sender runs at both; it never waits; ratelimit waits
-# for its store at MAIL FROM, at each RCPT and at end of message).
+# for its store at each RCPT, twice: the lock and the reservation, see rcpt_time; and once at
+# end of message).
 MAIL_CHECKS = frozenset({CheckName.SPF})
-EVERY_STAGE = frozenset({CheckName.RATELIMIT})
+RCPT_CHECKS = frozenset({CheckName.RATELIMIT})
 
 
 @dataclass(frozen=True)
@@ -64,12 +65,20 @@ def stage_times(policy: Policy, listener: Listener, authenticated: bool) -> tupl
     """The worst case at MAIL FROM and at end of message for one listener and traffic class."""
     running = [check for check in listener.traffic(authenticated).checks
                if (table := policy.check_table(check)) is None or table.enabled]
-    mail = tuple((str(c), waits(policy, c)) for c in running
-                 if (c in MAIL_CHECKS or c in EVERY_STAGE) and waits(policy, c))
+    mail = tuple((str(c), waits(policy, c)) for c in running if c in MAIL_CHECKS and waits(policy, c))
     eom = (("queue", policy.site.queue_timeout),
            *((str(c), waits(policy, c)) for c in running if c not in MAIL_CHECKS and waits(policy, c)))
     return (StageTime("mail", "milter_command_timeout", policy.postfix.milter_command_timeout, mail),
             StageTime("eom", "milter_content_timeout", policy.postfix.milter_content_timeout, eom))
+
+
+def rcpt_time(policy: Policy, listener: Listener, authenticated: bool) -> StageTime:
+    """The worst case of one RCPT: the rate limits' lock read and reservation."""
+    running = [check for check in listener.traffic(authenticated).checks
+               if check in RCPT_CHECKS and ((table := policy.check_table(check)) is None or table.enabled)]
+    parts = tuple(part for check in running for part in ((f"{check} lock", waits(policy, check)),
+                                                         (f"{check} reservation", waits(policy, check))))
+    return StageTime("rcpt", "milter_command_timeout", policy.postfix.milter_command_timeout, parts)
 
 
 def too_slow(policy: Policy) -> list[tuple[tuple[str | int, ...], str]]:
@@ -79,10 +88,10 @@ def too_slow(policy: Policy) -> list[tuple[tuple[str | int, ...], str]]:
              ((), "unknown (the strictest profile, for sessions no listener matches)", STRICTEST)]
     for path, name, listener in doors:
         for authenticated, traffic in ((False, "unauthenticated"), (True, "authenticated")):
-            for time in stage_times(policy, listener, authenticated):
+            for time in (*stage_times(policy, listener, authenticated), rcpt_time(policy, listener, authenticated)):
                 if time.fits:
                     continue
-                where = "at MAIL FROM" if time.stage == "mail" else "at end of message"
+                where = {"mail": "at MAIL FROM", "rcpt": "at each RCPT"}.get(time.stage, "at end of message")
                 problems.append(((*path, traffic, "checks") if path else ("postfix", time.limit_key),
                                  f"listener {name}, {traffic} mail: {where} the milter may wait up to "
                                  f"{time.explain()}; with {MARGIN:g} s for the milter's own work that is more "

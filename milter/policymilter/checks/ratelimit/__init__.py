@@ -1,6 +1,6 @@
 """ratelimit: per-login (and per-client) limits on what is sent, exact across workers and hosts.
 
-Three steps of one transaction (state/model.py explains the sliding window):
+Two steps of one transaction (state/model.py explains the sliding window):
 - each RCPT: a locked login is refused (550 5.7.1; one locked meanwhile too); then
   the transaction's members so far (one message, its recipients as counting.py counts them,
   their domains, the client) are reserved in the store, atomically, if every limit still has
@@ -168,24 +168,10 @@ def _merged(earlier: list[CheckResult], last: CheckResult) -> CheckResult:
     return replace(last, notices=(*notices, *last.notices)) if notices else last
 
 
-class RatelimitMail:
-    """MAIL FROM: nothing to count yet, and no store to ask: the lock is checked at each RCPT
-    (where a lock set meanwhile applies too), which costs a message one store read less."""
-
-    name = NAME
-    stage = Stage.MAIL
-    requires: tuple[str, ...] = ()
-
-    def run(self, context: CheckContext) -> CheckResult:
-        which = applicable(context.policy, context.session)
-        if which is None:
-            return CheckResult(NAME, Outcome.SKIPPED, reason="no limit for this traffic", detail="no-limit")
-        return CheckResult(NAME, Outcome.PASS, findings=RatelimitFindings(which.key))
-
-
 class RatelimitRcpt:
-    """Each RCPT: the lock again, then reserve the transaction's members, or apply the limit
-    that has no room."""
+    """Each RCPT: a locked login is refused (the lock is checked here, not at MAIL FROM: a lock
+    set during a transaction applies at its next RCPT too); then reserve the transaction's
+    members, or apply the limit that has no room."""
 
     name = NAME
     stage = Stage.RCPT
