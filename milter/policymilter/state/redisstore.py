@@ -139,7 +139,13 @@ _RESERVE = _PRELUDE + """
 trim_all()
 local exceeded = over(nil)
 if not exceeded then
+  -- each RCPT renews the whole transaction's reservation (a slow one keeps its earlier members)
+  local prefix = txn .. SEP
   for d = 1, 4 do
+    local all = redis.call('ZRANGE', KEYS[4 + d], 0, -1)
+    for _, entry in ipairs(all) do
+      if string.sub(entry, 1, #prefix) == prefix then redis.call('ZADD', KEYS[4 + d], 'XX', expires, entry) end
+    end
     for _, m in ipairs(members[d]) do redis.call('ZADD', KEYS[4 + d], 'NX', expires, txn .. SEP .. m) end
   end
 end
@@ -148,16 +154,19 @@ return exceeded
 """
 
 _COMMIT = _PRELUDE + """
-local alive, prefix = false, txn .. SEP
+-- alive only if every member of the reservation still is (else the room may have gone to others)
+local found, expired, prefix = false, false, txn .. SEP
 for d = 1, 4 do
   local all = redis.call('ZRANGE', KEYS[4 + d], 0, -1, 'WITHSCORES')
   for j = 1, #all, 2 do
     if string.sub(all[j], 1, #prefix) == prefix then
-      if tonumber(all[j + 1]) > now then alive = true end
+      found = true
+      if tonumber(all[j + 1]) <= now then expired = true end
       redis.call('ZREM', KEYS[4 + d], all[j])
     end
   end
 end
+local alive = found and not expired
 trim_all()
 if not alive then
   local exceeded = over(txn)

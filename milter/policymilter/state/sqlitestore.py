@@ -277,6 +277,10 @@ class SqliteStore:
             self._purge(db, now)
             exceeded = self._over(db, reservation, now, exclude_txn=None)
             if exceeded is None:
+                # Each RCPT renews the whole transaction's reservation: a slow transaction must not
+                # lose its earlier members while its later ones are fresh.
+                db.execute("UPDATE reserved SET expires = ? WHERE key = ? AND txn = ?",
+                           (now + RESERVATION_SECONDS, reservation.key, reservation.txn))
                 db.executemany(
                     "INSERT OR IGNORE INTO reserved (key, dim, member, txn, expires) VALUES (?, ?, ?, ?, ?)",
                     [(reservation.key, str(dim), member, reservation.txn, now + RESERVATION_SECONDS)
@@ -288,18 +292,22 @@ class SqliteStore:
     def commit(self, reservation: Reservation, now: float, recheck: bool = False) -> Exceeded | None:
         def work(db: sqlite3.Connection) -> Exceeded | None:
             key, txn = reservation.key, reservation.txn
-            # The reservation goes either way: counted below, or checked again first.
-            alive = db.execute("DELETE FROM reserved WHERE key = ? AND txn = ? AND expires > ?",
-                               (key, txn, now)).rowcount > 0 and not recheck
-            if not alive:
-                db.execute("DELETE FROM reserved WHERE key = ? AND txn = ?", (key, txn))
+            # The reservation goes either way: counted below, or checked again first (any of its
+            # members expired: the room may have gone to others meanwhile).
+            total, alive_rows = db.execute("SELECT COUNT(*), COALESCE(SUM(expires > ?), 0) FROM reserved "
+                                           "WHERE key = ? AND txn = ?", (now, key, txn)).fetchone()
+            db.execute("DELETE FROM reserved WHERE key = ? AND txn = ?", (key, txn))
+            if recheck or not total or alive_rows < total:
                 exceeded = self._over(db, reservation, now, exclude_txn=txn)
                 if exceeded is not None:
                     return exceeded
             tallies = self._tallies(db, key)
             # Every window of the key's limits; a dimension no limit counts is kept for
             # `accounts show` in a window as long as the longest limit's.
-            windows = {dim: [per for (d, per) in _windows(reservation) if d is dim] or [reservation.keep]
+            # ... and every window the key already has for the dimension (a hold limit's, set aside
+            # from the check for a held message, counts that message too).
+            windows = {dim: sorted({per for (d, per) in _windows(reservation) if d is dim}
+                                   | {per for (d, per) in tallies if d is dim}) or [reservation.keep]
                        for dim in reservation.members}
             changed: list[tuple[object, ...]] = []
             members = {dim: tuple(dict.fromkeys(values)) for dim, values in reservation.members.items()}  # once each
@@ -426,9 +434,12 @@ class SqliteStore:
                 (now, PURGE_BATCH)).fetchall():
             dimension = Dimension(dim)
             self._expire(db, key, dimension, per, now, (n, edge, following))
-            widest = db.execute("SELECT MAX(per) FROM tally WHERE key = ? AND dim = ?", (key, dim)).fetchone()[0]
+            # Only rows every window of the key's dimension has let go (its edge passed them): a
+            # wider window that has not moved yet still counts the others, and subtracts them
+            # when it does (deleting them first would leave them counted for good).
+            edge = db.execute("SELECT MIN(edge) FROM tally WHERE key = ? AND dim = ?", (key, dim)).fetchone()[0]
             db.execute(f"DELETE FROM {_table(dimension)} WHERE key = ? AND dim = ? AND ts <= ?",
-                       (key, dim, now - widest))
+                       (key, dim, edge))
         db.execute("DELETE FROM tally WHERE (key, dim, per) IN (SELECT key, dim, per FROM tally "
                    "WHERE n <= 0 AND next IS NULL LIMIT ?)", (PURGE_BATCH,))
         db.execute("DELETE FROM reserved WHERE (key, txn, dim, member) IN (SELECT key, txn, dim, member "

@@ -109,16 +109,18 @@ def _exceeded(context: CheckContext, which: Applicable, exceeded: Exceeded, stor
         ("action", "report:" + limit.action if report else limit.action)))
     metrics.limit_exceeded(limit.label, "report" if report else limit.action)
     notices = (notice, *notify.maybe_send(context, which, limit, reason, store, now))
-    if report and limit.action != "hold":
+    if report:  # what enforcement would do is logged (and in the summary's mode=); nothing else happens
         findings = replace(findings, reported=True)
+        would = {"hold": Disposition.QUARANTINE, "lock": Disposition.REJECT}.get(limit.action, Disposition.TEMPFAIL)
+        return CheckResult(NAME, Outcome.FAIL, would, reason=reason, detail=f"{limit.action}:{limit.label}",
+                           notices=notices, findings=findings)
     match limit.action:
         case "hold":
             held = replace(findings, hold=findings.hold or reason, held_limits=(*findings.held_limits, limit.label))
             return CheckResult(NAME, Outcome.FAIL, reason=reason + ": the message is held for review",
                                detail=f"hold:{limit.label}", notices=notices, findings=held)
         case "lock":
-            if not report:
-                store.lock(which.key, reason, now)
+            store.lock(which.key, reason, now)
             reply = SmtpReply("550", "5.7.1", f"Your account {who} is locked: it reached its sending limit of "
                                               f"{_what(exceeded)} ({limit.label}); {HELPDESK}")
             return CheckResult(NAME, Outcome.FAIL, Disposition.REJECT, reply, reason=reason + ": login locked",
@@ -239,4 +241,9 @@ class RatelimitEom:
                                reason=f"held: {final.hold}", detail="hold")
             return result
         except StoreError as error:
-            return _store_failed(context, findings, error)
+            failed = _store_failed(context, findings, error)
+            if findings.hold and failed.disposition is Disposition.ACCEPT:
+                # the limits set it aside already: a store that fails now does not let it out
+                return replace(failed, disposition=Disposition.QUARANTINE, reason=f"held: {findings.hold}; "
+                               f"{failed.reason}")
+            return failed

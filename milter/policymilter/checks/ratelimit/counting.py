@@ -124,9 +124,16 @@ def recipient_domain(counted: str) -> str:
     return domain if at and local and not _UNUSUAL.search(counted) else counted
 
 
+def storable(text: str) -> str:
+    """Bytes that are not UTF-8 (pymilter hands them over as lone surrogates, with Postfix's
+    smtputf8_enable = no) as backslash escapes: each such address is still one member, and the
+    store can write it (it could not, and a store error must never be the way past a limit)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def reservation(policy: Policy, session: Session, envelope: Envelope, which: Applicable) -> Reservation:
     local = frozenset(policy.site.domains)
-    rcpts = sorted({recipient(r, policy.ratelimit.recipient_delimiter, local) for r in envelope.rcpts})
+    rcpts = sorted({storable(recipient(r, policy.ratelimit.recipient_delimiter, local)) for r in envelope.rcpts})
     txn = envelope.txn_id
     members = {
         Dimension.MESSAGES: (txn,),
