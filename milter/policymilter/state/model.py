@@ -98,6 +98,7 @@ class Reservation:
     members: Mapping[Dimension, tuple[str, ...]] = field(default_factory=dict)
     counters: tuple[Counter, ...] = ()
     keep: float = 0.0  # seconds members are kept: the longest window of any limit on this key
+    renew: bool = True  # the transaction reserved before (a later RCPT): its earlier members' time is renewed
 
 
 def over(counters: Iterable[Counter], members: Mapping[Dimension, Sequence[str]],

@@ -279,8 +279,9 @@ class SqliteStore:
             if exceeded is None:
                 # Each RCPT renews the whole transaction's reservation: a slow transaction must not
                 # lose its earlier members while its later ones are fresh.
-                db.execute("UPDATE reserved SET expires = ? WHERE key = ? AND txn = ?",
-                           (now + RESERVATION_SECONDS, reservation.key, reservation.txn))
+                if reservation.renew:
+                    db.execute("UPDATE reserved SET expires = ? WHERE key = ? AND txn = ?",
+                               (now + RESERVATION_SECONDS, reservation.key, reservation.txn))
                 db.executemany(
                     "INSERT OR IGNORE INTO reserved (key, dim, member, txn, expires) VALUES (?, ?, ?, ?, ?)",
                     [(reservation.key, str(dim), member, reservation.txn, now + RESERVATION_SECONDS)
@@ -294,10 +295,9 @@ class SqliteStore:
             key, txn = reservation.key, reservation.txn
             # The reservation goes either way: counted below, or checked again first (any of its
             # members expired: the room may have gone to others meanwhile).
-            total, alive_rows = db.execute("SELECT COUNT(*), COALESCE(SUM(expires > ?), 0) FROM reserved "
-                                           "WHERE key = ? AND txn = ?", (now, key, txn)).fetchone()
-            db.execute("DELETE FROM reserved WHERE key = ? AND txn = ?", (key, txn))
-            if recheck or not total or alive_rows < total:
+            expiries = [row[0] for row in db.execute("DELETE FROM reserved WHERE key = ? AND txn = ? RETURNING expires",
+                                                     (key, txn)).fetchall()]
+            if recheck or not expiries or min(expiries) <= now:
                 exceeded = self._over(db, reservation, now, exclude_txn=txn)
                 if exceeded is not None:
                     return exceeded

@@ -134,7 +134,7 @@ def _exceeded(context: CheckContext, which: Applicable, exceeded: Exceeded, stor
 
 def _counted(context: CheckContext, which: Applicable, findings: RatelimitFindings) -> Reservation:
     """The transaction's reservation, without the counters of the hold limits it tripped."""
-    full = reservation(context.policy, context.session, context.envelope, which)
+    full = replace(reservation(context.policy, context.session, context.envelope, which), renew=findings.reserved)
     labels = set(findings.held_limits)
     return replace(full, counters=tuple(c for c in full.counters if c.name not in labels)) if labels else full
 
