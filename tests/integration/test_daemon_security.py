@@ -45,7 +45,7 @@ SUMMARY = re.compile(r"^\S+ info conn=\S+ summary .*$", re.MULTILINE)
 
 def daemon(policy: Path, socket_path: Path, *extra: str, runner: tuple[str, ...] = ("-m", "policymilter")) -> list[str]:
     return [sys.executable, *runner, "run", "--policy", str(policy), "--socket", f"unix:{socket_path}",
-            "--user", MILTER.pw_name, "--group", SOCKET_GROUP.gr_name, *OPTIONS, *extra]
+            "--user", MILTER.pw_name, "--group", SOCKET_GROUP.gr_name, "--log-level", "debug", *OPTIONS, *extra]
 
 
 def give(path: Path, account: pwd.struct_passwd) -> Path:
@@ -135,10 +135,14 @@ def submit(stack: MailStack, sender: str) -> tuple[int, str, bytes | None]:
 
 
 def reload(stack: MailStack) -> None:
-    before = stack.milter_log().count(" reloaded ")
+    """SIGUSR1, and wait until every worker has the new policy: the parent logs `reloaded` (info)
+    before it passes the reload on, each worker when it has it (debug)."""
+    log = stack.milter_log()
+    workers = int(re.findall(r" started .*workers=(\d+)", log)[-1])
+    before = log.count(" debug reloaded ")
     stack.signal_milter(signal.SIGUSR1)
     deadline = time.monotonic() + 20
-    while stack.milter_log().count(" reloaded ") <= before:
+    while stack.milter_log().count(" debug reloaded ") < before + workers:
         assert time.monotonic() < deadline, f"no reload in the milter log:\n{stack.milter_log()[-2000:]}"
         time.sleep(0.05)
 
