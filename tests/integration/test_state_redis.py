@@ -177,7 +177,7 @@ def test_odd_logins(login: str, url: str) -> None:
     assert store.reserve(first, 100.0) is None and store.commit(first, 100.0) is None
     assert store.reserve(transaction("t1", "a@x.test", key=key, counters=counters), 101.0) is not None
     store.lock(key, f"locked {login}", 101.0)
-    store.hold(key, f"held {login}", 101.0, HOUR)
+    store.hold(key, f"held {login}", 101.0)
     assert store.notify_once(key, login, 101.0, HOUR) is True
     assert store.notify_once(key, login, 102.0, HOUR) is False
     usage = store.usage(key, 102.0, (HOUR,))

@@ -81,7 +81,7 @@ def locks_holds_clear(store: Store) -> None:
     store.lock("login:bob", "messages 21 > 20 per 3600s", now)
     info = store.lock_info("login:bob")
     assert info is not None and info.reason == "messages 21 > 20 per 3600s" and info.since == now
-    store.hold("login:bob", "held: messages", now, HOUR)
+    store.hold("login:bob", "held: messages", now)
     reservation = transaction("t", "Zed@x.test", key="login:bob", counters=(messages(5),))
     assert store.reserve(reservation, now) is None and store.commit(reservation, now) is None
     usage = store.usage("login:bob", now + 1, (HOUR,))

@@ -67,7 +67,7 @@ def store(tmp_path: Path) -> SqliteStore:
     sent(db, "login:bob", "b0", "x@elsewhere.test", when=NOW - 300)
     sent(db, "login:bob", "b1", "y@elsewhere.test", when=NOW - 200)
     db.lock("login:carol", "limit daily reached: 4 clients of 4 clients per 86400 s", NOW - 7200)
-    db.hold("login:dave", "limit daily reached: 100 messages of 100 messages per 86400 s", NOW - 90, 86400.0)
+    db.hold("login:dave", "limit daily reached: 100 messages of 100 messages per 86400 s", NOW - 90)
     sent(db, "login:erin", "e0", "z@elsewhere.test", when=NOW - 10, commit=False)
     for n in range(4):
         sent(db, "client:192.0.2.9", f"c{n}", "user@example.org", client="192.0.2.9", when=NOW - 30)

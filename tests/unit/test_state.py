@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policymilter.state import Counter, Dimension, Exceeded, Reservation, Store, StoreError, open_store, store_problem
-from policymilter.state.model import over
 from policymilter.state.sqlitestore import SqliteStore
 from tests.state.contract import CONTRACT, race, transaction
+from tests.state.reference import over
 
 
 @pytest.mark.parametrize("rule", CONTRACT, ids=[rule.__name__ for rule in CONTRACT])

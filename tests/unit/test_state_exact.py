@@ -101,7 +101,7 @@ def test_store_counts_as_a_plain_log_with_rechecks_and_purges(tmp_path: Path) ->
     """200 random plans of 60 steps (time moves 0-12 s a step, so purges run and windows slide;
     never as far as a reservation's expiry): every reserve and every commit, rechecked or not,
     reserved or not, refuses exactly when model.over on a plain log does."""
-    from policymilter.state.model import over
+    from tests.state.reference import over
 
     rng = random.Random(13)
     refused = admitted = 0

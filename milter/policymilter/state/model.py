@@ -21,7 +21,7 @@ reservation expired checks the limits again before it counts.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -101,21 +101,6 @@ class Reservation:
     renew: bool = True  # the transaction reserved before (a later RCPT): its earlier members' time is renewed
 
 
-def over(counters: Iterable[Counter], members: Mapping[Dimension, Sequence[str]],
-         used: Mapping[Dimension, Mapping[str, float]], pending: Mapping[Dimension, set[str]],
-         now: float) -> Exceeded | None:
-    """The first counter the new `members` would take past its limit, given the members `used`
-    (member -> last used) and those `pending` (reserved by transactions in progress)."""
-    for counter in counters:
-        start = now - counter.per
-        current = {m for m, when in used.get(counter.dimension, {}).items() if when > start}
-        current |= pending.get(counter.dimension, set())
-        adding = len(set(members.get(counter.dimension, ())) - current)
-        if adding and len(current) + adding > counter.limit:
-            return Exceeded(counter, len(current), adding)
-    return None
-
-
 def recipient_of(member: str) -> str:
     return member.split(SEPARATOR, 1)[1] if SEPARATOR in member else member
 
@@ -145,7 +130,7 @@ class Store(Protocol):
 
     def lock_info(self, key: str) -> LockInfo | None: ...
 
-    def hold(self, key: str, reason: str, now: float, keep: float) -> None:
+    def hold(self, key: str, reason: str, now: float) -> None:
         """Record a message held for review (listed by `accounts`; never counted)."""
         ...
 

@@ -397,7 +397,7 @@ class RedisStore:
     def lock_info(self, key: str) -> LockInfo | None:
         return _lock_info(self._run(lambda c: c.client.get(_Keys(key).lock)))
 
-    def hold(self, key: str, reason: str, now: float, keep: float) -> None:
+    def hold(self, key: str, reason: str, now: float) -> None:
         held = _Keys(key).held
         # a random prefix: two holds for the same reason are two records
         member = os.urandom(8).hex().encode() + _b(SEPARATOR + reason)

@@ -377,7 +377,8 @@ class SqliteStore:
 
     def _over(self, db: sqlite3.Connection, reservation: Reservation, now: float,
               exclude_txn: str | None) -> Exceeded | None:
-        """model.over's arithmetic, at a cost that does not grow with the window (module doc)."""
+        """The arithmetic of state/model.py's module doc (tests/state/reference.py writes it plainly),
+        at a cost that does not grow with the window."""
         key, txn = reservation.key, exclude_txn or ""
         tallies = self._tallies(db, key)
         reserved: dict[Dimension, set[str]] = {}
@@ -460,7 +461,7 @@ class SqliteStore:
                         write=False)
         return LockInfo(row[0], row[1]) if row else None
 
-    def hold(self, key: str, reason: str, now: float, keep: float) -> None:
+    def hold(self, key: str, reason: str, now: float) -> None:
         self._run(lambda db: db.execute("INSERT INTO held (key, ts, reason) VALUES (?, ?, ?)", (key, now, reason)))
 
     def clear(self, key: str) -> bool:

@@ -236,7 +236,7 @@ class RatelimitEom:
             result = _apply(context, which, findings, store, now, "commit")
             final = result.findings if isinstance(result.findings, RatelimitFindings) else findings
             if result.disposition is Disposition.ACCEPT and final.hold:
-                store.hold(which.key, final.hold, now, which.keep)
+                store.hold(which.key, final.hold, now)
                 return replace(result, outcome=Outcome.FAIL, disposition=Disposition.QUARANTINE,
                                reason=f"held: {final.hold}", detail="hold")
             return result
