@@ -1,4 +1,4 @@
-"""policy-milter run | check-policy | explain | dkim-keygen | dns-records."""
+"""policy-milter run | check-policy | explain | dkim-keygen | dns-records | check-postfix | report | accounts | dmarc-reports."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from policymilter import __version__
 from policymilter.accounts import add_accounts_command, cmd_accounts
 from policymilter.author import Author
 from policymilter.conversation import Conversation
+from policymilter.dmarcreports import add_dmarc_reports_command, cmd_dmarc_reports
 from policymilter.facts import Session
 from policymilter.listeners import UNKNOWN_LISTENER, ListenerMatch, listener_by_name
 from policymilter.logs import setup_logging
@@ -138,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "any milter whose path ends in policy-milter/milter.sock)")
     add_report_command(commands)
     add_accounts_command(commands)
+    add_dmarc_reports_command(commands)
     return parser
 
 
@@ -467,4 +469,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_report(args)
         case "accounts":
             return cmd_accounts(args)
+        case "dmarc-reports":
+            return cmd_dmarc_reports(args)
     return EXIT_INVALID
