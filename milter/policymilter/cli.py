@@ -1,4 +1,5 @@
-"""policy-milter run | check-policy | explain | dkim-keygen | dns-records | check-postfix | report | accounts | dmarc-reports."""
+"""policy-milter run | check-policy | explain | dkim-keygen | dns-records | check-postfix | report | accounts |
+dmarc-reports."""
 
 from __future__ import annotations
 
