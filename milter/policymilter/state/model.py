@@ -148,6 +148,25 @@ class Store(Protocol):
         """True for the first call per (key, name) in `period` seconds (notification mails)."""
         ...
 
+    # DMARC aggregate report rows (dmarcreports/rows.py): one counter per distinct row text, per
+    # report domain and period (the period's start, epoch seconds). Rows are opaque text here.
+
+    def dmarc_record(self, period: int, domain: str, row: str, now: float) -> None:
+        """Count one message of `row` in `domain`'s report for `period` (created at 1)."""
+        ...
+
+    def dmarc_pending(self, before: int) -> list[tuple[int, str]]:
+        """The (period, domain) pairs with rows, of periods starting before `before`, oldest first."""
+        ...
+
+    def dmarc_rows(self, period: int, domain: str) -> list[tuple[str, int]]:
+        """The rows of one report and their counts."""
+        ...
+
+    def dmarc_forget(self, period: int, domain: str) -> None:
+        """Remove one report's rows (after the report was accepted, or given up on)."""
+        ...
+
     def problem(self) -> str | None:
         """Why the store could not be used by this process's user, or None (opens nothing lasting)."""
         ...
