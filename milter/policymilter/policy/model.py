@@ -401,6 +401,54 @@ class Ratelimit(CheckTable):
         return value
 
 
+class DmarcReports(Strict):
+    """Aggregate reports we send (RFC 9990): what the dmarc check records, and how
+    `policy-milter dmarc-reports send` reports it. Recording is off until the site says who it is."""
+
+    record: bool = False  # the dmarc check records one row per message in the state store
+    # Seconds per report: a day by default; shorter ones must divide a day (RFC 9990 asks for
+    # periods on hour boundaries).
+    interval: Annotated[int, Field(ge=3600, le=86400)] = 86400
+    org_name: Annotated[str, Field(max_length=200)] = ""  # report_metadata/org_name, e.g. "Example Org"
+    email: str = ""  # report_metadata/email and the reports' From address, e.g. "dmarc-noreply@example.org"
+    extra_contact_info: Annotated[str, Field(max_length=500)] = ""
+    # The local MTA the reports are handed to: a milter-free smtpd (contrib/postfix/master.cf's
+    # 127.0.0.1:10027), so that our own checks do not judge our reports.
+    relay: str = "127.0.0.1:10027"
+    suppress: tuple[str, ...] = ()  # report domains or rua addresses that never get a report
+    max_reports_per_run: Annotated[int, Field(ge=1)] = 1000
+    max_rows: Annotated[int, Field(ge=1)] = 10000  # distinct rows per report domain and period; more are dropped
+    keep_days: Annotated[int, Field(ge=1, le=60)] = 7  # reports not sent by then are dropped
+
+    @field_validator("interval")
+    @classmethod
+    def _divides_a_day(cls, value: int) -> int:
+        if 86400 % value or value % 3600:
+            raise ValueError(f"{value}: a report period must be whole hours that divide a day (3600, 7200, "
+                             "10800, 14400, 21600, 28800, 43200 or 86400)")
+        return value
+
+    @field_validator("email")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", value):
+            raise ValueError(f"{value!r}: expected one address, like \"dmarc-noreply@example.org\"")
+        return value
+
+    @field_validator("relay")
+    @classmethod
+    def _relay(cls, value: str) -> str:
+        if not _valid_host_port(value) or ":" not in value.rsplit("]", 1)[-1]:
+            raise ValueError(f"{value!r}: expected \"HOST:PORT\"")
+        return value
+
+    @model_validator(mode="after")
+    def _who_we_are(self) -> DmarcReports:
+        if self.record and not (self.org_name and self.email):
+            raise ValueError("record = true needs org_name and email: the reports must say who sends them")
+        return self
+
+
 class SigningKey(Strict):
     selector: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")]
     key_file: Annotated[str, Field(min_length=1)]
@@ -541,6 +589,7 @@ class Policy(Strict):
     sender: Sender = Sender()
     ratelimit: Ratelimit = Ratelimit()
     signing: Signing = Signing()
+    dmarc_reports: DmarcReports = DmarcReports()
 
     def check_table(self, check: str) -> CheckTable | None:
         """The policy table of a listable check (None for `origin`, which has none)."""
