@@ -90,6 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                         "says otherwise) or an age: 30m, 24h, 7d, 2w")
     parser.add_argument("--policy", help="policy file or directory: only site.domains and their subdomains "
                                          "(default: every domain in the reports); --resolve asks its dns.nameservers")
+    parser.add_argument("-o", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override one policy key (as for run), e.g. -o 'site.domains=[\"example.org\"]'")
     parser.add_argument("--domain", action="append", default=[], metavar="DOMAIN",
                         help="only this domain and its subdomains; repeatable")
     parser.add_argument("--resolve", action="store_true", help="look up each source IP's PTR name in DNS")
@@ -123,9 +125,12 @@ def main(args: argparse.Namespace, now: datetime | None = None) -> int:
         return 2
     site = [name.lower().rstrip(".") for name in args.domain]
     nameservers: Sequence[str] = args.nameserver
+    if args.overrides and not args.policy:
+        print("dmarc-reports read: -o needs --policy", file=sys.stderr)
+        return 2
     if args.policy:
         try:
-            policy = load_policy(args.policy).policy
+            policy = load_policy(args.policy, args.overrides).policy
         except PolicyError as error:
             for issue in error.issues:
                 print(issue, file=sys.stderr)

@@ -12,6 +12,9 @@ from policymilter.dmarcreports.summary import FAILING_SHARE, MIN_MESSAGES, SIGNI
 from policymilter.safetext import for_log
 
 _CUT = 200
+_MEANS = {Verdict.ALIGNED: "", Verdict.FAILS_SPF_ONLY: "; passes by DKIM, forwarding-safe",
+          Verdict.FAILS_DKIM_ONLY: "; passes by SPF alone, breaks when forwarded",
+          Verdict.FAILS_BOTH: "; fails DMARC, refused under p=reject"}
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ def _domain(summary: DomainSummary) -> list[str]:
         mixed = (" (" + ", ".join(f"{verdict} {source.verdicts[verdict]}" for verdict in Verdict
                                   if source.verdicts.get(verdict)) + ")") if len(source.verdicts) > 1 else ""
         name = f" {source.ptr}" if source.ptr else ""
-        lines += [f"    {source.ip}{name}: {source.messages} messages, {source.verdict}{mixed}",
+        lines += [f"    {source.ip}{name}: {source.messages} messages, {source.verdict}{mixed}{_MEANS[source.verdict]}",
                   f"      spf: {_spf(source)}; dkim: {_dkim(source)}",
                   f"      disposition: {_counts(source.dispositions)}; header_from: "
                   f"{_counts({for_log(k, 80): v for k, v in source.header_from.items()})}"]

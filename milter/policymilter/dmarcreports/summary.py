@@ -18,6 +18,8 @@ judged from the policy the latest report saw (`p`), on the messages (not the sou
   of the mail passes by SPF alone (`fails DKIM only`): every forward breaks SPF, and under
   p=reject that mail would be refused; only a DKIM signature carries it;
 - at p=reject there is no next step: AT p=reject, with what still fails.
+A READY over reports covering fewer than SHORT_PERIOD_DAYS days says so: a source that sends
+weekly or monthly (invoices, newsletters) may not be in them yet.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from policymilter.dmarcreports.model import Record, Report, Verdict
 MIN_MESSAGES = 100
 SIGNIFICANT = 0.02
 FAILING_SHARE = 0.10
+SHORT_PERIOD_DAYS = 14  # below: a READY says the period is short
 
 
 class Status(StrEnum):
@@ -150,12 +153,30 @@ def source_name(source: Source) -> str:
     return f"{source.ip} {source.ptr}" if source.ptr else source.ip
 
 
+def days(summary: DomainSummary) -> int:
+    return max(1, round((summary.end + 1 - summary.begin) / 86400))
+
+
 def _largest(sources: Sequence[Source], verdict: Verdict) -> str:
     top = max(sources, key=lambda source: (source.failing(verdict), source.ip))
-    return f"{source_name(top)} {top.failing(verdict)}"
+    return f"{source_name(top)}, {top.failing(verdict)} messages"
+
+
+def _from(sources: Sequence[Source]) -> str:
+    return f"{len(sources)} source" + ("" if len(sources) == 1 else "s")
 
 
 def readiness(summary: DomainSummary) -> Readiness:
+    judged = _readiness(summary)
+    covered = days(summary)
+    if judged.status in (Status.READY_QUARANTINE, Status.READY_REJECT) and covered < SHORT_PERIOD_DAYS:
+        return replace(judged, why=(*judged.why, f"the reports cover only {covered} day(s): dns-records advises "
+                                                 "reading them for a few weeks; a source that sends weekly or "
+                                                 "monthly may not be in them yet"))
+    return judged
+
+
+def _readiness(summary: DomainSummary) -> Readiness:
     total = summary.messages
     if total < MIN_MESSAGES:
         return Readiness(Status.NOT_READY, f"NOT READY: only {total} messages reported, too few to judge",
@@ -169,7 +190,7 @@ def readiness(summary: DomainSummary) -> Readiness:
     at_reject = summary.p == "reject"
     if big:
         messages = sum(source.failing(Verdict.FAILS_BOTH) for source in big)
-        counted = (f"{messages} messages from {len(big)} sources fail both "
+        counted = (f"{messages} messages from {_from(big)} fail both "
                    f"(largest: {_largest(big, Verdict.FAILS_BOTH)})")
         why = (f"each of these sends more than {SIGNIFICANT:.0%} of the domain's mail and fails DMARC: that is "
                "rarely a forger; if it is yours, give it a DKIM signature (or list it in publish.spf_senders), "
@@ -181,7 +202,7 @@ def readiness(summary: DomainSummary) -> Readiness:
                          (*why, f"under p={_next(summary.p)} that mail would be "
                                 f"{'quarantined' if _next(summary.p) == 'quarantine' else 'refused'}"))
     if failing_messages >= FAILING_SHARE * total:
-        counted = (f"{failing_messages} messages from {len(failing)} sources fail both "
+        counted = (f"{failing_messages} messages from {_from(failing)} fail both "
                    f"(largest: {_largest(failing, Verdict.FAILS_BOTH)})")
         why = (f"no source sending more than {SIGNIFICANT:.0%} of the mail fails, but together the failing mail is "
                f"{percent(failing_messages, total)} (at least {FAILING_SHARE:.0%}): rarely all forgery; look for a "
@@ -189,7 +210,7 @@ def readiness(summary: DomainSummary) -> Readiness:
         if at_reject:
             return Readiness(Status.AT_REJECT, f"AT p=reject: {counted}, and is refused", why)
         return Readiness(Status.NOT_READY, f"NOT READY: {counted}", why)
-    small = (f"{failing_messages} messages ({percent(failing_messages, total)}) from {len(failing)} small sources fail "
+    small = (f"{failing_messages} messages ({percent(failing_messages, total)}) from {_from(failing)} fail "
              f"both, under {FAILING_SHARE:.0%} with none above {SIGNIFICANT:.0%}: likely forgeries"
              if failing else "no message fails both")
     if at_reject:
@@ -198,7 +219,7 @@ def readiness(summary: DomainSummary) -> Readiness:
     if summary.p == "quarantine" and spf_only:
         messages = sum(source.failing(Verdict.FAILS_DKIM_ONLY) for source in spf_only)
         return Readiness(Status.NOT_READY,
-                         f"NOT READY for p=reject: {messages} messages from {len(spf_only)} sources pass by SPF only "
+                         f"NOT READY for p=reject: {messages} messages from {_from(spf_only)} pass by SPF only "
                          f"(largest: {_largest(spf_only, Verdict.FAILS_DKIM_ONLY)})",
                          ("forwarders and mailing lists break SPF, so only a DKIM signature carries that mail: under "
                           "p=reject it would be refused when forwarded; sign it with DKIM first", small))
@@ -209,7 +230,7 @@ def readiness(summary: DomainSummary) -> Readiness:
     later: tuple[str, ...] = ()
     if spf_only:
         messages = sum(source.failing(Verdict.FAILS_DKIM_ONLY) for source in spf_only)
-        later = (f"before p=reject: {messages} messages from {len(spf_only)} sources pass by SPF only (largest: "
+        later = (f"before p=reject: {messages} messages from {_from(spf_only)} pass by SPF only (largest: "
                  f"{_largest(spf_only, Verdict.FAILS_DKIM_ONLY)}); forwarding breaks SPF: sign them with DKIM",)
     return Readiness(Status.READY_QUARANTINE, "READY for p=quarantine",
                      (f"every source sending more than {SIGNIFICANT:.0%} of the mail passes DMARC", small, *later,
