@@ -52,6 +52,7 @@ _OVERRIDES = frozenset({"forwarded", "sampled_out", "trusted_forwarder", "mailin
 _WHOLE = re.compile(r"\d{1,15}", re.ASCII)
 _DECIMAL = re.compile(r"\d{1,6}(\.\d{1,6})?", re.ASCII)
 _LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)", re.ASCII)
+_POSITION = re.compile(r", line \d+, column \d+$")
 LAST_TIME = 253402300799  # 9999-12-31T23:59:59Z: what a datetime can show
 
 
@@ -88,7 +89,8 @@ def parse_report(data: bytes, max_records: int) -> Report:
     try:
         root = etree.fromstring(data, _parser())
     except etree.XMLSyntaxError as error:
-        raise ReportError(f"not well-formed XML: {for_log(str(error.msg), 160)}", line=error.lineno or None) from None
+        reason = _POSITION.sub("", str(error.msg))  # libxml2 repeats the position the error carries
+        raise ReportError(f"not well-formed XML: {for_log(reason, 160)}", line=error.lineno or None) from None
     except ValueError as error:  # lxml: e.g. an encoding it cannot use
         raise ReportError(f"not readable XML: {for_log(str(error), 160)}") from None
     if getattr(root.getroottree().docinfo, "doctype", None):  # lxml-stubs lack DocInfo.doctype
