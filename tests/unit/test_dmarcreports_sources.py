@@ -12,8 +12,11 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from policymilter.dmarcreports.archives import ArchiveError, LimitExceeded, Limits, gunzip
+from policymilter.dmarcreports.parse import ReportError, parse_report
 from policymilter.dmarcreports.sources import Document, Finder, Found
 from tests.dmarcreportkit import Row, Spec, forwarded, gz, mbox, report_mail, report_xml, zipped
 
@@ -172,3 +175,28 @@ def test_gunzip_counts_what_it_inflates(data: bytes, error: type[Exception]) -> 
     if error is LimitExceeded:
         assert gunzip(data, 1000) == b"x" * 1000
 
+
+
+SAMPLES = [gz(XML), zipped({"a.xml": XML, "b.xml.gz": gz(XML)}), mail(gz(XML), "r.xml.gz", "application/gzip"),
+           nested(2).as_bytes(), mbox([report_mail(SPEC, zipped({"r.xml": XML}), "r.zip", "application/zip")] * 2)]
+
+
+@settings(derandomize=True, max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(range(len(SAMPLES))), st.lists(st.tuples(st.floats(0, 1), st.integers(0, 30),
+                                                                  st.binary(max_size=8)), min_size=1, max_size=3))
+def test_mutated_inputs_never_crash(tmp_path: Path, sample: int, edits: list[tuple[float, int, bytes]]) -> None:
+    """Any bytes in any container: documents and skips, and each document a Report or a ReportError."""
+    data = SAMPLES[sample]
+    for where, length, insert in edits:
+        at = int(where * len(data))
+        data = data[:at] + insert + data[at + length:]
+    (tmp_path / "input").write_bytes(data)
+    for found in Finder(Limits(max_xml=MIB)).find([str(tmp_path / "input")]):
+        if isinstance(found, Document):
+            try:
+                parse_report(found.data, 100)
+            except ReportError as error:
+                assert str(error)
+        else:
+            assert found.reason
