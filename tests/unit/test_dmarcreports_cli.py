@@ -46,3 +46,10 @@ def test_exit_status(tmp_path: Path) -> None:
     assert run().returncode == 2  # no PATH
     assert run("--max-xml", "0", str(paths[0])).returncode == 2
     assert "Traceback" not in run(str(tmp_path / "lol.xml")).stderr
+
+
+def test_a_bad_nameserver_is_a_bad_argument(tmp_path: Path) -> None:
+    done = run("--resolve", "--nameserver", "bogus", str(tmp_path))
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1] == ("policy-milter dmarc-reports read: error: argument --nameserver: 'bogus': "
+                                            "expected an IP address, optionally :PORT (127.0.0.1:5353, [::1]:53)")

@@ -23,6 +23,7 @@ Every problem raises `ReportError` naming the element path and the line.
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import re
 from collections.abc import Sequence
@@ -77,25 +78,53 @@ class Field:
     most: int | None = 1  # None: unbounded
 
 
-def _parser() -> etree.XMLParser:
-    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
-                           huge_tree=False, remove_comments=True, remove_pis=True)
+# lxml's iterparse takes the XMLParser options: entities unresolved, no network, no DTD.
+_OPTIONS: dict[str, bool] = {"resolve_entities": False, "no_network": True, "load_dtd": False,
+                             "dtd_validation": False, "huge_tree": False, "remove_comments": True,
+                             "remove_pis": True}
 
 
 def parse_report(data: bytes, max_records: int) -> Report:
-    """The report in `data`, or ReportError. Never anything else, whatever `data` holds."""
+    """The report in `data`, or ReportError. Never anything else, whatever `data` holds.
+
+    Records are read as the parser reaches the end of each and then emptied, so memory follows
+    the records kept, not the size of the tree (a 50 MiB report would be ~10 times that in lxml).
+    """
     if any(mark in data[:_PROLOG] for mark in _DOCTYPE_MARKS):
         raise ReportError(DOCTYPE_REFUSED)
+    reader: _Reader | None = None
+    records: list[Record] = []
     try:
-        root = etree.fromstring(data, _parser())
+        for event, element in etree.iterparse(io.BytesIO(data), events=("start", "end"), **_OPTIONS):
+            if reader is None:  # the root's start: the prolog, with any DOCTYPE, is behind us
+                if getattr(element.getroottree().docinfo, "doctype", None):  # lxml-stubs lack DocInfo.doctype
+                    raise ReportError(DOCTYPE_REFUSED)
+                reader = _Reader(element, max_records)
+            elif event == "end" and element.getparent() is reader.root and reader.is_record(element):
+                if len(records) == max_records:
+                    raise ReportError(f"more than {max_records} records (limit max-records)", "feedback",
+                                      _line(element))
+                records.append(reader.record(element, f"feedback/record[{len(records) + 1}]"))
+                element.clear()  # an empty <record> stays: the order of feedback's children is checked at the end
     except etree.XMLSyntaxError as error:
-        reason = _POSITION.sub("", str(error.msg))  # libxml2 repeats the position the error carries
-        raise ReportError(f"not well-formed XML: {for_log(reason, 160)}", line=error.lineno or None) from None
+        raise _syntax_error(data, error) from None
     except ValueError as error:  # lxml: e.g. an encoding it cannot use
         raise ReportError(f"not readable XML: {for_log(str(error), 160)}") from None
-    if getattr(root.getroottree().docinfo, "doctype", None):  # lxml-stubs lack DocInfo.doctype
-        raise ReportError(DOCTYPE_REFUSED)
-    return _Reader(root, max_records).report()
+    if reader is None:
+        raise ReportError("not well-formed XML: no root element")
+    return reader.report(records)
+
+
+def _syntax_error(data: bytes, error: etree.XMLSyntaxError) -> ReportError:
+    """iterparse sometimes says only "no element found" (an undefined entity, for one): the same safe
+    options in one piece name the first error, at the cost of a second parse of a broken document."""
+    try:
+        etree.fromstring(data, etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
+                                               dtd_validation=False, huge_tree=False))
+    except etree.XMLSyntaxError as first:
+        error = first
+    reason = _POSITION.sub("", str(error.msg))  # libxml2 repeats the position the error carries
+    return ReportError(f"not well-formed XML: {for_log(reason, 160)}", line=error.lineno or None)
 
 
 class _Reader:
@@ -187,23 +216,21 @@ class _Reader:
 
     # -- the report ------------------------------------------------------------------------
 
-    def report(self) -> Report:
+    def is_record(self, element: etree._Element) -> bool:
+        return self._ours(element) and etree.QName(element).localname == "record"
+
+    def report(self, records: Sequence[Record]) -> Report:
+        """The report around `records` (read already, by `record`)."""
         path = "feedback"
         top = self._group(self.root, path, [Field("version", 0), Field("report_metadata"),
                                             Field("policy_published"), Field("extension", 0),
                                             Field("record", 1, None)], ordered=True)
         if top["version"]:
             self._version(top["version"][0], f"{path}/version")
-        records = top["record"]
-        if len(records) > self.max_records:
-            raise ReportError(f"more than {self.max_records} records (limit max-records)", path,
-                              _line(records[self.max_records]))
         org_name, email, report_id, begin, end, generator = self._metadata(top["report_metadata"][0],
                                                                              f"{path}/report_metadata")
         policy = self._policy(top["policy_published"][0], f"{path}/policy_published")
-        return Report(self.format, org_name, email, report_id, begin, end, generator, policy,
-                      tuple(self._record(record, f"{path}/record[{index}]")
-                            for index, record in enumerate(records, start=1)))
+        return Report(self.format, org_name, email, report_id, begin, end, generator, policy, tuple(records))
 
     def _version(self, element: etree._Element, path: str) -> None:
         text = self._text(element, path)
@@ -263,7 +290,7 @@ class _Reader:
             raise ReportError(f"{for_log(text, 80)!r} is not a domain name", path, _line(element))
         return text
 
-    def _record(self, element: etree._Element, path: str) -> Record:
+    def record(self, element: etree._Element, path: str) -> Record:
         found = self._group(element, path, [Field("row"), Field("identifiers"), Field("auth_results")],
                             ordered=True, extensions=True)
         row_path = f"{path}/row"

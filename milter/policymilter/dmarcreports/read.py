@@ -36,6 +36,7 @@ summarised); 2 for bad arguments or an invalid policy.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import sys
 from collections.abc import Sequence
@@ -48,7 +49,7 @@ from policymilter.dmarcreports.render import Duplicate, Run, as_json, text
 from policymilter.dmarcreports.resolve import ptr_names
 from policymilter.dmarcreports.sources import Document, Finder
 from policymilter.dmarcreports.summary import DomainSummary, summarise
-from policymilter.dns import Resolver
+from policymilter.dns import Resolver, parse_nameserver
 from policymilter.policy import PolicyError, load_policy
 from policymilter.report import parse_when
 from policymilter.safetext import for_log
@@ -80,6 +81,18 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _nameserver(text: str) -> str:
+    try:
+        host, port = parse_nameserver(text)
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an IP address, optionally :PORT "
+                                         "(127.0.0.1:5353, [::1]:53)") from None
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r}: port {port} is not between 1 and 65535")
+    return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = Limits()
     parser.add_argument("paths", nargs="+", metavar="PATH",
@@ -95,7 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--domain", action="append", default=[], metavar="DOMAIN",
                         help="only this domain and its subdomains; repeatable")
     parser.add_argument("--resolve", action="store_true", help="look up each source IP's PTR name in DNS")
-    parser.add_argument("--nameserver", action="append", default=[], metavar="HOST[:PORT]",
+    parser.add_argument("--nameserver", type=_nameserver, action="append", default=[], metavar="HOST[:PORT]",
                         help="for --resolve: ask this server (repeatable; default: the policy's, else "
                              "/etc/resolv.conf)")
     parser.add_argument("--resolve-timeout", type=_seconds, default=3.0, metavar="SECONDS",
