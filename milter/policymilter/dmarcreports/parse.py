@@ -2,7 +2,8 @@
 
 Safety first: lxml parses with entities unresolved, no network, no DTD loading and libxml2's
 default size and depth limits (`huge_tree=False`), and a document with a DOCTYPE at all is
-refused before and after parsing: no report has one (neither schema allows it), and one is how
+refused, by a look at its first 64 KiB and again when the parser reaches the root element: no
+report has one (neither schema allows it), and one is how
 external entities (XXE) and entity expansion (billion laughs) arrive.
 
 Strict means: every element the schema requires is present (`missing <x>`), nothing appears more

@@ -27,7 +27,8 @@ summarised); 2 for bad arguments or an invalid policy.
   `adkim`, `aspf`, `testing` from the latest report; null when not given), `reports`, `reporters`
   (list of `{org_name, reports, messages}`), `begin`, `end` (ISO 8601 UTC), `messages`,
   `verdicts` ({verdict: messages}, every verdict), `sources` (by messages: `ip`, `ptr` (null
-  without --resolve), `messages`, `verdict`, `verdicts`, `dispositions`, `spf` (list of
+  without --resolve; else the name, "(no PTR)", "(lookup failed)" or "(lookup skipped)"),
+  `messages`, `verdict`, `verdicts`, `dispositions`, `spf` (list of
   `{result, domain, scope, messages}`), `dkim` (list of `{result, domain, selector, messages}`;
   domain null: unsigned), `header_from` ({domain: messages}), `reporters`), `readiness`
   (`status`: ready for p=quarantine | ready for p=reject | not ready | at p=reject; `line`; `why`).
