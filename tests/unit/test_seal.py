@@ -92,7 +92,8 @@ class Passage:
 
     def __init__(self, snap: Snapshot, raw: bytes, mail_from: str, session: Session = INBOUND) -> None:
         message = Message.from_bytes(raw)
-        self.conversation = Conversation(snap, session, listener=listener_by_name(snap.policy, session.daemon_name or ""))
+        listener = listener_by_name(snap.policy, session.daemon_name or "")
+        self.conversation = Conversation(snap, session, listener=listener)
         self.conversation.connected()
         verdict = self.conversation.mail(session, f"<{mail_from}>")
         if not verdict.stops:
@@ -179,7 +180,8 @@ def test_a_verified_chain_is_continued_with_cv_pass(keys):
 
 @pytest.mark.parametrize("sets", [3, 49])
 def test_the_instance_is_the_chain_length_plus_one(keys, sets):
-    raw = authkit.arc_chain(authkit.message("Alice <alice@pass.test>", RCPT, f"chain {sets}"), LIST, "mx.list.test", sets)
+    raw = authkit.arc_chain(authkit.message("Alice <alice@pass.test>", RCPT, f"chain {sets}"), LIST, "mx.list.test",
+                            sets)
     passage = Passage(snapshot(keys), raw, "list@list.test")
     assert passage.seal == f"sealed:i{sets + 1}:pass"
     assert verify(passage.delivered, keys[1])[0] == dkim.CV_Pass

@@ -29,8 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from policymilter import authresults, canonical, metrics
 from policymilter.checks.arc import NAME as ARC
 from policymilter.checks.arc import Chain as Verified
-from policymilter.checks.signing import final_headers, sign
-from policymilter.checks.signing import arcsign
+from policymilter.checks.signing import arcsign, final_headers, sign
 from policymilter.outcome import AddHeader, CheckResult, Disposition, Outcome, decide
 from policymilter.pipeline import CheckContext, Missing, Stage
 
