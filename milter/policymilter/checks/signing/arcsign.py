@@ -28,7 +28,7 @@ from dkim.canonicalization import CanonicalizationPolicy
 from dkim.crypto import HASH_ALGORITHMS
 
 from policymilter import canonical
-from policymilter.checks.signing.sign import _signature, _tag_list
+from policymilter.checks.signing.sign import signature, tag_list
 
 ALGORITHM = b"rsa-sha256"
 MAX_INSTANCE = 50  # RFC 8617 §4.2.1: i= is 1..50; dkimpy's ARC.sign refuses more too
@@ -53,14 +53,14 @@ class _Sealer(dkim.ARC):  # type: ignore[misc]  # dkimpy is untyped
                    standardize: bool = False) -> bytes:
         # DomainSigner.gen_header (1.1.x) without `standardize`, which ARC.sign is not given:
         # fold with an empty b=, hash the headers named, sign, fold again with the real b=.
-        unsigned: bytes = dkim.RE_BTAG.sub(b"\\1", dkim.fold(_tag_list(fields), namelen=len(header_name),
+        unsigned: bytes = dkim.RE_BTAG.sub(b"\\1", dkim.fold(tag_list(fields), namelen=len(header_name),
                                                                linesep=b"\r\n"))
         digest = self.hasher()
         self.signed_headers = dkim.hash_headers(digest, canon_policy, canon_policy.canonicalize_headers(self.headers),
                                                 include_headers, (header_name, b" " + unsigned), dict(fields))
         at = next(index for index, (tag, _) in enumerate(fields) if tag == b"b")
-        fields[at] = (b"b", base64.b64encode(_signature(pk, digest.digest())))
-        folded: bytes = dkim.fold(_tag_list(fields) + self.linesep, namelen=len(header_name), linesep=self.linesep)
+        fields[at] = (b"b", base64.b64encode(signature(pk, digest.digest())))
+        folded: bytes = dkim.fold(tag_list(fields) + self.linesep, namelen=len(header_name), linesep=self.linesep)
         return folded
 
 
