@@ -292,6 +292,16 @@ def test_discarded_mail_is_not_sealed_held_mail_is(keys, disposition, sealed):
     assert bool(result.actions) is sealed
 
 
+@pytest.mark.parametrize("arc", [None, CheckResult("arc", Outcome.ERROR, reason="a bug"),
+                                 CheckResult("arc", Outcome.TEMPERROR, findings=None)])
+def test_an_arc_check_that_did_not_run_or_erred_is_not_read_as_no_chain(keys, arc):
+    snap = snapshot(keys)
+    context = CheckContext(snap.policy, listener_by_name(snap.policy, "smtp"), INBOUND, Envelope("a@pass.test"),
+                           Message.from_bytes(plain()), snap.resolver, None, (arc,) if arc else (), snap.resources)
+    result = Seal().run(context)
+    assert (result.outcome, result.detail, result.actions) == (Outcome.SKIPPED, "arc-unknown", ())
+
+
 def arcverified(result: str) -> Any:
     from policymilter.checks.arc import Chain
     return Chain(result, "")
