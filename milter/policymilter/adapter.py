@@ -137,8 +137,9 @@ class PolicyMilter(Milter.Base):
                         self.chgheader(name, index, "")
                     case ChangeHeader(name=name, index=index, value=value):
                         self.chgheader(name, index, self._header_value(value))
-                    case AddHeader(name=name, value=value):
-                        self.addheader(name, self._header_value(value))
+                    case AddHeader(name=name, value=value, first=first):
+                        # smfi_insheader at index 0 when first: above every other header
+                        self.addheader(name, self._header_value(value), 0 if first else -1)
             if verdict.disposition is Disposition.QUARANTINE:
                 # Postfix: the message goes to the hold queue with this reason.
                 self.quarantine(verdict.reason or f"held by {verdict.decided_by}")

@@ -16,7 +16,7 @@ import authres
 from policymilter import readable, safetext
 from policymilter.facts import Session
 from policymilter.message import Message
-from policymilter.outcome import AddHeader, RemoveHeader
+from policymilter.outcome import Action, AddHeader, CheckResult, RemoveHeader
 
 HEADER = "Authentication-Results"
 
@@ -127,3 +127,18 @@ def header(authserv_id: str, entries: Sequence[Any]) -> AddHeader:
                                                 results=[_clean(entry) for entry in entries]).header_value()
     value.encode("ascii")  # our header is ASCII (RFC 8601 §2.2): anything else is a bug in _clean
     return AddHeader(HEADER, value.replace("; ", ";\n\t"))
+
+
+def ours(session: Session, results: Sequence[CheckResult], authserv_id: str) -> AddHeader | None:
+    """Our header for these results (None when nothing was checked). The seal check copies its
+    value into ARC-Authentication-Results: both are made here, from the same results."""
+    entries = [*session_entries(session), *(entry for result in results for entry in result.authres)]
+    return header(authserv_id, entries) if entries else None
+
+
+def actions(message: Message, session: Session, results: Sequence[CheckResult],
+            authserv_id: str) -> tuple[Action, ...]:
+    """Remove A-R headers forged with our authserv-id, then add ours (applied before the checks'
+    own header changes)."""
+    added = ours(session, results, authserv_id)
+    return (*forged(message, authserv_id), *((added,) if added is not None else ()))

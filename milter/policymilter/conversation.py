@@ -281,11 +281,7 @@ class Conversation:
         """Remove A-R headers forged with our authserv-id; add ours when anything was checked."""
         if self.message is None:
             return ()
-        authserv_id = self.snapshot.policy.site.authserv_id
-        entries = [*authresults.session_entries(self.session),
-                   *(entry for result in self.results for entry in result.authres)]
-        added = (authresults.header(authserv_id, entries),) if entries else ()
-        return (*authresults.forged(self.message, authserv_id), *added)
+        return authresults.actions(self.message, self.session, self.results, self.snapshot.policy.site.authserv_id)
 
     def summary_fields(self, verdict: Verdict, stage: Stage) -> dict[str, Any]:
         session, envelope = self.session, self.envelope or Envelope()

@@ -151,6 +151,7 @@ class Recorder:
         self.dns_cache = counter("dns_cache_lookups", "DNS cache lookups by result (hit, miss)", ("result",))
         self.signatures = counter("dkim_signatures", "DKIM signatures made, by domain and selector",
                                   ("domain", "selector"))
+        self.seals = counter("arc_seals", "ARC sets added, by the cv= they carry (none, pass, fail)", ("cv",))
         self.limits_exceeded = counter("limits_exceeded", "Transactions a rate limit stopped, by limit (its "
                                        "label in the policy) and action (tempfail, hold, lock, report)",
                                        ("limit", "action"))
@@ -461,6 +462,13 @@ def signed(domain: str, selector: str) -> None:
 
 
 @_never_affects_mail
+def sealed(cv: str) -> None:
+    """An ARC set added (cv: none, pass, fail)."""
+    if _ACTIVE.recorder is not None:
+        _ACTIVE.recorder.seals.labels(cv).inc()
+
+
+@_never_affects_mail
 def limit_exceeded(limit: str, action: str) -> None:
     """A rate limit stopped a transaction (limit: a label from the policy; action: its action or
     "report")."""
@@ -514,6 +522,9 @@ def _known_labels(recorder: Recorder, snapshot: Snapshot) -> None:
     for domain, keys in policy.signing.keys.items():
         for key in keys:
             recorder.signatures.labels(domain, key.selector)
+    if policy.seal.set_up:
+        for cv in ("none", "pass", "fail"):
+            recorder.seals.labels(cv)
     for limit in policy.ratelimit.limits:
         recorder.limits_exceeded.labels(limit.label, limit.action)
     recorder.store_errors.labels("ratelimit")

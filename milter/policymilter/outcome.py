@@ -29,6 +29,7 @@ class Outcome(StrEnum):
     SPAM = "spam"
     HAM = "ham"
     BLOCKED = "blocked"
+    SEALED = "sealed"  # seal: an ARC set was added
     SKIPPED = "skipped"
     ERROR = "error"
 
@@ -85,6 +86,9 @@ REJECT_ERROR = SmtpReply("550", "5.3.0", "This message could not be checked and 
 class AddHeader:
     name: str
     value: str
+    # At the top of the header block instead of the bottom: ARC sets (RFC 8617 §4.2, each new
+    # set above the older ones, which verifiers such as dkimpy's read from the bottom up).
+    first: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "value", safetext.header_value(self.value))

@@ -83,9 +83,10 @@ def test_broken_file_reports_every_error_with_file_line_and_key(tmp_path):
         f"{path}:12: listeners.smtp.on_error: Input should be 'tempfail', 'accept' or 'reject', not 'tempfial'; "
         "did you mean 'tempfail'?",
         f"{path}:15: listeners.smtp.unauthenticated.checks[1]: Input should be 'sender', 'ratelimit', 'spf', "
-        "'attachments', 'antivirus', 'spam', 'dkim', 'arc', 'dmarc' or 'signing', not 'spma'; did you mean 'spam'?",
+        "'attachments', 'antivirus', 'spam', 'dkim', 'arc', 'dmarc', 'signing' or 'seal', not 'spma'; did you mean "
+        "'spam'?",
         f"{path}:16: listeners.smtp.unauthenticated.on_error.virus: Input should be 'sender', 'ratelimit', 'spf', "
-        "'attachments', 'antivirus', 'spam', 'dkim', 'arc', 'dmarc' or 'signing', not 'virus'; "
+        "'attachments', 'antivirus', 'spam', 'dkim', 'arc', 'dmarc', 'signing' or 'seal', not 'virus'; "
         "did you mean 'antivirus'?",
         f"{path}:18: spam: scores must rise: tag_score <= quarantine_score <= reject_score",
     ]

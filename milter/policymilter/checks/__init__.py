@@ -18,6 +18,7 @@ from policymilter.checks.dkim import Dkim
 from policymilter.checks.dmarc import Dmarc
 from policymilter.checks.origin import Origin
 from policymilter.checks.ratelimit import RatelimitEom, RatelimitRcpt
+from policymilter.checks.seal import Seal
 from policymilter.checks.sender import SenderEnvelope, SenderFrom
 from policymilter.checks.signing import Signing
 from policymilter.checks.sizelimit import SizeDeclared, SizeReceived
@@ -27,9 +28,10 @@ from policymilter.pipeline import Check, Pipeline
 from policymilter.policy.model import STRICTEST, CheckName, Listener, Policy
 
 # The listable checks, cheap before expensive; a stage runs those of its stage in this order.
-# ratelimit counts last at end of message: only what every other check accepted is counted.
+# ratelimit counts last at end of message: only what every other check accepted is counted;
+# seal comes after it: it seals the message as it leaves, and adds no result to our A-R header.
 REGISTRY: tuple[Check, ...] = (SenderEnvelope(), RatelimitRcpt(), Spf(), SenderFrom(), Attachments(),
-                               Antivirus(), Spam(), Dkim(), Arc(), Dmarc(), Signing(), RatelimitEom())
+                               Antivirus(), Spam(), Dkim(), Arc(), Dmarc(), Signing(), RatelimitEom(), Seal())
 # Run on every listener, whatever it lists.
 ALWAYS: tuple[Check, ...] = (Origin(), SizeDeclared(), SizeReceived())
 
@@ -71,8 +73,8 @@ def _class_issues(policy: Policy, path: tuple[str | int, ...], where: str,
         listed = [str(check) for check in listener.traffic(traffic == "authenticated").checks]
         for check in listed:
             table = policy.check_table(check)
-            if table is not None and not table.enabled:
-                continue  # a disabled check needs nothing
+            if table is not None and (not table.enabled or not table.set_up):
+                continue  # a disabled check needs nothing, nor one not set up (seal without a key)
             for needed in requires(check):
                 if needed not in listed:
                     yield ((*path, traffic, "checks") if path else (check, "enabled"),

@@ -245,6 +245,8 @@ def _semantic_issues(policy: Policy, sources: _Sources, fallback: str, rules: Se
         issue(("listeners",), "no listener is defined: every session would get the strictest profile")
     for path, message in too_slow(policy):
         issue(path, message)
+    for path, message in policy.seal.issues(policy.signing):
+        issue(path, message)
     for rule in rules:
         for path, message in rule(policy):
             issue(path, message)

@@ -31,6 +31,7 @@ class CheckName(StrEnum):
     ARC = "arc"
     DMARC = "dmarc"
     SIGNING = "signing"
+    SEAL = "seal"
 
 
 class Strict(BaseModel):
@@ -150,6 +151,12 @@ class CheckTable(Strict):
     enabled: bool = True
     # report: log what the check would do, change nothing (how admins roll a policy out).
     mode: Literal["enforce", "report"] = "enforce"
+
+    @property
+    def set_up(self) -> bool:
+        """False for a check that cannot do anything until the admin configures it (seal
+        without a key): it reads nothing either, so it requires nothing."""
+        return True
 
 
 # Final extensions refused on the doors that run the attachments check, in groups; the same
@@ -469,6 +476,45 @@ class Signing(CheckTable):
         return {_hostname(domain): keys for domain, keys in value.items()}
 
 
+class Seal(CheckTable):
+    """ARC sealing (RFC 8617) with one of the keys in signing.keys: `domain` and `selector` name
+    it (d= and s= of the seals). Both empty: not set up, nothing is sealed."""
+
+    domain: str = ""
+    selector: str = ""
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        return _hostname(value) if value else value
+
+    @property
+    def set_up(self) -> bool:
+        return bool(self.domain or self.selector)
+
+    def issues(self, signing: Signing) -> list[tuple[tuple[str, ...], str]]:
+        """(key path, message) when the key named here is not one signing.keys lists."""
+        if not self.set_up:
+            return []
+        if not self.domain or not self.selector:
+            missing = "domain" if not self.domain else "selector"
+            return [(("seal", missing), f"seal.{missing} is empty: name both seal.domain and seal.selector (a key "
+                                        "in signing.keys), or neither to leave sealing off")]
+        keys = signing.keys.get(self.domain, ())
+        key = next((key for key in keys if key.selector == self.selector), None)
+        if key is None:
+            listed = ", ".join(k.selector for k in keys) or "none"
+            return [(("seal", "selector"), f"signing.keys has no key for {self.domain} with selector "
+                                           f"{self.selector!r} (selectors listed there: {listed}): add it "
+                     f'to signing.keys, e.g. "{self.domain}" = [{{ selector = "{self.selector}", key_file = "..." }}]')]
+        if key.algorithm != "rsa-sha256":
+            # dkimpy's arc_sign seals with rsa-sha256 only, and RSA is what ARC verifiers in the
+            # field check: an Ed25519 seal would be a chain nobody can verify.
+            return [(("seal", "selector"), f"the key {self.domain}/{self.selector} is {key.algorithm}: ARC seals "
+                                           "are rsa-sha256 (what ARC verifiers check); name an RSA key")]
+        return []
+
+
 class TrafficClass(Strict):
     """What runs for one class of traffic on one listener."""
 
@@ -589,6 +635,7 @@ class Policy(Strict):
     sender: Sender = Sender()
     ratelimit: Ratelimit = Ratelimit()
     signing: Signing = Signing()
+    seal: Seal = Seal()
     dmarc_reports: DmarcReports = DmarcReports()
 
     def check_table(self, check: str) -> CheckTable | None:

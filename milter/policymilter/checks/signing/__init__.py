@@ -50,8 +50,8 @@ def final_headers(message: Message, actions: list[Action]) -> list[tuple[str, by
                 at = position(name, index)
                 if at is not None:
                     headers[at] = (name, b" " + value.encode())
-            case AddHeader(name=name, value=value):
-                headers.append((name, b" " + value.encode()))
+            case AddHeader(name=name, value=value, first=first):
+                headers.insert(0 if first else len(headers), (name, b" " + value.encode()))
     return headers
 
 

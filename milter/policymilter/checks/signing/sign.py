@@ -96,20 +96,20 @@ def dkim_signature(message: bytes | canonical.Split, domain: bytes, selector: by
         # folding again with the real value moves none of the tags before it.
         (b"b", b"0" * 60),
     ]
-    unsigned: bytes = dkim.RE_BTAG.sub(b"\\1", dkim.fold(_tag_list(fields), namelen=len(HEADER), linesep=b"\r\n"))
+    unsigned: bytes = dkim.RE_BTAG.sub(b"\\1", dkim.fold(tag_list(fields), namelen=len(HEADER), linesep=b"\r\n"))
     digest = hasher()
     dkim.hash_headers(digest, policy, policy.canonicalize_headers(headers), include, (HEADER, b" " + unsigned),
                       dict(fields))
-    fields[-1] = (b"b", base64.b64encode(_signature(private_key, digest.digest())))
-    folded: bytes = dkim.fold(_tag_list(fields) + b"\r\n", namelen=len(HEADER), linesep=b"\r\n")
+    fields[-1] = (b"b", base64.b64encode(signature(private_key, digest.digest())))
+    folded: bytes = dkim.fold(tag_list(fields) + b"\r\n", namelen=len(HEADER), linesep=b"\r\n")
     return HEADER + b": " + folded
 
 
-def _tag_list(fields: list[tuple[bytes, bytes]]) -> bytes:
+def tag_list(fields: list[tuple[bytes, bytes]]) -> bytes:
     return b"; ".join(b"=".join(field) for field in fields)
 
 
-def _signature(private_key: PrivateKey, digest: bytes) -> bytes:
+def signature(private_key: PrivateKey, digest: bytes) -> bytes:
     if isinstance(private_key, rsa.RSAPrivateKey):
         # RFC 6376 §3.3.1: RSASSA-PKCS1-v1_5 over the SHA-256 of the header data.
         return private_key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
