@@ -531,7 +531,7 @@ class RedisStore:
         def work(c: _Connection) -> list[bytes]:
             # The expired go with their rows at once (their hashes would expire by themselves,
             # but on the server's clock, and a report dropped must not be read meanwhile).
-            expired: list[bytes] = c.client.zrangebyscore(DMARC_PENDING, "-inf", _f(when))
+            expired = [m for m in c.client.zrangebyscore(DMARC_PENDING, "-inf", _f(when)) if isinstance(m, bytes)]
             with c.client.pipeline(transaction=True) as pipe:
                 for member in expired:
                     period, _, domain = member.partition(b"|")
