@@ -264,3 +264,12 @@ def test_one_record_costs_one_upsert(tmp_path):
     writes = [s for s in statements if s.split()[0] in ("UPDATE", "INSERT", "DELETE")]
     assert len(writes) == 1 and writes[0].startswith("UPDATE dmarc_row")
     store.close()
+
+
+@pytest.mark.parametrize(("record", "extra"), [("false", 0.0), ("true", 2.0)])
+def test_the_row_write_counts_in_the_end_of_message_budget(record, extra):
+    from policymilter.policy.timing import stage_times
+
+    loaded = load_checked(DEFAULT_POLICY, [*RECORDING, f"dmarc_reports.record={record}", "state.timeout=2"]).policy
+    _, eom = stage_times(loaded, loaded.listeners["smtp"], False)
+    assert dict(eom.parts)["dmarc"] == loaded.dns.lifetime + extra
