@@ -68,7 +68,8 @@ def recorded(context: CheckContext, verdict: CheckResult, override: str) -> Chec
         notice = Notice("dmarc_report_failed", logging.WARNING,
                         f"the DMARC report row for {domain} could not be recorded ({error}); the message is not "
                         "affected, the report will miss it",
-                        (("domain", domain), ("store", context.policy.state.store)))
+                        # the error names the store as the store shows it (never a Redis password)
+                        (("domain", domain),))
         return _with(verdict, notice)
     if not counted:
         metrics.dmarc_report_row("dropped")
