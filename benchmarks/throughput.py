@@ -14,6 +14,8 @@ attachments path. The configurations:
   pmm       pm with --metrics (the metrics' cost)
   pmn       pm with ratelimit.enabled=false (the rate limits' cost: pm counts every message of
             path d in its SQLite store, under limits no batch reaches)
+  pmr       pm with dmarc_reports.record = true (the report rows' cost on paths a-c: one SQLite
+            upsert per message; pm, as shipped, records nothing)
 
 Every milter runs as the policy-milter user on a unix socket. The paths:
 
@@ -60,6 +62,7 @@ from tests.integration.scanners import Clamd, free_port
 from tests.integration.stack import MILTER_USER, MailStack, _free_ports, transaction, unverified_tls_context
 
 from policymilter import signing_keys
+from policymilter.state import open_store
 
 REPO = Path(__file__).resolve().parent.parent
 MILTER_GROUP = "postfix"  # the socket's group: Postfix's smtpd connects through it
@@ -85,8 +88,11 @@ CONFIG_LABELS = {
     "pm": "policy-milter (default workers)",
     "pmm": "policy-milter, --metrics on",
     "pmn": "policy-milter, ratelimit off",
+    "pmr": "policy-milter, DMARC rows on",
 }
-MILTER_CONFIGS = ("null", "pm1", "pm", "pmm", "pmn")
+MILTER_CONFIGS = ("null", "pm1", "pm", "pmm", "pmn", "pmr")
+RECORD_ROWS = ("dmarc_reports.record=true", 'dmarc_reports.org_name="Bench Receiver"',
+               'dmarc_reports.email="dmarc-noreply@example.org"')
 # The shipped limits, raised so that no batch reaches them: every policy-milter configuration but
 # pmn counts each authenticated message (path d) in its store as deployed (SQLite, two limits),
 # and pmn shows what that costs.
@@ -527,6 +533,8 @@ def milter_command(config: str, stack: MailStack, overrides: Sequence[str]) -> l
         command += ["--metrics", f"127.0.0.1:{_free_ports(1)[0]}"]
     if config == "pmn":  # the rate limits' cost: pm without them
         command += ["-o", "ratelimit.enabled=false"]
+    if config == "pmr":  # the DMARC report rows' cost: pm recording them
+        command += [part for override in RECORD_ROWS for part in ("-o", override)]
     for override in overrides:
         command += ["-o", override]
     return command
@@ -550,6 +558,16 @@ def zones(sender_key: authkit.DkimKey, signing_record: str) -> list[Zone]:
     site = (Zone(SITE_DOMAIN).txt("@", "v=spf1 ip4:127.0.0.1 -all").txt("_dmarc", "v=DMARC1; p=reject")
             .txt(f"{SIGNING_SELECTOR}._domainkey", signing_record))
     return [sender, site, Zone("example.test"), Zone("elsewhere.test")]
+
+
+def recorded_messages(stack: MailStack) -> int:
+    """The messages the milter counted in its DMARC report rows (pmr: proof that it records)."""
+    store = open_store(stack.state_store)
+    try:
+        return sum(count for period, domain in store.dmarc_pending(2**40)
+                   for _, count in store.dmarc_rows(period, domain))
+    finally:
+        store.close()
 
 
 # ---------------------------------------------------------------- results
@@ -626,6 +644,10 @@ def report(results: Results, configs: Sequence[str], args: argparse.Namespace) -
                 f" {_fmt(memory.tree_pss_kib / 1024 if memory else None, '.1f', 7)}"
                 f" {_fmt(memory.process_hwm_kib / 1024 if memory else None, '.1f', 7)}"
                 f" {_fmt(memory.processes if memory else None, 'd', 5)}")
+        if "pm" in cells and "pmr" in cells:
+            # the same rounds' batches paired: the recording's cost, as a ratio and in CPU
+            say(f"    DMARC rows on / off: {_fmt(ratio(cells, 'pmr', 'pm'), '.2f', 4)} x msg/s, "
+                f"CPU {cells['pmr'].cpu_ms() - cells['pm'].cpu_ms():+.2f} ms/msg")
     if results.sizes:
         say()
         say("(c) size growth on the attachments path (clamd): milter CPU per message and per MB (10^6 bytes)")
@@ -769,6 +791,10 @@ class Bench:
                               f"  {batch.cpu_seconds * 1000 / batch.messages:6.2f} ms CPU/msg", file=sys.stderr)
             for config, peak in sampler.peaks.items():
                 cells[config].memory = peak
+            if "pmr" in self.stacks and path.listener == "smtp":
+                recorded = recorded_messages(self.stacks["pmr"])
+                if recorded < args.rounds * args.messages:
+                    raise RuntimeError(f"pmr recorded {recorded} messages in its DMARC rows, fewer than it was sent")
             if path.scan and args.sizes:
                 self.size_growth(trees, results)
         for config, stack in self.stacks.items():
@@ -804,7 +830,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help=f"unmeasured messages per path and configuration (default {DEFAULTS['warmup']})")
     parser.add_argument("--paths", default="a,b,c,d", help="comma-separated, of a,b,c,d")
     parser.add_argument("--configs", default="postfix,null,pm1,pm",
-                        help="comma-separated, of postfix,null,pm1,pm,pmm (pmm: pm with --metrics)")
+                        help="comma-separated, of postfix,null,pm1,pm,pmm,pmn,pmr (pmm: pm with --metrics; "
+                             "pmn: ratelimit off; pmr: dmarc_reports.record on)")
     parser.add_argument("--no-sizes", dest="sizes", action="store_false", help="skip the size-growth table")
     parser.add_argument("--no-dns-cache", dest="dns_cache", action="store_false",
                         help="policy-milter with dns.cache_size=0: every message is from one sender, so with "
