@@ -18,7 +18,7 @@ from policymilter.state import Counter, Dimension, Store, StoreError, Usage, ope
 from policymilter.state.redisstore import RedisStore
 from policymilter.state.sqlitestore import SqliteStore
 from tests.integration.redis_server import RedisServer
-from tests.state.contract import CONTRACT, HOUR, messages, race, transaction
+from tests.state.contract import CONTRACT, HOUR, dmarc_race, messages, race, transaction
 
 pytestmark = pytest.mark.integration
 
@@ -57,6 +57,10 @@ def test_redis_contract(rule: Callable[[Store], None], url: str) -> None:
 
 def test_redis_exact_across_processes(url: str) -> None:
     assert race(lambda: open_store(url)) == 20
+
+
+def test_redis_dmarc_counts_add_up_across_processes(url: str) -> None:
+    assert dmarc_race(lambda: open_store(url)) == (200, [("a", 100), ("b", 100)])
 
 
 def test_two_hosts_share_one_count(url: str) -> None:

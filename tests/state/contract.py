@@ -102,9 +102,77 @@ def notify_once(store: Store) -> None:
     assert store.notify_once("login:carol", "login 3600s", now + HOUR + 1, HOUR) is True
 
 
+DAY = 86400
+KEEP = 7 * DAY
+
+
+def record(store: Store, period: int, domain: str, row: str, now: float | None = None, max_rows: int = 100) -> bool:
+    when = period + 10.0 if now is None else now
+    return store.dmarc_record(period, domain, row, when, max_rows, period + DAY + KEEP)
+
+
+def dmarc_counts(store: Store) -> None:
+    period = 100 * DAY
+    for row, times in (("b-row", 3), ("a-row", 2), ("ünïcode", 1)):
+        for _ in range(times):
+            assert record(store, period, "example.test", row) is True
+    record(store, period, "other.test", "a-row")
+    record(store, period + DAY, "example.test", "a-row")
+    assert store.dmarc_rows(period, "example.test") == [("a-row", 2), ("b-row", 3), ("ünïcode", 1)]
+    assert store.dmarc_rows(period, "other.test") == [("a-row", 1)]
+    assert store.dmarc_rows(period + DAY, "example.test") == [("a-row", 1)]
+    assert store.dmarc_rows(period, "nobody.test") == []
+    assert store.keys(period + 10.0) == []  # report rows are no rate-limit key
+
+
+def dmarc_pending_closed_oldest_first(store: Store) -> None:
+    first = 200 * DAY
+    for period, domain in ((first + 2 * DAY, "a.test"), (first + DAY, "b.test"), (first, "z.test"),
+                           (first, "a.test"), (first + DAY, "a.test")):
+        record(store, period, domain, "row")
+    now = first + 2 * DAY + 60
+    assert store.dmarc_pending(first + 2 * DAY, now) == [
+        (first, "a.test"), (first, "z.test"), (first + DAY, "a.test"), (first + DAY, "b.test")]
+    assert store.dmarc_pending(first, now) == []
+    assert store.dmarc_pending(first + 3 * DAY, now)[-1] == (first + 2 * DAY, "a.test")
+
+
+def dmarc_forget_removes(store: Store) -> None:
+    period = 300 * DAY
+    record(store, period, "a.test", "one")
+    record(store, period, "a.test", "two")
+    record(store, period, "b.test", "one")
+    store.dmarc_forget(period, "a.test")
+    assert store.dmarc_rows(period, "a.test") == []
+    assert store.dmarc_pending(period + DAY, period + DAY) == [(period, "b.test")]
+    store.dmarc_forget(period, "a.test")  # again: nothing to do, no error
+    # Recorded again after a forget: a new report starting at 1.
+    record(store, period, "a.test", "one")
+    assert store.dmarc_rows(period, "a.test") == [("one", 1)]
+
+
+def dmarc_cap_holds(store: Store) -> None:
+    period = 400 * DAY
+    assert [record(store, period, "a.test", row, max_rows=2) for row in ("r1", "r2", "r3", "r1", "r2", "r3")] == [
+        True, True, False, True, True, False]
+    assert store.dmarc_rows(period, "a.test") == [("r1", 2), ("r2", 2)]
+    assert record(store, period, "b.test", "r3", max_rows=2) is True  # per report: another domain has room
+
+
+def dmarc_expired_dropped(store: Store) -> None:
+    period = 500 * DAY
+    record(store, period, "old.test", "row")
+    record(store, period + 6 * DAY, "new.test", "row")
+    after = period + DAY + KEEP  # old.test's until
+    assert store.dmarc_pending(period + 7 * DAY, after) == [(period + 6 * DAY, "new.test")]
+    assert store.dmarc_rows(period, "old.test") == []
+    assert store.dmarc_rows(period + 6 * DAY, "new.test") == [("row", 1)]
+
+
 CONTRACT: tuple[Callable[[Store], None], ...] = (
     limit_exact, release_frees, distinct_domains_and_clients, expired_reservation_checked_again,
-    locks_holds_clear, notify_once)
+    locks_holds_clear, notify_once, dmarc_counts, dmarc_pending_closed_oldest_first, dmarc_forget_removes,
+    dmarc_cap_holds, dmarc_expired_dropped)
 
 
 def _racer(open_store: Callable[[], Store], worker: int, tries: int, start: float,
@@ -133,3 +201,30 @@ def race(open_store: Callable[[], Store], processes: int = 4, tries: int = 15) -
     for worker in workers:
         worker.join(timeout=30)
     return granted
+
+
+def _dmarc_writer(open_store: Callable[[], Store], rounds: int, start: float,
+                  results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    store = open_store()
+    while time.time() < start:
+        time.sleep(0.001)
+    # Every writer sends a, b, c in turn: a and b are always the first two distinct rows, so a
+    # cap of 2 keeps exactly those, whatever the interleaving.
+    counted = sum(record(store, 600 * DAY, "race.test", row, max_rows=2) for _ in range(rounds) for row in "abc")
+    results.put(counted)
+
+
+def dmarc_race(open_store: Callable[[], Store], processes: int = 4,
+               rounds: int = 25) -> tuple[int, list[tuple[str, int]]]:
+    """Processes recording the same report at once: how many records were counted, and the rows."""
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    start = time.time() + 0.3
+    workers = [context.Process(target=_dmarc_writer, args=(open_store, rounds, start, results))
+               for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    counted = sum(results.get(timeout=60) for _ in workers)
+    for worker in workers:
+        worker.join(timeout=30)
+    return counted, open_store().dmarc_rows(600 * DAY, "race.test")

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from policymilter.state import Counter, Dimension, Exceeded, Reservation, Store, StoreError, open_store, store_problem
 from policymilter.state.sqlitestore import SqliteStore
-from tests.state.contract import CONTRACT, race, transaction
+from tests.state.contract import CONTRACT, dmarc_race, race, transaction
 from tests.state.reference import over
 
 
@@ -29,6 +29,11 @@ def test_sqlite_contract(rule: Callable[[Store], None], tmp_path: Path) -> None:
 def test_sqlite_exact_across_processes(tmp_path: Path) -> None:
     url = f"sqlite:{tmp_path}/state.db"
     assert race(lambda: open_store(url)) == 20
+
+
+def test_sqlite_dmarc_counts_add_up_across_processes(tmp_path: Path) -> None:
+    url = f"sqlite:{tmp_path}/state.db"
+    assert dmarc_race(lambda: open_store(url)) == (200, [("a", 100), ("b", 100)])
 
 
 def test_sqlite_opened_again_after_fork(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""What the state store keeps for the rate limits, and the arithmetic of a sliding window.
+"""What the state store keeps (rate limits, DMARC report rows), and the arithmetic of a sliding window.
 
 A limit counts *members* of one dimension under one key (`login:alice`, `client:192.0.2.7`):
 messages (one member per transaction), recipients (one per normalised recipient of a
@@ -150,17 +150,24 @@ class Store(Protocol):
 
     # DMARC aggregate report rows (dmarcreports/rows.py): one counter per distinct row text, per
     # report domain and period (the period's start, epoch seconds). Rows are opaque text here.
+    # Bounded two ways: at most `max_rows` distinct rows per report (a message whose row would be
+    # one more is not counted: dmarc_record answers False, and the dmarc check counts it in its
+    # metrics and log), and a report not sent by `until` is dropped with its rows.
 
-    def dmarc_record(self, period: int, domain: str, row: str, now: float) -> None:
-        """Count one message of `row` in `domain`'s report for `period` (created at 1)."""
+    def dmarc_record(self, period: int, domain: str, row: str, now: float, max_rows: int, until: float) -> bool:
+        """Atomically count one message of `row` in `domain`'s report for `period` (a new row
+        starts at 1): True, or False when the row is new and the report has `max_rows` already.
+        `until` (same clock as `now`): when the report is dropped if it was not sent by then."""
         ...
 
-    def dmarc_pending(self, before: int) -> list[tuple[int, str]]:
-        """The (period, domain) pairs with rows, of periods starting before `before`, oldest first."""
+    def dmarc_pending(self, before: int, now: float | None = None) -> list[tuple[int, str]]:
+        """The (period, domain) pairs with rows, of periods starting before `before`, oldest first
+        (then by domain). Reports past their `until` as of `now` (default: the clock) are dropped
+        first, in batches, and never listed."""
         ...
 
     def dmarc_rows(self, period: int, domain: str) -> list[tuple[str, int]]:
-        """The rows of one report and their counts."""
+        """The rows of one report and their counts, in row order ([] for a report not kept)."""
         ...
 
     def dmarc_forget(self, period: int, domain: str) -> None:

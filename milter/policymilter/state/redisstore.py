@@ -15,6 +15,17 @@ but NUL, braces included, which would break the hash tag; hex cannot):
     pm:{H}:held       ZSET  "RANDOM|reason" -> when (a week of them)
     pm:{H}:notices    HASH  notification name -> until when it is not sent again
 
+DMARC report rows, all under one hash tag (a report is one key; the index another, in the
+same slot, so that a script can update both):
+
+    pm:{dmarc}:rows:PERIOD:D  HASH  row text -> messages (D: the report domain's UTF-8 in hex)
+    pm:{dmarc}:pending        ZSET  "PERIOD|domain" -> when the report is dropped unsent
+
+A new row checks the report's HLEN against the cap in the same script that adds it; the hash
+expires at its `until` (a relative EXPIRE on the caller's clock, like the others), and
+dmarc_record/dmarc_pending trim the index of those past theirs. `dmarc` is no hex, so `keys()`
+passes them by.
+
 DIM is messages, recipients, domains or clients. Every write trims members older than `keep` and
 expired reservations, and sets the keys it wrote to expire `keep` + RESERVATION_SECONDS later,
 so the data stays the size of one window's traffic and an idle key vanishes by itself. There
@@ -36,6 +47,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import SplitResult, unquote, urlsplit
@@ -63,6 +75,8 @@ T = TypeVar("T")
 DIMS = tuple(Dimension)  # the order of the used/resv keys in every script's KEYS
 HOLD_KEEP = 7 * 86400.0  # held-message records: a week, as in sqlitestore
 PREFIX = b"pm:"
+DMARC = PREFIX + b"{dmarc}:"
+DMARC_PENDING = DMARC + b"pending"
 DEFAULT_PORT = 6379
 EXAMPLE = "redis://127.0.0.1:6379/0"
 
@@ -222,6 +236,21 @@ end
 return 0
 """
 
+# KEYS: the report's hash, the pending index; ARGV: row, max_rows, index member, until, now, ttl
+_DMARC_RECORD = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+  return 1
+end
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], 1)
+if redis.call('TTL', KEYS[1]) < tonumber(ARGV[6]) then redis.call('EXPIRE', KEYS[1], ARGV[6]) end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[5])
+local until_s = redis.call('ZSCORE', KEYS[2], ARGV[3])
+if not until_s or tonumber(until_s) < tonumber(ARGV[4]) then redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3]) end
+return 1
+"""
+
 
 def url_problem(url: str) -> str | None:
     """Why `url` is not a Redis URL this store can use, or None."""
@@ -302,6 +331,7 @@ class _Connection:
         self.release = client.register_script(_RELEASE)
         self.notify = client.register_script(_NOTIFY)
         self.alive = client.register_script(_ALIVE)
+        self.dmarc_record = client.register_script(_DMARC_RECORD)
 
 
 class RedisStore:
@@ -487,6 +517,57 @@ class RedisStore:
             return [key for key, live in zip(candidates, alive, strict=True) if live]
 
         return self._run(work)
+
+    # --- DMARC report rows -------------------------------------------------------------------
+
+    def dmarc_record(self, period: int, domain: str, row: str, now: float, max_rows: int, until: float) -> bool:
+        args: list[bytes | str | int] = [_b(row), max_rows, _dmarc_member(period, domain), _f(until), _f(now),
+                                         max(1, math.ceil(until - now))]
+        return bool(self._run(lambda c: c.dmarc_record(keys=[_dmarc_rows(period, domain), DMARC_PENDING], args=args)))
+
+    def dmarc_pending(self, before: int, now: float | None = None) -> list[tuple[int, str]]:
+        when = time.time() if now is None else now
+
+        def work(c: _Connection) -> list[bytes]:
+            # The expired go with their rows at once (their hashes would expire by themselves,
+            # but on the server's clock, and a report dropped must not be read meanwhile).
+            expired = [m for m in c.client.zrangebyscore(DMARC_PENDING, "-inf", _f(when)) if isinstance(m, bytes)]
+            with c.client.pipeline(transaction=True) as pipe:
+                for member in expired:
+                    period, _, domain = member.partition(b"|")
+                    pipe.delete(_dmarc_rows(int(period), _s(domain)))
+                    pipe.zrem(DMARC_PENDING, member)
+                pipe.zrange(DMARC_PENDING, 0, -1)
+                members: list[bytes] = pipe.execute()[-1]
+            return members
+
+        pending = []
+        for member in self._run(work):
+            period, _, domain = member.partition(b"|")
+            if int(period) < before:
+                pending.append((int(period), _s(domain)))
+        return sorted(pending)
+
+    def dmarc_rows(self, period: int, domain: str) -> list[tuple[str, int]]:
+        rows = self._run(lambda c: c.client.hgetall(_dmarc_rows(period, domain)))
+        return sorted((_s(row) if isinstance(row, bytes) else row, int(count)) for row, count in rows.items())
+
+    def dmarc_forget(self, period: int, domain: str) -> None:
+        def work(c: _Connection) -> None:
+            with c.client.pipeline(transaction=True) as pipe:
+                pipe.delete(_dmarc_rows(period, domain))
+                pipe.zrem(DMARC_PENDING, _dmarc_member(period, domain))
+                pipe.execute()
+
+        self._run(work)
+
+
+def _dmarc_rows(period: int, domain: str) -> bytes:
+    return DMARC + b"rows:" + str(period).encode() + b":" + _b(domain).hex().encode()
+
+
+def _dmarc_member(period: int, domain: str) -> bytes:
+    return str(period).encode() + b"|" + _b(domain)
 
 
 def _exceeded(counters: Sequence[Counter], result: object) -> Exceeded | None:

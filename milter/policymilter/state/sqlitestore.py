@@ -15,6 +15,12 @@ index), and only when one did; a new member adds one to each window of its dimen
 reservations (transactions in progress: few) are read whole. Rows older than the widest
 window, expired reservations, old holds and notices go in a purge in small batches every ten
 seconds per process, so the file stays the size of the traffic of the widest window.
+
+DMARC report rows: `dmarc_row` holds one counter per distinct row of a report (period, domain),
+`dmarc_report` one line per report with its number of distinct rows (the cap's check costs one
+read, not a count) and when it is dropped unsent. A message costs one upsert: the counter's
+UPDATE, or for a new row the report line's read and two inserts. Expired reports go in the same
+purge, DMARC_PURGE_ROWS rows at a time.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ CHECKPOINT_EVERY = 200  # commits of a process between its WAL checkpoints
 CHECKPOINT_WAIT = 0.05  # seconds a checkpoint waits for readers (holding the writers' lock)
 HOLD_KEEP = 7 * 86400.0  # held-message records: a week, for `accounts list`
 HELD_SHOWN = 100  # the newest held-message records `usage` returns
+DMARC_PURGE_ROWS = 2000  # rows of expired DMARC reports deleted per purge
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS event (
@@ -73,6 +80,11 @@ CREATE TABLE IF NOT EXISTS held (key TEXT NOT NULL, ts REAL NOT NULL, reason TEX
 CREATE INDEX IF NOT EXISTS held_key ON held (key, ts);
 CREATE TABLE IF NOT EXISTS notices (key TEXT NOT NULL, name TEXT NOT NULL, until REAL NOT NULL,
     PRIMARY KEY (key, name)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dmarc_report (period INTEGER NOT NULL, domain TEXT NOT NULL, rows INTEGER NOT NULL,
+    until REAL NOT NULL, PRIMARY KEY (period, domain)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dmarc_report_until ON dmarc_report (until);
+CREATE TABLE IF NOT EXISTS dmarc_row (period INTEGER NOT NULL, domain TEXT NOT NULL, row TEXT NOT NULL,
+    count INTEGER NOT NULL, PRIMARY KEY (period, domain, row)) WITHOUT ROWID;
 """
 Tally = tuple[int, float, float | None]  # n, edge, next
 
@@ -449,6 +461,7 @@ class SqliteStore:
                    (now - HOLD_KEEP, PURGE_BATCH))
         db.execute("DELETE FROM notices WHERE (key, name) IN (SELECT key, name FROM notices WHERE until <= ? "
                    "LIMIT ?)", (now, PURGE_BATCH))
+        _purge_dmarc(db, now)
 
     # --- locks, holds, notices --------------------------------------------------------------
 
@@ -524,6 +537,65 @@ class SqliteStore:
             return [key for (key,) in rows]
 
         return self._run(work, write=False)
+
+
+    # --- DMARC report rows -------------------------------------------------------------------
+
+    def dmarc_record(self, period: int, domain: str, row: str, now: float, max_rows: int, until: float) -> bool:
+        def work(db: sqlite3.Connection) -> bool:
+            self._purge(db, now)
+            if db.execute("UPDATE dmarc_row SET count = count + 1 WHERE period = ? AND domain = ? AND row = ?",
+                          (period, domain, row)).rowcount:
+                return True
+            report = db.execute("SELECT rows FROM dmarc_report WHERE period = ? AND domain = ?",
+                                (period, domain)).fetchone()
+            if report is not None and report[0] >= max_rows:
+                return False
+            db.execute("INSERT INTO dmarc_row (period, domain, row, count) VALUES (?, ?, ?, 1)", (period, domain, row))
+            db.execute("INSERT INTO dmarc_report (period, domain, rows, until) VALUES (?, ?, 1, ?) "
+                       "ON CONFLICT (period, domain) DO UPDATE SET rows = rows + 1, until = MAX(until, excluded.until)",
+                       (period, domain, until))
+            return True
+
+        return self._run(work)
+
+    def dmarc_pending(self, before: int, now: float | None = None) -> list[tuple[int, str]]:
+        when = time.time() if now is None else now
+
+        def work(db: sqlite3.Connection) -> list[tuple[int, str]]:
+            _purge_dmarc(db, when)
+            return [(int(period), domain) for period, domain in db.execute(
+                "SELECT period, domain FROM dmarc_report WHERE period < ? AND until > ? ORDER BY period, domain",
+                (before, when))]
+
+        return self._run(work)
+
+    def dmarc_rows(self, period: int, domain: str) -> list[tuple[str, int]]:
+        return self._run(lambda db: [(row, int(count)) for row, count in db.execute(
+            "SELECT row, count FROM dmarc_row WHERE period = ? AND domain = ? ORDER BY row", (period, domain))],
+                         write=False)
+
+    def dmarc_forget(self, period: int, domain: str) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM dmarc_row WHERE period = ? AND domain = ?", (period, domain))
+            db.execute("DELETE FROM dmarc_report WHERE period = ? AND domain = ?", (period, domain))
+
+        self._run(work)
+
+
+def _purge_dmarc(db: sqlite3.Connection, now: float) -> None:
+    """Reports past their `until`: at most DMARC_PURGE_ROWS of their rows per call (a report may
+    have max_rows of them); a report's line goes with its last row, and is never listed meanwhile."""
+    budget = DMARC_PURGE_ROWS
+    for period, domain in db.execute("SELECT period, domain FROM dmarc_report WHERE until <= ? ORDER BY until "
+                                     "LIMIT ?", (now, PURGE_BATCH)).fetchall():
+        gone = db.execute("DELETE FROM dmarc_row WHERE (period, domain, row) IN (SELECT period, domain, row "
+                          "FROM dmarc_row WHERE period = ? AND domain = ? LIMIT ?)", (period, domain, budget)).rowcount
+        if gone < budget:
+            db.execute("DELETE FROM dmarc_report WHERE period = ? AND domain = ?", (period, domain))
+        budget -= gone
+        if budget <= 0:
+            return
 
 
 def _newest(members: list[tuple[str, float]]) -> tuple[tuple[str, float], ...]:
