@@ -7,7 +7,9 @@ The schema is parsed once, from the package's own file: no network, no external 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from importlib import resources
+from typing import cast
 
 from lxml import etree
 
@@ -37,7 +39,8 @@ def validate(document: bytes) -> None:
     checker = schema()
     if checker.validate(tree):
         return
-    problems = [f"line {entry.line}: {entry.message}" for entry in checker.error_log]
+    entries = cast(Iterable[etree._LogEntry], checker.error_log)  # lxml-stubs do not say it iterates
+    problems = [f"line {entry.line}: {entry.message}" for entry in entries]
     more = len(problems) - SHOWN_ERRORS
     shown = "; ".join(problems[:SHOWN_ERRORS]) + (f"; and {more} more" if more > 0 else "")
     raise ReportInvalid(f"not valid against {SCHEMA_FILE}: {shown}")
