@@ -36,9 +36,14 @@ def validate(document: bytes) -> None:
         tree = etree.fromstring(document, parser)
     except etree.XMLSyntaxError as error:
         raise ReportInvalid(f"not well-formed XML: {error}") from None
+    if tree.getroottree().docinfo.doctype:
+        raise ReportInvalid("has a DOCTYPE: a report carries none (and its entities are never expanded)")
     checker = schema()
-    if checker.validate(tree):
-        return
+    try:
+        if checker.validate(tree):
+            return
+    except etree.XMLSchemaValidateError as error:
+        raise ReportInvalid(f"cannot be validated: {error}") from None
     entries = cast(Iterable[etree._LogEntry], checker.error_log)  # lxml-stubs do not say it iterates
     problems = [f"line {entry.line}: {entry.message}" for entry in entries]
     more = len(problems) - SHOWN_ERRORS
