@@ -1,5 +1,5 @@
 """`policy-milter accounts`: the rate limits' state, read from (and changed in) the store the
-policy names, the one the daemon uses (`ratelimit.store`, `ratelimit.timeout`).
+policy names, the one the daemon uses (`state.store`, `state.timeout`).
 
     policy-milter accounts [--policy PATH] [-o KEY=VALUE]... list [--all] [--json]
     policy-milter accounts ... show LOGIN | --client ADDRESS [--json]
@@ -459,7 +459,7 @@ def as_store_owner(url: str) -> Iterator[None]:
         owner = os.stat(path)
     except FileNotFoundError:
         raise StoreError(f"{path}: no such file (the milter creates it when it first counts a message; is "
-                         "ratelimit.store the daemon's?)") from None
+                         "state.store the daemon's?)") from None
     except OSError as error:
         raise StoreError(f"{path}: {error.strerror or error}") from None
     if os.geteuid() != 0:
@@ -478,8 +478,7 @@ def cmd_accounts(args: argparse.Namespace, stdout: IO[str] | None = None, now: f
             print(issue, file=sys.stderr)
         print(f"{PROG}: {args.policy}: {len(error.issues)} error(s); the policy was not accepted", file=sys.stderr)
         return EXIT_INVALID
-    settings = policy.ratelimit
-    if not settings.enabled:
+    if not policy.ratelimit.enabled:
         print(f"{PROG}: ratelimit is disabled in {args.policy} (ratelimit.enabled = false): there are no limits "
               "and no state store to read", file=sys.stderr)
         return EXIT_INVALID
@@ -490,6 +489,7 @@ def cmd_accounts(args: argparse.Namespace, stdout: IO[str] | None = None, now: f
         print(f"{PROG} {args.action}: {error}", file=sys.stderr)
         return EXIT_INVALID
     verb = "read" if args.action in ("list", "show") else "write"
+    settings = policy.state
     try:
         with as_store_owner(settings.store):
             store = open_store(settings.store, settings.timeout)

@@ -30,6 +30,7 @@ from policymilter.pipeline import Stage
 from policymilter.policy import PolicyError, load_policy
 from policymilter.privileges import MILTER_USER, Identity, acting_as, milter_identity
 from policymilter.report import add_report_command, cmd_report
+from policymilter.resources import store_consequence
 from policymilter.service import Service, load_checked, load_snapshot, unusable_keys
 from policymilter.snapshot import Snapshot, snapshot_for
 from policymilter.state import open_store
@@ -189,9 +190,9 @@ def cmd_check_policy(args: argparse.Namespace) -> int:
     with acting_as(identity):
         unusable_store = store.problem() if store is not None else None
     if store is not None and unusable_store:
-        print(f"{args.policy}: the policy is valid, but {identity.name} cannot use the rate limits' store "
-              f"{store.url}: {unusable_store}; until it can, the limits do not apply (ratelimit.on_store_error = "
-              f'"{snapshot.policy.ratelimit.on_store_error}")', file=sys.stderr)
+        print(f"{args.policy}: the policy is valid, but {identity.name} cannot use the state store "
+              f"(state.store) {store.url}: {unusable_store}; until it can, "
+              f"{store_consequence(snapshot.policy)}", file=sys.stderr)
         return EXIT_UNUSABLE_KEYS
     names = ", ".join(snapshot.policy.listeners)
     print(f"{args.policy}: OK ({len(snapshot.policy.listeners)} listeners: {names}; "

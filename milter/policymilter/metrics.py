@@ -155,6 +155,9 @@ class Recorder:
                                        "label in the policy) and action (tempfail, hold, lock, report)",
                                        ("limit", "action"))
         self.store_errors = counter("state_store_errors", "State store operations that failed, by check", ("check",))
+        self.dmarc_report_rows = counter("dmarc_report_messages", "Messages the dmarc check recorded for the "
+                                         "aggregate reports, by result (counted; dropped: the report had "
+                                         "dmarc_reports.max_rows rows; store_error)", ("result",))
         self.sessions = gauge("sessions_in_progress", "SMTP sessions open (summed over the live workers)")
         self.transactions = gauge("transactions_in_progress", "Transactions open (summed over the live workers)")
         self.workers = gauge("workers_alive", "Worker processes running")
@@ -472,6 +475,13 @@ def limit_exceeded(limit: str, action: str) -> None:
 def store_error(check: str) -> None:
     if _ACTIVE.recorder is not None:
         _ACTIVE.recorder.store_errors.labels(check).inc()
+
+
+@_never_affects_mail
+def dmarc_report_row(result: str) -> None:
+    """result: counted, dropped, store_error."""
+    if _ACTIVE.recorder is not None:
+        _ACTIVE.recorder.dmarc_report_rows.labels(result).inc()
 
 
 @_never_affects_mail

@@ -27,7 +27,7 @@ class Resources:
 
     senders: SenderMap = field(default_factory=SenderMap)
     keys: Keys = field(default_factory=dict)
-    store: Store | None = None  # the rate limits' (None: ratelimit is disabled)
+    store: Store | None = None  # state.store (None: nothing uses it, see store_users)
 
 
 def load_keys(policy: Policy) -> Keys:
@@ -53,9 +53,32 @@ def load_resources(policy: Policy, previous: Resources | None = None) -> Resourc
     return Resources(senders, load_keys(policy), _store(policy, previous))
 
 
+def store_users(policy: Policy) -> tuple[str, ...]:
+    """What uses the state store under this policy: "ratelimit" when it is enabled (a listener the
+    policy does not name runs it: STRICTEST lists it), "dmarc_reports" when the dmarc check records
+    report rows."""
+    users = []
+    if policy.ratelimit.enabled:
+        users.append("ratelimit")
+    if policy.dmarc_reports.record and policy.dmarc.enabled:
+        users.append("dmarc_reports")
+    return tuple(users)
+
+
+def store_consequence(policy: Policy) -> str:
+    """What a store that cannot be used costs, for the warnings of check-policy and the daemon."""
+    consequences = []
+    if "ratelimit" in store_users(policy):
+        consequences.append("every authenticated message gets ratelimit.on_store_error = "
+                            f"{policy.ratelimit.on_store_error}")
+    if "dmarc_reports" in store_users(policy):
+        consequences.append("no DMARC report rows are recorded (dmarc_reports.record)")
+    return " and ".join(consequences)
+
+
 def _store(policy: Policy, previous: Resources | None) -> Store | None:
-    settings = policy.ratelimit
-    if not settings.enabled:
+    settings = policy.state
+    if not store_users(policy):
         return None
     old = previous.store if previous is not None else None
     if old is not None and old.url == settings.store and old.timeout == settings.timeout:

@@ -17,6 +17,7 @@ from policymilter.facts import Session
 from policymilter.logs import LOGGER, SessionLog, WarnOnce, event
 from policymilter.policy import LoadedPolicy, PolicyError, load_policy
 from policymilter.policy.model import SigningKey
+from policymilter.resources import store_consequence
 from policymilter.snapshot import Snapshot, snapshot_for
 
 # The registry and snapshots are re-exported: tests and tools build services from them.
@@ -89,8 +90,8 @@ class Service:
         if store is not None and problem:
             action = self.snapshot.policy.ratelimit.on_store_error
             event(self.log, logging.WARNING, "store_unusable",
-                  f"the rate limits' store {store.url} cannot be used: {problem}; until it can, every authenticated "
-                  f"message gets ratelimit.on_store_error = {action}", store=store.url, action=action)
+                  f"the state store (state.store) {store.url} cannot be used: {problem}; until it can, "
+                  f"{store_consequence(self.snapshot.policy)}", store=store.url, action=action)
 
     def reload(self, announce: bool = True) -> bool:
         """Load the policy again; on any error keep the old one and log every problem.

@@ -554,7 +554,7 @@ def hang_redis(run: Run) -> None:
     run.after()
     run.world.redis.pause()  # connections are accepted by the kernel, nothing answers
     try:
-        run.hold(6.0)  # three times ratelimit.timeout (2 s)
+        run.hold(6.0)  # three times state.timeout (2 s)
     finally:
         run.world.redis.resume()
     run.note(f"Redis resumed with {_submissions_left(run)} 587 messages left")

@@ -244,14 +244,14 @@ class World:
             case "redis":
                 self.redis.start()  # a scenario may have left it stopped
                 self.redis.flush()
-                return [f'ratelimit.store="{self.redis.url}"']
+                return [f'state.store="{self.redis.url}"']
             case "sqlite-unwritable":
                 # The state directory as a wrong install leaves it: root's, 0755, no file yet. The
                 # milter's user can open nothing there (neither state.db nor state.db.lock).
                 shutil.rmtree(self.unwritable_state, ignore_errors=True)
                 self.unwritable_state.mkdir()
                 os.chmod(self.unwritable_state, 0o755)
-                return [f'ratelimit.store="sqlite:{self.unwritable_state}/state.db"']
+                return [f'state.store="sqlite:{self.unwritable_state}/state.db"']
         raise ValueError(f"unknown store {kind!r}: one of {', '.join(STORES)}")
 
     def make_store_writable(self) -> None:

@@ -452,19 +452,19 @@ class MailStack:
 
     @property
     def state_store(self) -> str:
-        """The rate-limit store of the milter started last: never the host's
+        """The state store of the milter started last: never the host's
         /var/lib/policy-milter, and a new file for each start (a milter started as root would
         leave files a later one running as policy-milter could not write)."""
         return f"sqlite:{self.state_dir}/state-{self._starts}.db"
 
     def with_private_state(self, cmd: Sequence[str]) -> list[str]:
-        """`policymilter run` without a ratelimit.store of its own gets this stack's store, and
+        """`policymilter run` without a state.store of its own gets this stack's store, and
         its admin notices go to this instance's notification service."""
         cmd = list(cmd)
         if "policymilter" not in cmd or "run" not in cmd:
             return cmd
-        if not any("ratelimit.store=" in arg for arg in cmd):
-            cmd += ["-o", f'ratelimit.store="{self.state_store}"']
+        if not any("state.store=" in arg for arg in cmd):
+            cmd += ["-o", f'state.store="{self.state_store}"']
         if not any("ratelimit.notify_relay=" in arg for arg in cmd):
             cmd += ["-o", f'ratelimit.notify_relay="{LOOPBACK}:{self.ports["notify"]}"']
         return cmd

@@ -63,7 +63,7 @@ def milter(stack: MailStack, policy: Path, store: str, *limits: str, extra: tupl
     stack.start_milter([sys.executable, "-m", "policymilter", "run", "--policy", str(policy),
                         "--socket", f"unix:{stack.milter_socket}", "--workers", "2",
                         "--user", "policy-milter", "--group", "postfix",
-                        "-o", f'ratelimit.store="{store}"', "-o", f"ratelimit.limits=[{', '.join(limits)}]", *extra])
+                        "-o", f'state.store="{store}"', "-o", f"ratelimit.limits=[{', '.join(limits)}]", *extra])
 
 
 def fresh_store(stack: MailStack) -> str:
@@ -143,7 +143,7 @@ def held(stack: MailStack) -> list[dict[str, object]]:
 
 def accounts(policy: Path, store: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "policymilter", "accounts", "--policy", str(policy),
-                           "-o", f'ratelimit.store="{store}"', *args], capture_output=True, text=True, timeout=60)
+                           "-o", f'state.store="{store}"', *args], capture_output=True, text=True, timeout=60)
 
 
 def test_messages_limit_lets_exactly_twenty_of_thirty_through_then_the_window_slides(stack, policy_dir):

@@ -24,7 +24,7 @@ def limits(*rows: str) -> list[str]:
 
 def service(tmp_path: Path, *overrides: str) -> Service:
     return Service(DEFAULT_POLICY, [*OFFLINE, "site.domains=[\"example.org\"]",
-                                    f"ratelimit.store=\"sqlite:{tmp_path}/s.db\"", *overrides])
+                                    f"state.store=\"sqlite:{tmp_path}/s.db\"", *overrides])
 
 
 def submission(svc: Service, login: str = "alice", ip: str = "198.51.100.7") -> FakeMTA:
@@ -156,7 +156,7 @@ def test_store_unusable_applies_on_store_error(tmp_path, logwatch, on_error, exp
     blocked = tmp_path / "file"
     blocked.write_text("not a directory")
     svc = Service(DEFAULT_POLICY, [*OFFLINE, "site.domains=[\"example.org\"]",
-                                   f"ratelimit.store=\"sqlite:{blocked}/s.db\"",
+                                   f"state.store=\"sqlite:{blocked}/s.db\"",
                                    f"ratelimit.on_store_error=\"{on_error}\""])
     mta = submission(svc)
     answer, replies = send(mta, "bob@elsewhere.test")
@@ -192,14 +192,14 @@ def test_check_policy_names_a_store_the_milters_user_cannot_write(capsys):
 
     directory = Path(tempfile.mkdtemp(dir="/tmp", prefix="ratelimit-ro-"))
     directory.chmod(0o755)  # root's: policy-milter cannot write there
-    status = main(["check-policy", "--user", "policy-milter", "-o", f'ratelimit.store="sqlite:{directory}/s.db"',
+    status = main(["check-policy", "--user", "policy-milter", "-o", f'state.store="sqlite:{directory}/s.db"',
                    str(DEFAULT_POLICY)])
     err = capsys.readouterr().err
     assert status == 1
-    assert f"cannot use the rate limits' store sqlite:{directory}/s.db: {directory} is not writable" in err
+    assert f"cannot use the state store (state.store) sqlite:{directory}/s.db: {directory} is not writable" in err
     assert f"chown -R policy-milter {directory}" in err
     directory.chmod(0o777)
-    assert main(["check-policy", "--user", "policy-milter", "-o", f'ratelimit.store="sqlite:{directory}/s.db"',
+    assert main(["check-policy", "--user", "policy-milter", "-o", f'state.store="sqlite:{directory}/s.db"',
                  str(DEFAULT_POLICY)]) == 0
     directory.rmdir()
 
@@ -211,6 +211,6 @@ def test_a_store_timeout_postfix_would_not_wait_for_is_refused_at_load():
     from policymilter.service import load_checked
 
     with pytest.raises(PolicyError) as refused:
-        load_checked(DEFAULT_POLICY, ["postfix.milter_command_timeout=5", "ratelimit.timeout=2"])
+        load_checked(DEFAULT_POLICY, ["postfix.milter_command_timeout=5", "state.timeout=2"])
     assert any("at each RCPT the milter may wait up to 4 s (ratelimit lock 2 + ratelimit reservation 2)" in str(issue)
                for issue in refused.value.issues)

@@ -37,7 +37,7 @@ def store_url(tmp_path: Path) -> str:
 def accounts(tmp_path: Path, *argv: str, overrides: tuple[str, ...] = (LIMITS,), now: float | None = NOW
              ) -> tuple[int, str]:
     """The command's exit status and standard output (stderr: capsys)."""
-    options = [part for override in (f"ratelimit.store=\"{store_url(tmp_path)}\"", *overrides)
+    options = [part for override in (f"state.store=\"{store_url(tmp_path)}\"", *overrides)
                for part in ("-o", override)]
     args = build_parser().parse_args(["accounts", "--policy", str(DEFAULT_POLICY), *options, *argv])
     out = io.StringIO()
@@ -245,7 +245,7 @@ def test_missing_store_is_not_created(tmp_path, capsys):
 
 
 def test_invalid_policy_exits_2(tmp_path, capsys):
-    assert accounts(tmp_path, "list", overrides=("ratelimit.store=\"sqlite:relative.db\"",)) == (2, "")
+    assert accounts(tmp_path, "list", overrides=("state.store=\"sqlite:relative.db\"",)) == (2, "")
     assert "the SQLite file must be an absolute path" in capsys.readouterr().err
 
 
@@ -283,7 +283,7 @@ def test_hostile_login_in_json_is_whole_and_escaped(tmp_path):
 
 
 def cli(tmp_path: Path, *argv: str) -> int:
-    return main(["accounts", "--policy", str(DEFAULT_POLICY), "-o", f"ratelimit.store=\"{store_url(tmp_path)}\"",
+    return main(["accounts", "--policy", str(DEFAULT_POLICY), "-o", f"state.store=\"{store_url(tmp_path)}\"",
                  "-o", 'ratelimit.limits=[{messages = 2, per = 3600, name = "hourly"}]', *argv])
 
 
@@ -325,13 +325,13 @@ def test_root_works_on_the_store_as_its_owner(tmp_path, capsys):
         with as_store_owner(f"sqlite:{path}"):
             assert (os.geteuid(), os.getegid(), os.getgroups()) == (nobody.pw_uid, nobody.pw_gid, [nobody.pw_gid])
         assert os.geteuid() == 0
-        status = main(["accounts", "--policy", str(DEFAULT_POLICY), "-o", f"ratelimit.store=\"sqlite:{path}\"",
+        status = main(["accounts", "--policy", str(DEFAULT_POLICY), "-o", f"state.store=\"sqlite:{path}\"",
                        "lock", "alice"])
         assert status == 1
         assert "attempt to write a readonly database" in capsys.readouterr().err
         assert sorted(os.listdir(directory)) == ["s.db", "s.db.lock"]
         os.chown(directory, nobody.pw_uid, nobody.pw_gid)  # as the milter's StateDirectory is
-        assert main(["accounts", "--policy", str(DEFAULT_POLICY), "-o", f"ratelimit.store=\"sqlite:{path}\"",
+        assert main(["accounts", "--policy", str(DEFAULT_POLICY), "-o", f"state.store=\"sqlite:{path}\"",
                      "lock", "alice"]) == 0
         assert SqliteStore(str(path)).lock_info("login:alice") is not None
 

@@ -133,7 +133,10 @@ RFC7489_B24 = ("v=DMARC1; p=quarantine; rua=mailto:dmarc-feedback@example.com,"
         (RFC7489_B21, {"p": "none", "rua": ("mailto:dmarc-feedback@example.com",), "pct": 100}),
         (RFC7489_B22, {"p": "none", "ruf": ("mailto:auth-reports@example.com",)}),
         (RFC7489_B24, {"p": "quarantine", "pct": 25,
-                       "rua": ("mailto:dmarc-feedback@example.com", "mailto:tld-test@thirdparty.example.net")}),
+                       "rua": ("mailto:dmarc-feedback@example.com", "mailto:tld-test@thirdparty.example.net"),
+                       # as published, for the reports we send (RFC 7489 §6.4's size limit)
+                       "rua_published": ("mailto:dmarc-feedback@example.com",
+                                         "mailto:tld-test@thirdparty.example.net!10m")}),
         ("v=DMARC1; p=reject; sp=quarantine; np=reject; adkim=s; aspf=s; t=y; psd=n",
          {"p": "reject", "sp": "quarantine", "np": "reject", "adkim": "s", "aspf": "s", "testing": True,
           "psd": "n"}),

@@ -101,6 +101,13 @@ def test_unknown_section_suggests_the_right_one(tmp_path):
     assert errors(path) == [f"{path}:8: antivrus: unknown key; did you mean 'antivirus'?"]
 
 
+def test_the_store_keys_that_moved_to_state_say_so(tmp_path):
+    path = write(tmp_path, MINIMAL + '\n[ratelimit]\nstore = "sqlite:/var/lib/x.db"\ntimeout = 1.0\n')
+    shared = "(the [state] table holds the store the rate limits and the DMARC report rows share)"
+    assert errors(path) == [f"{path}:9: ratelimit.store: moved: write state.store instead {shared}",
+                            f"{path}:10: ratelimit.timeout: moved: write state.timeout instead {shared}"]
+
+
 def test_inline_table_and_dotted_keys_are_located(tmp_path):
     path = write(tmp_path, MINIMAL + 'unauthenticated = { checks = ["spf"], on_eror = {} }\n')
     assert errors(path) == [

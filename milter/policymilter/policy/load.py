@@ -190,9 +190,17 @@ def _suggest(word: str, choices: Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+# Keys that moved: said as such rather than "unknown key" (the store is shared since issue 14).
+MOVED: dict[tuple[str | int, ...], str] = {("ratelimit", "store"): "state.store",
+                                           ("ratelimit", "timeout"): "state.timeout"}
+
+
 def _issue_message(error: Mapping[str, Any], path: list[str | int]) -> str:
     kind = error["type"]
     message = str(error["msg"]).removeprefix("Value error, ")
+    if kind == "extra_forbidden" and (moved := MOVED.get(tuple(path))) is not None:
+        return (f"moved: write {moved} instead (the [state] table holds the store the rate limits and the DMARC "
+                "report rows share)")
     if kind == "extra_forbidden":
         model = _model_at(path[:-1])
         names = sorted(model.model_fields) if model else []

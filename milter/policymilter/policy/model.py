@@ -351,21 +351,12 @@ class Limit(Strict):
         return self.name or f"{self.key}-{self.per}s"
 
 
-class Ratelimit(CheckTable):
+class State(Strict):
+    """The state store the rate limits and the DMARC report rows share."""
+
     # "sqlite:/ABSOLUTE/PATH" (one file per host) or "redis://HOST:PORT/DB" (several hosts).
     store: str = "sqlite:/var/lib/policy-milter/state.db"
-    # The store cannot be reached: "accept" (logged; the limits do not apply) or "tempfail".
-    on_store_error: Literal["accept", "tempfail"] = "accept"
     timeout: Annotated[float, Field(gt=0, le=10)] = 2.0  # seconds per store operation
-    # Postfix's recipient_delimiter: user+detail@ and user@ are one recipient ("" for none).
-    recipient_delimiter: Annotated[str, Field(max_length=8)] = "+"
-    limits: tuple[Limit, ...] = ()
-    # Mail an admin when a limit trips (at most once per login and limit per window), through
-    # the local MTA at notify_relay: contrib/postfix/master.cf's 127.0.0.1:10027 service, which
-    # runs no milter (through port 25 our own DMARC check would judge the notice).
-    notify: str = ""
-    notify_relay: str = "127.0.0.1:10027"
-    notify_from: str = ""  # default: postmaster@ the first of site.domains (or the host name)
 
     @field_validator("store")
     @classmethod
@@ -376,6 +367,20 @@ class Ratelimit(CheckTable):
         if problem:
             raise ValueError(problem)
         return value
+
+
+class Ratelimit(CheckTable):
+    # The store cannot be reached: "accept" (logged; the limits do not apply) or "tempfail".
+    on_store_error: Literal["accept", "tempfail"] = "accept"
+    # Postfix's recipient_delimiter: user+detail@ and user@ are one recipient ("" for none).
+    recipient_delimiter: Annotated[str, Field(max_length=8)] = "+"
+    limits: tuple[Limit, ...] = ()
+    # Mail an admin when a limit trips (at most once per login and limit per window), through
+    # the local MTA at notify_relay: contrib/postfix/master.cf's 127.0.0.1:10027 service, which
+    # runs no milter (through port 25 our own DMARC check would judge the notice).
+    notify: str = ""
+    notify_relay: str = "127.0.0.1:10027"
+    notify_from: str = ""  # default: postmaster@ the first of site.domains (or the host name)
 
     @field_validator("notify", "notify_from")
     @classmethod
@@ -590,6 +595,7 @@ class Policy(Strict):
     ratelimit: Ratelimit = Ratelimit()
     signing: Signing = Signing()
     dmarc_reports: DmarcReports = DmarcReports()
+    state: State = State()
 
     def check_table(self, check: str) -> CheckTable | None:
         """The policy table of a listable check (None for `origin`, which has none)."""

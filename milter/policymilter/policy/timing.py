@@ -49,6 +49,8 @@ class StageTime:
 def waits(policy: Policy, check: CheckName) -> float:
     """The longest `check` may wait for the network (0 for checks that never do)."""
     match check:
+        case CheckName.DMARC if policy.dmarc_reports.record:
+            return policy.dns.lifetime + policy.state.timeout  # then its report row: one store write
         case CheckName.SPF | CheckName.DKIM | CheckName.ARC | CheckName.DMARC:
             return policy.dns.lifetime
         case CheckName.ANTIVIRUS:
@@ -56,7 +58,7 @@ def waits(policy: Policy, check: CheckName) -> float:
         case CheckName.SPAM:
             return policy.spam.timeout
         case CheckName.RATELIMIT:
-            return policy.ratelimit.timeout
+            return policy.state.timeout
         case _:
             return 0.0
 

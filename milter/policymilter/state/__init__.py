@@ -1,6 +1,6 @@
-"""The store behind the limits (and, later, report rows): SQLite on one host, Redis for several.
+"""The store behind the limits and the DMARC report rows: SQLite on one host, Redis for several.
 
-`open_store(url)` makes the store a policy names (`ratelimit.store`): `sqlite:/path/state.db`
+`open_store(url)` makes the store a policy names (`state.store`): `sqlite:/path/state.db`
 or `redis://HOST:PORT/DB` (`rediss://` for TLS). Nothing is opened until first use, and each
 process opens its own connection: the daemon's parent loads the policy, its workers fork and
 use it.

@@ -2,7 +2,10 @@
 
 The evaluation itself is `checks/dmarc/evaluate.py`; this check turns its result into what the site wants:
 the policy's `on_reject`/`on_quarantine`, local exceptions (never-reject domains, trusted
-forwarders, trusted ARC sealers), spoofing of our own domains, and DNS trouble.
+forwarders, trusted ARC sealers), spoofing of our own domains, and DNS trouble. With
+`dmarc_reports.record`, each message it judged also counts in the aggregate reports we send
+(`checks/dmarc/record.py`): here, at the end of its run, so that a message counts once, its own
+refusal included (a refusal by a check after this one is not seen: dmarc runs last by default).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from policymilter import safetext
 from policymilter.author import BadFrom
 from policymilter.checks.arc import Chain
 from policymilter.checks.dkim import DkimFindings
-from policymilter.checks.dmarc import evaluate
+from policymilter.checks.dmarc import evaluate, record
 from policymilter.checks.dmarc.evaluate import Alignment, DkimIdentity, DmarcResult, DomainPolicy, SpfIdentity, Status
 from policymilter.checks.spf import SpfFindings
 from policymilter.outcome import CheckResult, Disposition, ErrorAction, Outcome, SmtpReply
@@ -103,6 +106,13 @@ class Dmarc:
     requires: tuple[str, ...] = ("spf", "dkim")
 
     def run(self, context: CheckContext) -> CheckResult:
+        verdict = self._judge(context)
+        if not context.policy.dmarc_reports.record or not isinstance(verdict.findings, DmarcResult):
+            return verdict
+        return record.recorded(context, verdict, _override(context, verdict.findings)
+                               if verdict.findings.result is Status.FAIL else "")
+
+    def _judge(self, context: CheckContext) -> CheckResult:
         written_by = context.content.author()
         if isinstance(written_by, BadFrom):
             return self._bad_from(context, written_by)

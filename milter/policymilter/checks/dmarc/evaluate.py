@@ -86,6 +86,8 @@ class DmarcRecord:
     raw: str = ""
     ruf: tuple[str, ...] = ()
     psd: Literal["y", "n", "u"] = "u"  # RFC 9989 §4.7; used by the tree walk only
+    # The rua URIs as published, with any "!size" suffix: the aggregate reports we send honour it.
+    rua_published: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -137,10 +139,11 @@ def _choice(enum: type[_E], value: str | None) -> _E | None:
         return None
 
 
-def _uris(value: str) -> tuple[str, ...]:
-    """The syntactically valid URIs of a dmarc-urilist, without their obsolete size limits."""
+def _uris(value: str, sizes: bool = False) -> tuple[str, ...]:
+    """The syntactically valid URIs of a dmarc-urilist, without their obsolete size limits
+    (`sizes`: with them, as published)."""
     matches = (_URI.fullmatch(part.strip(_WSP)) for part in value.split(","))
-    return tuple(match[1] for match in matches if match)
+    return tuple(match[0] if sizes else match[1] for match in matches if match)
 
 
 def parse_record(text: str) -> DmarcRecord | None:
@@ -171,6 +174,7 @@ def parse_record(text: str) -> DmarcRecord | None:
         testing=tags.get("t", "n").lower() == "y",
         rua=rua, raw=text, ruf=_uris(tags.get("ruf", "")),
         psd="y" if psd == "y" else "n" if psd == "n" else "u",
+        rua_published=_uris(tags.get("rua", ""), sizes=True),
     )
 
 

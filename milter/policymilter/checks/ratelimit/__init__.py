@@ -64,11 +64,11 @@ def _store(context: CheckContext) -> Store:
 
 def _store_failed(context: CheckContext, findings: RatelimitFindings, error: StoreError) -> CheckResult:
     metrics.store_error(NAME)
-    policy = context.policy.ratelimit
+    policy, url = context.policy.ratelimit, context.policy.state.store
     # One warning per transaction; its later steps ask again, and say so at debug level.
     notice = Notice("store_failed", logging.DEBUG if findings.store_failed else logging.WARNING,
-                    f"rate-limit store {policy.store} failed ({error}); ratelimit.on_store_error = "
-                    f"{policy.on_store_error}", (("store", policy.store), ("action", policy.on_store_error)))
+                    f"rate-limit store {url} failed ({error}); ratelimit.on_store_error = "
+                    f"{policy.on_store_error}", (("store", url), ("action", policy.on_store_error)))
     findings = replace(findings, store_failed=True)
     reason = f"state store unavailable: {error}"[:300]
     if policy.on_store_error == "tempfail":
