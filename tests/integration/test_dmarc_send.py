@@ -99,7 +99,7 @@ class Run:
         self.tmp_path, self.dns_server, self.relay, self.key_file = tmp_path, dns_server, relay, key_file
 
     def options(self, *extra: str) -> list[str]:
-        values = [f'ratelimit.store="sqlite:{self.tmp_path}/state.db"',
+        values = [f'state.store="sqlite:{self.tmp_path}/state.db"',
                   f'dns.nameservers=["{self.dns_server.front_nameserver}"]', "dns.timeout=1", "dns.lifetime=2",
                   'dmarc_reports.org_name="Example Org"', f'dmarc_reports.email="{REPORTS}"',
                   f'dmarc_reports.relay="{self.relay}"', 'site.domains=["example.org"]', *extra]

@@ -72,8 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def store_url(policy: Policy) -> tuple[str, float]:
-    """The state store the dmarc check records into, and its timeout."""
-    return policy.ratelimit.store, policy.ratelimit.timeout
+    """The state store the dmarc check records into (state.store), and its timeout."""
+    return policy.state.store, policy.state.timeout
 
 
 @dataclass
