@@ -37,7 +37,7 @@ def validate(document: bytes) -> None:
     except etree.XMLSyntaxError as error:
         raise ReportInvalid(f"not well-formed XML: {error}") from None
     info = tree.getroottree().docinfo
-    if info.internalDTD is not None or info.system_id or info.public_id:
+    if info.internalDTD is not None or info.externalDTD is not None:
         raise ReportInvalid("has a DOCTYPE: a report carries none (and its entities are never expanded)")
     checker = schema()
     try:
