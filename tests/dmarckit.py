@@ -105,6 +105,12 @@ def received(delivered: Delivered) -> Received:
     return Received(delivered, message, attachment.get_filename() or "", document)
 
 
+def archived(document: bytes) -> Received:
+    """An archived report (its XML, validated), read like a received one."""
+    schema.validate(document)
+    return Received(Delivered("", [], b""), EmailMessage(), "", document)
+
+
 def verifies(raw: bytes, key: DkimKey) -> bool:
     """The mail's DKIM signature verifies with dkimpy against `key`'s published record."""
     def lookup(name: bytes, timeout: int = 5) -> bytes:
