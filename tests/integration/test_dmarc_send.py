@@ -1,6 +1,6 @@
 """`policy-milter dmarc-reports send` against a real SQLite store (filled through the store's API),
 a real nsd (the external-destination check) and an aiosmtpd relay that can be told to refuse.
-The run through the real Postfix, with rows the dmarc check recorded, is test_dmarc_reports_postfix.py."""
+The run through the real Postfix, with rows the dmarc check recorded, is test_dmarc_send_postfix.py."""
 
 from __future__ import annotations
 

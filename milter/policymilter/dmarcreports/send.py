@@ -178,7 +178,13 @@ class Sender:
         attachment = compose.compress(document)
         head = (f"{label}: {len(report.records)} row(s), {report.messages} message(s), "
                 f"{len(attachment)} bytes gzipped{skipped}")
-        archived = self._archive(report, attachment)
+        try:
+            archived = self._archive(report, attachment)
+        except OSError as error:
+            self.outcome.kept += 1
+            self.outcome.say(self.out, f"{head}: ERROR: cannot archive it in {self.settings.archive}: "
+                                       f"{error.strerror or error}; not sent (rows kept)")
+            return
         if archived:
             head += f", archived {archived}"
         decisions = destinations.decide(domain, report.published.rua, self.reports.suppress, self.resolver)
