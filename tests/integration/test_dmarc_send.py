@@ -332,3 +332,24 @@ def test_who_sends_must_be_known(run, store, capsys):
     record(store, SENDER)
     assert run(options=('dmarc_reports.org_name=""',))[0] == 2
     assert "dmarc_reports.org_name and dmarc_reports.email must say who sends the reports" in capsys.readouterr().err
+
+
+def test_no_store_yet_is_nothing_to_send(run, sink, tmp_path):
+    code, output = run()
+    assert (code, sink.messages) == (0, [])
+    assert output == (f"no reports: {tmp_path}/state.db does not exist yet (the dmarc check creates it when it first "
+                      "records a message)\n")
+
+
+def test_an_archive_that_cannot_be_written_keeps_the_report(run, sink, store, tmp_path):
+    record(store, SENDER)
+    archive = tmp_path / "archive"
+    assert run("--dry-run", "--archive", str(archive))[0] == 0
+    [name] = [path.name for path in archive.iterdir()]
+    (archive / name).unlink()
+    (archive / name).mkdir()  # the report's file cannot replace a directory
+    code, output = run("--archive", str(archive))
+    assert code == 1
+    assert f"ERROR: cannot archive it in {archive}: Is a directory; not sent (rows kept)" in output
+    assert sink.messages == []
+    assert store.dmarc_pending(before=PERIOD + DAY, now=NOW) == [(PERIOD, "sender.test")]

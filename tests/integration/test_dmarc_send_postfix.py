@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import pwd
 import smtplib
 import sys
 import time
@@ -24,7 +25,7 @@ from tests import authkit
 from tests.conftest import DEFAULT_POLICY
 from tests.dmarckit import Received, archived, received, verifies
 from tests.integration.dns_server import DnsServer, Zone
-from tests.integration.stack import MailStack, transaction
+from tests.integration.stack import MILTER_USER, MailStack, transaction
 
 pytestmark = pytest.mark.integration
 
@@ -76,14 +77,6 @@ def dns_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DnsServer]:
         yield server
 
 
-@pytest.fixture(scope="module")
-def key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("keys") / "example.org.s1.key"
-    path.write_bytes(SITE_KEY.private)
-    os.chmod(path, 0o600)
-    return path
-
-
 def options(dns_server: DnsServer, key_file: Path) -> list[str]:
     values = [f'dns.nameservers=["{dns_server.nameserver}"]', "dns.timeout=1", "dns.lifetime=3",
               'site.domains=["example.org"]', "site.authserv_id=mx.example.test",
@@ -94,11 +87,32 @@ def options(dns_server: DnsServer, key_file: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, dns_server: DnsServer, key_file: Path) -> Iterator[MailStack]:
-    with MailStack(tmp_path_factory.mktemp("stack")) as running:
-        running.start_milter([sys.executable, "-m", "policymilter", "run", "--policy", str(DEFAULT_POLICY),
-                              "--socket", f"unix:{running.milter_socket}", *options(dns_server, key_file)])
-        yield running
+def running(tmp_path_factory: pytest.TempPathFactory, dns_server: DnsServer) -> Iterator[tuple[MailStack, Path]]:
+    """The milter as deployed (two workers, its own user, which owns the state store and the site's
+    key); `send` then runs as root, as an admin would, and acts as that user where it must."""
+    with MailStack(tmp_path_factory.mktemp("stack")) as stack:
+        milter_user = pwd.getpwnam(MILTER_USER)
+        keys = stack.directory / "keys"
+        keys.mkdir(mode=0o700)
+        key_file = keys / "example.org.s1.key"
+        key_file.write_bytes(SITE_KEY.private)
+        os.chmod(key_file, 0o600)
+        for path in (keys, key_file):
+            os.chown(path, milter_user.pw_uid, milter_user.pw_gid)
+        stack.start_milter([sys.executable, "-m", "policymilter", "run", "--policy", str(DEFAULT_POLICY),
+                            "--socket", f"unix:{stack.milter_socket}", "--workers", "2",
+                            "--user", MILTER_USER, "--group", "postfix", *options(dns_server, key_file)])
+        yield stack, key_file
+
+
+@pytest.fixture(scope="module")
+def stack(running: tuple[MailStack, Path]) -> MailStack:
+    return running[0]
+
+
+@pytest.fixture(scope="module")
+def key_file(running: tuple[MailStack, Path]) -> Path:
+    return running[1]
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +130,9 @@ def traffic(stack: MailStack) -> None:
 
 
 def run_send(stack: MailStack, dns_server: DnsServer, key_file: Path, *argv: str) -> tuple[int, str]:
-    """`dmarc-reports send` on the milter's store, relaying through Postfix's milter-free port, a
-    day later (the rows' period is over by then)."""
-    args = build_parser().parse_args(["dmarc-reports", "send", "--policy", str(DEFAULT_POLICY), "--user", "root",
+    """`dmarc-reports send` as root on the milter's store, relaying through Postfix's milter-free
+    port, a day later (the rows' period is over by then)."""
+    args = build_parser().parse_args(["dmarc-reports", "send", "--policy", str(DEFAULT_POLICY),
                                       *options(dns_server, key_file), "-o", f'state.store="{stack.state_store}"',
                                       "-o", f'dmarc_reports.relay="127.0.0.1:{stack.ports["notify"]}"', *argv])
     out = io.StringIO()

@@ -22,8 +22,8 @@ kept for a later run (a temporary failure, an invalid report, the per-run cap, t
 for bad arguments or a policy that cannot send reports.
 
 Run as root or as the milter's user (the systemd timer runs it as policy-milter): as root the
-SQLite store is used as its owner (accounts.as_store_owner) and the signing keys are read as
---user, as the milter reads them.
+SQLite store is used as its owner (OwnersStore) and the signing keys are read as --user, as the
+milter reads them; the archive is written as whoever runs it.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ class Settings:
 class Sender:
     """One run of `send` over a store; the clock, resolver, signer and relay are given."""
 
-    def __init__(self, settings: Settings, store: Store, resolver: Resolver, signer: mail.Signer | None,
+    def __init__(self, settings: Settings, store: Store | OwnersStore, resolver: Resolver, signer: mail.Signer | None,
                  relay: Relay | None, out: IO[str], now: float) -> None:
         self.settings = settings
         self.reports = settings.policy.dmarc_reports
@@ -242,6 +242,37 @@ class Sender:
         return str(target)
 
 
+class OwnersStore:
+    """The state store, every call made as the SQLite file's owner when run as root
+    (accounts.as_store_owner: the -wal/-shm files stay the milter's, root never acts by path in
+    its directory); everything else (the archive, DNS, SMTP) stays the caller's."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.url = url
+        self._store = open_store(url, timeout)  # connects on first use, as the owner then
+
+    def _owner(self) -> contextlib.AbstractContextManager[None]:
+        from policymilter.accounts import as_store_owner  # accounts imports the cli: not at import time
+
+        return as_store_owner(self.url)
+
+    def dmarc_pending(self, before: int, now: float | None = None) -> list[tuple[int, str]]:
+        with self._owner():
+            return self._store.dmarc_pending(before, now)
+
+    def dmarc_rows(self, period: int, domain: str) -> list[tuple[str, int]]:
+        with self._owner():
+            return self._store.dmarc_rows(period, domain)
+
+    def dmarc_forget(self, period: int, domain: str) -> None:
+        with self._owner():
+            self._store.dmarc_forget(period, domain)
+
+    def close(self) -> None:
+        with self._owner():
+            self._store.close()
+
+
 def _usage(problem: str) -> int:
     print(f"{PROG}: {problem}", file=sys.stderr)
     return EXIT_INVALID
@@ -256,7 +287,6 @@ def _archive_directory(text: str) -> Path:
 
 
 def main(args: argparse.Namespace, stdout: IO[str] | None = None, now: float | None = None) -> int:
-    from policymilter.accounts import as_store_owner  # accounts imports the cli's helpers lazily too
     from policymilter.service import load_checked
 
     out = stdout or sys.stdout
@@ -287,13 +317,17 @@ def main(args: argparse.Namespace, stdout: IO[str] | None = None, now: float | N
         if not args.dry_run:
             return _usage(f"{error}; nothing was sent")
         out.write(f"note: {error} (a dry run signs nothing)\n")
-    resolver = Resolver(policy.dns.nameservers, policy.dns.timeout, policy.dns.lifetime, cache_size=RESOLVER_CACHE)
     url, timeout = store_url(policy)
+    if url.startswith("sqlite:") and not os.path.lexists(url.removeprefix("sqlite:")):
+        out.write(f"no reports: {url.removeprefix('sqlite:')} does not exist yet (the dmarc check creates it when it "
+                  "first records a message)\n")
+        return EXIT_DONE
+    resolver = Resolver(policy.dns.nameservers, policy.dns.timeout, policy.dns.lifetime, cache_size=RESOLVER_CACHE)
     settings = Settings(policy, args.dry_run, archive)
     try:
-        with as_store_owner(url), contextlib.ExitStack() as stack:
+        with contextlib.ExitStack() as stack:
             relay = None if args.dry_run else stack.enter_context(Relay(reports.relay))
-            store = open_store(url, timeout)
+            store = OwnersStore(url, timeout)
             stack.callback(store.close)
             outcome = Sender(settings, store, resolver, signer, relay, out, time.time() if now is None else now).run()
     except StoreError as error:
