@@ -31,7 +31,10 @@ FORWARDED = Row("198.51.100.7", "sender.test", "", "example.org", REJECT, "none"
 
 
 def report(*rows: tuple[Row, int], domain: str = "sender.test") -> compose.Report:
-    return compose.compose(US, domain, PERIOD, DAY, rows)
+    """A composed report, already checked against the schema (every report a test makes is)."""
+    made = compose.compose(US, domain, PERIOD, DAY, rows)
+    schema.validate(compose.to_xml(made))
+    return made
 
 
 def records(document: bytes) -> list[str]:

@@ -35,10 +35,11 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from policymilter.checks.dmarc.record import period_of
 from policymilter.dmarcreports import compose, destinations, mail
 from policymilter.dmarcreports.destinations import Decision, Status
 from policymilter.dmarcreports.relay import Handed, Relay
@@ -80,11 +81,9 @@ def store_url(policy: Policy) -> tuple[str, float]:
 class Outcome:
     """What happened to the reports of one run."""
 
-    lines: list[str] = field(default_factory=list)
     kept: int = 0  # reports kept for a later run
 
     def say(self, out: IO[str], line: str) -> None:
-        self.lines.append(line)
         out.write(line + "\n")
         out.flush()
 
@@ -110,8 +109,8 @@ class Sender:
 
     @property
     def current_period(self) -> int:
-        now = int(self.now)
-        return now - now % self.reports.interval
+        """The period still open: the dmarc check may be counting into it."""
+        return period_of(self.now, self.reports.interval)
 
     def run(self) -> Outcome:
         interval = self.reports.interval
