@@ -7,6 +7,7 @@ from __future__ import annotations
 import calendar
 import gzip
 import io
+import json
 import os
 import stat
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from policymilter.cli import build_parser
+from policymilter.cli import main as cli_main
 from policymilter.dmarcreports import send
 from policymilter.dmarcreports.destinations import Status, decide
 from policymilter.dmarcreports.rows import DkimAuth, Published, Row, SpfAuth
@@ -353,3 +355,17 @@ def test_an_archive_that_cannot_be_written_keeps_the_report(run, sink, store, tm
     assert f"ERROR: cannot archive it in {archive}: Is a directory; not sent (rows kept)" in output
     assert sink.messages == []
     assert store.dmarc_pending(before=PERIOD + DAY, now=NOW) == [(PERIOD, "sender.test")]
+
+
+def test_what_send_archives_dmarc_reports_read_reads_back(tmp_path, run, store, capsys):
+    record(store, SENDER, 3)
+    record(store, row("sender.test", "mailto:agg@sender.test", ip="198.51.100.9", disposition="reject"), 2)
+    record(store, EXTERNAL, 4)
+    archive = tmp_path / "archive"
+    assert run("--dry-run", "--archive", str(archive))[0] == 0
+    capsys.readouterr()
+    assert cli_main(["dmarc-reports", "read", "--json", str(archive)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["input"]["skipped"] == [] and summary["input"]["reports"] == 2
+    assert {domain["domain"]: (domain["messages"], domain["verdicts"]["aligned"], domain["verdicts"]["fails both"])
+            for domain in summary["domains"]} == {"sender.test": (5, 3, 2), "ext.test": (4, 4, 0)}
