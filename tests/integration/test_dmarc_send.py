@@ -57,7 +57,10 @@ NOT_DMARC = row("notdmarc.test", "mailto:reports@collector.test")  # a TXT there
 @pytest.fixture(scope="module")
 def dns_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DnsServer]:
     collector = (Zone("collector.test").txt("ext.test._report._dmarc", "v=DMARC1;")
-                 .txt("notdmarc.test._report._dmarc", "v=spf1 -all"))
+                 .txt("notdmarc.test._report._dmarc", "v=spf1 -all")
+                 .txt("moved.test._report._dmarc",
+                      "v=DMARC1; rua=mailto:new@collector.test!5m,mailto:two@collector.test")
+                 .txt("away.test._report._dmarc", "v=DMARC1; rua=mailto:new@collector.test,mailto:x@victim.test"))
     with DnsServer(tmp_path_factory.mktemp("dns"), [collector, Zone("sender.test")],
                    silent_suffixes=["silent.test"]) as server:
         yield server
@@ -141,6 +144,19 @@ def test_external_destinations_need_the_authorising_record(dns_server, domain, s
     uri = "mailto:agg@sender.test" if domain == "sender.test" else "mailto:reports@collector.test"
     [decision] = decide(domain, [uri], (), resolver)
     assert (decision.status, decision.reason) == (status, reason)
+
+
+@pytest.mark.parametrize("domain, expected", [
+    # RFC 9990 §4 step 9: the authorising record's rua= replaces the URI, on the same host only
+    ("moved.test", [("new@collector.test", 5 * 2**20, Status.SEND), ("two@collector.test", None, Status.SEND)]),
+    ("away.test", [("reports@collector.test", None, Status.SKIP)]),
+])
+def test_the_authorising_record_may_redirect_to_its_own_host_only(dns_server, domain, expected):
+    resolver = Resolver([dns_server.nameserver], timeout=1, lifetime=2)
+    decisions = decide(domain, ["mailto:reports@collector.test"], (), resolver)
+    assert [(d.destination.address, d.destination.limit, d.status) for d in decisions] == expected
+    if domain == "away.test":
+        assert "redirects to 'mailto:x@victim.test', not on collector.test: no report to either" in decisions[0].reason
 
 
 def test_a_dns_server_that_does_not_answer_makes_the_report_wait_within_the_lifetime(dns_server):

@@ -27,7 +27,7 @@ FORGED = Row("2001:db8::25", "sender.test", "other.test", "", REJECT, "reject", 
              spf=(SpfAuth("other.test", "mfrom", "softfail"),))
 FORWARDED = Row("198.51.100.7", "sender.test", "", "example.org", REJECT, "none", False, False,
                 reasons=(Override("trusted_forwarder", "list.example & co"),),
-                spf=(SpfAuth("fwd.example", "helo", "pass"),))
+                spf=(SpfAuth("fwd.example", "mfrom", "pass"),))
 
 
 def report(*rows: tuple[Row, int], domain: str = "sender.test") -> compose.Report:
@@ -60,13 +60,13 @@ EXPECTED = {
         "</identifiers><auth_results><dkim><domain>other.test</domain><selector>x</selector><result>fail</result>"
         "</dkim><dkim><domain>sender.test</domain><selector>s1</selector><result>permerror</result></dkim><spf>"
         "<domain>other.test</domain><scope>mfrom</scope><result>softfail</result></spf></auth_results></record>"),
-    "override reason, helo scope, escaped comment": (
+    "override reason, null sender (HELO as MAIL FROM), escaped comment": (
         FORWARDED, 2,
         "<record><row><source_ip>198.51.100.7</source_ip><count>2</count><policy_evaluated>"
         "<disposition>none</disposition><dkim>fail</dkim><spf>fail</spf><reason><type>trusted_forwarder</type>"
         "<comment>list.example &amp; co</comment></reason></policy_evaluated></row><identifiers>"
         "<envelope_to>example.org</envelope_to><envelope_from></envelope_from><header_from>sender.test</header_from>"
-        "</identifiers><auth_results><spf><domain>fwd.example</domain><scope>helo</scope><result>pass</result>"
+        "</identifiers><auth_results><spf><domain>fwd.example</domain><scope>mfrom</scope><result>pass</result>"
         "</spf></auth_results></record>"),
     "no SPF result: none for the envelope domain": (
         Row("192.0.2.9", "sender.test", "bounce.sender.test", "", REJECT, "quarantine", False, False), 5,
@@ -187,6 +187,12 @@ BROKEN = {
     "no SPF result": (lambda d: re.sub(r"<spf>\s*<domain>other.test.*?</spf>", "", d, flags=re.S),
                       "Missing child element"),
     "unknown SPF scope": (lambda d: d.replace("<scope>mfrom</scope>", "<scope>rcpt</scope>", 1), "scope"),
+    "helo scope (RFC 9990: mfrom only)": (lambda d: d.replace("<scope>mfrom</scope>", "<scope>helo</scope>", 1),
+                                          "scope"),
+    "two SPF results": (lambda d: re.sub(r"(<spf>.*?</spf>)", r"\1\1", d, count=1, flags=re.S), "spf"),
+    "RFC 7489's sampled_out": (lambda d: re.sub(r"(</spf>\s*)(</policy_evaluated>)",
+                                                r"\1<reason><type>sampled_out</type></reason>\2", d, count=1),
+                               "sampled_out"),
     "DKIM result without selector": (lambda d: d.replace("<selector>x</selector>", ""), "selector"),
     "DKIM result 'unknown'": (lambda d: d.replace("<result>permerror</result>", "<result>unknown</result>"), "result"),
     "no header_from": (lambda d: d.replace("<header_from>sender.test</header_from>", "", 1), "header_from"),

@@ -8,9 +8,10 @@
   ask for). RFC 9989 drops the suffix; records still carry it, and honouring it is the safe way.
 - External destinations (RFC 7489 §7.1, RFC 9990 §3): a URI whose host is not within the report
   domain's Organizational Domain needs `<report-domain>._report._dmarc.<host>` TXT to hold a
-  record starting `v=DMARC1`; without one, that URI gets no report. A rua= in that record is not
-  followed: the report goes where the domain asked, or nowhere. A lookup that gets no answer
-  is temporary: the report waits for the next run.
+  record starting `v=DMARC1`; without one, that URI gets no report. A rua= in that record
+  replaces the URI (RFC 9990 §4 step 9: the Report Consumer redirects its own reports), but only
+  to the same host: an override naming another host means no report to either. A lookup that
+  gets no answer is temporary: the report waits for the next run.
 - The policy's `dmarc_reports.suppress`: report domains (and their subdomains) or rua addresses
   that never get a report.
 - At most MAX_DESTINATIONS distinct addresses per report: a record listing many would make us
@@ -27,6 +28,7 @@ from email.headerregistry import Address
 from enum import StrEnum
 from urllib.parse import unquote
 
+from policymilter.checks.dmarc.evaluate import parse_record
 from policymilter.dns import DnsError, Resolver
 from policymilter.domains import DomainError, ascii_lower, organizational_domain, to_ascii
 
@@ -134,19 +136,51 @@ def decide(report_domain: str, uris: Sequence[str], suppress: Sequence[str], res
         if entry is not None:
             decisions.append(Decision(destination, Status.SKIP, f"suppressed (dmarc_reports.suppress {entry!r})"))
             continue
-        decisions.append(_external_check(report_domain, organisation, destination, resolver))
+        sent_here: set[str] = set()
+        for decision in _external_check(report_domain, organisation, destination, resolver):
+            replaced = ascii_lower(decision.destination.address)
+            if replaced in sent_here or (replaced != address and replaced in seen):
+                continue  # an override naming an address already listed
+            sent_here.add(replaced)
+            seen.add(replaced)
+            if len(seen) > MAX_DESTINATIONS:
+                decision = Decision(decision.destination, Status.SKIP, f"more than {MAX_DESTINATIONS} destinations")
+            decisions.append(decision)
     return decisions
 
 
 def _external_check(report_domain: str, organisation: str, destination: Destination,
-                    resolver: Resolver) -> Decision:
+                    resolver: Resolver) -> list[Decision]:
     if organizational_domain(destination.domain) == organisation:
-        return Decision(destination, Status.SEND)
+        return [Decision(destination, Status.SEND)]
     name = authorising_name(report_domain, destination.domain)
     try:
         records = resolver.txt(name, resolver.budget())
     except DnsError as error:
-        return Decision(destination, Status.WAIT, f"external destination: no DNS answer for {name} TXT ({error})")
-    if any(_AUTHORISING.match(record) for record in records):
-        return Decision(destination, Status.SEND, f"external destination authorised by {name}")
-    return Decision(destination, Status.SKIP, f"external destination not authorised: no v=DMARC1 TXT record at {name}")
+        return [Decision(destination, Status.WAIT, f"external destination: no DNS answer for {name} TXT ({error})")]
+    authorising = [record for record in records if _AUTHORISING.match(record)]
+    if not authorising:
+        return [Decision(destination, Status.SKIP,
+                         f"external destination not authorised: no v=DMARC1 TXT record at {name}")]
+    return _overridden(destination, name, authorising)
+
+
+def _overridden(destination: Destination, name: str, authorising: Sequence[str]) -> list[Decision]:
+    """RFC 9990 §4 steps 8-9: authorised; a rua= in the authorising record replaces the URI, on
+    the same destination host only (else: no report to the original or to the override)."""
+    overrides = [uri for record in authorising for uri in _rua_of(record)]
+    if not overrides:
+        return [Decision(destination, Status.SEND, f"external destination authorised by {name}")]
+    replaced = [parse_uri(uri) for uri in overrides]
+    elsewhere = [d.uri for d in replaced if d.problem or ascii_lower(d.domain) != ascii_lower(destination.domain)]
+    if elsewhere:
+        return [Decision(destination, Status.SKIP,
+                         f"external destination {name} redirects to {elsewhere[0]!r}, not on {destination.domain}: "
+                         "no report to either (RFC 9990 §4)")]
+    return [Decision(d, Status.SEND, f"external destination authorised by {name}, its rua= replacing {destination.uri}")
+            for d in replaced]
+
+
+def _rua_of(record: str) -> tuple[str, ...]:
+    parsed = parse_record(record)
+    return parsed.rua_published if parsed is not None else ()

@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 # RFC 9990 policy_evaluated/disposition: "pass" is "no action, passing DMARC with an enforcing policy".
 ActionDisposition = Literal["none", "pass", "quarantine", "reject"]
-# RFC 9990 PolicyOverrideType.
-OverrideType = Literal["forwarded", "sampled_out", "trusted_forwarder", "mailing_list", "local_policy",
-                       "policy_test_mode", "other"]
+# RFC 9990 PolicyOverrideType. RFC 7489's "forwarded" and "sampled_out" are gone (RFC 9989 has no
+# pct): a message sampled out under RFC 7489 discovery is "other", the comment saying so.
+OverrideType = Literal["local_policy", "mailing_list", "other", "policy_test_mode", "trusted_forwarder"]
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,9 @@ class DkimAuth:
 @dataclass(frozen=True)
 class SpfAuth:
     domain: str
-    scope: Literal["mfrom", "helo"]
+    # RFC 9990: "mfrom", the only valid value (for the null sender SPF checks postmaster@HELO as
+    # the MAIL FROM identity, RFC 7208 §2.4).
+    scope: Literal["mfrom"]
     result: str  # none neutral pass fail softfail temperror permerror
 
 

@@ -126,7 +126,7 @@ def _reasons(context: CheckContext, result: DmarcResult, done: ActionDisposition
     if result.record is not None and result.record.testing and result.policy in _ENFORCING:
         reasons.append(Override("policy_test_mode", f"t=y: {result.policy} applied as {result.disposition}"))
     if result.pct_applied:
-        reasons.append(Override("sampled_out", f"pct={result.record.pct if result.record else 100}"))
+        reasons.append(Override("other", f"sampled out: pct={result.record.pct if result.record else 100}"))
     policy = context.policy.dmarc
     if override.startswith("local_policy:"):
         reasons.append(Override("local_policy", f"dmarc.{override.removeprefix('local_policy:')}"))
@@ -178,8 +178,7 @@ def _spf(context: CheckContext) -> tuple[SpfAuth, ...]:
     main = found.main if isinstance(found, SpfFindings) else None
     if main is None:
         return ()
-    return (SpfAuth(main.domain, "helo" if main.identity == "helo" else "mfrom",
-                    SPF_RESULTS.get(main.result.lower(), "permerror")),)
+    return (SpfAuth(main.domain, "mfrom", SPF_RESULTS.get(main.result.lower(), "permerror")),)
 
 
 def _with(verdict: CheckResult, notice: Notice) -> CheckResult:
