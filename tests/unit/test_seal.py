@@ -169,6 +169,21 @@ def test_the_set_goes_on_top_seal_first(keys):
     assert names[:3] == [b"ARC-Seal", b"ARC-Message-Signature", b"ARC-Authentication-Results"]
 
 
+@pytest.mark.parametrize("where, raw", [
+    ("header", authkit.message("Alice <alice@pass.test>", RCPT, "x" * 1200)),
+    ("body", authkit.message("Alice <alice@pass.test>", RCPT, "long", body="y" * 999 + "\n")),
+])
+def test_a_line_over_998_characters_is_not_sealed_the_next_hop_would_break_it(keys, where, raw):
+    passage = Passage(snapshot(keys), raw, "alice@pass.test")
+    assert passage.verdict.disposition is Disposition.ACCEPT, where
+    assert passage.seal == "skipped:long-line" and not passage.values("ARC-Seal")
+
+
+def test_a_line_of_998_characters_is_sealed(keys):
+    raw = authkit.message("Alice <alice@pass.test>", RCPT, "long", body="y" * 998 + "\n")
+    assert Passage(snapshot(keys), raw, "alice@pass.test").seal == "sealed:i1:none"
+
+
 def test_a_verified_chain_is_continued_with_cv_pass(keys):
     passage = Passage(snapshot(keys), listed(), "list@list.test")
     assert passage.results["arc"].outcome is Outcome.PASS

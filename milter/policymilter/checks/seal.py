@@ -23,6 +23,8 @@ the site asked for a seal, not for the mail to wait for one).
 
 from __future__ import annotations
 
+import re
+
 import dkim
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -35,6 +37,10 @@ from policymilter.pipeline import CheckContext, Missing, Stage
 
 NAME = "seal"
 _CV = {"none": dkim.CV_None, "pass": dkim.CV_Pass, "fail": dkim.CV_Fail}
+# RFC 5321 §4.5.3.1.6 / RFC 5322 §2.1.1: 998 characters a line. Postfix breaks longer lines when
+# it sends the message on (smtp_line_length_limit), and a seal over the unbroken line then fails
+# at the next hop: a set that cannot verify there is not added.
+_LONG_LINE = re.compile(rb"[^\r\n]{999}")
 
 
 def _skipped(reason: str, detail: str) -> CheckResult:
@@ -75,6 +81,9 @@ class Seal:
         head = b"".join(name.encode("ascii", "replace") + b":" + value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
                         + b"\r\n" for name, value in headers) + b"\r\n"
         received = message.split()
+        if _LONG_LINE.search(head) or _LONG_LINE.search(received.body):
+            return _skipped("a line is over 998 characters (RFC 5322 §2.1.1): relays break it, and a seal over it "
+                            "would not verify at the next hop", "long-line")
         try:
             # The body is the one received (checks change headers only): its digests are shared.
             split = canonical.Split(canonical.split(head, b"").headers, received.body, received.bodies,

@@ -56,7 +56,9 @@ class _Sealer(dkim.ARC):  # type: ignore[misc]  # dkimpy is untyped
         unsigned: bytes = dkim.RE_BTAG.sub(b"\\1", dkim.fold(tag_list(fields), namelen=len(header_name),
                                                                linesep=b"\r\n"))
         digest = self.hasher()
-        self.signed_headers = dkim.hash_headers(digest, canon_policy, canon_policy.canonicalize_headers(self.headers),
+        # self.headers is relaxed-canonical already (_canonical): relaxed canonicalisation is
+        # idempotent, so this is what canonicalising them again here, as dkimpy does, would give.
+        self.signed_headers = dkim.hash_headers(digest, canon_policy, self.headers,
                                                 include_headers, (header_name, b" " + unsigned), dict(fields))
         at = next(index for index, (tag, _) in enumerate(fields) if tag == b"b")
         fields[at] = (b"b", base64.b64encode(signature(pk, digest.digest())))
@@ -64,16 +66,25 @@ class _Sealer(dkim.ARC):  # type: ignore[misc]  # dkimpy is untyped
         return folded
 
 
-def _sealer(split: canonical.Split) -> _Sealer:
+_ARC_NAMES = frozenset({b"arc-seal", b"arc-message-signature", b"arc-authentication-results"})
+
+
+def _sealer(split: canonical.Split, headers: list[tuple[bytes, bytes]]) -> _Sealer:
     sealer = _Sealer(b"", logger=_QUIET, signature_algorithm=ALGORITHM, linesep=b"\r\n")
-    sealer.headers = [(name, value) for name, value in split.headers]  # a copy: the steps below edit it
+    sealer.headers = headers  # the steps below edit it
     sealer.body = split.body
     return sealer
 
 
+def _arc_headers(split: canonical.Split) -> list[tuple[bytes, bytes]]:
+    """The ARC headers alone: ARC.sorted_arc_headers canonicalises every header it is given to
+    pick these out (a header-heavy message would pay for that at each call)."""
+    return [(name, value) for name, value in split.headers if name.lower().rstrip() in _ARC_NAMES]
+
+
 def chain(split: canonical.Split) -> Chain:
     """The instance and latest cv= of the ARC headers on `split`, as ARC.sign finds them."""
-    instance, ordered = _sealer(split).sorted_arc_headers()
+    instance, ordered = _sealer(split, _arc_headers(split)).sorted_arc_headers()
     for number, (name, value) in ordered:
         if number == instance and name.lower() == b"arc-seal":
             found = _CV.search(b"".join(value.split()))
@@ -101,7 +112,7 @@ def arc_set(split: canonical.Split, domain: bytes, selector: bytes, private_key:
     line ends, in that order) of the next instance for the message `split` holds, exactly as
     dkim.arc_sign makes them when the A-R it reads yields `results` (an A-R value: authserv-id;
     results) and `cv`, the time included."""
-    sealer = _sealer(split)
+    sealer = _sealer(split, _arc_headers(split))
     include = tuple(name.lower() for name in include_headers)
     if b"from" not in include:
         raise ValueError("the From header field must be signed (RFC 6376 §5.4)")
@@ -113,6 +124,7 @@ def arc_set(split: canonical.Split, domain: bytes, selector: bytes, private_key:
         raise ValueError(f"cv={cv.decode()} does not fit instance {instance} (RFC 8617 §4.1.3: none exactly at i=1)")
     # RFC 8617 §5.1.2: a failed chain's seal covers only the set it adds.
     arc_headers = [header for _, header in ordered] if cv != dkim.CV_Fail else []
+    sealer.headers = _RELAXED.canonicalize_headers(split.headers)  # once, for both signatures
     added = []
 
     aar = b"i=%d; " % instance + results.rstrip() + sealer.linesep
