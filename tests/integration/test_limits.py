@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import smtplib
 import subprocess
@@ -133,8 +134,11 @@ def test_a_scan_beyond_max_in_flight_waits_for_a_slot_and_says_which_setting_bou
     assert code == 451 and text.startswith("4.7.1 Temporary problem scanning this message for viruses")
     assert first_answer[0][0] == 451
     # Both scans have the same time limit, so the second gets the slot when the first gives up,
-    # with almost no time left: its reason says what it waited for.
+    # with almost no time left, or (on a loaded machine) not at all before its own time is up:
+    # either way its reason names the setting that bounded it.
     [second] = [line for line in stack.milter_log().rsplit("\n=== ", 1)[-1].splitlines()
                 if " summary " in line and "from=<second@example.org>" in line]
-    assert "antivirus=error:clamd" in second and "scans in flight: antivirus.max_in_flight" in second, second
+    assert "antivirus=error:clamd" in second, second
+    assert re.search(r"scans in flight: antivirus\.max_in_flight|stayed busy .*the bound is antivirus\.max_in_flight",
+                     second), second
     assert send(stack, raw("slot free again"))[0] == 250
