@@ -127,7 +127,7 @@ def test_text_output(corpus: list[str], capsys: pytest.CaptureFixture[str]) -> N
     for line in [
         "example.org: 1155 messages in 2 report(s), 2025-12-01T00:00:00Z .. 2025-12-02T23:59:59Z; published (latest "
         "report): p=none, sp=none, np=reject, adkim=r, aspf=r, testing=n",
-        "  reporters: google.com (1 report(s), 790 messages), mail.example (1 report(s), 365 messages)",
+        "  reporters: google.com (1 report(s), 790 messages, 68%), mail.example (1 report(s), 365 messages, 32%)",
         "  verdicts: aligned 900 (78%), fails SPF only 150 (13%), fails DKIM only 60 (5.2%), fails both 45 (3.9%)",
         "    2001:db8::25: 60 messages, fails DKIM only; passes by SPF alone, breaks when forwarded",
         "      spf: pass example.org 60; dkim: fail example.org s=s1 60",
