@@ -49,7 +49,7 @@ class BudgetExhausted(Exception):
 
 @dataclass(frozen=True)
 class Limits:
-    """Each is a command-line option of `dmarc-reports read` (names as in the errors), but max-parts."""
+    """Each but max-parts is a command-line option of `dmarc-reports read` (names as in the errors)."""
 
     max_input: int = 64 << 20  # bytes of one file, message or attachment (compressed) (max-input)
     max_xml: int = 50 << 20  # bytes of one report's XML, decompressed (max-xml)

@@ -219,8 +219,8 @@ def _confirmed(judged: Readiness, summary: DomainSummary, reports: Sequence[Repo
         if seen.status is not judged.status:
             line = seen.line.removeprefix("NOT READY")
             return Readiness(Status.NOT_READY, f"NOT READY ({shown}){line}",
-                             (f"all reports together say {judged.line}, but {shown} they do not: one reporter's "
-                              "word never decides alone (summary.py)", *seen.why))
+                             (f"all reports together: {judged.line}; {shown}: not so. One reporter's word never "
+                              "decides alone (summary.py)", *seen.why))
     return judged
 
 
