@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -178,3 +180,72 @@ def test_any_value_anywhere_is_checked(format: str, element: str, value: str) ->
         parse_report(report, 100)
     except ReportError as error:
         assert str(error)
+
+
+# -- the attack review (notes/attack-read.md) -------------------------------------------------------------------
+
+def _with(xml: bytes, old: bytes, new: bytes) -> bytes:
+    assert old in xml
+    return xml.replace(old, new, 1)
+
+
+PLAIN = report_xml(spec())
+X = b' xmlns:x="urn:x"'
+
+
+@pytest.mark.parametrize(("name", "data", "max_records", "expected"), [
+    # 10: tiny elements were held until the document's end (50 MiB: 1.7 GB, 30 s): counted as met, named.
+    ("extension", _with(PLAIN, b"<feedback>", b"<feedback" + X + b"><extension>" + b"<x:a/>" * 200_000 +
+                        b"</extension>"), 100, "more than 10000 elements outside the records (where: line 2)"),
+    ("record", _with(PLAIN, b"</auth_results>", b"</auth_results>" + b"<x:a/>" * 200_000).replace(
+        b"<feedback>", b"<feedback" + X + b">"), 100,
+     "a record with more than 1000 elements (where: feedback/record[1], line 36)"),
+    ("in all", _with(_with(PLAIN, b"</auth_results>", b"</auth_results>" + b"<x:a/>" * 900), b"<feedback>",
+                     b"<feedback" + X + b"><extension>" + b"<x:a/>" * 9_500 + b"</extension>"), 1,
+     "more than 10040 elements (40 per record of max-records) (where: line 36)"),
+    ("a record's foreign tail is fine", _with(PLAIN, b"</auth_results>", b"</auth_results>" + b"<x:a/>" * 900).replace(
+        b"<feedback>", b"<feedback" + X + b">"), 100, "ok"),
+])
+def test_elements_are_bounded_as_they_are_met(name: str, data: bytes, max_records: int, expected: str) -> None:
+    started = time.monotonic()
+    assert parse(data, max_records) == expected
+    assert time.monotonic() - started < 1.0
+
+
+@pytest.mark.parametrize(("count", "expected"), [
+    # 8: one record claiming more mail than a year of a large site's traffic is refused.
+    ("1000000000", "ok"),
+    ("1000000001", "count 1000000001 is more than 1000000000 messages from one address in one report (not "
+                   "plausible) (where: feedback/record[1]/row/count, line 22)"),
+    ("999999999999999", "count 999999999999999 is more than 1000000000 messages from one address in one report "
+                        "(not plausible) (where: feedback/record[1]/row/count, line 22)"),
+])
+def test_a_count_is_plausible(count: str, expected: str) -> None:
+    assert parse(report_xml(spec(**{"<count>7</count>": f"<count>{count}</count>"}))) == expected
+
+
+@pytest.mark.parametrize(("written", "source"), [
+    # 11: an IPv4 sender in IPv6 notation is the same source.
+    ("::ffff:198.51.100.7", "198.51.100.7"),  # mapped (RFC 4291 §2.5.5.2)
+    ("::ffff:c633:6407", "198.51.100.7"),
+    ("::ffff:0:198.51.100.7", "198.51.100.7"),  # translated (RFC 2765)
+    ("64:ff9b::198.51.100.7", "198.51.100.7"),  # NAT64 well-known prefix (RFC 6052)
+    ("2002:c633:6407::1", "2002:c633:6407::1"),  # 6to4 is an IPv6 host of its own
+    ("2001:DB8::25", "2001:db8::25"),
+])
+def test_ipv4_in_ipv6_is_folded(written: str, source: str) -> None:
+    xml = report_xml(spec(**{"<source_ip>192.0.2.10</source_ip>": f"<source_ip>{written}</source_ip>"}))
+    report = parse_report(xml, 100)
+    assert report.records[0].source_ip == source
+
+
+@pytest.mark.parametrize(("written", "domain"), [
+    # 11: one name, one section: UTS #46 maps full-width letters; a look-alike in another script is its own name.
+    ("Example.ORG.", "example.org"),
+    ("\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45.org", "example.org"),
+    ("ex\u0430mple.org", "xn--exmple-4nf.org"),
+    ("b\u00fccher.example", "xn--bcher-kva.example"),
+])
+def test_the_policy_domain_is_normalised(written: str, domain: str) -> None:
+    report = parse_report(report_xml(spec(**{"<domain>Example.ORG.</domain>": f"<domain>{written}</domain>"})), 100)
+    assert report.policy.domain == domain

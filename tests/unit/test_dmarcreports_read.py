@@ -11,6 +11,7 @@ import pytest
 
 from policymilter.cli import main
 from tests.conftest import DEFAULT_POLICY
+from tests.dmarcreportkit import BEGIN, DAY, Row, Spec, report_mail, report_xml, zipped
 from tests.unit.dmarc_corpus import build
 
 
@@ -127,7 +128,7 @@ def test_text_output(corpus: list[str], capsys: pytest.CaptureFixture[str]) -> N
     for line in [
         "example.org: 1155 messages in 2 report(s), 2025-12-01T00:00:00Z .. 2025-12-02T23:59:59Z; published (latest "
         "report): p=none, sp=none, np=reject, adkim=r, aspf=r, testing=n",
-        "  reporters: google.com (1 report(s), 790 messages), mail.example (1 report(s), 365 messages)",
+        "  reporters: google.com (1 report(s), 790 messages, 68%), mail.example (1 report(s), 365 messages, 32%)",
         "  verdicts: aligned 900 (78%), fails SPF only 150 (13%), fails DKIM only 60 (5.2%), fails both 45 (3.9%)",
         "    2001:db8::25: 60 messages, fails DKIM only; passes by SPF alone, breaks when forwarded",
         "      spf: pass example.org 60; dkim: fail example.org s=s1 60",
@@ -187,3 +188,64 @@ def test_a_missing_file_is_a_skip(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert status == 1
     assert result["input"]["skipped"] == [{"origin": str(tmp_path / "nope.xml"),
                                            "reason": "cannot read: No such file or directory"}]
+
+
+# -- the attack review (notes/attack-read.md), through the command ---------------------------------------------
+
+REAL_DAYS = [Spec("google.com", f"real{n}", "example.org", "none", begin=BEGIN + n * DAY, end=BEGIN + (n + 1) * DAY - 1,
+                  rows=(Row("192.0.2.1", 50, "pass", "pass"), Row("198.51.100.7", 15, "fail", "fail")))
+             for n in range(21)]
+FAILING = "NOT READY: 315 messages from 1 source fail both (largest: 198.51.100.7, 315 messages)"
+FORGED_FUTURE = Spec("Yahoo", "f2", "example.org", "quarantine", begin=0, end=253402300799,
+                     rows=(Row("203.0.113.9", 10**6, "pass", "pass"),))
+FORGED_COPY = Spec("google.com", "real0", "example.org", "none", begin=BEGIN, end=BEGIN + DAY - 1,
+                   rows=(Row("192.0.2.1", 50, "pass", "pass"),))
+
+
+def write(root: Path, specs: dict[str, Spec]) -> list[str]:
+    for name, spec in specs.items():
+        (root / name).write_bytes(report_xml(spec))
+    return [str(root / name) for name in specs]
+
+
+@pytest.mark.parametrize(("name", "forged", "args", "line", "skipped", "conflicts"), [
+    # 6: the forgery's end (9999) made it "latest" (its p=quarantine) and escaped --since.
+    ("future", {"z.xml": FORGED_FUTURE}, [], FAILING, 1, 0),
+    ("future with --since", {"z.xml": FORGED_FUTURE}, ["--since", "2025-12-15"],
+     "NOT READY: 105 messages from 1 source fail both (largest: 198.51.100.7, 105 messages)", 1, 0),
+    # 7: the same key read first, all aligned: the real failures used to vanish as its "duplicate".
+    ("conflict read first", {"0.xml": FORGED_COPY}, [], FAILING, 0, 1),
+    ("a true duplicate", {"0.xml": REAL_DAYS[0]}, [], FAILING, 0, 0),
+])
+def test_forged_reports_never_hide_failing_mail(tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str,
+                                                forged: dict[str, Spec], args: list[str], line: str, skipped: int,
+                                                conflicts: int) -> None:
+    first = write(tmp_path, forged)
+    real = write(tmp_path, {f"real{n:02}.xml": spec for n, spec in enumerate(REAL_DAYS)})
+    _, result, _ = run_json(capsys, *args, *first, *real)
+    (domain,) = result["domains"]
+    assert (domain["readiness"]["line"], len(result["input"]["skipped"]), len(result["input"]["conflicts"])) == (
+        line, skipped, conflicts)
+    assert domain["policy"]["p"] == "none"  # never the forgery's
+    if name == "a true duplicate":
+        assert [d["report_id"] for d in result["input"]["duplicates"]] == ["real0"]
+
+
+def test_input_text_reaches_the_terminal_printable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """9: a content type, a file name, a member name with escape sequences: printed as '?'."""
+    spec = REAL_DAYS[0]
+    message = report_mail(spec, b"\x1f\x8bjunk", "r.gz", "application/gzip")
+    message.get_payload()[1].replace_header("Content-Type", "application/x-\x1b[2J\x1b]0;title\x07")
+    (tmp_path / "c.eml").write_bytes(message.as_bytes())
+    (tmp_path / "z.zip").write_bytes(zipped({"\x1b[31mred.xml": b"hello"}))
+    assert main(["dmarc-reports", "read", str(tmp_path / "c.eml"), str(tmp_path / "z.zip")]) == 1
+    captured = capsys.readouterr()
+    assert not any(char in captured.out + captured.err for char in "\x1b\x07\x9b")
+    assert captured.err.splitlines()[-1] == f"{tmp_path}/z.zip: member ?[31mred.xml: skipped: not XML"
+
+
+def test_the_filter_is_named_by_the_option_given(corpus: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """11: "not our domains (--policy)" was printed under --domain too."""
+    main(["dmarc-reports", "read", "--domain", "example.net", *corpus])
+    out = capsys.readouterr().out.splitlines()
+    assert "  not our domains (--domain): example.com 4, example.org 2 report(s)" in out

@@ -6,6 +6,8 @@ from __future__ import annotations
 import gzip
 import io
 import resource
+import time
+import tracemalloc
 import zipfile
 import zlib
 from email.message import EmailMessage
@@ -177,7 +179,18 @@ def test_gunzip_counts_what_it_inflates(data: bytes, error: type[Exception]) -> 
 
 
 
+def zipped_with(method: int) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", method) as archive:
+        archive.writestr("a.xml", XML)
+        archive.writestr("b/c.xml", XML)
+    return buffer.getvalue()
+
+
+# Every compression method zipfile reads: each fails in its own ways (the attack review's fuzzing found
+# LZMAError, NotImplementedError and IndexError escaping).
 SAMPLES = [gz(XML), zipped({"a.xml": XML, "b.xml.gz": gz(XML)}), mail(gz(XML), "r.xml.gz", "application/gzip"),
+           zipped_with(zipfile.ZIP_STORED), zipped_with(zipfile.ZIP_BZIP2), zipped_with(zipfile.ZIP_LZMA),
            nested(2).as_bytes(), mbox([report_mail(SPEC, zipped({"r.xml": XML}), "r.zip", "application/zip")] * 2)]
 
 
@@ -200,3 +213,120 @@ def test_mutated_inputs_never_crash(tmp_path: Path, sample: int, edits: list[tup
                 assert str(error)
         else:
             assert found.reason
+
+
+# -- the attack review (notes/attack-read.md): each finding as a class, each row generated here --------------------
+
+def lzma_zip(corrupt: str) -> bytes:
+    """A zip whose one member is LZMA (method 14): its data or its properties broken."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_LZMA) as archive:
+        archive.writestr("r.xml", XML)
+    data = bytearray(buffer.getvalue())
+    start = data.index(b"PK\x03\x04") + 30 + len("r.xml")
+    if corrupt == "data":
+        for at in range(start + 9, start + 30):
+            data[at] ^= 0x55
+    else:  # the first byte of the LZMA properties (lc/lp/pb), after the 4-byte header
+        data[start + 4] = 0xFF
+    return bytes(data)
+
+
+def zip_central(offset: int, value: int, name: str = "r.xml") -> bytes:
+    """A stored zip with one 16-bit field of its central directory entry changed."""
+    data = bytearray(zipped({name: XML}))
+    central = data.index(b"PK\x01\x02")
+    data[central + offset:central + offset + 2] = value.to_bytes(2, "little")
+    return bytes(data)
+
+
+def nameless_zip() -> bytes:
+    data = bytearray(zipped({"a": XML}))
+    central = data.index(b"PK\x01\x02")
+    data[central + 28:central + 32] = (0).to_bytes(2, "little") + (1).to_bytes(2, "little")  # name -> extra field
+    return bytes(data)
+
+
+def nest(outer: int, inner: int, leaf: bytes) -> bytes:
+    return zipped({f"z{n}.zip": zipped({f"m{m}.gz": leaf for m in range(inner)}) for n in range(outer)})
+
+
+def big_xml(size: int) -> bytes:
+    return XML.replace(b"</feedback>", b" " * size + b"</feedback>")
+
+
+# (finding, file name, content, limits, expected finds, seconds at most)
+ATTACKS = [
+    # 1: many empty gzip members were quadratic (each member copied the rest): members are counted.
+    ("1 gzip members", "many.gz", gz(XML) + gz(b"") * 200_000, Limits(),
+     [("many.gz", "more than 100 gzip members (limit max-members)")], 2.0),
+    ("1 members below the limit", "some.gz", gz(XML) + gz(b"") * 99, Limits(), [("some.gz", "document")], 1.0),
+    # 3: limits multiplied across nesting: one budget per input, every layer draws from it.
+    ("3 nested bytes", "nest.zip", nest(10, 10, gz(gz(big_xml(2 * MIB)))), Limits(max_total=5 * MIB),
+     [("nest.zip: member z0.zip: member m0.gz", "document"), ("nest.zip: member z0.zip: member m1.gz", "document"),
+      ("nest.zip", "decompresses to more than 5 MiB in all, every archive layer counted (limit max-total); "
+                   "2 document(s) read before")], 2.0),
+    ("3 nested documents", "docs.zip", nest(10, 10, gz(XML)), Limits(max_documents=3),
+     [*[(f"docs.zip: member z0.zip: member m{n}.gz", "document") for n in range(3)],
+      ("docs.zip", "more than 3 report documents (limit max-documents); the rest not read")], 1.0),
+    ("3 the budget is per input", "box", mbox([report_mail(SPEC, zipped({"a.xml": XML, "b.xml": XML}), "r.zip",
+                                                           "application/zip")] * 2), Limits(max_documents=2),
+     [("box: message 1: r.zip: member a.xml", "document"), ("box: message 1: r.zip: member b.xml", "document"),
+      ("box: message 2: r.zip: member a.xml", "document"), ("box: message 2: r.zip: member b.xml", "document")], 1.0),
+    # 4: the email package's parameter parser is quadratic: an overlong header's parameters are not read.
+    ("4 filename", "param.eml", mail(gz(XML), '"' + ";" * 300_000 + '"', "application/gzip"), Limits(),
+     [("param.eml: MIME part 3 (application/gzip)",
+       "a content-disposition header longer than 4096 characters (its parameters are not read)")], 1.0),
+    ("4 boundary", "boundary.eml", b"From: a@b.example\nMIME-Version: 1.0\n"
+     b"Content-Type: multipart/mixed; boundary=B; x=\"" + b";" * 300_000
+     + b"\"\n\n--B\nContent-Type: text/plain\n\nhi\n--B--\n", Limits(),
+     [("boundary.eml", "not a readable message: a content-type header longer than 4096 characters (its "
+                       "parameters are not read)")], 1.0),
+    # 5: what zipfile raises besides BadZipFile: each a named skip, never a traceback.
+    ("5 LZMA data", "lzma.zip", lzma_zip("data"), Limits(),
+     [("lzma.zip: member r.xml", "corrupt zip member: Corrupt input data")], 1.0),
+    ("5 LZMA properties", "lzma2.zip", lzma_zip("properties"), Limits(),
+     [("lzma2.zip: member r.xml", "corrupt zip member: Invalid or unsupported options")], 1.0),
+    ("5 version needed", "version.zip", zip_central(6, 99), Limits(),
+     [("version.zip", "not a readable zip archive: zip file version 9.9")], 1.0),
+    ("5 no name", "noname.zip", nameless_zip(), Limits(), [("noname.zip: member (no name)", "a zip member without a "
+                                                                                            "name")], 1.0),
+    ("5 in a message", "noname.eml", mail(nameless_zip(), "r.zip", "application/zip"), Limits(),
+     [("noname.eml: r.zip: member (no name)", "a zip member without a name")], 1.0),
+    # 9: text from the input reaches the terminal only made printable.
+    ("9 content type", "ctype.eml", mail(b"\x1f\x8bjunk", "", "application/x-\x1b[2Jpwned"), Limits(),
+     [("ctype.eml: application/x-?[2jpwned", "corrupt gzip data: Error -3 while decompressing data: unknown "
+                                             "compression method")], 1.0),
+]
+
+
+@pytest.mark.parametrize(("finding", "name", "content", "limits", "expected", "seconds"), ATTACKS,
+                         ids=[case[0] for case in ATTACKS])
+def test_attacks_are_named_skips_in_bounded_time(tmp_path: Path, finding: str, name: str, content: bytes,
+                                                 limits: Limits, expected: list[tuple[str, str]],
+                                                 seconds: float) -> None:
+    (tmp_path / name).write_bytes(content)
+    started = time.monotonic()
+    assert find(tmp_path / name, limits) == expected
+    assert time.monotonic() - started < seconds
+
+
+def test_documents_are_streamed_one_at_a_time(tmp_path: Path) -> None:
+    """2: a mail kept every document it held until its end; now memory follows one document."""
+    size = 4 * MIB
+    members = {f"r{n}.xml": big_xml(size) for n in range(10)}  # 40 MiB of XML in a small zip
+    (tmp_path / "m.eml").write_bytes(mail(zipped(members), "r.zip", "application/zip"))
+    tracemalloc.start()
+    try:
+        documents = 0
+        for found in Finder(Limits()).find([str(tmp_path / "m.eml")]):
+            assert isinstance(found, Document)
+            documents += 1
+            del found
+            if documents == 1:  # reading the file reserves max-input once (untouched pages): from here on
+                tracemalloc.reset_peak()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert documents == 10
+    assert peak < 4 * size  # the member being read, its copy and the message: not ten documents

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from policymilter.dmarcreports.model import Format, PolicyPublished, Record, Report, Verdict
-from policymilter.dmarcreports.summary import Status, summarise
+from policymilter.dmarcreports.summary import Status, date_problem, summarise
 
 # verdict -> (policy_evaluated dkim aligned, spf aligned)
 ALIGNMENT = {Verdict.ALIGNED: (True, True), Verdict.FAILS_SPF_ONLY: (True, False),
@@ -74,3 +76,89 @@ def test_a_short_period_is_said() -> None:
     summary = summarise("example.org", [report("none", [("192.0.2.1", 500, A)])])
     assert summary.readiness.why[-1].startswith("the reports cover only 1 day(s): dns-records advises reading them "
                                                 "for a few weeks")
+
+
+# -- the attack review (notes/attack-read.md): forged or conflicting reports never make a READY ----------------
+
+DAY = 86400
+NOW = 1_800_000_000
+
+
+def dated(begin: int, end: int) -> Report:
+    return replace(report("none", [("192.0.2.1", 1, A)]), begin=begin, end=end)
+
+
+@pytest.mark.parametrize(("begin", "end", "problem"), [
+    # 6: a report from the future would decide the policy and escape --since.
+    (NOW - DAY, NOW, None),
+    (NOW, NOW + DAY, None),  # a clock a little ahead, a period ending tonight
+    (NOW, NOW + DAY + 1, "date_range ends 2027-01-16T08:00:01Z, in the future (now 2027-01-15T08:00:00Z): a forged "
+                         "or broken report, not counted"),
+    (0, 253402300799, "date_range ends 9999-12-31T23:59:59Z, in the future (now 2027-01-15T08:00:00Z): a forged or "
+                      "broken report, not counted"),
+    (NOW - 31 * DAY, NOW - 1, None),
+    (NOW - 32 * DAY, NOW - 1, "date_range covers 32 days (2026-12-14T08:00:00Z .. 2027-01-15T07:59:59Z), more than "
+                              "31: a forged or broken report, not counted"),
+])
+def test_dates_are_believed_or_refused(begin: int, end: int, problem: str | None) -> None:
+    assert date_problem(dated(begin, end), NOW) == problem
+
+
+REAL = [("192.0.2.1", 1000, A), ("198.51.100.7", 300, B)]  # a big source fails both: NOT READY
+
+
+def by(org: str, rows: list[tuple[str, int, Verdict]], report_id: str) -> Report:
+    return replace(report("none", rows), org_name=org, report_id=report_id)
+
+
+# (name, reports, conflicts, status, line)
+TRUST = [
+    ("the real reports alone", [by("google.com", REAL, "1")], (), Status.NOT_READY,
+     "NOT READY: 300 messages from 1 source fail both (largest: 198.51.100.7, 300 messages)"),
+    # 8: one inflated report dilutes the failing share to nothing; under the real reporter's name ...
+    ("inflated, same reporter", [by("google.com", REAL, "1"), by("google.com", [("203.0.113.9", 10**9, A)], "f")],
+     (), Status.NOT_READY, "NOT READY (without google.com report f, which carries 100% of the messages): 300 "
+                           "messages from 1 source fail both (largest: 198.51.100.7, 300 messages)"),
+    # ... or as a reporter of its own, in as many reports as it likes.
+    ("inflated, another reporter", [by("google.com", REAL, "1"),
+                                    *[by("yahoo.com", [("203.0.113.9", 10**8, A)], f"f{n}") for n in range(5)]],
+     (), Status.NOT_READY, "NOT READY (google.com's reports alone): 300 messages from 1 source fail both (largest: "
+                           "198.51.100.7, 300 messages)"),
+    ("inflated over real mail too few to judge", [by("google.com", [("198.51.100.7", 50, B)], "1"),
+                                                  by("google.com", [("203.0.113.9", 10**6, A)], "f")], (),
+     Status.NOT_READY, "NOT READY (without google.com report f, which carries 100% of the messages): only 50 "
+                       "messages, too few to confirm the rest"),
+    ("honest reporters agreeing", [by("google.com", [("192.0.2.1", 5000, A)], "1"),
+                                   by("yahoo.com", [("192.0.2.1", 300, A), ("203.0.113.9", 3, B)], "2")], (),
+     Status.READY_QUARANTINE, "READY for p=quarantine"),
+    ("one report a little over half", [by("outlook.com", [("192.0.2.1", 80, A)], "1"),
+                                       by("outlook.com", [("192.0.2.1", 72, A)], "2")], (),
+     Status.READY_QUARANTINE, "READY for p=quarantine"),
+    # 7: two contents under one report id: both counted, and no READY.
+    ("a conflict", [by("google.com", [("192.0.2.1", 1000, A)], "1")], ("google.com report 1",), Status.NOT_READY,
+     "NOT READY: 1 conflicting report(s) (google.com report 1: the same org_name and report_id with different "
+     "contents)"),
+    ("a conflict where it already fails", [by("google.com", REAL, "1")], ("google.com report 1",), Status.NOT_READY,
+     "NOT READY: 300 messages from 1 source fail both (largest: 198.51.100.7, 300 messages)"),
+]
+
+
+@pytest.mark.parametrize(("name", "reports", "conflicts", "status", "line"), TRUST, ids=[case[0] for case in TRUST])
+def test_no_single_report_or_reporter_decides(name: str, reports: list[Report], conflicts: tuple[str, ...],
+                                              status: Status, line: str) -> None:
+    summary = summarise("example.org", reports, conflicts=conflicts)
+    assert (summary.readiness.status, summary.readiness.line) == (status, line)
+    if conflicts:
+        assert any(why.startswith("a report_id names one report") for why in summary.readiness.why)
+
+
+@pytest.mark.parametrize(("domain", "line"), [
+    # 11: a look-alike name in another script is summarised, never READY beside the real one.
+    ("xn--exmple-4nf.org", "NOT READY: ex\u0430mple.org mixes CYRILLIC and LATIN letters in one label"),
+    ("xn--bcher-kva.example", "READY for p=quarantine"),  # one script: an ordinary IDN
+    ("example.org", "READY for p=quarantine"),
+])
+def test_a_lookalike_domain_is_never_ready(domain: str, line: str) -> None:
+    summary = summarise(domain, [replace(report("none", [("192.0.2.1", 500, A)]),
+                                         policy=PolicyPublished(domain, "none"))])
+    assert summary.readiness.line == line

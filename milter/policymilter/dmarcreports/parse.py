@@ -19,6 +19,16 @@ either RFC defines is accepted in both formats; what each format requires stays 
 9990 requires a DKIM `selector` and makes the SPF result optional; RFC 7489 the reverse). The
 RFC 7489 schema's `sp`, `pct` and `fo` are required there but omitted by most reporters: optional.
 
+Bounded: besides libxml2's own limits, elements are counted as the parser meets them: at most
+MAX_OUTSIDE elements outside the records (metadata, policy, extension contents), MAX_IN_RECORD in
+one record, and ELEMENTS_PER_RECORD times max-records in all, so a document of tiny elements is a
+named error early, not a tree of millions held until its end. A record's count is at most
+MAX_COUNT (a thousand million messages from one address in one report is not a report, it is a
+lie or a bug). An IPv4 sender written as IPv6 (::ffff:a.b.c.d, RFC 4291 §2.5.5.2; the RFC 2765
+and RFC 6052 well-known NAT64 prefixes) is folded into IPv4: one sender, one source. The policy
+domain is normalised to A-labels, IDNA2008 with UTS #46 mapping (`policymilter.domains`): full-width
+letters are the ASCII name, a look-alike in another script stays its own (xn--) name.
+
 Every problem raises `ReportError` naming the element path and the line.
 """
 
@@ -30,10 +40,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import idna
 from lxml import etree
 
 from policymilter.dmarcreports.model import DkimResult, Format, PolicyPublished, Record, Report, SpfResult
+from policymilter.domains import DomainError, to_ascii
 from policymilter.safetext import for_log
 
 NAMESPACES = {None: Format.RFC7489, "http://dmarc.org/dmarc-xml/0.1": Format.DRAFT01,
@@ -53,9 +63,15 @@ _OVERRIDES = frozenset({"forwarded", "sampled_out", "trusted_forwarder", "mailin
                         "policy_test_mode"})
 _WHOLE = re.compile(r"\d{1,15}", re.ASCII)
 _DECIMAL = re.compile(r"\d{1,6}(\.\d{1,6})?", re.ASCII)
-_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)", re.ASCII)
 _POSITION = re.compile(r", line \d+, column \d+$")
 LAST_TIME = 253402300799  # 9999-12-31T23:59:59Z: what a datetime can show
+MAX_COUNT = 10**9  # messages in one record
+MAX_OUTSIDE = 10_000  # elements outside the records
+MAX_IN_RECORD = 1_000  # elements in one record (a real one has about 20)
+ELEMENTS_PER_RECORD = 40  # times max-records: the elements of a whole document
+# IPv4 in IPv6 clothing: mapped (RFC 4291), translated (RFC 2765), NAT64 well-known prefix (RFC 6052).
+_IPV4_IN_IPV6 = tuple(ipaddress.IPv6Network(prefix) for prefix in ("::ffff:0:0/96", "::ffff:0:0:0/96",
+                                                                   "64:ff9b::/96"))
 
 
 class ReportError(Exception):
@@ -95,18 +111,39 @@ def parse_report(data: bytes, max_records: int) -> Report:
         raise ReportError(DOCTYPE_REFUSED)
     reader: _Reader | None = None
     records: list[Record] = []
+    most = MAX_OUTSIDE + ELEMENTS_PER_RECORD * max_records
+    total = outside = in_record = 0
+    record: etree._Element | None = None
     try:
         for event, element in etree.iterparse(io.BytesIO(data), events=("start", "end"), **_OPTIONS):
             if reader is None:  # the root's start: the prolog, with any DOCTYPE, is behind us
                 if getattr(element.getroottree().docinfo, "doctype", None):  # lxml-stubs lack DocInfo.doctype
                     raise ReportError(DOCTYPE_REFUSED)
                 reader = _Reader(element, max_records)
-            elif event == "end" and element.getparent() is reader.root and reader.is_record(element):
+            elif event == "start":
+                total += 1
+                if total > most:
+                    raise ReportError(f"more than {most} elements ({ELEMENTS_PER_RECORD} per record of "
+                                      "max-records)", None, _line(element))
+                if record is not None:
+                    in_record += 1
+                    if in_record > MAX_IN_RECORD:
+                        raise ReportError(f"a record with more than {MAX_IN_RECORD} elements",
+                                          f"feedback/record[{len(records) + 1}]", _line(element))
+                elif element.getparent() is reader.root and reader.is_record(element):
+                    record, in_record = element, 0
+                else:
+                    outside += 1
+                    if outside > MAX_OUTSIDE:
+                        raise ReportError(f"more than {MAX_OUTSIDE} elements outside the records", None,
+                                          _line(element))
+            elif record is not None and element is record:
                 if len(records) == max_records:
                     raise ReportError(f"more than {max_records} records (limit max-records)", "feedback",
                                       _line(element))
                 records.append(reader.record(element, f"feedback/record[{len(records) + 1}]"))
                 element.clear()  # an empty <record> stays: the order of feedback's children is checked at the end
+                record = None
     except etree.XMLSyntaxError as error:
         raise _syntax_error(data, error) from None
     except ValueError as error:  # lxml: e.g. an encoding it cannot use
@@ -281,15 +318,12 @@ class _Reader:
         )
 
     def _domain(self, element: etree._Element, path: str) -> str:
-        text = self._text(element, path).lower().rstrip(".")
+        text = self._text(element, path)
         try:
-            ascii_name = text if text.isascii() else idna.encode(text, uts46=True).decode("ascii")
-        except idna.IDNAError:
-            ascii_name = ""
-        if not ascii_name or len(ascii_name) > 253 or not all(_LABEL.fullmatch(label)
-                                                               for label in ascii_name.split(".")):
-            raise ReportError(f"{for_log(text, 80)!r} is not a domain name", path, _line(element))
-        return text
+            return to_ascii(text)
+        except DomainError:
+            raise ReportError(f"{for_log(text.lower().rstrip('.'), 80)!r} is not a domain name", path,
+                              _line(element)) from None
 
     def record(self, element: etree._Element, path: str) -> Record:
         found = self._group(element, path, [Field("row"), Field("identifiers"), Field("auth_results")],
@@ -299,6 +333,9 @@ class _Reader:
                           ordered=True)
         source_ip = self._address(row["source_ip"][0], f"{row_path}/source_ip")
         count = self._whole(row["count"][0], f"{row_path}/count")
+        if count > MAX_COUNT:
+            raise ReportError(f"count {count} is more than {MAX_COUNT} messages from one address in one report "
+                              "(not plausible)", f"{row_path}/count", _line(row["count"][0]))
         evaluated_path = f"{row_path}/policy_evaluated"
         evaluated = self._group(row["policy_evaluated"][0], evaluated_path,
                                 [Field("disposition"), Field("dkim"), Field("spf"), Field("reason", 0, None)],
@@ -330,7 +367,10 @@ class _Reader:
         try:
             if "%" in text:  # a zone index names an interface of the reporter, not a sender
                 raise ValueError(text)
-            return str(ipaddress.ip_address(text))
+            address = ipaddress.ip_address(text)
+            if isinstance(address, ipaddress.IPv6Address) and any(address in net for net in _IPV4_IN_IPV6):
+                return str(ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF))
+            return str(address)
         except ValueError:
             raise ReportError(f"{for_log(text, 60)!r} is not an IPv4 or IPv6 address", path,
                               _line(element)) from None

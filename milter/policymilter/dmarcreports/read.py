@@ -10,7 +10,10 @@ The parts: `sources.py` finds the report documents in mbox files, Maildirs, mess
 
 The same report often arrives twice (in the mailbox and saved as an attachment): reports are
 counted once per (org_name, report_id) (RFC 7489 §7.2.1.1: unique per reporter), the others
-listed as duplicates. `--since` keeps reports whose date_range ends after that time. By default
+listed as duplicates, when their contents are the same; different contents under one key are a
+conflict: both counted, listed, and the domains involved are not READY (summary.py). A report
+ending in the future or spanning more than a month is a skip (summary.date_problem). `--since`
+keeps reports whose date_range ends after that time. By default
 every domain found in the reports is summarised; with `--policy` only `site.domains` and their
 subdomains (the others are counted in `not_ours`), and `--resolve` asks the policy's
 `dns.nameservers`.
@@ -21,9 +24,10 @@ summarised); 2 for bad arguments or an invalid policy.
 `--json` prints one object with these keys (stable; a rename is a breaking change):
 - `input`: `documents` (XML documents found), `reports` (valid, distinct, counted),
   `skipped` (list of `{origin, reason}`), `duplicates` (list of `{org_name, report_id, origin,
-  first}`), `outside_since` (reports ending before --since), `not_ours` ({domain: reports}).
+  first}`), `conflicts` (the same, for a different report under a key read before), `outside_since`
+  (reports ending before --since), `not_ours` ({domain: reports}).
 - `rules`: `significant_share`, `failing_share`, `min_messages` (summary.py).
-- `domains`: one per policy domain, by name: `domain`, `policy` (`p`, `sp`, `np`, `pct`,
+- `domains`: one per policy domain, by name: `domain` (A-labels), `policy` (`p`, `sp`, `np`, `pct`,
   `adkim`, `aspf`, `testing` from the latest report; null when not given), `reports`, `reporters`
   (list of `{org_name, reports, messages}`), `begin`, `end` (ISO 8601 UTC), `messages`,
   `verdicts` ({verdict: messages}, every verdict), `sources` (by messages: `ip`, `ptr` (null
@@ -49,8 +53,9 @@ from policymilter.dmarcreports.parse import ReportError, parse_report
 from policymilter.dmarcreports.render import Duplicate, Run, as_json, text
 from policymilter.dmarcreports.resolve import ptr_names
 from policymilter.dmarcreports.sources import Document, Finder
-from policymilter.dmarcreports.summary import DomainSummary, summarise
+from policymilter.dmarcreports.summary import DomainSummary, date_problem, summarise
 from policymilter.dns import Resolver, parse_nameserver
+from policymilter.domains import normalize
 from policymilter.policy import PolicyError, load_policy
 from policymilter.report import parse_when
 from policymilter.safetext import for_log
@@ -124,6 +129,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"most records in one report (default {defaults.max_records})")
     parser.add_argument("--max-depth", type=_count, default=defaults.max_depth, metavar="N",
                         help=f"deepest nesting of messages and archives (default {defaults.max_depth})")
+    parser.add_argument("--max-total", type=_mebibytes, default=defaults.max_total, metavar="MIB",
+                        help="most bytes decompressed from one file or message, every archive layer counted "
+                             f"(default {defaults.max_total >> 20})")
+    parser.add_argument("--max-documents", type=_count, default=defaults.max_documents, metavar="N",
+                        help=f"most report documents in one file or message (default {defaults.max_documents})")
 
 
 def _ours(domain: str, site: Sequence[str]) -> bool:
@@ -137,7 +147,7 @@ def main(args: argparse.Namespace, now: datetime | None = None) -> int:
     except argparse.ArgumentTypeError as error:
         print(f"dmarc-reports read: --since {for_log(str(error), 300)}", file=sys.stderr)
         return 2
-    site = [name.lower().rstrip(".") for name in args.domain]
+    site = [normalize(name) for name in args.domain]
     nameservers: Sequence[str] = args.nameserver
     if args.overrides and not args.policy:
         print("dmarc-reports read: -o needs --policy", file=sys.stderr)
@@ -149,33 +159,53 @@ def main(args: argparse.Namespace, now: datetime | None = None) -> int:
             for issue in error.issues:
                 print(issue, file=sys.stderr)
             return 2
-        site += [name.lower().rstrip(".") for name in policy.site.domains]
+        site += [normalize(name) for name in policy.site.domains]
         nameservers = nameservers or policy.dns.nameservers
     limits = Limits(max_input=args.max_input, max_xml=args.max_xml, max_members=args.max_members,
-                    max_records=args.max_records, max_depth=args.max_depth)
+                    max_records=args.max_records, max_depth=args.max_depth, max_total=args.max_total,
+                    max_documents=args.max_documents)
 
     skipped: list[tuple[str, str]] = []
-    first: dict[tuple[str, str], str] = {}
+    # Every distinct content read under a key, with where it was read first.
+    versions: dict[tuple[str, str], list[tuple[Report, str]]] = {}
     duplicates: list[Duplicate] = []
+    conflicts: list[Duplicate] = []
+    disputed: dict[str, list[str]] = {}  # domain -> the conflicting reports about it
     kept: dict[str, list[Report]] = {}
     not_ours: dict[str, int] = {}
     documents = outside = 0
+    now_seconds = int(now.timestamp())
+
+    def skip(origin: str, reason: str) -> None:
+        skipped.append((origin, reason))
+        # Both are made printable where they are made; again here, where they reach a terminal.
+        print(f"{for_log(origin, 2000)}: skipped: {for_log(reason, 2000)}", file=sys.stderr)
+
     for found in Finder(limits).find(args.paths):
         if not isinstance(found, Document):
-            skipped.append((found.origin, found.reason))
-            print(f"{found.origin}: skipped: {found.reason}", file=sys.stderr)
+            skip(found.origin, found.reason)
             continue
         documents += 1
         try:
             report = parse_report(found.data, limits.max_records)
         except ReportError as error:
-            skipped.append((found.origin, str(error)))
-            print(f"{found.origin}: skipped: {error}", file=sys.stderr)
+            skip(found.origin, str(error))
             continue
-        if report.key in first:
-            duplicates.append(Duplicate(report.org_name, report.report_id, found.origin, first[report.key]))
+        problem = date_problem(report, now_seconds)
+        if problem:
+            skip(found.origin, problem)
             continue
-        first[report.key] = found.origin
+        seen = versions.setdefault(report.key, [])
+        same = next((origin for version, origin in seen if version == report), None)
+        if same is not None:
+            duplicates.append(Duplicate(report.org_name, report.report_id, found.origin, same))
+            continue
+        if seen:
+            conflicts.append(Duplicate(report.org_name, report.report_id, found.origin, seen[0][1]))
+            name = f"{for_log(report.org_name, 80)} report {for_log(report.report_id, 80)}"
+            for domain in {report.policy.domain, *(version.policy.domain for version, _ in seen)}:
+                disputed.setdefault(domain, []).append(name)
+        seen.append((report, found.origin))
         if since is not None and report.end <= since.timestamp():
             outside += 1
         elif not _ours(report.policy.domain, site):
@@ -183,14 +213,16 @@ def main(args: argparse.Namespace, now: datetime | None = None) -> int:
         else:
             kept.setdefault(report.policy.domain, []).append(report)
 
-    summaries = [summarise(domain, reports) for domain, reports in sorted(kept.items())]
-    if args.resolve and summaries:
+    ptrs: dict[str, str] | None = None
+    if args.resolve and kept:
         resolver = Resolver(nameservers, timeout=args.resolve_timeout, lifetime=args.resolve_timeout)
-        ptrs = ptr_names(resolver, [source.ip for summary in summaries for source in summary.sources],
+        ptrs = ptr_names(resolver, dict.fromkeys(record.source_ip for reports in kept.values()
+                                                 for report in reports for record in report.records),
                          RESOLVE_DEADLINE)
-        summaries = [summarise(domain, reports, ptrs) for domain, reports in sorted(kept.items())]
-    _print(Run(documents, len(first) - outside - sum(not_ours.values()), skipped, duplicates, outside, not_ours),
-           summaries, args.json)
+    summaries = [summarise(domain, reports, ptrs, disputed.get(domain, ())) for domain, reports in sorted(kept.items())]
+    selected_by = ", ".join(option for option, given in (("--policy", args.policy), ("--domain", args.domain)) if given)
+    _print(Run(documents, sum(len(reports) for reports in kept.values()), skipped, duplicates, outside, not_ours,
+               conflicts, selected_by), summaries, args.json)
     return 1 if skipped else 0
 
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import idna
+
 from policymilter.dmarcreports.model import Verdict
 from policymilter.dmarcreports.summary import FAILING_SHARE, MIN_MESSAGES, SIGNIFICANT, DomainSummary, Source, percent
 from policymilter.safetext import for_log
@@ -34,7 +36,9 @@ class Run:
     skipped: Sequence[tuple[str, str]]  # (origin, reason)
     duplicates: Sequence[Duplicate]
     outside_since: int
-    not_ours: Mapping[str, int]  # domain -> reports left out by --policy
+    not_ours: Mapping[str, int]  # domain -> reports left out by --policy or --domain
+    conflicts: Sequence[Duplicate] = ()  # a different report under a key read before
+    selected_by: str = "--policy"  # the options that chose our domains
 
 
 def when(seconds: int) -> str:
@@ -60,13 +64,19 @@ def _dkim(source: Source) -> str:
 
 def text(run: Run, summaries: Sequence[DomainSummary]) -> str:
     lines = [f"read: {run.documents} document(s), {run.reports} report(s), {len(run.skipped)} skipped, "
-             f"{len(run.duplicates)} duplicate(s), {run.outside_since} before --since"]
+             f"{len(run.duplicates)} duplicate(s), {run.outside_since} before --since"
+             + (f", {len(run.conflicts)} conflict(s)" if run.conflicts else "")]
     for duplicate in run.duplicates:
         lines.append(f"  duplicate: {for_log(duplicate.org_name, 80)} report {for_log(duplicate.report_id, 80)} "
-                     f"in {duplicate.origin} (read first in {duplicate.first}): counted once")
+                     f"in {for_log(duplicate.origin, 1000)} (read first in {for_log(duplicate.first, 1000)}): "
+                     "counted once")
+    for conflict in run.conflicts:
+        lines.append(f"  CONFLICT: {for_log(conflict.org_name, 80)} report {for_log(conflict.report_id, 80)} "
+                     f"in {for_log(conflict.origin, 1000)} differs from the one in {for_log(conflict.first, 1000)}: "
+                     "both counted, the domain is not READY until the wrong one is removed")
     if run.not_ours:
-        lines.append(f"  not our domains (--policy): {_counts({for_log(k, 80): v for k, v in run.not_ours.items()})}"
-                     " report(s)")
+        lines.append(f"  not our domains ({run.selected_by}): "
+                     f"{_counts({for_log(k, 80): v for k, v in run.not_ours.items()})} report(s)")
     if not summaries:
         lines.append("no reports about our domains")
     for summary in summaries:
@@ -79,10 +89,10 @@ def text(run: Run, summaries: Sequence[DomainSummary]) -> str:
 
 def _domain(summary: DomainSummary) -> list[str]:
     policy = ", ".join(f"{key}={value}" for key, value in summary.policy.items() if value is not None)
-    lines = [f"{for_log(summary.domain, _CUT)}: {summary.messages} messages in {summary.reports} report(s), "
+    lines = [f"{_domain_name(summary.domain)}: {summary.messages} messages in {summary.reports} report(s), "
              f"{when(summary.begin)} .. {when(summary.end)}; published (latest report): {policy}",
-             "  reporters: " + ", ".join(f"{for_log(r.org_name, 80)} ({r.reports} report(s), {r.messages} messages)"
-                                         for r in summary.reporters),
+             "  reporters: " + ", ".join(f"{for_log(r.org_name, 80)} ({r.reports} report(s), {r.messages} messages, "
+                                         f"{percent(r.messages, summary.messages)})" for r in summary.reporters),
              "  verdicts: " + ", ".join(f"{verdict} {summary.verdicts[verdict]} "
                                         f"({percent(summary.verdicts[verdict], summary.messages)})"
                                         for verdict in Verdict if summary.verdicts.get(verdict)),
@@ -100,12 +110,23 @@ def _domain(summary: DomainSummary) -> list[str]:
     return lines
 
 
+def _domain_name(domain: str) -> str:
+    """The A-label name, and the U-label one beside it when they differ (a reader knows that one)."""
+    try:
+        unicode = idna.decode(domain)
+    except (idna.IDNAError, UnicodeError):
+        unicode = domain
+    return for_log(domain, _CUT) + (f" ({for_log(unicode, _CUT)})" if unicode != domain else "")
+
+
 def as_json(run: Run, summaries: Sequence[DomainSummary]) -> dict[str, Any]:
     return {
         "input": {"documents": run.documents, "reports": run.reports,
                   "skipped": [{"origin": origin, "reason": reason} for origin, reason in run.skipped],
                   "duplicates": [{"org_name": d.org_name, "report_id": d.report_id, "origin": d.origin,
                                   "first": d.first} for d in run.duplicates],
+                  "conflicts": [{"org_name": d.org_name, "report_id": d.report_id, "origin": d.origin,
+                                 "first": d.first} for d in run.conflicts],
                   "outside_since": run.outside_since, "not_ours": dict(run.not_ours)},
         "rules": {"significant_share": SIGNIFICANT, "failing_share": FAILING_SHARE, "min_messages": MIN_MESSAGES},
         "domains": [_domain_json(summary) for summary in summaries],

@@ -11,8 +11,15 @@ forwarded message/rfc822; a zip holds one or more XML files (RFC 9990 §5 and co
 
 Everything is bounded by `archives.Limits`: a file, message or attachment over `max_input` is
 not read (an mbox is streamed: each message is bounded, not the file), decompression stops at
-`max_xml`, a zip with more than `max_members` files is refused, nesting stops at `max_depth`
-and a message's MIME walk at `max_parts`. What cannot be read is a `Skipped` with its reason.
+`max_xml`, a zip with more than `max_members` files (a gzip stream with more members) is refused,
+nesting stops at `max_depth` and a message's MIME walk at `max_parts`. Each top-level input (a
+file; one message of an mbox or a Maildir) has one `archives.Budget` that every layer in it draws
+from: `max_total` bytes decompressed and `max_documents` documents in all, so limits do not
+multiply across nesting. Documents are yielded as they are found, one at a time: memory follows
+the largest document, not the input's sum. A header with parameters longer than
+`MAX_PARAM_HEADER` is not parsed (the standard library's parameter parser is quadratic): the
+message or the part is a skip that says so. What cannot be read is a `Skipped` with its reason;
+every piece of input text in an origin or a reason goes through `safetext.for_log`.
 """
 
 from __future__ import annotations
@@ -24,12 +31,14 @@ import email.policy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from policymilter.dmarcreports.archives import (
     GZIP_MAGIC,
     ZIP_MAGIC,
     ArchiveError,
+    Budget,
+    BudgetExhausted,
     LimitExceeded,
     Limits,
     gunzip,
@@ -47,6 +56,35 @@ _REPORT_TYPES = frozenset({"application/gzip", "application/x-gzip", "applicatio
 _REPORT_NAMES = (".xml", ".gz", ".zip", ".xml.gz", ".gzip")
 _LINE = 1 << 16
 _MIME_LEVELS = 20  # multipart in multipart: a report mail has two or three
+MAX_PARAM_HEADER = 4096  # characters of a header whose parameters are parsed (a real one: well under 1000)
+# What the email package raises on a hostile message (compat32 parses leniently, but not always).
+_MESSAGE_ERRORS: tuple[type[Exception], ...] = (email.errors.MessageError, ValueError, LookupError, TypeError,
+                                                AttributeError, RecursionError)
+
+
+class HeaderTooLong(email.errors.MessageError):
+    """A header whose parameters would be parsed is longer than MAX_PARAM_HEADER."""
+
+
+class _Message(email.message.Message):
+    """compat32's Message, refusing to parse the parameters of an overlong header: `_parseparam`
+    copies the rest of the header at every ';' (quadratic; 320 KB took 25 s). Parameters are read
+    by get_boundary (while parsing), get_filename, get_content_charset: all through these two."""
+
+    def get_params(self, failobj: Any = None, header: str = "content-type", unquote: bool = True) -> Any:
+        self._check(header)
+        return super().get_params(failobj, header, unquote)
+
+    def get_param(self, param: str, failobj: Any = None, header: str = "content-type",
+                  unquote: bool = True) -> Any:
+        self._check(header)
+        return super().get_param(param, failobj, header, unquote)
+
+    def _check(self, header: str) -> None:
+        value = self.get(header)
+        if value is not None and len(str(value)) > MAX_PARAM_HEADER:
+            raise HeaderTooLong(f"a {for_log(header, 40)} header longer than {MAX_PARAM_HEADER} characters "
+                                "(its parameters are not read)")
 
 
 @dataclass(frozen=True)
@@ -101,7 +139,7 @@ class Finder:
                 yield from self._directory(path, shown)
             else:
                 with path.open("rb") as stream:
-                    yield from self._file(stream, shown)
+                    yield from _within_budget(shown, self._file(stream, shown))
         except OSError as error:
             yield Skipped(shown, f"cannot read: {for_log(error.strerror or str(error), 120)}")
 
@@ -127,7 +165,7 @@ class Finder:
         if data is None:
             yield Skipped(shown, f"message larger than {mib(self.limits.max_input)} (limit max-input)")
         else:
-            yield from self._message(shown, data, 0)
+            yield from _within_budget(shown, self._message(shown, data, 0, Budget(self.limits)))
 
     def _file(self, stream: BinaryIO, shown: str) -> Iterator[Found]:
         head = stream.read(5)
@@ -140,9 +178,9 @@ class Finder:
         if data is None:
             yield Skipped(shown, f"larger than {mib(self.limits.max_input)} (limit max-input)")
         elif _kind(data):
-            yield from self._blob(shown, data, 0)
+            yield from self._blob(shown, data, 0, Budget(self.limits))
         else:
-            yield from self._message(shown, data, 0, whole_file=True)
+            yield from self._message(shown, data, 0, Budget(self.limits), whole_file=True)
 
     def _mbox(self, stream: BinaryIO, shown: str) -> Iterator[Found]:
         number = 0
@@ -157,8 +195,9 @@ class Finder:
                     origin = f"{shown}: message {number}"
                     if too_big:
                         yield Skipped(origin, f"message larger than {mib(self.limits.max_input)} (limit max-input)")
-                    else:
-                        yield from self._message(origin, bytes(message), 0)
+                    else:  # each message of an mbox is a top-level input of its own
+                        yield from _within_budget(origin, self._message(origin, bytes(message), 0,
+                                                                        Budget(self.limits)))
                 if not line:
                     return
                 number += 1
@@ -174,37 +213,42 @@ class Finder:
 
     # -- messages ----------------------------------------------------------------------------
 
-    def _message(self, origin: str, data: bytes, depth: int, *, whole_file: bool = False) -> Iterator[Found]:
+    def _message(self, origin: str, data: bytes, depth: int, budget: Budget, *,
+                 whole_file: bool = False) -> Iterator[Found]:
         try:
-            message = email.message_from_bytes(data, policy=email.policy.compat32)
-        except (email.errors.MessageError, ValueError, LookupError, RecursionError) as error:
-            yield Skipped(origin, f"not a readable message: {for_log(str(error), 120)}")
+            message = email.message_from_bytes(data, _class=_Message, policy=email.policy.compat32)
+        except _MESSAGE_ERRORS as error:
+            yield Skipped(origin, f"not a readable message: {for_log(str(error), 160)}")
             return
         if not message.keys():
             what = "neither XML, gzip, zip, an mbox nor a message" if whole_file else "a message without headers"
             yield Skipped(origin, f"not a report: {what}")
             return
-        found: list[Found] = []
         seen: list[str] = []
+        found_any = False
         try:
-            self._parts(origin, message, depth, 0, found, seen, [0])
+            for found in self._parts(origin, message, depth, 0, seen, [0], budget):
+                found_any = True
+                yield found
         except LimitExceeded as error:
-            found.append(Skipped(origin, str(error)))
-        except (email.errors.MessageError, ValueError, LookupError, TypeError, AttributeError, RecursionError) as error:
-            found.append(Skipped(origin, f"not a readable message: {for_log(str(error), 120)}"))
-        if not found:
+            yield Skipped(origin, str(error))
+            return
+        except _MESSAGE_ERRORS as error:
+            yield Skipped(origin, f"not a readable message: {for_log(str(error), 160)}")
+            return
+        if not found_any:
             parts = ", ".join(dict.fromkeys(seen)) or "none"
-            found.append(Skipped(origin, f"no aggregate report in this message (parts: {for_log(parts, 200)})"))
-        yield from found
+            yield Skipped(origin, f"no aggregate report in this message (parts: {for_log(parts, 200)})")
 
-    def _parts(self, origin: str, part: email.message.Message, nested: int, level: int, found: list[Found],
-               seen: list[str], counter: list[int]) -> None:
+    def _parts(self, origin: str, part: email.message.Message, nested: int, level: int, seen: list[str],
+               counter: list[int], budget: Budget) -> Iterator[Found]:
+        """The documents and skips of `part`, yielded as found (nothing is collected)."""
         counter[0] += 1
         if counter[0] > self.limits.max_parts:
             raise LimitExceeded(f"more than {self.limits.max_parts} MIME parts (limit max-parts)")
         if level > _MIME_LEVELS:
             raise LimitExceeded(f"MIME parts nested deeper than {_MIME_LEVELS} levels")
-        content_type = part.get_content_type()
+        content_type = for_log(part.get_content_type(), 80)
         if part.is_multipart():
             if content_type == "message/rfc822":  # a forwarded report mail
                 nested += 1
@@ -213,28 +257,32 @@ class Finder:
             payload = part.get_payload()
             for child in payload if isinstance(payload, list) else []:
                 if isinstance(child, email.message.Message):
-                    self._parts(origin, child, nested, level + 1, found, seen, counter)
+                    yield from self._parts(origin, child, nested, level + 1, seen, counter, budget)
             return
         seen.append(content_type)
-        name = part.get_filename()
+        try:
+            name = part.get_filename()
+            data = part.get_payload(decode=True)
+        except HeaderTooLong as error:  # this part only: the others are still read
+            yield Skipped(f"{origin}: MIME part {counter[0]} ({content_type})", str(error))
+            return
         named = bool(name) and str(name).lower().endswith(_REPORT_NAMES)
         if content_type.startswith("text/") and content_type != "text/xml" and not named:
             return  # the human-readable note beside the report
-        data = part.get_payload(decode=True)
         if not isinstance(data, bytes):
             return
         label = f"{origin}: {for_log(str(name), 120) if name else content_type}"
         kind = _kind(data)
         if len(data) > self.limits.max_input:
-            found.append(Skipped(label, f"attachment larger than {mib(self.limits.max_input)} (limit max-input)"))
+            yield Skipped(label, f"attachment larger than {mib(self.limits.max_input)} (limit max-input)")
         elif kind in ("gzip", "zip") or (kind == "xml" and (content_type in _REPORT_TYPES or named)):
-            found.extend(self._blob(label, data, nested))
+            yield from self._blob(label, data, nested, budget)
         elif content_type in _REPORT_TYPES or named:
-            found.append(Skipped(label, f"attachment ({content_type}) is neither XML, gzip nor zip"))
+            yield Skipped(label, f"attachment ({content_type}) is neither XML, gzip nor zip")
 
     # -- archives ----------------------------------------------------------------------------
 
-    def _blob(self, origin: str, data: bytes, depth: int) -> Iterator[Found]:
+    def _blob(self, origin: str, data: bytes, depth: int, budget: Budget) -> Iterator[Found]:
         if depth > self.limits.max_depth:
             yield Skipped(origin, f"archives nested deeper than {self.limits.max_depth} (limit max-depth)")
             return
@@ -243,31 +291,40 @@ class Finder:
                 if len(data) > self.limits.max_xml:
                     yield Skipped(origin, f"XML larger than {mib(self.limits.max_xml)} (limit max-xml)")
                 else:
+                    budget.document()
                     yield Document(origin, data)
             case "gzip":
                 try:
-                    inner = gunzip(data, self.limits.max_xml)
+                    inner = gunzip(data, self.limits.max_xml, budget, self.limits.max_members)
                 except (ArchiveError, LimitExceeded) as error:
                     yield Skipped(origin, str(error))
                     return
                 if _kind(inner) is None:
                     yield Skipped(origin, "the gzip data is not XML")
                 else:
-                    yield from self._blob(origin, inner, depth + 1)
+                    yield from self._blob(origin, inner, depth + 1, budget)
             case "zip":
                 try:
-                    for member in unzip(data, self.limits):
+                    for member in unzip(data, self.limits, budget):
                         member_origin = f"{origin}: member {member.name}"
                         if member.data is None:
                             yield Skipped(member_origin, member.problem or "unreadable")
                         elif _kind(member.data) is None:
                             yield Skipped(member_origin, "not XML")
                         else:
-                            yield from self._blob(member_origin, member.data, depth + 1)
+                            yield from self._blob(member_origin, member.data, depth + 1, budget)
                 except (ArchiveError, LimitExceeded) as error:
                     yield Skipped(origin, str(error))
             case _:
                 yield Skipped(origin, "neither XML, gzip nor zip")
+
+
+def _within_budget(origin: str, found: Iterator[Found]) -> Iterator[Found]:
+    """The finds of one top-level input, ended by one skip when its Budget is spent."""
+    try:
+        yield from found
+    except BudgetExhausted as error:
+        yield Skipped(origin, str(error))
 
 
 def _bounded_read(stream: BinaryIO, limit: int) -> bytes | None:

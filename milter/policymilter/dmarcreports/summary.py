@@ -20,14 +20,39 @@ judged from the policy the latest report saw (`p`), on the messages (not the sou
 - at p=reject there is no next step: AT p=reject, with what still fails.
 A READY over reports covering fewer than SHORT_PERIOD_DAYS days says so: a source that sends
 weekly or monthly (invoices, newsletters) may not be in them yet.
+
+Which reports are believed. Anyone can mail a report to the rua address, and every count in it
+is the reporter's word. The rule is strict: a forged or conflicting report must never turn real
+failing mail into a READY. So:
+- dates (`date_problem`, a skip in `read`): a report ending more than MAX_FUTURE_SECONDS after
+  now, or covering more than MAX_SPAN_DAYS days, is refused, never counted: it would otherwise
+  decide the policy (`p` comes from the latest report) and escape `--since`;
+- the same (org_name, report_id) twice: identical contents are one report counted once; different
+  contents are a conflict (RFC 7489 §7.2.1.1: the id names one report): both copies are counted,
+  so no failure disappears, and neither domain involved can be READY until one copy is removed;
+- one reporter's word never decides alone: a READY must also hold (the same rules, the same `p`)
+  on the mail of each reporter (org_name) with at least MIN_MESSAGES messages when there are
+  several, and, when one report carries more than half of the messages, on the others without it
+  (again, up to MAX_VIEWS reports deep) when they have MIN_MESSAGES; when they have fewer and the
+  one report carries more than OUTWEIGHS times their messages, it is its word alone: NOT READY.
+  A view that fails makes the domain NOT READY, and its line names the view. A record's count is
+  at most parse.MAX_COUNT;
+- a domain whose labels mix scripts (exаmple.org with a Cyrillic a: its own xn-- name) is
+  summarised as what it is and is never READY.
+What no rule can catch: many forged reports, each of ordinary size, under a real reporter's name.
+Read reports from a mailbox that only receives authenticated (DKIM-verified) report mail.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from enum import StrEnum
+
+import idna
 
 from policymilter.dmarcreports.model import Record, Report, Verdict
 
@@ -35,6 +60,10 @@ MIN_MESSAGES = 100
 SIGNIFICANT = 0.02
 FAILING_SHARE = 0.10
 SHORT_PERIOD_DAYS = 14  # below: a READY says the period is short
+MAX_FUTURE_SECONDS = 86400  # a report may end this long after now (clocks, a period ending at midnight)
+MAX_SPAN_DAYS = 31  # RFC 7489 §7.2: reports are daily by default; a month is the most a reporter does
+MAX_VIEWS = 10  # reports removed one after another while one carries more than half of the rest
+OUTWEIGHS = 10  # one report with this many times the messages of all others, too few to judge, decides nothing
 
 
 class Status(StrEnum):
@@ -90,8 +119,16 @@ class DomainSummary:
     readiness: Readiness = field(default=Readiness(Status.NOT_READY, "", ()))
 
 
-def summarise(domain: str, reports: Sequence[Report], ptrs: Mapping[str, str] | None = None) -> DomainSummary:
-    """The summary of one domain's reports (all with that policy_published domain)."""
+def summarise(domain: str, reports: Sequence[Report], ptrs: Mapping[str, str] | None = None,
+              conflicts: Sequence[str] = ()) -> DomainSummary:
+    """The summary of one domain's reports (all with that policy_published domain). `conflicts`:
+    the reports about it that another report contradicts (same org_name and report_id)."""
+    summary = _tally(domain, reports, ptrs)
+    judged = _confirmed(readiness(summary), summary, reports, 0)
+    return replace(summary, readiness=_distrusted(judged, domain, conflicts))
+
+
+def _tally(domain: str, reports: Sequence[Report], ptrs: Mapping[str, str] | None) -> DomainSummary:
     latest = max(reports, key=lambda report: (report.end, report.begin))
     rows: dict[str, list[tuple[Record, str]]] = {}
     reporters: dict[str, list[int]] = {}
@@ -107,7 +144,7 @@ def summarise(domain: str, reports: Sequence[Report], ptrs: Mapping[str, str] | 
     for source in sources:
         verdicts.update(source.verdicts)
     policy = latest.policy
-    summary = DomainSummary(
+    return DomainSummary(
         domain=domain, p=policy.p,
         policy={"p": policy.p, "sp": policy.sp, "np": policy.np, "pct": policy.pct, "adkim": policy.adkim,
                 "aspf": policy.aspf, "testing": policy.testing},
@@ -117,7 +154,110 @@ def summarise(domain: str, reports: Sequence[Report], ptrs: Mapping[str, str] | 
         begin=min(report.begin for report in reports), end=max(report.end for report in reports),
         messages=sum(source.messages for source in sources), verdicts=dict(verdicts), sources=sources,
     )
-    return replace(summary, readiness=readiness(summary))
+
+
+def date_problem(report: Report, now: int) -> str | None:
+    """Why `report`'s date_range is not believed (see the module docstring), or None."""
+    if report.end > now + MAX_FUTURE_SECONDS:
+        return (f"date_range ends {_iso(report.end)}, in the future (now {_iso(now)}): a forged or broken "
+                "report, not counted")
+    span = (report.end + 1 - report.begin) / 86400
+    if span > MAX_SPAN_DAYS:
+        return (f"date_range covers {span:.0f} days ({_iso(report.begin)} .. {_iso(report.end)}), more than "
+                f"{MAX_SPAN_DAYS}: a forged or broken report, not counted")
+    return None
+
+
+def _iso(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_READY = (Status.READY_QUARANTINE, Status.READY_REJECT)
+
+
+def _messages(report: Report) -> int:
+    return sum(record.count for record in report.records)
+
+
+def _views(summary: DomainSummary, reports: Sequence[Report], depth: int) -> Iterator[tuple[str, list[Report],
+                                                                                          bool]]:
+    """(label, the reports of the view, whether it must have MIN_MESSAGES to be believed)."""
+    if depth == 0 and len(summary.reporters) > 1:
+        for reporter in summary.reporters:
+            if reporter.messages >= MIN_MESSAGES:
+                yield (f"{reporter.org_name}'s reports alone",
+                       [report for report in reports if report.org_name == reporter.org_name], False)
+    if len(reports) > 1:
+        largest = max(reports, key=_messages)
+        if 2 * _messages(largest) > summary.messages:
+            rest = summary.messages - _messages(largest)
+            yield (f"without {largest.org_name} report {largest.report_id}, which carries "
+                   f"{percent(_messages(largest), summary.messages)} of the messages",
+                   [report for report in reports if report is not largest], _messages(largest) > OUTWEIGHS * rest)
+
+
+def _confirmed(judged: Readiness, summary: DomainSummary, reports: Sequence[Report], depth: int) -> Readiness:
+    """A READY that every view confirms, or the first view's NOT READY."""
+    if judged.status not in _READY:
+        return judged
+    for label, subset, needed in _views(summary, reports, depth):
+        view = replace(_tally(summary.domain, subset, None), p=summary.p)  # the step asked about is the domain's
+        shown = _shown(label)
+        if view.messages < MIN_MESSAGES:
+            if not needed:
+                continue
+            return Readiness(Status.NOT_READY, f"NOT READY ({shown}): only {view.messages} messages, too few to "
+                                               "confirm the rest",
+                             ("one report's word alone never decides: the other reports must confirm it with at "
+                              f"least {MIN_MESSAGES} messages (summary.py)",))
+        if depth + 1 > MAX_VIEWS:
+            return Readiness(Status.NOT_READY, f"NOT READY: more than {MAX_VIEWS} reports each carry more than half "
+                                               "of the messages of the rest", ("a forged set of reports, or one "
+                                                                               "reporter dwarfing all others: read "
+                                                                               "them one by one",))
+        seen = _confirmed(_readiness(view), view, subset, depth + 1)
+        if seen.status is not judged.status:
+            line = seen.line.removeprefix("NOT READY")
+            return Readiness(Status.NOT_READY, f"NOT READY ({shown}){line}",
+                             (f"all reports together: {judged.line}; {shown}: not so. One reporter's word never "
+                              "decides alone (summary.py)", *seen.why))
+    return judged
+
+
+def _shown(text: str) -> str:
+    return "".join(char if char.isprintable() else "?" for char in text[:200])
+
+
+def lookalike(domain: str) -> str | None:
+    """Why the U-label form of `domain` (A-labels) looks like another name: a label mixing scripts."""
+    try:
+        unicode = idna.decode(domain)
+    except (idna.IDNAError, UnicodeError):
+        return None
+    for label in unicode.split("."):
+        scripts = {unicodedata.name(char, "UNKNOWN").split(" ")[0] for char in label if char.isalpha()}
+        if len(scripts) > 1:
+            return f"{_shown(unicode)} mixes {' and '.join(sorted(scripts))} letters in one label"
+    return None
+
+
+def _distrusted(judged: Readiness, domain: str, conflicts: Sequence[str]) -> Readiness:
+    problems = []
+    if conflicts:
+        problems.append((f"{len(conflicts)} conflicting report(s) ({_shown(', '.join(conflicts))}: the same "
+                         "org_name and report_id with different contents)",
+                         "a report_id names one report (RFC 7489 §7.2.1.1): two contents are a forgery or a "
+                         "reporter's bug; both copies are counted until the wrong file is removed"))
+    look = lookalike(domain)
+    if look:
+        problems.append((look, "a look-alike of another name (IDNA2008): not a domain to advance"))
+    if not problems:
+        return judged
+    whys = tuple(why for _, why in problems)
+    if judged.status in _READY:
+        return Readiness(Status.NOT_READY, f"NOT READY: {'; '.join(what for what, _ in problems)}",
+                         (*whys, f"without that: {judged.line}"))
+    return replace(judged, why=(*judged.why, *(what for what, _ in problems), *whys))
 
 
 def _source(ip: str, rows: Iterable[tuple[Record, str]], ptrs: Mapping[str, str] | None) -> Source:
