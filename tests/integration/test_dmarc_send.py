@@ -204,7 +204,11 @@ def test_the_current_period_is_not_reported_yet(run, sink, store):
 
 @pytest.mark.parametrize("reply, status, kept, said", [
     ("451 4.3.0 try later", 1, True, "deferred by the relay (451 4.3.0 try later); kept for the next run"),
-    ("550 5.7.1 no thanks", 0, False, "refused by the relay, given up (550 5.7.1 no thanks); done, rows forgotten"),
+    # our own relay refusing the message after DATA is ours to fix, not the destination's: kept
+    ("550 5.7.1 no thanks", 1, True, "held: our relay refused the message itself (550 5.7.1 no thanks); kept for "
+                                     "the next run"),
+    ("552 5.3.4 Message size exceeds fixed limit", 1, True, "bytes: raise its message_size_limit or lower "
+                                                            "dmarc_reports.max_report_bytes); kept for the next run"),
     ("250 2.0.0 Ok", 0, False, "sent (250 2.0.0 Ok); done, rows forgotten"),
 ])
 def test_rows_are_forgotten_only_after_the_relay_accepted_or_refused_for_good(run, sink, store, reply, status, kept,
