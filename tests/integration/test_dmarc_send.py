@@ -21,6 +21,7 @@ from policymilter.dmarcreports import send
 from policymilter.dmarcreports.destinations import Status, decide
 from policymilter.dmarcreports.rows import DkimAuth, Published, Row, SpfAuth
 from policymilter.dns import Resolver
+from policymilter.policy.model import Policy
 from policymilter.state import open_store
 from policymilter.state.model import Store
 from tests import authkit
@@ -62,7 +63,7 @@ def dns_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DnsServer]:
                       "v=DMARC1; rua=mailto:new@collector.test!5m,mailto:two@collector.test")
                  .txt("away.test._report._dmarc", "v=DMARC1; rua=mailto:new@collector.test,mailto:x@victim.test"))
     with DnsServer(tmp_path_factory.mktemp("dns"), [collector, Zone("sender.test")],
-                   silent_suffixes=["silent.test"]) as server:
+                   silent_suffixes=["silent.test", "silent.example"]) as server:
         yield server
 
 
@@ -204,7 +205,11 @@ def test_the_current_period_is_not_reported_yet(run, sink, store):
 
 @pytest.mark.parametrize("reply, status, kept, said", [
     ("451 4.3.0 try later", 1, True, "deferred by the relay (451 4.3.0 try later); kept for the next run"),
-    ("550 5.7.1 no thanks", 0, False, "refused by the relay, given up (550 5.7.1 no thanks); done, rows forgotten"),
+    # our own relay refusing the message after DATA is ours to fix, not the destination's: kept
+    ("550 5.7.1 no thanks", 1, True, "held: our relay refused the message itself (550 5.7.1 no thanks); kept for "
+                                     "the next run"),
+    ("552 5.3.4 Message size exceeds fixed limit", 1, True, "bytes: raise its message_size_limit or lower "
+                                                            "dmarc_reports.max_report_bytes); kept for the next run"),
     ("250 2.0.0 Ok", 0, False, "sent (250 2.0.0 Ok); done, rows forgotten"),
 ])
 def test_rows_are_forgotten_only_after_the_relay_accepted_or_refused_for_good(run, sink, store, reply, status, kept,
@@ -385,3 +390,94 @@ def test_what_send_archives_dmarc_reports_read_reads_back(tmp_path, run, store, 
     assert summary["input"]["skipped"] == [] and summary["input"]["reports"] == 2
     assert {domain["domain"]: (domain["messages"], domain["verdicts"]["aligned"], domain["verdicts"]["fails both"])
             for domain in summary["domains"]} == {"sender.test": (5, 3, 2), "ext.test": (4, 4, 0)}
+
+
+# --- the attack review's findings: one report never blocks, forgets or starves another ----------
+
+@pytest.mark.parametrize("uri", [
+    'mailto:"a@b"@attacker.test',  # was rebuilt as a@b@attacker.test: a crash for every later report
+    'mailto:postmaster"@attacker.test',  # smtplib would quote it into <postmaster>: our own postmaster
+    'mailto:"victim@other.test"@attacker.test', 'mailto:%22a%22@attacker.test', "mailto:a..b@attacker.test",
+    "mailto:.a@attacker.test", "mailto:a(c)@attacker.test", f"mailto:{'a' * 65}@attacker.test",
+])
+def test_a_rua_that_is_no_plain_address_is_skipped_and_the_others_are_sent(run, sink, store, uri):
+    record(store, row("0.attacker.test", uri))  # sorts first
+    record(store, SENDER)
+    code, output = run()
+    assert code == 0, output
+    assert "is not a mail address (a plain local part, RFC 5322 dot-atom)" in line_of(output, "0.attacker.test")
+    assert [m.rcpts for m in sink.messages] == [["agg@sender.test"]]
+    assert store.dmarc_pending(before=PERIOD + DAY, now=NOW) == []
+
+
+def test_an_unforeseen_error_fails_its_report_only_and_exits_3(run, sink, store):
+    # a row an older version (or a corrupted store) wrote: readable, but no text where text goes
+    broken = json.loads(row("0.broken.test", "mailto:agg@broken.test").key()) | {"source_ip": 12345}
+    assert store.dmarc_record(PERIOD, "0.broken.test", json.dumps(broken), PERIOD + 60, 10000, PERIOD + 8 * DAY)
+    record(store, SENDER)
+    code, output = run()
+    assert code == 3, output
+    assert "ERROR: unexpected TypeError" in line_of(output, "0.broken.test")
+    assert line_of(output, "0.broken.test").endswith("not sent, rows kept (please report this)")
+    assert [m.rcpts for m in sink.messages] == [["agg@sender.test"]]
+    assert store.dmarc_pending(before=PERIOD + DAY, now=NOW) == [(PERIOD, "0.broken.test")]
+
+
+def test_a_report_over_max_report_bytes_sends_its_rows_of_most_messages(run, sink, store):
+    record(store, SENDER, 500)  # the real traffic: one row, 500 messages
+    for n in range(300):  # a forger's rows, one message each, stored as an older version stored them
+        forgery = Row(f"203.0.113.{n % 250}", "sender.test", "attacker.test", "example.org",
+                      published("sender.test", "mailto:agg@sender.test"), "reject", False, False,
+                      dkim=(DkimAuth("sender.test", os.urandom(300).hex(), "permerror"),))
+        record(store, forgery)
+    code, output = run(options=("dmarc_reports.max_report_bytes=60000",))
+    assert code == 0, output
+    [message] = sink.messages
+    report = received(message)
+    assert len(message.data) < 60000 * 4 // 3 + 10000
+    assert report.counts()[("192.0.2.1", "sender.test", "sender.test", "pass")] == 500
+    said = line_of(output, "sender.test")
+    left = int(said.split(" row(s) of ")[0].rpartition("(")[2])
+    assert left > 0 and said.count(f"{left} row(s) of {left} message(s) left out: over "
+                                   "dmarc_reports.max_report_bytes = 60000") == 1
+    assert len(report.root().findall("d:record", NS)) == 301 - left
+
+
+def test_reports_waiting_for_dns_neither_count_towards_the_cap_nor_ask_again(run, sink, store):
+    for n in range(5):  # wildcard report domains, their rua on hosts whose nameserver never answers
+        record(store, row(f"0-{n}.attacker.test", *(f"mailto:r{k}@sink{n}.silent.example" for k in range(5))))
+    record(store, SENDER)
+    code, output = run(options=("dmarc_reports.max_reports_per_run=2",))
+    assert code == 1
+    lines = output.splitlines()
+    assert output.count("waits: external destination: no DNS answer for") == 25
+    assert output.count("not asked again this run") == 24  # one lookup for all of silent.example
+    assert len(lines) == 6
+    assert [m.rcpts for m in sink.messages] == [["agg@sender.test"]]
+    assert "wait for the next run" not in output  # waiting reports took no place under the cap
+
+
+def test_the_report_of_most_messages_goes_first_and_the_run_stops_at_its_deadline(tmp_path, dns_server, sink,
+                                                                                 key_file, store):
+    record(store, row("0.attacker.test", "mailto:agg@0.attacker.test"))
+    record(store, SENDER, 3)
+    ticks = iter([0.0, 1.0, 11.0, 11.0, 11.0])
+    settings = send.Settings(load_policy(tmp_path, dns_server, sink, key_file, "dmarc_reports.max_run_seconds=10"))
+    out = io.StringIO()
+    from policymilter.dmarcreports.mail import Signer
+    from policymilter.dmarcreports.relay import Relay
+    with Relay(sink.relay) as relay:
+        outcome = send.Sender(settings, store, Resolver([dns_server.nameserver], timeout=1, lifetime=2),
+                              Signer.load(settings.policy), relay, out, NOW, clock=lambda: next(ticks)).run()
+    assert outcome.kept == 1
+    assert [received(m).domain for m in sink.messages] == ["sender.test"]
+    assert out.getvalue().splitlines()[-1] == ("1 more report(s) wait for the next run (the run took "
+                                               "dmarc_reports.max_run_seconds = 10)")
+    assert store.dmarc_pending(before=PERIOD + DAY, now=NOW) == [(PERIOD, "0.attacker.test")]
+
+
+def load_policy(tmp_path: Path, dns_server: DnsServer, sink: Sink, key_file: Path, *extra: str) -> Policy:
+    from policymilter.service import load_checked
+
+    options = Run(tmp_path, dns_server, sink.relay, key_file).options(*extra)
+    return load_checked(str(DEFAULT_POLICY), options[1::2]).policy

@@ -159,6 +159,39 @@ def dmarc_cap_holds(store: Store) -> None:
     assert record(store, period, "b.test", "r3", max_rows=2) is True  # per report: another domain has room
 
 
+def dmarc_group_caps_hold(store: Store) -> None:
+    period = 450 * DAY
+    fail, ip = ("fail", 3), ("src:192.0.2.1", 2)
+
+    def counted(row: str, *groups: tuple[str, int]) -> bool:
+        return store.dmarc_record(period, "a.test", row, period + 10.0, 100, period + DAY + KEEP, groups=groups)
+
+    # row, its groups -> counted: a group full refuses a new row, never a known one
+    assert [counted(row, *groups) for row, groups in (
+        ("f1", (fail, ip)), ("f2", (fail, ip)), ("f3", (fail, ip)), ("f1", (fail, ip)),  # ip full after f2
+        ("g1", (fail, ("src:192.0.2.9", 2))), ("g2", (fail, ("src:192.0.2.9", 2))),  # fail full after g1
+        ("p1", ()), ("p2", ()),  # rows of no group: only max_rows applies
+    )] == [True, True, False, True, True, False, True, True]
+    assert store.dmarc_rows(period, "a.test") == [("f1", 2), ("f2", 1), ("g1", 1), ("p1", 1), ("p2", 1)]
+    store.dmarc_forget(period, "a.test")  # the groups go with the rows
+    assert counted("f3", fail, ip) and counted("f4", fail, ip) and not counted("f5", fail, ip)
+
+
+def dmarc_domain_cap_holds(store: Store) -> None:
+    period = 460 * DAY
+
+    def counted(domain: str, row: str = "r") -> bool:
+        return store.dmarc_record(period, domain, row, period + 10.0, 100, period + DAY + KEEP, max_domains=2)
+
+    assert [counted(domain, row) for domain, row in (
+        ("a.test", "r"), ("b.test", "r"), ("c.test", "r"), ("a.test", "r2"), ("b.test", "r"))] == [
+        True, True, False, True, True]
+    assert store.dmarc_record(period + DAY, "c.test", "r", period + 10.0, 100, period + 2 * DAY + KEEP,
+                              max_domains=2)  # per period
+    store.dmarc_forget(period, "a.test")
+    assert counted("c.test")
+
+
 def dmarc_expired_dropped(store: Store) -> None:
     period = 500 * DAY
     record(store, period, "old.test", "row")
@@ -172,7 +205,7 @@ def dmarc_expired_dropped(store: Store) -> None:
 CONTRACT: tuple[Callable[[Store], None], ...] = (
     limit_exact, release_frees, distinct_domains_and_clients, expired_reservation_checked_again,
     locks_holds_clear, notify_once, dmarc_counts, dmarc_pending_closed_oldest_first, dmarc_forget_removes,
-    dmarc_cap_holds, dmarc_expired_dropped)
+    dmarc_cap_holds, dmarc_group_caps_hold, dmarc_domain_cap_holds, dmarc_expired_dropped)
 
 
 def _racer(open_store: Callable[[], Store], worker: int, tries: int, start: float,

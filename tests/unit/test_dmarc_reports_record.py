@@ -42,12 +42,14 @@ def zone() -> ZoneResolver:
                           ("quarantine.test", "v=DMARC1; p=quarantine; sp=none; np=reject"),
                           ("monitor.test", "v=DMARC1; p=none; rua=mailto:m@monitor.test"),
                           ("sampled.test", "v=DMARC1; p=reject; pct=0"),
-                          ("testing.test", "v=DMARC1; p=reject; t=y")):
+                          ("testing.test", "v=DMARC1; p=reject; t=y"),
+                          ("manyrua.test", "v=DMARC1; p=none; rua=" + ",".join(
+                              [f"mailto:x@{'a' * 300}.test", *(f"mailto:r{n}@manyrua.test" for n in range(15))]))):
         z = z.txt_record(f"_dmarc.{domain}", dmarc)
     for domain in ("pass.test", "other.test", "mail.pass.test"):
         z = z.txt_record(domain, f"v=spf1 ip4:{CLIENT} -all")
     for domain in ("reject.test", "quarantine.test", "sampled.test", "testing.test", "norecord.test",
-                   "monitor.test", "forged.test"):
+                   "monitor.test", "forged.test", "manyrua.test"):
         z = z.txt_record(domain, "v=spf1 -all")
     return z
 
@@ -273,3 +275,69 @@ def test_the_row_write_counts_in_the_end_of_message_budget(record, extra):
     loaded = load_checked(DEFAULT_POLICY, [*RECORDING, f"dmarc_reports.record={record}", "state.timeout=2"]).policy
     _, eom = stage_times(loaded, loaded.listeners["smtp"], False)
     assert dict(eom.parts)["dmarc"] == loaded.dns.lifetime + extra
+
+
+# --- what a forger controls is bounded at recording (attack review findings 2, 4, 5) ---------------
+
+def forged(author: str, *selectors: str, d: str = "") -> bytes:
+    """From: `author`, with one unverifiable DKIM-Signature per selector (d= the From domain)."""
+    domain = d or author.rpartition("@")[2]
+    signatures = "".join(f"DKIM-Signature: v=1; a=rsa-sha256; d={domain}; s={selector}; h=from; bh=AAAA; b=AAAA\n"
+                         for selector in selectors)
+    return signatures.encode() + authkit.message(f"X <{author}>", "bob@example.test", "forged")
+
+
+def from_ip(ip: str) -> Session:
+    return Session(conn_id="t", client_ip=ip, helo="mail.pass.test", daemon_name="smtp", daemon_port=25)
+
+
+# selectors (d=) -> the (domain, selector) pairs recorded
+@pytest.mark.parametrize(("selectors", "d", "recorded"), [
+    (("a" * 80000,), "", [("reject.test", "(invalid)")]),  # 80 KB of s=: one placeholder
+    (("a" * 64,), "", [("reject.test", "(invalid)")]),  # over a DNS label
+    (("x y<z>",), "", [("reject.test", "(invalid)")]),
+    (("S1.Sub",), "", [("reject.test", "s1.sub")]),  # DNS compares names in any case: one row
+    (("s1",), "a" * 250 + ".test", [("(invalid)", "s1")]),  # d= over 253 characters
+    (("s1",), "[192.0.2.1]", [("(invalid)", "s1")]),
+    (tuple(f"s{n}" for n in range(30)), "", [("reject.test", f"s{n}") for n in range(10)]),  # MAX_DKIM_RESULTS
+])
+def test_what_a_message_puts_in_a_row_is_bounded(tmp_path, selectors, d, recorded):
+    send(tmp_path, forged("ceo@reject.test", *selectors, d=d), "ceo@reject.test", ("bob@example.test",),
+         "dkim.max_signatures=50")
+    [(_, _, row, _)] = rows(tmp_path)
+    assert [(auth.domain, auth.selector) for auth in row.dkim] == recorded
+    assert len(row.key()) < 2000
+
+
+def test_the_published_rua_list_is_bounded(tmp_path):
+    send(tmp_path, forged("x@manyrua.test", "s1"), "x@manyrua.test")
+    [(_, _, row, _)] = rows(tmp_path)
+    assert row.published.rua == tuple(f"mailto:r{n}@manyrua.test" for n in range(10))  # the 300-character one dropped
+
+
+# overrides, (client, selector) of forged pass.test mail -> selectors counted; real mail always counts
+@pytest.mark.parametrize(("overrides", "forgeries", "counted"), [
+    # one source cannot fill the report with its variations (an IPv6 /64 is one source)
+    (("dmarc_reports.max_rows_per_source=2",),
+     [("203.0.113.1", "s0"), ("203.0.113.1", "s1"), ("203.0.113.1", "s2"), ("203.0.113.2", "s3"),
+      ("2001:db8::1", "s4"), ("2001:db8::2", "s5"), ("2001:db8::3", "s6"), ("2001:db8:0:1::1", "s7")],
+     ["s0", "s1", "s3", "s4", "s5", "s7"]),
+    # failing rows, however many sources, leave the rest of max_rows to mail that passes
+    (("dmarc_reports.max_failing_rows=2", "dmarc_reports.max_rows=3"),
+     [("203.0.113.1", "s0"), ("203.0.113.2", "s1"), ("203.0.113.3", "s2"), ("203.0.113.4", "s3")],
+     ["s0", "s1"]),
+])
+def test_forged_rows_cannot_crowd_out_real_mail(tmp_path, overrides, forgeries, counted):
+    for ip, selector in forgeries:
+        send(tmp_path, forged("ceo@pass.test", selector), "ceo@pass.test", ("bob@example.test",), *overrides,
+             session=from_ip(ip))
+    send(tmp_path, mail("X <alice@pass.test>", PASS_KEY), "alice@pass.test", ("bob@example.test",), *overrides)
+    found = rows(tmp_path)
+    assert sorted(row.dkim[0].selector for _, _, row, _ in found if not row.dkim_aligned) == counted
+    assert [(row.source_ip, count) for _, _, row, count in found if row.dkim_aligned] == [(CLIENT, 1)]
+
+
+def test_report_domains_per_period_are_capped(tmp_path):
+    for author in ("ceo@reject.test", "x@quarantine.test", "ceo@reject.test"):
+        send(tmp_path, forged(author, "s1"), author, ("bob@example.test",), "dmarc_reports.max_domains=1")
+    assert [(domain, count) for _, domain, _, count in rows(tmp_path)] == [("reject.test", 2)]

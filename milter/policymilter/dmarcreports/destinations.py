@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import re
+import smtplib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.errors import HeaderParseError
@@ -29,13 +30,19 @@ from enum import StrEnum
 from urllib.parse import unquote
 
 from policymilter.checks.dmarc.evaluate import parse_record
-from policymilter.dns import DnsError, Resolver
+from policymilter.dmarcreports.lookups import TxtLookup
+from policymilter.dns import DnsError
 from policymilter.domains import DomainError, ascii_lower, organizational_domain, to_ascii
 
 MAX_DESTINATIONS = 5
 _SIZE = re.compile(r"(\d{1,15})([kmgt]?)", re.ASCII | re.IGNORECASE)
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 _AUTHORISING = re.compile(r"\s*v\s*=\s*DMARC1\s*(;|$)")
+# RFC 5322 §3.2.3 dot-atom-text, ASCII only: the one local-part form that reads the same in
+# RCPT TO, in the To: header and in the URI. A quoted local part is refused, never unquoted: the
+# text inside the quotes is another address ("a@b"@host) or, quoted by smtplib, a local mailbox.
+_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*", re.ASCII)
+MAX_LOCAL_PART = 64  # RFC 5321 §4.5.3.1.1
 
 
 def parse_size(text: str) -> int:
@@ -71,14 +78,26 @@ def parse_uri(uri: str) -> Destination:
     if not colon or ascii_lower(scheme) != "mailto":
         return Destination(uri, problem="not a mailto: URI (the only kind we send reports to)")
     address = unquote(rest.partition("?")[0])  # RFC 6068 hfields (?subject=...) are not ours to follow
+    local, at, host = address.rpartition("@")
+    if not at or len(local) > MAX_LOCAL_PART or not _DOT_ATOM.fullmatch(local):
+        return Destination(uri, problem=f"{address!r} is not a mail address (a plain local part, RFC 5322 dot-atom)")
     try:
-        parsed = Address(addr_spec=address)
-        domain = to_ascii(parsed.domain, exact=True)
-    except (HeaderParseError, ValueError, IndexError, DomainError):
+        domain = to_ascii(host, exact=True)
+    except DomainError:
         return Destination(uri, problem=f"{address!r} is not a mail address")
-    if not parsed.username or any(ord(c) < 0x21 or ord(c) == 0x7F for c in parsed.username):
+    found = f"{local}@{domain}"
+    if not _same_everywhere(found):
         return Destination(uri, problem=f"{address!r} is not a mail address")
-    return Destination(uri, f"{parsed.username}@{domain}", limit)
+    return Destination(uri, found, limit)
+
+
+def _same_everywhere(address: str) -> bool:
+    """The address the To: header and RCPT TO would carry is `address` itself, unchanged."""
+    try:
+        header = Address(addr_spec=address).addr_spec
+    except (HeaderParseError, ValueError, IndexError):
+        return False
+    return header == address and smtplib.quoteaddr(address) == f"<{address}>"
 
 
 class Status(StrEnum):
@@ -115,7 +134,7 @@ def authorising_name(report_domain: str, destination_domain: str) -> str:
     return f"{report_domain}._report._dmarc.{destination_domain}"
 
 
-def decide(report_domain: str, uris: Sequence[str], suppress: Sequence[str], resolver: Resolver) -> list[Decision]:
+def decide(report_domain: str, uris: Sequence[str], suppress: Sequence[str], resolver: TxtLookup) -> list[Decision]:
     """What to do with each rua URI of a report about `report_domain`."""
     decisions: list[Decision] = []
     seen: set[str] = set()
@@ -150,7 +169,7 @@ def decide(report_domain: str, uris: Sequence[str], suppress: Sequence[str], res
 
 
 def _external_check(report_domain: str, organisation: str, destination: Destination,
-                    resolver: Resolver) -> list[Decision]:
+                    resolver: TxtLookup) -> list[Decision]:
     if organizational_domain(destination.domain) == organisation:
         return [Decision(destination, Status.SEND)]
     name = authorising_name(report_domain, destination.domain)

@@ -1,8 +1,11 @@
 """Handing a report's mail to the local MTA (dmarc_reports.relay) by SMTP.
 
 Only what the MTA said counts: 250 after DATA is accepted (the MTA has it, and retries it
-itself from now on); a 5xx refuses it for good; a 4xx, a timeout or no connection at all leaves
-it with us, for the next run. Every wait is bounded by TIMEOUT.
+itself from now on); a 5xx to RCPT refuses that recipient for good; a 4xx, a timeout or no
+connection at all leaves it with us, for the next run. A 5xx to MAIL or after DATA is our own
+MTA refusing the message itself (message_size_limit's 552 5.3.4, a content rule): the
+destination never saw it, so it is held, not given up (a report lost is worse than one sent
+twice). Every wait is bounded by TIMEOUT.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ TIMEOUT = 30.0  # seconds per SMTP command
 
 class Handed(StrEnum):
     ACCEPTED = "accepted"
-    REFUSED = "refused"  # 5xx: permanent
+    REFUSED = "refused"  # 5xx to RCPT: permanent for that recipient
+    HELD = "held"  # 5xx to MAIL or after DATA: our MTA will not take this message; ours to fix
     DEFERRED = "deferred"  # 4xx, or no answer: temporary
 
 
@@ -77,10 +81,11 @@ class Relay:
             return Handoff(Handed.DEFERRED, self._broken)
         try:
             client = self._connect()
-            for code, text in (client.mail(sender), client.rcpt(recipient)):
+            for stage, permanent in (("mail", Handed.HELD), ("rcpt", Handed.REFUSED)):
+                code, text = client.mail(sender) if stage == "mail" else client.rcpt(recipient)
                 if code >= 300:
                     client.rset()
-                    return Handoff(Handed.REFUSED if code >= 500 else Handed.DEFERRED, _reply(code, text))
+                    return Handoff(permanent if code >= 500 else Handed.DEFERRED, _reply(code, text))
             reply: bytes | str
             try:
                 code, reply = client.data(data)
@@ -95,4 +100,4 @@ class Relay:
             return Handoff(Handed.DEFERRED, self._broken)
         if code == 250:
             return Handoff(Handed.ACCEPTED, _reply(code, reply))
-        return Handoff(Handed.REFUSED if code >= 500 else Handed.DEFERRED, _reply(code, reply))
+        return Handoff(Handed.HELD if code >= 500 else Handed.DEFERRED, _reply(code, reply))

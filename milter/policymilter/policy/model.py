@@ -431,6 +431,17 @@ class DmarcReports(Strict):
     max_reports_per_run: Annotated[int, Field(ge=1)] = 1000
     max_rows: Annotated[int, Field(ge=1)] = 10000  # distinct rows per report domain and period; more are dropped
     keep_days: Annotated[int, Field(ge=1, le=60)] = 7  # reports not sent by then are dropped
+    # What a forger can vary (selectors, source addresses, From domains) must not crowd out the
+    # rows of real mail: of max_rows, rows of mail failing DMARC may take at most max_failing_rows,
+    # and those of one source (an IPv4 address, an IPv6 /64) at most max_rows_per_source.
+    max_failing_rows: Annotated[int, Field(ge=1)] = 8000
+    max_rows_per_source: Annotated[int, Field(ge=1)] = 100
+    max_domains: Annotated[int, Field(ge=1)] = 10000  # report domains per period; more are not counted
+    # A report's gzip beyond this sends its rows of most messages (passing DMARC first), saying
+    # how many were left out: under the relay's message_size_limit after base64 (Postfix: 10240000).
+    max_report_bytes: Annotated[int, Field(ge=10000)] = 5 * 2**20
+    # One run stops starting reports after this (the rest wait): under the unit's TimeoutStartSec.
+    max_run_seconds: Annotated[int, Field(ge=10)] = 1200
 
     @field_validator("interval")
     @classmethod

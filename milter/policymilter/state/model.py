@@ -152,12 +152,19 @@ class Store(Protocol):
     # report domain and period (the period's start, epoch seconds). Rows are opaque text here.
     # Bounded two ways: at most `max_rows` distinct rows per report (a message whose row would be
     # one more is not counted: dmarc_record answers False, and the dmarc check counts it in its
-    # metrics and log), and a report not sent by `until` is dropped with its rows.
+    # metrics and log), and a report not sent by `until` is dropped with its rows. A new row may
+    # also name groups, each with its own cap of distinct rows in the report (the dmarc check's
+    # failing rows, and those of one source: what a forger can vary cannot fill the report), and
+    # a period holds at most `max_domains` reports (what a wildcard _dmarc cannot multiply).
 
-    def dmarc_record(self, period: int, domain: str, row: str, now: float, max_rows: int, until: float) -> bool:
+    def dmarc_record(self, period: int, domain: str, row: str, now: float, max_rows: int, until: float, *,
+                     groups: Sequence[tuple[str, int]] = (), max_domains: int = 0) -> bool:
         """Atomically count one message of `row` in `domain`'s report for `period` (a new row
-        starts at 1): True, or False when the row is new and the report has `max_rows` already.
-        `until` (same clock as `now`): when the report is dropped if it was not sent by then."""
+        starts at 1): True, or False when the row is new and the report has `max_rows` already,
+        or one of its `groups` (name, cap) has `cap` distinct rows in this report already, or the
+        report is new and the period has `max_domains` reports (0: no such cap). A new row
+        counts once in each of its groups. `until` (same clock as `now`): when the report is
+        dropped if it was not sent by then."""
         ...
 
     def dmarc_pending(self, before: int, now: float | None = None) -> list[tuple[int, str]]:

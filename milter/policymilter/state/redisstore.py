@@ -20,6 +20,8 @@ same slot, so that a script can update both):
 
     pm:{dmarc}:rows:PERIOD:D  HASH  row text -> messages (D: the report domain's UTF-8 in hex)
     pm:{dmarc}:pending        ZSET  "PERIOD|domain" -> when the report is dropped unsent
+    pm:{dmarc}:groups:PERIOD:D  HASH  group name -> distinct rows (Store.dmarc_record's groups)
+    pm:{dmarc}:domains:PERIOD   SET   the period's report domains (its max_domains cap)
 
 A new row checks the report's HLEN against the cap in the same script that adds it; the hash
 expires at its `until` (a relative EXPIRE on the caller's clock, like the others), and
@@ -236,15 +238,29 @@ end
 return 0
 """
 
-# KEYS: the report's hash, the pending index; ARGV: row, max_rows, index member, until, now, ttl
+# KEYS: the report's hash, the pending index, the report's groups, the period's domains;
+# ARGV: row, max_rows, index member, until, now, ttl, max_domains, domain, then (group, cap) pairs
 _DMARC_RECORD = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
   redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
   return 1
 end
-if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+local rows = redis.call('HLEN', KEYS[1])
+if rows >= tonumber(ARGV[2]) then return 0 end
+if rows == 0 and tonumber(ARGV[7]) > 0 and redis.call('SISMEMBER', KEYS[4], ARGV[8]) == 0
+   and redis.call('SCARD', KEYS[4]) >= tonumber(ARGV[7]) then return 0 end
+for i = 9, #ARGV, 2 do
+  local cap = tonumber(ARGV[i + 1])
+  if cap <= 0 or tonumber(redis.call('HGET', KEYS[3], ARGV[i]) or '0') >= cap then return 0 end
+end
 redis.call('HSET', KEYS[1], ARGV[1], 1)
 if redis.call('TTL', KEYS[1]) < tonumber(ARGV[6]) then redis.call('EXPIRE', KEYS[1], ARGV[6]) end
+if #ARGV >= 9 then
+  for i = 9, #ARGV, 2 do redis.call('HINCRBY', KEYS[3], ARGV[i], 1) end
+  if redis.call('TTL', KEYS[3]) < tonumber(ARGV[6]) then redis.call('EXPIRE', KEYS[3], ARGV[6]) end
+end
+redis.call('SADD', KEYS[4], ARGV[8])
+if redis.call('TTL', KEYS[4]) < tonumber(ARGV[6]) then redis.call('EXPIRE', KEYS[4], ARGV[6]) end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[5])
 local until_s = redis.call('ZSCORE', KEYS[2], ARGV[3])
 if not until_s or tonumber(until_s) < tonumber(ARGV[4]) then redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3]) end
@@ -520,10 +536,14 @@ class RedisStore:
 
     # --- DMARC report rows -------------------------------------------------------------------
 
-    def dmarc_record(self, period: int, domain: str, row: str, now: float, max_rows: int, until: float) -> bool:
+    def dmarc_record(self, period: int, domain: str, row: str, now: float, max_rows: int, until: float, *,
+                     groups: Sequence[tuple[str, int]] = (), max_domains: int = 0) -> bool:
         args: list[bytes | str | int] = [_b(row), max_rows, _dmarc_member(period, domain), _f(until), _f(now),
-                                         max(1, math.ceil(until - now))]
-        return bool(self._run(lambda c: c.dmarc_record(keys=[_dmarc_rows(period, domain), DMARC_PENDING], args=args)))
+                                         max(1, math.ceil(until - now)), max_domains, _b(domain)]
+        for name, cap in dict(groups).items():
+            args += [_b(name), cap]
+        keys = [_dmarc_rows(period, domain), DMARC_PENDING, _dmarc_groups(period, domain), _dmarc_domains(period)]
+        return bool(self._run(lambda c: c.dmarc_record(keys=keys, args=args)))
 
     def dmarc_pending(self, before: int, now: float | None = None) -> list[tuple[int, str]]:
         when = time.time() if now is None else now
@@ -535,7 +555,8 @@ class RedisStore:
             with c.client.pipeline(transaction=True) as pipe:
                 for member in expired:
                     period, _, domain = member.partition(b"|")
-                    pipe.delete(_dmarc_rows(int(period), _s(domain)))
+                    pipe.delete(_dmarc_rows(int(period), _s(domain)), _dmarc_groups(int(period), _s(domain)))
+                    pipe.srem(_dmarc_domains(int(period)), domain)
                     pipe.zrem(DMARC_PENDING, member)
                 pipe.zrange(DMARC_PENDING, 0, -1)
                 members: list[bytes] = pipe.execute()[-1]
@@ -555,7 +576,8 @@ class RedisStore:
     def dmarc_forget(self, period: int, domain: str) -> None:
         def work(c: _Connection) -> None:
             with c.client.pipeline(transaction=True) as pipe:
-                pipe.delete(_dmarc_rows(period, domain))
+                pipe.delete(_dmarc_rows(period, domain), _dmarc_groups(period, domain))
+                pipe.srem(_dmarc_domains(period), _b(domain))
                 pipe.zrem(DMARC_PENDING, _dmarc_member(period, domain))
                 pipe.execute()
 
@@ -564,6 +586,14 @@ class RedisStore:
 
 def _dmarc_rows(period: int, domain: str) -> bytes:
     return DMARC + b"rows:" + str(period).encode() + b":" + _b(domain).hex().encode()
+
+
+def _dmarc_groups(period: int, domain: str) -> bytes:
+    return DMARC + b"groups:" + str(period).encode() + b":" + _b(domain).hex().encode()
+
+
+def _dmarc_domains(period: int) -> bytes:
+    return DMARC + b"domains:" + str(period).encode()
 
 
 def _dmarc_member(period: int, domain: str) -> bytes:

@@ -18,9 +18,11 @@ seconds per process, so the file stays the size of the traffic of the widest win
 
 DMARC report rows: `dmarc_row` holds one counter per distinct row of a report (period, domain),
 `dmarc_report` one line per report with its number of distinct rows (the cap's check costs one
-read, not a count) and when it is dropped unsent. A message costs one upsert: the counter's
-UPDATE, or for a new row the report line's read and two inserts. Expired reports go in the same
-purge, DMARC_PURGE_ROWS rows at a time.
+read, not a count) and when it is dropped unsent, `dmarc_group` the distinct rows of each group
+a row named (Store.dmarc_record). A message costs one upsert: the counter's UPDATE, or for a
+new row the report line's and its groups' reads and the inserts (a new report also counts the
+period's reports, an index range). Expired reports go in the same purge, DMARC_PURGE_ROWS rows
+at a time, their groups with their line.
 """
 
 from __future__ import annotations
@@ -85,6 +87,8 @@ CREATE TABLE IF NOT EXISTS dmarc_report (period INTEGER NOT NULL, domain TEXT NO
 CREATE INDEX IF NOT EXISTS dmarc_report_until ON dmarc_report (until);
 CREATE TABLE IF NOT EXISTS dmarc_row (period INTEGER NOT NULL, domain TEXT NOT NULL, row TEXT NOT NULL,
     count INTEGER NOT NULL, PRIMARY KEY (period, domain, row)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dmarc_group (period INTEGER NOT NULL, domain TEXT NOT NULL, name TEXT NOT NULL,
+    rows INTEGER NOT NULL, PRIMARY KEY (period, domain, name)) WITHOUT ROWID;
 """
 Tally = tuple[int, float, float | None]  # n, edge, next
 
@@ -541,7 +545,8 @@ class SqliteStore:
 
     # --- DMARC report rows -------------------------------------------------------------------
 
-    def dmarc_record(self, period: int, domain: str, row: str, now: float, max_rows: int, until: float) -> bool:
+    def dmarc_record(self, period: int, domain: str, row: str, now: float, max_rows: int, until: float, *,
+                     groups: Sequence[tuple[str, int]] = (), max_domains: int = 0) -> bool:
         def work(db: sqlite3.Connection) -> bool:
             self._purge(db, now)
             if db.execute("UPDATE dmarc_row SET count = count + 1 WHERE period = ? AND domain = ? AND row = ?",
@@ -551,10 +556,21 @@ class SqliteStore:
                                 (period, domain)).fetchone()
             if report is not None and report[0] >= max_rows:
                 return False
+            if report is None and max_domains > 0 and db.execute(
+                    "SELECT COUNT(*) FROM dmarc_report WHERE period = ?", (period,)).fetchone()[0] >= max_domains:
+                return False
+            for name, cap in groups:
+                held = db.execute("SELECT rows FROM dmarc_group WHERE period = ? AND domain = ? AND name = ?",
+                                  (period, domain, name)).fetchone()
+                if cap <= 0 or (held is not None and held[0] >= cap):
+                    return False
             db.execute("INSERT INTO dmarc_row (period, domain, row, count) VALUES (?, ?, ?, 1)", (period, domain, row))
             db.execute("INSERT INTO dmarc_report (period, domain, rows, until) VALUES (?, ?, 1, ?) "
                        "ON CONFLICT (period, domain) DO UPDATE SET rows = rows + 1, until = MAX(until, excluded.until)",
                        (period, domain, until))
+            for name in dict(groups):
+                db.execute("INSERT INTO dmarc_group (period, domain, name, rows) VALUES (?, ?, ?, 1) "
+                           "ON CONFLICT (period, domain, name) DO UPDATE SET rows = rows + 1", (period, domain, name))
             return True
 
         return self._run(work)
@@ -579,6 +595,7 @@ class SqliteStore:
         def work(db: sqlite3.Connection) -> None:
             db.execute("DELETE FROM dmarc_row WHERE period = ? AND domain = ?", (period, domain))
             db.execute("DELETE FROM dmarc_report WHERE period = ? AND domain = ?", (period, domain))
+            db.execute("DELETE FROM dmarc_group WHERE period = ? AND domain = ?", (period, domain))
 
         self._run(work)
 
@@ -593,6 +610,7 @@ def _purge_dmarc(db: sqlite3.Connection, now: float) -> None:
                           "FROM dmarc_row WHERE period = ? AND domain = ? LIMIT ?)", (period, domain, budget)).rowcount
         if gone < budget:
             db.execute("DELETE FROM dmarc_report WHERE period = ? AND domain = ?", (period, domain))
+            db.execute("DELETE FROM dmarc_group WHERE period = ? AND domain = ?", (period, domain))
         budget -= gone
         if budget <= 0:
             return
