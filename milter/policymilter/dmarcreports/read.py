@@ -64,13 +64,9 @@ RESOLVE_DEADLINE = 60.0  # seconds for all PTR lookups of a run
 
 
 def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
+    from policymilter.cli import _positive  # cli imports this package: the function is there by now
+
+    return _positive(text)
 
 
 def _mebibytes(text: str) -> int:

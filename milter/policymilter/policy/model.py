@@ -145,6 +145,20 @@ class Metrics(Strict):
         return value
 
 
+def _one_address(value: str, example: str) -> str:
+    """An optional single mail address (notification and report senders and recipients)."""
+    if value and not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", value):
+        raise ValueError(f"{value!r}: expected one address, like \"{example}\"")
+    return value
+
+
+def _relay_address(value: str) -> str:
+    """HOST:PORT of an SMTP relay (a port is required)."""
+    if not _valid_host_port(value) or ":" not in value.rsplit("]", 1)[-1]:
+        raise ValueError(f"{value!r}: expected \"HOST:PORT\"")
+    return value
+
+
 class CheckTable(Strict):
     """Keys every check's table has."""
 
@@ -392,16 +406,12 @@ class Ratelimit(CheckTable):
     @field_validator("notify", "notify_from")
     @classmethod
     def _address(cls, value: str) -> str:
-        if value and not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", value):
-            raise ValueError(f"{value!r}: expected one address, like \"postmaster@example.org\"")
-        return value
+        return _one_address(value, "postmaster@example.org")
 
     @field_validator("notify_relay")
     @classmethod
     def _relay(cls, value: str) -> str:
-        if not _valid_host_port(value) or ":" not in value.rsplit("]", 1)[-1]:
-            raise ValueError(f"{value!r}: expected \"HOST:PORT\"")
-        return value
+        return _relay_address(value)
 
     @field_validator("limits")
     @classmethod
@@ -454,16 +464,12 @@ class DmarcReports(Strict):
     @field_validator("email")
     @classmethod
     def _address(cls, value: str) -> str:
-        if value and not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", value):
-            raise ValueError(f"{value!r}: expected one address, like \"dmarc-noreply@example.org\"")
-        return value
+        return _one_address(value, "dmarc-noreply@example.org")
 
     @field_validator("relay")
     @classmethod
     def _relay(cls, value: str) -> str:
-        if not _valid_host_port(value) or ":" not in value.rsplit("]", 1)[-1]:
-            raise ValueError(f"{value!r}: expected \"HOST:PORT\"")
-        return value
+        return _relay_address(value)
 
     @model_validator(mode="after")
     def _who_we_are(self) -> DmarcReports:
